@@ -1,0 +1,213 @@
+//! The contract between Concierge's core and its channels: platform-neutral
+//! `Inbound`/`Outbound` messages, channel `Capabilities`, the `Adapter` trait,
+//! and reply-delivery helpers (splitting long replies, pacing edits).
+//!
+//! Architecture invariant: this crate depends on no other Concierge crate.
+//! The core and every channel crate depend on it, never on each other.
+
+mod delivery;
+mod split;
+
+pub use delivery::{collect_stream, deliver_by_editing, EditPacing};
+pub use split::split_message;
+
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Where a message lives on a platform: one chat, channel or console session.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ConversationRef {
+    /// Platform name, e.g. `console`, `telegram`, `discord`.
+    pub platform: String,
+    /// The platform's id of the chat (chat id, channel id, console session).
+    pub chat_id: String,
+}
+
+/// Who wrote an inbound message, as the platform identifies them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SenderRef {
+    /// Platform name, the same as the conversation's.
+    pub platform: String,
+    /// The platform's stable user id.
+    pub user_id: String,
+    /// A display name, when the platform has one.
+    pub display_name: Option<String>,
+    /// The client's language setting (e.g. Telegram's `language_code`), if known.
+    pub language_hint: Option<String>,
+}
+
+/// A message from a customer, in platform-neutral form.
+#[derive(Clone, Debug)]
+pub struct Inbound {
+    /// The chat it arrived in; replies go back there.
+    pub conversation: ConversationRef,
+    /// Who wrote it.
+    pub sender: SenderRef,
+    /// What the customer wrote or chose.
+    pub content: InboundContent,
+    /// The platform's id of the message, when it has one.
+    pub message_id: Option<String>,
+    /// When the adapter received it.
+    pub received_at: SystemTime,
+}
+
+/// The payload of an inbound message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InboundContent {
+    /// Free text (commands included: they start with `/`).
+    Text(String),
+    /// The customer pressed a button that the bot offered.
+    Choice {
+        /// The `Choice::id` that was pressed.
+        id: String,
+    },
+}
+
+/// A button under a message. Channels without buttons render them as text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Choice {
+    /// Opaque id routed back in `InboundContent::Choice`.
+    pub id: String,
+    /// What the customer sees.
+    pub label: String,
+}
+
+/// A complete message from the bot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outbound {
+    /// Where to send it.
+    pub conversation: ConversationRef,
+    /// Plain text; adapters escape it for their platform's markup.
+    pub text: String,
+    /// Buttons to show under the message.
+    pub choices: Vec<Choice>,
+}
+
+impl Outbound {
+    /// A plain text message without buttons.
+    pub fn text(conversation: ConversationRef, text: impl Into<String>) -> Self {
+        Self {
+            conversation,
+            text: text.into(),
+            choices: Vec::new(),
+        }
+    }
+}
+
+/// A message the platform accepted, so it can be edited later.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SentMessage {
+    /// Where it was sent.
+    pub conversation: ConversationRef,
+    /// The platform's id of the message.
+    pub message_id: String,
+}
+
+/// What a channel can do; the core adapts its output to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Longest message the platform accepts, in characters (Unicode scalar values).
+    pub max_message_chars: usize,
+    /// Text can be appended as it is generated (a terminal).
+    pub appends_stream: bool,
+    /// Sent messages can be edited (streaming by edits).
+    pub can_edit: bool,
+    /// Buttons under messages.
+    pub buttons: bool,
+    /// Threads or topics can be created.
+    pub threads: bool,
+    /// A typing indicator exists.
+    pub typing: bool,
+}
+
+/// Errors a channel reports to the core.
+#[derive(Debug, thiserror::Error)]
+pub enum AdapterError {
+    /// The platform asked us to slow down.
+    #[error("rate limited by the platform: retry after {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds to wait before the next call.
+        retry_after_secs: u64,
+    },
+    /// The message exceeds the platform's limit.
+    #[error("message of {chars} characters exceeds the platform limit of {limit}")]
+    TooLong {
+        /// Length of the rejected text.
+        chars: usize,
+        /// The platform's limit.
+        limit: usize,
+    },
+    /// This channel cannot do what was asked.
+    #[error("{0} is not supported by this channel")]
+    Unsupported(&'static str),
+    /// Reading or writing the local terminal or socket failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The platform is unreachable or answered with an error.
+    #[error("platform error: {0}")]
+    Platform(String),
+}
+
+/// Where adapters push what customers write. Closing it tells the core that
+/// the channel has no more input.
+pub type InboundSink = mpsc::Sender<Inbound>;
+
+/// A reply as it is generated: text deltas in order.
+pub type DeltaStream = BoxStream<'static, String>;
+
+/// One platform connection. Implementations live in their own crates.
+#[async_trait]
+pub trait Adapter: Send + Sync + 'static {
+    /// Platform name used in `ConversationRef::platform`.
+    fn platform(&self) -> &str;
+
+    /// What this channel can render.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Receives from the platform and pushes every customer message into
+    /// `inbound`, until `shutdown` fires or the input ends (console EOF).
+    async fn run(
+        &self,
+        inbound: InboundSink,
+        shutdown: CancellationToken,
+    ) -> Result<(), AdapterError>;
+
+    /// Sends one complete message (at most `max_message_chars`).
+    async fn send(&self, message: Outbound) -> Result<SentMessage, AdapterError>;
+
+    /// Replaces the text of a message sent earlier.
+    async fn edit(&self, _message: &SentMessage, _text: &str) -> Result<(), AdapterError> {
+        Err(AdapterError::Unsupported("editing"))
+    }
+
+    /// Shows that the bot is working on a reply.
+    async fn typing(&self, _conversation: &ConversationRef) -> Result<(), AdapterError> {
+        Ok(())
+    }
+
+    /// Called once a reply (streamed or not) to an inbound message is complete,
+    /// so interactive channels can prompt for the next one.
+    async fn reply_finished(&self, _conversation: &ConversationRef) {}
+
+    /// Delivers a streamed reply and returns its full text. The default
+    /// waits for the whole text and sends it split at the platform limit;
+    /// channels that edit or append override this.
+    async fn deliver_stream(
+        &self,
+        conversation: &ConversationRef,
+        deltas: DeltaStream,
+    ) -> Result<String, AdapterError> {
+        let text = collect_stream(deltas).await;
+        let limit = self.capabilities().max_message_chars;
+        for part in split_message(&text, limit) {
+            self.send(Outbound::text(conversation.clone(), part))
+                .await?;
+        }
+        Ok(text)
+    }
+}

@@ -1,0 +1,328 @@
+//! Wiring and lifecycle: builds the store, engine, prompts and channels from
+//! the configuration, runs `chat` (console until EOF) and `serve` (the daemon
+//! until a shutdown signal), and shuts down in order against a deadline.
+//!
+//! Shutdown order: stop the channels' intake, let the router finish queued
+//! messages until the deadline, then cancel replies still running (naming
+//! them in the log), flush the store, stop the operator API.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use concierge_adapter::Adapter;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, EngineBackend};
+use crate::engine::mistral::MistralEngine;
+use crate::engine::scripted::ScriptedEngine;
+use crate::engine::{Llm, Sampling};
+use crate::health::{ComponentState, Health};
+use crate::pipeline::{Pipeline, PipelineSettings};
+use crate::prompts::Prompts;
+use crate::router::{self, InFlight};
+use crate::store::Store;
+use crate::{channels, models, operator};
+
+/// Inbound messages buffered between channels and the router.
+const INBOUND_BUFFER: usize = 1024;
+/// Time given to cancelled replies to wind down after the deadline.
+const CANCEL_GRACE: Duration = Duration::from_secs(2);
+/// First wait before a failed channel is restarted; doubles up to a minute.
+const CHANNEL_RESTART_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Builds the engine the configuration names, preparing the model file.
+pub async fn build_engine(config: &Config) -> anyhow::Result<Arc<dyn Llm>> {
+    match config.engine.backend {
+        EngineBackend::Scripted => {
+            let path = config
+                .engine
+                .script_file
+                .as_deref()
+                .context("engine.script_file is required for the scripted engine")?;
+            Ok(Arc::new(ScriptedEngine::from_file(path)?))
+        }
+        EngineBackend::Mistralrs => {
+            let engine_config = config.engine.clone();
+            let path = tokio::task::spawn_blocking(move || models::prepare(&engine_config))
+                .await
+                .context("model preparation task failed")??;
+            eprintln!("concierge: loading {} ...", path.display());
+            let engine = MistralEngine::load(&path, &config.engine).await?;
+            Ok(Arc::new(engine))
+        }
+    }
+}
+
+/// Opens the store in a blocking task.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let data_dir = config.store.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+        .await
+        .context("store task failed")??;
+    Ok(store)
+}
+
+fn pipeline_settings(config: &Config) -> PipelineSettings {
+    PipelineSettings {
+        sampling: Sampling {
+            temperature: config.engine.temperature,
+            top_p: config.engine.top_p,
+            max_tokens: config.engine.max_tokens,
+        },
+        context_tokens: config.engine.context_tokens,
+        max_message_chars: config.chat.max_message_chars,
+        reply_timeout: Duration::from_secs(config.chat.reply_timeout_secs),
+        default_locale: config.chat.default_locale,
+    }
+}
+
+/// The parts a conversation pipeline is built from.
+pub struct Parts {
+    /// The open store.
+    pub store: Store,
+    /// The engine.
+    pub llm: Arc<dyn Llm>,
+    /// Templates.
+    pub prompts: Prompts,
+}
+
+/// Builds the pipeline for `adapters`.
+pub fn pipeline(
+    config: &Config,
+    parts: Parts,
+    adapters: &[Arc<dyn Adapter>],
+    cancel: CancellationToken,
+) -> Arc<Pipeline> {
+    let adapters: HashMap<String, Arc<dyn Adapter>> = adapters
+        .iter()
+        .map(|adapter| (adapter.platform().to_string(), Arc::clone(adapter)))
+        .collect();
+    Arc::new(Pipeline {
+        store: parts.store,
+        llm: parts.llm,
+        prompts: parts.prompts,
+        adapters,
+        settings: pipeline_settings(config),
+        cancel,
+    })
+}
+
+/// `concierge chat`: the console conversation until EOF (or Ctrl-C).
+pub async fn chat(
+    config: &Config,
+    user: &str,
+    interrupt: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    let prompts = Prompts::load(&config.chat.prompts_dir)?;
+    let llm = build_engine(config).await?;
+    eprintln!(
+        "concierge: ready ({}). Type a message; /help for commands.",
+        llm.model_name()
+    );
+    let console = channels::console(user)?;
+    let cancel = CancellationToken::new();
+    let pipeline = pipeline(
+        config,
+        Parts {
+            store: store.clone(),
+            llm,
+            prompts,
+        },
+        std::slice::from_ref(&console),
+        cancel.clone(),
+    );
+    let (sink, inbound) = mpsc::channel(INBOUND_BUFFER);
+    let router = tokio::spawn(router::run(inbound, pipeline, InFlight::default()));
+    let intake = console.run(sink, cancel.clone());
+    tokio::pin!(interrupt);
+    let interrupted = tokio::select! {
+        result = intake => {
+            result.context("reading the console failed")?;
+            false
+        }
+        _ = &mut interrupt => true,
+    };
+    if interrupted {
+        cancel.cancel();
+    }
+    // EOF: the sink is dropped with `intake`; the router finishes queued replies.
+    router.await.context("router task failed")?;
+    store.flush().await?;
+    Ok(())
+}
+
+/// `concierge serve`: the daemon, until `shutdown` completes.
+pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    crate::telemetry::install();
+    let health = Health::default();
+    let deadline = Duration::from_secs(config.daemon.shutdown_deadline_secs);
+    let store = open_store(config).await;
+    let store = match store {
+        Ok(store) => store,
+        Err(err) => {
+            health.set_store(ComponentState::Failed(err.to_string()));
+            return Err(err);
+        }
+    };
+    health.set_store(ComponentState::Ready);
+    let prompts = Prompts::load(&config.chat.prompts_dir)?;
+
+    let api_stop = CancellationToken::new();
+    let mut api_task = None;
+    if config.operator.enabled {
+        let listener = tokio::net::TcpListener::bind(config.operator.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (operator.listen): is another daemon running?",
+                    config.operator.listen
+                )
+            })?;
+        tracing::info!(listen = %config.operator.listen, "operator API listening");
+        let state = operator::OperatorState {
+            health: health.clone(),
+            store: store.clone(),
+            token: config.operator.token.clone(),
+        };
+        let stop = api_stop.clone();
+        api_task = Some(tokio::spawn(operator::serve(listener, state, async move {
+            stop.cancelled().await
+        })));
+    }
+
+    tokio::pin!(shutdown);
+    let llm = tokio::select! {
+        llm = build_engine(config) => llm,
+        _ = &mut shutdown => {
+            tracing::info!("shutdown requested while the model was loading");
+            api_stop.cancel();
+            store.flush().await?;
+            return Ok(());
+        }
+    };
+    let llm = match llm {
+        Ok(llm) => llm,
+        Err(err) => {
+            health.set_engine(ComponentState::Failed(format!("{err:#}")), None);
+            api_stop.cancel();
+            return Err(err);
+        }
+    };
+    health.set_engine(ComponentState::Ready, Some(llm.model_name().to_string()));
+    tracing::info!(model = llm.model_name(), "engine ready");
+
+    let adapters = channels::from_config(config)?;
+    if adapters.is_empty() {
+        tracing::warn!("no channel is enabled; only the operator API runs");
+    }
+    let intake_stop = CancellationToken::new();
+    let reply_cancel = CancellationToken::new();
+    let pipeline = pipeline(
+        config,
+        Parts {
+            store: store.clone(),
+            llm,
+            prompts,
+        },
+        &adapters,
+        reply_cancel.clone(),
+    );
+    let (sink, inbound) = mpsc::channel(INBOUND_BUFFER);
+    let in_flight = InFlight::default();
+    let router_task = tokio::spawn(router::run(inbound, pipeline, in_flight.clone()));
+    let channel_tasks = TaskTracker::new();
+    for adapter in adapters {
+        channel_tasks.spawn(supervise_channel(
+            adapter,
+            sink.clone(),
+            intake_stop.clone(),
+            health.clone(),
+        ));
+    }
+    channel_tasks.close();
+    drop(sink);
+
+    shutdown.await;
+    tracing::info!(deadline_secs = deadline.as_secs(), "shutting down");
+    intake_stop.cancel();
+    let mut router_task = router_task;
+    let drained = tokio::time::timeout(deadline, async {
+        channel_tasks.wait().await;
+        (&mut router_task).await
+    })
+    .await;
+    if drained.is_err() {
+        let still = in_flight.snapshot();
+        tracing::warn!(
+            still_running = ?still,
+            "shutdown deadline passed; cancelling replies still running"
+        );
+        reply_cancel.cancel();
+        if tokio::time::timeout(CANCEL_GRACE, &mut router_task)
+            .await
+            .is_err()
+        {
+            tracing::error!(still_running = ?in_flight.snapshot(), "replies did not stop after cancellation");
+            router_task.abort();
+        }
+    }
+    store
+        .flush()
+        .await
+        .context("flushing the store at shutdown")?;
+    tracing::info!("store flushed");
+    api_stop.cancel();
+    if let Some(task) = api_task {
+        match tokio::time::timeout(CANCEL_GRACE, task).await {
+            Ok(Ok(Err(err))) => tracing::warn!("operator API error: {err}"),
+            Err(_) => tracing::warn!("operator API did not stop in time"),
+            _ => {}
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Runs one channel, restarting it with back-off when it fails, until `stop`.
+async fn supervise_channel(
+    adapter: Arc<dyn Adapter>,
+    sink: mpsc::Sender<concierge_adapter::Inbound>,
+    stop: CancellationToken,
+    health: Health,
+) {
+    let name = adapter.platform().to_string();
+    let mut backoff = CHANNEL_RESTART_BACKOFF;
+    loop {
+        health.set_channel(&name, ComponentState::Ready);
+        let result = adapter.run(sink.clone(), stop.clone()).await;
+        if stop.is_cancelled() {
+            health.set_channel(&name, ComponentState::Stopped);
+            return;
+        }
+        match result {
+            Ok(()) => {
+                tracing::info!(channel = %name, "channel input ended");
+                health.set_channel(&name, ComponentState::Stopped);
+                return;
+            }
+            Err(err) => {
+                tracing::error!(channel = %name, "channel failed: {err}; restarting in {backoff:?}");
+                health.set_channel(&name, ComponentState::Failed(err.to_string()));
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => {
+                health.set_channel(&name, ComponentState::Stopped);
+                return;
+            }
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}

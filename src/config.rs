@@ -1,0 +1,766 @@
+//! Configuration: the TOML file, `CONCIERGE_<SECTION>_<KEY>` environment
+//! overrides, secrets from the environment or `*_file` keys, and validation
+//! that reports every problem at once, each naming its key.
+//!
+//! Architecture invariant: a `Config` that exists is valid; nothing later
+//! re-checks it. Secrets are held in `Secret`, whose `Debug` never shows them.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use crate::prompts::Locale;
+
+/// Default location of the configuration file.
+pub const DEFAULT_CONFIG_PATH: &str = "config/concierge.toml";
+/// Prefix of environment overrides.
+pub const ENV_PREFIX: &str = "CONCIERGE_";
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `[store]`: where data lives.
+    pub store: StoreConfig,
+    /// `[engine]`: the language model.
+    pub engine: EngineConfig,
+    /// `[chat]`: conversation behaviour.
+    pub chat: ChatConfig,
+    /// `[operator]`: the operator HTTP API of `serve`.
+    pub operator: OperatorConfig,
+    /// `[daemon]`: lifecycle of `serve`.
+    pub daemon: DaemonConfig,
+    /// `[console]`: the console channel inside `serve`.
+    pub console: ConsoleConfig,
+    /// `[log]`: diagnostics.
+    pub log: LogConfig,
+}
+
+/// `[store]`
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Directory of the sled database and derived files.
+    pub data_dir: PathBuf,
+}
+
+/// Which implementation of the engine trait runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineBackend {
+    /// mistral.rs in process, loading a local GGUF file.
+    Mistralrs,
+    /// The scripted test double (`engine.script_file`); for tests and demos
+    /// of the pipeline without a model. Never the default.
+    Scripted,
+}
+
+/// Quantisation that the model is converted to before loading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvertTo {
+    /// Load the file as it is.
+    None,
+    /// Re-quantise to Q8_0, which has SIMD CPU kernels.
+    Q8_0,
+}
+
+/// `[engine]`
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Which engine implementation runs.
+    pub backend: EngineBackend,
+    /// The GGUF file as fetched.
+    pub model_path: PathBuf,
+    /// Fetch the default model with `models/fetch` when `model_path` is missing.
+    pub auto_fetch: bool,
+    /// Conversion applied before loading (the result is cached beside the model).
+    pub convert_to: ConvertTo,
+    /// Most tokens generated per reply.
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 decodes greedily.
+    pub temperature: f64,
+    /// Nucleus sampling mass.
+    pub top_p: f64,
+    /// Token budget of one prompt (system prompt, history and reply).
+    pub context_tokens: usize,
+    /// Sequences the engine schedules at once.
+    pub max_num_seqs: usize,
+    /// Prompt prefixes kept in the prefix cache.
+    pub prefix_cache: usize,
+    /// Compute threads; 0 means one per available core.
+    pub threads: usize,
+    /// Script of the scripted backend.
+    pub script_file: Option<PathBuf>,
+}
+
+/// `[chat]`
+#[derive(Clone, Debug)]
+pub struct ChatConfig {
+    /// Locale used when a message gives no clue (commands, empty text).
+    pub default_locale: Locale,
+    /// Directory holding `<locale>/*.txt` templates.
+    pub prompts_dir: PathBuf,
+    /// Longest customer message accepted, in characters; longer ones are cut.
+    pub max_message_chars: usize,
+    /// Longest a reply may take before it is cancelled, in seconds.
+    pub reply_timeout_secs: u64,
+}
+
+/// `[operator]`
+#[derive(Clone, Debug)]
+pub struct OperatorConfig {
+    /// Whether `serve` starts the operator API.
+    pub enabled: bool,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Bearer token for every route but `/healthz` and `/metrics`.
+    pub token: Option<Secret>,
+}
+
+/// `[daemon]`
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    /// Seconds that shutdown waits for in-flight replies before cancelling them.
+    pub shutdown_deadline_secs: u64,
+}
+
+/// `[console]`
+#[derive(Clone, Debug)]
+pub struct ConsoleConfig {
+    /// Whether `serve` also reads customers' messages from stdin.
+    pub enabled: bool,
+    /// Customer id of the console user.
+    pub user: String,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// `[log]`
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    /// `tracing` filter directive, e.g. `info` or `concierge=debug`.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// A secret value: printable only on purpose.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// One problem in the configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// The key, as `section.key`, or the file.
+    pub key: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// Every problem found, in file order.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    /// The file that was read, if any.
+    pub path: Option<PathBuf>,
+    /// All problems.
+    pub issues: Vec<ConfigIssue>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let source = self
+            .path
+            .as_ref()
+            .map_or_else(|| "defaults".to_string(), |path| path.display().to_string());
+        writeln!(
+            f,
+            "invalid configuration ({source}): {} error(s)",
+            self.issues.len()
+        )?;
+        for issue in &self.issues {
+            writeln!(f, "  {}: {}", issue.key, issue.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the configuration comes from.
+#[derive(Clone, Debug)]
+pub struct ConfigSource {
+    /// The file; `None` means defaults only.
+    pub path: Option<PathBuf>,
+    /// Whether a missing file is an error (the user named it).
+    pub required: bool,
+}
+
+impl ConfigSource {
+    /// `--config PATH` when given, else the default path if it exists.
+    pub fn from_flag(flag: Option<&Path>) -> Self {
+        match flag {
+            Some(path) => Self {
+                path: Some(path.to_path_buf()),
+                required: true,
+            },
+            None => Self {
+                path: Some(PathBuf::from(DEFAULT_CONFIG_PATH)),
+                required: false,
+            },
+        }
+    }
+}
+
+/// Loads, overrides from `env` and validates.
+pub fn load(source: &ConfigSource, env: &[(String, String)]) -> Result<Config, ConfigError> {
+    let (text, path) = match &source.path {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => (text, Some(path.clone())),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound && !source.required => {
+                (String::new(), None)
+            }
+            Err(err) => {
+                return Err(ConfigError {
+                    path: Some(path.clone()),
+                    issues: vec![ConfigIssue {
+                        key: "file".into(),
+                        message: format!("cannot read {}: {err}", path.display()),
+                    }],
+                })
+            }
+        },
+        None => (String::new(), None),
+    };
+    parse(&text, env).map_err(|issues| ConfigError { path, issues })
+}
+
+/// Loads with the process environment.
+pub fn load_from_process(source: &ConfigSource) -> Result<Config, ConfigError> {
+    let env: Vec<(String, String)> = std::env::vars()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .collect();
+    load(source, &env)
+}
+
+/// Parses TOML text with environment overrides.
+pub fn parse(text: &str, env: &[(String, String)]) -> Result<Config, Vec<ConfigIssue>> {
+    let table: toml::Table = match text.parse() {
+        Ok(table) => table,
+        Err(err) => {
+            return Err(vec![ConfigIssue {
+                key: "file".into(),
+                message: format!("not valid TOML: {}", err.to_string().trim()),
+            }])
+        }
+    };
+    let mut reader = Reader {
+        table,
+        env,
+        issues: Vec::new(),
+        known: BTreeSet::new(),
+    };
+    let config = reader.read_all();
+    reader.check_unknown();
+    if reader.issues.is_empty() {
+        Ok(config)
+    } else {
+        Err(reader.issues)
+    }
+}
+
+/// Reads typed keys from the table and the environment, collecting issues.
+struct Reader<'a> {
+    table: toml::Table,
+    env: &'a [(String, String)],
+    issues: Vec<ConfigIssue>,
+    known: BTreeSet<String>,
+}
+
+/// Where a raw value came from, for error messages.
+enum Raw {
+    Toml(toml::Value),
+    Env { name: String, value: String },
+}
+
+impl Reader<'_> {
+    fn read_all(&mut self) -> Config {
+        let store = StoreConfig {
+            data_dir: self.path("store", "data_dir", "./data"),
+        };
+        let engine = self.engine();
+        let chat = ChatConfig {
+            default_locale: self.parsed("chat", "default_locale", Locale::En, |raw| {
+                Locale::parse(raw).ok_or_else(|| "expected \"en\" or \"zh\"".to_string())
+            }),
+            prompts_dir: self.path("chat", "prompts_dir", "prompts"),
+            max_message_chars: self.integer("chat", "max_message_chars", 4000, 1..=100_000),
+            reply_timeout_secs: self.integer("chat", "reply_timeout_secs", 300, 1..=86_400) as u64,
+        };
+        let operator = OperatorConfig {
+            enabled: self.boolean("operator", "enabled", true),
+            listen: self
+                .parsed("operator", "listen", "127.0.0.1:8686".parse().ok(), |raw| {
+                    raw.parse::<SocketAddr>()
+                        .map(Some)
+                        .map_err(|_| "expected an address like 127.0.0.1:8686".to_string())
+                })
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8686))),
+            token: self.secret("operator", "token"),
+        };
+        let daemon = DaemonConfig {
+            shutdown_deadline_secs: self.integer("daemon", "shutdown_deadline_secs", 10, 1..=3600)
+                as u64,
+        };
+        let console = ConsoleConfig {
+            enabled: self.boolean("console", "enabled", false),
+            user: self.string("console", "user", "local"),
+        };
+        let log = LogConfig {
+            level: self.string("log", "level", "info"),
+            format: self.parsed("log", "format", LogFormat::Text, |raw| match raw {
+                "text" => Ok(LogFormat::Text),
+                "json" => Ok(LogFormat::Json),
+                _ => Err("expected \"text\" or \"json\"".into()),
+            }),
+        };
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&log.level) {
+            self.issue("log.level", format!("not a valid filter: {err}"));
+        }
+        Config {
+            store,
+            engine,
+            chat,
+            operator,
+            daemon,
+            console,
+            log,
+        }
+    }
+
+    fn engine(&mut self) -> EngineConfig {
+        let backend = self.parsed(
+            "engine",
+            "backend",
+            EngineBackend::Mistralrs,
+            |raw| match raw {
+                "mistralrs" => Ok(EngineBackend::Mistralrs),
+                "scripted" => Ok(EngineBackend::Scripted),
+                _ => Err("expected \"mistralrs\" or \"scripted\"".into()),
+            },
+        );
+        let engine = EngineConfig {
+            backend,
+            model_path: self.path(
+                "engine",
+                "model_path",
+                "models/SmolLM2-135M-Instruct.Q4_1.gguf",
+            ),
+            auto_fetch: self.boolean("engine", "auto_fetch", true),
+            convert_to: self.parsed("engine", "convert_to", ConvertTo::Q8_0, |raw| match raw {
+                "none" => Ok(ConvertTo::None),
+                "q8_0" => Ok(ConvertTo::Q8_0),
+                _ => Err("expected \"q8_0\" or \"none\"".into()),
+            }),
+            max_tokens: self.integer("engine", "max_tokens", 256, 1..=32_768),
+            temperature: self.float("engine", "temperature", 0.3, 0.0..=2.0),
+            top_p: self.float("engine", "top_p", 0.9, 0.01..=1.0),
+            context_tokens: self.integer("engine", "context_tokens", 2048, 128..=1_048_576),
+            max_num_seqs: self.integer("engine", "max_num_seqs", 4, 1..=256),
+            prefix_cache: self.integer("engine", "prefix_cache", 16, 0..=4096),
+            threads: self.integer("engine", "threads", 0, 0..=1024),
+            script_file: self.optional_path("engine", "script_file"),
+        };
+        if engine.max_tokens * 2 > engine.context_tokens {
+            self.issue(
+                "engine.max_tokens",
+                format!(
+                    "{} leaves too little room for the prompt: keep it at most half of engine.context_tokens ({})",
+                    engine.max_tokens, engine.context_tokens
+                ),
+            );
+        }
+        if backend == EngineBackend::Scripted && engine.script_file.is_none() {
+            self.issue(
+                "engine.script_file",
+                "required when engine.backend = \"scripted\"",
+            );
+        }
+        engine
+    }
+
+    fn issue(&mut self, key: &str, message: impl Into<String>) {
+        self.issues.push(ConfigIssue {
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn env_name(section: &str, key: &str) -> String {
+        format!("{ENV_PREFIX}{}_{}", section, key).to_uppercase()
+    }
+
+    fn raw(&mut self, section: &str, key: &str) -> Option<Raw> {
+        self.known.insert(format!("{section}.{key}"));
+        let name = Self::env_name(section, key);
+        if let Some((_, value)) = self.env.iter().rev().find(|(env, _)| *env == name) {
+            return Some(Raw::Env {
+                name,
+                value: value.clone(),
+            });
+        }
+        self.table
+            .get(section)
+            .and_then(|value| value.as_table())
+            .and_then(|table| table.get(key))
+            .cloned()
+            .map(Raw::Toml)
+    }
+
+    fn describe(raw: &Raw) -> String {
+        match raw {
+            Raw::Toml(value) => format!("got {value}"),
+            Raw::Env { name, value } => format!("got {value:?} from {name}"),
+        }
+    }
+
+    fn parsed<T>(
+        &mut self,
+        section: &str,
+        key: &str,
+        default: T,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> T {
+        let full_key = format!("{section}.{key}");
+        match self.raw(section, key) {
+            None => default,
+            Some(raw) => {
+                let text = match &raw {
+                    Raw::Toml(toml::Value::String(text)) => Some(text.clone()),
+                    Raw::Env { value, .. } => Some(value.clone()),
+                    Raw::Toml(_) => None,
+                };
+                match text.map(|text| parse(&text)) {
+                    Some(Ok(value)) => value,
+                    Some(Err(why)) => {
+                        self.issue(&full_key, format!("{why}, {}", Self::describe(&raw)));
+                        default
+                    }
+                    None => {
+                        self.issue(
+                            &full_key,
+                            format!("expected a string, {}", Self::describe(&raw)),
+                        );
+                        default
+                    }
+                }
+            }
+        }
+    }
+
+    fn string(&mut self, section: &str, key: &str, default: &str) -> String {
+        self.parsed(section, key, default.to_string(), |raw| Ok(raw.to_string()))
+    }
+
+    fn path(&mut self, section: &str, key: &str, default: &str) -> PathBuf {
+        self.parsed(section, key, PathBuf::from(default), |raw| {
+            if raw.trim().is_empty() {
+                Err("expected a non-empty path".into())
+            } else {
+                Ok(PathBuf::from(raw))
+            }
+        })
+    }
+
+    fn optional_path(&mut self, section: &str, key: &str) -> Option<PathBuf> {
+        self.parsed(section, key, None, |raw| Ok(Some(PathBuf::from(raw))))
+    }
+
+    fn number(&mut self, section: &str, key: &str) -> Option<(f64, bool, Raw)> {
+        let raw = self.raw(section, key)?;
+        let full_key = format!("{section}.{key}");
+        let parsed = match &raw {
+            Raw::Toml(toml::Value::Integer(value)) => Some((*value as f64, true)),
+            Raw::Toml(toml::Value::Float(value)) => Some((*value, false)),
+            Raw::Toml(_) => None,
+            Raw::Env { value, .. } => match value.trim().parse::<i64>() {
+                Ok(int) => Some((int as f64, true)),
+                Err(_) => value.trim().parse::<f64>().ok().map(|float| (float, false)),
+            },
+        };
+        match parsed {
+            Some((value, is_integer)) => Some((value, is_integer, raw)),
+            None => {
+                let why = format!("expected a number, {}", Self::describe(&raw));
+                self.issue(&full_key, why);
+                None
+            }
+        }
+    }
+
+    fn integer(
+        &mut self,
+        section: &str,
+        key: &str,
+        default: usize,
+        range: std::ops::RangeInclusive<usize>,
+    ) -> usize {
+        let Some((value, is_integer, raw)) = self.number(section, key) else {
+            return default;
+        };
+        let full_key = format!("{section}.{key}");
+        if !is_integer || value < *range.start() as f64 || value > *range.end() as f64 {
+            let why = format!(
+                "expected a whole number from {} to {}, {}",
+                range.start(),
+                range.end(),
+                Self::describe(&raw)
+            );
+            self.issue(&full_key, why);
+            return default;
+        }
+        value as usize
+    }
+
+    fn float(
+        &mut self,
+        section: &str,
+        key: &str,
+        default: f64,
+        range: std::ops::RangeInclusive<f64>,
+    ) -> f64 {
+        let Some((value, _, raw)) = self.number(section, key) else {
+            return default;
+        };
+        if !range.contains(&value) {
+            let why = format!(
+                "expected a number from {} to {}, {}",
+                range.start(),
+                range.end(),
+                Self::describe(&raw)
+            );
+            self.issue(&format!("{section}.{key}"), why);
+            return default;
+        }
+        value
+    }
+
+    fn boolean(&mut self, section: &str, key: &str, default: bool) -> bool {
+        let full_key = format!("{section}.{key}");
+        match self.raw(section, key) {
+            None => default,
+            Some(Raw::Toml(toml::Value::Boolean(value))) => value,
+            Some(Raw::Env { value, .. }) if matches!(value.as_str(), "true" | "1" | "yes") => true,
+            Some(Raw::Env { value, .. }) if matches!(value.as_str(), "false" | "0" | "no") => false,
+            Some(raw) => {
+                let why = format!("expected true or false, {}", Self::describe(&raw));
+                self.issue(&full_key, why);
+                default
+            }
+        }
+    }
+
+    /// A secret from `key` (environment or file) or from `key_file`.
+    fn secret(&mut self, section: &str, key: &str) -> Option<Secret> {
+        let direct = self.parsed(section, key, None, |raw| Ok(Some(raw.to_string())));
+        let file_key = format!("{key}_file");
+        let file = self.optional_path(section, &file_key);
+        match (direct, file) {
+            (Some(_), Some(_)) => {
+                self.issue(
+                    &format!("{section}.{key}"),
+                    format!("set either {section}.{key} or {section}.{file_key}, not both"),
+                );
+                None
+            }
+            (Some(value), None) if value.trim().is_empty() => {
+                self.issue(&format!("{section}.{key}"), "is empty");
+                None
+            }
+            (Some(value), None) => Some(Secret::new(value.trim())),
+            (None, Some(path)) => match std::fs::read_to_string(&path) {
+                Ok(value) if !value.trim().is_empty() => Some(Secret::new(value.trim())),
+                Ok(_) => {
+                    self.issue(
+                        &format!("{section}.{file_key}"),
+                        format!("{} is empty", path.display()),
+                    );
+                    None
+                }
+                Err(err) => {
+                    self.issue(
+                        &format!("{section}.{file_key}"),
+                        format!("cannot read {}: {err}", path.display()),
+                    );
+                    None
+                }
+            },
+            (None, None) => None,
+        }
+    }
+
+    fn check_unknown(&mut self) {
+        let mut unknown = Vec::new();
+        let sections: BTreeSet<String> = self
+            .known
+            .iter()
+            .filter_map(|key| key.split_once('.').map(|(section, _)| section.to_string()))
+            .collect();
+        for (section, value) in &self.table {
+            match value.as_table() {
+                Some(table) if sections.contains(section) => {
+                    for key in table.keys() {
+                        if !self.known.contains(&format!("{section}.{key}")) {
+                            unknown.push(format!("{section}.{key}"));
+                        }
+                    }
+                }
+                Some(_) => unknown.push(section.clone()),
+                None => unknown.push(section.clone()),
+            }
+        }
+        for key in unknown {
+            self.issue(
+                &key,
+                "unknown key (see the configuration reference in README.md)",
+            );
+        }
+        let known_env: BTreeSet<String> = self
+            .known
+            .iter()
+            .filter_map(|key| key.split_once('.'))
+            .map(|(section, key)| Self::env_name(section, key))
+            .collect();
+        let stray: Vec<String> = self
+            .env
+            .iter()
+            .map(|(name, _)| name.clone())
+            .filter(|name| name.starts_with(ENV_PREFIX) && !known_env.contains(name))
+            .collect();
+        for name in stray {
+            self.issue(&name, "environment variable matches no configuration key");
+        }
+    }
+}
+
+impl Config {
+    /// The configuration with every default.
+    pub fn defaults() -> Self {
+        parse("", &[]).unwrap_or_else(|issues| panic!("defaults are invalid: {issues:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let config = Config::defaults();
+        assert_eq!(config.store.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.operator.listen.to_string(), "127.0.0.1:8686");
+        assert_eq!(config.engine.convert_to, ConvertTo::Q8_0);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_key() {
+        let text = r#"
+            [engine]
+            max_tokens = -3
+            temperature = "hot"
+            bogus = 1
+            [operator]
+            listen = "nowhere"
+            [chat]
+            default_locale = "fr"
+            [mystery]
+            x = 1
+        "#;
+        let issues = parse(text, &[]).unwrap_err();
+        let keys: Vec<&str> = issues.iter().map(|issue| issue.key.as_str()).collect();
+        for key in [
+            "engine.max_tokens",
+            "engine.temperature",
+            "engine.bogus",
+            "operator.listen",
+            "chat.default_locale",
+            "mystery",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let text = "[engine]\nmax_tokens = 100\n";
+        let config = parse(text, &env(&[("CONCIERGE_ENGINE_MAX_TOKENS", "64")])).unwrap();
+        assert_eq!(config.engine.max_tokens, 64);
+        let issues = parse(text, &env(&[("CONCIERGE_ENGINE_MAX_TOKENS", "lots")])).unwrap_err();
+        assert_eq!(issues[0].key, "engine.max_tokens");
+        assert!(issues[0].message.contains("CONCIERGE_ENGINE_MAX_TOKENS"));
+        let issues = parse("", &env(&[("CONCIERGE_ENGINE_MAX_TOKEN", "1")])).unwrap_err();
+        assert_eq!(issues[0].key, "CONCIERGE_ENGINE_MAX_TOKEN");
+    }
+
+    #[test]
+    fn secrets_come_from_env_or_file_and_are_never_printed() {
+        let config = parse("", &env(&[("CONCIERGE_OPERATOR_TOKEN", "s3cr3t-value")])).unwrap();
+        let token = config.operator.token.clone().unwrap();
+        assert_eq!(token.expose(), "s3cr3t-value");
+        assert!(!format!("{config:?}").contains("s3cr3t-value"));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let text = format!(
+            "[operator]\ntoken_file = {:?}\n",
+            file.display().to_string()
+        );
+        let config = parse(&text, &[]).unwrap();
+        assert_eq!(config.operator.token.unwrap().expose(), "from-file");
+
+        let text = "[operator]\ntoken_file = \"/nonexistent/token\"\n";
+        let issues = parse(text, &[]).unwrap_err();
+        assert_eq!(issues[0].key, "operator.token_file");
+    }
+
+    #[test]
+    fn malformed_toml_is_one_clear_error() {
+        let issues = parse("[engine\nmax_tokens = ", &[]).unwrap_err();
+        assert_eq!(issues.len(), 1);
+        assert!(issues[0].message.contains("not valid TOML"));
+    }
+
+    #[test]
+    fn max_tokens_must_fit_the_context() {
+        let issues =
+            parse("[engine]\nmax_tokens = 2000\ncontext_tokens = 2048\n", &[]).unwrap_err();
+        assert_eq!(issues[0].key, "engine.max_tokens");
+    }
+}

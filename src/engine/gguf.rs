@@ -1,0 +1,503 @@
+//! Reading a GGUF file's header before any loader touches it: magic, version,
+//! metadata and tensor table, every length checked against the file size, so
+//! a truncated or damaged file and an unsupported architecture get a clear
+//! error instead of a panic or a huge allocation deep inside a loader.
+//! Also builds the model's own tokenizer from the metadata.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek};
+use std::path::{Path, PathBuf};
+
+use super::EngineError;
+
+const GGUF_MAGIC: [u8; 4] = *b"GGUF";
+const DEFAULT_ALIGNMENT: u64 = 32;
+
+/// Architectures the mistral.rs GGUF loader supports (0.8.1).
+pub const SUPPORTED_ARCHITECTURES: &[&str] = &[
+    "llama",
+    "mistral3",
+    "phi2",
+    "phi3",
+    "starcoder2",
+    "qwen2",
+    "qwen3",
+    "qwen3moe",
+];
+
+/// A metadata value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MetaValue {
+    /// Any integer type, widened.
+    Int(i128),
+    /// f32 or f64.
+    Float(f64),
+    /// bool.
+    Bool(bool),
+    /// UTF-8 string.
+    Str(String),
+    /// Array of values.
+    Array(Vec<MetaValue>),
+}
+
+impl MetaValue {
+    /// The value as a string, if it is one.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::Str(text) => Some(text),
+            _ => None,
+        }
+    }
+    /// The value as an unsigned integer, if it is one.
+    pub fn as_u64(&self) -> Option<u64> {
+        match self {
+            Self::Int(value) => u64::try_from(*value).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// One tensor's entry in the table.
+#[derive(Clone, Debug)]
+pub struct TensorEntry {
+    /// Tensor name.
+    pub name: String,
+    /// ggml type id.
+    pub ggml_type: u32,
+    /// Number of elements.
+    pub elements: u64,
+    /// Offset in the data section.
+    pub offset: u64,
+}
+
+/// What the header says.
+#[derive(Clone, Debug)]
+pub struct GgufHeader {
+    /// Format version (2 or 3).
+    pub version: u32,
+    /// All metadata key/values.
+    pub metadata: HashMap<String, MetaValue>,
+    /// The tensor table.
+    pub tensors: Vec<TensorEntry>,
+}
+
+impl GgufHeader {
+    /// `general.architecture`.
+    pub fn architecture(&self) -> Option<&str> {
+        self.metadata
+            .get("general.architecture")
+            .and_then(MetaValue::as_str)
+    }
+
+    /// The model's trained context length, if stated.
+    pub fn context_length(&self) -> Option<u64> {
+        let arch = self.architecture()?;
+        self.metadata
+            .get(&format!("{arch}.context_length"))
+            .and_then(MetaValue::as_u64)
+    }
+
+    /// Name of the quant type most tensors use, e.g. `Q4_1`.
+    pub fn dominant_type(&self) -> Option<&'static str> {
+        let mut counts: HashMap<u32, u64> = HashMap::new();
+        for tensor in &self.tensors {
+            *counts.entry(tensor.ggml_type).or_default() += tensor.elements;
+        }
+        counts
+            .into_iter()
+            .max_by_key(|&(_, elements)| elements)
+            .and_then(|(ggml_type, _)| ggml_type_layout(ggml_type).map(|layout| layout.0))
+    }
+}
+
+/// (name, elements per block, bytes per block) of ggml types.
+fn ggml_type_layout(ggml_type: u32) -> Option<(&'static str, u64, u64)> {
+    Some(match ggml_type {
+        0 => ("F32", 1, 4),
+        1 => ("F16", 1, 2),
+        2 => ("Q4_0", 32, 18),
+        3 => ("Q4_1", 32, 20),
+        6 => ("Q5_0", 32, 22),
+        7 => ("Q5_1", 32, 24),
+        8 => ("Q8_0", 32, 34),
+        9 => ("Q8_1", 32, 40),
+        10 => ("Q2K", 256, 84),
+        11 => ("Q3K", 256, 110),
+        12 => ("Q4K", 256, 144),
+        13 => ("Q5K", 256, 176),
+        14 => ("Q6K", 256, 210),
+        15 => ("Q8K", 256, 292),
+        30 => ("BF16", 1, 2),
+        _ => return None,
+    })
+}
+
+/// Reads and checks the header of `path`.
+pub fn read_header(path: &Path) -> Result<GgufHeader, EngineError> {
+    let file = File::open(path).map_err(|err| match err.kind() {
+        std::io::ErrorKind::NotFound => EngineError::ModelMissing {
+            path: path.to_path_buf(),
+        },
+        _ => EngineError::ModelUnreadable {
+            path: path.to_path_buf(),
+            detail: err.to_string(),
+        },
+    })?;
+    let file_len = file
+        .metadata()
+        .map_err(|err| EngineError::ModelUnreadable {
+            path: path.to_path_buf(),
+            detail: err.to_string(),
+        })?
+        .len();
+    let mut reader = HeaderReader {
+        inner: BufReader::new(file),
+        file_len,
+        path: path.to_path_buf(),
+    };
+    let header = reader.header()?;
+    let data_start = reader.data_start(&header)?;
+    let mut end = 0;
+    for tensor in &header.tensors {
+        let Some((_, block_elements, block_bytes)) = ggml_type_layout(tensor.ggml_type) else {
+            return Err(reader.corrupt(format!(
+                "tensor {} has unsupported ggml type {}",
+                tensor.name, tensor.ggml_type
+            )));
+        };
+        let bytes = tensor
+            .elements
+            .div_ceil(block_elements)
+            .saturating_mul(block_bytes);
+        end = end.max(
+            data_start
+                .saturating_add(tensor.offset)
+                .saturating_add(bytes),
+        );
+    }
+    if end > file_len {
+        return Err(reader.corrupt(format!(
+            "file is truncated: tensors need {end} bytes, the file has {file_len}"
+        )));
+    }
+    Ok(header)
+}
+
+/// Checks that the header describes a model the engine can load.
+pub fn check_supported(path: &Path, header: &GgufHeader) -> Result<(), EngineError> {
+    let architecture = header
+        .architecture()
+        .ok_or_else(|| EngineError::ModelCorrupt {
+            path: path.to_path_buf(),
+            detail: "metadata has no general.architecture".into(),
+        })?;
+    if !SUPPORTED_ARCHITECTURES.contains(&architecture) {
+        return Err(EngineError::UnsupportedArchitecture {
+            path: path.to_path_buf(),
+            architecture: architecture.to_string(),
+        });
+    }
+    Ok(())
+}
+
+struct HeaderReader {
+    inner: BufReader<File>,
+    file_len: u64,
+    path: PathBuf,
+}
+
+impl HeaderReader {
+    fn corrupt(&self, detail: String) -> EngineError {
+        EngineError::ModelCorrupt {
+            path: self.path.clone(),
+            detail,
+        }
+    }
+
+    fn position(&mut self) -> u64 {
+        self.inner.stream_position().unwrap_or(self.file_len)
+    }
+
+    fn bytes<const N: usize>(&mut self) -> Result<[u8; N], EngineError> {
+        let mut buffer = [0u8; N];
+        self.inner
+            .read_exact(&mut buffer)
+            .map_err(|_| self.corrupt("unexpected end of file in the header".into()))?;
+        Ok(buffer)
+    }
+
+    fn u32(&mut self) -> Result<u32, EngineError> {
+        Ok(u32::from_le_bytes(self.bytes()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, EngineError> {
+        Ok(u64::from_le_bytes(self.bytes()?))
+    }
+
+    /// A length that must fit in what is left of the file.
+    fn length(&mut self, unit_bytes: u64, what: &str) -> Result<u64, EngineError> {
+        let length = self.u64()?;
+        let remaining = self.file_len.saturating_sub(self.position());
+        if length.saturating_mul(unit_bytes) > remaining {
+            return Err(self.corrupt(format!(
+                "{what} length {length} exceeds the rest of the file ({remaining} bytes)"
+            )));
+        }
+        Ok(length)
+    }
+
+    fn string(&mut self) -> Result<String, EngineError> {
+        let length = self.length(1, "string")?;
+        let mut buffer = vec![0u8; length as usize];
+        self.inner
+            .read_exact(&mut buffer)
+            .map_err(|_| self.corrupt("unexpected end of file in a string".into()))?;
+        String::from_utf8(buffer).map_err(|_| self.corrupt("a metadata string is not UTF-8".into()))
+    }
+
+    fn value(&mut self, value_type: u32, depth: u32) -> Result<MetaValue, EngineError> {
+        Ok(match value_type {
+            0 => MetaValue::Int(u8::from_le_bytes(self.bytes()?).into()),
+            1 => MetaValue::Int(i8::from_le_bytes(self.bytes()?).into()),
+            2 => MetaValue::Int(u16::from_le_bytes(self.bytes()?).into()),
+            3 => MetaValue::Int(i16::from_le_bytes(self.bytes()?).into()),
+            4 => MetaValue::Int(self.u32()?.into()),
+            5 => MetaValue::Int(i32::from_le_bytes(self.bytes()?).into()),
+            6 => MetaValue::Float(f32::from_le_bytes(self.bytes()?).into()),
+            7 => {
+                let [byte] = self.bytes()?;
+                MetaValue::Bool(byte != 0)
+            }
+            8 => MetaValue::Str(self.string()?),
+            9 => {
+                if depth > 2 {
+                    return Err(self.corrupt("metadata arrays nest too deeply".into()));
+                }
+                let element_type = self.u32()?;
+                let count = self.length(1, "array")?;
+                let mut values = Vec::with_capacity(count.min(1 << 20) as usize);
+                for _ in 0..count {
+                    values.push(self.value(element_type, depth + 1)?);
+                }
+                MetaValue::Array(values)
+            }
+            10 => MetaValue::Int(self.u64()?.into()),
+            11 => MetaValue::Int(i64::from_le_bytes(self.bytes()?).into()),
+            12 => MetaValue::Float(f64::from_le_bytes(self.bytes()?)),
+            other => return Err(self.corrupt(format!("unknown metadata value type {other}"))),
+        })
+    }
+
+    fn header(&mut self) -> Result<GgufHeader, EngineError> {
+        if self.bytes::<4>().ok() != Some(GGUF_MAGIC) {
+            return Err(self.corrupt("not a GGUF file (bad magic number)".into()));
+        }
+        let version = self.u32()?;
+        if !(2..=3).contains(&version) {
+            return Err(self.corrupt(format!("unsupported GGUF version {version}")));
+        }
+        // Each tensor entry and each key/value take at least 8 bytes.
+        let tensor_count = self.length(8, "tensor table")?;
+        let kv_count = self.length(8, "metadata table")?;
+        let mut metadata = HashMap::new();
+        for _ in 0..kv_count {
+            let key = self.string()?;
+            let value_type = self.u32()?;
+            let value = self.value(value_type, 0)?;
+            metadata.insert(key, value);
+        }
+        let mut tensors = Vec::with_capacity(tensor_count as usize);
+        for _ in 0..tensor_count {
+            let name = self.string()?;
+            let dimensions = self.u32()?;
+            if dimensions > 8 {
+                return Err(self.corrupt(format!("tensor {name} has {dimensions} dimensions")));
+            }
+            let mut elements: u64 = 1;
+            for _ in 0..dimensions {
+                elements = elements.saturating_mul(self.u64()?);
+            }
+            let ggml_type = self.u32()?;
+            let offset = self.u64()?;
+            tensors.push(TensorEntry {
+                name,
+                ggml_type,
+                elements,
+                offset,
+            });
+        }
+        Ok(GgufHeader {
+            version,
+            metadata,
+            tensors,
+        })
+    }
+
+    fn data_start(&mut self, header: &GgufHeader) -> Result<u64, EngineError> {
+        let alignment = header
+            .metadata
+            .get("general.alignment")
+            .and_then(MetaValue::as_u64)
+            .filter(|&alignment| alignment > 0)
+            .unwrap_or(DEFAULT_ALIGNMENT);
+        let position = self.position();
+        Ok(position.div_ceil(alignment) * alignment)
+    }
+}
+
+/// The model's own tokenizer, built from GGUF metadata (gpt2-style BPE).
+/// Returns `None` for tokenizer kinds this build cannot reconstruct.
+pub fn tokenizer_from_header(header: &GgufHeader) -> Option<tokenizers::Tokenizer> {
+    use tokenizers::models::bpe::{Vocab, BPE};
+    use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+    use tokenizers::pre_tokenizers::sequence::Sequence;
+    use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+    use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
+
+    let kind = header.metadata.get("tokenizer.ggml.model")?.as_str()?;
+    if kind != "gpt2" {
+        return None;
+    }
+    let strings = |key: &str| -> Option<Vec<String>> {
+        match header.metadata.get(key)? {
+            MetaValue::Array(values) => values
+                .iter()
+                .map(|value| value.as_str().map(str::to_string))
+                .collect(),
+            _ => None,
+        }
+    };
+    let tokens = strings("tokenizer.ggml.tokens")?;
+    let merges: Vec<(String, String)> = strings("tokenizer.ggml.merges")?
+        .into_iter()
+        .filter_map(|merge| {
+            merge
+                .split_once(' ')
+                .map(|(left, right)| (left.to_string(), right.to_string()))
+        })
+        .collect();
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(id, token)| (token.clone(), id as u32))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .ok()?;
+    let mut tokenizer = tokenizers::Tokenizer::new(bpe);
+    // The GPT-2 pre-tokenisation regex, as llama.cpp and mistral.rs use for gpt2 GGUF vocabularies.
+    let split = Split::new(
+        SplitPattern::Regex(
+            "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+                .to_string(),
+        ),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .ok()?;
+    tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
+        PreTokenizerWrapper::Split(split),
+        PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, false, false)),
+    ])));
+    tokenizer.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::new(
+        false, false, false,
+    )));
+    let special: Vec<AddedToken> = ["tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"]
+        .iter()
+        .filter_map(|key| header.metadata.get(*key)?.as_u64())
+        .filter_map(|id| tokens.get(id as usize))
+        .map(|token| AddedToken::from(token.clone(), true))
+        .collect();
+    tokenizer.add_special_tokens(&special);
+    Some(tokenizer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal valid GGUF file with one F32 tensor.
+    fn tiny_gguf(architecture: &str) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(b"GGUF");
+        bytes.extend_from_slice(&3u32.to_le_bytes());
+        bytes.extend_from_slice(&1u64.to_le_bytes()); // tensors
+        bytes.extend_from_slice(&1u64.to_le_bytes()); // kv
+        let key = "general.architecture";
+        bytes.extend_from_slice(&(key.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(key.as_bytes());
+        bytes.extend_from_slice(&8u32.to_le_bytes());
+        bytes.extend_from_slice(&(architecture.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(architecture.as_bytes());
+        let name = "weight";
+        bytes.extend_from_slice(&(name.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.extend_from_slice(&1u32.to_le_bytes());
+        bytes.extend_from_slice(&4u64.to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        bytes.extend_from_slice(&0u64.to_le_bytes());
+        while bytes.len() % 32 != 0 {
+            bytes.push(0);
+        }
+        bytes.extend_from_slice(&[0u8; 16]);
+        bytes
+    }
+
+    fn write(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.gguf");
+        std::fs::write(&path, bytes).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn reads_a_valid_header() {
+        let (_dir, path) = write(&tiny_gguf("llama"));
+        let header = read_header(&path).unwrap();
+        assert_eq!(header.architecture(), Some("llama"));
+        assert_eq!(header.tensors.len(), 1);
+        check_supported(&path, &header).unwrap();
+    }
+
+    #[test]
+    fn unsupported_architecture_is_named() {
+        let (_dir, path) = write(&tiny_gguf("gemma"));
+        let header = read_header(&path).unwrap();
+        let err = check_supported(&path, &header).unwrap_err();
+        assert!(err.to_string().contains("gemma"), "{err}");
+    }
+
+    #[test]
+    fn truncation_and_garbage_are_corrupt_not_panics() {
+        let bytes = tiny_gguf("llama");
+        let (_dir, path) = write(&bytes[..bytes.len() - 8]);
+        assert!(matches!(
+            read_header(&path),
+            Err(EngineError::ModelCorrupt { .. })
+        ));
+        let (_dir, path) = write(b"this is not a model at all");
+        assert!(matches!(
+            read_header(&path),
+            Err(EngineError::ModelCorrupt { .. })
+        ));
+        let mut huge = tiny_gguf("llama");
+        huge[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        let (_dir, path) = write(&huge);
+        assert!(matches!(
+            read_header(&path),
+            Err(EngineError::ModelCorrupt { .. })
+        ));
+        for cut in [0, 3, 7, 20, 40, 60] {
+            let (_dir, path) = write(&bytes[..cut]);
+            assert!(read_header(&path).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn missing_file_is_reported_as_missing() {
+        let err = read_header(Path::new("/nonexistent/model.gguf")).unwrap_err();
+        assert!(matches!(err, EngineError::ModelMissing { .. }));
+    }
+}

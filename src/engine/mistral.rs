@@ -1,0 +1,225 @@
+//! The in-process mistral.rs engine: loads a local GGUF file (checked first by
+//! `gguf::read_header`) and streams chat replies. The only importer of
+//! `mistralrs`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::FutureExt;
+use mistralrs::{
+    GgufModelBuilder, Model, RequestBuilder, Response, SamplingParams, TextMessageRole, TokenSource,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{gguf, ChatRequest, ChatRole, EngineError, Llm, ReplyStream, StreamEvent, Usage};
+use crate::config::EngineConfig;
+
+/// A GGUF model running in this process.
+pub struct MistralEngine {
+    model: Arc<Model>,
+    tokenizer: Option<tokenizers::Tokenizer>,
+    name: String,
+}
+
+impl MistralEngine {
+    /// Checks and loads the GGUF file at `path`.
+    pub async fn load(path: &Path, config: &EngineConfig) -> Result<Self, EngineError> {
+        let header = gguf::read_header(path)?;
+        gguf::check_supported(path, &header)?;
+        let tokenizer = gguf::tokenizer_from_header(&header);
+        if tokenizer.is_none() {
+            tracing::warn!(
+                path = %path.display(),
+                "tokenizer kind not supported for counting; history budget uses an estimate"
+            );
+        }
+        let absolute = std::path::absolute(path).map_err(|err| EngineError::ModelUnreadable {
+            path: path.to_path_buf(),
+            detail: err.to_string(),
+        })?;
+        let (Some(dir), Some(file)) = (absolute.parent(), absolute.file_name()) else {
+            return Err(EngineError::ModelUnreadable {
+                path: path.to_path_buf(),
+                detail: "not a file path".into(),
+            });
+        };
+        let builder = GgufModelBuilder::new(
+            dir.to_string_lossy().into_owned(),
+            vec![file.to_string_lossy().into_owned()],
+        )
+        .with_token_source(TokenSource::None)
+        .with_max_num_seqs(config.max_num_seqs)
+        .with_prefix_cache_n((config.prefix_cache > 0).then_some(config.prefix_cache));
+        // The loader may panic on inputs the header check cannot foresee;
+        // a panic must become an error, not take the daemon down.
+        let loaded = std::panic::AssertUnwindSafe(builder.build())
+            .catch_unwind()
+            .await;
+        let model = match loaded {
+            Ok(Ok(model)) => model,
+            Ok(Err(err)) => return Err(EngineError::Load(format!("{err:#}"))),
+            Err(panic) => return Err(EngineError::Load(panic_message(&panic))),
+        };
+        let name = absolute.file_stem().map_or_else(
+            || "model".to_string(),
+            |stem| stem.to_string_lossy().into_owned(),
+        );
+        Ok(Self {
+            model: Arc::new(model),
+            tokenizer,
+            name,
+        })
+    }
+}
+
+impl MistralEngine {
+    /// Counts tokens through the engine's own tokenizer (it queues behind
+    /// generation, so the hot path uses `count_tokens`; this checks it).
+    pub async fn engine_token_count(&self, text: &str) -> Result<usize, EngineError> {
+        self.model
+            .tokenize(
+                either::Either::Right(text.to_string()),
+                None,
+                false,
+                false,
+                None,
+            )
+            .await
+            .map(|tokens| tokens.len())
+            .map_err(|err| EngineError::Generation(err.to_string()))
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    format!("the model loader panicked: {text}")
+}
+
+fn build_request(request: &ChatRequest) -> RequestBuilder {
+    let mut builder = RequestBuilder::new();
+    for message in &request.messages {
+        let role = match message.role {
+            ChatRole::System => TextMessageRole::System,
+            ChatRole::User => TextMessageRole::User,
+            ChatRole::Assistant => TextMessageRole::Assistant,
+        };
+        builder = builder.add_message(role, &message.content);
+    }
+    let sampling = request.sampling;
+    // RequestBuilder starts greedy (top_k = 1); state every parameter.
+    let params = if sampling.temperature <= 0.0 {
+        SamplingParams {
+            max_len: Some(sampling.max_tokens),
+            ..SamplingParams::deterministic()
+        }
+    } else {
+        SamplingParams {
+            temperature: Some(sampling.temperature),
+            top_p: Some(sampling.top_p),
+            max_len: Some(sampling.max_tokens),
+            ..SamplingParams::neutral()
+        }
+    };
+    builder.set_sampling(params)
+}
+
+fn usage_of(usage: &mistralrs::Usage) -> Usage {
+    Usage {
+        prompt_tokens: usage.prompt_tokens,
+        completion_tokens: usage.completion_tokens,
+        prompt_tokens_per_sec: f64::from(usage.avg_prompt_tok_per_sec),
+        decode_tokens_per_sec: f64::from(usage.avg_compl_tok_per_sec),
+    }
+}
+
+#[async_trait]
+impl Llm for MistralEngine {
+    fn model_name(&self) -> &str {
+        &self.name
+    }
+
+    fn count_tokens(&self, text: &str) -> usize {
+        match &self.tokenizer {
+            Some(tokenizer) => tokenizer
+                .encode(text, false)
+                .map_or_else(|_| super::estimate_tokens(text), |encoding| encoding.len()),
+            None => super::estimate_tokens(text),
+        }
+    }
+
+    async fn stream_chat(
+        &self,
+        request: ChatRequest,
+        cancel: CancellationToken,
+    ) -> Result<ReplyStream, EngineError> {
+        let (events, reply) = mpsc::channel(64);
+        let model = Arc::clone(&self.model);
+        let builder = build_request(&request);
+        tokio::spawn(async move {
+            let mut stream = match model.stream_chat_request(builder).await {
+                Ok(stream) => stream,
+                Err(err) => {
+                    let _ = events
+                        .send(Err(EngineError::Generation(err.to_string())))
+                        .await;
+                    return;
+                }
+            };
+            loop {
+                // Dropping `stream` on cancel or a closed receiver cancels the sequence.
+                let response = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = events.closed() => return,
+                    response = stream.next() => response,
+                };
+                let event = match response {
+                    None => Err(EngineError::Generation(
+                        "the engine ended the stream early".into(),
+                    )),
+                    Some(Response::Chunk(chunk)) => {
+                        let mut finished = None;
+                        for choice in &chunk.choices {
+                            if let Some(text) = choice
+                                .delta
+                                .content
+                                .as_ref()
+                                .filter(|text| !text.is_empty())
+                            {
+                                if events
+                                    .send(Ok(StreamEvent::Delta(text.clone())))
+                                    .await
+                                    .is_err()
+                                {
+                                    return;
+                                }
+                            }
+                            if choice.finish_reason.is_some() {
+                                finished =
+                                    Some(chunk.usage.as_ref().map(usage_of).unwrap_or_default());
+                            }
+                        }
+                        match finished {
+                            Some(usage) => Ok(StreamEvent::Done(usage)),
+                            None => continue,
+                        }
+                    }
+                    Some(Response::Done(done)) => Ok(StreamEvent::Done(usage_of(&done.usage))),
+                    Some(Response::ModelError(message, _)) => Err(EngineError::Generation(message)),
+                    Some(Response::InternalError(err)) | Some(Response::ValidationError(err)) => {
+                        Err(EngineError::Generation(err.to_string()))
+                    }
+                    Some(_) => Err(EngineError::Generation("unexpected response kind".into())),
+                };
+                let _ = events.send(event).await;
+                return;
+            }
+        });
+        Ok(reply)
+    }
+}

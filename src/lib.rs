@@ -1,0 +1,21 @@
+//! Concierge: a self-hosted customer-service and recommendation bot. This
+//! crate is the core: configuration, store, engine, conversation pipeline and
+//! the daemon's lifecycle. Channels live in `adapters/*` crates and meet the
+//! core only through `concierge-adapter`. See ARCHITECTURE.md.
+
+pub mod app;
+pub mod bench;
+pub mod channels;
+pub mod config;
+pub mod engine;
+pub mod health;
+pub mod history;
+pub mod language;
+pub mod models;
+pub mod operator;
+pub mod pipeline;
+pub mod prompts;
+pub mod router;
+pub mod session;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,270 @@
+//! The `concierge` command: argument parsing (clap), logging setup, and exit
+//! codes (0 success, 1 failure, 2 invalid configuration or usage).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use concierge::config::{self, Config, ConfigSource, LogFormat};
+use concierge::store::StoreError;
+use concierge::{app, bench, history, models};
+
+#[derive(Parser)]
+#[command(
+    name = "concierge",
+    version,
+    about = "Self-hosted customer-service and recommendation bot"
+)]
+struct Cli {
+    /// Configuration file [default: config/concierge.toml, if present]
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Data directory; overrides store.data_dir
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Chat at the console through the full pipeline (stdin → replies on stdout)
+    Chat {
+        /// Customer id of the console user [default: console.user, "local"]
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Run the daemon until SIGINT/SIGTERM
+    Serve,
+    /// Print a customer's stored conversation as JSON lines
+    History {
+        /// The customer's id on the platform
+        #[arg(long)]
+        user: String,
+        /// The platform the id belongs to
+        #[arg(long, default_value = "console")]
+        platform: String,
+    },
+    /// Configuration tools
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Model files: fetch the default model, convert to Q8_0
+    Models {
+        #[command(subcommand)]
+        action: ModelsAction,
+    },
+    /// Benchmarks that print figures
+    Bench {
+        #[command(subcommand)]
+        action: BenchAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigAction {
+    /// Validate the configuration; print every error; exit 2 if invalid
+    Check {
+        /// File to check [default: --config, or config/concierge.toml]
+        path: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsAction {
+    /// Download the default model (models/fetch) and check its sha256
+    Fetch,
+    /// Re-quantise a GGUF model to Q8_0 (fast CPU kernels)
+    Convert {
+        /// Source file [default: engine.model_path]
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Output file [default: beside the source, named .Q8_0.gguf]
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchAction {
+    /// Prompt and decode speed of the engine on a fixed prompt (JSON)
+    Engine {
+        /// GGUF file to measure [default: the prepared engine.model_path]
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Measured runs (after one warm-up)
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Tokens generated per run
+        #[arg(long, default_value_t = 64)]
+        max_tokens: usize,
+    },
+}
+
+fn load_config(cli: &Cli, path_override: Option<&PathBuf>) -> Result<Config, config::ConfigError> {
+    let source =
+        ConfigSource::from_flag(path_override.or(cli.config.as_ref()).map(PathBuf::as_path));
+    let mut config = config::load_from_process(&source)?;
+    if let Some(dir) = &cli.data_dir {
+        config.store.data_dir = dir.clone();
+    }
+    Ok(config)
+}
+
+fn init_logging(config: &Config) {
+    let mut filter = config.log.level.clone();
+    if !filter.contains("mistralrs") {
+        // mistral.rs logs every load step at info; keep the console readable.
+        filter.push_str(",mistralrs_core=warn,mistralrs=warn,mistralrs_quant=warn");
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(err) => {
+                tracing::warn!("cannot watch SIGTERM: {err}");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Config {
+        action: ConfigAction::Check { path },
+    } = &cli.command
+    {
+        return match load_config(&cli, path.as_ref()) {
+            Ok(_) => {
+                println!("configuration is valid");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprint!("{err}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let config = match load_config(&cli, None) {
+        Ok(config) => config,
+        Err(err) => {
+            eprint!("{err}");
+            return ExitCode::from(2);
+        }
+    };
+    if config.engine.threads > 0 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // Set before any thread pool starts.
+        std::env::set_var("RAYON_NUM_THREADS", config.engine.threads.to_string());
+    }
+    init_logging(&config);
+    match run(cli.command, &config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("concierge: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command, config: &Config) -> anyhow::Result<()> {
+    match command {
+        Command::Chat { user } => {
+            let user = user.unwrap_or_else(|| config.console.user.clone());
+            runtime()?.block_on(app::chat(config, &user, async {
+                let _ = tokio::signal::ctrl_c().await;
+            }))
+        }
+        Command::Serve => runtime()?.block_on(app::serve(config, shutdown_signal())),
+        Command::History { user, platform } => print_history(config, &user, &platform),
+        Command::Models { action } => match action {
+            ModelsAction::Fetch => {
+                let dir = config
+                    .engine
+                    .model_path
+                    .parent()
+                    .filter(|dir| !dir.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."));
+                models::fetch(dir)
+            }
+            ModelsAction::Convert { input, output } => {
+                let input = input.unwrap_or_else(|| config.engine.model_path.clone());
+                let output =
+                    output.unwrap_or_else(|| concierge::engine::convert::q8_0_path(&input));
+                models::convert_q8_0(&input, &output)
+            }
+        },
+        Command::Bench {
+            action:
+                BenchAction::Engine {
+                    model,
+                    runs,
+                    max_tokens,
+                },
+        } => {
+            let path = match model {
+                Some(path) => path,
+                None => models::prepare(&config.engine)?,
+            };
+            let figures = runtime()?.block_on(bench::engine(
+                &path,
+                &config.engine,
+                runs.max(1),
+                max_tokens,
+            ))?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+            Ok(())
+        }
+        Command::Config { .. } => Ok(()),
+    }
+}
+
+fn print_history(config: &Config, user: &str, platform: &str) -> anyhow::Result<()> {
+    let store = match concierge::store::Store::open(&config.store.data_dir) {
+        Ok(store) => store,
+        Err(StoreError::Locked { path }) => anyhow::bail!(
+            "the store at {} is held by a running Concierge daemon; read the history through its operator API instead:\n  curl -H \"Authorization: Bearer $CONCIERGE_OPERATOR_TOKEN\" 'http://{}/v1/history?user={user}&platform={platform}'",
+            path.display(),
+            config.operator.listen
+        ),
+        Err(err) => return Err(err.into()),
+    };
+    let lines = history::history(&store, platform, user)?;
+    let mut out = std::io::stdout().lock();
+    for line in lines {
+        use std::io::Write;
+        writeln!(out, "{}", serde_json::to_string(&line)?)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! Getting the model ready to load: fetching the default model with
+//! `models/fetch` when it is missing, and converting it once to a quant
+//! type with fast CPU kernels (`engine.convert_to`). Progress goes to stderr.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context};
+
+use crate::config::{ConvertTo, EngineConfig};
+use crate::engine::{convert, gguf};
+
+/// The fetch script, relative to the working directory.
+pub const FETCH_SCRIPT: &str = "models/fetch";
+
+/// Runs `models/fetch` so the default model lands in `dest_dir`.
+pub fn fetch(dest_dir: &Path) -> anyhow::Result<()> {
+    let script = Path::new(FETCH_SCRIPT);
+    if !script.exists() {
+        bail!(
+            "{FETCH_SCRIPT} not found in {}: run Concierge from the repository root, or fetch the model yourself and set engine.model_path",
+            std::env::current_dir().map(|dir| dir.display().to_string()).unwrap_or_default()
+        );
+    }
+    eprintln!(
+        "concierge: fetching the default model into {} ...",
+        dest_dir.display()
+    );
+    let status = Command::new("bash")
+        .arg(script)
+        .arg(dest_dir)
+        .status()
+        .with_context(|| format!("cannot run {FETCH_SCRIPT}"))?;
+    if !status.success() {
+        bail!("{FETCH_SCRIPT} failed ({status}); see its messages above");
+    }
+    Ok(())
+}
+
+/// Converts `source` to Q8_0 beside it, printing progress.
+pub fn convert_q8_0(source: &Path, target: &Path) -> anyhow::Result<()> {
+    eprintln!(
+        "concierge: converting {} to Q8_0 (once; fast CPU kernels) ...",
+        source.display()
+    );
+    let mut last_percent = None;
+    convert::convert_to_q8_0(source, target, |done, total| {
+        let percent = done * 100 / total.max(1);
+        if last_percent != Some(percent / 10) {
+            last_percent = Some(percent / 10);
+            eprint!("\rconcierge: converting: {percent:3}%");
+        }
+    })?;
+    eprintln!("\rconcierge: converted to {}", target.display());
+    Ok(())
+}
+
+/// Makes sure the configured model is present (fetching it if allowed) and
+/// returns the file to load (the converted copy when conversion is on).
+pub fn prepare(config: &EngineConfig) -> anyhow::Result<PathBuf> {
+    let source = &config.model_path;
+    if !source.exists() {
+        if !config.auto_fetch {
+            bail!(crate::engine::EngineError::ModelMissing {
+                path: source.clone()
+            });
+        }
+        let dest_dir = source
+            .parent()
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        fetch(dest_dir)?;
+        if !source.exists() {
+            bail!(
+                "{FETCH_SCRIPT} fetches the default model, but engine.model_path is {}: fetch that model yourself",
+                source.display()
+            );
+        }
+    }
+    let header = gguf::read_header(source)?;
+    gguf::check_supported(source, &header)?;
+    if config.convert_to == ConvertTo::None || header.dominant_type() == Some("Q8_0") {
+        return Ok(source.clone());
+    }
+    if !matches!(
+        header.dominant_type(),
+        Some("Q4_0" | "Q4_1" | "Q5_0" | "Q5_1")
+    ) {
+        return Ok(source.clone());
+    }
+    let target = convert::q8_0_path(source);
+    if is_fresh(&target, source) && gguf::read_header(&target).is_ok() {
+        return Ok(target);
+    }
+    convert_q8_0(source, &target)?;
+    Ok(target)
+}
+
+/// Whether `derived` exists and is newer than `source`.
+fn is_fresh(derived: &Path, source: &Path) -> bool {
+    let modified = |path: &Path| {
+        std::fs::metadata(path)
+            .and_then(|meta| meta.modified())
+            .ok()
+    };
+    match (modified(derived), modified(source)) {
+        (Some(derived), Some(source)) => derived >= source,
+        _ => false,
+    }
+}

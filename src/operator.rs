@@ -1,0 +1,163 @@
+//! The operator HTTP API that `serve` starts: `GET /healthz` (readiness) and
+//! `GET /metrics` (Prometheus) open to the local network, and every other route
+//! behind `Authorization: Bearer <operator.token>`.
+//!
+//! Architecture invariant: handlers read shared state (`Health`, `Store`);
+//! they never block the runtime on the store's disk I/O for long.
+
+use std::future::Future;
+
+use axum::extract::{Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+use crate::config::Secret;
+use crate::health::Health;
+use crate::store::{Store, StoreError};
+
+/// What the routes read.
+#[derive(Clone)]
+pub struct OperatorState {
+    /// Readiness of the daemon.
+    pub health: Health,
+    /// The store, once open.
+    pub store: Store,
+    /// Bearer token of protected routes; `None` disables them.
+    pub token: Option<Secret>,
+}
+
+/// The API's routes.
+pub fn router(state: OperatorState) -> Router {
+    let protected = Router::new()
+        .route("/v1/history", get(history))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .merge(protected)
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    state: OperatorState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+/// Compares without an early exit, so timing does not leak the token.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    if given.len() != expected.len() {
+        return false;
+    }
+    given
+        .iter()
+        .zip(expected)
+        .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+        == 0
+}
+
+async fn require_token(
+    State(state): State<OperatorState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = &state.token else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "operator.token is not configured: set CONCIERGE_OPERATOR_TOKEN or operator.token_file",
+        );
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(given) if same_secret(given.as_bytes(), token.expose().as_bytes()) => {
+            next.run(request).await
+        }
+        _ => error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"),
+    }
+}
+
+async fn healthz(State(state): State<OperatorState>) -> Response {
+    let (ready, report) = state.health.report();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(report)).into_response()
+}
+
+async fn metrics() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::telemetry::render(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    user: String,
+    #[serde(default = "default_platform")]
+    platform: String,
+}
+
+fn default_platform() -> String {
+    "console".to_string()
+}
+
+async fn history(
+    State(state): State<OperatorState>,
+    Query(query): Query<HistoryQuery>,
+) -> Response {
+    let store = state.store.clone();
+    let lines = tokio::task::spawn_blocking(move || {
+        crate::history::history(&store, &query.platform, &query.user)
+    })
+    .await;
+    match lines {
+        Ok(Ok(lines)) => {
+            let body: String = lines
+                .iter()
+                .filter_map(|line| serde_json::to_string(line).ok())
+                .map(|line| line + "\n")
+                .collect();
+            ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+        }
+        Ok(Err(StoreError::NotFound(what))) => {
+            error(StatusCode::NOT_FOUND, format!("{what} not found"))
+        }
+        Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "history task failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_comparison() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abd", b"abc"));
+        assert!(!same_secret(b"ab", b"abc"));
+    }
+}

@@ -1,0 +1,375 @@
+//! Handling one customer message end to end: identify the customer, detect
+//! the language, then either run a command (`/start`, `/help`, `/reset`) or
+//! answer with the engine, streaming the reply through the channel, and
+//! record both sides durably.
+//!
+//! Architecture invariant: the customer's message is in the store and flushed
+//! before any reply starts; the reply is stored and flushed once delivered.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use concierge_adapter::{Adapter, DeltaStream, Inbound, InboundContent, Outbound};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{ChatRequest, EngineError, Llm, Sampling, StreamEvent};
+use crate::language;
+use crate::prompts::{Locale, Prompts, Template};
+use crate::session;
+use crate::store::{Customer, Role, Store};
+use crate::telemetry;
+
+/// History messages read per reply before the token budget trims them.
+const HISTORY_READ_LIMIT: usize = 64;
+
+/// Settings of the pipeline, from `[engine]` and `[chat]`.
+#[derive(Clone, Debug)]
+pub struct PipelineSettings {
+    /// Sampling of replies.
+    pub sampling: Sampling,
+    /// Token budget of a whole prompt plus reply.
+    pub context_tokens: usize,
+    /// Longest customer message accepted, in characters.
+    pub max_message_chars: usize,
+    /// Longest a reply may take.
+    pub reply_timeout: Duration,
+    /// Locale when nothing else tells.
+    pub default_locale: Locale,
+}
+
+/// Everything a message handler needs. Shared by all conversations.
+pub struct Pipeline {
+    /// The store.
+    pub store: Store,
+    /// The engine.
+    pub llm: Arc<dyn Llm>,
+    /// Templates.
+    pub prompts: Prompts,
+    /// Channels by platform name.
+    pub adapters: HashMap<String, Arc<dyn Adapter>>,
+    /// Settings.
+    pub settings: PipelineSettings,
+    /// Fires when in-flight replies must stop (shutdown deadline).
+    pub cancel: CancellationToken,
+}
+
+/// What a command does.
+enum Command {
+    Start,
+    Help,
+    Reset,
+    Unknown(String),
+}
+
+fn parse_command(text: &str) -> Option<Command> {
+    let word = text.trim().split_whitespace().next()?;
+    let name = word.strip_prefix('/')?;
+    // Telegram appends the bot's name in groups: /help@shop_bot.
+    let name = name.split('@').next().unwrap_or(name).to_lowercase();
+    Some(match name.as_str() {
+        "start" => Command::Start,
+        "help" => Command::Help,
+        "reset" => Command::Reset,
+        _ => Command::Unknown(word.to_string()),
+    })
+}
+
+/// Removes control characters (but newlines and tabs) and cuts the text to
+/// `max_chars`. Returns the clean text and whether it was cut.
+fn sanitize(text: &str, max_chars: usize) -> (String, bool) {
+    let clean: String = text
+        .chars()
+        .filter(|&ch| !ch.is_control() || ch == '\n' || ch == '\t')
+        .collect();
+    let clean = clean.trim();
+    match clean.char_indices().nth(max_chars) {
+        Some((cut, _)) => (clean[..cut].to_string(), true),
+        None => (clean.to_string(), false),
+    }
+}
+
+/// How a generated reply ended.
+#[derive(Default)]
+struct Outcome {
+    usage: Option<crate::engine::Usage>,
+    error: Option<EngineError>,
+    first_token: Option<Duration>,
+}
+
+impl Pipeline {
+    /// Handles one inbound message. Never fails: errors are logged and the
+    /// customer gets an apology where possible.
+    pub async fn handle(&self, inbound: Inbound) {
+        let platform = inbound.conversation.platform.clone();
+        let Some(adapter) = self.adapters.get(&platform).cloned() else {
+            tracing::error!(%platform, "message from a channel that is not running");
+            return;
+        };
+        telemetry::message_received(&platform);
+        if let Err(err) = self.handle_with(&inbound, adapter.as_ref()).await {
+            telemetry::reply_failed(&platform);
+            tracing::error!(%platform, chat = %inbound.conversation.chat_id, "handling a message failed: {err:#}");
+            let locale = self.settings.default_locale;
+            let apology = self.prompts.text(locale, Template::EngineError);
+            let message = Outbound::text(inbound.conversation.clone(), apology);
+            if let Err(err) = adapter.send(message).await {
+                tracing::warn!(%platform, "could not send the apology: {err}");
+            }
+        }
+        adapter.reply_finished(&inbound.conversation).await;
+    }
+
+    async fn handle_with(&self, inbound: &Inbound, adapter: &dyn Adapter) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let raw = match &inbound.content {
+            InboundContent::Text(text) => text.as_str(),
+            InboundContent::Choice { id } => {
+                tracing::debug!(%id, "choice with no handler yet");
+                return Ok(());
+            }
+        };
+        let (text, was_cut) = sanitize(raw, self.settings.max_message_chars);
+        if text.is_empty() {
+            return Ok(());
+        }
+        let sender = &inbound.sender;
+        let store = self.store.clone();
+        let (platform, user_id) = (sender.platform.clone(), sender.user_id.clone());
+        let display_name = sender.display_name.clone();
+        let mut customer = tokio::task::spawn_blocking(move || {
+            store.customer_for_identity(&platform, &user_id, display_name.as_deref())
+        })
+        .await
+        .context("store task failed")??;
+        let command = parse_command(&text);
+        // A command's name says nothing of the customer's language.
+        let detected = if command.is_some() {
+            None
+        } else {
+            language::detect(&text)
+        };
+        let locale = detected
+            .or(customer.locale)
+            .or_else(|| sender.language_hint.as_deref().and_then(Locale::parse))
+            .unwrap_or(self.settings.default_locale);
+        if customer.locale != Some(locale) {
+            customer.locale = Some(locale);
+            self.store.update_customer(&customer)?;
+        }
+        if let Some(command) = command {
+            let reply = self
+                .run_command(command, &mut customer, inbound, locale)
+                .await?;
+            adapter
+                .send(Outbound::text(inbound.conversation.clone(), reply))
+                .await?;
+            telemetry::reply_delivered(
+                &inbound.conversation.platform,
+                "command",
+                started.elapsed(),
+            );
+            return Ok(());
+        }
+        if was_cut {
+            let limit = self.settings.max_message_chars.to_string();
+            let note = self
+                .prompts
+                .render(locale, Template::MessageCut, &[("limit", &limit)]);
+            adapter
+                .send(Outbound::text(inbound.conversation.clone(), note))
+                .await?;
+        }
+        self.answer(&customer, inbound, adapter, &text, locale, started)
+            .await
+    }
+
+    async fn run_command(
+        &self,
+        command: Command,
+        customer: &mut Customer,
+        inbound: &Inbound,
+        locale: Locale,
+    ) -> anyhow::Result<String> {
+        let conversation = &inbound.conversation;
+        let reply = match command {
+            Command::Start => {
+                customer.registered = true;
+                self.store.update_customer(customer)?;
+                self.store.flush().await?;
+                self.prompts.text(locale, Template::Start).to_string()
+            }
+            Command::Help => self.prompts.text(locale, Template::Help).to_string(),
+            Command::Reset => {
+                self.store.start_conversation(
+                    customer.id,
+                    &conversation.platform,
+                    &conversation.chat_id,
+                )?;
+                self.store.flush().await?;
+                self.prompts.text(locale, Template::Reset).to_string()
+            }
+            Command::Unknown(word) => {
+                self.prompts
+                    .render(locale, Template::UnknownCommand, &[("command", &word)])
+            }
+        };
+        Ok(reply)
+    }
+
+    async fn answer(
+        &self,
+        customer: &Customer,
+        inbound: &Inbound,
+        adapter: &dyn Adapter,
+        text: &str,
+        locale: Locale,
+        started: Instant,
+    ) -> anyhow::Result<()> {
+        let chat = &inbound.conversation;
+        let conversation =
+            self.store
+                .current_conversation(customer.id, &chat.platform, &chat.chat_id)?;
+        let history = self
+            .store
+            .recent_messages(conversation.id, HISTORY_READ_LIMIT)?;
+        self.store
+            .append_message(conversation.id, Role::User, text)?;
+        self.store.flush().await?;
+
+        let system_prompt = self.prompts.text(locale, Template::System);
+        let budget = self
+            .settings
+            .context_tokens
+            .saturating_sub(self.settings.sampling.max_tokens);
+        let window =
+            session::build_window(self.llm.as_ref(), system_prompt, &history, text, budget);
+        tracing::debug!(
+            prompt_tokens = window.prompt_tokens,
+            dropped = window.dropped_history,
+            "prompt built"
+        );
+        let request = ChatRequest {
+            messages: window.messages,
+            sampling: self.settings.sampling,
+        };
+        if let Err(err) = adapter.typing(chat).await {
+            tracing::debug!("typing indicator failed: {err}");
+        }
+        let cancel = self.cancel.child_token();
+        let outcome = Arc::new(Mutex::new(Outcome::default()));
+        let delivered = match self.llm.stream_chat(request, cancel.clone()).await {
+            Ok(events) => {
+                let deltas = delta_stream(events, Arc::clone(&outcome), started);
+                let delivery = adapter.deliver_stream(chat, deltas);
+                match tokio::time::timeout(self.settings.reply_timeout, delivery).await {
+                    Ok(result) => result?,
+                    Err(_) => {
+                        cancel.cancel();
+                        tracing::warn!("reply timed out after {:?}", self.settings.reply_timeout);
+                        String::new()
+                    }
+                }
+            }
+            Err(err) => {
+                if let Ok(mut outcome) = outcome.lock() {
+                    outcome.error = Some(err);
+                }
+                String::new()
+            }
+        };
+        let (usage, error, first_token) = match outcome.lock() {
+            Ok(mut outcome) => (
+                outcome.usage.take(),
+                outcome.error.take(),
+                outcome.first_token,
+            ),
+            Err(_) => (None, None, None),
+        };
+        if let Some(first_token) = first_token {
+            telemetry::first_token(first_token);
+        }
+        if let Some(usage) = usage {
+            telemetry::tokens_used(usage.prompt_tokens, usage.completion_tokens);
+        }
+        if let Some(err) = &error {
+            tracing::error!("engine error: {err}");
+        }
+        let delivered = delivered.trim();
+        if delivered.is_empty() {
+            telemetry::reply_failed(&chat.platform);
+            let apology = self.prompts.text(locale, Template::EngineError);
+            adapter.send(Outbound::text(chat.clone(), apology)).await?;
+            return Ok(());
+        }
+        self.store
+            .append_message(conversation.id, Role::Assistant, delivered)?;
+        self.store.flush().await?;
+        telemetry::reply_delivered(&chat.platform, "answer", started.elapsed());
+        Ok(())
+    }
+}
+
+/// Turns engine events into the plain text deltas a channel shows, noting
+/// usage, errors and the first token's latency on the side.
+fn delta_stream(
+    events: crate::engine::ReplyStream,
+    outcome: Arc<Mutex<Outcome>>,
+    started: Instant,
+) -> DeltaStream {
+    futures::stream::unfold(Some(events), move |events| {
+        let outcome = Arc::clone(&outcome);
+        async move {
+            let mut events = events?;
+            let event = events.recv().await;
+            let mut outcome = outcome.lock().ok()?;
+            match event {
+                Some(Ok(StreamEvent::Delta(text))) => {
+                    outcome.first_token.get_or_insert_with(|| started.elapsed());
+                    Some((text, Some(events)))
+                }
+                Some(Ok(StreamEvent::Done(usage))) => {
+                    outcome.usage = Some(usage);
+                    None
+                }
+                Some(Err(err)) => {
+                    outcome.error = Some(err);
+                    None
+                }
+                None => None,
+            }
+        }
+    })
+    .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_with_bot_suffix_and_case() {
+        assert!(matches!(parse_command("/start"), Some(Command::Start)));
+        assert!(matches!(
+            parse_command("/HELP@shop_bot now"),
+            Some(Command::Help)
+        ));
+        assert!(matches!(parse_command(" /reset"), Some(Command::Reset)));
+        assert!(
+            matches!(parse_command("/frobnicate"), Some(Command::Unknown(word)) if word == "/frobnicate")
+        );
+        assert!(parse_command("hello /start").is_none());
+    }
+
+    #[test]
+    fn sanitize_strips_controls_and_cuts() {
+        let (text, cut) = sanitize("  hi\u{0}\u{7}there\nnext\t ", 100);
+        assert_eq!(text, "hithere\nnext");
+        assert!(!cut);
+        let (text, cut) = sanitize(&"你".repeat(10), 4);
+        assert_eq!(text, "你你你你");
+        assert!(cut);
+    }
+}

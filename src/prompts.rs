@@ -1,0 +1,237 @@
+//! Everything the bot says that is not generated: templates under
+//! `prompts/<locale>/<name>.txt`, read at start-up so operators can edit them
+//! without a rebuild. A missing file falls back to the copy built into the
+//! binary, so an installed binary without the directory still speaks.
+//!
+//! Architecture invariant: user-facing text lives here, in every locale;
+//! no other module hard-codes a sentence for customers.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+/// A language the bot speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Locale {
+    /// English.
+    En,
+    /// Chinese (simplified).
+    Zh,
+}
+
+impl Locale {
+    /// Every locale.
+    pub const ALL: [Locale; 2] = [Locale::En, Locale::Zh];
+
+    /// Parses `en`, `zh` and regional tags like `en-GB` or `zh-Hans`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let primary = text.split(['-', '_']).next()?.to_ascii_lowercase();
+        match primary.as_str() {
+            "en" => Some(Self::En),
+            "zh" => Some(Self::Zh),
+            _ => None,
+        }
+    }
+
+    /// The locale's directory name.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::En => "en",
+            Self::Zh => "zh",
+        }
+    }
+}
+
+impl fmt::Display for Locale {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// The templates the core uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Template {
+    /// The system prompt; kept byte-stable for the prefix cache.
+    System,
+    /// `/start`: welcome and privacy note.
+    Start,
+    /// `/help`.
+    Help,
+    /// `/reset`.
+    Reset,
+    /// An unknown `/command`; `{command}`.
+    UnknownCommand,
+    /// The engine failed; the customer is asked to retry.
+    EngineError,
+    /// The message was cut to `{limit}` characters.
+    MessageCut,
+}
+
+impl Template {
+    /// Every template.
+    pub const ALL: [Template; 7] = [
+        Template::System,
+        Template::Start,
+        Template::Help,
+        Template::Reset,
+        Template::UnknownCommand,
+        Template::EngineError,
+        Template::MessageCut,
+    ];
+
+    /// File name under the locale directory.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Self::System => "system.txt",
+            Self::Start => "start.txt",
+            Self::Help => "help.txt",
+            Self::Reset => "reset.txt",
+            Self::UnknownCommand => "unknown_command.txt",
+            Self::EngineError => "engine_error.txt",
+            Self::MessageCut => "message_cut.txt",
+        }
+    }
+
+    fn built_in(self, locale: Locale) -> &'static str {
+        macro_rules! both {
+            ($file:literal) => {
+                match locale {
+                    Locale::En => include_str!(concat!("../prompts/en/", $file)),
+                    Locale::Zh => include_str!(concat!("../prompts/zh/", $file)),
+                }
+            };
+        }
+        match self {
+            Self::System => both!("system.txt"),
+            Self::Start => both!("start.txt"),
+            Self::Help => both!("help.txt"),
+            Self::Reset => both!("reset.txt"),
+            Self::UnknownCommand => both!("unknown_command.txt"),
+            Self::EngineError => both!("engine_error.txt"),
+            Self::MessageCut => both!("message_cut.txt"),
+        }
+    }
+}
+
+/// Errors reading the prompts directory.
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    /// A template file exists but cannot be read or is not UTF-8.
+    #[error("cannot read prompt template {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Loaded templates for every locale.
+#[derive(Clone, Debug)]
+pub struct Prompts {
+    texts: HashMap<(Locale, Template), String>,
+}
+
+impl Prompts {
+    /// Reads `dir/<locale>/<template>`; files that do not exist fall back to
+    /// the built-in text.
+    pub fn load(dir: &Path) -> Result<Self, PromptError> {
+        let mut texts = HashMap::new();
+        for locale in Locale::ALL {
+            for template in Template::ALL {
+                let path = dir.join(locale.code()).join(template.file_name());
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(text) => text,
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                        template.built_in(locale).to_string()
+                    }
+                    Err(source) => {
+                        return Err(PromptError::Read {
+                            path: path.display().to_string(),
+                            source,
+                        })
+                    }
+                };
+                texts.insert((locale, template), text.trim_end().to_string());
+            }
+        }
+        Ok(Self { texts })
+    }
+
+    /// The built-in templates only.
+    pub fn built_in() -> Self {
+        let texts = Locale::ALL
+            .into_iter()
+            .flat_map(|locale| {
+                Template::ALL.into_iter().map(move |template| {
+                    let text = template.built_in(locale).trim_end().to_string();
+                    ((locale, template), text)
+                })
+            })
+            .collect();
+        Self { texts }
+    }
+
+    /// The raw template text.
+    pub fn text(&self, locale: Locale, template: Template) -> &str {
+        self.texts
+            .get(&(locale, template))
+            .map_or("", String::as_str)
+    }
+
+    /// The template with each `{name}` replaced by its value.
+    pub fn render(&self, locale: Locale, template: Template, values: &[(&str, &str)]) -> String {
+        let mut text = self.text(locale, template).to_string();
+        for (name, value) in values {
+            text = text.replace(&format!("{{{name}}}"), value);
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_exists_in_every_locale() {
+        let prompts = Prompts::built_in();
+        for locale in Locale::ALL {
+            for template in Template::ALL {
+                assert!(
+                    !prompts.text(locale, template).is_empty(),
+                    "{locale} {template:?}"
+                );
+            }
+        }
+        assert!(prompts.text(Locale::Zh, Template::Help).contains("命令"));
+    }
+
+    #[test]
+    fn files_override_built_ins_and_render_placeholders() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("en")).unwrap();
+        std::fs::write(
+            dir.path().join("en/unknown_command.txt"),
+            "No {command} here\n",
+        )
+        .unwrap();
+        let prompts = Prompts::load(dir.path()).unwrap();
+        assert_eq!(
+            prompts.render(Locale::En, Template::UnknownCommand, &[("command", "/x")]),
+            "No /x here"
+        );
+        assert_eq!(
+            prompts.text(Locale::Zh, Template::Reset),
+            Prompts::built_in().text(Locale::Zh, Template::Reset)
+        );
+    }
+
+    #[test]
+    fn locale_tags_parse() {
+        assert_eq!(Locale::parse("zh-Hans"), Some(Locale::Zh));
+        assert_eq!(Locale::parse("en_GB"), Some(Locale::En));
+        assert_eq!(Locale::parse("fr"), None);
+    }
+}

@@ -1,0 +1,617 @@
+//! The embedded store: the only importer of `sled`. Typed trees for
+//! customers, their platform identities, conversations and messages; every
+//! record carries a schema version; the store's own version is checked and
+//! migrated on open.
+//!
+//! Architecture invariant: a write that the caller acknowledges to a customer
+//! is followed by `flush()` before the acknowledgement, so `kill -9` loses none.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::prompts::Locale;
+
+/// Version of the store layout this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Version written into every record.
+pub const RECORD_VERSION: u32 = 1;
+
+const TREE_META: &str = "meta";
+const TREE_CUSTOMERS: &str = "customers";
+const TREE_IDENTITIES: &str = "identities";
+const TREE_CONVERSATIONS: &str = "conversations";
+const TREE_ACTIVE: &str = "active_conversations";
+const TREE_CUSTOMER_CONVERSATIONS: &str = "customer_conversations";
+const TREE_MESSAGES: &str = "messages";
+const KEY_SCHEMA: &[u8] = b"schema_version";
+
+/// Errors of the store. Each says what failed and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process (usually a running `concierge serve`) holds the store.
+    #[error("the store at {path} is in use by another Concierge process (is `concierge serve` running?); stop it first, or point --data-dir elsewhere")]
+    Locked {
+        /// The data directory.
+        path: PathBuf,
+    },
+    /// sled found damaged data.
+    #[error("the store at {path} is corrupt ({detail}); restore it from a backup or move it aside to start empty")]
+    Corrupt {
+        /// The data directory.
+        path: PathBuf,
+        /// What sled or the decoder reported.
+        detail: String,
+    },
+    /// The store was written by a newer Concierge.
+    #[error("the store at {path} has schema version {found}, newer than this build's {supported}; upgrade Concierge")]
+    TooNew {
+        /// The data directory.
+        path: PathBuf,
+        /// Version found.
+        found: u32,
+        /// Version this build supports.
+        supported: u32,
+    },
+    /// Any other I/O failure.
+    #[error("store i/o error at {path}: {detail}")]
+    Io {
+        /// The data directory.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+    /// A referenced record does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+}
+
+/// A customer, one person across platforms.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Customer {
+    /// Record schema version.
+    pub v: u32,
+    /// Store-wide id.
+    pub id: u64,
+    /// When the profile was created (Unix milliseconds).
+    pub created_ms: u64,
+    /// Set by `/start`: the customer saw the privacy note.
+    pub registered: bool,
+    /// Language of the customer's latest message.
+    pub locale: Option<Locale>,
+    /// A display name from the platform, if any.
+    pub display_name: Option<String>,
+}
+
+/// One conversation of a customer in one chat; `/reset` starts a new one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Conversation {
+    /// Record schema version.
+    pub v: u32,
+    /// Store-wide id.
+    pub id: u64,
+    /// The customer.
+    pub customer_id: u64,
+    /// Platform of the chat.
+    pub platform: String,
+    /// The platform's chat id.
+    pub chat_id: String,
+    /// When it started (Unix milliseconds).
+    pub started_ms: u64,
+}
+
+/// Who wrote a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The customer.
+    User,
+    /// The bot.
+    Assistant,
+}
+
+/// One stored message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// Record schema version.
+    pub v: u32,
+    /// When it was stored (Unix milliseconds).
+    pub ts_ms: u64,
+    /// Who wrote it.
+    pub role: Role,
+    /// The text.
+    pub text: String,
+}
+
+/// The store. Cheap to clone; all clones share one database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+    customers: sled::Tree,
+    identities: sled::Tree,
+    conversations: sled::Tree,
+    active: sled::Tree,
+    customer_conversations: sled::Tree,
+    messages: sled::Tree,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let path = data_dir.join("store");
+        std::fs::create_dir_all(&path).map_err(|err| StoreError::Io {
+            path: path.clone(),
+            detail: err.to_string(),
+        })?;
+        let db = sled::Config::new()
+            .path(&path)
+            .open()
+            .map_err(|err| classify_open_error(&path, err))?;
+        let map = |err: sled::Error| store_error(&path, err);
+        let store = Self {
+            customers: db.open_tree(TREE_CUSTOMERS).map_err(map)?,
+            identities: db.open_tree(TREE_IDENTITIES).map_err(map)?,
+            conversations: db.open_tree(TREE_CONVERSATIONS).map_err(map)?,
+            active: db.open_tree(TREE_ACTIVE).map_err(map)?,
+            customer_conversations: db.open_tree(TREE_CUSTOMER_CONVERSATIONS).map_err(map)?,
+            messages: db.open_tree(TREE_MESSAGES).map_err(map)?,
+            path,
+            db,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, err: sled::Error) -> StoreError {
+        store_error(&self.path, err)
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let meta = self.db.open_tree(TREE_META).map_err(|err| self.err(err))?;
+        let found = match meta.get(KEY_SCHEMA).map_err(|err| self.err(err))? {
+            Some(bytes) => {
+                let raw: [u8; 4] = bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: "schema version record has the wrong size".into(),
+                })?;
+                u32::from_be_bytes(raw)
+            }
+            None => 0,
+        };
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found < SCHEMA_VERSION {
+            // Version 0 is an empty store; later versions add steps here.
+            meta.insert(KEY_SCHEMA, &SCHEMA_VERSION.to_be_bytes())
+                .map_err(|err| self.err(err))?;
+            self.db.flush().map_err(|err| self.err(err))?;
+        }
+        Ok(())
+    }
+
+    fn decode<T: DeserializeOwned>(&self, tree: &str, bytes: &[u8]) -> Result<T, StoreError> {
+        serde_json::from_slice(bytes).map_err(|err| StoreError::Corrupt {
+            path: self.path.clone(),
+            detail: format!("undecodable record in {tree}: {err}"),
+        })
+    }
+
+    fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+        // Serialising plain structs of strings and numbers cannot fail.
+        serde_json::to_vec(value).unwrap_or_default()
+    }
+
+    fn next_id(&self) -> Result<u64, StoreError> {
+        // sled ids start at 0; keep 0 free as "none".
+        self.db
+            .generate_id()
+            .map(|id| id + 1)
+            .map_err(|err| self.err(err))
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await.map_err(|err| self.err(err))?;
+        Ok(())
+    }
+
+    /// Blocking flush, for shutdown paths outside async code.
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(|err| self.err(err))?;
+        Ok(())
+    }
+
+    fn identity_key(platform: &str, user_id: &str) -> Vec<u8> {
+        let mut key = platform.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(user_id.as_bytes());
+        key
+    }
+
+    /// The customer behind a platform identity, if known.
+    pub fn find_customer(
+        &self,
+        platform: &str,
+        user_id: &str,
+    ) -> Result<Option<Customer>, StoreError> {
+        let key = Self::identity_key(platform, user_id);
+        let Some(id) = self.identities.get(key).map_err(|err| self.err(err))? else {
+            return Ok(None);
+        };
+        let id = decode_u64(&id).ok_or_else(|| StoreError::Corrupt {
+            path: self.path.clone(),
+            detail: "identity record has the wrong size".into(),
+        })?;
+        self.customer(id)
+    }
+
+    /// A customer by id.
+    pub fn customer(&self, id: u64) -> Result<Option<Customer>, StoreError> {
+        match self
+            .customers
+            .get(id.to_be_bytes())
+            .map_err(|err| self.err(err))?
+        {
+            Some(bytes) => self.decode(TREE_CUSTOMERS, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The customer behind a platform identity, created on first contact.
+    pub fn customer_for_identity(
+        &self,
+        platform: &str,
+        user_id: &str,
+        display_name: Option<&str>,
+    ) -> Result<Customer, StoreError> {
+        if let Some(customer) = self.find_customer(platform, user_id)? {
+            return Ok(customer);
+        }
+        let customer = Customer {
+            v: RECORD_VERSION,
+            id: self.next_id()?,
+            created_ms: now_ms(),
+            registered: false,
+            locale: None,
+            display_name: display_name.map(str::to_string),
+        };
+        let key = Self::identity_key(platform, user_id);
+        let customer_bytes = Self::encode(&customer);
+        let result = (&self.customers, &self.identities).transaction(|(customers, identities)| {
+            if let Some(existing) = identities.get(&key)? {
+                return Ok(Some(existing));
+            }
+            customers.insert(&customer.id.to_be_bytes(), customer_bytes.as_slice())?;
+            identities.insert(key.as_slice(), &customer.id.to_be_bytes())?;
+            Ok(None)
+        });
+        match result {
+            Ok(None) => Ok(customer),
+            Ok(Some(_)) => self
+                .find_customer(platform, user_id)?
+                .ok_or_else(|| StoreError::NotFound(format!("customer for {platform}:{user_id}"))),
+            Err(err) => Err(self.transaction_error(err)),
+        }
+    }
+
+    fn transaction_error(&self, err: sled::transaction::TransactionError<()>) -> StoreError {
+        match err {
+            sled::transaction::TransactionError::Storage(err) => self.err(err),
+            sled::transaction::TransactionError::Abort(()) => StoreError::Io {
+                path: self.path.clone(),
+                detail: "transaction aborted".into(),
+            },
+        }
+    }
+
+    /// Saves a changed customer profile.
+    pub fn update_customer(&self, customer: &Customer) -> Result<(), StoreError> {
+        self.customers
+            .insert(customer.id.to_be_bytes(), Self::encode(customer))
+            .map_err(|err| self.err(err))?;
+        Ok(())
+    }
+
+    fn active_key(customer_id: u64, platform: &str, chat_id: &str) -> Vec<u8> {
+        let mut key = customer_id.to_be_bytes().to_vec();
+        key.extend_from_slice(platform.as_bytes());
+        key.push(0);
+        key.extend_from_slice(chat_id.as_bytes());
+        key
+    }
+
+    /// The customer's current conversation in a chat, started if none.
+    pub fn current_conversation(
+        &self,
+        customer_id: u64,
+        platform: &str,
+        chat_id: &str,
+    ) -> Result<Conversation, StoreError> {
+        let key = Self::active_key(customer_id, platform, chat_id);
+        if let Some(id) = self.active.get(&key).map_err(|err| self.err(err))? {
+            if let Some(id) = decode_u64(&id) {
+                if let Some(bytes) = self
+                    .conversations
+                    .get(id.to_be_bytes())
+                    .map_err(|err| self.err(err))?
+                {
+                    return self.decode(TREE_CONVERSATIONS, &bytes);
+                }
+            }
+        }
+        self.start_conversation(customer_id, platform, chat_id)
+    }
+
+    /// Starts a new conversation in a chat; earlier ones stay in history.
+    pub fn start_conversation(
+        &self,
+        customer_id: u64,
+        platform: &str,
+        chat_id: &str,
+    ) -> Result<Conversation, StoreError> {
+        let conversation = Conversation {
+            v: RECORD_VERSION,
+            id: self.next_id()?,
+            customer_id,
+            platform: platform.to_string(),
+            chat_id: chat_id.to_string(),
+            started_ms: now_ms(),
+        };
+        let id_bytes = conversation.id.to_be_bytes();
+        let active_key = Self::active_key(customer_id, platform, chat_id);
+        let mut index_key = customer_id.to_be_bytes().to_vec();
+        index_key.extend_from_slice(&id_bytes);
+        let record = Self::encode(&conversation);
+        (
+            &self.conversations,
+            &self.active,
+            &self.customer_conversations,
+        )
+            .transaction(|(conversations, active, index)| {
+                conversations.insert(&id_bytes, record.as_slice())?;
+                active.insert(active_key.as_slice(), &id_bytes)?;
+                index.insert(index_key.as_slice(), &[])?;
+                Ok(())
+            })
+            .map_err(|err| self.transaction_error(err))?;
+        Ok(conversation)
+    }
+
+    /// Appends a message to a conversation. Call `flush` before telling
+    /// anyone it is stored.
+    pub fn append_message(
+        &self,
+        conversation_id: u64,
+        role: Role,
+        text: &str,
+    ) -> Result<StoredMessage, StoreError> {
+        let message = StoredMessage {
+            v: RECORD_VERSION,
+            ts_ms: now_ms(),
+            role,
+            text: text.to_string(),
+        };
+        let mut key = conversation_id.to_be_bytes().to_vec();
+        key.extend_from_slice(&self.next_id()?.to_be_bytes());
+        self.messages
+            .insert(key, Self::encode(&message))
+            .map_err(|err| self.err(err))?;
+        Ok(message)
+    }
+
+    /// Messages of one conversation, oldest first.
+    pub fn conversation_messages(
+        &self,
+        conversation_id: u64,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        self.messages
+            .scan_prefix(conversation_id.to_be_bytes())
+            .map(|entry| {
+                let (_, bytes) = entry.map_err(|err| self.err(err))?;
+                self.decode(TREE_MESSAGES, &bytes)
+            })
+            .collect()
+    }
+
+    /// The newest `limit` messages of a conversation, oldest first.
+    pub fn recent_messages(
+        &self,
+        conversation_id: u64,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let mut newest_first = Vec::with_capacity(limit.min(256));
+        for entry in self
+            .messages
+            .scan_prefix(conversation_id.to_be_bytes())
+            .rev()
+            .take(limit)
+        {
+            let (_, bytes) = entry.map_err(|err| self.err(err))?;
+            newest_first.push(self.decode(TREE_MESSAGES, &bytes)?);
+        }
+        newest_first.reverse();
+        Ok(newest_first)
+    }
+
+    /// Every conversation of a customer, oldest first, optionally on one platform.
+    pub fn customer_conversations(
+        &self,
+        customer_id: u64,
+        platform: Option<&str>,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        let mut conversations = Vec::new();
+        for entry in self
+            .customer_conversations
+            .scan_prefix(customer_id.to_be_bytes())
+        {
+            let (key, _) = entry.map_err(|err| self.err(err))?;
+            let Some(id) = key.get(8..16).and_then(decode_u64) else {
+                continue;
+            };
+            let Some(bytes) = self
+                .conversations
+                .get(id.to_be_bytes())
+                .map_err(|err| self.err(err))?
+            else {
+                continue;
+            };
+            let conversation: Conversation = self.decode(TREE_CONVERSATIONS, &bytes)?;
+            if platform.is_none_or(|platform| platform == conversation.platform) {
+                conversations.push(conversation);
+            }
+        }
+        Ok(conversations)
+    }
+}
+
+fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    bytes.try_into().ok().map(u64::from_be_bytes)
+}
+
+fn classify_open_error(path: &Path, err: sled::Error) -> StoreError {
+    if let sled::Error::Io(io) = &err {
+        let text = io.to_string();
+        if io.kind() == std::io::ErrorKind::WouldBlock || text.contains("lock") {
+            return StoreError::Locked {
+                path: path.to_path_buf(),
+            };
+        }
+    }
+    store_error(path, err)
+}
+
+fn store_error(path: &Path, err: sled::Error) -> StoreError {
+    match err {
+        sled::Error::Corruption { .. } => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: err.to_string(),
+        },
+        other => StoreError::Io {
+            path: path.to_path_buf(),
+            detail: other.to_string(),
+        },
+    }
+}
+
+use sled::Transactional;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn customers_conversations_and_messages_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let alice = store
+            .customer_for_identity("console", "alice", None)
+            .unwrap();
+        let again = store
+            .customer_for_identity("console", "alice", None)
+            .unwrap();
+        assert_eq!(alice.id, again.id);
+        let bob = store
+            .customer_for_identity("telegram", "alice", None)
+            .unwrap();
+        assert_ne!(alice.id, bob.id, "identities are per platform");
+
+        let first = store
+            .current_conversation(alice.id, "console", "alice")
+            .unwrap();
+        store.append_message(first.id, Role::User, "hello").unwrap();
+        store
+            .append_message(first.id, Role::Assistant, "hi")
+            .unwrap();
+        assert_eq!(
+            store
+                .current_conversation(alice.id, "console", "alice")
+                .unwrap(),
+            first
+        );
+        let second = store
+            .start_conversation(alice.id, "console", "alice")
+            .unwrap();
+        assert_ne!(first.id, second.id);
+        store
+            .append_message(second.id, Role::User, "again")
+            .unwrap();
+
+        let texts: Vec<String> = store
+            .conversation_messages(first.id)
+            .unwrap()
+            .into_iter()
+            .map(|message| message.text)
+            .collect();
+        assert_eq!(texts, ["hello", "hi"]);
+        assert_eq!(store.recent_messages(first.id, 1).unwrap()[0].text, "hi");
+        assert_eq!(
+            store.customer_conversations(alice.id, None).unwrap().len(),
+            2
+        );
+        assert!(store
+            .customer_conversations(alice.id, Some("telegram"))
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn data_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let customer = store.customer_for_identity("console", "u", None).unwrap();
+            let conversation = store
+                .current_conversation(customer.id, "console", "u")
+                .unwrap();
+            store
+                .append_message(conversation.id, Role::User, "kept")
+                .unwrap();
+            store.flush_blocking().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let customer = store.find_customer("console", "u").unwrap().unwrap();
+        let conversation = store
+            .current_conversation(customer.id, "console", "u")
+            .unwrap();
+        assert_eq!(
+            store.conversation_messages(conversation.id).unwrap()[0].text,
+            "kept"
+        );
+    }
+
+    #[test]
+    fn a_store_from_a_newer_build_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let meta = store.db.open_tree(TREE_META).unwrap();
+        meta.insert(KEY_SCHEMA, &99u32.to_be_bytes()).unwrap();
+        store.flush_blocking().unwrap();
+        drop(store);
+        drop(meta);
+        match Store::open(dir.path()) {
+            Err(StoreError::TooNew { found: 99, .. }) => {}
+            Err(other) => panic!("unexpected error: {other}"),
+            Ok(_) => panic!("opened a newer store"),
+        }
+    }
+}

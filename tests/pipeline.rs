@@ -1,0 +1,222 @@
+//! The conversation pipeline in process, on the scripted engine: ordering,
+//! concurrency, commands, the token budget, engine failures and persistence
+//! across a restart.
+
+mod support;
+
+use concierge::engine::ChatRole;
+use support::{harness, message, run_messages, settings};
+
+const ECHO: &str = "default_reply = \"echo: {last_user}\"\n";
+
+#[tokio::test]
+async fn messages_of_one_conversation_are_answered_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!("{ECHO}token_delay_ms = 1\n");
+    let harness = harness(dir.path(), &script, settings(2048, 256));
+    let mut messages = Vec::new();
+    for i in 0..15 {
+        messages.push(message("alice", &format!("alice {i}")));
+        messages.push(message("bob", &format!("bob {i}")));
+    }
+    run_messages(&harness, messages).await;
+    for user in ["alice", "bob"] {
+        let expected: Vec<String> = (0..15).map(|i| format!("echo: {user} {i}")).collect();
+        assert_eq!(harness.channel.texts(user), expected);
+    }
+}
+
+#[tokio::test]
+async fn a_slow_reply_does_not_block_other_conversations() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "{ECHO}[[rule]]\ncontains = \"slow\"\nreply = \"{}\"\ntoken_delay_ms = 100\n",
+        "word ".repeat(20).trim()
+    );
+    let harness = harness(dir.path(), &script, settings(2048, 256));
+    run_messages(
+        &harness,
+        vec![message("slowpoke", "slow please"), message("quick", "hi")],
+    )
+    .await;
+    let delivered = harness.channel.delivered.lock().unwrap().clone();
+    let at = |chat: &str| delivered.iter().find(|d| d.chat_id == chat).unwrap().at;
+    assert!(
+        at("quick") < at("slowpoke"),
+        "the quick chat waited for the slow one"
+    );
+}
+
+#[tokio::test]
+async fn commands_register_help_and_reset_keep_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let harness = harness(dir.path(), ECHO, settings(2048, 256));
+    run_messages(
+        &harness,
+        vec![
+            message("carol", "/start"),
+            message("carol", "first question"),
+            message("carol", "/help"),
+            message("carol", "/reset"),
+            message("carol", "second question"),
+            message("carol", "/nonsense"),
+        ],
+    )
+    .await;
+    let texts = harness.channel.texts("carol");
+    assert_eq!(texts.len(), 6, "{texts:?}");
+    assert!(texts[0].contains("Privacy"), "{}", texts[0]);
+    assert_eq!(texts[1], "echo: first question");
+    assert!(texts[2].contains("/reset"), "{}", texts[2]);
+    assert!(texts[3].contains("new conversation"), "{}", texts[3]);
+    assert!(texts[5].contains("/nonsense"), "{}", texts[5]);
+
+    let customer = harness
+        .store
+        .find_customer("test", "carol")
+        .unwrap()
+        .unwrap();
+    assert!(customer.registered);
+    let conversations = harness
+        .store
+        .customer_conversations(customer.id, None)
+        .unwrap();
+    assert_eq!(conversations.len(), 2, "reset starts a new conversation");
+    // After /reset the model no longer sees the first question.
+    let requests = harness.engine.requests();
+    let last = requests.last().unwrap();
+    assert!(last.messages.iter().all(|m| m.content != "first question"));
+    let history = concierge::history::history(&harness.store, "test", "carol").unwrap();
+    let texts: Vec<&str> = history.iter().map(|line| line.text.as_str()).collect();
+    assert_eq!(
+        texts,
+        [
+            "first question",
+            "echo: first question",
+            "second question",
+            "echo: second question"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn chinese_messages_get_chinese_prompts_and_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let harness = harness(
+        dir.path(),
+        "default_reply = \"好的\"\n",
+        settings(2048, 256),
+    );
+    run_messages(
+        &harness,
+        vec![message("li", "我的订单在哪里？"), message("li", "/help")],
+    )
+    .await;
+    let requests = harness.engine.requests();
+    let system = &requests[0].messages[0];
+    assert_eq!(system.role, ChatRole::System);
+    assert!(system.content.contains("中文"), "{}", system.content);
+    let texts = harness.channel.texts("li");
+    assert!(texts[1].contains("命令"), "help in Chinese: {}", texts[1]);
+}
+
+#[tokio::test]
+async fn the_token_budget_trims_old_history_and_keeps_the_system_prompt_stable() {
+    let dir = tempfile::tempdir().unwrap();
+    let harness = harness(dir.path(), ECHO, settings(400, 100));
+    let messages = (0..30)
+        .map(|i| {
+            message(
+                "dave",
+                &format!("question number {i} about delivery times and costs"),
+            )
+        })
+        .collect();
+    run_messages(&harness, messages).await;
+    let requests = harness.engine.requests();
+    assert_eq!(requests.len(), 30);
+    let last = requests.last().unwrap();
+    // 29 earlier exchanges (58 messages) cannot fit in 300 prompt tokens.
+    assert!(last.messages.len() < 40, "{} messages", last.messages.len());
+    assert!(last.messages.len() > 3, "some history is kept");
+    assert_eq!(
+        last.messages.last().unwrap().content,
+        "question number 29 about delivery times and costs"
+    );
+    assert_eq!(
+        last.messages[1].role,
+        ChatRole::User,
+        "history starts with the customer"
+    );
+    let tokens: usize = last
+        .messages
+        .iter()
+        .map(|m| concierge::engine::estimate_tokens(&m.content) + 4)
+        .sum();
+    assert!(
+        tokens <= 300,
+        "prompt of {tokens} tokens exceeds the budget"
+    );
+    let first_system = &requests[0].messages[0].content;
+    assert!(requests
+        .iter()
+        .all(|r| &r.messages[0].content == first_system));
+}
+
+#[tokio::test]
+async fn an_engine_failure_gets_an_apology_and_keeps_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!("{ECHO}[[rule]]\ncontains = \"explode\"\nfail = true\n");
+    let harness = harness(dir.path(), &script, settings(2048, 256));
+    run_messages(
+        &harness,
+        vec![
+            message("erin", "please explode"),
+            message("erin", "still there?"),
+        ],
+    )
+    .await;
+    let texts = harness.channel.texts("erin");
+    assert!(texts[0].contains("Sorry"), "{}", texts[0]);
+    assert_eq!(texts[1], "echo: still there?");
+    let history = concierge::history::history(&harness.store, "test", "erin").unwrap();
+    assert_eq!(history[0].text, "please explode");
+}
+
+#[tokio::test]
+async fn history_survives_a_restart_and_reaches_the_next_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let harness = harness(dir.path(), ECHO, settings(2048, 256));
+        run_messages(&harness, vec![message("fay", "my name is Fay")]).await;
+    }
+    let harness = harness(dir.path(), ECHO, settings(2048, 256));
+    run_messages(&harness, vec![message("fay", "what is my name?")]).await;
+    let request = harness.engine.requests().pop().unwrap();
+    let contents: Vec<&str> = request
+        .messages
+        .iter()
+        .map(|m| m.content.as_str())
+        .collect();
+    assert!(contents.contains(&"my name is Fay"), "{contents:?}");
+    assert!(contents.contains(&"echo: my name is Fay"), "{contents:?}");
+}
+
+#[tokio::test]
+async fn oversized_and_binary_input_is_cleaned_and_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(2048, 256);
+    settings.max_message_chars = 50;
+    let harness = harness(dir.path(), ECHO, settings);
+    let noisy = format!("\u{0}\u{1b}[31m{}", "x".repeat(500));
+    run_messages(&harness, vec![message("gus", &noisy)]).await;
+    let texts = harness.channel.texts("gus");
+    assert!(
+        texts[0].contains("50"),
+        "the customer is told about the cut: {}",
+        texts[0]
+    );
+    let history = concierge::history::history(&harness.store, "test", "gus").unwrap();
+    assert_eq!(history[0].text.chars().count(), 50);
+    assert!(!history[0].text.contains('\u{0}'));
+}

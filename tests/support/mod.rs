@@ -1,0 +1,251 @@
+//! Shared helpers of the integration tests: an in-memory channel that records
+//! what the bot sends, an in-process pipeline on the scripted engine, a
+//! minimal HTTP client for the operator API, and helpers that run the real
+//! `concierge` binary with a scripted-engine configuration.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use concierge::engine::scripted::{Script, ScriptedEngine};
+use concierge::engine::Sampling;
+use concierge::pipeline::{Pipeline, PipelineSettings};
+use concierge::prompts::{Locale, Prompts};
+use concierge::store::Store;
+use concierge_adapter::{
+    collect_stream, Adapter, AdapterError, Capabilities, ConversationRef, DeltaStream, Inbound,
+    InboundContent, InboundSink, Outbound, SenderRef, SentMessage,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Platform name of the recording channel.
+pub const PLATFORM: &str = "test";
+
+/// One thing the bot did on the recording channel.
+#[derive(Clone, Debug)]
+pub struct Delivered {
+    /// Chat it went to.
+    pub chat_id: String,
+    /// Full text.
+    pub text: String,
+    /// When it completed.
+    pub at: Instant,
+}
+
+/// An in-memory channel that records every delivered message.
+#[derive(Default)]
+pub struct RecordingChannel {
+    pub delivered: Mutex<Vec<Delivered>>,
+}
+
+impl RecordingChannel {
+    pub fn texts(&self, chat_id: &str) -> Vec<String> {
+        self.delivered
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|delivered| delivered.chat_id == chat_id)
+            .map(|delivered| delivered.text.clone())
+            .collect()
+    }
+
+    fn record(&self, chat_id: &str, text: String) {
+        self.delivered.lock().unwrap().push(Delivered {
+            chat_id: chat_id.to_string(),
+            text,
+            at: Instant::now(),
+        });
+    }
+}
+
+#[async_trait]
+impl Adapter for RecordingChannel {
+    fn platform(&self) -> &str {
+        PLATFORM
+    }
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_message_chars: 4096,
+            appends_stream: false,
+            can_edit: false,
+            buttons: false,
+            threads: false,
+            typing: false,
+        }
+    }
+    async fn run(&self, _: InboundSink, shutdown: CancellationToken) -> Result<(), AdapterError> {
+        shutdown.cancelled().await;
+        Ok(())
+    }
+    async fn send(&self, message: Outbound) -> Result<SentMessage, AdapterError> {
+        self.record(&message.conversation.chat_id, message.text);
+        Ok(SentMessage {
+            conversation: message.conversation,
+            message_id: "1".into(),
+        })
+    }
+    async fn deliver_stream(
+        &self,
+        conversation: &ConversationRef,
+        deltas: DeltaStream,
+    ) -> Result<String, AdapterError> {
+        let text = collect_stream(deltas).await;
+        self.record(&conversation.chat_id, text.clone());
+        Ok(text)
+    }
+}
+
+/// A text message from `user` in a private chat named after them.
+pub fn message(user: &str, text: &str) -> Inbound {
+    Inbound {
+        conversation: ConversationRef {
+            platform: PLATFORM.into(),
+            chat_id: user.into(),
+        },
+        sender: SenderRef {
+            platform: PLATFORM.into(),
+            user_id: user.into(),
+            display_name: None,
+            language_hint: None,
+        },
+        content: InboundContent::Text(text.into()),
+        message_id: None,
+        received_at: SystemTime::now(),
+    }
+}
+
+/// An in-process pipeline over a store in `data_dir`.
+pub struct Harness {
+    pub pipeline: Arc<Pipeline>,
+    pub engine: Arc<ScriptedEngine>,
+    pub channel: Arc<RecordingChannel>,
+    pub store: Store,
+}
+
+pub fn settings(context_tokens: usize, max_tokens: usize) -> PipelineSettings {
+    PipelineSettings {
+        sampling: Sampling {
+            temperature: 0.0,
+            top_p: 1.0,
+            max_tokens,
+        },
+        context_tokens,
+        max_message_chars: 4000,
+        reply_timeout: Duration::from_secs(30),
+        default_locale: Locale::En,
+    }
+}
+
+pub fn harness(data_dir: &Path, script: &str, settings: PipelineSettings) -> Harness {
+    let script: Script = toml::from_str(script).expect("test script parses");
+    let engine = Arc::new(ScriptedEngine::new(script));
+    let channel = Arc::new(RecordingChannel::default());
+    let store = Store::open(data_dir).expect("store opens");
+    let channel_dyn: Arc<dyn Adapter> = channel.clone();
+    let pipeline = Arc::new(Pipeline {
+        store: store.clone(),
+        llm: engine.clone(),
+        prompts: Prompts::built_in(),
+        adapters: [(PLATFORM.to_string(), channel_dyn)].into_iter().collect(),
+        settings,
+        cancel: CancellationToken::new(),
+    });
+    Harness {
+        pipeline,
+        engine,
+        channel,
+        store,
+    }
+}
+
+/// Runs the router over `messages` (sent in order) until all are handled.
+pub async fn run_messages(harness: &Harness, messages: Vec<Inbound>) {
+    let (sink, inbound) = tokio::sync::mpsc::channel(1024);
+    let router = tokio::spawn(concierge::router::run(
+        inbound,
+        Arc::clone(&harness.pipeline),
+        Default::default(),
+    ));
+    for message in messages {
+        sink.send(message).await.unwrap();
+    }
+    drop(sink);
+    tokio::time::timeout(Duration::from_secs(60), router)
+        .await
+        .expect("router finishes")
+        .unwrap();
+}
+
+/// The `concierge` binary built for these tests.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_concierge"))
+}
+
+/// Writes a configuration that uses the scripted engine with `script`, the
+/// data directory `dir/data`, and the operator API on `operator_port`.
+pub fn scripted_config(dir: &Path, script: &str, operator_port: u16) -> PathBuf {
+    let script_path = dir.join("script.toml");
+    std::fs::write(&script_path, script).unwrap();
+    let config = format!(
+        "[store]\ndata_dir = {data:?}\n[engine]\nbackend = \"scripted\"\nscript_file = {script:?}\n\
+         [operator]\nlisten = \"127.0.0.1:{operator_port}\"\n[daemon]\nshutdown_deadline_secs = 3\n\
+         [chat]\nprompts_dir = {prompts:?}\n",
+        data = dir.join("data").display().to_string(),
+        script = script_path.display().to_string(),
+        prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts").display().to_string(),
+    );
+    let path = dir.join("concierge.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A minimal HTTP/1.1 GET; returns status and body.
+pub fn http_get(port: u16, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let auth = token
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let until = Instant::now() + timeout;
+    while Instant::now() < until {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
