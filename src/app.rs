@@ -73,6 +73,7 @@ fn pipeline_settings(config: &Config) -> PipelineSettings {
             temperature: config.engine.temperature,
             top_p: config.engine.top_p,
             max_tokens: config.engine.max_tokens,
+            repetition_penalty: config.engine.repetition_penalty as f32,
         },
         context_tokens: config.engine.context_tokens,
         max_message_chars: config.chat.max_message_chars,

@@ -60,6 +60,7 @@ pub async fn engine(
             temperature: 0.0,
             top_p: 1.0,
             max_tokens,
+            repetition_penalty: 1.0,
         },
     };
     let (mut prompt_speed, mut decode_speed, mut first_token, mut completion) =

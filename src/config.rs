@@ -79,6 +79,8 @@ pub struct EngineConfig {
     pub temperature: f64,
     /// Nucleus sampling mass.
     pub top_p: f64,
+    /// Penalty on repeated tokens; 1.0 is none.
+    pub repetition_penalty: f64,
     /// Token budget of one prompt (system prompt, history and reply).
     pub context_tokens: usize,
     /// Sequences the engine schedules at once.
@@ -384,6 +386,7 @@ impl Reader<'_> {
             max_tokens: self.integer("engine", "max_tokens", 256, 1..=32_768),
             temperature: self.float("engine", "temperature", 0.3, 0.0..=2.0),
             top_p: self.float("engine", "top_p", 0.9, 0.01..=1.0),
+            repetition_penalty: self.float("engine", "repetition_penalty", 1.15, 1.0..=2.0),
             context_tokens: self.integer("engine", "context_tokens", 2048, 128..=1_048_576),
             max_num_seqs: self.integer("engine", "max_num_seqs", 4, 1..=256),
             prefix_cache: self.integer("engine", "prefix_cache", 16, 0..=4096),

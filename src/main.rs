@@ -1,6 +1,7 @@
 //! The `concierge` command: argument parsing (clap), logging setup, and exit
 //! codes (0 success, 1 failure, 2 invalid configuration or usage).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -117,12 +118,13 @@ fn init_logging(config: &Config) {
     let mut filter = config.log.level.clone();
     if !filter.contains("mistralrs") {
         // mistral.rs logs every load step at info; keep the console readable.
-        filter.push_str(",mistralrs_core=warn,mistralrs=warn,mistralrs_quant=warn");
+        filter.push_str(",mistralrs_core=error,mistralrs=error,mistralrs_quant=error");
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),

@@ -65,7 +65,7 @@ enum Command {
 }
 
 fn parse_command(text: &str) -> Option<Command> {
-    let word = text.trim().split_whitespace().next()?;
+    let word = text.split_whitespace().next()?;
     let name = word.strip_prefix('/')?;
     // Telegram appends the bot's name in groups: /help@shop_bot.
     let name = name.split('@').next().unwrap_or(name).to_lowercase();

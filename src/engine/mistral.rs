@@ -116,6 +116,7 @@ fn build_request(request: &ChatRequest) -> RequestBuilder {
     let params = if sampling.temperature <= 0.0 {
         SamplingParams {
             max_len: Some(sampling.max_tokens),
+            repetition_penalty: Some(sampling.repetition_penalty),
             ..SamplingParams::deterministic()
         }
     } else {
@@ -123,6 +124,7 @@ fn build_request(request: &ChatRequest) -> RequestBuilder {
             temperature: Some(sampling.temperature),
             top_p: Some(sampling.top_p),
             max_len: Some(sampling.max_tokens),
+            repetition_penalty: Some(sampling.repetition_penalty),
             ..SamplingParams::neutral()
         }
     };

@@ -56,6 +56,9 @@ pub struct Sampling {
     pub top_p: f64,
     /// Most tokens to generate.
     pub max_tokens: usize,
+    /// Penalty on tokens already in the context; 1.0 is none. Small models
+    /// loop without it.
+    pub repetition_penalty: f32,
 }
 
 /// A chat request.

@@ -231,6 +231,7 @@ mod tests {
                 temperature: 0.0,
                 top_p: 1.0,
                 max_tokens: 100,
+                repetition_penalty: 1.0,
             },
         }
     }

@@ -133,6 +133,7 @@ pub fn settings(context_tokens: usize, max_tokens: usize) -> PipelineSettings {
             temperature: 0.0,
             top_p: 1.0,
             max_tokens,
+            repetition_penalty: 1.0,
         },
         context_tokens,
         max_message_chars: 4000,
