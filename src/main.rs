@@ -132,11 +132,16 @@ fn init_logging(config: &Config) {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+/// Runs `future` on a new runtime. The runtime is then shut down without
+/// waiting for blocking reads of stdin, which never end on their own.
+fn block_on<T>(future: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("cannot start the async runtime")
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(future);
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }
 
 async fn shutdown_signal() {
@@ -204,11 +209,11 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
     match command {
         Command::Chat { user } => {
             let user = user.unwrap_or_else(|| config.console.user.clone());
-            runtime()?.block_on(app::chat(config, &user, async {
+            block_on(app::chat(config, &user, async {
                 let _ = tokio::signal::ctrl_c().await;
             }))
         }
-        Command::Serve => runtime()?.block_on(app::serve(config, shutdown_signal())),
+        Command::Serve => block_on(app::serve(config, shutdown_signal())),
         Command::History { user, platform } => print_history(config, &user, &platform),
         Command::Models { action } => match action {
             ModelsAction::Fetch => {
@@ -239,7 +244,7 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
                 Some(path) => path,
                 None => models::prepare(&config.engine)?,
             };
-            let figures = runtime()?.block_on(bench::engine(
+            let figures = block_on(bench::engine(
                 &path,
                 &config.engine,
                 runs.max(1),

@@ -27,6 +27,11 @@ const TREE_ACTIVE: &str = "active_conversations";
 const TREE_CUSTOMER_CONVERSATIONS: &str = "customer_conversations";
 const TREE_MESSAGES: &str = "messages";
 const KEY_SCHEMA: &[u8] = b"schema_version";
+/// A file beside the database that records that it was initialised. sled
+/// recovers a damaged log by discarding what follows the damage, so a store
+/// whose start is damaged opens empty; this marker turns that silent loss
+/// into an error.
+const MARKER_FILE: &str = "store.initialised";
 
 /// Errors of the store. Each says what failed and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +154,7 @@ impl Store {
     /// Opens (creating if needed) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let path = data_dir.join("store");
+        let marker = data_dir.join(MARKER_FILE);
         std::fs::create_dir_all(&path).map_err(|err| StoreError::Io {
             path: path.clone(),
             detail: err.to_string(),
@@ -168,7 +174,7 @@ impl Store {
             path,
             db,
         };
-        store.migrate()?;
+        store.migrate(&marker)?;
         Ok(store)
     }
 
@@ -181,7 +187,7 @@ impl Store {
         store_error(&self.path, err)
     }
 
-    fn migrate(&self) -> Result<(), StoreError> {
+    fn migrate(&self, marker: &Path) -> Result<(), StoreError> {
         let meta = self.db.open_tree(TREE_META).map_err(|err| self.err(err))?;
         let found = match meta.get(KEY_SCHEMA).map_err(|err| self.err(err))? {
             Some(bytes) => {
@@ -190,6 +196,15 @@ impl Store {
                     detail: "schema version record has the wrong size".into(),
                 })?;
                 u32::from_be_bytes(raw)
+            }
+            None if marker.exists() => {
+                return Err(StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!(
+                        "the database lost its records ({} says it was initialised, but it opened empty)",
+                        marker.display()
+                    ),
+                });
             }
             None => 0,
         };
@@ -205,6 +220,14 @@ impl Store {
             meta.insert(KEY_SCHEMA, &SCHEMA_VERSION.to_be_bytes())
                 .map_err(|err| self.err(err))?;
             self.db.flush().map_err(|err| self.err(err))?;
+        }
+        if !marker.exists() {
+            std::fs::write(marker, format!("schema_version = {SCHEMA_VERSION}\n")).map_err(
+                |err| StoreError::Io {
+                    path: marker.to_path_buf(),
+                    detail: err.to_string(),
+                },
+            )?;
         }
         Ok(())
     }
@@ -502,7 +525,7 @@ fn classify_open_error(path: &Path, err: sled::Error) -> StoreError {
 
 fn store_error(path: &Path, err: sled::Error) -> StoreError {
     match err {
-        sled::Error::Corruption { .. } => StoreError::Corrupt {
+        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => StoreError::Corrupt {
             path: path.to_path_buf(),
             detail: err.to_string(),
         },
@@ -597,6 +620,37 @@ mod tests {
             store.conversation_messages(conversation.id).unwrap()[0].text,
             "kept"
         );
+    }
+
+    #[test]
+    fn a_damaged_store_is_an_error_not_an_empty_store() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let customer = store.customer_for_identity("console", "u", None).unwrap();
+            let conversation = store
+                .current_conversation(customer.id, "console", "u")
+                .unwrap();
+            store
+                .append_message(conversation.id, Role::User, "precious")
+                .unwrap();
+            store.flush_blocking().unwrap();
+        }
+        // Overwrite the start of the database file with garbage.
+        let db_file = dir.path().join("store").join("db");
+        let mut bytes = std::fs::read(&db_file).unwrap();
+        for (index, byte) in bytes.iter_mut().take(4096).enumerate() {
+            *byte = (index * 7 + 13) as u8;
+        }
+        std::fs::write(&db_file, bytes).unwrap();
+        match Store::open(dir.path()) {
+            Err(StoreError::Corrupt { .. }) => {}
+            Err(other) => panic!("unexpected error: {other}"),
+            Ok(store) => {
+                let customer = store.find_customer("console", "u").unwrap();
+                panic!("a damaged store opened silently (customer: {customer:?})");
+            }
+        }
     }
 
     #[test]

@@ -352,3 +352,57 @@ fn messages_survive_kill_9_in_the_middle_of_a_reply() {
         ]
     );
 }
+
+#[test]
+fn shutdown_cancels_a_reply_past_the_deadline_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let script = "[[rule]]\ncontains = \"slow\"\nreply = \"one two three four five six seven eight nine ten eleven twelve\"\ntoken_delay_ms = 700\n";
+    let config = scripted_config(dir.path(), script, port);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[console]\nenabled = true\nuser = \"desk\"\n");
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = concierge(&config)
+        .arg("serve")
+        .env("CONCIERGE_DAEMON_SHUTDOWN_DEADLINE_SECS", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(30), || {
+        http_get(port, "/healthz", None)
+            .ok()
+            .filter(|(status, _)| *status == 200)
+    })
+    .expect("ready");
+    let mut stdin = daemon.stdin.take().unwrap();
+    writeln!(stdin, "slow answer please").unwrap();
+    let mut stdout = daemon.stdout.take().unwrap();
+    let mut first_word = [0u8; 3];
+    std::io::Read::read_exact(&mut stdout, &mut first_word).unwrap();
+    assert_eq!(&first_word, b"one");
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    let exit = wait_for(Duration::from_secs(20), || daemon.try_wait().unwrap())
+        .expect("the daemon exits after its deadline");
+    drop(stdin);
+    let mut log = String::new();
+    std::io::Read::read_to_string(daemon.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(exit.success(), "{log}");
+    assert!(log.contains("shutdown deadline passed"), "{log}");
+    assert!(
+        log.contains("console:desk"),
+        "the log names the running reply: {log}"
+    );
+    assert!(log.contains("store flushed"), "{log}");
+
+    let output = concierge(&config)
+        .args(["history", "--user", "desk"])
+        .output()
+        .unwrap();
+    let history = String::from_utf8_lossy(&output.stdout);
+    assert!(history.contains("slow answer please"), "{history}");
+}

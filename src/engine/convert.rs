@@ -101,6 +101,79 @@ pub fn convert_to_q8_0(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Tensor;
+
+    /// Writes a small llama-architecture GGUF with one Q4_1 and one F32 tensor.
+    fn write_q4_1_model(path: &Path) -> Vec<f32> {
+        let values: Vec<f32> = (0..64 * 32)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        let weights = Tensor::from_vec(values.clone(), (64, 32), &Device::Cpu).unwrap();
+        let q4 = QTensor::quantize(&weights, GgmlDType::Q4_1).unwrap();
+        let norm = Tensor::from_vec(vec![1.0f32; 32], 32, &Device::Cpu).unwrap();
+        let norm = QTensor::quantize(&norm, GgmlDType::F32).unwrap();
+        let architecture = gguf_file::Value::String("llama".into());
+        let mut file = File::create(path).unwrap();
+        gguf_file::write(
+            &mut file,
+            &[("general.architecture", &architecture)],
+            &[("blk.0.attn_q.weight", &q4), ("output_norm.weight", &norm)],
+        )
+        .unwrap();
+        values
+    }
+
+    #[test]
+    fn q4_1_tensors_become_q8_0_with_the_same_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("tiny.Q4_1.gguf");
+        let original = write_q4_1_model(&source);
+        let target = q8_0_path(&source);
+        let mut calls = 0;
+        convert_to_q8_0(&source, &target, |_, total| {
+            calls += 1;
+            assert_eq!(total, 2);
+        })
+        .unwrap();
+        assert_eq!(calls, 2);
+
+        let read = |path: &Path, name: &str| {
+            let mut reader = BufReader::new(File::open(path).unwrap());
+            let content = gguf_file::Content::read(&mut reader).unwrap();
+            content.tensor(&mut reader, name, &Device::Cpu).unwrap()
+        };
+        let before = read(&source, "blk.0.attn_q.weight");
+        let after = read(&target, "blk.0.attn_q.weight");
+        assert_eq!(before.dtype(), GgmlDType::Q4_1);
+        assert_eq!(after.dtype(), GgmlDType::Q8_0);
+        assert_eq!(read(&target, "output_norm.weight").dtype(), GgmlDType::F32);
+        let flat = |tensor: &QTensor| {
+            tensor
+                .dequantize(&Device::Cpu)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        let (before, after) = (flat(&before), flat(&after));
+        // Q8_0 keeps what Q4_1 held: far closer to it than Q4_1 is to the original.
+        let max_diff = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max)
+        };
+        let q4_error = max_diff(&original, &before);
+        let conversion_error = max_diff(&before, &after);
+        assert!(
+            conversion_error < q4_error / 4.0,
+            "{conversion_error} vs {q4_error}"
+        );
+        let header = crate::engine::gguf::read_header(&target).unwrap();
+        assert_eq!(header.dominant_type(), Some("Q8_0"));
+        assert_eq!(header.architecture(), Some("llama"));
+    }
 
     #[test]
     fn converted_file_is_named_after_the_source() {
