@@ -50,7 +50,13 @@ pub async fn engine(
     runs: usize,
     max_tokens: usize,
 ) -> anyhow::Result<EngineFigures> {
-    let engine = MistralEngine::load(path, config).await?;
+    // Each run must process its whole prompt, as llama.cpp's does in the
+    // comparison script: no prefix cache.
+    let config = EngineConfig {
+        prefix_cache: 0,
+        ..config.clone()
+    };
+    let engine = MistralEngine::load(path, &config).await?;
     let request = ChatRequest {
         messages: vec![
             ChatMessage::new(ChatRole::System, SYSTEM),

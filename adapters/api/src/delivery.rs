@@ -6,7 +6,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::time::Instant;
 
-use crate::{split_message, Adapter, AdapterError, ConversationRef, DeltaStream, Outbound};
+use crate::{
+    split_message, Adapter, AdapterError, ConversationRef, DeltaStream, Outbound, SentMessage,
+};
 
 /// Collects every delta of a stream into one text.
 pub async fn collect_stream(mut deltas: DeltaStream) -> String {
@@ -42,93 +44,81 @@ pub async fn deliver_by_editing<A: Adapter + ?Sized>(
     mut deltas: DeltaStream,
     pacing: EditPacing,
 ) -> Result<String, AdapterError> {
-    let limit = adapter.capabilities().max_message_chars;
+    let mut reply = EditedReply {
+        adapter,
+        conversation,
+        limit: adapter.capabilities().max_message_chars,
+        finished_chars: 0,
+        current: None,
+    };
     let mut full = String::new();
-    // Text of the parts already finished, in characters.
-    let mut finished_chars = 0usize;
-    let mut current: Option<(crate::SentMessage, String)> = None;
     let mut last_edit = Instant::now() - pacing.min_interval;
     let mut dirty = false;
-
     while let Some(delta) = deltas.next().await {
         full.push_str(&delta);
         dirty = true;
-        if last_edit.elapsed() < pacing.min_interval {
-            continue;
+        if last_edit.elapsed() >= pacing.min_interval {
+            reply.show(&full).await?;
+            last_edit = Instant::now();
+            dirty = false;
         }
-        flush_visible(
-            adapter,
-            conversation,
-            &full,
-            limit,
-            &mut finished_chars,
-            &mut current,
-        )
-        .await?;
-        last_edit = Instant::now();
-        dirty = false;
     }
-    if dirty || current.is_none() {
-        let wait = pacing.min_interval.saturating_sub(last_edit.elapsed());
-        tokio::time::sleep(wait).await;
-        flush_visible(
-            adapter,
-            conversation,
-            &full,
-            limit,
-            &mut finished_chars,
-            &mut current,
-        )
-        .await?;
+    if dirty || reply.current.is_none() {
+        tokio::time::sleep(pacing.min_interval.saturating_sub(last_edit.elapsed())).await;
+        reply.show(&full).await?;
     }
     Ok(full)
 }
 
-async fn flush_visible<A: Adapter + ?Sized>(
-    adapter: &A,
-    conversation: &ConversationRef,
-    full: &str,
+/// The messages showing one growing reply.
+struct EditedReply<'a, A: Adapter + ?Sized> {
+    adapter: &'a A,
+    conversation: &'a ConversationRef,
     limit: usize,
-    finished_chars: &mut usize,
-    current: &mut Option<(crate::SentMessage, String)>,
-) -> Result<(), AdapterError> {
-    let pending: String = full.chars().skip(*finished_chars).collect();
-    let parts = split_message(&pending, limit);
-    let Some((last, complete)) = parts.split_last() else {
-        return Ok(());
-    };
-    let mut consumed = 0;
-    for part in complete {
-        show(adapter, conversation, part, current).await?;
-        *current = None;
-        let at = pending[consumed..]
-            .find(part.as_str())
-            .map_or(consumed, |offset| consumed + offset);
-        consumed = at + part.len();
-    }
-    *finished_chars += pending[..consumed].chars().count();
-    show(adapter, conversation, last, current).await
+    /// Characters of the reply already in finished (full) messages.
+    finished_chars: usize,
+    /// The message being edited and the text it shows.
+    current: Option<(SentMessage, String)>,
 }
 
-async fn show<A: Adapter + ?Sized>(
-    adapter: &A,
-    conversation: &ConversationRef,
-    text: &str,
-    current: &mut Option<(crate::SentMessage, String)>,
-) -> Result<(), AdapterError> {
-    match current {
-        Some((_, shown)) if shown.as_str() == text => Ok(()),
-        Some((sent, shown)) => {
-            adapter.edit(sent, text).await?;
-            *shown = text.to_string();
-            Ok(())
+impl<A: Adapter + ?Sized> EditedReply<'_, A> {
+    /// Makes the messages show `full`: finishes parts that reached the limit
+    /// and sends or edits the last one.
+    async fn show(&mut self, full: &str) -> Result<(), AdapterError> {
+        let pending: String = full.chars().skip(self.finished_chars).collect();
+        let parts = split_message(&pending, self.limit);
+        let Some((last, complete)) = parts.split_last() else {
+            return Ok(());
+        };
+        let mut consumed = 0;
+        for part in complete {
+            self.show_part(part).await?;
+            self.current = None;
+            let at = pending[consumed..]
+                .find(part.as_str())
+                .map_or(consumed, |offset| consumed + offset);
+            consumed = at + part.len();
         }
-        None => {
-            let sent = adapter
-                .send(Outbound::text(conversation.clone(), text))
-                .await?;
-            *current = Some((sent, text.to_string()));
-            Ok(())
+        self.finished_chars += pending[..consumed].chars().count();
+        self.show_part(last).await
+    }
+
+    async fn show_part(&mut self, text: &str) -> Result<(), AdapterError> {
+        match &mut self.current {
+            Some((_, shown)) if shown.as_str() == text => Ok(()),
+            Some((sent, shown)) => {
+                self.adapter.edit(sent, text).await?;
+                *shown = text.to_string();
+                Ok(())
+            }
+            None => {
+                let sent = self
+                    .adapter
+                    .send(Outbound::text(self.conversation.clone(), text))
+                    .await?;
+                self.current = Some((sent, text.to_string()));
+                Ok(())
+            }
         }
     }
 }
@@ -141,7 +131,7 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::{Capabilities, InboundSink, SentMessage};
+    use crate::{Capabilities, InboundSink};
 
     #[derive(Default)]
     struct RecordingAdapter {

@@ -92,10 +92,11 @@ mod tests {
 
     #[test]
     fn prefers_sentence_end_over_space() {
-        let text = "One sentence here. Another sentence follows and it is long enough to cut";
+        let text =
+            "The first sentence is here now. Another one follows and it is long enough to cut";
         let parts = split_message(text, 40);
         lengths_ok(&parts, 40);
-        assert_eq!(parts[0], "One sentence here.");
+        assert_eq!(parts[0], "The first sentence is here now.");
     }
 
     #[test]
