@@ -22,6 +22,7 @@ use crate::engine::mistral::MistralEngine;
 use crate::engine::scripted::ScriptedEngine;
 use crate::engine::{Llm, Sampling};
 use crate::health::{ComponentState, Health};
+use crate::knowledge::{self, KnowledgeBase};
 use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::prompts::Prompts;
 use crate::router::{self, InFlight};
@@ -79,7 +80,51 @@ fn pipeline_settings(config: &Config) -> PipelineSettings {
         max_message_chars: config.chat.max_message_chars,
         reply_timeout: Duration::from_secs(config.chat.reply_timeout_secs),
         default_locale: config.chat.default_locale,
+        top_k: config.knowledge.top_k,
     }
+}
+
+/// Directory of the derived search index.
+pub fn kb_index_dir(config: &Config) -> std::path::PathBuf {
+    config.store.data_dir.join("kb-index")
+}
+
+/// Imports the configured knowledge (or the demo shop into an empty store)
+/// and opens the search index. Import problems are logged, not fatal: the
+/// documents that could be read are served.
+pub fn load_knowledge(config: &Config, store: &Store) -> anyhow::Result<KnowledgeBase> {
+    let sources = if !config.knowledge.paths.is_empty() {
+        config.knowledge.paths.clone()
+    } else if config.knowledge.demo && store.kb_docs()?.is_empty() {
+        vec![config.knowledge.demo_dir.clone()]
+    } else {
+        Vec::new()
+    };
+    if !sources.is_empty() {
+        let report = knowledge::import(store, &sources)?;
+        for error in &report.errors {
+            tracing::warn!(path = %error.path, line = ?error.line, "knowledge import: {}", error.error);
+        }
+        tracing::info!(
+            added = report.added,
+            updated = report.updated,
+            unchanged = report.unchanged,
+            removed = report.removed,
+            "knowledge base imported"
+        );
+    }
+    Ok(KnowledgeBase::open(store, &kb_index_dir(config))?)
+}
+
+async fn load_knowledge_async(
+    config: &Config,
+    store: &Store,
+) -> anyhow::Result<Arc<KnowledgeBase>> {
+    let (config, store) = (config.clone(), store.clone());
+    let knowledge = tokio::task::spawn_blocking(move || load_knowledge(&config, &store))
+        .await
+        .context("knowledge task failed")??;
+    Ok(Arc::new(knowledge))
 }
 
 /// The parts a conversation pipeline is built from.
@@ -90,6 +135,8 @@ pub struct Parts {
     pub llm: Arc<dyn Llm>,
     /// Templates.
     pub prompts: Prompts,
+    /// The knowledge base.
+    pub knowledge: Option<Arc<KnowledgeBase>>,
 }
 
 /// Builds the pipeline for `adapters`.
@@ -110,6 +157,7 @@ pub fn pipeline(
         adapters,
         settings: pipeline_settings(config),
         cancel,
+        knowledge: parts.knowledge,
     })
 }
 
@@ -121,6 +169,7 @@ pub async fn chat(
 ) -> anyhow::Result<()> {
     let store = open_store(config).await?;
     let prompts = Prompts::load(&config.chat.prompts_dir)?;
+    let knowledge = load_knowledge_async(config, &store).await?;
     let llm = build_engine(config).await?;
     eprintln!(
         "concierge: ready ({}). Type a message; /help for commands.",
@@ -134,6 +183,7 @@ pub async fn chat(
             store: store.clone(),
             llm,
             prompts,
+            knowledge: Some(knowledge),
         },
         std::slice::from_ref(&console),
         cancel.clone(),
@@ -173,6 +223,7 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
     };
     health.set_store(ComponentState::Ready);
     let prompts = Prompts::load(&config.chat.prompts_dir)?;
+    let knowledge = load_knowledge_async(config, &store).await?;
 
     let api_stop = CancellationToken::new();
     let mut api_task = None;
@@ -230,6 +281,7 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
             store: store.clone(),
             llm,
             prompts,
+            knowledge: Some(knowledge),
         },
         &adapters,
         reply_cancel.clone(),

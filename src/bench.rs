@@ -108,3 +108,120 @@ pub async fn engine(
         first_token_ms: median(&mut first_token),
     })
 }
+
+/// Figures of the knowledge-base search benchmark.
+#[derive(Debug, Serialize)]
+pub struct SearchFigures {
+    /// Passages indexed.
+    pub passages: usize,
+    /// Queries timed.
+    pub queries: usize,
+    /// Time to build the index, milliseconds.
+    pub build_ms: f64,
+    /// Median query latency (search plus the "found" decision), microseconds.
+    pub p50_us: f64,
+    /// 99th percentile, microseconds.
+    pub p99_us: f64,
+    /// Slowest query, microseconds.
+    pub max_us: f64,
+}
+
+/// A deterministic pseudo-random sequence (64-bit LCG), so every run indexes
+/// the same corpus.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, below: usize) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((self.0 >> 33) as usize) % below.max(1)
+    }
+}
+
+/// Indexes `passages` synthetic passages (English-like words with a share of
+/// Chinese text) and times `queries` searches.
+pub fn search(passages: usize, queries: usize) -> anyhow::Result<SearchFigures> {
+    use crate::knowledge::KnowledgeBase;
+    use crate::store::{KbDoc, KbKind, KbPassage, RECORD_VERSION};
+
+    const SYLLABLES: &[&str] = &[
+        "ka", "lo", "re", "tu", "mi", "san", "pe", "dor", "vi", "nu", "shi", "pa", "ren", "go",
+        "li", "ma", "to", "ber", "qu", "el",
+    ];
+    const HAN: &[&str] = &[
+        "退货", "运费", "订单", "付款", "账户", "保修", "发票", "优惠", "尺码", "客服",
+    ];
+    let mut random = Lcg(42);
+    let vocabulary: Vec<String> = (0..5000)
+        .map(|_| {
+            let length = 2 + random.next(3);
+            (0..length)
+                .map(|_| SYLLABLES[random.next(SYLLABLES.len())])
+                .collect()
+        })
+        .collect();
+    let sentence = |random: &mut Lcg, words: usize| -> String {
+        (0..words)
+            .map(|_| {
+                if random.next(10) == 0 {
+                    HAN[random.next(HAN.len())].to_string()
+                } else {
+                    vocabulary[random.next(vocabulary.len())].clone()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let docs: Vec<KbDoc> = (0..passages.div_ceil(5))
+        .map(|doc| KbDoc {
+            v: RECORD_VERSION,
+            id: format!("doc-{doc}.md"),
+            root: "bench".into(),
+            title: sentence(&mut random, 4),
+            locale: None,
+            kind: KbKind::Markdown,
+            content_hash: doc as u64,
+            passages: (0..5)
+                .map(|_| KbPassage {
+                    title: sentence(&mut random, 3),
+                    text: sentence(&mut random, 80),
+                })
+                .collect(),
+        })
+        .collect();
+    let dir = std::env::temp_dir().join(format!("concierge-bench-kb-{}", std::process::id()));
+    let started = Instant::now();
+    let kb = KnowledgeBase::build(&dir, &docs)?;
+    let build_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let questions: Vec<String> = (0..queries)
+        .map(|_| {
+            let words = 3 + random.next(4);
+            sentence(&mut random, words)
+        })
+        .collect();
+    for question in questions.iter().take(50) {
+        kb.retrieve(question, 3)?;
+    }
+    let mut latencies: Vec<f64> = Vec::with_capacity(queries);
+    for question in &questions {
+        let started = Instant::now();
+        kb.retrieve(question, 3)?;
+        latencies.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    latencies.sort_by(f64::total_cmp);
+    let percentile = |share: f64| {
+        let at = ((latencies.len() as f64 - 1.0) * share).round() as usize;
+        latencies.get(at).copied().unwrap_or_default()
+    };
+    Ok(SearchFigures {
+        passages: kb.passages(),
+        queries,
+        build_ms,
+        p50_us: percentile(0.5),
+        p99_us: percentile(0.99),
+        max_us: latencies.last().copied().unwrap_or_default(),
+    })
+}

@@ -34,6 +34,21 @@ pub struct Config {
     pub console: ConsoleConfig,
     /// `[log]`: diagnostics.
     pub log: LogConfig,
+    /// `[knowledge]`: the knowledge base.
+    pub knowledge: KnowledgeConfig,
+}
+
+/// `[knowledge]`
+#[derive(Clone, Debug)]
+pub struct KnowledgeConfig {
+    /// Files and directories imported at start-up (changed ones re-imported).
+    pub paths: Vec<PathBuf>,
+    /// Load the demo shop when `paths` is empty and the store has no documents.
+    pub demo: bool,
+    /// Where the demo shop's knowledge base is.
+    pub demo_dir: PathBuf,
+    /// Passages given to the model per answer.
+    pub top_k: usize,
 }
 
 /// `[store]`
@@ -345,6 +360,12 @@ impl Reader<'_> {
                 _ => Err("expected \"text\" or \"json\"".into()),
             }),
         };
+        let knowledge = KnowledgeConfig {
+            paths: self.path_list("knowledge", "paths"),
+            demo: self.boolean("knowledge", "demo", true),
+            demo_dir: self.path("knowledge", "demo_dir", "config/demo/kb"),
+            top_k: self.integer("knowledge", "top_k", 3, 1..=20),
+        };
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&log.level) {
             self.issue("log.level", format!("not a valid filter: {err}"));
         }
@@ -356,6 +377,7 @@ impl Reader<'_> {
             daemon,
             console,
             log,
+            knowledge,
         }
     }
 
@@ -492,6 +514,35 @@ impl Reader<'_> {
                 Ok(PathBuf::from(raw))
             }
         })
+    }
+
+    /// A list of paths: a TOML array of strings, or comma-separated in the environment.
+    fn path_list(&mut self, section: &str, key: &str) -> Vec<PathBuf> {
+        let full_key = format!("{section}.{key}");
+        match self.raw(section, key) {
+            None => Vec::new(),
+            Some(Raw::Env { value, .. }) => value
+                .split(',')
+                .map(str::trim)
+                .filter(|part| !part.is_empty())
+                .map(PathBuf::from)
+                .collect(),
+            Some(Raw::Toml(toml::Value::Array(items))) => {
+                let paths: Option<Vec<PathBuf>> = items
+                    .iter()
+                    .map(|item| item.as_str().map(PathBuf::from))
+                    .collect();
+                paths.unwrap_or_else(|| {
+                    self.issue(&full_key, "expected a list of path strings");
+                    Vec::new()
+                })
+            }
+            Some(raw) => {
+                let why = format!("expected a list of path strings, {}", Self::describe(&raw));
+                self.issue(&full_key, why);
+                Vec::new()
+            }
+        }
     }
 
     fn optional_path(&mut self, section: &str, key: &str) -> Option<PathBuf> {

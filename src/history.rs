@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::store::{Role, Store, StoreError};
+use crate::store::{Role, SourceRef, Store, StoreError};
 
 /// One line of history.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -14,6 +14,9 @@ pub struct HistoryLine {
     pub role: Role,
     /// The text.
     pub text: String,
+    /// Knowledge-base passages an answer used.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceRef>,
 }
 
 /// Every message of the customer known as `user` on `platform`, oldest
@@ -31,6 +34,7 @@ pub fn history(store: &Store, platform: &str, user: &str) -> Result<Vec<HistoryL
                 ts: format_ts(message.ts_ms),
                 role: message.role,
                 text: message.text,
+                sources: message.sources,
             });
         }
     }

@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use concierge::config::{self, Config, ConfigSource, LogFormat};
-use concierge::store::StoreError;
-use concierge::{app, bench, history, models};
+use concierge::knowledge::{self, KnowledgeBase};
+use concierge::store::{Store, StoreError};
+use concierge::{app, bench, eval, history, models};
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +63,54 @@ enum Command {
         #[command(subcommand)]
         action: BenchAction,
     },
+    /// Import data into the store
+    Import {
+        #[command(subcommand)]
+        what: ImportAction,
+    },
+    /// The knowledge base
+    Kb {
+        #[command(subcommand)]
+        action: KbAction,
+    },
+    /// Offline evaluations that print JSON
+    Eval {
+        #[command(subcommand)]
+        what: EvalAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImportAction {
+    /// Markdown, .txt and FAQ .csv (question,answer) files or directories;
+    /// re-import replaces changed documents and removes deleted ones
+    Kb {
+        /// Files or directories
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KbAction {
+    /// Search the knowledge base; prints JSON lines {"doc","title","passage","score"}
+    Search {
+        /// The query
+        query: String,
+        /// Number of hits
+        #[arg(long, default_value_t = 5)]
+        k: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum EvalAction {
+    /// Retrieval quality on a CSV with question,expected_doc (empty: no document answers)
+    Retrieval {
+        /// The labelled questions
+        #[arg(long)]
+        data: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -101,6 +150,15 @@ enum BenchAction {
         /// Tokens generated per run
         #[arg(long, default_value_t = 64)]
         max_tokens: usize,
+    },
+    /// Knowledge-base search latency on a synthetic corpus (JSON)
+    Search {
+        /// Passages to index
+        #[arg(long, default_value_t = 10_000)]
+        passages: usize,
+        /// Queries to time
+        #[arg(long, default_value_t = 2_000)]
+        queries: usize,
     },
 }
 
@@ -253,7 +311,67 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&figures)?);
             Ok(())
         }
+        Command::Bench {
+            action: BenchAction::Search { passages, queries },
+        } => {
+            let figures = bench::search(passages.max(1), queries.max(1))?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+            Ok(())
+        }
+        Command::Import {
+            what: ImportAction::Kb { paths },
+        } => {
+            let store = open_store(config)?;
+            let report = knowledge::import(&store, &paths)?;
+            store.flush_blocking()?;
+            // Rebuild the index now, so the first search or chat does not wait.
+            KnowledgeBase::open(&store, &app::kb_index_dir(config))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if report.errors.is_empty() {
+                Ok(())
+            } else {
+                anyhow::bail!(
+                    "{} file(s) or row(s) could not be imported; see \"errors\" above",
+                    report.errors.len()
+                )
+            }
+        }
+        Command::Kb {
+            action: KbAction::Search { query, k },
+        } => {
+            let store = open_store(config)?;
+            let kb = app::load_knowledge(config, &store)?;
+            let mut out = std::io::stdout().lock();
+            for hit in kb.search(&query, k.max(1))? {
+                use std::io::Write;
+                writeln!(out, "{}", serde_json::to_string(&hit)?)?;
+            }
+            Ok(())
+        }
+        Command::Eval {
+            what: EvalAction::Retrieval { data },
+        } => {
+            let questions = eval::read_questions(&data)?;
+            let store = open_store(config)?;
+            let kb = app::load_knowledge(config, &store)?;
+            let report = eval::retrieval(&kb, &questions)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         Command::Config { .. } => Ok(()),
+    }
+}
+
+/// Opens the store for a command-line tool, explaining a lock held by a daemon.
+fn open_store(config: &Config) -> anyhow::Result<Store> {
+    match Store::open(&config.store.data_dir) {
+        Ok(store) => Ok(store),
+        Err(StoreError::Locked { path }) => anyhow::bail!(
+            "the store at {} is held by a running Concierge daemon; stop it first (or use its operator API at http://{})",
+            path.display(),
+            config.operator.listen
+        ),
+        Err(err) => Err(err.into()),
     }
 }
 

@@ -16,10 +16,11 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{ChatRequest, EngineError, Llm, Sampling, StreamEvent};
+use crate::knowledge::{Hit, KnowledgeBase};
 use crate::language;
 use crate::prompts::{Locale, Prompts, Template};
 use crate::session;
-use crate::store::{Customer, Role, Store};
+use crate::store::{Customer, Role, SourceRef, Store};
 use crate::telemetry;
 
 /// History messages read per reply before the token budget trims them.
@@ -38,6 +39,8 @@ pub struct PipelineSettings {
     pub reply_timeout: Duration,
     /// Locale when nothing else tells.
     pub default_locale: Locale,
+    /// Passages retrieved per question.
+    pub top_k: usize,
 }
 
 /// Everything a message handler needs. Shared by all conversations.
@@ -54,6 +57,8 @@ pub struct Pipeline {
     pub settings: PipelineSettings,
     /// Fires when in-flight replies must stop (shutdown deadline).
     pub cancel: CancellationToken,
+    /// The knowledge base answers are grounded in, if any.
+    pub knowledge: Option<Arc<KnowledgeBase>>,
 }
 
 /// What a command does.
@@ -239,13 +244,130 @@ impl Pipeline {
             .append_message(conversation.id, Role::User, text)?;
         self.store.flush().await?;
 
+        let plan = self.plan_answer(text, locale)?;
+        let (reply, sources) = match plan {
+            AnswerPlan::Fixed {
+                text: reply,
+                sources,
+            } => {
+                adapter
+                    .send(Outbound::text(chat.clone(), reply.clone()))
+                    .await?;
+                (reply, sources)
+            }
+            AnswerPlan::Generate {
+                prompt,
+                suffix,
+                sources,
+            } => {
+                let reply = self
+                    .generate(adapter, chat, &history, &prompt, suffix, locale, started)
+                    .await?;
+                (reply, sources)
+            }
+        };
+        let reply = reply.trim();
+        if reply.is_empty() {
+            telemetry::reply_failed(&chat.platform);
+            let apology = self.prompts.text(locale, Template::EngineError);
+            adapter.send(Outbound::text(chat.clone(), apology)).await?;
+            return Ok(());
+        }
+        self.store
+            .append_message_with_sources(conversation.id, Role::Assistant, reply, sources)?;
+        self.store.flush().await?;
+        telemetry::reply_delivered(&chat.platform, "answer", started.elapsed());
+        Ok(())
+    }
+
+    /// Decides how to answer: an FAQ entry verbatim, the model grounded in
+    /// retrieved passages, an honest "not found", or (without a knowledge
+    /// base, or for small talk) the model alone.
+    fn plan_answer(&self, text: &str, locale: Locale) -> anyhow::Result<AnswerPlan> {
+        let plain = AnswerPlan::Generate {
+            prompt: text.to_string(),
+            suffix: None,
+            sources: Vec::new(),
+        };
+        let Some(knowledge) = self.knowledge.as_ref().filter(|kb| kb.passages() > 0) else {
+            return Ok(plain);
+        };
+        let retrieval = knowledge.retrieve(text, self.settings.top_k)?;
+        if retrieval.query_terms == 0 {
+            return Ok(plain);
+        }
+        let source_of = |hit: &Hit| SourceRef {
+            doc: hit.doc.clone(),
+            title: hit.title.clone(),
+            passage: hit.passage_index,
+        };
+        if let Some(faq) = retrieval.faq_answer() {
+            let reply = self.prompts.render(
+                locale,
+                Template::FaqAnswer,
+                &[("answer", &faq.passage), ("title", &faq.title)],
+            );
+            return Ok(AnswerPlan::Fixed {
+                text: reply,
+                sources: vec![source_of(faq)],
+            });
+        }
+        if !retrieval.found() {
+            return Ok(AnswerPlan::Fixed {
+                text: self.prompts.text(locale, Template::NotFound).to_string(),
+                sources: Vec::new(),
+            });
+        }
+        // Passages close to the best one; weak tail hits only add noise.
+        let best = retrieval.hits[0].score;
+        let used: Vec<&Hit> = retrieval
+            .hits
+            .iter()
+            .filter(|hit| hit.score >= best * 0.5)
+            .collect();
+        let listing = used
+            .iter()
+            .enumerate()
+            .map(|(number, hit)| format!("[{}] {}\n{}", number + 1, hit.title, hit.passage))
+            .collect::<Vec<_>>()
+            .join("\n\n");
+        let prompt = self.prompts.render(
+            locale,
+            Template::GroundedQuestion,
+            &[("sources", &listing), ("question", text)],
+        );
+        let source_line = self.prompts.render(
+            locale,
+            Template::SourceLine,
+            &[("title", &retrieval.hits[0].title)],
+        );
+        Ok(AnswerPlan::Generate {
+            prompt,
+            suffix: Some(format!("\n\n{source_line}")),
+            sources: used.into_iter().map(source_of).collect(),
+        })
+    }
+
+    /// Streams a model reply to `prompt` (with `suffix` appended when the
+    /// model produced text) and returns what was delivered.
+    #[allow(clippy::too_many_arguments)]
+    async fn generate(
+        &self,
+        adapter: &dyn Adapter,
+        chat: &concierge_adapter::ConversationRef,
+        history: &[crate::store::StoredMessage],
+        prompt: &str,
+        suffix: Option<String>,
+        locale: Locale,
+        started: Instant,
+    ) -> anyhow::Result<String> {
         let system_prompt = self.prompts.text(locale, Template::System);
         let budget = self
             .settings
             .context_tokens
             .saturating_sub(self.settings.sampling.max_tokens);
         let window =
-            session::build_window(self.llm.as_ref(), system_prompt, &history, text, budget);
+            session::build_window(self.llm.as_ref(), system_prompt, history, prompt, budget);
         tracing::debug!(
             prompt_tokens = window.prompt_tokens,
             dropped = window.dropped_history,
@@ -262,7 +384,17 @@ impl Pipeline {
         let outcome = Arc::new(Mutex::new(Outcome::default()));
         let delivered = match self.llm.stream_chat(request, cancel.clone()).await {
             Ok(events) => {
-                let deltas = delta_stream(events, Arc::clone(&outcome), started);
+                let produced = Arc::clone(&outcome);
+                let suffix = futures::stream::iter(suffix).filter(move |_| {
+                    let any_text = produced
+                        .lock()
+                        .map(|outcome| outcome.first_token.is_some())
+                        .unwrap_or(false);
+                    futures::future::ready(any_text)
+                });
+                let deltas = delta_stream(events, Arc::clone(&outcome), started)
+                    .chain(suffix)
+                    .boxed();
                 let delivery = adapter.deliver_stream(chat, deltas);
                 match tokio::time::timeout(self.settings.reply_timeout, delivery).await {
                     Ok(result) => result?,
@@ -297,19 +429,23 @@ impl Pipeline {
         if let Some(err) = &error {
             tracing::error!("engine error: {err}");
         }
-        let delivered = delivered.trim();
-        if delivered.is_empty() {
-            telemetry::reply_failed(&chat.platform);
-            let apology = self.prompts.text(locale, Template::EngineError);
-            adapter.send(Outbound::text(chat.clone(), apology)).await?;
-            return Ok(());
-        }
-        self.store
-            .append_message(conversation.id, Role::Assistant, delivered)?;
-        self.store.flush().await?;
-        telemetry::reply_delivered(&chat.platform, "answer", started.elapsed());
-        Ok(())
+        Ok(delivered)
     }
+}
+
+/// How a question will be answered.
+enum AnswerPlan {
+    /// A reply that needs no model.
+    Fixed {
+        text: String,
+        sources: Vec<SourceRef>,
+    },
+    /// A model reply to `prompt`, followed by `suffix` if it produced text.
+    Generate {
+        prompt: String,
+        suffix: Option<String>,
+        sources: Vec<SourceRef>,
+    },
 }
 
 /// Turns engine events into the plain text deltas a channel shows, noting

@@ -66,11 +66,19 @@ pub enum Template {
     EngineError,
     /// The message was cut to `{limit}` characters.
     MessageCut,
+    /// The customer's question with retrieved `{sources}`; `{question}`.
+    GroundedQuestion,
+    /// Names the passage an answer used; `{title}`.
+    SourceLine,
+    /// An FAQ entry answered verbatim; `{answer}`, `{title}`.
+    FaqAnswer,
+    /// The documents do not answer; offers a person.
+    NotFound,
 }
 
 impl Template {
     /// Every template.
-    pub const ALL: [Template; 7] = [
+    pub const ALL: [Template; 11] = [
         Template::System,
         Template::Start,
         Template::Help,
@@ -78,6 +86,10 @@ impl Template {
         Template::UnknownCommand,
         Template::EngineError,
         Template::MessageCut,
+        Template::GroundedQuestion,
+        Template::SourceLine,
+        Template::FaqAnswer,
+        Template::NotFound,
     ];
 
     /// File name under the locale directory.
@@ -90,6 +102,10 @@ impl Template {
             Self::UnknownCommand => "unknown_command.txt",
             Self::EngineError => "engine_error.txt",
             Self::MessageCut => "message_cut.txt",
+            Self::GroundedQuestion => "grounded_question.txt",
+            Self::SourceLine => "source_line.txt",
+            Self::FaqAnswer => "faq_answer.txt",
+            Self::NotFound => "not_found.txt",
         }
     }
 
@@ -110,6 +126,10 @@ impl Template {
             Self::UnknownCommand => both!("unknown_command.txt"),
             Self::EngineError => both!("engine_error.txt"),
             Self::MessageCut => both!("message_cut.txt"),
+            Self::GroundedQuestion => both!("grounded_question.txt"),
+            Self::SourceLine => both!("source_line.txt"),
+            Self::FaqAnswer => both!("faq_answer.txt"),
+            Self::NotFound => both!("not_found.txt"),
         }
     }
 }

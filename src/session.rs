@@ -99,6 +99,7 @@ mod tests {
             ts_ms: 0,
             role,
             text: text.to_string(),
+            sources: Vec::new(),
         }
     }
 

@@ -26,6 +26,8 @@ const TREE_CONVERSATIONS: &str = "conversations";
 const TREE_ACTIVE: &str = "active_conversations";
 const TREE_CUSTOMER_CONVERSATIONS: &str = "customer_conversations";
 const TREE_MESSAGES: &str = "messages";
+const TREE_KB_DOCS: &str = "kb_docs";
+const KEY_KB_GENERATION: &[u8] = b"kb_generation";
 const KEY_SCHEMA: &[u8] = b"schema_version";
 /// A file beside the database that records that it was initialised. sled
 /// recovers a damaged log by discarding what follows the damage, so a store
@@ -128,6 +130,62 @@ pub struct StoredMessage {
     pub role: Role,
     /// The text.
     pub text: String,
+    /// Knowledge-base passages the answer was grounded in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<SourceRef>,
+}
+
+/// A passage an answer used.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceRef {
+    /// Document id.
+    pub doc: String,
+    /// Title of the passage.
+    pub title: String,
+    /// Index of the passage in the document.
+    pub passage: usize,
+}
+
+/// What kind of source a knowledge-base document came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KbKind {
+    /// A Markdown document.
+    Markdown,
+    /// A plain-text document.
+    Text,
+    /// One question/answer row of an FAQ file.
+    Faq,
+}
+
+/// One passage of a knowledge-base document.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KbPassage {
+    /// Heading path, e.g. "Returns > Refund times"; the question for FAQ rows.
+    pub title: String,
+    /// The passage text; the answer for FAQ rows.
+    pub text: String,
+}
+
+/// A knowledge-base document: the source of truth the search index is built from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KbDoc {
+    /// Record schema version.
+    pub v: u32,
+    /// Id: the path relative to the imported root (`faq.csv#3` for FAQ rows).
+    pub id: String,
+    /// The imported root this document came from, for removal on re-import.
+    pub root: String,
+    /// Document title.
+    pub title: String,
+    /// Language of the document.
+    pub locale: Option<Locale>,
+    /// Source kind.
+    pub kind: KbKind,
+    /// Hash of the source text, to skip unchanged documents.
+    pub content_hash: u64,
+    /// The passages, in document order.
+    pub passages: Vec<KbPassage>,
 }
 
 /// The store. Cheap to clone; all clones share one database.
@@ -141,6 +199,8 @@ pub struct Store {
     active: sled::Tree,
     customer_conversations: sled::Tree,
     messages: sled::Tree,
+    kb_docs: sled::Tree,
+    meta: sled::Tree,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -171,6 +231,8 @@ impl Store {
             active: db.open_tree(TREE_ACTIVE).map_err(map)?,
             customer_conversations: db.open_tree(TREE_CUSTOMER_CONVERSATIONS).map_err(map)?,
             messages: db.open_tree(TREE_MESSAGES).map_err(map)?,
+            kb_docs: db.open_tree(TREE_KB_DOCS).map_err(map)?,
+            meta: db.open_tree(TREE_META).map_err(map)?,
             path,
             db,
         };
@@ -188,7 +250,7 @@ impl Store {
     }
 
     fn migrate(&self, marker: &Path) -> Result<(), StoreError> {
-        let meta = self.db.open_tree(TREE_META).map_err(|err| self.err(err))?;
+        let meta = &self.meta;
         let found = match meta.get(KEY_SCHEMA).map_err(|err| self.err(err))? {
             Some(bytes) => {
                 let raw: [u8; 4] = bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt {
@@ -428,11 +490,23 @@ impl Store {
         role: Role,
         text: &str,
     ) -> Result<StoredMessage, StoreError> {
+        self.append_message_with_sources(conversation_id, role, text, Vec::new())
+    }
+
+    /// Appends a message with the knowledge-base passages it used.
+    pub fn append_message_with_sources(
+        &self,
+        conversation_id: u64,
+        role: Role,
+        text: &str,
+        sources: Vec<SourceRef>,
+    ) -> Result<StoredMessage, StoreError> {
         let message = StoredMessage {
             v: RECORD_VERSION,
             ts_ms: now_ms(),
             role,
             text: text.to_string(),
+            sources,
         };
         let mut key = conversation_id.to_be_bytes().to_vec();
         key.extend_from_slice(&self.next_id()?.to_be_bytes());
@@ -504,6 +578,66 @@ impl Store {
             }
         }
         Ok(conversations)
+    }
+
+    /// Every knowledge-base document, ordered by id.
+    pub fn kb_docs(&self) -> Result<Vec<KbDoc>, StoreError> {
+        self.kb_docs
+            .iter()
+            .map(|entry| {
+                let (_, bytes) = entry.map_err(|err| self.err(err))?;
+                self.decode(TREE_KB_DOCS, &bytes)
+            })
+            .collect()
+    }
+
+    /// One knowledge-base document.
+    pub fn kb_doc(&self, id: &str) -> Result<Option<KbDoc>, StoreError> {
+        match self
+            .kb_docs
+            .get(id.as_bytes())
+            .map_err(|err| self.err(err))?
+        {
+            Some(bytes) => self.decode(TREE_KB_DOCS, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds or replaces documents and removes others, in one transaction that
+    /// also advances the knowledge-base generation.
+    pub fn kb_apply(&self, put: &[KbDoc], remove: &[String]) -> Result<u64, StoreError> {
+        let encoded: Vec<(Vec<u8>, Vec<u8>)> = put
+            .iter()
+            .map(|doc| (doc.id.as_bytes().to_vec(), Self::encode(doc)))
+            .collect();
+        let generation = (&self.kb_docs, &self.meta)
+            .transaction(|(docs, meta)| {
+                for (key, value) in &encoded {
+                    docs.insert(key.as_slice(), value.as_slice())?;
+                }
+                for id in remove {
+                    docs.remove(id.as_bytes())?;
+                }
+                let next = meta
+                    .get(KEY_KB_GENERATION)?
+                    .and_then(|bytes| decode_u64(&bytes))
+                    .unwrap_or(0)
+                    + 1;
+                meta.insert(KEY_KB_GENERATION, &next.to_be_bytes())?;
+                Ok(next)
+            })
+            .map_err(|err| self.transaction_error(err))?;
+        Ok(generation)
+    }
+
+    /// Advances on every knowledge-base change; derived indexes compare it.
+    pub fn kb_generation(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .meta
+            .get(KEY_KB_GENERATION)
+            .map_err(|err| self.err(err))?
+            .and_then(|bytes| decode_u64(&bytes))
+            .unwrap_or(0))
     }
 }
 

@@ -139,6 +139,7 @@ pub fn settings(context_tokens: usize, max_tokens: usize) -> PipelineSettings {
         max_message_chars: 4000,
         reply_timeout: Duration::from_secs(30),
         default_locale: Locale::En,
+        top_k: 3,
     }
 }
 
@@ -155,6 +156,7 @@ pub fn harness(data_dir: &Path, script: &str, settings: PipelineSettings) -> Har
         adapters: [(PLATFORM.to_string(), channel_dyn)].into_iter().collect(),
         settings,
         cancel: CancellationToken::new(),
+        knowledge: None,
     });
     Harness {
         pipeline,
@@ -195,7 +197,7 @@ pub fn scripted_config(dir: &Path, script: &str, operator_port: u16) -> PathBuf 
     let config = format!(
         "[store]\ndata_dir = {data:?}\n[engine]\nbackend = \"scripted\"\nscript_file = {script:?}\n\
          [operator]\nlisten = \"127.0.0.1:{operator_port}\"\n[daemon]\nshutdown_deadline_secs = 3\n\
-         [chat]\nprompts_dir = {prompts:?}\n",
+         [chat]\nprompts_dir = {prompts:?}\n[knowledge]\ndemo = false\n",
         data = dir.join("data").display().to_string(),
         script = script_path.display().to_string(),
         prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts").display().to_string(),

@@ -1,0 +1,536 @@
+//! The shop's knowledge base: importing documents into the store (the source
+//! of truth), a tantivy full-text index derived from it (BM25 over words and
+//! character n-grams, English and Chinese), search, and the decision whether
+//! the documents answer a question at all.
+//!
+//! Architecture invariant: the index can always be rebuilt from the store;
+//! it is rebuilt whenever its recorded generation differs from the store's.
+
+pub mod parse;
+pub mod text;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tantivy::collector::TopDocs;
+use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, TermQuery};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING,
+};
+use tantivy::{doc, Index, IndexReader, TantivyDocument, Term};
+
+use crate::store::{KbDoc, KbKind, Store, StoreError};
+use parse::SourceError;
+use text::{analyze, token_covered, Synonyms};
+
+/// Share of a question's words a passage must contain to count as an answer.
+pub const MIN_COVERAGE: f32 = 0.5;
+/// Coverage at which an FAQ entry is answered verbatim.
+pub const FAQ_COVERAGE: f32 = 0.75;
+const GENERATION_FILE: &str = "generation";
+const WRITER_MEMORY: usize = 50_000_000;
+
+/// Errors of the knowledge base.
+#[derive(Debug, thiserror::Error)]
+pub enum KbError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The search index failed; it is derived, so deleting it is safe.
+    #[error("search index error at {path}: {detail} (the index is rebuilt from the store if you delete it)")]
+    Index {
+        /// Index directory.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+}
+
+/// The outcome of an import.
+#[derive(Debug, Default, Serialize)]
+pub struct ImportReport {
+    /// New documents.
+    pub added: usize,
+    /// Changed documents, replaced.
+    pub updated: usize,
+    /// Documents found unchanged.
+    pub unchanged: usize,
+    /// Documents whose source is gone, removed.
+    pub removed: usize,
+    /// Files skipped because their type is not supported.
+    pub skipped: Vec<String>,
+    /// Problems; the other files and rows were still imported.
+    pub errors: Vec<SourceError>,
+}
+
+fn relative_id(root: &Path, file: &Path) -> String {
+    let relative = file.strip_prefix(root).unwrap_or(file);
+    relative
+        .components()
+        .map(|part| part.as_os_str().to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn files_under(path: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    if path.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
+            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+            .collect();
+        entries.sort();
+        for entry in entries {
+            let hidden = entry
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with('.'));
+            if !hidden {
+                files_under(&entry, files)?;
+            }
+        }
+    } else {
+        files.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+/// Parses one file into documents.
+fn parse_file(root: &Path, file: &Path) -> Result<(Vec<KbDoc>, Vec<SourceError>), SourceError> {
+    let error = |message: String| SourceError {
+        path: file.display().to_string(),
+        line: None,
+        error: message,
+    };
+    let bytes = std::fs::read(file).map_err(|err| error(format!("cannot read: {err}")))?;
+    let text = String::from_utf8(bytes).map_err(|_| error("not UTF-8 text".into()))?;
+    if text.contains('\u{0}') {
+        return Err(error("binary file, not text".into()));
+    }
+    if text.trim().is_empty() {
+        return Err(error("empty document".into()));
+    }
+    let id = relative_id(root, file);
+    let root_name = root.display().to_string();
+    let stem = file
+        .file_stem()
+        .map_or_else(|| id.clone(), |stem| stem.to_string_lossy().into_owned());
+    let extension = file
+        .extension()
+        .map(|ext| ext.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let docs = match extension.as_str() {
+        "md" | "markdown" => vec![parse::markdown(&id, &root_name, &stem, &text)],
+        "txt" => vec![parse::plain_text(&id, &root_name, &stem, &text)],
+        "csv" => return Ok(parse::faq(&id, &root_name, file, &text)),
+        _ => return Err(error("unsupported file type".into())),
+    };
+    let docs: Vec<KbDoc> = docs
+        .into_iter()
+        .filter(|doc| !doc.passages.is_empty())
+        .collect();
+    if docs.is_empty() {
+        return Err(error("no text to import".into()));
+    }
+    Ok((docs, Vec::new()))
+}
+
+fn is_supported(file: &Path) -> bool {
+    file.extension()
+        .map(|ext| ext.to_string_lossy().to_lowercase())
+        .is_some_and(|ext| matches!(ext.as_str(), "md" | "markdown" | "txt" | "csv"))
+}
+
+/// Imports files and directories (recursively) into the store. Documents
+/// are identified by their path relative to the argument; a re-import
+/// replaces changed ones and removes those whose file is gone.
+pub fn import(store: &Store, paths: &[PathBuf]) -> Result<ImportReport, KbError> {
+    let mut report = ImportReport::default();
+    let existing: BTreeMap<String, KbDoc> = store
+        .kb_docs()?
+        .into_iter()
+        .map(|doc| (doc.id.clone(), doc))
+        .collect();
+    let mut put = Vec::new();
+    let mut seen = HashSet::new();
+    let mut roots = HashSet::new();
+    for path in paths {
+        let root = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+        let (root_dir, files) = if root.is_dir() {
+            let mut files = Vec::new();
+            if let Err(err) = files_under(&root, &mut files) {
+                report.errors.push(SourceError {
+                    path: path.display().to_string(),
+                    line: None,
+                    error: format!("cannot list: {err}"),
+                });
+                continue;
+            }
+            (root.clone(), files)
+        } else if root.is_file() {
+            (
+                root.parent().map(Path::to_path_buf).unwrap_or_default(),
+                vec![root.clone()],
+            )
+        } else {
+            report.errors.push(SourceError {
+                path: path.display().to_string(),
+                line: None,
+                error: "no such file or directory".into(),
+            });
+            continue;
+        };
+        if root.is_dir() {
+            roots.insert(root_dir.display().to_string());
+        }
+        for file in files {
+            if !is_supported(&file) {
+                report.skipped.push(file.display().to_string());
+                continue;
+            }
+            let id_prefix = relative_id(&root_dir, &file);
+            match parse_file(&root_dir, &file) {
+                Ok((docs, errors)) => {
+                    report.errors.extend(errors);
+                    for doc in docs {
+                        seen.insert(doc.id.clone());
+                        match existing.get(&doc.id) {
+                            Some(old)
+                                if old.content_hash == doc.content_hash && old.root == doc.root =>
+                            {
+                                report.unchanged += 1
+                            }
+                            Some(_) => {
+                                report.updated += 1;
+                                put.push(doc);
+                            }
+                            None => {
+                                report.added += 1;
+                                put.push(doc);
+                            }
+                        }
+                    }
+                }
+                Err(error) => {
+                    report.errors.push(error);
+                    // Keep what was imported from a file that is now broken.
+                    let prefix = format!("{id_prefix}#");
+                    seen.extend(
+                        existing
+                            .keys()
+                            .filter(|id| **id == id_prefix || id.starts_with(&prefix))
+                            .cloned(),
+                    );
+                }
+            }
+        }
+    }
+    let remove: Vec<String> = existing
+        .values()
+        .filter(|doc| roots.contains(&doc.root) && !seen.contains(&doc.id))
+        .map(|doc| doc.id.clone())
+        .collect();
+    report.removed = remove.len();
+    if !put.is_empty() || !remove.is_empty() {
+        store.kb_apply(&put, &remove)?;
+    }
+    Ok(report)
+}
+
+/// One search hit.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Hit {
+    /// Document id.
+    pub doc: String,
+    /// Passage title.
+    pub title: String,
+    /// Passage text.
+    pub passage: String,
+    /// BM25 score.
+    pub score: f32,
+    /// Index of the passage in its document.
+    #[serde(skip)]
+    pub passage_index: usize,
+    /// Whether the document is an FAQ entry.
+    #[serde(skip)]
+    pub is_faq: bool,
+}
+
+/// What retrieval concluded for a question.
+#[derive(Clone, Debug)]
+pub struct Retrieval {
+    /// Hits, best first.
+    pub hits: Vec<Hit>,
+    /// Share of the question's words found in the best hit.
+    pub coverage: f32,
+    /// Content words in the question (0: small talk, no KB question).
+    pub query_terms: usize,
+}
+
+impl Retrieval {
+    /// Whether the documents answer the question.
+    pub fn found(&self) -> bool {
+        !self.hits.is_empty() && self.coverage >= MIN_COVERAGE
+    }
+
+    /// The FAQ entry to answer with verbatim, if one matches strongly.
+    pub fn faq_answer(&self) -> Option<&Hit> {
+        self.hits
+            .first()
+            .filter(|hit| hit.is_faq && self.coverage >= FAQ_COVERAGE)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Fields {
+    doc: Field,
+    passage: Field,
+    kind: Field,
+    title: Field,
+    body: Field,
+    ngrams: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut builder = Schema::builder();
+    let words = |stored: bool| {
+        let options = TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(text::WORDS)
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        );
+        if stored {
+            options.set_stored()
+        } else {
+            options
+        }
+    };
+    let fields = Fields {
+        doc: builder.add_text_field("doc", STRING | STORED),
+        passage: builder.add_u64_field("passage", STORED),
+        kind: builder.add_text_field("kind", STRING | STORED),
+        title: builder.add_text_field("title", words(true)),
+        body: builder.add_text_field("body", words(true)),
+        ngrams: builder.add_text_field(
+            "ngrams",
+            TextOptions::default().set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer(text::NGRAMS)
+                    .set_index_option(IndexRecordOption::WithFreqs),
+            ),
+        ),
+    };
+    (builder.build(), fields)
+}
+
+/// The searchable knowledge base.
+pub struct KnowledgeBase {
+    index: Index,
+    reader: IndexReader,
+    fields: Fields,
+    passages: usize,
+}
+
+impl KnowledgeBase {
+    /// Opens the index in `index_dir`, rebuilding it from the store when it is
+    /// missing, damaged or older than the store's documents.
+    pub fn open(store: &Store, index_dir: &Path) -> Result<Self, KbError> {
+        let generation = store.kb_generation()?;
+        let marker = index_dir.join(GENERATION_FILE);
+        let recorded = std::fs::read_to_string(&marker)
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok());
+        if recorded == Some(generation) {
+            if let Ok(kb) = Self::load(index_dir) {
+                return Ok(kb);
+            }
+            tracing::warn!(path = %index_dir.display(), "search index unreadable; rebuilding");
+        }
+        let docs = store.kb_docs()?;
+        let kb = Self::build(index_dir, &docs)?;
+        std::fs::write(&marker, generation.to_string())
+            .map_err(|err| index_error(index_dir, err))?;
+        Ok(kb)
+    }
+
+    fn register(index: &Index) {
+        index
+            .tokenizers()
+            .register(text::WORDS, text::word_analyzer());
+        index
+            .tokenizers()
+            .register(text::NGRAMS, text::ngram_analyzer());
+    }
+
+    fn load(index_dir: &Path) -> Result<Self, KbError> {
+        let index = Index::open_in_dir(index_dir).map_err(|err| index_error(index_dir, err))?;
+        Self::register(&index);
+        let (_, fields) = schema();
+        let reader = index.reader().map_err(|err| index_error(index_dir, err))?;
+        let passages = reader.searcher().num_docs() as usize;
+        Ok(Self {
+            index,
+            reader,
+            fields,
+            passages,
+        })
+    }
+
+    /// Builds a fresh index of `docs` in `index_dir` (replacing what is there).
+    pub fn build(index_dir: &Path, docs: &[KbDoc]) -> Result<Self, KbError> {
+        if index_dir.exists() {
+            std::fs::remove_dir_all(index_dir).map_err(|err| index_error(index_dir, err))?;
+        }
+        std::fs::create_dir_all(index_dir).map_err(|err| index_error(index_dir, err))?;
+        let (schema, fields) = schema();
+        let index =
+            Index::create_in_dir(index_dir, schema).map_err(|err| index_error(index_dir, err))?;
+        Self::register(&index);
+        let mut writer: tantivy::IndexWriter = index
+            .writer(WRITER_MEMORY)
+            .map_err(|err| index_error(index_dir, err))?;
+        let mut passages = 0;
+        for kb_doc in docs {
+            let kind = if kb_doc.kind == KbKind::Faq {
+                "faq"
+            } else {
+                "doc"
+            };
+            for (position, passage) in kb_doc.passages.iter().enumerate() {
+                writer
+                    .add_document(doc!(
+                        fields.doc => kb_doc.id.as_str(),
+                        fields.passage => position as u64,
+                        fields.kind => kind,
+                        fields.title => passage.title.as_str(),
+                        fields.body => passage.text.as_str(),
+                        fields.ngrams => format!("{}\n{}", passage.title, passage.text),
+                    ))
+                    .map_err(|err| index_error(index_dir, err))?;
+                passages += 1;
+            }
+        }
+        writer.commit().map_err(|err| index_error(index_dir, err))?;
+        writer
+            .wait_merging_threads()
+            .map_err(|err| index_error(index_dir, err))?;
+        let reader = index.reader().map_err(|err| index_error(index_dir, err))?;
+        reader.reload().map_err(|err| index_error(index_dir, err))?;
+        Ok(Self {
+            index,
+            reader,
+            fields,
+            passages,
+        })
+    }
+
+    /// Number of passages indexed.
+    pub fn passages(&self) -> usize {
+        self.passages
+    }
+
+    fn query(&self, question: &str) -> (Box<dyn Query>, Vec<String>) {
+        let mut words = self
+            .index
+            .tokenizer_for_field(self.fields.body)
+            .unwrap_or_else(|_| text::word_analyzer());
+        let terms = analyze(&mut words, question);
+        let mut grams = text::ngram_analyzer();
+        let synonyms = Synonyms::built_in();
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        let mut add = |field: Field, term: &str, boost: f32| {
+            let query = TermQuery::new(
+                Term::from_field_text(field, term),
+                IndexRecordOption::WithFreqs,
+            );
+            clauses.push((
+                Occur::Should,
+                Box::new(BoostQuery::new(Box::new(query), boost)),
+            ));
+        };
+        let mut unique = HashSet::new();
+        for term in terms.iter().filter(|term| unique.insert(term.as_str())) {
+            add(self.fields.title, term, 1.5);
+            add(self.fields.body, term, 1.0);
+            for synonym in synonyms.of(term) {
+                add(self.fields.title, synonym, 0.6);
+                add(self.fields.body, synonym, 0.4);
+            }
+        }
+        let mut unique_grams = HashSet::new();
+        for gram in analyze(&mut grams, question) {
+            if unique_grams.insert(gram.clone()) {
+                add(self.fields.ngrams, &gram, 0.2);
+            }
+        }
+        (Box::new(BooleanQuery::new(clauses)), terms)
+    }
+
+    /// The `k` best passages for `question`.
+    pub fn search(&self, question: &str, k: usize) -> Result<Vec<Hit>, KbError> {
+        Ok(self.retrieve(question, k)?.hits)
+    }
+
+    /// Searches and judges whether the best hit answers the question.
+    pub fn retrieve(&self, question: &str, k: usize) -> Result<Retrieval, KbError> {
+        let (query, terms) = self.query(question);
+        let searcher = self.reader.searcher();
+        let path = PathBuf::from("(index)");
+        let top = searcher
+            .search(&*query, &TopDocs::with_limit(k.max(1)).order_by_score())
+            .map_err(|err| index_error(&path, err))?;
+        let mut hits = Vec::with_capacity(top.len());
+        for (score, address) in top {
+            let document: TantivyDocument = searcher
+                .doc(address)
+                .map_err(|err| index_error(&path, err))?;
+            let text_of = |field: Field| {
+                document
+                    .get_first(field)
+                    .and_then(|value| value.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            };
+            hits.push(Hit {
+                doc: text_of(self.fields.doc),
+                title: text_of(self.fields.title),
+                passage: text_of(self.fields.body),
+                score,
+                passage_index: document
+                    .get_first(self.fields.passage)
+                    .and_then(|value| value.as_u64())
+                    .unwrap_or(0) as usize,
+                is_faq: text_of(self.fields.kind) == "faq",
+            });
+        }
+        let coverage = hits.first().map_or(0.0, |best| coverage(&terms, best));
+        Ok(Retrieval {
+            hits,
+            coverage,
+            query_terms: terms.iter().collect::<HashSet<_>>().len(),
+        })
+    }
+}
+
+/// Share of the distinct query terms present in the hit's title and text.
+fn coverage(terms: &[String], hit: &Hit) -> f32 {
+    let unique: HashSet<&String> = terms.iter().collect();
+    if unique.is_empty() {
+        return 0.0;
+    }
+    let text = format!("{}\n{}", hit.title, hit.passage);
+    let passage_tokens: HashSet<String> = analyze(&mut text::word_analyzer(), &text)
+        .into_iter()
+        .collect();
+    let lowered = text.to_lowercase();
+    let synonyms = Synonyms::built_in();
+    let covered = unique
+        .iter()
+        .filter(|term| token_covered(term, &passage_tokens, &lowered, synonyms))
+        .count();
+    covered as f32 / unique.len() as f32
+}
+
+fn index_error(path: &Path, err: impl std::fmt::Display) -> KbError {
+    KbError::Index {
+        path: path.to_path_buf(),
+        detail: err.to_string(),
+    }
+}

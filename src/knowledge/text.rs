@@ -1,0 +1,443 @@
+//! Text analysis for retrieval in English and Chinese: a word tokenizer
+//! (Han runs segmented by jieba in search mode, other scripts split into
+//! words; lowercased, stop words removed, English stemmed), a character
+//! n-gram tokenizer (trigrams of words, bigrams of Han runs) that makes
+//! search robust to typos, a synonym lexicon, and query coverage.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
+
+use tantivy::tokenizer::{
+    Language, LowerCaser, Stemmer, StopWordFilter, TextAnalyzer, Token, TokenStream, Tokenizer,
+};
+
+/// Name of the word analyzer in the index.
+pub const WORDS: &str = "concierge_words";
+/// Name of the n-gram analyzer in the index.
+pub const NGRAMS: &str = "concierge_ngrams";
+
+const ENGLISH_STOP_WORDS: &[&str] = &[
+    "a", "about", "am", "an", "and", "any", "are", "as", "at", "be", "been", "but", "by", "can",
+    "could", "did", "do", "does", "doing", "for", "from", "get", "got", "had", "has", "have",
+    "hello", "hey", "hi", "how", "i", "i'm", "if", "in", "is", "it", "it's", "its", "just", "me",
+    "my", "of", "on", "or", "our", "please", "so", "some", "than", "that", "the", "their", "them",
+    "then", "there", "these", "they", "this", "to", "us", "was", "we", "were", "what", "when",
+    "where", "which", "who", "why", "will", "with", "would", "you", "your", "yours", "want",
+    "need", "know", "tell", "thanks", "thank", "there's", "what's", "there", "should", "im", "ok",
+    "okay",
+];
+
+const CHINESE_STOP_WORDS: &[&str] = &[
+    "的",
+    "了",
+    "吗",
+    "呢",
+    "吧",
+    "啊",
+    "呀",
+    "嘛",
+    "我",
+    "你",
+    "您",
+    "他",
+    "她",
+    "它",
+    "我们",
+    "你们",
+    "是",
+    "在",
+    "有",
+    "和",
+    "与",
+    "或",
+    "请问",
+    "请",
+    "怎么",
+    "怎样",
+    "如何",
+    "什么",
+    "可以",
+    "能",
+    "能不能",
+    "可不可以",
+    "这",
+    "那",
+    "这个",
+    "那个",
+    "个",
+    "一个",
+    "要",
+    "想",
+    "会",
+    "都",
+    "就",
+    "也",
+    "还",
+    "吗",
+    "一下",
+    "你好",
+    "您好",
+    "谢谢",
+    "问",
+    "下",
+    "多少",
+];
+
+/// Synonym groups, one per line, comma-separated; see synonyms.txt.
+const SYNONYMS: &str = include_str!("synonyms.txt");
+
+fn jieba() -> &'static jieba_rs::Jieba {
+    static JIEBA: OnceLock<jieba_rs::Jieba> = OnceLock::new();
+    JIEBA.get_or_init(jieba_rs::Jieba::new)
+}
+
+/// Whether `ch` is a Han ideograph.
+pub fn is_han(ch: char) -> bool {
+    matches!(ch,
+        '\u{4E00}'..='\u{9FFF}' | '\u{3400}'..='\u{4DBF}' | '\u{20000}'..='\u{2A6DF}' | '\u{F900}'..='\u{FAFF}')
+}
+
+/// A run of text: Han characters, or a word of other letters and digits.
+#[derive(Debug, PartialEq, Eq)]
+enum Run<'a> {
+    Han(&'a str, usize),
+    Word(&'a str, usize),
+}
+
+fn runs<'a>(text: &'a str) -> Vec<Run<'a>> {
+    let mut runs = Vec::new();
+    // Start offset of the current run and whether it is Han.
+    let mut current: Option<(usize, bool)> = None;
+    let close = |from: usize, to: usize, han: bool, runs: &mut Vec<Run<'a>>| {
+        let piece = &text[from..to];
+        runs.push(if han {
+            Run::Han(piece, from)
+        } else {
+            Run::Word(piece, from)
+        });
+    };
+    for (at, ch) in text.char_indices() {
+        let kind = if is_han(ch) {
+            Some(true)
+        } else if ch.is_alphanumeric() || (ch == '\'' && current.is_some_and(|(_, han)| !han)) {
+            Some(false)
+        } else {
+            None
+        };
+        match (current, kind) {
+            (Some((_, han)), Some(now)) if han == now => {}
+            (Some((from, han)), _) => {
+                close(from, at, han, &mut runs);
+                current = kind.map(|han| (at, han));
+            }
+            (None, Some(han)) => current = Some((at, han)),
+            (None, None) => {}
+        }
+    }
+    if let Some((from, han)) = current {
+        close(from, text.len(), han, &mut runs);
+    }
+    runs
+}
+
+/// Splits into words: jieba search-mode segments for Han runs, words elsewhere.
+#[derive(Clone, Default)]
+pub struct MixedWordTokenizer;
+
+/// Character n-grams: padded trigrams of each word, bigrams of Han runs.
+#[derive(Clone, Default)]
+pub struct NgramTokenizer;
+
+/// A token stream over precomputed tokens.
+pub struct VecTokenStream {
+    tokens: Vec<Token>,
+    index: usize,
+}
+
+impl VecTokenStream {
+    fn new(tokens: Vec<Token>) -> Self {
+        Self { tokens, index: 0 }
+    }
+}
+
+impl TokenStream for VecTokenStream {
+    fn advance(&mut self) -> bool {
+        if self.index < self.tokens.len() {
+            self.index += 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn token(&self) -> &Token {
+        &self.tokens[self.index - 1]
+    }
+    fn token_mut(&mut self) -> &mut Token {
+        &mut self.tokens[self.index - 1]
+    }
+}
+
+fn token(text: String, from: usize, to: usize, position: usize) -> Token {
+    Token {
+        offset_from: from,
+        offset_to: to,
+        position,
+        text,
+        position_length: 1,
+    }
+}
+
+impl Tokenizer for MixedWordTokenizer {
+    type TokenStream<'a> = VecTokenStream;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> VecTokenStream {
+        let mut tokens = Vec::new();
+        for run in runs(text) {
+            match run {
+                Run::Han(piece, offset) => {
+                    for word in jieba().cut_for_search(piece, true) {
+                        let position = tokens.len();
+                        tokens.push(token(
+                            word.word.to_string(),
+                            offset + word.byte_start,
+                            offset + word.byte_end,
+                            position,
+                        ));
+                    }
+                }
+                Run::Word(piece, offset) => {
+                    let position = tokens.len();
+                    let word = piece.trim_end_matches('\'');
+                    tokens.push(token(
+                        word.to_string(),
+                        offset,
+                        offset + word.len(),
+                        position,
+                    ));
+                }
+            }
+        }
+        VecTokenStream::new(tokens)
+    }
+}
+
+impl Tokenizer for NgramTokenizer {
+    type TokenStream<'a> = VecTokenStream;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> VecTokenStream {
+        let mut tokens = Vec::new();
+        for run in runs(text) {
+            let (piece, offset, han) = match run {
+                Run::Han(piece, offset) => (piece, offset, true),
+                Run::Word(piece, offset) => (piece, offset, false),
+            };
+            let end = offset + piece.len();
+            for gram in ngrams(piece, han) {
+                let position = tokens.len();
+                tokens.push(token(gram, offset, end, position));
+            }
+        }
+        VecTokenStream::new(tokens)
+    }
+}
+
+/// The n-grams of one run.
+fn ngrams(piece: &str, han: bool) -> Vec<String> {
+    let chars: Vec<char> = if han {
+        piece.chars().collect()
+    } else {
+        std::iter::once('_')
+            .chain(piece.chars().flat_map(char::to_lowercase))
+            .chain(std::iter::once('_'))
+            .collect()
+    };
+    let width = if han { 2 } else { 3 };
+    if chars.len() <= width {
+        return vec![chars.into_iter().collect()];
+    }
+    chars
+        .windows(width)
+        .map(|gram| gram.iter().collect())
+        .collect()
+}
+
+/// The word analyzer: mixed words, lowercased, stop words out, English stems.
+pub fn word_analyzer() -> TextAnalyzer {
+    let stop_words: Vec<String> = ENGLISH_STOP_WORDS
+        .iter()
+        .chain(CHINESE_STOP_WORDS)
+        .map(|word| word.to_string())
+        .collect();
+    TextAnalyzer::builder(MixedWordTokenizer)
+        .filter(LowerCaser)
+        .filter(StopWordFilter::remove(stop_words))
+        .filter(Stemmer::new(Language::English))
+        .build()
+}
+
+/// The n-gram analyzer.
+pub fn ngram_analyzer() -> TextAnalyzer {
+    TextAnalyzer::builder(NgramTokenizer).build()
+}
+
+/// The tokens `analyzer` makes of `text`.
+pub fn analyze(analyzer: &mut TextAnalyzer, text: &str) -> Vec<String> {
+    let mut stream = analyzer.token_stream(text);
+    let mut tokens = Vec::new();
+    while stream.advance() {
+        tokens.push(stream.token().text.clone());
+    }
+    tokens
+}
+
+/// Synonym lexicon over analyzed (stemmed) single-token terms.
+pub struct Synonyms {
+    groups: HashMap<String, Vec<String>>,
+}
+
+impl Synonyms {
+    /// The built-in lexicon.
+    pub fn built_in() -> &'static Synonyms {
+        static LEXICON: OnceLock<Synonyms> = OnceLock::new();
+        LEXICON.get_or_init(|| Synonyms::parse(SYNONYMS))
+    }
+
+    fn parse(text: &str) -> Synonyms {
+        let mut analyzer = word_analyzer();
+        let mut groups: HashMap<String, Vec<String>> = HashMap::new();
+        for line in text.lines() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let terms: Vec<String> = line
+                .split(',')
+                .filter_map(|entry| {
+                    let tokens = analyze(&mut analyzer, entry.trim());
+                    (tokens.len() == 1).then(|| tokens[0].clone())
+                })
+                .collect::<HashSet<String>>()
+                .into_iter()
+                .collect();
+            for term in &terms {
+                let others = groups.entry(term.clone()).or_default();
+                others.extend(terms.iter().filter(|other| *other != term).cloned());
+            }
+        }
+        Synonyms { groups }
+    }
+
+    /// Other terms meaning the same as `term`.
+    pub fn of(&self, term: &str) -> &[String] {
+        self.groups.get(term).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// Edit distance, bounded: returns `None` when above `limit`.
+fn within_edits(a: &str, b: &str, limit: usize) -> bool {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    if a.len().abs_diff(b.len()) > limit {
+        return false;
+    }
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut current = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != cb);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        if current.iter().min().is_some_and(|&best| best > limit) {
+            return false;
+        }
+        previous = current;
+    }
+    previous[b.len()] <= limit
+}
+
+/// Whether a query token is present in a passage: exactly, as a synonym, with
+/// a typo (Latin words of 4+ letters), or for Han words, as text or mostly
+/// by its character pairs.
+pub fn token_covered(
+    token: &str,
+    passage_tokens: &HashSet<String>,
+    passage_text: &str,
+    synonyms: &Synonyms,
+) -> bool {
+    if passage_tokens.contains(token) {
+        return true;
+    }
+    if synonyms
+        .of(token)
+        .iter()
+        .any(|other| passage_tokens.contains(other))
+    {
+        return true;
+    }
+    if token.chars().any(is_han) {
+        if passage_text.contains(token) {
+            return true;
+        }
+        let pairs = ngrams(token, true);
+        let found = pairs
+            .iter()
+            .filter(|pair| passage_text.contains(pair.as_str()))
+            .count();
+        return pairs.len() > 1 && found * 2 >= pairs.len();
+    }
+    let length = token.chars().count();
+    if length < 4 {
+        return false;
+    }
+    let limit = if length >= 8 { 2 } else { 1 };
+    passage_tokens
+        .iter()
+        .any(|candidate| !candidate.chars().any(is_han) && within_edits(token, candidate, limit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_are_stemmed_and_chinese_is_segmented() {
+        let mut analyzer = word_analyzer();
+        assert_eq!(
+            analyze(&mut analyzer, "How do I return my shoes?"),
+            ["return", "shoe"]
+        );
+        let tokens = analyze(&mut analyzer, "我想退货，运费是多少？");
+        assert!(tokens.contains(&"退货".to_string()), "{tokens:?}");
+        assert!(tokens.contains(&"运费".to_string()), "{tokens:?}");
+        assert!(!tokens.contains(&"的".to_string()));
+        assert_eq!(
+            analyze(&mut analyzer, "iPhone 15 退货"),
+            ["iphone", "15", "退货"]
+        );
+    }
+
+    #[test]
+    fn ngrams_cover_words_and_han() {
+        let mut analyzer = ngram_analyzer();
+        assert_eq!(analyze(&mut analyzer, "Ship"), ["_sh", "shi", "hip", "ip_"]);
+        assert_eq!(analyze(&mut analyzer, "退货政策"), ["退货", "货政", "政策"]);
+    }
+
+    #[test]
+    fn typos_and_synonyms_count_as_covered() {
+        let synonyms = Synonyms::built_in();
+        let mut analyzer = word_analyzer();
+        let passage = "Refunds are paid within 14 days of the returned parcel arriving.";
+        let tokens: HashSet<String> = analyze(&mut analyzer, passage).into_iter().collect();
+        let covered = |word: &str| {
+            let token = analyze(&mut word_analyzer(), word).pop().unwrap();
+            token_covered(&token, &tokens, passage, synonyms)
+        };
+        assert!(covered("refunds"));
+        assert!(covered("refnds"), "one typo");
+        assert!(covered("package"), "synonym of parcel");
+        assert!(!covered("laptop"));
+        assert!(within_edits("shiping", "ship", 3));
+        assert!(!within_edits("delivery", "warranty", 2));
+    }
+}
