@@ -123,10 +123,29 @@ impl Tally {
     }
 }
 
-/// Runs every question through retrieval and the "not found" decision.
+/// The outcome for one question, for `--details`.
+#[derive(Debug, Serialize)]
+pub struct QuestionOutcome<'a> {
+    /// The question.
+    pub question: &'a str,
+    /// The expected document.
+    pub expected_doc: Option<&'a str>,
+    /// Rank of the expected document among distinct documents (1-based).
+    pub rank: Option<usize>,
+    /// The top documents.
+    pub top_docs: Vec<String>,
+    /// Whether the bot would answer (not "not found").
+    pub found: bool,
+    /// Coverage of the question by the best passage.
+    pub coverage: f32,
+}
+
+/// Runs every question through retrieval and the "not found" decision;
+/// `details` receives each question's outcome.
 pub fn retrieval(
     kb: &KnowledgeBase,
     questions: &[LabelledQuestion],
+    mut details: impl FnMut(&QuestionOutcome),
 ) -> anyhow::Result<RetrievalReport> {
     let mut all = Tally::default();
     let mut en = Tally::default();
@@ -134,6 +153,26 @@ pub fn retrieval(
     for labelled in questions {
         let retrieval = kb.retrieve(&labelled.question, RANKED)?;
         let found = retrieval.found() && retrieval.query_terms > 0;
+        // Documents in rank order, each once: labels name documents, and
+        // several passages of one document must not push others out.
+        let mut docs: Vec<String> = Vec::new();
+        for hit in &retrieval.hits {
+            if !docs.contains(&hit.doc) {
+                docs.push(hit.doc.clone());
+            }
+        }
+        let rank = labelled
+            .expected_doc
+            .as_ref()
+            .and_then(|expected| docs.iter().position(|doc| doc == expected));
+        details(&QuestionOutcome {
+            question: &labelled.question,
+            expected_doc: labelled.expected_doc.as_deref(),
+            rank: rank.map(|rank| rank + 1),
+            top_docs: docs.iter().take(3).cloned().collect(),
+            found,
+            coverage: retrieval.coverage,
+        });
         let locale = crate::language::detect(&labelled.question).unwrap_or(Locale::En);
         let by_language = if locale == Locale::Zh {
             &mut zh
@@ -142,9 +181,8 @@ pub fn retrieval(
         };
         for tally in [&mut all, by_language] {
             match &labelled.expected_doc {
-                Some(expected) => {
+                Some(_) => {
                     tally.answerable += 1;
-                    let rank = retrieval.hits.iter().position(|hit| &hit.doc == expected);
                     if rank == Some(0) {
                         tally.hit1 += 1;
                     }

@@ -110,6 +110,9 @@ enum EvalAction {
         /// The labelled questions
         #[arg(long)]
         data: PathBuf,
+        /// Also print each question's outcome as a JSON line on stderr
+        #[arg(long)]
+        details: bool,
     },
 }
 
@@ -349,12 +352,16 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Eval {
-            what: EvalAction::Retrieval { data },
+            what: EvalAction::Retrieval { data, details },
         } => {
             let questions = eval::read_questions(&data)?;
             let store = open_store(config)?;
             let kb = app::load_knowledge(config, &store)?;
-            let report = eval::retrieval(&kb, &questions)?;
+            let report = eval::retrieval(&kb, &questions, |outcome| {
+                if details {
+                    eprintln!("{}", serde_json::to_string(outcome).unwrap_or_default());
+                }
+            })?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

@@ -290,9 +290,11 @@ pub fn analyze(analyzer: &mut TextAnalyzer, text: &str) -> Vec<String> {
     tokens
 }
 
-/// Synonym lexicon over analyzed (stemmed) single-token terms.
+/// Synonym lexicon over analyzed (stemmed) terms. Entries of several words
+/// ("send back") are phrases: found in a question, they stand for their group.
 pub struct Synonyms {
     groups: HashMap<String, Vec<String>>,
+    phrases: Vec<(Vec<String>, Vec<String>)>,
 }
 
 impl Synonyms {
@@ -305,32 +307,110 @@ impl Synonyms {
     fn parse(text: &str) -> Synonyms {
         let mut analyzer = word_analyzer();
         let mut groups: HashMap<String, Vec<String>> = HashMap::new();
+        let mut phrases = Vec::new();
         for line in text.lines() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let terms: Vec<String> = line
-                .split(',')
-                .filter_map(|entry| {
-                    let tokens = analyze(&mut analyzer, entry.trim());
-                    (tokens.len() == 1).then(|| tokens[0].clone())
-                })
-                .collect::<HashSet<String>>()
-                .into_iter()
-                .collect();
+            let mut terms: Vec<String> = Vec::new();
+            let mut line_phrases = Vec::new();
+            for entry in line.split(',') {
+                let tokens = analyze(&mut analyzer, entry.trim());
+                match tokens.len() {
+                    0 => {}
+                    1 => terms.extend(tokens),
+                    _ => line_phrases.push(tokens),
+                }
+            }
+            terms.sort();
+            terms.dedup();
             for term in &terms {
                 let others = groups.entry(term.clone()).or_default();
                 others.extend(terms.iter().filter(|other| *other != term).cloned());
             }
+            for phrase in line_phrases {
+                phrases.push((phrase, terms.clone()));
+            }
         }
-        Synonyms { groups }
+        Synonyms { groups, phrases }
     }
 
     /// Other terms meaning the same as `term`.
     pub fn of(&self, term: &str) -> &[String] {
         self.groups.get(term).map_or(&[], Vec::as_slice)
     }
+
+    /// Groups of the phrases that occur in `tokens`, with the token range
+    /// each phrase covers.
+    pub fn phrases_in(&self, tokens: &[String]) -> Vec<(std::ops::Range<usize>, &[String])> {
+        let mut found = Vec::new();
+        for (phrase, group) in &self.phrases {
+            if let Some(start) = tokens
+                .windows(phrase.len())
+                .position(|window| window == phrase.as_slice())
+            {
+                found.push((start..start + phrase.len(), group.as_slice()));
+            }
+        }
+        found
+    }
+}
+
+/// One thing a question asks about: a word with the words that may stand
+/// for it in a passage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryUnit {
+    /// The word as analyzed (stemmed), or the phrase's first group term.
+    pub term: String,
+    /// Synonyms.
+    pub alternatives: Vec<String>,
+}
+
+/// The units of a question for coverage: Latin words analyzed like the index,
+/// Han runs segmented in jieba's precise mode (no overlapping sub-words),
+/// phrases from the lexicon merged into one unit.
+pub fn query_units(question: &str) -> Vec<QueryUnit> {
+    let mut words = word_analyzer();
+    let mut tokens: Vec<String> = Vec::new();
+    for run in runs(question) {
+        match run {
+            Run::Han(piece, _) => tokens.extend(
+                jieba()
+                    .cut(piece, true)
+                    .into_iter()
+                    .map(|word| word.word)
+                    .filter(|word| !CHINESE_STOP_WORDS.contains(word))
+                    .map(str::to_string),
+            ),
+            Run::Word(piece, _) => tokens.extend(analyze(&mut words, piece)),
+        }
+    }
+    let synonyms = Synonyms::built_in();
+    let phrases = synonyms.phrases_in(&tokens);
+    let mut units = Vec::new();
+    let mut skip = HashSet::new();
+    for (range, group) in phrases {
+        if range.clone().any(|at| skip.contains(&at)) || group.is_empty() {
+            continue;
+        }
+        skip.extend(range);
+        units.push(QueryUnit {
+            term: group[0].clone(),
+            alternatives: group[1..].to_vec(),
+        });
+    }
+    let mut seen = HashSet::new();
+    for (at, token) in tokens.into_iter().enumerate() {
+        if skip.contains(&at) || !seen.insert(token.clone()) {
+            continue;
+        }
+        units.push(QueryUnit {
+            alternatives: synonyms.of(&token).to_vec(),
+            term: token,
+        });
+    }
+    units
 }
 
 /// Edit distance, bounded: returns `None` when above `limit`.
@@ -355,44 +435,42 @@ fn within_edits(a: &str, b: &str, limit: usize) -> bool {
     previous[b.len()] <= limit
 }
 
-/// Whether a query token is present in a passage: exactly, as a synonym, with
-/// a typo (Latin words of 4+ letters), or for Han words, as text or mostly
-/// by its character pairs.
-pub fn token_covered(
-    token: &str,
+/// Whether a question unit is present in a passage: exactly, as a synonym,
+/// with a typo (Latin words of 4+ letters), or for Han words, in the text or
+/// mostly by its character pairs.
+pub fn unit_covered(
+    unit: &QueryUnit,
     passage_tokens: &HashSet<String>,
     passage_text: &str,
-    synonyms: &Synonyms,
 ) -> bool {
-    if passage_tokens.contains(token) {
+    std::iter::once(&unit.term)
+        .chain(&unit.alternatives)
+        .any(|term| term_covered(term, passage_tokens, passage_text))
+}
+
+fn term_covered(term: &str, passage_tokens: &HashSet<String>, passage_text: &str) -> bool {
+    if passage_tokens.contains(term) {
         return true;
     }
-    if synonyms
-        .of(token)
-        .iter()
-        .any(|other| passage_tokens.contains(other))
-    {
-        return true;
-    }
-    if token.chars().any(is_han) {
-        if passage_text.contains(token) {
+    if term.chars().any(is_han) {
+        if passage_text.contains(term) {
             return true;
         }
-        let pairs = ngrams(token, true);
+        let pairs = ngrams(term, true);
         let found = pairs
             .iter()
             .filter(|pair| passage_text.contains(pair.as_str()))
             .count();
         return pairs.len() > 1 && found * 2 >= pairs.len();
     }
-    let length = token.chars().count();
+    let length = term.chars().count();
     if length < 4 {
         return false;
     }
     let limit = if length >= 8 { 2 } else { 1 };
     passage_tokens
         .iter()
-        .any(|candidate| !candidate.chars().any(is_han) && within_edits(token, candidate, limit))
+        .any(|candidate| !candidate.chars().any(is_han) && within_edits(term, candidate, limit))
 }
 
 #[cfg(test)]
@@ -412,7 +490,7 @@ mod tests {
         assert!(!tokens.contains(&"的".to_string()));
         assert_eq!(
             analyze(&mut analyzer, "iPhone 15 退货"),
-            ["iphone", "15", "退货"]
+            ["iphon", "15", "退货"]
         );
     }
 
@@ -425,13 +503,12 @@ mod tests {
 
     #[test]
     fn typos_and_synonyms_count_as_covered() {
-        let synonyms = Synonyms::built_in();
         let mut analyzer = word_analyzer();
         let passage = "Refunds are paid within 14 days of the returned parcel arriving.";
         let tokens: HashSet<String> = analyze(&mut analyzer, passage).into_iter().collect();
         let covered = |word: &str| {
-            let token = analyze(&mut word_analyzer(), word).pop().unwrap();
-            token_covered(&token, &tokens, passage, synonyms)
+            let unit = query_units(word).pop().unwrap();
+            unit_covered(&unit, &tokens, passage)
         };
         assert!(covered("refunds"));
         assert!(covered("refnds"), "one typo");
@@ -439,5 +516,15 @@ mod tests {
         assert!(!covered("laptop"));
         assert!(within_edits("shiping", "ship", 3));
         assert!(!within_edits("delivery", "warranty", 2));
+    }
+
+    #[test]
+    fn phrases_merge_into_one_unit_and_chinese_is_not_overlapping() {
+        let units = query_units("can I send back my boots");
+        let terms: Vec<&str> = units.iter().map(|unit| unit.term.as_str()).collect();
+        assert_eq!(units.len(), 2, "{terms:?}");
+        assert!(units[0].alternatives.contains(&"refund".to_string()) || units[0].term == "refund");
+        let units = query_units("中华人民共和国的退货政策");
+        assert!(units.len() <= 3, "{units:?}");
     }
 }

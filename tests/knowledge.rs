@@ -1,0 +1,318 @@
+//! The knowledge base: import of good and bad files, re-import, search in
+//! English and Chinese, and grounded answers through the pipeline on the
+//! scripted engine (passages in the prompt, the source named, an honest
+//! "not found").
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use concierge::knowledge::{self, KnowledgeBase};
+use concierge::store::Store;
+use support::{harness, message, run_messages, settings};
+
+fn write(dir: &Path, name: &str, text: &str) {
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+/// A small shop of our own, independent of the demo data.
+fn sample_kb(dir: &Path) {
+    write(
+        dir,
+        "en/returns.md",
+        "# Returns\n\n## Time limit\nYou can return any item within 45 days of delivery.\n\n## Refunds\nWe refund the purchase price within 7 working days after the parcel reaches our warehouse.\n",
+    );
+    write(
+        dir,
+        "en/delivery.md",
+        "# Delivery\n\n## Costs\nStandard delivery costs 3.90 and takes 2 to 4 working days. Orders above 50 ship free.\n",
+    );
+    write(
+        dir,
+        "zh/delivery.md",
+        "# 配送\n\n## 运费\n标准配送运费 3.90，需要 2 到 4 个工作日。订单满 50 免运费。\n",
+    );
+    write(
+        dir,
+        "contact.txt",
+        "Contact\n\nWrite to help@shop.example or call 0800 123 456, Monday to Friday.\n",
+    );
+    write(
+        dir,
+        "faq.csv",
+        "question,answer\nDo you have a physical store?,\"No, we sell online only.\"\n是否提供礼品包装？,提供，每件 2 元。\n",
+    );
+}
+
+#[test]
+fn import_reports_bad_files_and_reimport_updates_and_removes() {
+    let data = tempfile::tempdir().unwrap();
+    let kb_dir = tempfile::tempdir().unwrap();
+    sample_kb(kb_dir.path());
+    write(kb_dir.path(), "broken.md", "");
+    std::fs::write(kb_dir.path().join("binary.txt"), [0u8, 159, 146, 150, 0, 1]).unwrap();
+    write(kb_dir.path(), "bad.csv", "q,a\nx,y\n");
+    write(
+        kb_dir.path(),
+        "rows.csv",
+        "question,answer\nGood?,Yes.\n,no question\n",
+    );
+    write(kb_dir.path(), "image.png", "not imported");
+    let store = Store::open(data.path()).unwrap();
+    let roots = [kb_dir.path().to_path_buf()];
+
+    let report = knowledge::import(&store, &roots).unwrap();
+    assert_eq!(report.added, 7, "{report:?}");
+    let failed: Vec<&str> = report
+        .errors
+        .iter()
+        .map(|error| error.path.as_str())
+        .collect();
+    assert_eq!(report.errors.len(), 4, "{failed:?}");
+    assert!(failed.iter().any(|path| path.ends_with("broken.md")));
+    assert!(failed.iter().any(|path| path.ends_with("binary.txt")));
+    assert!(failed.iter().any(|path| path.ends_with("bad.csv")));
+    let row_error = report
+        .errors
+        .iter()
+        .find(|error| error.path.ends_with("rows.csv"))
+        .unwrap();
+    assert_eq!(row_error.line, Some(3));
+    assert!(report
+        .skipped
+        .iter()
+        .any(|path| path.ends_with("image.png")));
+
+    // Change one document, delete another, leave the rest.
+    write(
+        kb_dir.path(),
+        "en/returns.md",
+        "# Returns\n\nReturns are accepted within 60 days.\n",
+    );
+    std::fs::remove_file(kb_dir.path().join("contact.txt")).unwrap();
+    let report = knowledge::import(&store, &roots).unwrap();
+    assert_eq!(
+        (report.added, report.updated, report.removed),
+        (0, 1, 1),
+        "{report:?}"
+    );
+    assert_eq!(report.unchanged, 5);
+    assert!(store.kb_doc("contact.txt").unwrap().is_none());
+    let returns = store.kb_doc("en/returns.md").unwrap().unwrap();
+    assert!(returns.passages[0].text.contains("60 days"));
+
+    // The derived index follows the store.
+    let kb = KnowledgeBase::open(&store, &data.path().join("index")).unwrap();
+    let hits = kb.search("return window days", 3).unwrap();
+    assert_eq!(hits[0].doc, "en/returns.md");
+    assert!(hits[0].passage.contains("60 days"));
+}
+
+#[test]
+fn search_works_in_both_languages_with_typos_and_synonyms() {
+    let data = tempfile::tempdir().unwrap();
+    let kb_dir = tempfile::tempdir().unwrap();
+    sample_kb(kb_dir.path());
+    let store = Store::open(data.path()).unwrap();
+    knowledge::import(&store, &[kb_dir.path().to_path_buf()]).unwrap();
+    let kb = KnowledgeBase::open(&store, &data.path().join("index")).unwrap();
+
+    let top = |query: &str| kb.search(query, 3).unwrap()[0].doc.clone();
+    assert_eq!(top("How much does shipping cost?"), "en/delivery.md");
+    assert_eq!(top("how much is delivry"), "en/delivery.md", "typo");
+    assert_eq!(
+        top("when do I get my money back"),
+        "en/returns.md",
+        "phrase synonym"
+    );
+    assert_eq!(top("运费是多少"), "zh/delivery.md");
+    assert_eq!(top("有礼品包装吗"), "faq.csv#2");
+
+    let answered = kb.retrieve("How much does delivery cost?", 3).unwrap();
+    assert!(answered.found());
+    let unrelated = kb
+        .retrieve("Can you recommend a good pizza recipe?", 3)
+        .unwrap();
+    assert!(!unrelated.found(), "coverage {}", unrelated.coverage);
+    let faq = kb.retrieve("Do you have a physical store?", 3).unwrap();
+    assert!(faq.faq_answer().is_some());
+}
+
+#[test]
+fn the_index_is_rebuilt_when_it_is_lost() {
+    let data = tempfile::tempdir().unwrap();
+    let kb_dir = tempfile::tempdir().unwrap();
+    sample_kb(kb_dir.path());
+    let store = Store::open(data.path()).unwrap();
+    knowledge::import(&store, &[kb_dir.path().to_path_buf()]).unwrap();
+    let index = data.path().join("index");
+    let passages = KnowledgeBase::open(&store, &index).unwrap().passages();
+    std::fs::remove_dir_all(&index).unwrap();
+    std::fs::create_dir_all(&index).unwrap();
+    std::fs::write(index.join("generation"), "1").unwrap();
+    let kb = KnowledgeBase::open(&store, &index).unwrap();
+    assert_eq!(kb.passages(), passages);
+}
+
+fn grounded_harness(data: &Path, kb_dir: &Path, script: &str) -> support::Harness {
+    sample_kb(kb_dir);
+    let mut harness = harness(data, script, settings(2048, 256));
+    knowledge::import(&harness.store, &[kb_dir.to_path_buf()]).unwrap();
+    let kb = KnowledgeBase::open(&harness.store, &data.join("index")).unwrap();
+    Arc::get_mut(&mut harness.pipeline).unwrap().knowledge = Some(Arc::new(kb));
+    harness
+}
+
+#[tokio::test]
+async fn answers_carry_passages_name_their_source_and_admit_ignorance() {
+    let data = tempfile::tempdir().unwrap();
+    let kb_dir = tempfile::tempdir().unwrap();
+    let harness = grounded_harness(
+        data.path(),
+        kb_dir.path(),
+        "default_reply = \"Standard delivery costs 3.90.\"\n",
+    );
+    run_messages(
+        &harness,
+        vec![
+            message("ann", "How much does delivery cost?"),
+            message("ann", "Can you recommend a good pizza recipe?"),
+            message("ann", "Do you have a physical store?"),
+        ],
+    )
+    .await;
+    let requests = harness.engine.requests();
+    assert_eq!(
+        requests.len(),
+        1,
+        "only the grounded question reaches the model"
+    );
+    let prompt = &requests[0].messages.last().unwrap().content;
+    assert!(
+        prompt.contains("Standard delivery costs 3.90 and takes 2 to 4 working days"),
+        "{prompt}"
+    );
+    assert!(prompt.contains("How much does delivery cost?"));
+
+    let texts = harness.channel.texts("ann");
+    assert!(
+        texts[0].starts_with("Standard delivery costs 3.90."),
+        "{}",
+        texts[0]
+    );
+    assert!(
+        texts[0].trim_end().ends_with("Source: Delivery > Costs"),
+        "{}",
+        texts[0]
+    );
+    assert!(
+        texts[1].contains("don't know") && texts[1].contains("/human"),
+        "{}",
+        texts[1]
+    );
+    assert!(
+        texts[2].contains("we sell online only") && texts[2].contains("Source:"),
+        "{}",
+        texts[2]
+    );
+
+    let history = concierge::history::history(&harness.store, "test", "ann").unwrap();
+    assert_eq!(history[1].sources[0].doc, "en/delivery.md");
+    assert!(history[3].sources.is_empty(), "not found uses no passage");
+    assert_eq!(history[5].sources[0].doc, "faq.csv#1");
+}
+
+#[tokio::test]
+async fn chinese_questions_get_chinese_sources_and_chinese_not_found() {
+    let data = tempfile::tempdir().unwrap();
+    let kb_dir = tempfile::tempdir().unwrap();
+    let harness = grounded_harness(
+        data.path(),
+        kb_dir.path(),
+        "default_reply = \"运费 3.90。\"\n",
+    );
+    run_messages(
+        &harness,
+        vec![
+            message("li", "运费是多少？"),
+            message("li", "你们招聘软件工程师吗？"),
+        ],
+    )
+    .await;
+    let requests = harness.engine.requests();
+    let prompt = &requests[0].messages.last().unwrap().content;
+    assert!(prompt.contains("标准配送运费 3.90"), "{prompt}");
+    let texts = harness.channel.texts("li");
+    assert!(texts[0].contains("来源：配送 > 运费"), "{}", texts[0]);
+    assert!(
+        texts[1].contains("/human") && texts[1].contains("抱歉"),
+        "{}",
+        texts[1]
+    );
+}
+
+#[test]
+fn the_cli_imports_searches_and_evaluates() {
+    let data = tempfile::tempdir().unwrap();
+    let kb_dir = tempfile::tempdir().unwrap();
+    sample_kb(kb_dir.path());
+    write(kb_dir.path(), "empty.md", "   ");
+    let binary = support::binary();
+    let run = |args: &[&str]| {
+        Command::new(&binary)
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(args)
+            .env("CONCIERGE_KNOWLEDGE_DEMO", "false")
+            .output()
+            .unwrap()
+    };
+    let kb_path = kb_dir.path().to_str().unwrap();
+    let output = run(&["import", "kb", kb_path]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a bad file makes the import fail"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["added"], 6);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("could not be imported"));
+
+    let output = run(&["kb", "search", "delivery cost", "--k", "2"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let hits: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(hits.len(), 2);
+    assert_eq!(hits[0]["doc"], "en/delivery.md");
+    for key in ["doc", "title", "passage", "score"] {
+        assert!(hits[0].get(key).is_some(), "{key}");
+    }
+
+    let questions = data.path().join("questions.csv");
+    std::fs::write(
+        &questions,
+        "question,expected_doc\nhow much is shipping,en/delivery.md\n运费多少,zh/delivery.md\nwho won the football match,\n",
+    )
+    .unwrap();
+    let output = run(&["eval", "retrieval", "--data", questions.to_str().unwrap()]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["hit@1"], 1.0);
+    assert_eq!(report["hit@3"], 1.0);
+    assert_eq!(report["mrr"], 1.0);
+    assert_eq!(report["not_found_accuracy"], 1.0);
+}
