@@ -16,7 +16,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{ChatRequest, EngineError, Llm, Sampling, StreamEvent};
-use crate::knowledge::{Hit, KnowledgeBase};
+use crate::knowledge::{answer, Hit, KnowledgeBase};
 use crate::language;
 use crate::prompts::{Locale, Prompts, Template};
 use crate::session;
@@ -255,14 +255,25 @@ impl Pipeline {
                     .await?;
                 (reply, sources)
             }
-            AnswerPlan::Generate {
+            AnswerPlan::Generate { prompt } => {
+                let reply = self
+                    .generate(adapter, chat, &history, &prompt, locale, started)
+                    .await?;
+                (reply, Vec::new())
+            }
+            AnswerPlan::Grounded {
                 prompt,
-                suffix,
+                source_line,
+                passages,
                 sources,
             } => {
                 let reply = self
-                    .generate(adapter, chat, &history, &prompt, suffix, locale, started)
+                    .grounded(
+                        adapter, chat, &history, &prompt, text, &passages, locale, started,
+                    )
                     .await?;
+                let reply = format!("{}\n\n{source_line}", reply.trim());
+                send_split(adapter, chat, &reply).await?;
                 (reply, sources)
             }
         };
@@ -286,8 +297,6 @@ impl Pipeline {
     fn plan_answer(&self, text: &str, locale: Locale) -> anyhow::Result<AnswerPlan> {
         let plain = AnswerPlan::Generate {
             prompt: text.to_string(),
-            suffix: None,
-            sources: Vec::new(),
         };
         let Some(knowledge) = self.knowledge.as_ref().filter(|kb| kb.passages() > 0) else {
             return Ok(plain);
@@ -341,23 +350,53 @@ impl Pipeline {
             Template::SourceLine,
             &[("title", &retrieval.hits[0].title)],
         );
-        Ok(AnswerPlan::Generate {
+        Ok(AnswerPlan::Grounded {
             prompt,
-            suffix: Some(format!("\n\n{source_line}")),
-            sources: used.into_iter().map(source_of).collect(),
+            source_line,
+            sources: used.iter().map(|hit| source_of(hit)).collect(),
+            passages: used.into_iter().cloned().collect(),
         })
     }
 
-    /// Streams a model reply to `prompt` (with `suffix` appended when the
-    /// model produced text) and returns what was delivered.
+    /// The model's answer from the passages when every figure in it occurs in
+    /// them; otherwise the passage's best-matching sentences. The answer is
+    /// checked before the customer sees it, so it is not streamed.
     #[allow(clippy::too_many_arguments)]
+    async fn grounded(
+        &self,
+        adapter: &dyn Adapter,
+        chat: &concierge_adapter::ConversationRef,
+        history: &[crate::store::StoredMessage],
+        prompt: &str,
+        question: &str,
+        passages: &[Hit],
+        locale: Locale,
+        started: Instant,
+    ) -> anyhow::Result<String> {
+        let buffer = BufferedReply;
+        if let Err(err) = adapter.typing(chat).await {
+            tracing::debug!("typing indicator failed: {err}");
+        }
+        let generated = self
+            .generate(&buffer, chat, history, prompt, locale, started)
+            .await?;
+        if answer::faithful(&generated, passages) {
+            return Ok(generated);
+        }
+        tracing::info!("generated answer strays from its sources; quoting the source instead");
+        Ok(passages
+            .first()
+            .map(|best| answer::extract(question, best))
+            .unwrap_or_default())
+    }
+
+    /// Streams a model reply to `prompt` and returns what was delivered.
     async fn generate(
         &self,
         adapter: &dyn Adapter,
         chat: &concierge_adapter::ConversationRef,
         history: &[crate::store::StoredMessage],
         prompt: &str,
-        suffix: Option<String>,
         locale: Locale,
         started: Instant,
     ) -> anyhow::Result<String> {
@@ -384,17 +423,7 @@ impl Pipeline {
         let outcome = Arc::new(Mutex::new(Outcome::default()));
         let delivered = match self.llm.stream_chat(request, cancel.clone()).await {
             Ok(events) => {
-                let produced = Arc::clone(&outcome);
-                let suffix = futures::stream::iter(suffix).filter(move |_| {
-                    let any_text = produced
-                        .lock()
-                        .map(|outcome| outcome.first_token.is_some())
-                        .unwrap_or(false);
-                    futures::future::ready(any_text)
-                });
-                let deltas = delta_stream(events, Arc::clone(&outcome), started)
-                    .chain(suffix)
-                    .boxed();
+                let deltas = delta_stream(events, Arc::clone(&outcome), started);
                 let delivery = adapter.deliver_stream(chat, deltas);
                 match tokio::time::timeout(self.settings.reply_timeout, delivery).await {
                     Ok(result) => result?,
@@ -433,6 +462,55 @@ impl Pipeline {
     }
 }
 
+/// Collects a generated reply instead of showing it, so it can be checked.
+struct BufferedReply;
+
+#[async_trait::async_trait]
+impl Adapter for BufferedReply {
+    fn platform(&self) -> &str {
+        "buffer"
+    }
+    fn capabilities(&self) -> concierge_adapter::Capabilities {
+        concierge_adapter::Capabilities {
+            max_message_chars: usize::MAX,
+            appends_stream: true,
+            can_edit: false,
+            buttons: false,
+            threads: false,
+            typing: false,
+        }
+    }
+    async fn run(
+        &self,
+        _: concierge_adapter::InboundSink,
+        _: CancellationToken,
+    ) -> Result<(), concierge_adapter::AdapterError> {
+        Ok(())
+    }
+    async fn send(
+        &self,
+        message: Outbound,
+    ) -> Result<concierge_adapter::SentMessage, concierge_adapter::AdapterError> {
+        Ok(concierge_adapter::SentMessage {
+            conversation: message.conversation,
+            message_id: String::new(),
+        })
+    }
+}
+
+/// Sends a complete text, split at the channel's limit.
+async fn send_split(
+    adapter: &dyn Adapter,
+    chat: &concierge_adapter::ConversationRef,
+    text: &str,
+) -> anyhow::Result<()> {
+    let limit = adapter.capabilities().max_message_chars;
+    for part in concierge_adapter::split_message(text, limit) {
+        adapter.send(Outbound::text(chat.clone(), part)).await?;
+    }
+    Ok(())
+}
+
 /// How a question will be answered.
 enum AnswerPlan {
     /// A reply that needs no model.
@@ -440,10 +518,13 @@ enum AnswerPlan {
         text: String,
         sources: Vec<SourceRef>,
     },
-    /// A model reply to `prompt`, followed by `suffix` if it produced text.
-    Generate {
+    /// A model reply to `prompt`, without documents.
+    Generate { prompt: String },
+    /// A model reply from retrieved passages, checked against them.
+    Grounded {
         prompt: String,
-        suffix: Option<String>,
+        source_line: String,
+        passages: Vec<Hit>,
         sources: Vec<SourceRef>,
     },
 }

@@ -39,6 +39,9 @@ fn piped_chat_streams_answers_in_english_and_chinese_and_history_has_both_turns(
         .args(["--data-dir"])
         .arg(data.path())
         .args(["chat", "--user", "smoke"])
+        // Without a knowledge base every reply streams from the model;
+        // grounded answers are checked before they are shown (tested below).
+        .env("CONCIERGE_KNOWLEDGE_DEMO", "false")
         .env("CONCIERGE_ENGINE_MAX_TOKENS", "48")
         .env("CONCIERGE_ENGINE_TEMPERATURE", "0")
         .stdin(Stdio::piped())
@@ -100,6 +103,41 @@ fn piped_chat_streams_answers_in_english_and_chinese_and_history_has_both_turns(
         assert_eq!(reply["role"], "assistant");
         assert!(!reply["text"].as_str().unwrap().trim().is_empty());
     }
+}
+
+#[test]
+fn a_demo_shop_question_is_answered_with_the_fact_from_its_document() {
+    prepared_model();
+    let data = tempfile::tempdir().unwrap();
+    let output = {
+        let mut child = Command::new(support::binary())
+            .current_dir(repo())
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(["chat", "--user", "facts"])
+            .env("CONCIERGE_ENGINE_MAX_TOKENS", "64")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"How many days do I have to return an item?\n")
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer = String::from_utf8_lossy(&output.stdout);
+    // config/demo/kb/en/returns.md: "within 30 days of the delivery date".
+    assert!(answer.contains("30 days"), "{answer}");
+    assert!(answer.contains("Source: Returns and Refunds"), "{answer}");
 }
 
 #[tokio::test]

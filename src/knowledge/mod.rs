@@ -6,6 +6,7 @@
 //! Architecture invariant: the index can always be rebuilt from the store;
 //! it is rebuilt whenever its recorded generation differs from the store's.
 
+pub mod answer;
 pub mod parse;
 pub mod text;
 
