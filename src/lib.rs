@@ -17,6 +17,7 @@ pub mod models;
 pub mod operator;
 pub mod pipeline;
 pub mod prompts;
+pub mod recommend;
 pub mod router;
 pub mod session;
 pub mod store;

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use concierge::config::{self, Config, ConfigSource, LogFormat};
 use concierge::knowledge::{self, KnowledgeBase};
 use concierge::store::{Store, StoreError};
-use concierge::{app, bench, eval, history, models};
+use concierge::{app, bench, eval, history, models, recommend};
 
 #[derive(Parser)]
 #[command(
@@ -73,6 +73,11 @@ enum Command {
         #[command(subcommand)]
         action: KbAction,
     },
+    /// Recommendations
+    Recommend {
+        #[command(subcommand)]
+        action: RecommendAction,
+    },
     /// Offline evaluations that print JSON
     Eval {
         #[command(subcommand)]
@@ -88,6 +93,26 @@ enum ImportAction {
         /// Files or directories
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum RecommendAction {
+    /// Our ranker and a popularity baseline on interaction data (MovieLens
+    /// .inter or CSV user,item,timestamp[,rating]); prints JSON
+    Eval {
+        /// The interactions file
+        #[arg(long)]
+        interactions: PathBuf,
+        /// full (80/10/10 split, all items ranked) or loo-100 (latest item vs 100 sampled)
+        #[arg(long, value_parser = ["full", "loo-100"])]
+        protocol: String,
+        /// Seed of the split [default: the mean of seeds 1, 2 and 3]
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Cut-off of the metrics
+        #[arg(long, default_value_t = 10)]
+        k: usize,
     },
 }
 
@@ -362,6 +387,26 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
                     eprintln!("{}", serde_json::to_string(outcome).unwrap_or_default());
                 }
             })?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Recommend {
+            action:
+                RecommendAction::Eval {
+                    interactions,
+                    protocol,
+                    seed,
+                    k,
+                },
+        } => {
+            let data = recommend::dataset::Interactions::read(&interactions)?;
+            let protocol = if protocol == "full" {
+                recommend::evaluate::Protocol::Full
+            } else {
+                recommend::evaluate::Protocol::Loo100
+            };
+            let seeds = seed.map_or_else(|| vec![1, 2, 3], |seed| vec![seed]);
+            let report = recommend::evaluate::run(&data, protocol, &seeds, k.max(1))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
