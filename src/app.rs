@@ -100,6 +100,12 @@ pub fn load_knowledge(config: &Config, store: &Store) -> anyhow::Result<Knowledg
     } else {
         Vec::new()
     };
+    if !config.knowledge.paths.is_empty() {
+        let removed = knowledge::remove_other_roots(store, &config.knowledge.paths)?;
+        if removed > 0 {
+            tracing::info!(removed, "removed documents of sources no longer configured");
+        }
+    }
     if !sources.is_empty() {
         let report = knowledge::import(store, &sources)?;
         for error in &report.errors {

@@ -635,9 +635,15 @@ impl Reader<'_> {
 
     /// A secret from `key` (environment or file) or from `key_file`.
     fn secret(&mut self, section: &str, key: &str) -> Option<Secret> {
+        let from_env = self
+            .env
+            .iter()
+            .any(|(name, _)| *name == Self::env_name(section, key));
         let direct = self.parsed(section, key, None, |raw| Ok(Some(raw.to_string())));
         let file_key = format!("{key}_file");
         let file = self.optional_path(section, &file_key);
+        // The environment overrides the file, a `*_file` included.
+        let file = if from_env { None } else { file };
         match (direct, file) {
             (Some(_), Some(_)) => {
                 self.issue(
@@ -798,6 +804,13 @@ mod tests {
         );
         let config = parse(&text, &[]).unwrap();
         assert_eq!(config.operator.token.unwrap().expose(), "from-file");
+
+        let config = parse(&text, &env(&[("CONCIERGE_OPERATOR_TOKEN", "from-env")])).unwrap();
+        assert_eq!(
+            config.operator.token.unwrap().expose(),
+            "from-env",
+            "env overrides token_file"
+        );
 
         let text = "[operator]\ntoken_file = \"/nonexistent/token\"\n";
         let issues = parse(text, &[]).unwrap_err();

@@ -25,6 +25,8 @@ use crate::telemetry;
 
 /// History messages read per reply before the token budget trims them.
 const HISTORY_READ_LIMIT: usize = 64;
+/// Longest question put into a grounded prompt, in characters.
+const GROUNDED_QUESTION_CHARS: usize = 1000;
 
 /// Settings of the pipeline, from `[engine]` and `[chat]`.
 #[derive(Clone, Debug)]
@@ -105,6 +107,14 @@ struct Outcome {
 }
 
 impl Pipeline {
+    /// Tells the channel a conversation's reply is over (also after a panic,
+    /// so an interactive console prompts again).
+    pub async fn reply_finished(&self, conversation: &concierge_adapter::ConversationRef) {
+        if let Some(adapter) = self.adapters.get(&conversation.platform) {
+            adapter.reply_finished(conversation).await;
+        }
+    }
+
     /// Handles one inbound message. Never fails: errors are logged and the
     /// customer gets an apology where possible.
     pub async fn handle(&self, inbound: Inbound) {
@@ -178,16 +188,7 @@ impl Pipeline {
             );
             return Ok(());
         }
-        if was_cut {
-            let limit = self.settings.max_message_chars.to_string();
-            let note = self
-                .prompts
-                .render(locale, Template::MessageCut, &[("limit", &limit)]);
-            adapter
-                .send(Outbound::text(inbound.conversation.clone(), note))
-                .await?;
-        }
-        self.answer(&customer, inbound, adapter, &text, locale, started)
+        self.answer(&customer, inbound, adapter, &text, was_cut, locale, started)
             .await
     }
 
@@ -224,12 +225,14 @@ impl Pipeline {
         Ok(reply)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn answer(
         &self,
         customer: &Customer,
         inbound: &Inbound,
         adapter: &dyn Adapter,
         text: &str,
+        was_cut: bool,
         locale: Locale,
         started: Instant,
     ) -> anyhow::Result<()> {
@@ -243,6 +246,13 @@ impl Pipeline {
         self.store
             .append_message(conversation.id, Role::User, text)?;
         self.store.flush().await?;
+        if was_cut {
+            let limit = self.settings.max_message_chars.to_string();
+            let note = self
+                .prompts
+                .render(locale, Template::MessageCut, &[("limit", &limit)]);
+            adapter.send(Outbound::text(chat.clone(), note)).await?;
+        }
 
         let plan = self.plan_answer(text, locale)?;
         let (reply, sources) = match plan {
@@ -332,6 +342,7 @@ impl Pipeline {
         let used: Vec<&Hit> = retrieval
             .hits
             .iter()
+            .take(self.settings.top_k)
             .filter(|hit| hit.score >= best * 0.5)
             .collect();
         let listing = used
@@ -340,10 +351,13 @@ impl Pipeline {
             .map(|(number, hit)| format!("[{}] {}\n{}", number + 1, hit.title, hit.passage))
             .collect::<Vec<_>>()
             .join("\n\n");
+        // The context window cuts an over-long prompt from its start, which
+        // here holds the instructions and sources: bound the question instead.
+        let question: String = text.chars().take(GROUNDED_QUESTION_CHARS).collect();
         let prompt = self.prompts.render(
             locale,
             Template::GroundedQuestion,
-            &[("sources", &listing), ("question", text)],
+            &[("sources", &listing), ("question", &question)],
         );
         let source_line = self.prompts.render(
             locale,

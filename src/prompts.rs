@@ -201,11 +201,33 @@ impl Prompts {
     }
 
     /// The template with each `{name}` replaced by its value.
+    /// Values are inserted in one pass, so a value containing `{name}`
+    /// (a passage quoting a template) is never substituted again.
     pub fn render(&self, locale: Locale, template: Template, values: &[(&str, &str)]) -> String {
-        let mut text = self.text(locale, template).to_string();
-        for (name, value) in values {
-            text = text.replace(&format!("{{{name}}}"), value);
+        let mut rest = self.text(locale, template);
+        let mut text = String::with_capacity(rest.len());
+        while let Some(open) = rest.find('{') {
+            text.push_str(&rest[..open]);
+            let after = &rest[open + 1..];
+            let value = after.find('}').and_then(|close| {
+                let name = &after[..close];
+                values
+                    .iter()
+                    .find(|(candidate, _)| *candidate == name)
+                    .map(|(_, value)| (*value, close))
+            });
+            match value {
+                Some((value, close)) => {
+                    text.push_str(value);
+                    rest = &after[close + 1..];
+                }
+                None => {
+                    text.push('{');
+                    rest = after;
+                }
+            }
         }
+        text.push_str(rest);
         text
     }
 }
@@ -241,6 +263,14 @@ mod tests {
         assert_eq!(
             prompts.render(Locale::En, Template::UnknownCommand, &[("command", "/x")]),
             "No /x here"
+        );
+        assert_eq!(
+            prompts.render(
+                Locale::En,
+                Template::UnknownCommand,
+                &[("command", "{command} {x")]
+            ),
+            "No {command} {x here"
         );
         assert_eq!(
             prompts.text(Locale::Zh, Template::Reset),

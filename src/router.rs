@@ -14,6 +14,7 @@ use std::time::Duration;
 use concierge_adapter::{ConversationRef, Inbound};
 use futures::FutureExt;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::pipeline::Pipeline;
@@ -61,25 +62,34 @@ pub async fn run(
     in_flight: InFlight,
 ) {
     let tracker = TaskTracker::new();
-    let mut workers: HashMap<ConversationRef, mpsc::UnboundedSender<Inbound>> = HashMap::new();
+    let mut workers: HashMap<ConversationRef, (mpsc::UnboundedSender<Inbound>, JoinHandle<()>)> =
+        HashMap::new();
     while let Some(message) = inbound.recv().await {
         let key = message.conversation.clone();
-        let message = match workers.get(&key) {
-            Some(queue) => match queue.send(message) {
-                Ok(()) => continue,
-                // The worker went idle and exited; start a new one.
-                Err(mpsc::error::SendError(returned)) => returned,
+        let (message, previous) = match workers.remove(&key) {
+            Some((queue, handle)) => match queue.send(message) {
+                Ok(()) => {
+                    workers.insert(key, (queue, handle));
+                    continue;
+                }
+                // The worker went idle: the next one starts after it is done.
+                Err(mpsc::error::SendError(returned)) => (returned, Some(handle)),
             },
-            None => message,
+            None => (message, None),
         };
         if workers.len() >= PRUNE_AT {
-            workers.retain(|_, queue| !queue.is_closed());
+            workers.retain(|_, (queue, _)| !queue.is_closed());
         }
         let (queue, receiver) = mpsc::unbounded_channel();
-        tracker.spawn(worker(receiver, Arc::clone(&pipeline), in_flight.clone()));
+        let handle = tracker.spawn(worker(
+            receiver,
+            Arc::clone(&pipeline),
+            in_flight.clone(),
+            previous,
+        ));
         // The worker holds the receiver, so this send succeeds.
         let _ = queue.send(message);
-        workers.insert(key, queue);
+        workers.insert(key, (queue, handle));
     }
     drop(workers);
     tracker.close();
@@ -90,7 +100,12 @@ async fn worker(
     mut queue: mpsc::UnboundedReceiver<Inbound>,
     pipeline: Arc<Pipeline>,
     in_flight: InFlight,
+    previous: Option<JoinHandle<()>>,
 ) {
+    // Messages that raced into the previous worker's queue go first.
+    if let Some(previous) = previous {
+        let _ = previous.await;
+    }
     loop {
         let message = tokio::select! {
             message = queue.recv() => message,

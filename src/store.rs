@@ -214,7 +214,8 @@ impl Store {
     /// Opens (creating if needed) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let path = data_dir.join("store");
-        let marker = data_dir.join(MARKER_FILE);
+        // Inside the database directory, so moving it aside moves the marker too.
+        let marker = path.join(MARKER_FILE);
         std::fs::create_dir_all(&path).map_err(|err| StoreError::Io {
             path: path.clone(),
             detail: err.to_string(),

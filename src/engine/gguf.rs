@@ -307,7 +307,7 @@ impl HeaderReader {
             let value = self.value(value_type, 0)?;
             metadata.insert(key, value);
         }
-        let mut tensors = Vec::with_capacity(tensor_count as usize);
+        let mut tensors = Vec::with_capacity(tensor_count.min(1 << 16) as usize);
         for _ in 0..tensor_count {
             let name = self.string()?;
             let dimensions = self.u32()?;

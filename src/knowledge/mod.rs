@@ -78,22 +78,28 @@ fn relative_id(root: &Path, file: &Path) -> String {
         .join("/")
 }
 
-fn files_under(path: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    if path.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)?
-            .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-            .collect();
-        entries.sort();
-        for entry in entries {
-            let hidden = entry
-                .file_name()
-                .is_some_and(|name| name.to_string_lossy().starts_with('.'));
-            if !hidden {
+/// Files below `dir`; symbolic links to directories below it are not
+/// followed, so a link to a parent cannot loop.
+fn files_under(dir: &Path, files: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .collect();
+    entries.sort();
+    for entry in entries {
+        let hidden = entry
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with('.'));
+        let is_link = std::fs::symlink_metadata(&entry)?.file_type().is_symlink();
+        if hidden {
+            continue;
+        }
+        if entry.is_dir() {
+            if !is_link {
                 files_under(&entry, files)?;
             }
+        } else {
+            files.push(entry);
         }
-    } else {
-        files.push(path.to_path_buf());
     }
     Ok(())
 }
@@ -125,7 +131,7 @@ fn parse_file(root: &Path, file: &Path) -> Result<(Vec<KbDoc>, Vec<SourceError>)
     let docs = match extension.as_str() {
         "md" | "markdown" => vec![parse::markdown(&id, &root_name, &stem, &text)],
         "txt" => vec![parse::plain_text(&id, &root_name, &stem, &text)],
-        "csv" => return Ok(parse::faq(&id, &root_name, file, &text)),
+        "csv" => return parse::faq(&id, &root_name, file, &text),
         _ => return Err(error("unsupported file type".into())),
     };
     let docs: Vec<KbDoc> = docs
@@ -157,6 +163,7 @@ pub fn import(store: &Store, paths: &[PathBuf]) -> Result<ImportReport, KbError>
     let mut put = Vec::new();
     let mut seen = HashSet::new();
     let mut roots = HashSet::new();
+    let mut id_roots: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     for path in paths {
         let root = std::path::absolute(path).unwrap_or_else(|_| path.clone());
         let (root_dir, files) = if root.is_dir() {
@@ -196,6 +203,19 @@ pub fn import(store: &Store, paths: &[PathBuf]) -> Result<ImportReport, KbError>
                 Ok((docs, errors)) => {
                     report.errors.extend(errors);
                     for doc in docs {
+                        if let Some(other) = id_roots.insert(doc.id.clone(), doc.root.clone()) {
+                            if other != doc.root {
+                                report.errors.push(SourceError {
+                                    path: file.display().to_string(),
+                                    line: None,
+                                    error: format!(
+                                        "document id {} also comes from {other}; import their common parent directory instead",
+                                        doc.id
+                                    ),
+                                });
+                                continue;
+                            }
+                        }
                         seen.insert(doc.id.clone());
                         match existing.get(&doc.id) {
                             Some(old)
@@ -240,6 +260,34 @@ pub fn import(store: &Store, paths: &[PathBuf]) -> Result<ImportReport, KbError>
     Ok(report)
 }
 
+/// Removes every document that was not imported from one of `paths`, so
+/// switching `knowledge.paths` (away from the demo shop, say) leaves nothing
+/// behind. Returns how many were removed.
+pub fn remove_other_roots(store: &Store, paths: &[PathBuf]) -> Result<usize, KbError> {
+    let roots: HashSet<String> = paths
+        .iter()
+        .map(|path| {
+            let absolute = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+            let dir = if absolute.is_file() {
+                absolute.parent().map(Path::to_path_buf).unwrap_or_default()
+            } else {
+                absolute
+            };
+            dir.display().to_string()
+        })
+        .collect();
+    let stale: Vec<String> = store
+        .kb_docs()?
+        .into_iter()
+        .filter(|doc| !roots.contains(&doc.root))
+        .map(|doc| doc.id)
+        .collect();
+    if !stale.is_empty() {
+        store.kb_apply(&[], &stale)?;
+    }
+    Ok(stale.len())
+}
+
 /// One search hit.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Hit {
@@ -264,8 +312,10 @@ pub struct Hit {
 pub struct Retrieval {
     /// Hits, best first.
     pub hits: Vec<Hit>,
-    /// Share of the question's words found in the best hit.
+    /// Share of the question's words found in the best-covering top passage.
     pub coverage: f32,
+    /// The same share for the first hit alone.
+    pub first_coverage: f32,
     /// Content words in the question (0: small talk, no KB question).
     pub query_terms: usize,
 }
@@ -280,7 +330,7 @@ impl Retrieval {
     pub fn faq_answer(&self) -> Option<&Hit> {
         self.hits
             .first()
-            .filter(|hit| hit.is_faq && self.coverage >= FAQ_COVERAGE)
+            .filter(|hit| hit.is_faq && self.first_coverage >= FAQ_COVERAGE)
     }
 }
 
@@ -477,7 +527,9 @@ impl KnowledgeBase {
 
     /// The `k` best passages for `question`.
     pub fn search(&self, question: &str, k: usize) -> Result<Vec<Hit>, KbError> {
-        Ok(self.retrieve(question, k)?.hits)
+        let mut hits = self.retrieve(question, k)?.hits;
+        hits.truncate(k.max(1));
+        Ok(hits)
     }
 
     /// Searches and judges whether the best hit answers the question.
@@ -485,8 +537,12 @@ impl KnowledgeBase {
         let query = self.query(question);
         let searcher = self.reader.searcher();
         let path = PathBuf::from("(index)");
+        // At least the passages the "not found" decision looks at.
         let top = searcher
-            .search(&*query, &TopDocs::with_limit(k.max(1)).order_by_score())
+            .search(
+                &*query,
+                &TopDocs::with_limit(k.max(COVERAGE_HITS)).order_by_score(),
+            )
             .map_err(|err| index_error(&path, err))?;
         let mut hits = Vec::with_capacity(top.len());
         for (score, address) in top {
@@ -514,14 +570,15 @@ impl KnowledgeBase {
         let units = query_units(question);
         // The best of the top passages: a question may be answered by the
         // second passage of a document as well as by the first.
-        let coverage = hits
+        let coverages: Vec<f32> = hits
             .iter()
             .take(COVERAGE_HITS)
             .map(|hit| coverage(&units, hit))
-            .fold(0.0, f32::max);
+            .collect();
         Ok(Retrieval {
             hits,
-            coverage,
+            coverage: coverages.iter().copied().fold(0.0, f32::max),
+            first_coverage: coverages.first().copied().unwrap_or(0.0),
             query_terms: units.len(),
         })
     }

@@ -159,8 +159,14 @@ pub fn plain_text(id: &str, root: &str, fallback_title: &str, text: &str) -> KbD
 
 /// Parses an FAQ file: a header with `question` and `answer` columns (any
 /// order, other columns ignored); every good row becomes a document
-/// `<id>#<row>`; bad rows are reported with their line.
-pub fn faq(id: &str, root: &str, path: &Path, text: &str) -> (Vec<KbDoc>, Vec<SourceError>) {
+/// `<id>#<row>`; bad rows are reported with their line. A file without the
+/// columns is an error as a whole (its earlier import is kept).
+pub fn faq(
+    id: &str,
+    root: &str,
+    path: &Path,
+    text: &str,
+) -> Result<(Vec<KbDoc>, Vec<SourceError>), SourceError> {
     let error = |line: Option<u64>, message: String| SourceError {
         path: path.display().to_string(),
         line,
@@ -172,12 +178,7 @@ pub fn faq(id: &str, root: &str, path: &Path, text: &str) -> (Vec<KbDoc>, Vec<So
         .from_reader(text.as_bytes());
     let headers = match reader.headers() {
         Ok(headers) => headers.clone(),
-        Err(err) => {
-            return (
-                Vec::new(),
-                vec![error(Some(1), format!("unreadable header: {err}"))],
-            )
-        }
+        Err(err) => return Err(error(Some(1), format!("unreadable header: {err}"))),
     };
     let column = |name: &str| {
         headers
@@ -185,13 +186,10 @@ pub fn faq(id: &str, root: &str, path: &Path, text: &str) -> (Vec<KbDoc>, Vec<So
             .position(|header| header.eq_ignore_ascii_case(name))
     };
     let (Some(question_at), Some(answer_at)) = (column("question"), column("answer")) else {
-        return (
-            Vec::new(),
-            vec![error(
-                Some(1),
-                "an FAQ file needs the columns question,answer".into(),
-            )],
-        );
+        return Err(error(
+            Some(1),
+            "an FAQ file needs the columns question,answer".into(),
+        ));
     };
     let mut docs = Vec::new();
     let mut errors = Vec::new();
@@ -225,7 +223,7 @@ pub fn faq(id: &str, root: &str, path: &Path, text: &str) -> (Vec<KbDoc>, Vec<So
             passages,
         ));
     }
-    (docs, errors)
+    Ok((docs, errors))
 }
 
 #[cfg(test)]
@@ -261,7 +259,7 @@ mod tests {
     #[test]
     fn faq_rows_become_documents_and_bad_rows_are_reported() {
         let text = "question,answer\nHow long is delivery?,\"3-5 days, usually\"\n,missing question\n运费多少？,满99元包邮\n";
-        let (docs, errors) = faq("faq.csv", "/kb", Path::new("faq.csv"), text);
+        let (docs, errors) = faq("faq.csv", "/kb", Path::new("faq.csv"), text).unwrap();
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[0].id, "faq.csv#1");
         assert_eq!(docs[0].passages[0].text, "3-5 days, usually");
@@ -269,9 +267,8 @@ mod tests {
         assert_eq!(docs[1].locale, Some(crate::prompts::Locale::Zh));
         assert_eq!(errors.len(), 1);
         assert_eq!(errors[0].line, Some(3));
-        let (docs, errors) = faq("x.csv", "/", Path::new("x.csv"), "q,a\n1,2\n");
-        assert!(docs.is_empty());
-        assert!(errors[0].error.contains("question,answer"));
+        let error = faq("x.csv", "/", Path::new("x.csv"), "q,a\n1,2\n").unwrap_err();
+        assert!(error.error.contains("question,answer"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //!   targets.
 //! - `loo-100`: each user's latest interaction is the target, ranked against
 //!   100 sampled items the user never touched.
+//!
 //! EASE's regularisation is chosen on the validation part (the 10%, or each
 //! user's second-latest interaction) with a model of the training part; the
 //! reported model then learns from training and validation together, and
@@ -144,9 +145,8 @@ fn split(data: &Interactions, protocol: Protocol, seed: u64) -> Split {
     let train_rows = UserItems::from_events(users, items, train.iter().copied());
     let mut with_valid = train_rows.clone();
     for (user, targets) in valid.iter().enumerate() {
-        with_valid.rows[user].extend(targets);
-        with_valid.rows[user].sort_unstable();
-        with_valid.rows[user].dedup();
+        // Validation items are later than the training ones in loo-100.
+        with_valid.add_recent(user, targets);
     }
     Split {
         train: train_rows,
