@@ -94,6 +94,17 @@ enum ImportAction {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Catalog items from CSV or JSON Lines (id,title,description,category,
+    /// tags,price,currency,url,in_stock); re-import updates items by id
+    Catalog {
+        /// The file
+        file: PathBuf,
+    },
+    /// Interaction events from CSV or JSON Lines (user,item,kind,timestamp[,value])
+    Events {
+        /// The file
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -364,6 +375,20 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
                 )
             }
         }
+        Command::Import {
+            what: ImportAction::Catalog { file },
+        } => {
+            let store = open_store(config)?;
+            let report = recommend::import::catalog(&store, &file)?;
+            print_import_report(&report)
+        }
+        Command::Import {
+            what: ImportAction::Events { file },
+        } => {
+            let store = open_store(config)?;
+            let report = recommend::import::events(&store, &file)?;
+            print_import_report(&report)
+        }
         Command::Kb {
             action: KbAction::Search { query, k },
         } => {
@@ -411,6 +436,20 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Config { .. } => Ok(()),
+    }
+}
+
+/// Prints an import report; bad rows make the command fail after the good
+/// rows are imported.
+fn print_import_report(report: &recommend::import::ImportReport) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(report)?);
+    if report.errors.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{} row(s) could not be imported; see \"errors\" above (the other rows were imported)",
+            report.errors.len()
+        )
     }
 }
 

@@ -11,7 +11,7 @@ use axum::extract::{Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -35,6 +35,7 @@ pub struct OperatorState {
 pub fn router(state: OperatorState) -> Router {
     let protected = Router::new()
         .route("/v1/history", get(history))
+        .route("/v1/events", post(events))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
@@ -109,6 +110,69 @@ async fn metrics() -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         crate::telemetry::render(),
+    )
+        .into_response()
+}
+
+/// Most events accepted in one request.
+const MAX_EVENT_BATCH: usize = 10_000;
+
+/// `POST /v1/events`: a JSON array of events (or `{"events": [...]}`), each
+/// `{"user","item","kind","timestamp"?,"value"?}`. The batch is stored and
+/// flushed before the answer, or rejected whole with every bad entry named.
+async fn events(State(state): State<OperatorState>, body: axum::body::Bytes) -> Response {
+    let parsed: Result<serde_json::Value, _> = serde_json::from_slice(&body);
+    let list = match parsed {
+        Ok(serde_json::Value::Array(list)) => list,
+        Ok(serde_json::Value::Object(mut object)) => match object.remove("events") {
+            Some(serde_json::Value::Array(list)) => list,
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "expected a JSON array of events or {\"events\": [...]}",
+                )
+            }
+        },
+        Ok(_) => return error(StatusCode::BAD_REQUEST, "expected a JSON array of events"),
+        Err(err) => return error(StatusCode::BAD_REQUEST, format!("invalid JSON: {err}")),
+    };
+    if list.len() > MAX_EVENT_BATCH {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("at most {MAX_EVENT_BATCH} events per request"),
+        );
+    }
+    let mut accepted = Vec::with_capacity(list.len());
+    let mut problems = Vec::new();
+    for (index, entry) in list.iter().enumerate() {
+        let result = match entry {
+            serde_json::Value::Object(row) => crate::recommend::import::event_from_row(row),
+            _ => Err("not a JSON object".to_string()),
+        };
+        match result {
+            Ok(event) => accepted.push(event),
+            Err(problem) => problems.push(serde_json::json!({ "index": index, "error": problem })),
+        }
+    }
+    if !problems.is_empty() {
+        let body = serde_json::json!({ "error": "no event stored: some are invalid", "invalid": problems });
+        return (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response();
+    }
+    let store = state.store.clone();
+    let count = accepted.len();
+    let stored = tokio::task::spawn_blocking(move || store.events_append(&accepted)).await;
+    match stored {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => return error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+        Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "event task failed"),
+    }
+    // Acknowledged events survive a crash.
+    if let Err(err) = state.store.flush().await {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string());
+    }
+    (
+        StatusCode::OK,
+        Json(serde_json::json!({ "accepted": count })),
     )
         .into_response()
 }

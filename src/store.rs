@@ -27,6 +27,8 @@ const TREE_ACTIVE: &str = "active_conversations";
 const TREE_CUSTOMER_CONVERSATIONS: &str = "customer_conversations";
 const TREE_MESSAGES: &str = "messages";
 const TREE_KB_DOCS: &str = "kb_docs";
+const TREE_CATALOG: &str = "catalog";
+const TREE_EVENTS: &str = "events";
 const KEY_KB_GENERATION: &[u8] = b"kb_generation";
 const KEY_SCHEMA: &[u8] = b"schema_version";
 /// A file beside the database that records that it was initialised. sled
@@ -146,6 +148,85 @@ pub struct SourceRef {
     pub passage: usize,
 }
 
+/// One item of the shop's catalog.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CatalogItem {
+    /// Record schema version.
+    pub v: u32,
+    /// The shop's item id.
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// Description.
+    pub description: String,
+    /// Category.
+    pub category: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Price, if the item has one.
+    pub price: Option<f64>,
+    /// Currency of the price, e.g. EUR.
+    pub currency: String,
+    /// Link to the item.
+    pub url: String,
+    /// Whether it can be bought now.
+    pub in_stock: bool,
+}
+
+/// What a customer did with an item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// Looked at it.
+    View,
+    /// Clicked it.
+    Click,
+    /// Liked it (👍).
+    Like,
+    /// Disliked it (👎): never recommend it again.
+    Dislike,
+    /// Put it in the cart.
+    Cart,
+    /// Bought it.
+    Purchase,
+    /// Rated it (`value`).
+    Rating,
+}
+
+impl EventKind {
+    /// Parses a kind name.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text.trim().to_ascii_lowercase().as_str() {
+            "view" => Self::View,
+            "click" => Self::Click,
+            "like" => Self::Like,
+            "dislike" => Self::Dislike,
+            "cart" => Self::Cart,
+            "purchase" => Self::Purchase,
+            "rating" => Self::Rating,
+            _ => return None,
+        })
+    }
+}
+
+/// An interaction event.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Record schema version.
+    pub v: u32,
+    /// The customer (the shop's user id or a platform identity).
+    pub user: String,
+    /// The item id.
+    pub item: String,
+    /// What happened.
+    pub kind: EventKind,
+    /// When (Unix milliseconds).
+    pub ts_ms: u64,
+    /// Rating value, for `rating`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+}
+
 /// What kind of source a knowledge-base document came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -201,6 +282,8 @@ pub struct Store {
     messages: sled::Tree,
     kb_docs: sled::Tree,
     meta: sled::Tree,
+    catalog: sled::Tree,
+    events: sled::Tree,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -233,6 +316,8 @@ impl Store {
             customer_conversations: db.open_tree(TREE_CUSTOMER_CONVERSATIONS).map_err(map)?,
             messages: db.open_tree(TREE_MESSAGES).map_err(map)?,
             kb_docs: db.open_tree(TREE_KB_DOCS).map_err(map)?,
+            catalog: db.open_tree(TREE_CATALOG).map_err(map)?,
+            events: db.open_tree(TREE_EVENTS).map_err(map)?,
             meta: db.open_tree(TREE_META).map_err(map)?,
             path,
             db,
@@ -629,6 +714,86 @@ impl Store {
             })
             .map_err(|err| self.transaction_error(err))?;
         Ok(generation)
+    }
+
+    /// Adds or replaces catalog items by id; returns (added, updated).
+    pub fn catalog_put(&self, items: &[CatalogItem]) -> Result<(usize, usize), StoreError> {
+        let (mut added, mut updated) = (0, 0);
+        for item in items {
+            let previous = self
+                .catalog
+                .insert(item.id.as_bytes(), Self::encode(item))
+                .map_err(|err| self.err(err))?;
+            if previous.is_some() {
+                updated += 1;
+            } else {
+                added += 1;
+            }
+        }
+        Ok((added, updated))
+    }
+
+    /// Every catalog item, ordered by id.
+    pub fn catalog_items(&self) -> Result<Vec<CatalogItem>, StoreError> {
+        self.catalog
+            .iter()
+            .map(|entry| {
+                let (_, bytes) = entry.map_err(|err| self.err(err))?;
+                self.decode(TREE_CATALOG, &bytes)
+            })
+            .collect()
+    }
+
+    /// One catalog item.
+    pub fn catalog_item(&self, id: &str) -> Result<Option<CatalogItem>, StoreError> {
+        match self
+            .catalog
+            .get(id.as_bytes())
+            .map_err(|err| self.err(err))?
+        {
+            Some(bytes) => self.decode(TREE_CATALOG, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn event_key(&self, user: &str) -> Result<Vec<u8>, StoreError> {
+        let mut key = user.as_bytes().to_vec();
+        key.push(0);
+        key.extend_from_slice(&self.next_id()?.to_be_bytes());
+        Ok(key)
+    }
+
+    /// Appends events in one batch. Call `flush` before acknowledging them.
+    pub fn events_append(&self, events: &[Event]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for event in events {
+            batch.insert(self.event_key(&event.user)?, Self::encode(event));
+        }
+        self.events.apply_batch(batch).map_err(|err| self.err(err))
+    }
+
+    /// A user's events, oldest first.
+    pub fn user_events(&self, user: &str) -> Result<Vec<Event>, StoreError> {
+        let mut prefix = user.as_bytes().to_vec();
+        prefix.push(0);
+        self.events
+            .scan_prefix(prefix)
+            .map(|entry| {
+                let (_, bytes) = entry.map_err(|err| self.err(err))?;
+                self.decode(TREE_EVENTS, &bytes)
+            })
+            .collect()
+    }
+
+    /// Every event, grouped by user.
+    pub fn all_events(&self) -> Result<Vec<Event>, StoreError> {
+        self.events
+            .iter()
+            .map(|entry| {
+                let (_, bytes) = entry.map_err(|err| self.err(err))?;
+                self.decode(TREE_EVENTS, &bytes)
+            })
+            .collect()
     }
 
     /// Advances on every knowledge-base change; derived indexes compare it.

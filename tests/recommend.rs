@@ -1,0 +1,115 @@
+//! Catalog and event import through the command line, and events pushed to
+//! the daemon's operator API surviving `kill -9`.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use concierge::store::{EventKind, Store};
+use support::{binary, free_port, http_get, http_post, scripted_config, wait_for};
+
+fn concierge(data: &Path) -> Command {
+    let mut command = Command::new(binary());
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("--data-dir")
+        .arg(data);
+    command
+}
+
+#[test]
+fn the_demo_catalog_imports_and_bad_rows_are_reported_by_line() {
+    let data = tempfile::tempdir().unwrap();
+    let output = concierge(data.path())
+        .args(["import", "catalog", "config/demo/catalog.csv"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["added"], 150);
+    // Importing again updates, never duplicates.
+    let output = concierge(data.path())
+        .args(["import", "catalog", "config/demo/catalog.csv"])
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        (report["added"].as_u64(), report["updated"].as_u64()),
+        (Some(0), Some(150))
+    );
+
+    let events = data.path().join("events.jsonl");
+    std::fs::write(
+        &events,
+        "{\"user\":\"u1\",\"item\":\"NW-1001\",\"kind\":\"view\",\"timestamp\":1700000000}\n\
+         {\"user\":\"u1\",\"item\":\"NW-1002\",\"kind\":\"sneeze\"}\n\
+         {\"user\":\"u2\",\"item\":\"NW-1001\",\"kind\":\"purchase\",\"timestamp\":\"2024-01-02T03:04:05Z\"}\n",
+    )
+    .unwrap();
+    let output = concierge(data.path())
+        .args(["import", "events"])
+        .arg(&events)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "a bad row fails the command");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["added"], 2);
+    assert_eq!(report["errors"][0]["line"], 2);
+    let store = Store::open(data.path()).unwrap();
+    assert_eq!(store.catalog_items().unwrap().len(), 150);
+    assert_eq!(
+        store.user_events("u2").unwrap()[0].kind,
+        EventKind::Purchase
+    );
+}
+
+#[test]
+fn acknowledged_events_survive_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = scripted_config(dir.path(), "default_reply = \"ok\"\n", port);
+    let mut daemon = Command::new(binary())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .env("CONCIERGE_OPERATOR_TOKEN", "events-token")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(30), || {
+        http_get(port, "/healthz", None)
+            .ok()
+            .filter(|(status, _)| *status == 200)
+    })
+    .expect("ready");
+    let batch = r#"[{"user":"shopper","item":"NW-1001","kind":"cart"},{"user":"shopper","item":"NW-1003","kind":"rating","value":4}]"#;
+    let (status, _) = http_post(port, "/v1/events", None, batch).unwrap();
+    assert_eq!(status, 401, "events need the token");
+    let bad =
+        r#"[{"user":"shopper","item":"NW-1001","kind":"cart"},{"user":"shopper","kind":"view"}]"#;
+    let (status, body) = http_post(port, "/v1/events", Some("events-token"), bad).unwrap();
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("missing item"), "{body}");
+    let (status, body) = http_post(port, "/v1/events", Some("events-token"), batch).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"accepted\":2"), "{body}");
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+
+    let store = Store::open(&dir.path().join("data")).unwrap();
+    let events = store.user_events("shopper").unwrap();
+    assert_eq!(
+        events.len(),
+        2,
+        "the rejected batch stored nothing, the accepted one everything"
+    );
+    assert_eq!(events[1].value, Some(4.0));
+}
