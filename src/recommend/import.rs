@@ -32,9 +32,12 @@ pub struct ImportReport {
 /// One row as named fields, whatever the file format.
 type Row = serde_json::Map<String, Value>;
 
+/// Rows with their line numbers, and the lines that could not be read.
+type ParsedRows = (Vec<(usize, Row)>, Vec<RowError>);
+
 /// Reads rows from CSV (with a header) or JSON Lines (`.jsonl`, `.ndjson`,
 /// or a first line starting with `{`), with their line numbers.
-fn rows(path: &Path) -> anyhow::Result<(Vec<(usize, Row)>, Vec<RowError>)> {
+fn rows(path: &Path) -> anyhow::Result<ParsedRows> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let json_lines = path
