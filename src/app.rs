@@ -122,6 +122,22 @@ pub fn load_knowledge(config: &Config, store: &Store) -> anyhow::Result<Knowledg
     Ok(KnowledgeBase::open(store, &kb_index_dir(config))?)
 }
 
+/// Fits the recommender on the stored catalog and events, importing the demo
+/// catalog into an empty store when `recommend.demo` is on.
+pub fn load_ranker(
+    config: &Config,
+    store: &Store,
+) -> anyhow::Result<crate::recommend::ranker::Ranker> {
+    let mut items = store.catalog_items()?;
+    if items.is_empty() && config.recommend.demo {
+        let report = crate::recommend::import::catalog(store, &config.recommend.demo_catalog)?;
+        tracing::info!(added = report.added, "demo catalog imported");
+        items = store.catalog_items()?;
+    }
+    let events = store.all_events()?;
+    crate::recommend::ranker::Ranker::build(items, &events)
+}
+
 async fn load_knowledge_async(
     config: &Config,
     store: &Store,

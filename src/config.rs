@@ -36,6 +36,17 @@ pub struct Config {
     pub log: LogConfig,
     /// `[knowledge]`: the knowledge base.
     pub knowledge: KnowledgeConfig,
+    /// `[recommend]`: recommendations.
+    pub recommend: RecommendConfig,
+}
+
+/// `[recommend]`
+#[derive(Clone, Debug)]
+pub struct RecommendConfig {
+    /// Load the demo catalog into a store that has none.
+    pub demo: bool,
+    /// Where the demo catalog is.
+    pub demo_catalog: PathBuf,
 }
 
 /// `[knowledge]`
@@ -366,6 +377,10 @@ impl Reader<'_> {
             demo_dir: self.path("knowledge", "demo_dir", "config/demo/kb"),
             top_k: self.integer("knowledge", "top_k", 3, 1..=20),
         };
+        let recommend = RecommendConfig {
+            demo: self.boolean("recommend", "demo", true),
+            demo_catalog: self.path("recommend", "demo_catalog", "config/demo/catalog.csv"),
+        };
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&log.level) {
             self.issue("log.level", format!("not a valid filter: {err}"));
         }
@@ -378,6 +393,7 @@ impl Reader<'_> {
             console,
             log,
             knowledge,
+            recommend,
         }
     }
 

@@ -73,11 +73,8 @@ enum Command {
         #[command(subcommand)]
         action: KbAction,
     },
-    /// Recommendations
-    Recommend {
-        #[command(subcommand)]
-        action: RecommendAction,
-    },
+    /// Recommend items to a customer (JSON lines), or evaluate the ranker
+    Recommend(RecommendArgs),
     /// Offline evaluations that print JSON
     Eval {
         #[command(subcommand)]
@@ -105,6 +102,22 @@ enum ImportAction {
         /// The file
         file: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct RecommendArgs {
+    #[command(subcommand)]
+    action: Option<RecommendAction>,
+    /// The customer (their id in the events)
+    #[arg(long)]
+    user: Option<String>,
+    /// Number of items
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// What they ask for, e.g. "running shoes under 100"
+    #[arg(long)]
+    query: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -415,15 +428,45 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
-        Command::Recommend {
+        Command::Recommend(RecommendArgs {
+            action: None,
+            user,
+            k,
+            query,
+        }) => {
+            let user = user.ok_or_else(|| {
+                anyhow::anyhow!("recommend needs --user ID (or the eval subcommand)")
+            })?;
+            let store = open_store(config)?;
+            let ranker = app::load_ranker(config, &store)?;
+            let history = store.user_events(&user)?;
+            let mut out = std::io::stdout().lock();
+            for pick in ranker.recommend(&history, k.max(1), query.as_deref()) {
+                use std::io::Write;
+                let line = serde_json::json!({
+                    "item": pick.item.id,
+                    "title": pick.item.title,
+                    "price": pick.item.price,
+                    "currency": pick.item.currency,
+                    "url": pick.item.url,
+                    "score": pick.score,
+                    "signals": pick.signals,
+                    "because_of": pick.because_of,
+                });
+                writeln!(out, "{line}")?;
+            }
+            Ok(())
+        }
+        Command::Recommend(RecommendArgs {
             action:
-                RecommendAction::Eval {
+                Some(RecommendAction::Eval {
                     interactions,
                     protocol,
                     seed,
                     k,
-                },
-        } => {
+                }),
+            ..
+        }) => {
             let data = recommend::dataset::Interactions::read(&interactions)?;
             let protocol = if protocol == "full" {
                 recommend::evaluate::Protocol::Full

@@ -113,3 +113,75 @@ fn acknowledged_events_survive_kill_9() {
     );
     assert_eq!(events[1].value, Some(4.0));
 }
+
+#[test]
+fn recommend_prints_catalog_items_and_follows_new_events_at_once() {
+    let data = tempfile::tempdir().unwrap();
+    let events = data.path().join("events.csv");
+    // Customers who buy the road shoes (NW-1001) also buy NW-1101.
+    let mut rows = String::from("user,item,kind,timestamp\n");
+    for user in 0..15 {
+        rows.push_str(&format!(
+            "c{user},NW-1001,purchase,1700000000\nc{user},NW-1101,purchase,1700000100\n"
+        ));
+    }
+    rows.push_str("me,NW-1001,purchase,1700000200\n");
+    std::fs::write(&events, rows).unwrap();
+    let output = concierge(data.path())
+        .args(["import", "events"])
+        .arg(&events)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let recommend = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let output = concierge(data.path())
+            .args(["recommend", "--user", "me", "--k", "5"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    let picks = recommend(&[]);
+    assert_eq!(picks.len(), 5);
+    assert_eq!(picks[0]["item"], "NW-1101", "{picks:?}");
+    assert_eq!(picks[0]["because_of"], "Northwind Tempo Road Runner Men");
+    for key in ["title", "price", "currency", "url", "score", "signals"] {
+        assert!(picks[0].get(key).is_some(), "{key}");
+    }
+    assert!(
+        picks.iter().all(|pick| pick["item"] != "NW-1001"),
+        "already bought"
+    );
+
+    // A dislike is visible to the very next query.
+    std::fs::write(&events, "user,item,kind\nme,NW-1101,dislike\n").unwrap();
+    concierge(data.path())
+        .args(["import", "events"])
+        .arg(&events)
+        .output()
+        .unwrap();
+    let picks = recommend(&[]);
+    assert!(
+        picks.iter().all(|pick| pick["item"] != "NW-1101"),
+        "{picks:?}"
+    );
+
+    let picks = recommend(&["--query", "running shoes under 100"]);
+    assert!(!picks.is_empty());
+    for pick in &picks {
+        assert!(pick["price"].as_f64().unwrap() <= 100.0, "{pick}");
+    }
+}

@@ -6,3 +6,4 @@ pub mod dataset;
 pub mod evaluate;
 pub mod import;
 pub mod models;
+pub mod ranker;
