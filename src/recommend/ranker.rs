@@ -308,7 +308,7 @@ impl Ranker {
         request: Option<&str>,
     ) -> Vec<Recommendation> {
         let mut ordered: Vec<&Event> = history.iter().collect();
-        ordered.sort_by(|a, b| b.ts_ms.cmp(&a.ts_ms));
+        ordered.sort_by_key(|event| std::cmp::Reverse(event.ts_ms));
         let mut excluded: HashSet<u32> = HashSet::new();
         let mut weights: HashMap<u32, f32> = HashMap::new();
         let mut recency_rank = 0usize;
