@@ -225,3 +225,221 @@ pub fn search(passages: usize, queries: usize) -> anyhow::Result<SearchFigures> 
         max_us: latencies.last().copied().unwrap_or_default(),
     })
 }
+
+/// Figures of the recommendation benchmark.
+#[derive(Debug, Serialize)]
+pub struct RecommendFigures {
+    /// Catalog size.
+    pub items: usize,
+    /// Customers with events.
+    pub users: usize,
+    /// Events.
+    pub events: usize,
+    /// Fitting the ranker (item-kNN at this size), seconds.
+    pub build_s: f64,
+    /// Resident memory before and after fitting, MiB.
+    pub rss_before_mib: f64,
+    /// Resident memory after fitting, MiB.
+    pub rss_after_mib: f64,
+    /// Top-10 for a customer from their history, median microseconds.
+    pub top10_p50_us: f64,
+    /// 99th percentile, microseconds.
+    pub top10_p99_us: f64,
+    /// Top-10 with a request text ("… under N"), median microseconds.
+    pub query_p50_us: f64,
+    /// 99th percentile, microseconds.
+    pub query_p99_us: f64,
+    /// Storing an event durably (sled flush) and answering the next query
+    /// with it, median milliseconds.
+    pub event_to_next_query_p50_ms: f64,
+    /// 99th percentile, milliseconds.
+    pub event_to_next_query_p99_ms: f64,
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmRSS:"))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn percentiles(mut values: Vec<f64>) -> (f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let at = |share: f64| {
+        let index = ((values.len() as f64 - 1.0) * share).round() as usize;
+        values.get(index).copied().unwrap_or_default()
+    };
+    (at(0.5), at(0.99))
+}
+
+/// A synthetic shop: `items` items in 1,000 taste groups, `users` customers
+/// with `events` events mostly inside their group, then timed queries.
+pub fn recommend(
+    items: usize,
+    users: usize,
+    events: usize,
+    queries: usize,
+) -> anyhow::Result<RecommendFigures> {
+    use crate::recommend::ranker::Ranker;
+    use crate::store::{CatalogItem, Event, EventKind, Store, RECORD_VERSION};
+
+    const WORDS: &[&str] = &[
+        "trail",
+        "road",
+        "running",
+        "shoe",
+        "jacket",
+        "rain",
+        "down",
+        "light",
+        "warm",
+        "tent",
+        "bag",
+        "bottle",
+        "lamp",
+        "watch",
+        "sock",
+        "pack",
+        "merino",
+        "waterproof",
+        "women",
+        "men",
+        "kids",
+        "ultra",
+        "winter",
+        "summer",
+        "camp",
+        "hike",
+        "climb",
+        "bike",
+        "swim",
+        "yoga",
+    ];
+    let groups = 1_000.min(items.max(1));
+    let mut random = Lcg(7);
+    let catalog: Vec<CatalogItem> = (0..items)
+        .map(|index| {
+            let title: Vec<&str> = (0..3).map(|_| WORDS[random.next(WORDS.len())]).collect();
+            CatalogItem {
+                v: RECORD_VERSION,
+                id: format!("I{index}"),
+                title: format!("{} {index}", title.join(" ")),
+                description: (0..8)
+                    .map(|_| WORDS[random.next(WORDS.len())])
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                category: format!("category-{}", index % 50),
+                tags: vec![WORDS[random.next(WORDS.len())].to_string()],
+                price: Some(5.0 + random.next(500) as f64),
+                currency: "EUR".into(),
+                url: String::new(),
+                in_stock: random.next(10) != 0,
+            }
+        })
+        .collect();
+    let per_group = items.div_ceil(groups);
+    let mut history: Vec<Vec<Event>> = vec![Vec::new(); users.max(1)];
+    let kinds = [
+        EventKind::View,
+        EventKind::Click,
+        EventKind::Cart,
+        EventKind::Purchase,
+        EventKind::Like,
+    ];
+    let mut all_events = Vec::with_capacity(events);
+    for index in 0..events {
+        let user = random.next(users.max(1));
+        let group = user % groups;
+        let item = if random.next(5) == 0 {
+            random.next(items)
+        } else {
+            (group + groups * random.next(per_group)).min(items - 1)
+        };
+        let event = Event {
+            v: RECORD_VERSION,
+            user: format!("U{user}"),
+            item: format!("I{item}"),
+            kind: kinds[random.next(kinds.len())],
+            ts_ms: index as u64,
+            value: None,
+        };
+        history[user].push(event.clone());
+        all_events.push(event);
+    }
+    let rss_before_mib = rss_mib();
+    let started = Instant::now();
+    let ranker = Ranker::build(catalog, &all_events)?;
+    let build_s = started.elapsed().as_secs_f64();
+    let rss_after_mib = rss_mib();
+    drop(all_events);
+
+    let mut plain = Vec::with_capacity(queries);
+    let mut asked = Vec::with_capacity(queries);
+    for _ in 0..queries {
+        let user = random.next(users.max(1));
+        let started = Instant::now();
+        ranker.recommend(&history[user], 10, None);
+        plain.push(started.elapsed().as_secs_f64() * 1e6);
+        let request = format!(
+            "{} {} under 200",
+            WORDS[random.next(WORDS.len())],
+            WORDS[random.next(WORDS.len())]
+        );
+        let started = Instant::now();
+        ranker.recommend(&history[user], 10, Some(&request));
+        asked.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    let (top10_p50_us, top10_p99_us) = percentiles(plain);
+    let (query_p50_us, query_p99_us) = percentiles(asked);
+
+    // An event stored durably, then the next query for that customer.
+    let dir =
+        std::env::temp_dir().join(format!("concierge-bench-recommend-{}", std::process::id()));
+    let store = Store::open(&dir)?;
+    let user = 0;
+    store.events_append(&history[user])?;
+    let mut fresh = Vec::new();
+    for trial in 0..100 {
+        let event = Event {
+            v: RECORD_VERSION,
+            user: "U0".into(),
+            item: format!("I{}", random.next(items)),
+            kind: EventKind::Dislike,
+            ts_ms: 10_000_000 + trial,
+            value: None,
+        };
+        let started = Instant::now();
+        store.events_append(std::slice::from_ref(&event))?;
+        store.flush_blocking()?;
+        let current = store.user_events("U0")?;
+        let picks = ranker.recommend(&current, 10, None);
+        fresh.push(started.elapsed().as_secs_f64() * 1e3);
+        anyhow::ensure!(
+            picks.iter().all(|pick| pick.item.id != event.item),
+            "a disliked item was still recommended"
+        );
+    }
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+    let (event_to_next_query_p50_ms, event_to_next_query_p99_ms) = percentiles(fresh);
+    Ok(RecommendFigures {
+        items,
+        users,
+        events,
+        build_s,
+        rss_before_mib,
+        rss_after_mib,
+        top10_p50_us,
+        top10_p99_us,
+        query_p50_us,
+        query_p99_us,
+        event_to_next_query_p50_ms,
+        event_to_next_query_p99_ms,
+    })
+}

@@ -203,6 +203,21 @@ enum BenchAction {
         #[arg(long, default_value_t = 64)]
         max_tokens: usize,
     },
+    /// Recommendation latency, freshness and memory on a synthetic shop (JSON)
+    Recommend {
+        /// Catalog size
+        #[arg(long, default_value_t = 100_000)]
+        items: usize,
+        /// Customers
+        #[arg(long, default_value_t = 100_000)]
+        users: usize,
+        /// Events
+        #[arg(long, default_value_t = 1_000_000)]
+        events: usize,
+        /// Timed queries
+        #[arg(long, default_value_t = 2_000)]
+        queries: usize,
+    },
     /// Knowledge-base search latency on a synthetic corpus (JSON)
     Search {
         /// Passages to index
@@ -360,6 +375,19 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
                 runs.max(1),
                 max_tokens,
             ))?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+            Ok(())
+        }
+        Command::Bench {
+            action:
+                BenchAction::Recommend {
+                    items,
+                    users,
+                    events,
+                    queries,
+                },
+        } => {
+            let figures = bench::recommend(items.max(1), users.max(1), events, queries.max(1))?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
             Ok(())
         }

@@ -1,6 +1,6 @@
 //! Collaborative rankers over a user's item history: popularity (the
 //! baseline), EASE (a linear item-item model with a closed-form solution,
-//! for catalogs up to a few tens of thousands of items) and item-based
+//! for catalogs up to a few thousand items) and item-based
 //! nearest neighbours (cosine over co-occurrence; sparse, for any size).
 
 use std::collections::HashMap;
@@ -17,6 +17,15 @@ pub trait Scorer: Send + Sync {
     /// Adds each item's score for a user who interacted with `history`
     /// (items with weights; recent ones may weigh more).
     fn score(&self, history: &[(u32, f32)], scores: &mut [f32]);
+    /// What one history item adds to another item's score (unweighted).
+    fn contribution(&self, _history_item: u32, _item: u32) -> f32 {
+        0.0
+    }
+    /// The items this model can score above zero for `history`, when that is
+    /// a small set (sparse models); `None` means every item.
+    fn reachable(&self, _history: &[(u32, f32)]) -> Option<Vec<u32>> {
+        None
+    }
 }
 
 /// Items by how many users interacted with them.
@@ -61,8 +70,9 @@ pub struct Ease {
 }
 
 impl Ease {
-    /// Largest catalog EASE is fitted for (a dense items² matrix).
-    pub const MAX_ITEMS: usize = 20_000;
+    /// Largest catalog EASE is fitted for: a dense items² matrix and an
+    /// items³ Cholesky inverse (seconds at a few thousand items).
+    pub const MAX_ITEMS: usize = 3_000;
 
     /// Fits with L2 strength `lambda`.
     pub fn fit(data: &UserItems, lambda: f64) -> anyhow::Result<Self> {
@@ -102,6 +112,12 @@ impl Ease {
 impl Scorer for Ease {
     fn name(&self) -> &'static str {
         "ease"
+    }
+    fn contribution(&self, history_item: u32, item: u32) -> f32 {
+        self.weights
+            .get(history_item as usize * self.items + item as usize)
+            .copied()
+            .unwrap_or(0.0)
     }
     fn score(&self, history: &[(u32, f32)], scores: &mut [f32]) {
         for &(h, strength) in history {
@@ -164,6 +180,21 @@ impl ItemKnn {
 impl Scorer for ItemKnn {
     fn name(&self) -> &'static str {
         "itemknn"
+    }
+    fn contribution(&self, history_item: u32, item: u32) -> f32 {
+        self.neighbours(history_item)
+            .iter()
+            .find(|(other, _)| *other == item)
+            .map_or(0.0, |(_, similarity)| *similarity)
+    }
+    fn reachable(&self, history: &[(u32, f32)]) -> Option<Vec<u32>> {
+        let mut items: Vec<u32> = history
+            .iter()
+            .flat_map(|&(h, _)| self.neighbours(h).iter().map(|&(j, _)| j))
+            .collect();
+        items.sort_unstable();
+        items.dedup();
+        Some(items)
     }
     fn score(&self, history: &[(u32, f32)], scores: &mut [f32]) {
         for &(h, strength) in history {

@@ -145,11 +145,20 @@ fn trailing_number(text: &str) -> Option<(f64, usize)> {
     Some((value, start))
 }
 
-/// Sparse L2-normalised TF-IDF vectors of the catalog text.
+/// Sparse L2-normalised TF-IDF vectors of the catalog text, with postings
+/// to find the items that share a term.
 struct ContentIndex {
     idf: HashMap<String, f32>,
     vectors: Vec<HashMap<String, f32>>,
+    postings: HashMap<String, Vec<u32>>,
 }
+
+/// Terms of a query or profile used to find candidates in a large catalog.
+const CANDIDATE_TERMS: usize = 8;
+/// Items taken from one term's postings (the rarest terms matter most).
+const CANDIDATES_PER_TERM: usize = 500;
+/// The most popular items, always candidates.
+const POPULAR_CANDIDATES: usize = 200;
 
 impl ContentIndex {
     fn build(items: &[CatalogItem]) -> Self {
@@ -179,11 +188,33 @@ impl ContentIndex {
             .into_iter()
             .map(|(term, frequency)| (term, (1.0 + count / frequency).ln()))
             .collect();
-        let vectors = documents
+        let vectors: Vec<HashMap<String, f32>> = documents
             .iter()
             .map(|terms| Self::vector(&idf, terms))
             .collect();
-        Self { idf, vectors }
+        let mut postings: HashMap<String, Vec<u32>> = HashMap::new();
+        for (item, vector) in vectors.iter().enumerate() {
+            for term in vector.keys() {
+                postings.entry(term.clone()).or_default().push(item as u32);
+            }
+        }
+        Self {
+            idf,
+            vectors,
+            postings,
+        }
+    }
+
+    /// Items sharing one of the vector's strongest terms.
+    fn matching(&self, vector: &HashMap<String, f32>) -> Vec<u32> {
+        let mut terms: Vec<(&String, &f32)> = vector.iter().collect();
+        terms.sort_by(|a, b| b.1.total_cmp(a.1).then(a.0.cmp(b.0)));
+        terms
+            .into_iter()
+            .take(CANDIDATE_TERMS)
+            .filter_map(|(term, _)| self.postings.get(term))
+            .flat_map(|items| items.iter().take(CANDIDATES_PER_TERM).copied())
+            .collect()
     }
 
     fn vector(idf: &HashMap<String, f32>, terms: &[String]) -> HashMap<String, f32> {
@@ -249,6 +280,7 @@ pub struct Ranker {
     index: HashMap<String, u32>,
     collaborative: Box<dyn Scorer>,
     popularity: Vec<f32>,
+    popular: Vec<u32>,
     content: ContentIndex,
 }
 
@@ -283,13 +315,21 @@ impl Ranker {
         };
         let counts = Popularity::fit(&data).counts().to_vec();
         let most = counts.iter().copied().fold(0.0f32, f32::max).max(1.0);
-        let popularity = counts.iter().map(|count| count / most).collect();
+        let popularity: Vec<f32> = counts.iter().map(|count| count / most).collect();
+        let mut popular: Vec<u32> = (0..items.len() as u32).collect();
+        popular.sort_by(|a, b| {
+            popularity[*b as usize]
+                .total_cmp(&popularity[*a as usize])
+                .then(a.cmp(b))
+        });
+        popular.truncate(POPULAR_CANDIDATES);
         let content = ContentIndex::build(&items);
         Ok(Self {
             items,
             index,
             collaborative,
             popularity,
+            popular,
             content,
         })
     }
@@ -346,7 +386,20 @@ impl Ranker {
         let query = self.content.query(&wish.text);
         let has_history = !weighted.is_empty();
 
-        let candidates: Vec<u32> = (0..self.items.len() as u32)
+        let pool: Vec<u32> = match self.collaborative.reachable(&weighted) {
+            // Large catalogs: only items some signal can reach.
+            Some(mut pool) => {
+                pool.extend(self.content.matching(&query));
+                pool.extend(self.content.matching(&profile));
+                pool.extend(self.popular.iter().copied());
+                pool.sort_unstable();
+                pool.dedup();
+                pool
+            }
+            None => (0..self.items.len() as u32).collect(),
+        };
+        let candidates: Vec<u32> = pool
+            .into_iter()
             .filter(|candidate| {
                 let item = &self.items[*candidate as usize];
                 item.in_stock
@@ -417,9 +470,10 @@ impl Ranker {
         history
             .iter()
             .map(|&(item, weight)| {
-                let mut scores = vec![0.0f32; self.items.len()];
-                self.collaborative.score(&[(item, weight)], &mut scores);
-                (item, scores[candidate as usize])
+                (
+                    item,
+                    weight * self.collaborative.contribution(item, candidate),
+                )
             })
             .filter(|(_, contribution)| *contribution > 0.0)
             .max_by(|a, b| a.1.total_cmp(&b.1))
