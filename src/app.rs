@@ -25,6 +25,7 @@ use crate::health::{ComponentState, Health};
 use crate::knowledge::{self, KnowledgeBase};
 use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::prompts::Prompts;
+use crate::recommend::ranker::SharedRanker;
 use crate::router::{self, InFlight};
 use crate::store::Store;
 use crate::{channels, models, operator};
@@ -138,6 +139,40 @@ pub fn load_ranker(
     crate::recommend::ranker::Ranker::build(items, &events)
 }
 
+async fn load_ranker_async(config: &Config, store: &Store) -> anyhow::Result<Arc<SharedRanker>> {
+    let (config, store) = (config.clone(), store.clone());
+    let ranker = tokio::task::spawn_blocking(move || load_ranker(&config, &store))
+        .await
+        .context("recommender task failed")??;
+    Ok(Arc::new(SharedRanker::new(ranker)))
+}
+
+/// Refits the item-item model every `recommend.retrain_minutes`, off the
+/// request path; customers' own events count at once without it.
+async fn refit_periodically(
+    config: Config,
+    store: Store,
+    shared: Arc<SharedRanker>,
+    stop: CancellationToken,
+) {
+    let period = Duration::from_secs(config.recommend.retrain_minutes * 60);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let (config, store) = (config.clone(), store.clone());
+        match tokio::task::spawn_blocking(move || load_ranker(&config, &store)).await {
+            Ok(Ok(ranker)) => {
+                shared.replace(ranker);
+                tracing::info!("recommender refitted");
+            }
+            Ok(Err(err)) => tracing::warn!("recommender refit failed: {err:#}"),
+            Err(err) => tracing::warn!("recommender refit task failed: {err}"),
+        }
+    }
+}
+
 async fn load_knowledge_async(
     config: &Config,
     store: &Store,
@@ -159,6 +194,8 @@ pub struct Parts {
     pub prompts: Prompts,
     /// The knowledge base.
     pub knowledge: Option<Arc<KnowledgeBase>>,
+    /// The recommender.
+    pub recommender: Option<Arc<SharedRanker>>,
 }
 
 /// Builds the pipeline for `adapters`.
@@ -180,6 +217,7 @@ pub fn pipeline(
         settings: pipeline_settings(config),
         cancel,
         knowledge: parts.knowledge,
+        recommender: parts.recommender,
     })
 }
 
@@ -192,6 +230,7 @@ pub async fn chat(
     let store = open_store(config).await?;
     let prompts = Prompts::load(&config.chat.prompts_dir)?;
     let knowledge = load_knowledge_async(config, &store).await?;
+    let recommender = load_ranker_async(config, &store).await?;
     let llm = build_engine(config).await?;
     eprintln!(
         "concierge: ready ({}). Type a message; /help for commands.",
@@ -206,6 +245,7 @@ pub async fn chat(
             llm,
             prompts,
             knowledge: Some(knowledge),
+            recommender: Some(recommender),
         },
         std::slice::from_ref(&console),
         cancel.clone(),
@@ -246,6 +286,7 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
     health.set_store(ComponentState::Ready);
     let prompts = Prompts::load(&config.chat.prompts_dir)?;
     let knowledge = load_knowledge_async(config, &store).await?;
+    let recommender = load_ranker_async(config, &store).await?;
 
     let api_stop = CancellationToken::new();
     let mut api_task = None;
@@ -304,10 +345,17 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
             llm,
             prompts,
             knowledge: Some(knowledge),
+            recommender: Some(Arc::clone(&recommender)),
         },
         &adapters,
         reply_cancel.clone(),
     );
+    let refit = tokio::spawn(refit_periodically(
+        config.clone(),
+        store.clone(),
+        recommender,
+        intake_stop.clone(),
+    ));
     let (sink, inbound) = mpsc::channel(INBOUND_BUFFER);
     let in_flight = InFlight::default();
     let router_task = tokio::spawn(router::run(inbound, pipeline, in_flight.clone()));
@@ -347,6 +395,7 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
             router_task.abort();
         }
     }
+    refit.abort();
     store
         .flush()
         .await

@@ -47,6 +47,8 @@ pub struct RecommendConfig {
     pub demo: bool,
     /// Where the demo catalog is.
     pub demo_catalog: PathBuf,
+    /// Minutes between background refits of the item-item model.
+    pub retrain_minutes: u64,
 }
 
 /// `[knowledge]`
@@ -380,6 +382,7 @@ impl Reader<'_> {
         let recommend = RecommendConfig {
             demo: self.boolean("recommend", "demo", true),
             demo_catalog: self.path("recommend", "demo_catalog", "config/demo/catalog.csv"),
+            retrain_minutes: self.integer("recommend", "retrain_minutes", 10, 1..=10_080) as u64,
         };
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&log.level) {
             self.issue("log.level", format!("not a valid filter: {err}"));

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use concierge_adapter::{Adapter, DeltaStream, Inbound, InboundContent, Outbound};
+use concierge_adapter::{Adapter, Choice, DeltaStream, Inbound, InboundContent, Outbound};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -19,8 +19,9 @@ use crate::engine::{ChatRequest, EngineError, Llm, Sampling, StreamEvent};
 use crate::knowledge::{answer, Hit, KnowledgeBase};
 use crate::language;
 use crate::prompts::{Locale, Prompts, Template};
+use crate::recommend::ranker::{Recommendation, SharedRanker};
 use crate::session;
-use crate::store::{Customer, Role, SourceRef, Store};
+use crate::store::{Customer, Event, EventKind, Role, SourceRef, Store};
 use crate::telemetry;
 
 /// History messages read per reply before the token budget trims them.
@@ -61,6 +62,8 @@ pub struct Pipeline {
     pub cancel: CancellationToken,
     /// The knowledge base answers are grounded in, if any.
     pub knowledge: Option<Arc<KnowledgeBase>>,
+    /// The recommender, if a catalog is loaded.
+    pub recommender: Option<Arc<SharedRanker>>,
 }
 
 /// What a command does.
@@ -68,6 +71,7 @@ enum Command {
     Start,
     Help,
     Reset,
+    Recommend(String),
     Unknown(String),
 }
 
@@ -80,8 +84,26 @@ fn parse_command(text: &str) -> Option<Command> {
         "start" => Command::Start,
         "help" => Command::Help,
         "reset" => Command::Reset,
+        "recommend" => Command::Recommend(
+            text.trim()
+                .split_once(char::is_whitespace)
+                .map_or_else(String::new, |(_, rest)| rest.trim().to_string()),
+        ),
         _ => Command::Unknown(word.to_string()),
     })
+}
+
+/// Whether free text asks for recommendations ("recommend me …", "推荐").
+fn asks_for_recommendation(text: &str) -> bool {
+    let lowered = text.to_lowercase();
+    ["recommend", "suggest", "推荐", "建议买"]
+        .iter()
+        .any(|marker| lowered.contains(marker))
+}
+
+/// The key of a chat customer in interaction events.
+pub fn event_user(customer: &Customer) -> String {
+    format!("customer:{}", customer.id)
 }
 
 /// Removes control characters (but newlines and tabs) and cuts the text to
@@ -141,10 +163,7 @@ impl Pipeline {
         let started = Instant::now();
         let raw = match &inbound.content {
             InboundContent::Text(text) => text.as_str(),
-            InboundContent::Choice { id } => {
-                tracing::debug!(%id, "choice with no handler yet");
-                return Ok(());
-            }
+            InboundContent::Choice { id } => return self.handle_choice(inbound, adapter, id).await,
         };
         let (text, was_cut) = sanitize(raw, self.settings.max_message_chars);
         if text.is_empty() {
@@ -173,6 +192,32 @@ impl Pipeline {
         if customer.locale != Some(locale) {
             customer.locale = Some(locale);
             self.store.update_customer(&customer)?;
+        }
+        if let Some(Command::Recommend(request)) = &command {
+            return self
+                .recommend(
+                    &customer,
+                    inbound,
+                    adapter,
+                    &text,
+                    Some(request.as_str()),
+                    locale,
+                    started,
+                )
+                .await;
+        }
+        if command.is_none() && self.recommender.is_some() && asks_for_recommendation(&text) {
+            return self
+                .recommend(
+                    &customer,
+                    inbound,
+                    adapter,
+                    &text,
+                    Some(text.as_str()),
+                    locale,
+                    started,
+                )
+                .await;
         }
         if let Some(command) = command {
             let reply = self
@@ -217,6 +262,8 @@ impl Pipeline {
                 self.store.flush().await?;
                 self.prompts.text(locale, Template::Reset).to_string()
             }
+            // Handled before commands that only reply with text.
+            Command::Recommend(_) => String::new(),
             Command::Unknown(word) => {
                 self.prompts
                     .render(locale, Template::UnknownCommand, &[("command", &word)])
@@ -404,6 +451,267 @@ impl Pipeline {
             .unwrap_or_default())
     }
 
+    /// Replies with catalog items for the customer, each with a reason and
+    /// buttons (👍, 👎, details) that come back as choices.
+    #[allow(clippy::too_many_arguments)]
+    async fn recommend(
+        &self,
+        customer: &Customer,
+        inbound: &Inbound,
+        adapter: &dyn Adapter,
+        text: &str,
+        request: Option<&str>,
+        locale: Locale,
+        started: Instant,
+    ) -> anyhow::Result<()> {
+        let chat = &inbound.conversation;
+        let conversation =
+            self.store
+                .current_conversation(customer.id, &chat.platform, &chat.chat_id)?;
+        self.store
+            .append_message(conversation.id, Role::User, text)?;
+        self.store.flush().await?;
+        let Some(recommender) = &self.recommender else {
+            let reply = self
+                .prompts
+                .text(locale, Template::RecommendNone)
+                .to_string();
+            send_split(adapter, chat, &reply).await?;
+            return Ok(());
+        };
+        let history = self.store.user_events(&event_user(customer))?;
+        let request = request.filter(|request| !request.trim().is_empty());
+        let picks = recommender
+            .current()
+            .recommend(&history, RECOMMENDATIONS, request);
+        if picks.is_empty() {
+            let reply = self
+                .prompts
+                .text(locale, Template::RecommendNone)
+                .to_string();
+            send_split(adapter, chat, &reply).await?;
+            self.store
+                .append_message(conversation.id, Role::Assistant, &reply)?;
+            self.store.flush().await?;
+            return Ok(());
+        }
+        let intro = self
+            .prompts
+            .text(locale, Template::RecommendIntro)
+            .to_string();
+        adapter
+            .send(Outbound::text(chat.clone(), intro.clone()))
+            .await?;
+        let mut transcript = vec![intro];
+        for (number, pick) in picks.iter().enumerate() {
+            let reason = self.reason(pick, request, locale).await;
+            let item = &pick.item;
+            let text = format!(
+                "{}. {} — {}\n{}\n{}",
+                number + 1,
+                item.title,
+                price_text(item),
+                item.url,
+                reason
+            );
+            let choices = vec![
+                Choice {
+                    id: format!("rec:like:{}", item.id),
+                    label: "👍".into(),
+                },
+                Choice {
+                    id: format!("rec:dislike:{}", item.id),
+                    label: "👎".into(),
+                },
+                Choice {
+                    id: format!("rec:details:{}", item.id),
+                    label: "details".into(),
+                },
+            ];
+            adapter
+                .send(Outbound {
+                    conversation: chat.clone(),
+                    text: text.clone(),
+                    choices,
+                })
+                .await?;
+            transcript.push(text);
+        }
+        self.store
+            .append_message(conversation.id, Role::Assistant, &transcript.join("\n"))?;
+        self.store.flush().await?;
+        telemetry::reply_delivered(&chat.platform, "recommend", started.elapsed());
+        Ok(())
+    }
+
+    /// A one-line reason for a recommendation: written by the model from the
+    /// item's data and the customer's history, kept only if it sticks to
+    /// them; otherwise a template chosen by the strongest signal.
+    async fn reason(&self, pick: &Recommendation, request: Option<&str>, locale: Locale) -> String {
+        let item = &pick.item;
+        let history = pick.because_of.clone().unwrap_or_default();
+        let request_text = request.unwrap_or_default();
+        let prompt = self.prompts.render(
+            locale,
+            Template::RecommendReason,
+            &[
+                ("title", &item.title),
+                ("description", &item.description),
+                ("category", &item.category),
+                ("history", &history),
+                ("request", request_text),
+            ],
+        );
+        let facts = Hit {
+            doc: item.id.clone(),
+            title: item.title.clone(),
+            passage: format!(
+                "{} {} {} {} {} {history} {request_text}",
+                item.description,
+                item.category.replace('-', " "),
+                item.tags.join(" "),
+                price_text(item),
+                item.url
+            ),
+            score: 0.0,
+            passage_index: 0,
+            is_faq: false,
+        };
+        if let Some(written) = self.complete(locale, &prompt, REASON_TOKENS).await {
+            let sentence = written
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            if answer::faithful(&sentence, std::slice::from_ref(&facts)) {
+                return sentence;
+            }
+        }
+        let signals = &pick.signals;
+        let template = if let Some(because) = pick
+            .because_of
+            .as_deref()
+            .filter(|_| signals.collaborative > 0.0)
+        {
+            return self
+                .prompts
+                .render(locale, Template::ReasonAlsoBought, &[("item", because)])
+                .trim()
+                .to_string();
+        } else if signals.query > 0.0 {
+            return self
+                .prompts
+                .render(
+                    locale,
+                    Template::ReasonMatches,
+                    &[("request", request_text)],
+                )
+                .trim()
+                .to_string();
+        } else if signals.content > 0.0 {
+            Template::ReasonSimilar
+        } else {
+            Template::ReasonPopular
+        };
+        self.prompts.text(locale, template).trim().to_string()
+    }
+
+    /// Runs the model on one prompt (no history) to the end, or `None`.
+    async fn complete(&self, locale: Locale, prompt: &str, max_tokens: usize) -> Option<String> {
+        let request = ChatRequest {
+            messages: vec![
+                crate::engine::ChatMessage::new(
+                    crate::engine::ChatRole::System,
+                    self.prompts.text(locale, Template::System),
+                ),
+                crate::engine::ChatMessage::new(crate::engine::ChatRole::User, prompt),
+            ],
+            sampling: Sampling {
+                max_tokens,
+                ..self.settings.sampling
+            },
+        };
+        let mut events = self
+            .llm
+            .stream_chat(request, self.cancel.child_token())
+            .await
+            .ok()?;
+        let mut text = String::new();
+        while let Some(event) = events.recv().await {
+            match event {
+                Ok(StreamEvent::Delta(delta)) => text.push_str(&delta),
+                Ok(StreamEvent::Done(_)) => break,
+                Err(err) => {
+                    tracing::debug!("reason generation failed: {err}");
+                    return None;
+                }
+            }
+        }
+        Some(text)
+    }
+
+    /// A button under a recommendation: stores the event and answers.
+    async fn handle_choice(
+        &self,
+        inbound: &Inbound,
+        adapter: &dyn Adapter,
+        id: &str,
+    ) -> anyhow::Result<()> {
+        let mut parts = id.splitn(3, ':');
+        let (Some("rec"), Some(action), Some(item_id)) = (parts.next(), parts.next(), parts.next())
+        else {
+            tracing::debug!(%id, "unknown choice");
+            return Ok(());
+        };
+        let kind = match action {
+            "like" => EventKind::Like,
+            "dislike" => EventKind::Dislike,
+            "details" => EventKind::Click,
+            _ => return Ok(()),
+        };
+        let sender = &inbound.sender;
+        let customer = self.store.customer_for_identity(
+            &sender.platform,
+            &sender.user_id,
+            sender.display_name.as_deref(),
+        )?;
+        let locale = customer.locale.unwrap_or(self.settings.default_locale);
+        let Some(item) = self.store.catalog_item(item_id)? else {
+            return Ok(());
+        };
+        self.store.events_append(&[Event {
+            v: crate::store::RECORD_VERSION,
+            user: event_user(&customer),
+            item: item.id.clone(),
+            kind,
+            ts_ms: crate::store::now_ms(),
+            value: None,
+        }])?;
+        self.store.flush().await?;
+        let reply = match kind {
+            EventKind::Like => {
+                self.prompts
+                    .render(locale, Template::FeedbackLike, &[("title", &item.title)])
+            }
+            EventKind::Dislike => {
+                self.prompts
+                    .render(locale, Template::FeedbackDislike, &[("title", &item.title)])
+            }
+            _ => self.prompts.render(
+                locale,
+                Template::ItemDetails,
+                &[
+                    ("title", &item.title),
+                    ("description", &item.description),
+                    ("price", &price_text(&item)),
+                    ("url", &item.url),
+                ],
+            ),
+        };
+        send_split(adapter, &inbound.conversation, reply.trim()).await
+    }
+
     /// Streams a model reply to `prompt` and returns what was delivered.
     async fn generate(
         &self,
@@ -473,6 +781,19 @@ impl Pipeline {
             tracing::error!("engine error: {err}");
         }
         Ok(delivered)
+    }
+}
+
+/// Items per recommendation reply.
+const RECOMMENDATIONS: usize = 5;
+/// Tokens for a one-line recommendation reason.
+const REASON_TOKENS: usize = 40;
+
+/// "89.95 EUR", or "-" for an item without a price.
+fn price_text(item: &crate::store::CatalogItem) -> String {
+    match item.price {
+        Some(price) => format!("{price:.2} {}", item.currency).trim().to_string(),
+        None => "-".to_string(),
     }
 }
 

@@ -74,11 +74,31 @@ pub enum Template {
     FaqAnswer,
     /// The documents do not answer; offers a person.
     NotFound,
+    /// Introduces recommended items.
+    RecommendIntro,
+    /// No catalog item fits the request.
+    RecommendNone,
+    /// Reason: customers who liked `{item}` chose it.
+    ReasonAlsoBought,
+    /// Reason: it matches `{request}`.
+    ReasonMatches,
+    /// Reason: similar to the customer's history.
+    ReasonSimilar,
+    /// Reason: popular.
+    ReasonPopular,
+    /// Asks the model for a one-line reason; `{title}`, `{description}`, `{category}`, `{history}`, `{request}`.
+    RecommendReason,
+    /// After 👍; `{title}`.
+    FeedbackLike,
+    /// After 👎; `{title}`.
+    FeedbackDislike,
+    /// An item's details; `{title}`, `{description}`, `{price}`, `{url}`.
+    ItemDetails,
 }
 
 impl Template {
     /// Every template.
-    pub const ALL: [Template; 11] = [
+    pub const ALL: [Template; 21] = [
         Template::System,
         Template::Start,
         Template::Help,
@@ -90,6 +110,16 @@ impl Template {
         Template::SourceLine,
         Template::FaqAnswer,
         Template::NotFound,
+        Template::RecommendIntro,
+        Template::RecommendNone,
+        Template::ReasonAlsoBought,
+        Template::ReasonMatches,
+        Template::ReasonSimilar,
+        Template::ReasonPopular,
+        Template::RecommendReason,
+        Template::FeedbackLike,
+        Template::FeedbackDislike,
+        Template::ItemDetails,
     ];
 
     /// File name under the locale directory.
@@ -106,6 +136,16 @@ impl Template {
             Self::SourceLine => "source_line.txt",
             Self::FaqAnswer => "faq_answer.txt",
             Self::NotFound => "not_found.txt",
+            Self::RecommendIntro => "recommend_intro.txt",
+            Self::RecommendNone => "recommend_none.txt",
+            Self::ReasonAlsoBought => "reason_also_bought.txt",
+            Self::ReasonMatches => "reason_matches.txt",
+            Self::ReasonSimilar => "reason_similar.txt",
+            Self::ReasonPopular => "reason_popular.txt",
+            Self::RecommendReason => "recommend_reason.txt",
+            Self::FeedbackLike => "feedback_like.txt",
+            Self::FeedbackDislike => "feedback_dislike.txt",
+            Self::ItemDetails => "item_details.txt",
         }
     }
 
@@ -130,6 +170,16 @@ impl Template {
             Self::SourceLine => both!("source_line.txt"),
             Self::FaqAnswer => both!("faq_answer.txt"),
             Self::NotFound => both!("not_found.txt"),
+            Self::RecommendIntro => both!("recommend_intro.txt"),
+            Self::RecommendNone => both!("recommend_none.txt"),
+            Self::ReasonAlsoBought => both!("reason_also_bought.txt"),
+            Self::ReasonMatches => both!("reason_matches.txt"),
+            Self::ReasonSimilar => both!("reason_similar.txt"),
+            Self::ReasonPopular => both!("reason_popular.txt"),
+            Self::RecommendReason => both!("recommend_reason.txt"),
+            Self::FeedbackLike => both!("feedback_like.txt"),
+            Self::FeedbackDislike => both!("feedback_dislike.txt"),
+            Self::ItemDetails => both!("item_details.txt"),
         }
     }
 }

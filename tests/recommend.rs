@@ -185,3 +185,87 @@ fn recommend_prints_catalog_items_and_follows_new_events_at_once() {
         assert!(pick["price"].as_f64().unwrap() <= 100.0, "{pick}");
     }
 }
+
+#[tokio::test]
+async fn chat_recommendations_show_catalog_facts_and_a_dislike_sticks() {
+    use std::sync::Arc;
+
+    use concierge::recommend::ranker::{Ranker, SharedRanker};
+    use support::{choice, harness, message, run_messages, settings};
+
+    let data = tempfile::tempdir().unwrap();
+    // The scripted model invents a price in every reason: it must not show.
+    let mut harness = harness(
+        data.path(),
+        "default_reply = \"A bargain at only 1.99 EUR from cheapshoes.example!\"\n",
+        settings(2048, 256),
+    );
+    let catalog = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo/catalog.csv");
+    concierge::recommend::import::catalog(&harness.store, &catalog).unwrap();
+    let ranker = Ranker::build(harness.store.catalog_items().unwrap(), &[]).unwrap();
+    Arc::get_mut(&mut harness.pipeline).unwrap().recommender =
+        Some(Arc::new(SharedRanker::new(ranker)));
+
+    run_messages(
+        &harness,
+        vec![message("eve", "Can you recommend running shoes under 100?")],
+    )
+    .await;
+    let first = harness.channel.delivered.lock().unwrap().clone();
+    let items: Vec<_> = first
+        .iter()
+        .filter(|delivered| !delivered.choices.is_empty())
+        .collect();
+    assert!((3..=5).contains(&items.len()), "{first:?}");
+    for delivered in &items {
+        let id = delivered.choices[1]
+            .id
+            .strip_prefix("rec:dislike:")
+            .unwrap();
+        let item = harness.store.catalog_item(id).unwrap().unwrap();
+        assert!(delivered.text.contains(&item.title));
+        assert!(delivered
+            .text
+            .contains(&format!("{:.2} EUR", item.price.unwrap())));
+        assert!(item.price.unwrap() <= 100.0);
+        assert!(delivered.text.contains(&item.url));
+        assert!(
+            !delivered.text.contains("1.99") && !delivered.text.contains("cheapshoes"),
+            "{}",
+            delivered.text
+        );
+        let labels: Vec<&str> = delivered.choices.iter().map(|c| c.label.as_str()).collect();
+        assert_eq!(labels, ["👍", "👎", "details"]);
+    }
+    let disliked = items[0].choices[1].id.clone();
+    let disliked_item = disliked.strip_prefix("rec:dislike:").unwrap().to_string();
+
+    run_messages(
+        &harness,
+        vec![
+            choice("eve", &disliked),
+            message("eve", "/recommend running shoes under 100"),
+        ],
+    )
+    .await;
+    let all = harness.channel.delivered.lock().unwrap().clone();
+    let after: Vec<_> = all[first.len()..].to_vec();
+    assert!(after[0].text.contains("won't suggest"), "{}", after[0].text);
+    let shown: Vec<String> = after
+        .iter()
+        .filter(|delivered| !delivered.choices.is_empty())
+        .map(|delivered| delivered.choices[0].id.clone())
+        .collect();
+    assert!(!shown.is_empty());
+    assert!(
+        shown.iter().all(|id| !id.ends_with(&disliked_item)),
+        "{shown:?}"
+    );
+    let customer = harness.store.find_customer("test", "eve").unwrap().unwrap();
+    let events = harness
+        .store
+        .user_events(&concierge::pipeline::event_user(&customer))
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, EventKind::Dislike);
+}

@@ -512,6 +512,30 @@ fn diversify<'a>(
     chosen
 }
 
+/// The ranker in use, replaced whole when a background refit finishes.
+pub struct SharedRanker(std::sync::RwLock<std::sync::Arc<Ranker>>);
+
+impl SharedRanker {
+    /// Starts with `ranker`.
+    pub fn new(ranker: Ranker) -> Self {
+        Self(std::sync::RwLock::new(std::sync::Arc::new(ranker)))
+    }
+    /// The current ranker.
+    pub fn current(&self) -> std::sync::Arc<Ranker> {
+        match self.0.read() {
+            Ok(guard) => std::sync::Arc::clone(&guard),
+            Err(poisoned) => std::sync::Arc::clone(&poisoned.into_inner()),
+        }
+    }
+    /// Swaps in a freshly fitted ranker.
+    pub fn replace(&self, ranker: Ranker) {
+        match self.0.write() {
+            Ok(mut guard) => *guard = std::sync::Arc::new(ranker),
+            Err(poisoned) => *poisoned.into_inner() = std::sync::Arc::new(ranker),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

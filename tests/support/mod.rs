@@ -33,6 +33,8 @@ pub struct Delivered {
     pub chat_id: String,
     /// Full text.
     pub text: String,
+    /// Buttons under it.
+    pub choices: Vec<concierge_adapter::Choice>,
     /// When it completed.
     pub at: Instant,
 }
@@ -54,10 +56,11 @@ impl RecordingChannel {
             .collect()
     }
 
-    fn record(&self, chat_id: &str, text: String) {
+    fn record(&self, chat_id: &str, text: String, choices: Vec<concierge_adapter::Choice>) {
         self.delivered.lock().unwrap().push(Delivered {
             chat_id: chat_id.to_string(),
             text,
+            choices,
             at: Instant::now(),
         });
     }
@@ -83,7 +86,7 @@ impl Adapter for RecordingChannel {
         Ok(())
     }
     async fn send(&self, message: Outbound) -> Result<SentMessage, AdapterError> {
-        self.record(&message.conversation.chat_id, message.text);
+        self.record(&message.conversation.chat_id, message.text, message.choices);
         Ok(SentMessage {
             conversation: message.conversation,
             message_id: "1".into(),
@@ -95,7 +98,7 @@ impl Adapter for RecordingChannel {
         deltas: DeltaStream,
     ) -> Result<String, AdapterError> {
         let text = collect_stream(deltas).await;
-        self.record(&conversation.chat_id, text.clone());
+        self.record(&conversation.chat_id, text.clone(), Vec::new());
         Ok(text)
     }
 }
@@ -117,6 +120,13 @@ pub fn message(user: &str, text: &str) -> Inbound {
         message_id: None,
         received_at: SystemTime::now(),
     }
+}
+
+/// A button press from `user` in their private chat.
+pub fn choice(user: &str, id: &str) -> Inbound {
+    let mut inbound = message(user, "");
+    inbound.content = InboundContent::Choice { id: id.into() };
+    inbound
 }
 
 /// An in-process pipeline over a store in `data_dir`.
@@ -157,6 +167,7 @@ pub fn harness(data_dir: &Path, script: &str, settings: PipelineSettings) -> Har
         settings,
         cancel: CancellationToken::new(),
         knowledge: None,
+        recommender: None,
     });
     Harness {
         pipeline,
