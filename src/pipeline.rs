@@ -19,7 +19,7 @@ use crate::engine::{ChatRequest, EngineError, Llm, Sampling, StreamEvent};
 use crate::knowledge::{answer, Hit, KnowledgeBase};
 use crate::language;
 use crate::prompts::{Locale, Prompts, Template};
-use crate::recommend::ranker::{Recommendation, SharedRanker};
+use crate::recommend::ranker::{subject, Recommendation, SharedRanker};
 use crate::session;
 use crate::store::{Customer, Event, EventKind, Role, SourceRef, Store};
 use crate::telemetry;
@@ -504,7 +504,9 @@ impl Pipeline {
             .await?;
         let mut transcript = vec![intro];
         for (number, pick) in picks.iter().enumerate() {
-            let reason = self.reason(pick, request, locale).await;
+            let reason = self
+                .reason(pick, request.map(subject).as_deref(), locale)
+                .await;
             let item = &pick.item;
             let text = format!(
                 "{}. {} — {}\n{}\n{}",
@@ -514,20 +516,25 @@ impl Pipeline {
                 item.url,
                 reason
             );
-            let choices = vec![
-                Choice {
-                    id: format!("rec:like:{}", item.id),
-                    label: "👍".into(),
-                },
-                Choice {
-                    id: format!("rec:dislike:{}", item.id),
-                    label: "👎".into(),
-                },
-                Choice {
-                    id: format!("rec:details:{}", item.id),
-                    label: "details".into(),
-                },
-            ];
+            // Channels without buttons (the console) get none to misread.
+            let choices = if adapter.capabilities().buttons {
+                vec![
+                    Choice {
+                        id: format!("rec:like:{}", item.id),
+                        label: "👍".into(),
+                    },
+                    Choice {
+                        id: format!("rec:dislike:{}", item.id),
+                        label: "👎".into(),
+                    },
+                    Choice {
+                        id: format!("rec:details:{}", item.id),
+                        label: "details".into(),
+                    },
+                ]
+            } else {
+                Vec::new()
+            };
             adapter
                 .send(Outbound {
                     conversation: chat.clone(),

@@ -54,9 +54,10 @@ pub struct Wish {
 }
 
 impl Wish {
-    /// Parses "running shoes under 100", "100元以下的跑鞋", "below €50".
+    /// Parses "running shoes under 100", "100元以下的跑鞋", "below €50";
+    /// words that only ask for a recommendation are dropped.
     pub fn parse(query: &str) -> Self {
-        let lowered = query.to_lowercase();
+        let lowered = subject(query);
         let mut max_price = None;
         let mut text = lowered.clone();
         const BEFORE: &[&str] = &[
@@ -98,6 +99,44 @@ impl Wish {
         }
         Self { text, max_price }
     }
+}
+
+/// The request without the words that only ask ("can you recommend me …").
+pub fn subject(request: &str) -> String {
+    const ASKING: &[&str] = &[
+        "can you",
+        "could you",
+        "would you",
+        "please",
+        "recommend",
+        "suggest",
+        "i need",
+        "i want",
+        "looking for",
+        "some",
+        "any",
+        "推荐",
+        "给我",
+        "一下",
+        "一些",
+        "请",
+        "帮我",
+        "我想要",
+        "我要",
+    ];
+    let mut text = format!(
+        " {} ",
+        request.to_lowercase().replace(['?', '!', '？', '！'], " ")
+    );
+    for phrase in ASKING {
+        text = text.replace(phrase, " ");
+    }
+    for word in [" me ", " a ", " an ", " for ", " to ", " i "] {
+        while text.contains(word) {
+            text = text.replace(word, " ");
+        }
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// A number at the start of `text` (after spaces and a currency sign), and
@@ -452,9 +491,15 @@ impl Ranker {
             })
             .collect();
         scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        let chosen = diversify(&scored, k, |candidate| {
-            self.items[candidate as usize].category.as_str()
-        });
+        // A request names what the customer wants: mixing categories then
+        // only dilutes it.
+        let chosen = if query.is_empty() {
+            diversify(&scored, k, |candidate| {
+                self.items[candidate as usize].category.as_str()
+            })
+        } else {
+            scored.into_iter().take(k).collect()
+        };
         chosen
             .into_iter()
             .map(|(candidate, score, signals)| Recommendation {
@@ -594,6 +639,11 @@ mod tests {
         assert_eq!(Wish::parse("100元以下的跑鞋").max_price, Some(100.0));
         assert_eq!(Wish::parse("不超过 50 欧的水壶").max_price, Some(50.0));
         assert_eq!(Wish::parse("a warm jacket").max_price, None);
+        assert_eq!(
+            subject("Can you recommend me a waterproof jacket?"),
+            "waterproof jacket"
+        );
+        assert_eq!(subject("请推荐一些跑鞋"), "跑鞋");
     }
 
     #[test]

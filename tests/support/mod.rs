@@ -76,7 +76,7 @@ impl Adapter for RecordingChannel {
             max_message_chars: 4096,
             appends_stream: false,
             can_edit: false,
-            buttons: false,
+            buttons: true,
             threads: false,
             typing: false,
         }
