@@ -219,6 +219,9 @@ impl Pipeline {
                 )
                 .await;
         }
+        if command.is_none() {
+            self.record_mentions(&customer, &text).await?;
+        }
         if let Some(command) = command {
             let reply = self
                 .run_command(command, &mut customer, inbound, locale)
@@ -656,6 +659,30 @@ impl Pipeline {
             }
         }
         Some(text)
+    }
+
+    /// Stores a `view` event for every catalog item the message names.
+    async fn record_mentions(&self, customer: &Customer, text: &str) -> anyhow::Result<()> {
+        let Some(recommender) = &self.recommender else {
+            return Ok(());
+        };
+        let events: Vec<Event> = recommender
+            .current()
+            .mentioned(text)
+            .into_iter()
+            .map(|item| Event {
+                v: crate::store::RECORD_VERSION,
+                user: event_user(customer),
+                item,
+                kind: EventKind::View,
+                ts_ms: crate::store::now_ms(),
+                value: None,
+            })
+            .collect();
+        if !events.is_empty() {
+            self.store.events_append(&events)?;
+        }
+        Ok(())
     }
 
     /// A button under a recommendation: stores the event and answers.

@@ -208,10 +208,17 @@ async fn chat_recommendations_show_catalog_facts_and_a_dislike_sticks() {
 
     run_messages(
         &harness,
-        vec![message("eve", "Can you recommend running shoes under 100?")],
+        vec![
+            message(
+                "eve",
+                "Is the Northwind Tempo Road Runner Men good for a marathon?",
+            ),
+            message("eve", "Can you recommend running shoes under 100?"),
+        ],
     )
     .await;
-    let first = harness.channel.delivered.lock().unwrap().clone();
+    let first: Vec<_> = harness.channel.delivered.lock().unwrap()[1..].to_vec();
+    let before = first.len() + 1;
     let items: Vec<_> = first
         .iter()
         .filter(|delivered| !delivered.choices.is_empty())
@@ -249,7 +256,7 @@ async fn chat_recommendations_show_catalog_facts_and_a_dislike_sticks() {
     )
     .await;
     let all = harness.channel.delivered.lock().unwrap().clone();
-    let after: Vec<_> = all[first.len()..].to_vec();
+    let after: Vec<_> = all[before..].to_vec();
     assert!(after[0].text.contains("won't suggest"), "{}", after[0].text);
     let shown: Vec<String> = after
         .iter()
@@ -266,6 +273,16 @@ async fn chat_recommendations_show_catalog_facts_and_a_dislike_sticks() {
         .store
         .user_events(&concierge::pipeline::event_user(&customer))
         .unwrap();
-    assert_eq!(events.len(), 1);
-    assert_eq!(events[0].kind, EventKind::Dislike);
+    let kinds: Vec<(EventKind, &str)> = events
+        .iter()
+        .map(|event| (event.kind, event.item.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (EventKind::View, "NW-1001"),
+            (EventKind::Dislike, disliked_item.as_str())
+        ],
+        "naming an item is a view; the 👎 is stored"
+    );
 }

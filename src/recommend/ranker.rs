@@ -25,6 +25,8 @@ const RECENCY_BOOST: f32 = 8.0;
 const RECENCY_HALF_LIFE: f32 = 5.0;
 /// Neighbours kept per item when the catalog is too large for EASE.
 const KNN_NEIGHBOURS: usize = 100;
+/// Shortest title that counts as naming an item in a message.
+const MIN_MENTION_CHARS: usize = 8;
 /// Items of one category shown before other categories get a turn.
 const PER_CATEGORY: usize = 2;
 
@@ -378,6 +380,21 @@ impl Ranker {
         self.items.len()
     }
 
+    /// Catalog items a message names by their title or id ("is the Tempo Road
+    /// Runner Men waterproof?"), for live `view` events.
+    pub fn mentioned(&self, message: &str) -> Vec<String> {
+        let lowered = message.to_lowercase();
+        self.items
+            .iter()
+            .filter(|item| {
+                let title = item.title.to_lowercase();
+                (title.chars().count() >= MIN_MENTION_CHARS && lowered.contains(&title))
+                    || (item.id.len() >= 4 && lowered.contains(&item.id.to_lowercase()))
+            })
+            .map(|item| item.id.clone())
+            .collect()
+    }
+
     /// The `k` best items for a customer with `history` (their events, any
     /// order), optionally for a request in free text.
     pub fn recommend(
@@ -693,5 +710,20 @@ mod tests {
             .filter(|pick| pick.item.category == "running-shoes")
             .count();
         assert!(shoes <= 2, "{picks:?}");
+    }
+
+    #[test]
+    fn messages_naming_an_item_are_found() {
+        let ranker = Ranker::build(catalog(), &[]).unwrap();
+        assert_eq!(
+            ranker.mentioned("Is the trail running shoes model grippy?"),
+            ["S2"]
+        );
+        assert_eq!(
+            ranker.mentioned("what about j1?"),
+            Vec::<String>::new(),
+            "ids under 4 characters are too vague"
+        );
+        assert!(ranker.mentioned("hello there").is_empty());
     }
 }
