@@ -286,3 +286,58 @@ async fn chat_recommendations_show_catalog_facts_and_a_dislike_sticks() {
         "naming an item is a view; the 👎 is stored"
     );
 }
+
+#[test]
+fn the_eval_command_beats_popularity_on_synthetic_tastes() {
+    // 300 customers in 10 taste groups of 40 items; each customer touches 20
+    // items, mostly of their group, plus a few of a popular set everyone sees.
+    let dir = tempfile::tempdir().unwrap();
+    let mut state: u64 = 12345;
+    let mut next = |bound: u64| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 33) % bound
+    };
+    let mut rows = String::from("user,item,timestamp,rating\n");
+    for user in 0..300u64 {
+        let group = user % 10;
+        let mut seen = std::collections::HashSet::new();
+        let mut time = 0;
+        while seen.len() < 20 {
+            let item = if next(5) == 0 {
+                400 + next(10)
+            } else {
+                group * 40 + next(40)
+            };
+            if seen.insert(item) {
+                time += 1;
+                rows.push_str(&format!("u{user},i{item},{time},5\n"));
+            }
+        }
+    }
+    let file = dir.path().join("interactions.csv");
+    std::fs::write(&file, rows).unwrap();
+    for protocol in ["full", "loo-100"] {
+        let output = Command::new(binary())
+            .args(["recommend", "eval", "--interactions"])
+            .arg(&file)
+            .args(["--protocol", protocol, "--seed", "1"])
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        for metric in ["ndcg@10", "recall@10", "hr@10", "mrr@10"] {
+            let ours = report["ours"][metric].as_f64().unwrap();
+            let popularity = report["popularity"][metric].as_f64().unwrap();
+            assert!(
+                ours > popularity,
+                "{protocol} {metric}: ours {ours} vs popularity {popularity}"
+            );
+        }
+    }
+}
