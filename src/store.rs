@@ -387,6 +387,33 @@ impl Store {
         })
     }
 
+    /// Every record of a tree, in key order.
+    fn records<T: DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        name: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        tree.iter()
+            .map(|entry| {
+                let (_, bytes) = entry.map_err(|err| self.err(err))?;
+                self.decode(name, &bytes)
+            })
+            .collect()
+    }
+
+    /// One record of a tree.
+    fn record<T: DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        name: &str,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        match tree.get(key).map_err(|err| self.err(err))? {
+            Some(bytes) => self.decode(name, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
     fn encode<T: Serialize>(value: &T) -> Vec<u8> {
         // Serialising plain structs of strings and numbers cannot fail.
         serde_json::to_vec(value).unwrap_or_default()
@@ -438,14 +465,7 @@ impl Store {
 
     /// A customer by id.
     pub fn customer(&self, id: u64) -> Result<Option<Customer>, StoreError> {
-        match self
-            .customers
-            .get(id.to_be_bytes())
-            .map_err(|err| self.err(err))?
-        {
-            Some(bytes) => self.decode(TREE_CUSTOMERS, &bytes).map(Some),
-            None => Ok(None),
-        }
+        self.record(&self.customers, TREE_CUSTOMERS, &id.to_be_bytes())
     }
 
     /// The customer behind a platform identity, created on first contact.
@@ -668,25 +688,12 @@ impl Store {
 
     /// Every knowledge-base document, ordered by id.
     pub fn kb_docs(&self) -> Result<Vec<KbDoc>, StoreError> {
-        self.kb_docs
-            .iter()
-            .map(|entry| {
-                let (_, bytes) = entry.map_err(|err| self.err(err))?;
-                self.decode(TREE_KB_DOCS, &bytes)
-            })
-            .collect()
+        self.records(&self.kb_docs, TREE_KB_DOCS)
     }
 
     /// One knowledge-base document.
     pub fn kb_doc(&self, id: &str) -> Result<Option<KbDoc>, StoreError> {
-        match self
-            .kb_docs
-            .get(id.as_bytes())
-            .map_err(|err| self.err(err))?
-        {
-            Some(bytes) => self.decode(TREE_KB_DOCS, &bytes).map(Some),
-            None => Ok(None),
-        }
+        self.record(&self.kb_docs, TREE_KB_DOCS, id.as_bytes())
     }
 
     /// Adds or replaces documents and removes others, in one transaction that
@@ -735,25 +742,12 @@ impl Store {
 
     /// Every catalog item, ordered by id.
     pub fn catalog_items(&self) -> Result<Vec<CatalogItem>, StoreError> {
-        self.catalog
-            .iter()
-            .map(|entry| {
-                let (_, bytes) = entry.map_err(|err| self.err(err))?;
-                self.decode(TREE_CATALOG, &bytes)
-            })
-            .collect()
+        self.records(&self.catalog, TREE_CATALOG)
     }
 
     /// One catalog item.
     pub fn catalog_item(&self, id: &str) -> Result<Option<CatalogItem>, StoreError> {
-        match self
-            .catalog
-            .get(id.as_bytes())
-            .map_err(|err| self.err(err))?
-        {
-            Some(bytes) => self.decode(TREE_CATALOG, &bytes).map(Some),
-            None => Ok(None),
-        }
+        self.record(&self.catalog, TREE_CATALOG, id.as_bytes())
     }
 
     fn event_key(&self, user: &str) -> Result<Vec<u8>, StoreError> {
@@ -787,13 +781,7 @@ impl Store {
 
     /// Every event, grouped by user.
     pub fn all_events(&self) -> Result<Vec<Event>, StoreError> {
-        self.events
-            .iter()
-            .map(|entry| {
-                let (_, bytes) = entry.map_err(|err| self.err(err))?;
-                self.decode(TREE_EVENTS, &bytes)
-            })
-            .collect()
+        self.records(&self.events, TREE_EVENTS)
     }
 
     /// Advances on every knowledge-base change; derived indexes compare it.
