@@ -254,19 +254,18 @@ pub async fn chat(
     let router = tokio::spawn(router::run(inbound, pipeline, InFlight::default()));
     let intake = console.run(sink, cancel.clone());
     tokio::pin!(interrupt);
-    let interrupted = tokio::select! {
-        result = intake => {
-            result.context("reading the console failed")?;
-            false
-        }
-        _ = &mut interrupt => true,
+    let (interrupted, intake_result) = tokio::select! {
+        result = intake => (false, result),
+        _ = &mut interrupt => (true, Ok(())),
     };
     if interrupted {
         cancel.cancel();
     }
-    // EOF: the sink is dropped with `intake`; the router finishes queued replies.
+    // EOF (or a read error): the sink is dropped with `intake`; the router
+    // finishes the queued replies and the store is flushed either way.
     router.await.context("router task failed")?;
     store.flush().await?;
+    intake_result.context("reading the console failed")?;
     Ok(())
 }
 

@@ -123,6 +123,8 @@ fn sanitize(text: &str, max_chars: usize) -> (String, bool) {
 /// How a generated reply ended.
 #[derive(Default)]
 struct Outcome {
+    /// The text streamed so far (kept when a reply times out).
+    text: String,
     usage: Option<crate::engine::Usage>,
     error: Option<EngineError>,
     first_token: Option<Duration>,
@@ -287,15 +289,7 @@ impl Pipeline {
         started: Instant,
     ) -> anyhow::Result<()> {
         let chat = &inbound.conversation;
-        let conversation =
-            self.store
-                .current_conversation(customer.id, &chat.platform, &chat.chat_id)?;
-        let history = self
-            .store
-            .recent_messages(conversation.id, HISTORY_READ_LIMIT)?;
-        self.store
-            .append_message(conversation.id, Role::User, text)?;
-        self.store.flush().await?;
+        let (conversation, history) = self.store_customer_message(customer, chat, text).await?;
         if was_cut {
             let limit = self.settings.max_message_chars.to_string();
             let note = self
@@ -454,6 +448,27 @@ impl Pipeline {
             .unwrap_or_default())
     }
 
+    /// Stores the customer's message in their current conversation and
+    /// flushes it, before any reply; returns the conversation and the recent
+    /// history that preceded the message.
+    async fn store_customer_message(
+        &self,
+        customer: &Customer,
+        chat: &concierge_adapter::ConversationRef,
+        text: &str,
+    ) -> anyhow::Result<(crate::store::Conversation, Vec<crate::store::StoredMessage>)> {
+        let conversation =
+            self.store
+                .current_conversation(customer.id, &chat.platform, &chat.chat_id)?;
+        let history = self
+            .store
+            .recent_messages(conversation.id, HISTORY_READ_LIMIT)?;
+        self.store
+            .append_message(conversation.id, Role::User, text)?;
+        self.store.flush().await?;
+        Ok((conversation, history))
+    }
+
     /// Replies with catalog items for the customer, each with a reason and
     /// buttons (👍, 👎, details) that come back as choices.
     #[allow(clippy::too_many_arguments)]
@@ -468,12 +483,7 @@ impl Pipeline {
         started: Instant,
     ) -> anyhow::Result<()> {
         let chat = &inbound.conversation;
-        let conversation =
-            self.store
-                .current_conversation(customer.id, &chat.platform, &chat.chat_id)?;
-        self.store
-            .append_message(conversation.id, Role::User, text)?;
-        self.store.flush().await?;
+        let (conversation, _) = self.store_customer_message(customer, chat, text).await?;
         let Some(recommender) = &self.recommender else {
             let reply = self
                 .prompts
@@ -786,7 +796,11 @@ impl Pipeline {
                     Err(_) => {
                         cancel.cancel();
                         tracing::warn!("reply timed out after {:?}", self.settings.reply_timeout);
-                        String::new()
+                        // Keep in history what the customer already saw.
+                        outcome
+                            .lock()
+                            .map(|outcome| outcome.text.clone())
+                            .unwrap_or_default()
                     }
                 }
             }
@@ -914,6 +928,7 @@ fn delta_stream(
             match event {
                 Some(Ok(StreamEvent::Delta(text))) => {
                     outcome.first_token.get_or_insert_with(|| started.elapsed());
+                    outcome.text.push_str(&text);
                     Some((text, Some(events)))
                 }
                 Some(Ok(StreamEvent::Done(usage))) => {
