@@ -502,7 +502,9 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
                 recommend::evaluate::Protocol::Loo100
             };
             let seeds = seed.map_or_else(|| vec![1, 2, 3], |seed| vec![seed]);
-            let report = recommend::evaluate::run(&data, protocol, &seeds, k.max(1))?;
+            let texts = recommend::dataset::item_texts(&interactions, &data.items);
+            let report =
+                recommend::evaluate::run(&data, texts.as_deref(), protocol, &seeds, k.max(1))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

@@ -139,6 +139,38 @@ impl Interactions {
     }
 }
 
+/// Item texts for content similarity, aligned with `items`: read from the
+/// MovieLens `.item` file beside a `.inter` file (every column but the id),
+/// when there is one.
+pub fn item_texts(interactions: &Path, items: &[String]) -> Option<Vec<String>> {
+    let text = std::fs::read_to_string(interactions.with_extension("item")).ok()?;
+    let mut lines = text.lines();
+    let headers: Vec<&str> = lines.next()?.split('\t').collect();
+    let id_at = headers
+        .iter()
+        .position(|header| header.split(':').next() == Some("item_id"))?;
+    let mut by_id: HashMap<&str, String> = HashMap::new();
+    for line in lines {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let Some(id) = fields.get(id_at) else {
+            continue;
+        };
+        let words: Vec<&str> = fields
+            .iter()
+            .enumerate()
+            .filter(|(at, _)| *at != id_at)
+            .map(|(_, field)| *field)
+            .collect();
+        by_id.insert(id, words.join(" "));
+    }
+    Some(
+        items
+            .iter()
+            .map(|id| by_id.get(id.as_str()).cloned().unwrap_or_default())
+            .collect(),
+    )
+}
+
 /// Each user's distinct items, sorted: the training matrix in compressed rows.
 #[derive(Clone, Debug, Default)]
 pub struct UserItems {

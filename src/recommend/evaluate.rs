@@ -260,6 +260,9 @@ pub struct SeedFigures {
     pub ours: Metrics,
     /// Item-kNN (the ranker for catalogs too large for EASE).
     pub itemknn: Metrics,
+    /// Content similarity alone, when item texts are available.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<Metrics>,
     /// Popularity baseline.
     pub popularity: Metrics,
 }
@@ -279,6 +282,9 @@ pub struct Report {
     pub ours: Metrics,
     /// Mean of the seeds: item-kNN.
     pub itemknn: Metrics,
+    /// Mean of the seeds: content similarity alone (MovieLens `.item` texts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<Metrics>,
     /// Mean of the seeds: popularity.
     pub popularity: Metrics,
     /// Every seed.
@@ -299,10 +305,12 @@ fn mean(values: impl Iterator<Item = Metrics>) -> Metrics {
 /// Evaluates on every seed and averages.
 pub fn run(
     data: &Interactions,
+    item_texts: Option<&[String]>,
     protocol: Protocol,
     seeds: &[u64],
     k: usize,
 ) -> anyhow::Result<Report> {
+    let content_model = item_texts.map(|texts| ItemKnn::from_texts(texts, KNN_NEIGHBOURS));
     let all_items = UserItems::from_events(
         data.users.len(),
         data.items.len(),
@@ -371,6 +379,9 @@ pub fn run(
             recency_half_life: recency.1,
             ours: measure(&ease, recency),
             itemknn: measure(&knn, no_recency),
+            content: content_model
+                .as_ref()
+                .map(|model| measure(model, no_recency)),
             popularity: measure(&popularity, no_recency),
         });
     }
@@ -384,6 +395,9 @@ pub fn run(
         interactions: data.events.len(),
         ours: mean(per_seed.iter().map(|s| s.ours)),
         itemknn: mean(per_seed.iter().map(|s| s.itemknn)),
+        content: content_model
+            .as_ref()
+            .map(|_| mean(per_seed.iter().filter_map(|s| s.content))),
         popularity: mean(per_seed.iter().map(|s| s.popularity)),
         seeds: per_seed,
     })
@@ -434,7 +448,7 @@ mod tests {
         }
         let split = split(&data, Protocol::Loo100, 7);
         assert_eq!(split.test.iter().filter(|t| !t.is_empty()).count(), 60);
-        let report = run(&data, Protocol::Loo100, &[1], 10).unwrap();
+        let report = run(&data, None, Protocol::Loo100, &[1], 10).unwrap();
         // The 30 learners are predictable; the teachers' last items are new.
         assert!(report.ours.hit_rate >= 0.45, "{:?}", report.ours);
     }

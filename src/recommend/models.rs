@@ -205,6 +205,74 @@ impl Scorer for ItemKnn {
     }
 }
 
+impl ItemKnn {
+    /// Neighbours by cosine similarity of the items' texts (TF-IDF, English
+    /// and Chinese analysed as in the knowledge base): the content part.
+    pub fn from_texts(texts: &[String], k: usize) -> Self {
+        use crate::knowledge::text::{analyze, word_analyzer};
+        let mut analyzer = word_analyzer();
+        let documents: Vec<Vec<String>> = texts
+            .iter()
+            .map(|text| analyze(&mut analyzer, text))
+            .collect();
+        let mut frequency: HashMap<&str, f32> = HashMap::new();
+        for terms in &documents {
+            let mut unique: Vec<&str> = terms.iter().map(String::as_str).collect();
+            unique.sort_unstable();
+            unique.dedup();
+            for term in unique {
+                *frequency.entry(term).or_default() += 1.0;
+            }
+        }
+        let count = texts.len().max(1) as f32;
+        let vectors: Vec<HashMap<&str, f32>> = documents
+            .iter()
+            .map(|terms| {
+                let mut vector: HashMap<&str, f32> = HashMap::new();
+                for term in terms {
+                    let idf =
+                        (1.0 + count / frequency.get(term.as_str()).copied().unwrap_or(1.0)).ln();
+                    *vector.entry(term.as_str()).or_default() += idf;
+                }
+                let norm = vector
+                    .values()
+                    .map(|w| w * w)
+                    .sum::<f32>()
+                    .sqrt()
+                    .max(f32::MIN_POSITIVE);
+                vector.values_mut().for_each(|w| *w /= norm);
+                vector
+            })
+            .collect();
+        let mut postings: HashMap<&str, Vec<u32>> = HashMap::new();
+        for (item, vector) in vectors.iter().enumerate() {
+            for term in vector.keys() {
+                postings.entry(term).or_default().push(item as u32);
+            }
+        }
+        let neighbours = vectors
+            .iter()
+            .enumerate()
+            .map(|(item, vector)| {
+                let mut similar: HashMap<u32, f32> = HashMap::new();
+                for (term, weight) in vector {
+                    for &other in postings.get(term).map_or(&[][..], Vec::as_slice) {
+                        if other as usize != item {
+                            *similar.entry(other).or_default() +=
+                                weight * vectors[other as usize][term];
+                        }
+                    }
+                }
+                let mut similar: Vec<(u32, f32)> = similar.into_iter().collect();
+                similar.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                similar.truncate(k);
+                similar
+            })
+            .collect();
+        Self { neighbours }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,5 +315,19 @@ mod tests {
         assert!(knn.neighbours(0).iter().all(|&(j, _)| j <= 2));
         let popularity = Popularity::fit(&data);
         assert_eq!(popularity.counts()[0], 11.0);
+        let texts: Vec<String> = [
+            "red wool sock",
+            "blue wool sock",
+            "rain jacket",
+            "down jacket",
+            "tent",
+            "stove",
+        ]
+        .iter()
+        .map(|text| text.to_string())
+        .collect();
+        let content = ItemKnn::from_texts(&texts, 3);
+        assert_eq!(content.neighbours(0)[0].0, 1);
+        assert_eq!(content.neighbours(2)[0].0, 3);
     }
 }
