@@ -19,6 +19,10 @@ pub fn install() -> Option<PrometheusHandle> {
             match builder.install_recorder() {
                 Ok(handle) => {
                     describe();
+                    // Series that exist from the start, so a scrape before the
+                    // first message already shows the daemon.
+                    metrics::gauge!("concierge_up").set(1.0);
+                    tokens_used(0, 0);
                     Some(handle)
                 }
                 Err(err) => {
@@ -36,6 +40,7 @@ pub fn render() -> String {
 }
 
 fn describe() {
+    metrics::describe_gauge!("concierge_up", "1 while the daemon runs");
     metrics::describe_counter!("concierge_messages_total", "Customer messages received");
     metrics::describe_counter!("concierge_replies_total", "Replies delivered");
     metrics::describe_counter!("concierge_reply_errors_total", "Replies that failed");

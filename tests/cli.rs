@@ -262,8 +262,10 @@ fn serve_reports_health_and_metrics_guards_routes_and_stops_on_sigterm() {
     assert_eq!(report["store"]["state"], "ready");
     assert_eq!(report["engine"]["state"], "ready");
 
-    let (status, _) = http_get(port, "/metrics", None).unwrap();
+    let (status, metrics) = http_get(port, "/metrics", None).unwrap();
     assert_eq!(status, 200, "metrics need no token");
+    assert!(metrics.contains("concierge_up 1"), "{metrics}");
+    assert!(metrics.contains("concierge_tokens_total"), "{metrics}");
 
     let (status, _) = http_get(port, "/v1/history?user=x", None).unwrap();
     assert_eq!(status, 401);
