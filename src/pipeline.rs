@@ -195,27 +195,21 @@ impl Pipeline {
             customer.locale = Some(locale);
             self.store.update_customer(&customer)?;
         }
-        if let Some(Command::Recommend(request)) = &command {
+        let recommendation_request = match &command {
+            Some(Command::Recommend(request)) => Some(request.as_str()),
+            None if self.recommender.is_some() && asks_for_recommendation(&text) => {
+                Some(text.as_str())
+            }
+            _ => None,
+        };
+        if let Some(request) = recommendation_request {
             return self
                 .recommend(
                     &customer,
                     inbound,
                     adapter,
                     &text,
-                    Some(request.as_str()),
-                    locale,
-                    started,
-                )
-                .await;
-        }
-        if command.is_none() && self.recommender.is_some() && asks_for_recommendation(&text) {
-            return self
-                .recommend(
-                    &customer,
-                    inbound,
-                    adapter,
-                    &text,
-                    Some(text.as_str()),
+                    Some(request),
                     locale,
                     started,
                 )

@@ -885,20 +885,23 @@ mod tests {
             .is_empty());
     }
 
+    /// Stores one message of customer "u" in a store in `dir`, flushed and closed.
+    fn store_one_message(dir: &Path, text: &str) {
+        let store = Store::open(dir).unwrap();
+        let customer = store.customer_for_identity("console", "u", None).unwrap();
+        let conversation = store
+            .current_conversation(customer.id, "console", "u")
+            .unwrap();
+        store
+            .append_message(conversation.id, Role::User, text)
+            .unwrap();
+        store.flush_blocking().unwrap();
+    }
+
     #[test]
     fn data_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path()).unwrap();
-            let customer = store.customer_for_identity("console", "u", None).unwrap();
-            let conversation = store
-                .current_conversation(customer.id, "console", "u")
-                .unwrap();
-            store
-                .append_message(conversation.id, Role::User, "kept")
-                .unwrap();
-            store.flush_blocking().unwrap();
-        }
+        store_one_message(dir.path(), "kept");
         let store = Store::open(dir.path()).unwrap();
         let customer = store.find_customer("console", "u").unwrap().unwrap();
         let conversation = store
@@ -913,17 +916,7 @@ mod tests {
     #[test]
     fn a_damaged_store_is_an_error_not_an_empty_store() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let store = Store::open(dir.path()).unwrap();
-            let customer = store.customer_for_identity("console", "u", None).unwrap();
-            let conversation = store
-                .current_conversation(customer.id, "console", "u")
-                .unwrap();
-            store
-                .append_message(conversation.id, Role::User, "precious")
-                .unwrap();
-            store.flush_blocking().unwrap();
-        }
+        store_one_message(dir.path(), "precious");
         // Overwrite the start of the database file with garbage.
         let db_file = dir.path().join("store").join("db");
         let mut bytes = std::fs::read(&db_file).unwrap();

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{binary, free_port, http_get, scripted_config, wait_for};
+use support::{binary, free_port, http_get, run_with_stdin, scripted_config, wait_for, wait_ready};
 
 const ECHO: &str = "default_reply = \"echo: {last_user}\"\n";
 
@@ -21,22 +21,6 @@ fn concierge(config: &Path) -> Command {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env_remove("CONCIERGE_OPERATOR_TOKEN");
     command
-}
-
-fn run_with_stdin(mut command: Command, input: &str) -> std::process::Output {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
 }
 
 #[test]
@@ -371,12 +355,7 @@ fn shutdown_cancels_a_reply_past_the_deadline_and_names_it() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for(Duration::from_secs(30), || {
-        http_get(port, "/healthz", None)
-            .ok()
-            .filter(|(status, _)| *status == 200)
-    })
-    .expect("ready");
+    wait_ready(port);
     let mut stdin = daemon.stdin.take().unwrap();
     writeln!(stdin, "slow answer please").unwrap();
     let mut stdout = daemon.stdout.take().unwrap();

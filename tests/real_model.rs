@@ -109,26 +109,14 @@ fn piped_chat_streams_answers_in_english_and_chinese_and_history_has_both_turns(
 fn a_demo_shop_question_is_answered_with_the_fact_from_its_document() {
     prepared_model();
     let data = tempfile::tempdir().unwrap();
-    let output = {
-        let mut child = Command::new(support::binary())
-            .current_dir(repo())
-            .arg("--data-dir")
-            .arg(data.path())
-            .args(["chat", "--user", "facts"])
-            .env("CONCIERGE_ENGINE_MAX_TOKENS", "64")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"How many days do I have to return an item?\n")
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let mut command = Command::new(support::binary());
+    command
+        .current_dir(repo())
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["chat", "--user", "facts"])
+        .env("CONCIERGE_ENGINE_MAX_TOKENS", "64");
+    let output = support::run_with_stdin(command, "How many days do I have to return an item?\n");
     assert!(
         output.status.success(),
         "{}",

@@ -5,10 +5,9 @@ mod support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use concierge::store::{EventKind, Store};
-use support::{binary, free_port, http_get, http_post, scripted_config, wait_for};
+use support::{binary, free_port, http_post, scripted_config, wait_ready};
 
 fn concierge(data: &Path) -> Command {
     let mut command = Command::new(binary());
@@ -84,12 +83,7 @@ fn acknowledged_events_survive_kill_9() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for(Duration::from_secs(30), || {
-        http_get(port, "/healthz", None)
-            .ok()
-            .filter(|(status, _)| *status == 200)
-    })
-    .expect("ready");
+    wait_ready(port);
     let batch = r#"[{"user":"shopper","item":"NW-1001","kind":"cart"},{"user":"shopper","item":"NW-1003","kind":"rating","value":4}]"#;
     let (status, _) = http_post(port, "/v1/events", None, batch).unwrap();
     assert_eq!(status, 401, "events need the token");

@@ -282,6 +282,33 @@ pub fn http_post(
     http_request(port, "POST", path, token, Some(body))
 }
 
+/// Runs `command` with `input` on stdin and returns its output.
+pub fn run_with_stdin(mut command: std::process::Command, input: &str) -> std::process::Output {
+    let mut child = command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Waits until the daemon's `/healthz` on `port` answers 200.
+pub fn wait_ready(port: u16) {
+    wait_for(Duration::from_secs(30), || {
+        http_get(port, "/healthz", None)
+            .ok()
+            .filter(|(status, _)| *status == 200)
+    })
+    .expect("the daemon becomes ready");
+}
+
 /// Polls `check` until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let until = Instant::now() + timeout;
