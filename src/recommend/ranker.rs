@@ -322,6 +322,10 @@ pub struct Ranker {
     collaborative: Box<dyn Scorer>,
     popularity: Vec<f32>,
     popular: Vec<u32>,
+    /// Per item, the lowercase title and id that name it in a message (only
+    /// those long enough not to match by accident); built once, since every
+    /// message is checked against them.
+    mention_names: Vec<Vec<String>>,
     content: ContentIndex,
 }
 
@@ -365,12 +369,28 @@ impl Ranker {
         });
         popular.truncate(POPULAR_CANDIDATES);
         let content = ContentIndex::build(&items);
+        let mention_names = items
+            .iter()
+            .map(|item| {
+                let title = item.title.to_lowercase();
+                let id = item.id.to_lowercase();
+                let mut names = Vec::new();
+                if title.chars().count() >= MIN_MENTION_CHARS {
+                    names.push(title);
+                }
+                if id.len() >= 4 {
+                    names.push(id);
+                }
+                names
+            })
+            .collect();
         Ok(Self {
             items,
             index,
             collaborative,
             popularity,
             popular,
+            mention_names,
             content,
         })
     }
@@ -386,12 +406,9 @@ impl Ranker {
         let lowered = message.to_lowercase();
         self.items
             .iter()
-            .filter(|item| {
-                let title = item.title.to_lowercase();
-                (title.chars().count() >= MIN_MENTION_CHARS && lowered.contains(&title))
-                    || (item.id.len() >= 4 && lowered.contains(&item.id.to_lowercase()))
-            })
-            .map(|item| item.id.clone())
+            .zip(&self.mention_names)
+            .filter(|(_, names)| names.iter().any(|name| lowered.contains(name.as_str())))
+            .map(|(item, _)| item.id.clone())
             .collect()
     }
 
