@@ -19,6 +19,7 @@ use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING,
 };
+use tantivy::tokenizer::TextAnalyzer;
 use tantivy::{doc, Index, IndexReader, TantivyDocument, Term};
 
 use crate::store::{KbDoc, KbKind, Store, StoreError};
@@ -570,10 +571,11 @@ impl KnowledgeBase {
         let units = query_units(question);
         // The best of the top passages: a question may be answered by the
         // second passage of a document as well as by the first.
+        let mut words = text::word_analyzer();
         let coverages: Vec<f32> = hits
             .iter()
             .take(COVERAGE_HITS)
-            .map(|hit| coverage(&units, hit))
+            .map(|hit| coverage(&units, hit, &mut words))
             .collect();
         Ok(Retrieval {
             hits,
@@ -585,14 +587,12 @@ impl KnowledgeBase {
 }
 
 /// Share of the question's units present in the hit's title and text.
-fn coverage(units: &[QueryUnit], hit: &Hit) -> f32 {
+fn coverage(units: &[QueryUnit], hit: &Hit, words: &mut TextAnalyzer) -> f32 {
     if units.is_empty() {
         return 0.0;
     }
     let text = format!("{}\n{}", hit.title, hit.passage);
-    let passage_tokens: HashSet<String> = analyze(&mut text::word_analyzer(), &text)
-        .into_iter()
-        .collect();
+    let passage_tokens: HashSet<String> = analyze(words, &text).into_iter().collect();
     let lowered = text.to_lowercase();
     let covered = units
         .iter()
