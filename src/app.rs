@@ -331,7 +331,7 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
     health.set_engine(ComponentState::Ready, Some(llm.model_name().to_string()));
     tracing::info!(model = llm.model_name(), "engine ready");
 
-    let adapters = channels::from_config(config)?;
+    let adapters = channels::from_config(config, &prompts)?;
     if adapters.is_empty() {
         tracing::warn!("no channel is enabled; only the operator API runs");
     }

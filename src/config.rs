@@ -38,6 +38,70 @@ pub struct Config {
     pub knowledge: KnowledgeConfig,
     /// `[recommend]`: recommendations.
     pub recommend: RecommendConfig,
+    /// `[telegram]`: the Telegram channel.
+    pub telegram: TelegramConfig,
+    /// `[discord]`: the Discord channel.
+    pub discord: DiscordConfig,
+}
+
+/// How Telegram delivers updates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TelegramMode {
+    /// Long polling with `getUpdates`.
+    Polling,
+    /// Telegram posts to `webhook_url`, which reaches `listen`.
+    Webhook {
+        /// Public HTTPS address registered with Telegram.
+        webhook_url: String,
+        /// Local address of the webhook server.
+        listen: SocketAddr,
+        /// Value Telegram sends in `X-Telegram-Bot-Api-Secret-Token`.
+        secret_token: Option<Secret>,
+    },
+}
+
+/// `[telegram]`
+#[derive(Clone, Debug)]
+pub struct TelegramConfig {
+    /// Whether `serve` runs the channel.
+    pub enabled: bool,
+    /// The bot token (required when enabled).
+    pub token: Option<Secret>,
+    /// Bot API base URL.
+    pub api_url: String,
+    /// Polling or webhook.
+    pub mode: TelegramMode,
+    /// In groups, answer on `@mention`.
+    pub group_mention: bool,
+    /// In groups, answer replies to the bot.
+    pub group_reply: bool,
+    /// In groups, answer `/commands`.
+    pub group_command: bool,
+    /// Seconds one long poll waits for updates.
+    pub poll_timeout_secs: u32,
+    /// Milliseconds between two edits of a streamed reply in one chat.
+    pub edit_interval_ms: u64,
+}
+
+/// `[discord]`
+#[derive(Clone, Debug)]
+pub struct DiscordConfig {
+    /// Whether `serve` runs the channel.
+    pub enabled: bool,
+    /// The bot token (required when enabled).
+    pub token: Option<Secret>,
+    /// REST base for a self-hosted or fake API; the official API when unset.
+    pub api_url: Option<String>,
+    /// Channel ids served in full (with `respond_to` containing "channels").
+    pub channels: Vec<u64>,
+    /// Answer guild messages that mention the bot.
+    pub respond_to_mentions: bool,
+    /// Answer direct messages.
+    pub respond_to_dms: bool,
+    /// Answer every message in `channels`.
+    pub respond_to_channels: bool,
+    /// Milliseconds between two edits of a streamed reply in one channel.
+    pub edit_interval_ms: u64,
 }
 
 /// `[recommend]`
@@ -384,6 +448,8 @@ impl Reader<'_> {
             demo_catalog: self.path("recommend", "demo_catalog", "config/demo/catalog.csv"),
             retrain_minutes: self.integer("recommend", "retrain_minutes", 10, 1..=10_080) as u64,
         };
+        let telegram = self.telegram();
+        let discord = self.discord();
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&log.level) {
             self.issue("log.level", format!("not a valid filter: {err}"));
         }
@@ -397,7 +463,208 @@ impl Reader<'_> {
             log,
             knowledge,
             recommend,
+            telegram,
+            discord,
         }
+    }
+
+    fn require_token(&mut self, section: &str, enabled: bool, token: &Option<Secret>) {
+        if enabled && token.is_none() {
+            let upper = section.to_uppercase();
+            self.issue(
+                &format!("{section}.token"),
+                format!("required when {section}.enabled = true: set CONCIERGE_{upper}_TOKEN or {section}.token_file"),
+            );
+        }
+    }
+
+    fn telegram(&mut self) -> TelegramConfig {
+        let enabled = self.boolean("telegram", "enabled", false);
+        let token = self.secret("telegram", "token");
+        self.require_token("telegram", enabled, &token);
+        let api_url = self.parsed(
+            "telegram",
+            "api_url",
+            "https://api.telegram.org".to_string(),
+            |raw| match url::Url::parse(raw) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(raw.to_string()),
+                _ => Err("expected an http(s) URL like https://api.telegram.org".into()),
+            },
+        );
+        let webhook = self.parsed("telegram", "mode", false, |raw| match raw {
+            "polling" => Ok(false),
+            "webhook" => Ok(true),
+            _ => Err("expected \"polling\" or \"webhook\"".into()),
+        });
+        let webhook_url = self.parsed(
+            "telegram",
+            "webhook_url",
+            None,
+            |raw| match url::Url::parse(raw) {
+                Ok(url) if url.scheme() == "https" => Ok(Some(raw.to_string())),
+                _ => Err("expected a public https URL".into()),
+            },
+        );
+        let listen = self
+            .parsed("telegram", "listen", None, |raw| {
+                raw.parse::<SocketAddr>()
+                    .map(Some)
+                    .map_err(|_| "expected an address like 127.0.0.1:8443".to_string())
+            })
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443)));
+        let secret_token = self.secret("telegram", "secret_token");
+        if let Some(secret) = &secret_token {
+            let valid = secret.expose().len() <= 256
+                && secret
+                    .expose()
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !valid {
+                self.issue(
+                    "telegram.secret_token",
+                    "Telegram allows 1-256 characters A-Z, a-z, 0-9, _ and -",
+                );
+            }
+        }
+        let mode = match (webhook, webhook_url) {
+            (false, _) => TelegramMode::Polling,
+            (true, Some(webhook_url)) => TelegramMode::Webhook {
+                webhook_url,
+                listen,
+                secret_token,
+            },
+            (true, None) => {
+                self.issue(
+                    "telegram.webhook_url",
+                    "required when telegram.mode = \"webhook\"",
+                );
+                TelegramMode::Polling
+            }
+        };
+        let triggers = self.choice_list(
+            "telegram",
+            "group_triggers",
+            &["mention", "reply", "command"],
+            &["mention", "reply", "command"],
+        );
+        TelegramConfig {
+            enabled,
+            token,
+            api_url,
+            mode,
+            group_mention: triggers.contains("mention"),
+            group_reply: triggers.contains("reply"),
+            group_command: triggers.contains("command"),
+            poll_timeout_secs: self.integer("telegram", "poll_timeout_secs", 25, 1..=50) as u32,
+            edit_interval_ms: self.integer("telegram", "edit_interval_ms", 1000, 1000..=60_000)
+                as u64,
+        }
+    }
+
+    fn discord(&mut self) -> DiscordConfig {
+        let enabled = self.boolean("discord", "enabled", false);
+        let token = self.secret("discord", "token");
+        self.require_token("discord", enabled, &token);
+        let api_url = self.parsed("discord", "api_url", None, |raw| {
+            match url::Url::parse(raw) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.path() == "/" => {
+                    Ok(Some(raw.trim_end_matches('/').to_string()))
+                }
+                _ => Err("expected a base URL without a path, like http://127.0.0.1:3000".into()),
+            }
+        });
+        let channels = self.id_list("discord", "channels");
+        let respond_to = self.choice_list(
+            "discord",
+            "respond_to",
+            &["mentions", "dms", "channels"],
+            &["mentions", "dms", "channels"],
+        );
+        DiscordConfig {
+            enabled,
+            token,
+            api_url,
+            channels,
+            respond_to_mentions: respond_to.contains("mentions"),
+            respond_to_dms: respond_to.contains("dms"),
+            respond_to_channels: respond_to.contains("channels"),
+            edit_interval_ms: self.integer("discord", "edit_interval_ms", 1000, 1000..=60_000)
+                as u64,
+        }
+    }
+
+    /// A list of words from `allowed`: a TOML array, or comma-separated in the environment.
+    fn choice_list(
+        &mut self,
+        section: &str,
+        key: &str,
+        allowed: &[&str],
+        default: &[&str],
+    ) -> BTreeSet<String> {
+        let full_key = format!("{section}.{key}");
+        let words: Option<Vec<String>> = match self.raw(section, key) {
+            None => return default.iter().map(|word| word.to_string()).collect(),
+            Some(Raw::Env { value, .. }) => Some(
+                value
+                    .split(',')
+                    .map(|part| part.trim().to_string())
+                    .filter(|part| !part.is_empty())
+                    .collect(),
+            ),
+            Some(Raw::Toml(toml::Value::Array(items))) => items
+                .iter()
+                .map(|item| item.as_str().map(str::to_string))
+                .collect(),
+            Some(_) => None,
+        };
+        let expected = format!(
+            "expected a list of {}",
+            allowed
+                .iter()
+                .map(|word| format!("\"{word}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let Some(words) = words else {
+            self.issue(&full_key, expected);
+            return default.iter().map(|word| word.to_string()).collect();
+        };
+        let unknown: Vec<&String> = words
+            .iter()
+            .filter(|word| !allowed.contains(&word.as_str()))
+            .collect();
+        if !unknown.is_empty() {
+            let why = format!("{expected}; unknown: {unknown:?}");
+            self.issue(&full_key, why);
+        }
+        words.into_iter().collect()
+    }
+
+    /// A list of numeric ids: TOML integers or strings, or comma-separated in the environment.
+    fn id_list(&mut self, section: &str, key: &str) -> Vec<u64> {
+        let full_key = format!("{section}.{key}");
+        let parse = |text: &str| text.trim().parse::<u64>().ok().filter(|id| *id != 0);
+        let ids: Option<Vec<u64>> = match self.raw(section, key) {
+            None => return Vec::new(),
+            Some(Raw::Env { value, .. }) => value
+                .split(',')
+                .filter(|part| !part.trim().is_empty())
+                .map(parse)
+                .collect(),
+            Some(Raw::Toml(toml::Value::Array(items))) => items
+                .iter()
+                .map(|item| match item {
+                    toml::Value::Integer(id) if *id > 0 => Some(*id as u64),
+                    toml::Value::String(text) => parse(text),
+                    _ => None,
+                })
+                .collect(),
+            Some(_) => None,
+        };
+        ids.unwrap_or_else(|| {
+            self.issue(&full_key, "expected a list of numeric ids");
+            Vec::new()
+        })
     }
 
     fn engine(&mut self) -> EngineConfig {

@@ -21,7 +21,7 @@ use crate::language;
 use crate::prompts::{Locale, Prompts, Template};
 use crate::recommend::ranker::{subject, Recommendation, SharedRanker};
 use crate::session;
-use crate::store::{Customer, Event, EventKind, Role, SourceRef, Store};
+use crate::store::{Customer, Event, EventKind, LinkOutcome, Role, SourceRef, Store};
 use crate::telemetry;
 
 /// History messages read per reply before the token budget trims them.
@@ -66,13 +66,96 @@ pub struct Pipeline {
     pub recommender: Option<Arc<SharedRanker>>,
 }
 
+/// The channel as seen while answering one inbound message: every message
+/// sent names that inbound message as the one it answers.
+struct InReplyTo {
+    adapter: Arc<dyn Adapter>,
+    reply_to: Option<String>,
+}
+
+#[async_trait::async_trait]
+impl Adapter for InReplyTo {
+    fn platform(&self) -> &str {
+        self.adapter.platform()
+    }
+    fn capabilities(&self) -> concierge_adapter::Capabilities {
+        self.adapter.capabilities()
+    }
+    async fn run(
+        &self,
+        inbound: concierge_adapter::InboundSink,
+        shutdown: CancellationToken,
+    ) -> Result<(), concierge_adapter::AdapterError> {
+        self.adapter.run(inbound, shutdown).await
+    }
+    async fn send(
+        &self,
+        mut message: Outbound,
+    ) -> Result<concierge_adapter::SentMessage, concierge_adapter::AdapterError> {
+        if message.reply_to.is_none() {
+            message.reply_to = self.reply_to.clone();
+        }
+        self.adapter.send(message).await
+    }
+    async fn edit(
+        &self,
+        message: &concierge_adapter::SentMessage,
+        text: &str,
+    ) -> Result<(), concierge_adapter::AdapterError> {
+        self.adapter.edit(message, text).await
+    }
+    async fn typing(
+        &self,
+        conversation: &concierge_adapter::ConversationRef,
+    ) -> Result<(), concierge_adapter::AdapterError> {
+        self.adapter.typing(conversation).await
+    }
+    async fn reply_finished(&self, conversation: &concierge_adapter::ConversationRef) {
+        self.adapter.reply_finished(conversation).await
+    }
+    async fn deliver_stream(
+        &self,
+        conversation: &concierge_adapter::ConversationRef,
+        deltas: DeltaStream,
+    ) -> Result<String, concierge_adapter::AdapterError> {
+        self.adapter.deliver_stream(conversation, deltas).await
+    }
+}
+
 /// What a command does.
 enum Command {
     Start,
     Help,
     Reset,
     Recommend(String),
+    /// `/link` alone asks for a code; `/link CODE` enters one.
+    Link(Option<String>),
     Unknown(String),
+}
+
+/// How long a `/link` code works.
+const LINK_CODE_VALIDITY: Duration = Duration::from_secs(10 * 60);
+/// Link codes read `LINK-` and six characters without look-alikes (0/O, 1/I).
+const LINK_CODE_PREFIX: &str = "LINK-";
+const LINK_CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+const LINK_CODE_LENGTH: usize = 6;
+
+/// A fresh random link code.
+fn new_link_code() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let body: String = (0..LINK_CODE_LENGTH)
+        .map(|_| LINK_CODE_ALPHABET[rng.random_range(0..LINK_CODE_ALPHABET.len())] as char)
+        .collect();
+    format!("{LINK_CODE_PREFIX}{body}")
+}
+
+/// The text as a link code, when it is one (any case, surrounding space).
+fn as_link_code(text: &str) -> Option<String> {
+    let code = text.trim().to_uppercase();
+    let body = code.strip_prefix(LINK_CODE_PREFIX)?;
+    (body.len() == LINK_CODE_LENGTH && body.bytes().all(|b| LINK_CODE_ALPHABET.contains(&b)))
+        .then_some(code)
 }
 
 fn parse_command(text: &str) -> Option<Command> {
@@ -89,6 +172,12 @@ fn parse_command(text: &str) -> Option<Command> {
                 .split_once(char::is_whitespace)
                 .map_or_else(String::new, |(_, rest)| rest.trim().to_string()),
         ),
+        "link" => Command::Link(
+            text.trim()
+                .split_once(char::is_whitespace)
+                .map(|(_, rest)| rest.trim().to_string())
+                .filter(|rest| !rest.is_empty()),
+        ),
         _ => Command::Unknown(word.to_string()),
     })
 }
@@ -103,7 +192,11 @@ fn asks_for_recommendation(text: &str) -> bool {
 
 /// The key of a chat customer in interaction events.
 pub fn event_user(customer: &Customer) -> String {
-    format!("customer:{}", customer.id)
+    event_user_id(customer.id)
+}
+
+fn event_user_id(customer_id: u64) -> String {
+    format!("customer:{customer_id}")
 }
 
 /// Removes control characters (but newlines and tabs) and cuts the text to
@@ -148,7 +241,11 @@ impl Pipeline {
             return;
         };
         telemetry::message_received(&platform);
-        if let Err(err) = self.handle_with(&inbound, adapter.as_ref()).await {
+        let adapter = InReplyTo {
+            adapter,
+            reply_to: inbound.message_id.clone(),
+        };
+        if let Err(err) = self.handle_with(&inbound, &adapter).await {
             telemetry::reply_failed(&platform);
             tracing::error!(%platform, chat = %inbound.conversation.chat_id, "handling a message failed: {err:#}");
             let locale = self.settings.default_locale;
@@ -180,7 +277,9 @@ impl Pipeline {
         })
         .await
         .context("store task failed")??;
-        let command = parse_command(&text);
+        // A code from `/link` on another platform may be sent on its own.
+        let command = parse_command(&text)
+            .or_else(|| as_link_code(&text).map(|code| Command::Link(Some(code))));
         // A command's name says nothing of the customer's language.
         let detected = if command.is_some() {
             None
@@ -263,12 +362,58 @@ impl Pipeline {
             }
             // Handled before commands that only reply with text.
             Command::Recommend(_) => String::new(),
+            Command::Link(None) => {
+                let code = new_link_code();
+                let expires = crate::store::now_ms() + LINK_CODE_VALIDITY.as_millis() as u64;
+                self.store.create_link_code(&code, customer.id, expires)?;
+                self.store.flush().await?;
+                let minutes = (LINK_CODE_VALIDITY.as_secs() / 60).to_string();
+                self.prompts.render(
+                    locale,
+                    Template::LinkCode,
+                    &[("code", &code), ("minutes", &minutes)],
+                )
+            }
+            Command::Link(Some(code)) => self.link(customer, inbound, &code, locale).await?,
             Command::Unknown(word) => {
                 self.prompts
                     .render(locale, Template::UnknownCommand, &[("command", &word)])
             }
         };
         Ok(reply)
+    }
+
+    /// Enters a link code: this identity joins the code's customer.
+    async fn link(
+        &self,
+        customer: &mut Customer,
+        inbound: &Inbound,
+        code: &str,
+        locale: Locale,
+    ) -> anyhow::Result<String> {
+        let code = as_link_code(code).unwrap_or_default();
+        let sender = &inbound.sender;
+        let outcome = self.store.redeem_link_code(
+            &code,
+            &sender.platform,
+            &sender.user_id,
+            crate::store::now_ms(),
+        )?;
+        let template = match outcome {
+            LinkOutcome::Linked { from, into } => {
+                self.store
+                    .move_events(&event_user_id(from), &event_user_id(into))?;
+                if let Some(joined) = self.store.customer(into)? {
+                    *customer = joined;
+                }
+                tracing::info!(platform = %sender.platform, from, into, "identities linked");
+                Template::LinkDone
+            }
+            LinkOutcome::AlreadyLinked => Template::LinkAlready,
+            LinkOutcome::Unknown | LinkOutcome::Expired => Template::LinkInvalid,
+        };
+        self.store.flush().await?;
+        Ok(self.prompts.text(locale, template).to_string())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -547,6 +692,7 @@ impl Pipeline {
                     conversation: chat.clone(),
                     text: text.clone(),
                     choices,
+                    reply_to: None,
                 })
                 .await?;
             transcript.push(text);

@@ -94,11 +94,19 @@ pub enum Template {
     FeedbackDislike,
     /// An item's details; `{title}`, `{description}`, `{price}`, `{url}`.
     ItemDetails,
+    /// `/link`: a one-time `{code}`, valid `{minutes}`.
+    LinkCode,
+    /// A link code joined two identities.
+    LinkDone,
+    /// A link code from the same customer.
+    LinkAlready,
+    /// An unknown, used or expired link code.
+    LinkInvalid,
 }
 
 impl Template {
     /// Every template.
-    pub const ALL: [Template; 21] = [
+    pub const ALL: [Template; 25] = [
         Template::System,
         Template::Start,
         Template::Help,
@@ -120,6 +128,10 @@ impl Template {
         Template::FeedbackLike,
         Template::FeedbackDislike,
         Template::ItemDetails,
+        Template::LinkCode,
+        Template::LinkDone,
+        Template::LinkAlready,
+        Template::LinkInvalid,
     ];
 
     /// File name under the locale directory.
@@ -146,6 +158,10 @@ impl Template {
             Self::FeedbackLike => "feedback_like.txt",
             Self::FeedbackDislike => "feedback_dislike.txt",
             Self::ItemDetails => "item_details.txt",
+            Self::LinkCode => "link_code.txt",
+            Self::LinkDone => "link_done.txt",
+            Self::LinkAlready => "link_already.txt",
+            Self::LinkInvalid => "link_invalid.txt",
         }
     }
 
@@ -180,6 +196,10 @@ impl Template {
             Self::FeedbackLike => both!("feedback_like.txt"),
             Self::FeedbackDislike => both!("feedback_dislike.txt"),
             Self::ItemDetails => both!("item_details.txt"),
+            Self::LinkCode => both!("link_code.txt"),
+            Self::LinkDone => both!("link_done.txt"),
+            Self::LinkAlready => both!("link_already.txt"),
+            Self::LinkInvalid => both!("link_invalid.txt"),
         }
     }
 }

@@ -29,6 +29,7 @@ const TREE_MESSAGES: &str = "messages";
 const TREE_KB_DOCS: &str = "kb_docs";
 const TREE_CATALOG: &str = "catalog";
 const TREE_EVENTS: &str = "events";
+const TREE_LINK_CODES: &str = "link_codes";
 const KEY_KB_GENERATION: &[u8] = b"kb_generation";
 const KEY_SCHEMA: &[u8] = b"schema_version";
 /// A file beside the database that records that it was initialised. sled
@@ -92,6 +93,36 @@ pub struct Customer {
     pub locale: Option<Locale>,
     /// A display name from the platform, if any.
     pub display_name: Option<String>,
+}
+
+/// A pending `/link` code: whoever enters it joins this customer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LinkCode {
+    /// Record schema version.
+    pub v: u32,
+    /// The customer who asked for the code.
+    pub customer_id: u64,
+    /// When the code stops working (Unix milliseconds).
+    pub expires_ms: u64,
+}
+
+/// What entering a link code did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkOutcome {
+    /// The identity now belongs to `into`; `from` (its former customer) was
+    /// merged into it and removed.
+    Linked {
+        /// The customer that no longer exists.
+        from: u64,
+        /// The customer that now holds both identities.
+        into: u64,
+    },
+    /// The identity already belonged to the code's customer.
+    AlreadyLinked,
+    /// No such code, or it was used already.
+    Unknown,
+    /// The code is older than its validity.
+    Expired,
 }
 
 /// One conversation of a customer in one chat; `/reset` starts a new one.
@@ -284,6 +315,7 @@ pub struct Store {
     meta: sled::Tree,
     catalog: sled::Tree,
     events: sled::Tree,
+    link_codes: sled::Tree,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -318,6 +350,7 @@ impl Store {
             kb_docs: db.open_tree(TREE_KB_DOCS).map_err(map)?,
             catalog: db.open_tree(TREE_CATALOG).map_err(map)?,
             events: db.open_tree(TREE_EVENTS).map_err(map)?,
+            link_codes: db.open_tree(TREE_LINK_CODES).map_err(map)?,
             meta: db.open_tree(TREE_META).map_err(map)?,
             path,
             db,
@@ -782,6 +815,145 @@ impl Store {
     /// Every event, grouped by user.
     pub fn all_events(&self) -> Result<Vec<Event>, StoreError> {
         self.records(&self.events, TREE_EVENTS)
+    }
+
+    /// Stores a one-time link code for `customer_id`.
+    pub fn create_link_code(
+        &self,
+        code: &str,
+        customer_id: u64,
+        expires_ms: u64,
+    ) -> Result<(), StoreError> {
+        let record = LinkCode {
+            v: RECORD_VERSION,
+            customer_id,
+            expires_ms,
+        };
+        self.link_codes
+            .insert(code.as_bytes(), Self::encode(&record))
+            .map_err(|err| self.err(err))?;
+        // Expired codes are swept whenever a new one is made.
+        let now = now_ms();
+        for entry in self.link_codes.iter() {
+            let (key, bytes) = entry.map_err(|err| self.err(err))?;
+            let expired = self
+                .decode::<LinkCode>(TREE_LINK_CODES, &bytes)
+                .map_or(true, |code| code.expires_ms < now);
+            if expired {
+                self.link_codes.remove(key).map_err(|err| self.err(err))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Uses a link code from the identity `platform`/`user_id`: that identity,
+    /// and every other identity of its customer, join the code's customer,
+    /// with their conversations. The code works once. Events are moved by
+    /// `move_events`, whose user key the caller knows.
+    pub fn redeem_link_code(
+        &self,
+        code: &str,
+        platform: &str,
+        user_id: &str,
+        now_ms: u64,
+    ) -> Result<LinkOutcome, StoreError> {
+        let Some(bytes) = self
+            .link_codes
+            .remove(code.as_bytes())
+            .map_err(|err| self.err(err))?
+        else {
+            return Ok(LinkOutcome::Unknown);
+        };
+        let link: LinkCode = self.decode(TREE_LINK_CODES, &bytes)?;
+        if link.expires_ms < now_ms {
+            return Ok(LinkOutcome::Expired);
+        }
+        let into = link.customer_id;
+        if self.customer(into)?.is_none() {
+            return Ok(LinkOutcome::Unknown);
+        }
+        let from = match self.find_customer(platform, user_id)? {
+            Some(customer) if customer.id == into => return Ok(LinkOutcome::AlreadyLinked),
+            Some(customer) => customer.id,
+            None => {
+                self.identities
+                    .insert(Self::identity_key(platform, user_id), &into.to_be_bytes())
+                    .map_err(|err| self.err(err))?;
+                return Ok(LinkOutcome::AlreadyLinked);
+            }
+        };
+        // Every identity of `from` moves, so no identity points at a removed customer.
+        for entry in self.identities.iter() {
+            let (key, value) = entry.map_err(|err| self.err(err))?;
+            if decode_u64(&value) == Some(from) {
+                self.identities
+                    .insert(key, &into.to_be_bytes())
+                    .map_err(|err| self.err(err))?;
+            }
+        }
+        for entry in self.customer_conversations.scan_prefix(from.to_be_bytes()) {
+            let (key, _) = entry.map_err(|err| self.err(err))?;
+            let Some(id) = key.get(8..16).and_then(decode_u64) else {
+                continue;
+            };
+            if let Some(bytes) = self
+                .conversations
+                .get(id.to_be_bytes())
+                .map_err(|err| self.err(err))?
+            {
+                let mut conversation: Conversation = self.decode(TREE_CONVERSATIONS, &bytes)?;
+                conversation.customer_id = into;
+                self.conversations
+                    .insert(id.to_be_bytes(), Self::encode(&conversation))
+                    .map_err(|err| self.err(err))?;
+            }
+            let mut moved = into.to_be_bytes().to_vec();
+            moved.extend_from_slice(&id.to_be_bytes());
+            self.customer_conversations
+                .insert(moved, &[])
+                .map_err(|err| self.err(err))?;
+            self.customer_conversations
+                .remove(key)
+                .map_err(|err| self.err(err))?;
+        }
+        for entry in self.active.scan_prefix(from.to_be_bytes()) {
+            let (key, value) = entry.map_err(|err| self.err(err))?;
+            let mut moved = into.to_be_bytes().to_vec();
+            moved.extend_from_slice(&key[8..]);
+            // A chat both customers used keeps the code owner's conversation.
+            self.active
+                .compare_and_swap(moved, None as Option<&[u8]>, Some(value))
+                .map_err(|err| self.err(err))?
+                .ok();
+            self.active.remove(key).map_err(|err| self.err(err))?;
+        }
+        self.customers
+            .remove(from.to_be_bytes())
+            .map_err(|err| self.err(err))?;
+        Ok(LinkOutcome::Linked { from, into })
+    }
+
+    /// Moves every event of `from` to `into` (after a link).
+    pub fn move_events(&self, from: &str, into: &str) -> Result<usize, StoreError> {
+        let events = self.user_events(from)?;
+        let mut prefix = from.as_bytes().to_vec();
+        prefix.push(0);
+        let mut batch = sled::Batch::default();
+        for entry in self.events.scan_prefix(&prefix) {
+            let (key, _) = entry.map_err(|err| self.err(err))?;
+            batch.remove(key);
+        }
+        for event in &events {
+            let moved = Event {
+                user: into.to_string(),
+                ..event.clone()
+            };
+            batch.insert(self.event_key(into)?, Self::encode(&moved));
+        }
+        self.events
+            .apply_batch(batch)
+            .map_err(|err| self.err(err))?;
+        Ok(events.len())
     }
 
     /// Advances on every knowledge-base change; derived indexes compare it.

@@ -5,6 +5,9 @@
 
 #![allow(dead_code)]
 
+pub mod fake_discord;
+pub mod fake_telegram;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -319,4 +322,69 @@ pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> O
         std::thread::sleep(Duration::from_millis(50));
     }
     None
+}
+
+/// `concierge serve` running in this process, stopped by `stop`.
+pub struct InProcessDaemon {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The configuration it runs with.
+    pub config: concierge::config::Config,
+}
+
+impl InProcessDaemon {
+    /// Starts the daemon with the scripted engine (`script`), data in
+    /// `dir/data`, no operator API, and the extra configuration `extra`.
+    pub fn start(dir: &Path, script: &str, extra: &str) -> Self {
+        let script_path = dir.join("script.toml");
+        std::fs::write(&script_path, script).unwrap();
+        let text = format!(
+            "[store]\ndata_dir = {data:?}\n[engine]\nbackend = \"scripted\"\nscript_file = {script:?}\n\
+             max_tokens = 2048\ncontext_tokens = 8192\n[operator]\nenabled = false\n[daemon]\nshutdown_deadline_secs = 5\n\
+             [chat]\nprompts_dir = {prompts:?}\n[knowledge]\ndemo = false\n{extra}\n",
+            data = dir.join("data").display().to_string(),
+            script = script_path.display().to_string(),
+            prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts").display().to_string(),
+        );
+        let config = concierge::config::parse(&text, &[]).expect("test configuration is valid");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let config = config.clone();
+            async move {
+                concierge::app::serve(&config, async move {
+                    let _ = stopped.await;
+                })
+                .await
+            }
+        });
+        Self {
+            stop: Some(stop),
+            task,
+            config,
+        }
+    }
+
+    /// Stops the daemon and waits until it has shut down.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .expect("the daemon stops within its deadline")
+            .expect("the daemon task does not panic")
+            .expect("the daemon exits cleanly");
+    }
+}
+
+/// Waits until `check` holds or `timeout` passes; true if it held.
+pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    check()
 }

@@ -86,6 +86,9 @@ pub struct Outbound {
     pub text: String,
     /// Buttons to show under the message.
     pub choices: Vec<Choice>,
+    /// The `Inbound::message_id` this answers, when the channel can thread
+    /// replies (a Discord slash command is answered in its own response).
+    pub reply_to: Option<String>,
 }
 
 impl Outbound {
@@ -95,6 +98,7 @@ impl Outbound {
             conversation,
             text: text.into(),
             choices: Vec::new(),
+            reply_to: None,
         }
     }
 }
@@ -123,6 +127,36 @@ pub struct Capabilities {
     pub threads: bool,
     /// A typing indicator exists.
     pub typing: bool,
+}
+
+/// A command that channels register with their platform's command menu.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandSpec {
+    /// The name without the slash, e.g. `help`.
+    pub name: String,
+    /// Short descriptions by locale (`en`, `zh`); `en` is the default.
+    pub descriptions: Vec<(String, String)>,
+}
+
+impl CommandSpec {
+    /// The description in `locale`, else the first one.
+    pub fn description(&self, locale: &str) -> &str {
+        self.descriptions
+            .iter()
+            .find(|(candidate, _)| candidate == locale)
+            .or_else(|| self.descriptions.first())
+            .map_or("", |(_, text)| text.as_str())
+    }
+}
+
+/// Replaces every occurrence of each non-empty secret in `text`, so tokens
+/// never reach logs or error messages even when a library prints a URL.
+pub fn redact(text: &str, secrets: &[&str]) -> String {
+    let mut redacted = text.to_string();
+    for secret in secrets.iter().filter(|secret| secret.len() >= 4) {
+        redacted = redacted.replace(secret, "[redacted]");
+    }
+    redacted
 }
 
 /// Errors a channel reports to the core.
@@ -179,6 +213,17 @@ pub trait Adapter: Send + Sync + 'static {
 
     /// Sends one complete message (at most `max_message_chars`).
     async fn send(&self, message: Outbound) -> Result<SentMessage, AdapterError>;
+
+    /// Opens a thread (or topic) under `parent` named `name`, posts `first`
+    /// there, and returns the thread as a conversation to send into.
+    async fn create_thread(
+        &self,
+        _parent: &ConversationRef,
+        _name: &str,
+        _first: Outbound,
+    ) -> Result<ConversationRef, AdapterError> {
+        Err(AdapterError::Unsupported("threads"))
+    }
 
     /// Replaces the text of a message sent earlier.
     async fn edit(&self, _message: &SentMessage, _text: &str) -> Result<(), AdapterError> {

@@ -1,0 +1,207 @@
+//! Gateway events turned into `Inbound` messages: which messages the bot
+//! answers (DMs, mentions, listed channels), slash commands (deferred, and
+//! answered by the next reply in their channel) and button presses (choices).
+//! Slash commands are registered on READY.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use concierge_adapter::{ConversationRef, Inbound, InboundContent, InboundSink, SenderRef};
+use serenity::all::{
+    Command, ComponentInteraction, Context, CreateCommand, CreateInteractionResponse,
+    CreateInteractionResponseMessage, EventHandler, Interaction, Message, Ready, ResumedEvent,
+    User,
+};
+
+use crate::{Inner, PLATFORM};
+
+/// Receives gateway events for one run of the client.
+pub(crate) struct Handler {
+    inner: Arc<Inner>,
+    sink: InboundSink,
+}
+
+impl Handler {
+    pub(crate) fn new(inner: Arc<Inner>, sink: InboundSink) -> Self {
+        Self { inner, sink }
+    }
+
+    async fn push(&self, inbound: Inbound) {
+        if self.sink.send(inbound).await.is_err() {
+            tracing::debug!("discord message arrived while shutting down");
+        }
+    }
+
+    async fn register_commands(&self, ctx: &Context) {
+        let commands: Vec<CreateCommand> = self
+            .inner
+            .settings
+            .commands
+            .iter()
+            .filter(|spec| matches!(spec.name.as_str(), "help" | "reset"))
+            .map(|spec| {
+                CreateCommand::new(spec.name.clone())
+                    .description(spec.description("en"))
+                    .description_localized("zh-CN", spec.description("zh"))
+            })
+            .collect();
+        if commands.is_empty() {
+            return;
+        }
+        if let Err(err) = Command::set_global_commands(&ctx.http, commands).await {
+            tracing::warn!(
+                "could not register discord slash commands: {}",
+                self.inner.redact(&err.to_string())
+            );
+        }
+    }
+
+    async fn component(&self, ctx: &Context, interaction: ComponentInteraction) {
+        // Acknowledged at once; the reply follows as a normal message.
+        if let Err(err) = interaction
+            .create_response(&ctx.http, CreateInteractionResponse::Acknowledge)
+            .await
+        {
+            tracing::debug!(
+                "acknowledging a button failed: {}",
+                self.inner.redact(&err.to_string())
+            );
+        }
+        self.push(Inbound {
+            conversation: conversation(interaction.channel_id.get()),
+            sender: sender(&interaction.user),
+            content: InboundContent::Choice {
+                id: self.inner.choice_id(&interaction.data.custom_id),
+            },
+            message_id: Some(interaction.message.id.get().to_string()),
+            received_at: SystemTime::now(),
+        })
+        .await;
+    }
+}
+
+fn conversation(channel: u64) -> ConversationRef {
+    ConversationRef {
+        platform: PLATFORM.into(),
+        chat_id: channel.to_string(),
+    }
+}
+
+fn sender(user: &User) -> SenderRef {
+    SenderRef {
+        platform: PLATFORM.into(),
+        user_id: user.id.get().to_string(),
+        display_name: Some(
+            user.global_name
+                .clone()
+                .unwrap_or_else(|| user.name.clone()),
+        ),
+        language_hint: None,
+    }
+}
+
+/// The text of a message with mentions of the bot removed.
+fn without_mention(content: &str, bot_id: u64) -> String {
+    content
+        .replace(&format!("<@{bot_id}>"), "")
+        .replace(&format!("<@!{bot_id}>"), "")
+        .trim()
+        .to_string()
+}
+
+#[async_trait]
+impl EventHandler for Handler {
+    async fn ready(&self, ctx: Context, ready: Ready) {
+        self.inner.set_bot_id(ready.user.id.get());
+        self.inner.http.set_application_id(ready.application.id);
+        tracing::info!(bot = %ready.user.name, "discord gateway ready");
+        self.register_commands(&ctx).await;
+    }
+
+    async fn resume(&self, _ctx: Context, _event: ResumedEvent) {
+        tracing::info!("discord gateway session resumed");
+    }
+
+    async fn message(&self, _ctx: Context, message: Message) {
+        if message.author.bot {
+            return;
+        }
+        let Some(bot_id) = self.inner.bot_id() else {
+            return;
+        };
+        let respond_to = self.inner.settings.respond_to;
+        let wanted = if message.guild_id.is_none() {
+            respond_to.dms
+        } else {
+            (respond_to.mentions && message.mentions_user_id(bot_id))
+                || (respond_to.channels
+                    && self
+                        .inner
+                        .settings
+                        .channels
+                        .contains(&message.channel_id.get()))
+        };
+        if !wanted {
+            return;
+        }
+        let text = without_mention(&message.content, bot_id);
+        if text.is_empty() {
+            return;
+        }
+        self.push(Inbound {
+            conversation: conversation(message.channel_id.get()),
+            sender: sender(&message.author),
+            content: InboundContent::Text(text),
+            message_id: Some(message.id.get().to_string()),
+            received_at: SystemTime::now(),
+        })
+        .await;
+    }
+
+    async fn interaction_create(&self, ctx: Context, interaction: Interaction) {
+        match interaction {
+            Interaction::Command(command) => {
+                let name = command.data.name.clone();
+                // Discord wants an answer within 3 s; the reply edits it.
+                let deferred =
+                    CreateInteractionResponse::Defer(CreateInteractionResponseMessage::new());
+                if let Err(err) = command.create_response(&ctx.http, deferred).await {
+                    tracing::warn!(
+                        "acknowledging /{name} failed: {}",
+                        self.inner.redact(&err.to_string())
+                    );
+                    return;
+                }
+                let channel = command.channel_id.get();
+                let user = command.user.clone();
+                let message_id = self.inner.set_pending_command(command);
+                self.push(Inbound {
+                    conversation: conversation(channel),
+                    sender: sender(&user),
+                    content: InboundContent::Text(format!("/{name}")),
+                    message_id: Some(message_id),
+                    received_at: SystemTime::now(),
+                })
+                .await;
+            }
+            Interaction::Component(component) => self.component(&ctx, component).await,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mentions_of_the_bot_are_removed() {
+        assert_eq!(
+            without_mention("<@42> where is my order?", 42),
+            "where is my order?"
+        );
+        assert_eq!(without_mention("hi <@!42>", 42), "hi");
+        assert_eq!(without_mention("<@7> hi", 42), "<@7> hi");
+    }
+}

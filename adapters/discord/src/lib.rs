@@ -1,0 +1,450 @@
+//! The Discord channel: serenity's gateway client and REST API turned into a
+//! Concierge `Adapter`. It answers in DMs and, in guilds, when mentioned or
+//! in listed channels (as configured); streams replies by paced edits; shows
+//! choices as buttons whose presses come back as choices; registers the
+//! `/help` and `/reset` slash commands; opens threads; and reconnects a lost
+//! gateway (serenity resumes or re-identifies).
+//!
+//! Architecture invariant: depends on `concierge-adapter` only; the bot
+//! token appears in no log line or error this crate produces.
+
+mod events;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use concierge_adapter::{
+    deliver_by_editing, redact, split_message, Adapter, AdapterError, Capabilities, Choice,
+    CommandSpec, ConversationRef, DeltaStream, EditPacing, InboundSink, Outbound, SentMessage,
+};
+use serenity::all::{
+    ButtonStyle, ChannelId, ChannelType, ClientBuilder, CommandInteraction, CreateActionRow,
+    CreateButton, CreateMessage, CreateThread, EditInteractionResponse, EditMessage,
+    GatewayIntents, Http, HttpBuilder, MessageId,
+};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Platform name in conversation references.
+pub const PLATFORM: &str = "discord";
+/// Discord's limit on one message, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 2000;
+/// Retries of one call that Discord answered with 429.
+const MAX_RATE_LIMIT_RETRIES: u32 = 5;
+/// Buttons per action row and rows per message, Discord's limits.
+const BUTTONS_PER_ROW: usize = 5;
+const MAX_ROWS: usize = 5;
+/// Discord's limit on a button's custom id, in characters.
+const MAX_CUSTOM_ID_CHARS: usize = 100;
+
+/// Where the bot answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RespondTo {
+    /// Guild messages that mention the bot.
+    pub mentions: bool,
+    /// Direct messages.
+    pub dms: bool,
+    /// Every message in the listed channels.
+    pub channels: bool,
+}
+
+/// Everything the Discord channel needs.
+#[derive(Clone)]
+pub struct DiscordSettings {
+    /// The bot token.
+    pub token: String,
+    /// REST base (`http://host:port`) for a self-hosted or fake API; the
+    /// official API when `None`. Setting it turns serenity's own rate
+    /// limiter off, as serenity only proxies without it.
+    pub api_url: Option<String>,
+    /// Channels served in full.
+    pub channels: BTreeSet<u64>,
+    /// Where the bot answers.
+    pub respond_to: RespondTo,
+    /// Minimum time between two edits in one channel.
+    pub edit_interval: Duration,
+    /// Slash commands to register.
+    pub commands: Vec<CommandSpec>,
+}
+
+impl std::fmt::Debug for DiscordSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiscordSettings")
+            .field("api_url", &self.api_url)
+            .field("channels", &self.channels)
+            .field("respond_to", &self.respond_to)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Discord channel.
+pub struct DiscordAdapter {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    settings: DiscordSettings,
+    /// REST client for replies; the gateway client of each run has its own.
+    http: Arc<Http>,
+    /// The bot's user id, known after READY.
+    bot_id: Mutex<Option<u64>>,
+    /// Slash commands waiting for their reply, by inbound message id.
+    pending_commands: Mutex<HashMap<String, CommandInteraction>>,
+    /// When each channel was last edited, for pacing.
+    last_edit: tokio::sync::Mutex<HashMap<u64, Instant>>,
+    /// Choice ids too long for a custom id, by the short key sent instead.
+    long_choices: Mutex<HashMap<String, String>>,
+}
+
+fn build_http(settings: &DiscordSettings) -> Http {
+    let builder = HttpBuilder::new(&settings.token);
+    match &settings.api_url {
+        Some(url) => builder
+            .proxy(url.trim_end_matches('/'))
+            .ratelimiter_disabled(true)
+            .build(),
+        None => builder.build(),
+    }
+}
+
+impl DiscordAdapter {
+    /// A channel for `settings`; nothing is contacted until `run`.
+    pub fn new(settings: DiscordSettings) -> Self {
+        let http = Arc::new(build_http(&settings));
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                http,
+                bot_id: Mutex::new(None),
+                pending_commands: Mutex::new(HashMap::new()),
+                last_edit: tokio::sync::Mutex::new(HashMap::new()),
+                long_choices: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn redact(&self, text: &str) -> String {
+        redact(text, &[self.settings.token.as_str()])
+    }
+
+    fn error(&self, err: serenity::Error) -> AdapterError {
+        match &err {
+            serenity::Error::Model(serenity::all::ModelError::MessageTooLong(chars)) => {
+                AdapterError::TooLong {
+                    chars: *chars,
+                    limit: MAX_MESSAGE_CHARS,
+                }
+            }
+            _ => AdapterError::Platform(self.redact(&err.to_string())),
+        }
+    }
+
+    /// Runs `call`, waiting and retrying when Discord answers 429. serenity's
+    /// rate limiter does this on the official API; with `api_url` set it is
+    /// off, so the 429 reaches us. The body's `retry_after` is not exposed by
+    /// serenity, so the wait starts at one second and doubles.
+    async fn with_retry<T, F, Fut>(&self, what: &str, mut call: F) -> Result<T, AdapterError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = serenity::Result<T>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match call().await {
+                Ok(value) => return Ok(value),
+                Err(err) if is_rate_limited(&err) && attempt < MAX_RATE_LIMIT_RETRIES => {
+                    let wait = Duration::from_secs(1 << attempt);
+                    attempt += 1;
+                    tracing::warn!(call = what, ?wait, "discord asked to slow down; waiting");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(err) => return Err(self.error(err)),
+            }
+        }
+    }
+
+    fn custom_id(&self, choice: &Choice) -> String {
+        if choice.id.chars().count() <= MAX_CUSTOM_ID_CHARS {
+            return choice.id.clone();
+        }
+        let Ok(mut long) = self.long_choices.lock() else {
+            return String::new();
+        };
+        let key = format!("~{}", long.len());
+        long.insert(key.clone(), choice.id.clone());
+        key
+    }
+
+    pub(crate) fn choice_id(&self, custom_id: &str) -> String {
+        if custom_id.starts_with('~') {
+            if let Some(id) = self
+                .long_choices
+                .lock()
+                .ok()
+                .and_then(|long| long.get(custom_id).cloned())
+            {
+                return id;
+            }
+        }
+        custom_id.to_string()
+    }
+
+    fn components(&self, choices: &[Choice]) -> Vec<CreateActionRow> {
+        choices
+            .chunks(BUTTONS_PER_ROW)
+            .take(MAX_ROWS)
+            .map(|row| {
+                CreateActionRow::Buttons(
+                    row.iter()
+                        .map(|choice| {
+                            let label: String = choice.label.chars().take(80).collect();
+                            CreateButton::new(self.custom_id(choice))
+                                .label(label)
+                                .style(ButtonStyle::Secondary)
+                        })
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    async fn pace_edit(&self, channel: u64) {
+        let mut last_edit = self.last_edit.lock().await;
+        if let Some(previous) = last_edit.get(&channel) {
+            let ready = *previous + self.settings.edit_interval;
+            if ready > Instant::now() {
+                tokio::time::sleep_until(ready).await;
+            }
+        }
+        last_edit.insert(channel, Instant::now());
+    }
+
+    fn take_pending_command(&self, reply_to: Option<&str>) -> Option<CommandInteraction> {
+        self.pending_commands.lock().ok()?.remove(reply_to?)
+    }
+
+    /// Remembers a deferred slash command; returns the inbound message id
+    /// that its answer will name in `Outbound::reply_to`.
+    pub(crate) fn set_pending_command(&self, interaction: CommandInteraction) -> String {
+        let key = format!("interaction:{}", interaction.id.get());
+        if let Ok(mut pending) = self.pending_commands.lock() {
+            // Deferred commands expire on Discord after 15 minutes; keep the map small.
+            if pending.len() > 1000 {
+                pending.clear();
+            }
+            pending.insert(key.clone(), interaction);
+        }
+        key
+    }
+
+    pub(crate) fn bot_id(&self) -> Option<u64> {
+        self.bot_id.lock().ok().and_then(|id| *id)
+    }
+
+    pub(crate) fn set_bot_id(&self, id: u64) {
+        if let Ok(mut slot) = self.bot_id.lock() {
+            *slot = Some(id);
+        }
+    }
+
+    async fn send_part(
+        &self,
+        channel: ChannelId,
+        text: &str,
+        choices: &[Choice],
+        reply_to: Option<&str>,
+    ) -> Result<u64, AdapterError> {
+        if let Some(interaction) = self.take_pending_command(reply_to) {
+            // A deferred slash command: its reply replaces "thinking…".
+            let mut builder = EditInteractionResponse::new().content(text);
+            if !choices.is_empty() {
+                builder = builder.components(self.components(choices));
+            }
+            let message = self
+                .with_retry("edit interaction response", || {
+                    interaction.edit_response(self.http.as_ref(), builder.clone())
+                })
+                .await?;
+            return Ok(message.id.get());
+        }
+        let mut builder = CreateMessage::new().content(text);
+        if !choices.is_empty() {
+            builder = builder.components(self.components(choices));
+        }
+        let message = self
+            .with_retry("create message", || {
+                channel.send_message(self.http.as_ref(), builder.clone())
+            })
+            .await?;
+        Ok(message.id.get())
+    }
+}
+
+fn is_rate_limited(err: &serenity::Error) -> bool {
+    matches!(
+        err,
+        serenity::Error::Http(serenity::all::HttpError::UnsuccessfulRequest(response))
+            if response.status_code.as_u16() == 429
+    )
+}
+
+fn channel_id(conversation: &ConversationRef) -> Result<ChannelId, AdapterError> {
+    conversation
+        .chat_id
+        .parse::<u64>()
+        .ok()
+        .filter(|id| *id != 0)
+        .map(ChannelId::new)
+        .ok_or_else(|| {
+            AdapterError::Platform(format!(
+                "not a discord channel id: {}",
+                conversation.chat_id
+            ))
+        })
+}
+
+#[async_trait]
+impl Adapter for DiscordAdapter {
+    fn platform(&self) -> &str {
+        PLATFORM
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_message_chars: MAX_MESSAGE_CHARS,
+            appends_stream: false,
+            can_edit: true,
+            buttons: true,
+            threads: true,
+            typing: true,
+        }
+    }
+
+    async fn run(
+        &self,
+        inbound: InboundSink,
+        shutdown: CancellationToken,
+    ) -> Result<(), AdapterError> {
+        let inner = Arc::clone(&self.inner);
+        let intents = GatewayIntents::GUILD_MESSAGES
+            | GatewayIntents::DIRECT_MESSAGES
+            | GatewayIntents::MESSAGE_CONTENT;
+        let handler = events::Handler::new(Arc::clone(&inner), inbound);
+        let mut client = ClientBuilder::new_with_http(build_http(&inner.settings), intents)
+            .event_handler(handler)
+            .await
+            .map_err(|err| inner.error(err))?;
+        let shards = Arc::clone(&client.shard_manager);
+        tokio::select! {
+            result = client.start() => result.map_err(|err| inner.error(err)),
+            _ = shutdown.cancelled() => {
+                shards.shutdown_all().await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn send(&self, message: Outbound) -> Result<SentMessage, AdapterError> {
+        let channel = channel_id(&message.conversation)?;
+        let parts = split_message(&message.text, MAX_MESSAGE_CHARS);
+        let last = parts.len().saturating_sub(1);
+        let mut sent = None;
+        for (index, part) in parts.iter().enumerate() {
+            let choices = if index == last {
+                message.choices.as_slice()
+            } else {
+                &[]
+            };
+            // Only the first part can answer a slash command.
+            let reply_to = if index == 0 {
+                message.reply_to.as_deref()
+            } else {
+                None
+            };
+            let id = self
+                .inner
+                .send_part(channel, part, choices, reply_to)
+                .await?;
+            sent = Some(SentMessage {
+                conversation: message.conversation.clone(),
+                message_id: id.to_string(),
+            });
+        }
+        sent.ok_or(AdapterError::Platform("nothing to send".into()))
+    }
+
+    async fn edit(&self, message: &SentMessage, text: &str) -> Result<(), AdapterError> {
+        let channel = channel_id(&message.conversation)?;
+        let id = message
+            .message_id
+            .parse::<u64>()
+            .ok()
+            .filter(|id| *id != 0)
+            .map(MessageId::new)
+            .ok_or_else(|| {
+                AdapterError::Platform(format!("not a discord message id: {}", message.message_id))
+            })?;
+        self.inner.pace_edit(channel.get()).await;
+        let builder = EditMessage::new().content(text);
+        self.inner
+            .with_retry("edit message", || {
+                channel.edit_message(self.inner.http.as_ref(), id, builder.clone())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn typing(&self, conversation: &ConversationRef) -> Result<(), AdapterError> {
+        let channel = channel_id(conversation)?;
+        self.inner
+            .with_retry("typing", || {
+                channel.broadcast_typing(self.inner.http.as_ref())
+            })
+            .await
+    }
+
+    async fn create_thread(
+        &self,
+        parent: &ConversationRef,
+        name: &str,
+        first: Outbound,
+    ) -> Result<ConversationRef, AdapterError> {
+        let channel = channel_id(parent)?;
+        // Discord limits thread names to 100 characters.
+        let name: String = name.chars().take(100).collect();
+        let thread = self
+            .inner
+            .with_retry("create thread", || {
+                channel.create_thread(
+                    self.inner.http.as_ref(),
+                    CreateThread::new(name.clone()).kind(ChannelType::PublicThread),
+                )
+            })
+            .await?;
+        let conversation = ConversationRef {
+            platform: PLATFORM.into(),
+            chat_id: thread.id.get().to_string(),
+        };
+        self.send(Outbound {
+            conversation: conversation.clone(),
+            ..first
+        })
+        .await?;
+        Ok(conversation)
+    }
+
+    async fn deliver_stream(
+        &self,
+        conversation: &ConversationRef,
+        deltas: DeltaStream,
+    ) -> Result<String, AdapterError> {
+        let pacing = EditPacing {
+            min_interval: self.inner.settings.edit_interval,
+        };
+        deliver_by_editing(self, conversation, deltas, pacing).await
+    }
+}

@@ -1,0 +1,549 @@
+//! The Telegram channel: teloxide's Bot API client turned into a Concierge
+//! `Adapter`. It receives updates by long polling (`getUpdates`, offsets
+//! persisted so no update is handled twice or lost across restarts) or by
+//! webhook (secret header checked), answers in private chats always and in
+//! groups when triggered, streams replies by paced message edits, renders
+//! choices as inline keyboards and honours `retry_after` on every call.
+//!
+//! Architecture invariant: depends on `concierge-adapter` only; the bot
+//! token appears in no log line or error this crate produces.
+
+mod offset;
+mod update;
+mod webhook;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use concierge_adapter::{
+    deliver_by_editing, redact, split_message, Adapter, AdapterError, Capabilities, Choice,
+    CommandSpec, ConversationRef, DeltaStream, EditPacing, InboundSink, Outbound, SentMessage,
+};
+use teloxide::payloads::{
+    GetUpdatesSetters, SendMessageSetters, SetMyCommandsSetters, SetWebhookSetters,
+};
+use teloxide::requests::{Output, Request, Requester};
+use teloxide::types::{
+    AllowedUpdate, BotCommand, ChatAction, ChatId, InlineKeyboardButton, InlineKeyboardMarkup,
+    MessageId,
+};
+use teloxide::{ApiError, Bot, RequestError};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use url::Url;
+
+pub use offset::OffsetFile;
+
+/// Platform name in conversation references.
+pub const PLATFORM: &str = "telegram";
+/// Telegram's limit on one message, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 4096;
+/// Telegram's limit on callback data, in bytes.
+const MAX_CALLBACK_BYTES: usize = 64;
+/// Retries of one call that Telegram answered with `retry_after`.
+const MAX_RATE_LIMIT_RETRIES: usize = 5;
+/// Retries of one call after network errors (about a minute in all).
+const MAX_NETWORK_RETRIES: usize = 8;
+/// The longest wait between two tries of one call.
+const MAX_CALL_BACKOFF: Duration = Duration::from_secs(15);
+/// The longest wait between two polls while Telegram is unreachable.
+const MAX_POLL_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How updates reach the bot.
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// Long polling with `getUpdates`.
+    Polling,
+    /// Telegram posts updates to `public_url`, which proxies to `listen`.
+    Webhook {
+        /// The HTTPS address registered with `setWebhook`.
+        public_url: Url,
+        /// Local address the webhook server binds.
+        listen: SocketAddr,
+        /// Expected `X-Telegram-Bot-Api-Secret-Token`.
+        secret_token: Option<String>,
+    },
+}
+
+/// What makes the bot answer in a group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupTriggers {
+    /// `@botname` in the text.
+    pub mention: bool,
+    /// A reply to one of the bot's messages.
+    pub reply: bool,
+    /// A `/command` (for this bot).
+    pub command: bool,
+}
+
+/// Everything the Telegram channel needs.
+#[derive(Clone)]
+pub struct TelegramSettings {
+    /// The bot token.
+    pub token: String,
+    /// Bot API base URL; the official API when `None`.
+    pub api_url: Option<Url>,
+    /// Polling or webhook.
+    pub mode: Mode,
+    /// When to answer in groups.
+    pub group_triggers: GroupTriggers,
+    /// Seconds one `getUpdates` call waits for updates.
+    pub poll_timeout_secs: u32,
+    /// Minimum time between two edits in one chat.
+    pub edit_interval: Duration,
+    /// File holding the id of the last handled update.
+    pub offset_file: PathBuf,
+    /// Commands for the platform's menu.
+    pub commands: Vec<CommandSpec>,
+}
+
+impl std::fmt::Debug for TelegramSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelegramSettings")
+            .field("api_url", &self.api_url)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The bot's own identity, learned from `getMe`.
+#[derive(Clone, Debug)]
+struct BotIdentity {
+    id: u64,
+    username: String,
+}
+
+/// The Telegram channel.
+pub struct TelegramAdapter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    bot: Bot,
+    settings: TelegramSettings,
+    identity: Mutex<Option<BotIdentity>>,
+    /// When each chat was last edited, for pacing.
+    last_edit: tokio::sync::Mutex<HashMap<i64, Instant>>,
+    /// Choice ids too long for callback data, by the short key sent instead.
+    long_choices: Mutex<HashMap<String, String>>,
+    offsets: OffsetFile,
+}
+
+impl TelegramAdapter {
+    /// A channel for `settings`; nothing is contacted until `run`.
+    pub fn new(settings: TelegramSettings) -> Result<Self, AdapterError> {
+        let client = teloxide::net::default_reqwest_settings()
+            // Long polls must end before the client gives up on them.
+            .timeout(Duration::from_secs(
+                u64::from(settings.poll_timeout_secs) + 15,
+            ))
+            .build()
+            .map_err(|err| {
+                AdapterError::Platform(format!("cannot build the HTTP client: {err}"))
+            })?;
+        let mut bot = Bot::with_client(settings.token.clone(), client);
+        if let Some(url) = &settings.api_url {
+            bot = bot.set_api_url(url.clone());
+        }
+        let offsets = OffsetFile::new(settings.offset_file.clone());
+        Ok(Self {
+            inner: Arc::new(Inner {
+                bot,
+                settings,
+                identity: Mutex::new(None),
+                last_edit: tokio::sync::Mutex::new(HashMap::new()),
+                long_choices: Mutex::new(HashMap::new()),
+                offsets,
+            }),
+        })
+    }
+}
+
+impl Inner {
+    fn redact(&self, text: &str) -> String {
+        redact(text, &[self.settings.token.as_str()])
+    }
+
+    fn error(&self, err: RequestError) -> AdapterError {
+        match err {
+            RequestError::RetryAfter(seconds) => AdapterError::RateLimited {
+                retry_after_secs: u64::from(seconds.seconds()),
+            },
+            RequestError::Api(ApiError::MessageIsTooLong | ApiError::EditedMessageIsTooLong) => {
+                AdapterError::TooLong {
+                    chars: 0,
+                    limit: MAX_MESSAGE_CHARS,
+                }
+            }
+            other => AdapterError::Platform(self.redact(&other.to_string())),
+        }
+    }
+
+    /// Sends `request`, waiting and retrying whenever Telegram answers with
+    /// `retry_after`, and after network errors with back-off: a reply must
+    /// survive a short outage rather than stop half-shown.
+    async fn call<R>(&self, what: &str, request: R) -> Result<Output<R>, AdapterError>
+    where
+        R: Request<Err = RequestError> + Clone,
+    {
+        self.call_with(what, request, MAX_NETWORK_RETRIES).await
+    }
+
+    async fn call_with<R>(
+        &self,
+        what: &str,
+        request: R,
+        network_retries: usize,
+    ) -> Result<Output<R>, AdapterError>
+    where
+        R: Request<Err = RequestError> + Clone,
+    {
+        let mut rate_limited = 0;
+        let mut network_failures = 0;
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match request.clone().send().await {
+                Ok(output) => return Ok(output),
+                Err(RequestError::RetryAfter(seconds)) if rate_limited < MAX_RATE_LIMIT_RETRIES => {
+                    rate_limited += 1;
+                    tracing::warn!(
+                        call = what,
+                        retry_after_secs = seconds.seconds(),
+                        "telegram asked to slow down; waiting"
+                    );
+                    tokio::time::sleep(seconds.duration()).await;
+                }
+                Err(RequestError::Network(err)) if network_failures < network_retries => {
+                    network_failures += 1;
+                    tracing::warn!(
+                        call = what,
+                        "telegram unreachable ({}); retrying in {backoff:?}",
+                        self.redact(&err.to_string())
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_CALL_BACKOFF);
+                }
+                Err(err) => return Err(self.error(err)),
+            }
+        }
+    }
+
+    async fn learn_identity(&self) -> Result<BotIdentity, AdapterError> {
+        let me = self.call("getMe", self.bot.get_me()).await?;
+        let identity = BotIdentity {
+            id: me.user.id.0,
+            username: me.username().to_string(),
+        };
+        if let Ok(mut slot) = self.identity.lock() {
+            *slot = Some(identity.clone());
+        }
+        Ok(identity)
+    }
+
+    async fn register_commands(&self) {
+        let commands = &self.settings.commands;
+        if commands.is_empty() {
+            return;
+        }
+        for locale in [None, Some("zh")] {
+            let list: Vec<BotCommand> = commands
+                .iter()
+                .map(|spec| BotCommand::new(&spec.name, spec.description(locale.unwrap_or("en"))))
+                .collect();
+            let mut request = self.bot.set_my_commands(list);
+            if let Some(locale) = locale {
+                request = request.language_code(locale);
+            }
+            if let Err(err) = self.call("setMyCommands", request).await {
+                tracing::warn!(
+                    locale = locale.unwrap_or("default"),
+                    "could not register the bot's commands: {err}"
+                );
+            }
+        }
+    }
+
+    fn callback_data(&self, choice: &Choice) -> String {
+        if choice.id.len() <= MAX_CALLBACK_BYTES {
+            return choice.id.clone();
+        }
+        let Ok(mut long) = self.long_choices.lock() else {
+            return String::new();
+        };
+        let key = format!("~{}", long.len());
+        long.insert(key.clone(), choice.id.clone());
+        key
+    }
+
+    /// The choice id behind callback data.
+    fn choice_id(&self, data: &str) -> String {
+        if data.starts_with('~') {
+            if let Some(id) = self
+                .long_choices
+                .lock()
+                .ok()
+                .and_then(|long| long.get(data).cloned())
+            {
+                return id;
+            }
+        }
+        data.to_string()
+    }
+
+    fn keyboard(&self, choices: &[Choice]) -> InlineKeyboardMarkup {
+        // A short set (a 1-5 rating) fits one row; longer sets go three per row.
+        let per_row = if choices.len() <= 5 { 5 } else { 3 };
+        let rows: Vec<Vec<InlineKeyboardButton>> = choices
+            .chunks(per_row)
+            .map(|row| {
+                row.iter()
+                    .map(|choice| {
+                        InlineKeyboardButton::callback(
+                            choice.label.clone(),
+                            self.callback_data(choice),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        InlineKeyboardMarkup::new(rows)
+    }
+
+    async fn pace_edit(&self, chat: i64) {
+        let mut last_edit = self.last_edit.lock().await;
+        if let Some(previous) = last_edit.get(&chat) {
+            let ready = *previous + self.settings.edit_interval;
+            if ready > Instant::now() {
+                tokio::time::sleep_until(ready).await;
+            }
+        }
+        last_edit.insert(chat, Instant::now());
+    }
+
+    async fn poll(
+        &self,
+        sink: &InboundSink,
+        shutdown: &CancellationToken,
+    ) -> Result<(), AdapterError> {
+        let mut next_offset = self
+            .offsets
+            .load()
+            .map_err(|err| AdapterError::Platform(err.to_string()))?
+            .map_or(0, |last| last + 1);
+        let mut backoff = Duration::from_secs(1);
+        let mut unreachable_since: Option<Instant> = None;
+        loop {
+            let request = self
+                .bot
+                .get_updates()
+                .offset(next_offset as i32)
+                .timeout(self.settings.poll_timeout_secs)
+                .allowed_updates(vec![AllowedUpdate::Message, AllowedUpdate::CallbackQuery]);
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                result = request.send() => result,
+            };
+            let updates = match result {
+                Ok(updates) => updates,
+                Err(RequestError::RetryAfter(seconds)) => {
+                    tracing::warn!(
+                        retry_after_secs = seconds.seconds(),
+                        "telegram asked to slow down polling"
+                    );
+                    if sleep_or_shutdown(seconds.duration(), shutdown).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(err) => {
+                    unreachable_since.get_or_insert_with(Instant::now);
+                    tracing::warn!(
+                        "polling telegram failed: {}; retrying in {backoff:?}",
+                        self.redact(&err.to_string())
+                    );
+                    if sleep_or_shutdown(backoff, shutdown).await {
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(MAX_POLL_BACKOFF);
+                    continue;
+                }
+            };
+            if let Some(since) = unreachable_since.take() {
+                tracing::info!(down_for = ?since.elapsed(), "telegram is reachable again");
+            }
+            backoff = Duration::from_secs(1);
+            for update in updates {
+                let id = update.id.0;
+                if id < next_offset {
+                    continue;
+                }
+                if let Some(inbound) = self.to_inbound(update).await {
+                    if sink.send(inbound).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                next_offset = id + 1;
+                if let Err(err) = self.offsets.save(id) {
+                    tracing::error!("cannot record the last handled telegram update: {err}");
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps for `duration`; true when shutdown came first.
+async fn sleep_or_shutdown(duration: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = shutdown.cancelled() => true,
+        _ = tokio::time::sleep(duration) => false,
+    }
+}
+
+fn chat_id(conversation: &ConversationRef) -> Result<ChatId, AdapterError> {
+    conversation
+        .chat_id
+        .parse::<i64>()
+        .map(ChatId)
+        .map_err(|_| {
+            AdapterError::Platform(format!("not a telegram chat id: {}", conversation.chat_id))
+        })
+}
+
+fn message_id(message: &SentMessage) -> Result<MessageId, AdapterError> {
+    message
+        .message_id
+        .parse::<i32>()
+        .map(MessageId)
+        .map_err(|_| {
+            AdapterError::Platform(format!("not a telegram message id: {}", message.message_id))
+        })
+}
+
+#[async_trait]
+impl Adapter for TelegramAdapter {
+    fn platform(&self) -> &str {
+        PLATFORM
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_message_chars: MAX_MESSAGE_CHARS,
+            appends_stream: false,
+            can_edit: true,
+            buttons: true,
+            threads: false,
+            typing: true,
+        }
+    }
+
+    async fn run(
+        &self,
+        inbound: InboundSink,
+        shutdown: CancellationToken,
+    ) -> Result<(), AdapterError> {
+        let inner = &self.inner;
+        let identity = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            identity = inner.learn_identity() => identity?,
+        };
+        tracing::info!(bot = %identity.username, "telegram bot connected");
+        inner.register_commands().await;
+        match &inner.settings.mode {
+            Mode::Polling => {
+                // getUpdates fails while a webhook is set.
+                inner
+                    .call("deleteWebhook", inner.bot.delete_webhook())
+                    .await?;
+                inner.poll(&inbound, &shutdown).await
+            }
+            Mode::Webhook {
+                public_url,
+                listen,
+                secret_token,
+            } => {
+                let mut request = inner
+                    .bot
+                    .set_webhook(public_url.clone())
+                    .allowed_updates(vec![AllowedUpdate::Message, AllowedUpdate::CallbackQuery]);
+                if let Some(secret) = secret_token {
+                    request = request.secret_token(secret.clone());
+                }
+                inner.call("setWebhook", request).await?;
+                webhook::serve(
+                    Arc::clone(inner),
+                    *listen,
+                    public_url.path().to_string(),
+                    inbound,
+                    shutdown,
+                )
+                .await
+            }
+        }
+    }
+
+    async fn send(&self, message: Outbound) -> Result<SentMessage, AdapterError> {
+        let inner = &self.inner;
+        let chat = chat_id(&message.conversation)?;
+        let parts = split_message(&message.text, MAX_MESSAGE_CHARS);
+        let last = parts.len().saturating_sub(1);
+        let mut sent = None;
+        for (index, part) in parts.into_iter().enumerate() {
+            // Plain text: no parse mode, so nothing the customer or the model
+            // writes can break formatting.
+            let mut request = inner.bot.send_message(chat, part);
+            if index == last && !message.choices.is_empty() {
+                request = request.reply_markup(inner.keyboard(&message.choices));
+            }
+            let reply = inner.call("sendMessage", request).await?;
+            sent = Some(SentMessage {
+                conversation: message.conversation.clone(),
+                message_id: reply.id.0.to_string(),
+            });
+        }
+        sent.ok_or(AdapterError::Platform("nothing to send".into()))
+    }
+
+    async fn edit(&self, message: &SentMessage, text: &str) -> Result<(), AdapterError> {
+        let inner = &self.inner;
+        let chat = chat_id(&message.conversation)?;
+        let id = message_id(message)?;
+        inner.pace_edit(chat.0).await;
+        let request = inner.bot.edit_message_text(chat, id, text);
+        match inner.call("editMessageText", request).await {
+            Ok(_) => Ok(()),
+            Err(AdapterError::Platform(detail)) if detail.contains("message is not modified") => {
+                Ok(())
+            }
+            Err(err) => Err(err),
+        }
+    }
+
+    async fn typing(&self, conversation: &ConversationRef) -> Result<(), AdapterError> {
+        let inner = &self.inner;
+        let chat = chat_id(conversation)?;
+        // Best effort: a typing indicator is not worth waiting for.
+        inner
+            .call_with(
+                "sendChatAction",
+                inner.bot.send_chat_action(chat, ChatAction::Typing),
+                0,
+            )
+            .await
+            .map(|_| ())
+    }
+
+    async fn deliver_stream(
+        &self,
+        conversation: &ConversationRef,
+        deltas: DeltaStream,
+    ) -> Result<String, AdapterError> {
+        let pacing = EditPacing {
+            min_interval: self.inner.settings.edit_interval,
+        };
+        deliver_by_editing(self, conversation, deltas, pacing).await
+    }
+}

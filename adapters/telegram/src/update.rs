@@ -1,0 +1,262 @@
+//! Telegram updates turned into `Inbound` messages: which messages the bot
+//! answers (private chats always; groups on a mention, a reply to the bot or
+//! a command, as configured) and how button presses become choices.
+
+use std::time::SystemTime;
+
+use concierge_adapter::{ConversationRef, Inbound, InboundContent, SenderRef};
+use teloxide::requests::Requester;
+use teloxide::types::{CallbackQuery, Message, MessageEntityKind, Update, UpdateKind, User};
+
+use crate::{BotIdentity, GroupTriggers, Inner, PLATFORM};
+
+impl Inner {
+    /// The inbound message of an update, or `None` when the bot ignores it.
+    pub(crate) async fn to_inbound(&self, update: Update) -> Option<Inbound> {
+        let identity = self.identity.lock().ok().and_then(|slot| slot.clone())?;
+        match update.kind {
+            UpdateKind::Message(message) => {
+                inbound_message(&message, &identity, self.settings.group_triggers)
+            }
+            UpdateKind::CallbackQuery(query) => self.inbound_choice(query).await,
+            _ => None,
+        }
+    }
+
+    async fn inbound_choice(&self, query: CallbackQuery) -> Option<Inbound> {
+        // Stops the client's progress indicator on the button.
+        if let Err(err) = self
+            .call(
+                "answerCallbackQuery",
+                self.bot.answer_callback_query(query.id.clone()),
+            )
+            .await
+        {
+            tracing::debug!("answering a callback query failed: {err}");
+        }
+        let data = query.data.as_deref()?;
+        let message = query.message.as_ref()?;
+        Some(Inbound {
+            conversation: ConversationRef {
+                platform: PLATFORM.into(),
+                chat_id: message.chat().id.0.to_string(),
+            },
+            sender: sender(&query.from),
+            content: InboundContent::Choice {
+                id: self.choice_id(data),
+            },
+            message_id: Some(message.id().0.to_string()),
+            received_at: SystemTime::now(),
+        })
+    }
+}
+
+fn sender(user: &User) -> SenderRef {
+    SenderRef {
+        platform: PLATFORM.into(),
+        user_id: user.id.0.to_string(),
+        display_name: Some(user.full_name()),
+        language_hint: user.language_code.clone(),
+    }
+}
+
+/// A text message the bot should answer, with a mention of the bot removed.
+fn inbound_message(
+    message: &Message,
+    identity: &BotIdentity,
+    triggers: GroupTriggers,
+) -> Option<Inbound> {
+    let from = message.from.as_ref()?;
+    if from.is_bot {
+        return None;
+    }
+    let text = message.text().or_else(|| message.caption())?;
+    let text = if message.chat.is_private() {
+        strip_own_command_suffix(text, &identity.username)?
+    } else {
+        group_text(message, text, identity, triggers)?
+    };
+    Some(Inbound {
+        conversation: ConversationRef {
+            platform: PLATFORM.into(),
+            chat_id: message.chat.id.0.to_string(),
+        },
+        sender: sender(from),
+        content: InboundContent::Text(text),
+        message_id: Some(message.id.0.to_string()),
+        received_at: SystemTime::now(),
+    })
+}
+
+/// The text of a group message when one of the enabled triggers holds.
+fn group_text(
+    message: &Message,
+    text: &str,
+    identity: &BotIdentity,
+    triggers: GroupTriggers,
+) -> Option<String> {
+    let is_command = text.starts_with('/');
+    if is_command {
+        // `/help@otherbot` is for another bot.
+        let text = strip_own_command_suffix(text, &identity.username)?;
+        return triggers.command.then_some(text);
+    }
+    let mention = format!("@{}", identity.username);
+    let mentioned = contains_ignore_case(text, &mention)
+        || message.parse_entities().is_some_and(|entities| {
+            entities.iter().any(|entity| {
+                matches!(entity.kind(), MessageEntityKind::TextMention { user } if user.id.0 == identity.id)
+            })
+        });
+    let replied_to_bot = message
+        .reply_to_message()
+        .and_then(|original| original.from.as_ref())
+        .is_some_and(|author| author.id.0 == identity.id);
+    if (triggers.mention && mentioned) || (triggers.reply && replied_to_bot) {
+        let cleaned = remove_ignore_case(text, &mention);
+        let cleaned = cleaned.trim();
+        return (!cleaned.is_empty()).then(|| cleaned.to_string());
+    }
+    None
+}
+
+/// `/cmd@thisbot args` becomes `/cmd args`; `/cmd@otherbot` is `None`.
+fn strip_own_command_suffix(text: &str, username: &str) -> Option<String> {
+    if !text.starts_with('/') {
+        return Some(text.to_string());
+    }
+    let (head, rest) = text.split_once(char::is_whitespace).unwrap_or((text, ""));
+    let Some((command, addressee)) = head.split_once('@') else {
+        return Some(text.to_string());
+    };
+    if !addressee.eq_ignore_ascii_case(username) {
+        return None;
+    }
+    Some(if rest.is_empty() {
+        command.to_string()
+    } else {
+        format!("{command} {rest}")
+    })
+}
+
+fn contains_ignore_case(text: &str, needle: &str) -> bool {
+    text.to_lowercase().contains(&needle.to_lowercase())
+}
+
+fn remove_ignore_case(text: &str, needle: &str) -> String {
+    let lower = text.to_lowercase();
+    let needle = needle.to_lowercase();
+    // Lowercasing can change byte lengths outside ASCII; fall back to the text.
+    if lower.len() != text.len() {
+        return text.replace(&needle, "");
+    }
+    let mut result = String::with_capacity(text.len());
+    let mut rest = 0;
+    for (at, _) in lower.match_indices(&needle) {
+        result.push_str(&text[rest..at]);
+        rest = at + needle.len();
+    }
+    result.push_str(&text[rest..]);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> BotIdentity {
+        BotIdentity {
+            id: 42,
+            username: "shop_bot".into(),
+        }
+    }
+
+    fn message(chat_type: &str, text: &str, reply_to_bot: bool) -> Message {
+        let chat = if chat_type == "private" {
+            serde_json::json!({"id": 7, "type": "private", "first_name": "Ann"})
+        } else {
+            serde_json::json!({"id": -100, "type": "supergroup", "title": "Shop fans"})
+        };
+        let mut json = serde_json::json!({
+            "message_id": 5,
+            "date": 1_700_000_000,
+            "chat": chat,
+            "from": {"id": 7, "is_bot": false, "first_name": "Ann", "language_code": "en"},
+            "text": text,
+        });
+        if reply_to_bot {
+            json["reply_to_message"] = serde_json::json!({
+                "message_id": 4,
+                "date": 1_700_000_000,
+                "chat": json["chat"].clone(),
+                "from": {"id": 42, "is_bot": true, "first_name": "Shop", "username": "shop_bot"},
+                "text": "Hello",
+            });
+        }
+        serde_json::from_value(json).expect("a valid message")
+    }
+
+    fn text_of(message: &Message, triggers: GroupTriggers) -> Option<String> {
+        inbound_message(message, &identity(), triggers).map(|inbound| match inbound.content {
+            InboundContent::Text(text) => text,
+            InboundContent::Choice { id } => id,
+        })
+    }
+
+    const ALL: GroupTriggers = GroupTriggers {
+        mention: true,
+        reply: true,
+        command: true,
+    };
+
+    #[test]
+    fn private_chats_are_always_answered() {
+        assert_eq!(
+            text_of(&message("private", "hello", false), ALL).as_deref(),
+            Some("hello")
+        );
+    }
+
+    #[test]
+    fn groups_need_a_trigger() {
+        assert_eq!(text_of(&message("group", "hello all", false), ALL), None);
+        assert_eq!(
+            text_of(
+                &message("group", "@Shop_Bot where is my order?", false),
+                ALL
+            )
+            .as_deref(),
+            Some("where is my order?")
+        );
+        assert_eq!(
+            text_of(&message("group", "thanks!", true), ALL).as_deref(),
+            Some("thanks!")
+        );
+        assert_eq!(
+            text_of(&message("group", "/help@shop_bot", false), ALL).as_deref(),
+            Some("/help")
+        );
+        assert_eq!(
+            text_of(&message("group", "/help@other_bot", false), ALL),
+            None
+        );
+    }
+
+    #[test]
+    fn disabled_triggers_are_ignored() {
+        let only_commands = GroupTriggers {
+            mention: false,
+            reply: false,
+            command: true,
+        };
+        assert_eq!(
+            text_of(&message("group", "@shop_bot hi", false), only_commands),
+            None
+        );
+        assert_eq!(text_of(&message("group", "hi", true), only_commands), None);
+        assert_eq!(
+            text_of(&message("group", "/reset", false), only_commands).as_deref(),
+            Some("/reset")
+        );
+    }
+}

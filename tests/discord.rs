@@ -1,0 +1,327 @@
+//! The Discord channel end to end: `concierge serve` (in process, scripted
+//! engine) against the fake REST API and gateway in
+//! tests/support/fake_discord.rs, which serenity talks to unchanged.
+
+#![cfg(feature = "discord")]
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::fake_discord::{FakeDiscord, APPLICATION_ID, BOT_ID, TOKEN};
+use support::{eventually, InProcessDaemon};
+
+const WAIT: Duration = Duration::from_secs(30);
+const CUSTOMER: u64 = 700_000_000_000_000_001;
+const DM: u64 = 800_000_000_000_000_001;
+const GUILD_CHANNEL: u64 = 800_000_000_000_000_002;
+const LISTED_CHANNEL: u64 = 800_000_000_000_000_003;
+
+const SCRIPT: &str = r#"
+token_delay_ms = 0
+default_reply = "You said: {last_user}"
+[[rule]]
+contains = "slowly"
+reply = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty"
+token_delay_ms = 150
+"#;
+
+fn discord_section(fake: &FakeDiscord) -> String {
+    format!(
+        "[discord]\nenabled = true\ntoken = {TOKEN:?}\napi_url = {url:?}\nchannels = [\"{LISTED_CHANNEL}\"]\n",
+        url = fake.url
+    )
+}
+
+fn texts_in(fake: &FakeDiscord, channel: u64) -> Vec<String> {
+    fake.messages_in(channel)
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect()
+}
+
+async fn start(fake: &FakeDiscord, dir: &std::path::Path, script: &str) -> InProcessDaemon {
+    let daemon = InProcessDaemon::start(dir, script, &discord_section(fake));
+    assert!(
+        eventually(WAIT, || fake.gateway_live()).await,
+        "the gateway connects"
+    );
+    daemon
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dm_gets_a_streamed_reply_with_paced_edits_and_typing() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeDiscord::start().await;
+    let daemon = start(&fake, dir.path(), SCRIPT).await;
+    fake.push_message(DM, CUSTOMER, "please answer slowly", false, false);
+    assert!(
+        eventually(WAIT, || texts_in(&fake, DM)
+            .last()
+            .is_some_and(|text| text.ends_with("twenty")))
+        .await,
+        "{:?}",
+        texts_in(&fake, DM)
+    );
+    daemon.stop().await;
+    assert_eq!(fake.messages_in(DM).len(), 1);
+    let path = format!("/channels/{DM}/messages");
+    let sends = fake.calls_matching("POST", &path);
+    let edits = fake.calls_matching("PATCH", &path);
+    assert!(edits.len() >= 2, "{edits:?}");
+    let mut previous = sends[0].at;
+    for edit in &edits {
+        let gap = edit.at.duration_since(previous);
+        assert!(gap >= Duration::from_millis(950), "edits {gap:?} apart");
+        previous = edit.at;
+    }
+    assert!(!fake
+        .calls_matching("POST", &format!("/channels/{DM}/typing"))
+        .is_empty());
+    // The session asked for the message-content intent (1 << 15).
+    let identify = fake.sessions()[0].identify.clone().expect("identified");
+    let intents = identify["intents"].as_u64().unwrap();
+    assert_ne!(intents & (1 << 15), 0, "intents {intents:b}");
+    // /help and /reset were registered as slash commands, with Chinese descriptions.
+    let registered =
+        fake.calls_matching("PUT", &format!("/applications/{APPLICATION_ID}/commands"));
+    let names: Vec<&str> = registered[0]
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["help", "reset"]);
+    assert!(registered[0].body[0]["description_localizations"]["zh-CN"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn guild_messages_need_a_mention_or_a_listed_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeDiscord::start().await;
+    let daemon = start(&fake, dir.path(), SCRIPT).await;
+    fake.push_message(GUILD_CHANNEL, CUSTOMER, "talking to friends", true, false);
+    fake.push_message(
+        GUILD_CHANNEL,
+        CUSTOMER,
+        &format!("<@{BOT_ID}> where is my parcel?"),
+        true,
+        true,
+    );
+    fake.push_message(LISTED_CHANNEL, CUSTOMER, "is this in stock?", true, false);
+    assert!(
+        eventually(WAIT, || texts_in(&fake, GUILD_CHANNEL).len() == 1
+            && texts_in(&fake, LISTED_CHANNEL).len() == 1)
+        .await
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    daemon.stop().await;
+    assert_eq!(
+        texts_in(&fake, GUILD_CHANNEL),
+        vec!["You said: where is my parcel?".to_string()]
+    );
+    assert_eq!(
+        texts_in(&fake, LISTED_CHANNEL),
+        vec!["You said: is this in stock?".to_string()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_6000_character_reply_is_split_at_2000() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeDiscord::start().await;
+    let sentence = "Our shop ships every parcel within two days and tracks it to your door. ";
+    let long_reply: String = sentence.repeat(6000 / sentence.len() + 1);
+    let script = format!(
+        "token_delay_ms = 0\ndefault_reply = \"ok\"\n[[rule]]\ncontains = \"long\"\nreply = {long_reply:?}\n"
+    );
+    let daemon = start(&fake, dir.path(), &script).await;
+    fake.push_message(DM, CUSTOMER, "a long answer please", false, false);
+    let complete = |fake: &FakeDiscord| {
+        texts_in(fake, DM).join(" ").split_whitespace().count()
+            == long_reply.split_whitespace().count()
+    };
+    assert!(
+        eventually(WAIT, || complete(&fake)).await,
+        "{:?}",
+        texts_in(&fake, DM)
+    );
+    daemon.stop().await;
+    let texts = texts_in(&fake, DM);
+    assert!(
+        texts.len() >= 4,
+        "6,000 characters need at least four messages: {}",
+        texts.len()
+    );
+    for text in &texts {
+        assert!(
+            text.chars().count() <= 2000,
+            "{} characters",
+            text.chars().count()
+        );
+        assert!(text.trim_end().ends_with('.'));
+    }
+    let words: Vec<&str> = texts
+        .iter()
+        .flat_map(|text| text.split_whitespace())
+        .collect();
+    assert_eq!(words, long_reply.split_whitespace().collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_429_on_an_edit_is_waited_out_and_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeDiscord::start().await;
+    let daemon = start(&fake, dir.path(), SCRIPT).await;
+    fake.rate_limit("PATCH", &format!("/channels/{DM}/messages/"), 1);
+    fake.push_message(DM, CUSTOMER, "please answer slowly", false, false);
+    assert!(
+        eventually(WAIT, || texts_in(&fake, DM)
+            .last()
+            .is_some_and(|text| text.ends_with("twenty")))
+        .await
+    );
+    daemon.stop().await;
+    let edits = fake.calls_matching("PATCH", &format!("/channels/{DM}/messages/"));
+    assert!(edits.len() >= 2);
+    let gap = edits[1].at.duration_since(edits[0].at);
+    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}");
+    assert_eq!(fake.messages_in(DM).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dropped_gateway_reconnects_and_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeDiscord::start().await;
+    let daemon = start(&fake, dir.path(), SCRIPT).await;
+    fake.push_message(DM, CUSTOMER, "before the drop", false, false);
+    assert!(eventually(WAIT, || texts_in(&fake, DM).len() == 1).await);
+    fake.drop_gateway();
+    assert!(
+        eventually(WAIT, || fake.sessions().len() >= 2 && fake.gateway_live()).await,
+        "{:?}",
+        fake.sessions()
+    );
+    fake.push_message(DM, CUSTOMER, "after the drop", false, false);
+    assert!(
+        eventually(WAIT, || texts_in(&fake, DM).len() == 2).await,
+        "{:?}",
+        texts_in(&fake, DM)
+    );
+    daemon.stop().await;
+    assert_eq!(texts_in(&fake, DM)[1], "You said: after the drop");
+    // Shutdown closed the live gateway connection.
+    assert!(eventually(WAIT, || !fake.gateway_live()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn buttons_arrive_as_choices_and_slash_commands_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeDiscord::start().await;
+    let daemon = start(&fake, dir.path(), SCRIPT).await;
+    fake.push_message(DM, CUSTOMER, "/recommend", false, false);
+    let path = format!("/channels/{DM}/messages");
+    let with_buttons = || {
+        fake.calls_matching("POST", &path).into_iter().find(|call| {
+            call.body
+                .get("components")
+                .is_some_and(|c| !c.as_array().unwrap().is_empty())
+        })
+    };
+    assert!(eventually(WAIT, || with_buttons().is_some()).await);
+    let components = with_buttons().unwrap().body["components"].clone();
+    let buttons: Vec<&Value> = components
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row["components"].as_array().unwrap())
+        .collect();
+    let like = buttons
+        .iter()
+        .find(|button| {
+            button["custom_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("rec:like:")
+        })
+        .expect("a like button");
+    let custom_id = like["custom_id"].as_str().unwrap().to_string();
+    let (message_id, _) = fake.messages_in(DM).last().cloned().unwrap();
+    let before = texts_in(&fake, DM).len();
+    fake.push_button(DM, CUSTOMER, message_id, &custom_id);
+    assert!(eventually(WAIT, || texts_in(&fake, DM).len() > before).await);
+
+    fake.push_slash_command(DM, CUSTOMER, "help");
+    let webhook = "/webhooks/";
+    assert!(
+        eventually(WAIT, || fake.calls_matching("PATCH", webhook).iter().any(
+            |call| call.body["content"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("/reset")
+        ))
+        .await,
+        "{:#?}",
+        fake.calls()
+            .iter()
+            .map(|call| format!("{} {} {}", call.method, call.path, call.body))
+            .collect::<Vec<_>>()
+    );
+    daemon.stop().await;
+    assert!(!fake.calls_matching("POST", "/interactions/").is_empty());
+    let store = concierge::store::Store::open(&dir.path().join("data")).unwrap();
+    let customer = store
+        .find_customer("discord", &CUSTOMER.to_string())
+        .unwrap()
+        .unwrap();
+    let events = store
+        .user_events(&concierge::pipeline::event_user(&customer))
+        .unwrap();
+    let item = custom_id.trim_start_matches("rec:like:");
+    assert!(events.iter().any(|event| event.item == item), "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_adapter_opens_a_thread_and_posts_into_it() {
+    use concierge_adapter::{Adapter, ConversationRef, Outbound};
+    let fake = FakeDiscord::start().await;
+    let adapter = concierge_discord::DiscordAdapter::new(concierge_discord::DiscordSettings {
+        token: TOKEN.into(),
+        api_url: Some(fake.url.clone()),
+        channels: Default::default(),
+        respond_to: concierge_discord::RespondTo {
+            mentions: true,
+            dms: true,
+            channels: true,
+        },
+        edit_interval: Duration::from_secs(1),
+        commands: Vec::new(),
+    });
+    let parent = ConversationRef {
+        platform: "discord".into(),
+        chat_id: GUILD_CHANNEL.to_string(),
+    };
+    let first = Outbound::text(parent.clone(), "Ticket T-000001: a customer needs help");
+    let thread = adapter
+        .create_thread(&parent, "T-000001 parcel damaged", first)
+        .await
+        .unwrap();
+    assert_ne!(thread.chat_id, parent.chat_id);
+    adapter
+        .send(Outbound::text(thread.clone(), "An agent replies here"))
+        .await
+        .unwrap();
+    let created = fake.calls_matching("POST", &format!("/channels/{GUILD_CHANNEL}/threads"));
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].body["name"], "T-000001 parcel damaged");
+    let thread_id: u64 = thread.chat_id.parse().unwrap();
+    assert_eq!(
+        texts_in(&fake, thread_id),
+        vec![
+            "Ticket T-000001: a customer needs help".to_string(),
+            "An agent replies here".to_string()
+        ]
+    );
+}

@@ -1,0 +1,337 @@
+//! The Telegram channel end to end: `concierge serve` (in process, scripted
+//! engine) against the fake Bot API in tests/support/fake_telegram.rs, which
+//! teloxide talks to unchanged.
+
+#![cfg(feature = "telegram")]
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::fake_telegram::{FakeTelegram, Fault, TOKEN};
+use support::{eventually, InProcessDaemon};
+
+const WAIT: Duration = Duration::from_secs(30);
+const CUSTOMER: u64 = 555;
+const CHAT: i64 = 555;
+const GROUP: i64 = -100_777;
+
+fn telegram_section(fake: &FakeTelegram) -> String {
+    format!(
+        "[telegram]\nenabled = true\ntoken = {TOKEN:?}\napi_url = {url:?}\npoll_timeout_secs = 1\n",
+        url = fake.url
+    )
+}
+
+const SCRIPT: &str = r#"
+token_delay_ms = 0
+default_reply = "You said: {last_user}"
+[[rule]]
+contains = "slowly"
+reply = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty"
+token_delay_ms = 150
+"#;
+
+fn texts_in(fake: &FakeTelegram, chat: i64) -> Vec<String> {
+    fake.messages_in(chat)
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn private_message_gets_a_streamed_reply_with_paced_edits_and_a_typing_action() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeTelegram::start().await;
+    let daemon = InProcessDaemon::start(dir.path(), SCRIPT, &telegram_section(&fake));
+    fake.push_message(CHAT, "private", CUSTOMER, "please answer slowly");
+    let expected = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen eighteen nineteen twenty";
+    assert!(
+        eventually(WAIT, || texts_in(&fake, CHAT)
+            .last()
+            .is_some_and(|text| text == expected))
+        .await,
+        "reply: {:?}",
+        texts_in(&fake, CHAT)
+    );
+    daemon.stop().await;
+
+    // One message, grown by edits, never more than one edit per second.
+    assert_eq!(fake.messages_in(CHAT).len(), 1);
+    let edits = fake.calls_of("editMessageText");
+    assert!(edits.len() >= 2, "the reply grew by edits: {edits:?}");
+    let sends = fake.calls_of("sendMessage");
+    let mut previous = sends[0].at;
+    for edit in &edits {
+        let gap = edit.at.duration_since(previous);
+        assert!(gap >= Duration::from_millis(950), "edits {gap:?} apart");
+        previous = edit.at;
+    }
+    assert!(!fake.calls_of("sendChatAction").is_empty(), "typing shown");
+    assert_eq!(fake.calls_of("sendChatAction")[0].body["action"], "typing");
+    // Commands were registered in English and Chinese; plain text, no parse mode.
+    let commands = fake.calls_of("setMyCommands");
+    assert_eq!(commands.len(), 2);
+    assert!(commands
+        .iter()
+        .any(|call| call.body["language_code"] == "zh"));
+    assert!(commands[0].body["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|command| command["command"] == "link"));
+    assert!(sends[0].body.get("parse_mode").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn groups_are_answered_only_on_a_mention_a_reply_or_a_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeTelegram::start().await;
+    let daemon = InProcessDaemon::start(dir.path(), SCRIPT, &telegram_section(&fake));
+    fake.push_message(GROUP, "group", CUSTOMER, "just chatting among ourselves");
+    fake.push_message(GROUP, "group", CUSTOMER, "/help@other_bot");
+    fake.push_message(GROUP, "group", CUSTOMER, "@shop_bot first question");
+    assert!(eventually(WAIT, || texts_in(&fake, GROUP).len() == 1).await);
+    let (bot_message, _) = fake.messages_in(GROUP)[0].clone();
+    fake.push_message_with(
+        GROUP,
+        "group",
+        CUSTOMER,
+        "second question",
+        Some(bot_message),
+    );
+    fake.push_message(GROUP, "group", CUSTOMER, "/help@shop_bot");
+    assert!(eventually(WAIT, || texts_in(&fake, GROUP).len() == 3).await);
+    // Nothing else arrives for the messages that had no trigger.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    daemon.stop().await;
+    let texts = texts_in(&fake, GROUP);
+    assert_eq!(texts.len(), 3, "{texts:?}");
+    assert_eq!(texts[0], "You said: first question");
+    assert_eq!(texts[1], "You said: second question");
+    assert!(texts[2].contains("/reset"), "help text: {}", texts[2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_6000_character_reply_is_split_below_the_limit_on_boundaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeTelegram::start().await;
+    let sentence = "Our shop ships every parcel within two days and tracks it to your door. ";
+    let long_reply: String = sentence.repeat(6000 / sentence.len() + 1);
+    let script = format!(
+        "token_delay_ms = 0\ndefault_reply = \"ok\"\n[[rule]]\ncontains = \"long\"\nreply = {long_reply:?}\n"
+    );
+    let daemon = InProcessDaemon::start(dir.path(), &script, &telegram_section(&fake));
+    fake.push_message(CHAT, "private", CUSTOMER, "a long answer please");
+    let complete = |fake: &FakeTelegram| {
+        let joined: String = texts_in(fake, CHAT).join(" ");
+        joined.split_whitespace().count() == long_reply.split_whitespace().count()
+    };
+    assert!(
+        eventually(WAIT, || complete(&fake)).await,
+        "{:?}",
+        texts_in(&fake, CHAT)
+    );
+    daemon.stop().await;
+    let texts = texts_in(&fake, CHAT);
+    assert_eq!(texts.len(), 2, "6,000 characters need two messages");
+    for text in &texts {
+        assert!(
+            text.chars().count() <= 4096,
+            "{} characters",
+            text.chars().count()
+        );
+        // Split after a sentence, not inside a word.
+        assert!(
+            text.trim_end().ends_with('.'),
+            "ends with {:?}",
+            &text[text.len() - 20..]
+        );
+    }
+    let words: Vec<&str> = texts
+        .iter()
+        .flat_map(|text| text.split_whitespace())
+        .collect();
+    assert_eq!(words, long_reply.split_whitespace().collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retry_after_on_an_edit_is_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeTelegram::start().await;
+    let daemon = InProcessDaemon::start(dir.path(), SCRIPT, &telegram_section(&fake));
+    fake.fail_next("editMessageText", Fault::RetryAfter(2), 1);
+    fake.push_message(CHAT, "private", CUSTOMER, "please answer slowly");
+    assert!(
+        eventually(WAIT, || texts_in(&fake, CHAT)
+            .last()
+            .is_some_and(|text| text.ends_with("twenty")))
+        .await
+    );
+    daemon.stop().await;
+    let edits = fake.calls_of("editMessageText");
+    assert!(edits.len() >= 2, "{edits:?}");
+    // The call after the 429 waited the 2 seconds Telegram asked for.
+    let gap = edits[1].at.duration_since(edits[0].at);
+    assert!(gap >= Duration::from_millis(1950), "retried after {gap:?}");
+    assert_eq!(
+        fake.messages_in(CHAT).len(),
+        1,
+        "the reply still grows in one message"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outage_loses_and_duplicates_no_update_and_a_restart_resumes_after_the_last_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeTelegram::start().await;
+    let section = telegram_section(&fake);
+    let daemon = InProcessDaemon::start(dir.path(), SCRIPT, &section);
+    fake.push_message(CHAT, "private", CUSTOMER, "message 1");
+    fake.push_message(CHAT, "private", CUSTOMER, "message 2");
+    assert!(eventually(WAIT, || texts_in(&fake, CHAT).len() == 2).await);
+
+    fake.outage(Duration::from_secs(4));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in 3..=5 {
+        fake.push_message(CHAT, "private", CUSTOMER, &format!("message {n}"));
+    }
+    assert!(
+        eventually(WAIT, || texts_in(&fake, CHAT).len() == 5).await,
+        "{:?}",
+        texts_in(&fake, CHAT)
+    );
+    assert!(
+        fake.dropped_connections() > 0,
+        "the outage refused connections"
+    );
+    daemon.stop().await;
+
+    // Restart on the same data: the handled updates are not handled again.
+    let daemon = InProcessDaemon::start(dir.path(), SCRIPT, &section);
+    fake.push_message(CHAT, "private", CUSTOMER, "message 6");
+    assert!(eventually(WAIT, || texts_in(&fake, CHAT).len() == 6).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    daemon.stop().await;
+    let texts = texts_in(&fake, CHAT);
+    let expected: Vec<String> = (1..=6).map(|n| format!("You said: message {n}")).collect();
+    assert_eq!(texts, expected);
+    let offset = std::fs::read_to_string(dir.path().join("data/telegram/last_update_id")).unwrap();
+    assert_eq!(offset.trim(), "1005");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inline_buttons_come_back_as_choices() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeTelegram::start().await;
+    let daemon = InProcessDaemon::start(dir.path(), SCRIPT, &telegram_section(&fake));
+    fake.push_message(CHAT, "private", CUSTOMER, "/recommend");
+    let keyboard = || {
+        fake.calls_of("sendMessage")
+            .into_iter()
+            .find_map(|call| call.body.get("reply_markup").cloned())
+    };
+    assert!(eventually(WAIT, || keyboard().is_some()).await);
+    let markup = keyboard().unwrap();
+    let buttons: Vec<&Value> = markup["inline_keyboard"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row.as_array().unwrap())
+        .collect();
+    let details = buttons
+        .iter()
+        .find(|button| {
+            button["callback_data"]
+                .as_str()
+                .unwrap()
+                .starts_with("rec:details:")
+        })
+        .expect("a details button");
+    let data = details["callback_data"].as_str().unwrap().to_string();
+    let (message_id, _) = fake.messages_in(CHAT).last().cloned().unwrap();
+    let before = texts_in(&fake, CHAT).len();
+    fake.push_callback(CHAT, CUSTOMER, message_id, &data);
+    assert!(eventually(WAIT, || texts_in(&fake, CHAT).len() > before).await);
+    daemon.stop().await;
+    assert_eq!(fake.calls_of("answerCallbackQuery").len(), 1);
+    let item = data.trim_start_matches("rec:details:");
+    let store = concierge::store::Store::open(&dir.path().join("data")).unwrap();
+    let customer = store
+        .find_customer("telegram", &CUSTOMER.to_string())
+        .unwrap()
+        .unwrap();
+    let events = store
+        .user_events(&concierge::pipeline::event_user(&customer))
+        .unwrap();
+    assert!(
+        events.iter().any(|event| event.item == item),
+        "the press was stored as an event on {item}: {events:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhook_mode_checks_the_secret_and_skips_redeliveries() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeTelegram::start().await;
+    let port = support::free_port();
+    let section = format!(
+        "{}mode = \"webhook\"\nwebhook_url = \"https://shop.example/telegram/hook\"\nlisten = \"127.0.0.1:{port}\"\nsecret_token = \"s3cret-Value_1\"\n",
+        telegram_section(&fake)
+    );
+    let daemon = InProcessDaemon::start(dir.path(), SCRIPT, &section);
+    assert!(eventually(WAIT, || !fake.calls_of("setWebhook").is_empty()).await);
+    let update = |id: u64, text: &str| {
+        serde_json::json!({"update_id": id, "message": {
+            "message_id": id, "date": 1_700_000_000,
+            "chat": {"id": CHAT, "type": "private", "first_name": "Customer"},
+            "from": {"id": CUSTOMER, "is_bot": false, "first_name": "Customer"},
+            "text": text,
+        }})
+        .to_string()
+    };
+    let post = |body: String, secret: Option<&str>| {
+        let secret = secret.map(|secret| format!("X-Telegram-Bot-Api-Secret-Token: {secret}\r\n"));
+        raw_post(
+            port,
+            "/telegram/hook",
+            &body,
+            secret.as_deref().unwrap_or(""),
+        )
+    };
+    let ready = eventually(WAIT, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    assert!(ready, "the webhook listens");
+    assert_eq!(post(update(1, "no secret"), None), 401);
+    assert_eq!(post(update(2, "wrong secret"), Some("nope")), 401);
+    assert_eq!(post(update(3, "hello hook"), Some("s3cret-Value_1")), 200);
+    assert_eq!(post(update(3, "hello hook"), Some("s3cret-Value_1")), 200);
+    assert!(eventually(WAIT, || !texts_in(&fake, CHAT).is_empty()).await);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    daemon.stop().await;
+    assert_eq!(
+        texts_in(&fake, CHAT),
+        vec!["You said: hello hook".to_string()]
+    );
+}
+
+fn raw_post(port: u16, path: &str, body: &str, extra_headers: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra_headers}Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
