@@ -333,6 +333,15 @@ impl Adapter for DiscordAdapter {
         let intents = GatewayIntents::GUILD_MESSAGES
             | GatewayIntents::DIRECT_MESSAGES
             | GatewayIntents::MESSAGE_CONTENT;
+        // serenity falls back to the official gateway when this fails; with
+        // `api_url` set that would leave the configured API, so fail instead.
+        if inner.settings.api_url.is_some() {
+            inner
+                .http
+                .get_gateway()
+                .await
+                .map_err(|err| inner.error(err))?;
+        }
         let handler = events::Handler::new(Arc::clone(&inner), inbound);
         let mut client = ClientBuilder::new_with_http(build_http(&inner.settings), intents)
             .event_handler(handler)
