@@ -122,6 +122,30 @@ impl Adapter for InReplyTo {
     }
 }
 
+/// Platforms drop a typing indicator after about five seconds.
+const TYPING_REFRESH: Duration = Duration::from_secs(4);
+
+/// Runs `work` while the channel shows that the bot is typing.
+async fn while_typing<T>(
+    adapter: &dyn Adapter,
+    chat: &concierge_adapter::ConversationRef,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    if !adapter.capabilities().typing {
+        return work.await;
+    }
+    tokio::pin!(work);
+    loop {
+        if let Err(err) = adapter.typing(chat).await {
+            tracing::debug!("typing indicator failed: {err}");
+        }
+        tokio::select! {
+            result = &mut work => return result,
+            _ = tokio::time::sleep(TYPING_REFRESH) => {}
+        }
+    }
+}
+
 /// What a command does.
 enum Command {
     Start,
@@ -571,12 +595,12 @@ impl Pipeline {
         started: Instant,
     ) -> anyhow::Result<String> {
         let buffer = BufferedReply;
-        if let Err(err) = adapter.typing(chat).await {
-            tracing::debug!("typing indicator failed: {err}");
-        }
-        let generated = self
-            .generate(&buffer, chat, history, prompt, locale, started)
-            .await?;
+        let generated = while_typing(
+            adapter,
+            chat,
+            self.generate(&buffer, chat, history, prompt, locale, started),
+        )
+        .await?;
         if answer::faithful(&generated, passages) {
             return Ok(generated);
         }

@@ -24,6 +24,7 @@ fn concierge(config: &Path) -> Command {
 }
 
 #[test]
+#[cfg(feature = "console")]
 fn piped_chat_answers_every_line_and_history_shows_them() {
     let dir = tempfile::tempdir().unwrap();
     let config = scripted_config(dir.path(), ECHO, free_port());
@@ -285,6 +286,7 @@ fn serve_reports_health_and_metrics_guards_routes_and_stops_on_sigterm() {
 }
 
 #[test]
+#[cfg(feature = "console")]
 fn messages_survive_kill_9_in_the_middle_of_a_reply() {
     let dir = tempfile::tempdir().unwrap();
     let script = "default_reply = \"echo: {last_user}\"\n[[rule]]\ncontains = \"long\"\nreply = \"this reply takes a long time to stream out word by word\"\ntoken_delay_ms = 400\n";
@@ -339,6 +341,7 @@ fn messages_survive_kill_9_in_the_middle_of_a_reply() {
 }
 
 #[test]
+#[cfg(feature = "console")]
 fn shutdown_cancels_a_reply_past_the_deadline_and_names_it() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();

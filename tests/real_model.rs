@@ -31,6 +31,7 @@ fn prepared_model() -> PathBuf {
 }
 
 #[test]
+#[cfg(feature = "console")]
 fn piped_chat_streams_answers_in_english_and_chinese_and_history_has_both_turns() {
     prepared_model();
     let data = tempfile::tempdir().unwrap();
@@ -106,6 +107,7 @@ fn piped_chat_streams_answers_in_english_and_chinese_and_history_has_both_turns(
 }
 
 #[test]
+#[cfg(feature = "console")]
 fn a_demo_shop_question_is_answered_with_the_fact_from_its_document() {
     prepared_model();
     let data = tempfile::tempdir().unwrap();

@@ -335,3 +335,28 @@ fn raw_post(port: u16, path: &str, body: &str, extra_headers: &str) -> u16 {
         .and_then(|code| code.parse().ok())
         .unwrap_or(0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_reply_blocks_no_other_chat_and_one_chat_stays_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeTelegram::start().await;
+    let daemon = InProcessDaemon::start(dir.path(), SCRIPT, &telegram_section(&fake));
+    const OTHER: i64 = 556;
+    fake.push_message(CHAT, "private", CUSTOMER, "please answer slowly");
+    fake.push_message(CHAT, "private", CUSTOMER, "and then this");
+    fake.push_message(OTHER, "private", OTHER as u64, "quick one");
+    assert!(eventually(WAIT, || !texts_in(&fake, OTHER).is_empty()).await);
+    // The other chat was answered while the slow reply was still growing.
+    let slow_so_far = texts_in(&fake, CHAT);
+    assert!(
+        slow_so_far
+            .first()
+            .is_none_or(|text| !text.ends_with("twenty")),
+        "{slow_so_far:?}"
+    );
+    assert!(eventually(WAIT, || texts_in(&fake, CHAT).len() == 2).await);
+    daemon.stop().await;
+    let texts = texts_in(&fake, CHAT);
+    assert!(texts[0].ends_with("twenty"), "{texts:?}");
+    assert_eq!(texts[1], "You said: and then this");
+}
