@@ -113,11 +113,24 @@ impl Adapter for InReplyTo {
     async fn reply_finished(&self, conversation: &concierge_adapter::ConversationRef) {
         self.adapter.reply_finished(conversation).await
     }
+    fn edit_pacing(&self) -> concierge_adapter::EditPacing {
+        self.adapter.edit_pacing()
+    }
     async fn deliver_stream(
         &self,
         conversation: &concierge_adapter::ConversationRef,
         deltas: DeltaStream,
     ) -> Result<String, concierge_adapter::AdapterError> {
+        // Edited replies go through `send` here, so they carry `reply_to`.
+        if self.capabilities().can_edit {
+            return concierge_adapter::deliver_by_editing(
+                self,
+                conversation,
+                deltas,
+                self.adapter.edit_pacing(),
+            )
+            .await;
+        }
         self.adapter.deliver_stream(conversation, deltas).await
     }
 }

@@ -2,6 +2,9 @@
 //! mistral.rs, converted to Q8_0). The model is fetched by `models/fetch` on
 //! first use, as `concierge chat` does for a new user.
 
+// The chat tests need the console channel; builds without it skip them.
+#![cfg_attr(not(feature = "console"), allow(unused_imports))]
+
 mod support;
 
 use std::io::{Read, Write};

@@ -111,6 +111,15 @@ async fn groups_are_answered_only_on_a_mention_a_reply_or_a_command() {
     assert_eq!(texts[0], "You said: first question");
     assert_eq!(texts[1], "You said: second question");
     assert!(texts[2].contains("/reset"), "help text: {}", texts[2]);
+    // Group answers quote the customer's message.
+    let group_sends: Vec<_> = fake
+        .calls_of("sendMessage")
+        .into_iter()
+        .filter(|call| call.body["chat_id"] == GROUP)
+        .collect();
+    assert!(group_sends
+        .iter()
+        .all(|call| call.body["reply_parameters"]["message_id"].is_i64()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -239,14 +239,22 @@ pub trait Adapter: Send + Sync + 'static {
     /// so interactive channels can prompt for the next one.
     async fn reply_finished(&self, _conversation: &ConversationRef) {}
 
-    /// Delivers a streamed reply and returns its full text. The default
-    /// waits for the whole text and sends it split at the platform limit;
-    /// channels that edit or append override this.
+    /// How often a streamed reply may be edited, on channels that edit.
+    fn edit_pacing(&self) -> EditPacing {
+        EditPacing::default()
+    }
+
+    /// Delivers a streamed reply and returns its full text. Channels that
+    /// edit show it growing by paced edits; others get the whole text, split
+    /// at the platform limit. Channels that append (a terminal) override this.
     async fn deliver_stream(
         &self,
         conversation: &ConversationRef,
         deltas: DeltaStream,
     ) -> Result<String, AdapterError> {
+        if self.capabilities().can_edit {
+            return deliver_by_editing(self, conversation, deltas, self.edit_pacing()).await;
+        }
         let text = collect_stream(deltas).await;
         let limit = self.capabilities().max_message_chars;
         for part in split_message(&text, limit) {

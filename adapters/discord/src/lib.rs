@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use concierge_adapter::{
-    deliver_by_editing, redact, split_message, Adapter, AdapterError, Capabilities, Choice,
-    CommandSpec, ConversationRef, DeltaStream, EditPacing, InboundSink, Outbound, SentMessage,
+    redact, split_message, Adapter, AdapterError, Capabilities, Choice, CommandSpec,
+    ConversationRef, EditPacing, InboundSink, Outbound, SentMessage,
 };
 use serenity::all::{
     ButtonStyle, ChannelId, ChannelType, ClientBuilder, CommandInteraction, CreateActionRow,
@@ -446,14 +446,36 @@ impl Adapter for DiscordAdapter {
         Ok(conversation)
     }
 
-    async fn deliver_stream(
-        &self,
-        conversation: &ConversationRef,
-        deltas: DeltaStream,
-    ) -> Result<String, AdapterError> {
-        let pacing = EditPacing {
+    fn edit_pacing(&self) -> EditPacing {
+        EditPacing {
             min_interval: self.inner.settings.edit_interval,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_never_print_the_token() {
+        let settings = DiscordSettings {
+            token: "SECRET.discord.token".into(),
+            api_url: None,
+            channels: BTreeSet::new(),
+            respond_to: RespondTo {
+                mentions: true,
+                dms: true,
+                channels: true,
+            },
+            edit_interval: Duration::from_secs(1),
+            commands: Vec::new(),
         };
-        deliver_by_editing(self, conversation, deltas, pacing).await
+        assert!(!format!("{settings:?}").contains("SECRET"));
+        let adapter = DiscordAdapter::new(settings);
+        assert!(!adapter
+            .inner
+            .redact("401 for token SECRET.discord.token")
+            .contains("SECRET"));
     }
 }

@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use concierge_adapter::{
-    deliver_by_editing, redact, split_message, Adapter, AdapterError, Capabilities, Choice,
-    CommandSpec, ConversationRef, DeltaStream, EditPacing, InboundSink, Outbound, SentMessage,
+    redact, split_message, Adapter, AdapterError, Capabilities, Choice, CommandSpec,
+    ConversationRef, EditPacing, InboundSink, Outbound, SentMessage,
 };
 use teloxide::payloads::{
     GetUpdatesSetters, SendMessageSetters, SetMyCommandsSetters, SetWebhookSetters,
@@ -29,7 +29,7 @@ use teloxide::payloads::{
 use teloxide::requests::{Output, Request, Requester};
 use teloxide::types::{
     AllowedUpdate, BotCommand, ChatAction, ChatId, InlineKeyboardButton, InlineKeyboardMarkup,
-    MessageId,
+    MessageId, ReplyParameters,
 };
 use teloxide::{ApiError, Bot, RequestError};
 use tokio::time::Instant;
@@ -495,6 +495,17 @@ impl Adapter for TelegramAdapter {
             // Plain text: no parse mode, so nothing the customer or the model
             // writes can break formatting.
             let mut request = inner.bot.send_message(chat, part);
+            // In a group the answer quotes the customer's message, so it is
+            // clear whom it answers.
+            let quoted = message
+                .reply_to
+                .as_deref()
+                .and_then(|id| id.parse::<i32>().ok());
+            if let (true, 0, Some(id)) = (chat.0 < 0, index, quoted) {
+                request = request.reply_parameters(
+                    ReplyParameters::new(MessageId(id)).allow_sending_without_reply(),
+                );
+            }
             if index == last && !message.choices.is_empty() {
                 request = request.reply_markup(inner.keyboard(&message.choices));
             }
@@ -536,14 +547,36 @@ impl Adapter for TelegramAdapter {
             .map(|_| ())
     }
 
-    async fn deliver_stream(
-        &self,
-        conversation: &ConversationRef,
-        deltas: DeltaStream,
-    ) -> Result<String, AdapterError> {
-        let pacing = EditPacing {
+    fn edit_pacing(&self) -> EditPacing {
+        EditPacing {
             min_interval: self.inner.settings.edit_interval,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_never_print_the_token() {
+        let settings = TelegramSettings {
+            token: "123456:SECRET-token-value".into(),
+            api_url: None,
+            mode: Mode::Polling,
+            group_triggers: GroupTriggers {
+                mention: true,
+                reply: true,
+                command: true,
+            },
+            poll_timeout_secs: 1,
+            edit_interval: Duration::from_secs(1),
+            offset_file: PathBuf::from("offset"),
+            commands: Vec::new(),
         };
-        deliver_by_editing(self, conversation, deltas, pacing).await
+        assert!(!format!("{settings:?}").contains("SECRET"));
+        let adapter = TelegramAdapter::new(settings).unwrap();
+        let error = adapter.inner.redact("error sending request for url (https://api.telegram.org/bot123456:SECRET-token-value/GetMe)");
+        assert!(!error.contains("SECRET"), "{error}");
     }
 }
