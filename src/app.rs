@@ -284,6 +284,12 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
     };
     health.set_store(ComponentState::Ready);
     let prompts = Prompts::load(&config.chat.prompts_dir)?;
+    // Channels are built before anything slow, so a channel that cannot run
+    // in this build fails at once.
+    let adapters = channels::from_config(config, &prompts)?;
+    if adapters.is_empty() {
+        tracing::warn!("no channel is enabled; only the operator API runs");
+    }
     let knowledge = load_knowledge_async(config, &store).await?;
     let recommender = load_ranker_async(config, &store).await?;
 
@@ -331,10 +337,6 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
     health.set_engine(ComponentState::Ready, Some(llm.model_name().to_string()));
     tracing::info!(model = llm.model_name(), "engine ready");
 
-    let adapters = channels::from_config(config, &prompts)?;
-    if adapters.is_empty() {
-        tracing::warn!("no channel is enabled; only the operator API runs");
-    }
     let intake_stop = CancellationToken::new();
     let reply_cancel = CancellationToken::new();
     let pipeline = pipeline(
@@ -412,6 +414,29 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
     Ok(())
 }
 
+/// Keeps a channel's health in step with its platform connection: `ready`
+/// while connected, `starting` while connecting. A failure reported by the
+/// supervisor stays until the connection comes back.
+async fn watch_connection(adapter: Arc<dyn Adapter>, health: Health, stop: CancellationToken) {
+    let name = adapter.platform().to_string();
+    let mut last = adapter.is_connected();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let now = adapter.is_connected();
+        if now != last {
+            match now {
+                Some(true) => health.set_channel(&name, ComponentState::Ready),
+                Some(false) => health.set_channel(&name, ComponentState::Starting),
+                None => {}
+            }
+            last = now;
+        }
+    }
+}
+
 /// Runs one channel, restarting it with back-off when it fails, until `stop`.
 async fn supervise_channel(
     adapter: Arc<dyn Adapter>,
@@ -420,9 +445,18 @@ async fn supervise_channel(
     health: Health,
 ) {
     let name = adapter.platform().to_string();
+    tokio::spawn(watch_connection(
+        Arc::clone(&adapter),
+        health.clone(),
+        stop.clone(),
+    ));
     let mut backoff = CHANNEL_RESTART_BACKOFF;
     loop {
-        health.set_channel(&name, ComponentState::Ready);
+        let state = match adapter.is_connected() {
+            Some(true) | None => ComponentState::Ready,
+            Some(false) => ComponentState::Starting,
+        };
+        health.set_channel(&name, state);
         let result = adapter.run(sink.clone(), stop.clone()).await;
         if stop.is_cancelled() {
             health.set_channel(&name, ComponentState::Stopped);

@@ -125,7 +125,8 @@ async fn tokens_never_reach_the_log_even_when_the_platforms_fail() {
     let telegram = FakeTelegram::start().await;
     telegram.outage(Duration::from_secs(600));
     let unreachable = format!("http://127.0.0.1:{}", free_port());
-    let config = scripted_config(dir.path(), SCRIPT, free_port());
+    let operator_port = free_port();
+    let config = scripted_config(dir.path(), SCRIPT, operator_port);
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&format!(
         "[telegram]\nenabled = true\napi_url = {tu:?}\npoll_timeout_secs = 1\n[discord]\nenabled = true\napi_url = {unreachable:?}\n[log]\nlevel = \"debug\"\n",
@@ -142,8 +143,19 @@ async fn tokens_never_reach_the_log_even_when_the_platforms_fail() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Both channels fail and retry for a while.
+    // Both channels fail and retry for a while; health says they are not up.
     tokio::time::sleep(Duration::from_secs(6)).await;
+    let (_, health) = support::http_get(operator_port, "/healthz", None).unwrap();
+    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    for channel in ["telegram", "discord"] {
+        let state = health["channels"][channel]["state"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            state == "starting" || state == "failed",
+            "{channel}: {health}"
+        );
+    }
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -211,6 +211,12 @@ pub trait Adapter: Send + Sync + 'static {
         shutdown: CancellationToken,
     ) -> Result<(), AdapterError>;
 
+    /// Whether the platform connection is up now; `None` for channels
+    /// without one (the console). Read for health reports.
+    fn is_connected(&self) -> Option<bool> {
+        None
+    }
+
     /// Sends one complete message (at most `max_message_chars`).
     async fn send(&self, message: Outbound) -> Result<SentMessage, AdapterError>;
 

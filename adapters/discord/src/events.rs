@@ -3,15 +3,16 @@
 //! answered by the next reply in their channel) and button presses (choices).
 //! Slash commands are registered on READY.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use concierge_adapter::{ConversationRef, Inbound, InboundContent, InboundSink, SenderRef};
 use serenity::all::{
-    Command, ComponentInteraction, Context, CreateCommand, CreateInteractionResponse,
-    CreateInteractionResponseMessage, EventHandler, Interaction, Message, Ready, ResumedEvent,
-    User,
+    Command, ComponentInteraction, ConnectionStage, Context, CreateCommand,
+    CreateInteractionResponse, CreateInteractionResponseMessage, EventHandler, Interaction,
+    Message, Ready, ResumedEvent, ShardStageUpdateEvent, User,
 };
 
 use crate::{Inner, PLATFORM};
@@ -114,13 +115,23 @@ fn without_mention(content: &str, bot_id: u64) -> String {
 impl EventHandler for Handler {
     async fn ready(&self, ctx: Context, ready: Ready) {
         self.inner.set_bot_id(ready.user.id.get());
+        self.inner.connected.store(true, Ordering::Relaxed);
         self.inner.http.set_application_id(ready.application.id);
         tracing::info!(bot = %ready.user.name, "discord gateway ready");
         self.register_commands(&ctx).await;
     }
 
     async fn resume(&self, _ctx: Context, _event: ResumedEvent) {
+        self.inner.connected.store(true, Ordering::Relaxed);
         tracing::info!("discord gateway session resumed");
+    }
+
+    async fn shard_stage_update(&self, _ctx: Context, event: ShardStageUpdateEvent) {
+        let up = matches!(event.new, ConnectionStage::Connected);
+        self.inner.connected.store(up, Ordering::Relaxed);
+        if !up {
+            tracing::info!(stage = %event.new, "discord gateway connection changed");
+        }
     }
 
     async fn message(&self, _ctx: Context, message: Message) {

@@ -11,6 +11,7 @@
 mod events;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -96,6 +97,8 @@ pub(crate) struct Inner {
     last_edit: tokio::sync::Mutex<HashMap<u64, Instant>>,
     /// Choice ids too long for a custom id, by the short key sent instead.
     long_choices: Mutex<HashMap<String, String>>,
+    /// The gateway session is up.
+    pub(crate) connected: AtomicBool,
 }
 
 fn build_http(settings: &DiscordSettings) -> Http {
@@ -121,6 +124,7 @@ impl DiscordAdapter {
                 pending_commands: Mutex::new(HashMap::new()),
                 last_edit: tokio::sync::Mutex::new(HashMap::new()),
                 long_choices: Mutex::new(HashMap::new()),
+                connected: AtomicBool::new(false),
             }),
         }
     }
@@ -324,6 +328,10 @@ impl Adapter for DiscordAdapter {
         }
     }
 
+    fn is_connected(&self) -> Option<bool> {
+        Some(self.inner.connected.load(Ordering::Relaxed))
+    }
+
     async fn run(
         &self,
         inbound: InboundSink,
@@ -348,13 +356,15 @@ impl Adapter for DiscordAdapter {
             .await
             .map_err(|err| inner.error(err))?;
         let shards = Arc::clone(&client.shard_manager);
-        tokio::select! {
+        let result = tokio::select! {
             result = client.start() => result.map_err(|err| inner.error(err)),
             _ = shutdown.cancelled() => {
                 shards.shutdown_all().await;
                 Ok(())
             }
-        }
+        };
+        inner.connected.store(false, Ordering::Relaxed);
+        result
     }
 
     async fn send(&self, message: Outbound) -> Result<SentMessage, AdapterError> {

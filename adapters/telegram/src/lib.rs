@@ -15,6 +15,7 @@ mod webhook;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -131,6 +132,8 @@ struct Inner {
     /// Choice ids too long for callback data, by the short key sent instead.
     long_choices: Mutex<HashMap<String, String>>,
     offsets: OffsetFile,
+    /// The last call to Telegram succeeded.
+    connected: AtomicBool,
 }
 
 impl TelegramAdapter {
@@ -158,6 +161,7 @@ impl TelegramAdapter {
                 last_edit: tokio::sync::Mutex::new(HashMap::new()),
                 long_choices: Mutex::new(HashMap::new()),
                 offsets,
+                connected: AtomicBool::new(false),
             }),
         })
     }
@@ -348,7 +352,10 @@ impl Inner {
                 result = request.send() => result,
             };
             let updates = match result {
-                Ok(updates) => updates,
+                Ok(updates) => {
+                    self.connected.store(true, Ordering::Relaxed);
+                    updates
+                }
                 Err(RequestError::RetryAfter(seconds)) => {
                     tracing::warn!(
                         retry_after_secs = seconds.seconds(),
@@ -360,6 +367,7 @@ impl Inner {
                     continue;
                 }
                 Err(err) => {
+                    self.connected.store(false, Ordering::Relaxed);
                     unreachable_since.get_or_insert_with(Instant::now);
                     tracing::warn!(
                         "polling telegram failed: {}; retrying in {backoff:?}",
@@ -423,24 +431,9 @@ fn message_id(message: &SentMessage) -> Result<MessageId, AdapterError> {
         })
 }
 
-#[async_trait]
-impl Adapter for TelegramAdapter {
-    fn platform(&self) -> &str {
-        PLATFORM
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            max_message_chars: MAX_MESSAGE_CHARS,
-            appends_stream: false,
-            can_edit: true,
-            buttons: true,
-            threads: false,
-            typing: true,
-        }
-    }
-
-    async fn run(
+impl TelegramAdapter {
+    /// Connects, then receives updates until shutdown or an error.
+    async fn run_until_error(
         &self,
         inbound: InboundSink,
         shutdown: CancellationToken,
@@ -473,6 +466,7 @@ impl Adapter for TelegramAdapter {
                     request = request.secret_token(secret.clone());
                 }
                 inner.call("setWebhook", request).await?;
+                inner.connected.store(true, Ordering::Relaxed);
                 webhook::serve(
                     Arc::clone(inner),
                     *listen,
@@ -483,6 +477,38 @@ impl Adapter for TelegramAdapter {
                 .await
             }
         }
+    }
+}
+
+#[async_trait]
+impl Adapter for TelegramAdapter {
+    fn platform(&self) -> &str {
+        PLATFORM
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_message_chars: MAX_MESSAGE_CHARS,
+            appends_stream: false,
+            can_edit: true,
+            buttons: true,
+            threads: false,
+            typing: true,
+        }
+    }
+
+    fn is_connected(&self) -> Option<bool> {
+        Some(self.inner.connected.load(Ordering::Relaxed))
+    }
+
+    async fn run(
+        &self,
+        inbound: InboundSink,
+        shutdown: CancellationToken,
+    ) -> Result<(), AdapterError> {
+        let result = self.run_until_error(inbound, shutdown).await;
+        self.inner.connected.store(false, Ordering::Relaxed);
+        result
     }
 
     async fn send(&self, message: Outbound) -> Result<SentMessage, AdapterError> {
