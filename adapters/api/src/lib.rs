@@ -6,9 +6,11 @@
 //! The core and every channel crate depend on it, never on each other.
 
 mod delivery;
+mod platform;
 mod split;
 
 pub use delivery::{collect_stream, deliver_by_editing, EditPacing};
+pub use platform::{ChatPacer, ChoiceKeys};
 pub use split::split_message;
 
 use std::time::SystemTime;

@@ -17,15 +17,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use concierge_adapter::{
-    redact, split_message, Adapter, AdapterError, Capabilities, Choice, CommandSpec,
-    ConversationRef, EditPacing, InboundSink, Outbound, SentMessage,
+    redact, split_message, Adapter, AdapterError, Capabilities, ChatPacer, Choice, ChoiceKeys,
+    CommandSpec, ConversationRef, EditPacing, InboundSink, Outbound, SentMessage,
 };
 use serenity::all::{
     ButtonStyle, ChannelId, ChannelType, ClientBuilder, CommandInteraction, CreateActionRow,
     CreateButton, CreateMessage, CreateThread, EditInteractionResponse, EditMessage,
     GatewayIntents, Http, HttpBuilder, MessageId,
 };
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Platform name in conversation references.
@@ -93,10 +92,10 @@ pub(crate) struct Inner {
     bot_id: Mutex<Option<u64>>,
     /// Slash commands waiting for their reply, by inbound message id.
     pending_commands: Mutex<HashMap<String, CommandInteraction>>,
-    /// When each channel was last edited, for pacing.
-    last_edit: tokio::sync::Mutex<HashMap<u64, Instant>>,
-    /// Choice ids too long for a custom id, by the short key sent instead.
-    long_choices: Mutex<HashMap<String, String>>,
+    /// Edits per channel, at most one per `edit_interval`.
+    pacer: ChatPacer,
+    /// Stand-ins for choice ids too long for a custom id.
+    choice_keys: ChoiceKeys,
     /// The gateway session is up.
     pub(crate) connected: AtomicBool,
 }
@@ -116,14 +115,15 @@ impl DiscordAdapter {
     /// A channel for `settings`; nothing is contacted until `run`.
     pub fn new(settings: DiscordSettings) -> Self {
         let http = Arc::new(build_http(&settings));
+        let pacer = ChatPacer::new(settings.edit_interval);
         Self {
             inner: Arc::new(Inner {
                 settings,
                 http,
                 bot_id: Mutex::new(None),
                 pending_commands: Mutex::new(HashMap::new()),
-                last_edit: tokio::sync::Mutex::new(HashMap::new()),
-                long_choices: Mutex::new(HashMap::new()),
+                pacer,
+                choice_keys: ChoiceKeys::new(MAX_CUSTOM_ID_CHARS),
                 connected: AtomicBool::new(false),
             }),
         }
@@ -171,30 +171,8 @@ impl Inner {
         }
     }
 
-    fn custom_id(&self, choice: &Choice) -> String {
-        if choice.id.chars().count() <= MAX_CUSTOM_ID_CHARS {
-            return choice.id.clone();
-        }
-        let Ok(mut long) = self.long_choices.lock() else {
-            return String::new();
-        };
-        let key = format!("~{}", long.len());
-        long.insert(key.clone(), choice.id.clone());
-        key
-    }
-
     pub(crate) fn choice_id(&self, custom_id: &str) -> String {
-        if custom_id.starts_with('~') {
-            if let Some(id) = self
-                .long_choices
-                .lock()
-                .ok()
-                .and_then(|long| long.get(custom_id).cloned())
-            {
-                return id;
-            }
-        }
-        custom_id.to_string()
+        self.choice_keys.id(custom_id)
     }
 
     fn components(&self, choices: &[Choice]) -> Vec<CreateActionRow> {
@@ -206,7 +184,7 @@ impl Inner {
                     row.iter()
                         .map(|choice| {
                             let label: String = choice.label.chars().take(80).collect();
-                            CreateButton::new(self.custom_id(choice))
+                            CreateButton::new(self.choice_keys.key(&choice.id))
                                 .label(label)
                                 .style(ButtonStyle::Secondary)
                         })
@@ -214,17 +192,6 @@ impl Inner {
                 )
             })
             .collect()
-    }
-
-    async fn pace_edit(&self, channel: u64) {
-        let mut last_edit = self.last_edit.lock().await;
-        if let Some(previous) = last_edit.get(&channel) {
-            let ready = *previous + self.settings.edit_interval;
-            if ready > Instant::now() {
-                tokio::time::sleep_until(ready).await;
-            }
-        }
-        last_edit.insert(channel, Instant::now());
     }
 
     fn take_pending_command(&self, reply_to: Option<&str>) -> Option<CommandInteraction> {
@@ -407,7 +374,7 @@ impl Adapter for DiscordAdapter {
             .ok_or_else(|| {
                 AdapterError::Platform(format!("not a discord message id: {}", message.message_id))
             })?;
-        self.inner.pace_edit(channel.get()).await;
+        self.inner.pacer.wait(&message.conversation.chat_id).await;
         let builder = EditMessage::new().content(text);
         self.inner
             .with_retry("edit message", || {

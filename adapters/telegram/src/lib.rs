@@ -12,7 +12,6 @@ mod offset;
 mod update;
 mod webhook;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,8 +20,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use concierge_adapter::{
-    redact, split_message, Adapter, AdapterError, Capabilities, Choice, CommandSpec,
-    ConversationRef, EditPacing, InboundSink, Outbound, SentMessage,
+    redact, split_message, Adapter, AdapterError, Capabilities, ChatPacer, Choice, ChoiceKeys,
+    CommandSpec, ConversationRef, EditPacing, InboundSink, Outbound, SentMessage,
 };
 use teloxide::payloads::{
     GetUpdatesSetters, SendMessageSetters, SetMyCommandsSetters, SetWebhookSetters,
@@ -127,10 +126,10 @@ struct Inner {
     bot: Bot,
     settings: TelegramSettings,
     identity: Mutex<Option<BotIdentity>>,
-    /// When each chat was last edited, for pacing.
-    last_edit: tokio::sync::Mutex<HashMap<i64, Instant>>,
-    /// Choice ids too long for callback data, by the short key sent instead.
-    long_choices: Mutex<HashMap<String, String>>,
+    /// Edits per chat, at most one per `edit_interval`.
+    pacer: ChatPacer,
+    /// Stand-ins for choice ids too long for callback data.
+    choice_keys: ChoiceKeys,
     offsets: OffsetFile,
     /// The last call to Telegram succeeded.
     connected: AtomicBool,
@@ -153,13 +152,14 @@ impl TelegramAdapter {
             bot = bot.set_api_url(url.clone());
         }
         let offsets = OffsetFile::new(settings.offset_file.clone());
+        let pacer = ChatPacer::new(settings.edit_interval);
         Ok(Self {
             inner: Arc::new(Inner {
                 bot,
                 settings,
                 identity: Mutex::new(None),
-                last_edit: tokio::sync::Mutex::new(HashMap::new()),
-                long_choices: Mutex::new(HashMap::new()),
+                pacer,
+                choice_keys: ChoiceKeys::new(MAX_CALLBACK_BYTES),
                 offsets,
                 connected: AtomicBool::new(false),
             }),
@@ -271,31 +271,9 @@ impl Inner {
         }
     }
 
-    fn callback_data(&self, choice: &Choice) -> String {
-        if choice.id.len() <= MAX_CALLBACK_BYTES {
-            return choice.id.clone();
-        }
-        let Ok(mut long) = self.long_choices.lock() else {
-            return String::new();
-        };
-        let key = format!("~{}", long.len());
-        long.insert(key.clone(), choice.id.clone());
-        key
-    }
-
     /// The choice id behind callback data.
     fn choice_id(&self, data: &str) -> String {
-        if data.starts_with('~') {
-            if let Some(id) = self
-                .long_choices
-                .lock()
-                .ok()
-                .and_then(|long| long.get(data).cloned())
-            {
-                return id;
-            }
-        }
-        data.to_string()
+        self.choice_keys.id(data)
     }
 
     fn keyboard(&self, choices: &[Choice]) -> InlineKeyboardMarkup {
@@ -308,24 +286,13 @@ impl Inner {
                     .map(|choice| {
                         InlineKeyboardButton::callback(
                             choice.label.clone(),
-                            self.callback_data(choice),
+                            self.choice_keys.key(&choice.id),
                         )
                     })
                     .collect()
             })
             .collect();
         InlineKeyboardMarkup::new(rows)
-    }
-
-    async fn pace_edit(&self, chat: i64) {
-        let mut last_edit = self.last_edit.lock().await;
-        if let Some(previous) = last_edit.get(&chat) {
-            let ready = *previous + self.settings.edit_interval;
-            if ready > Instant::now() {
-                tokio::time::sleep_until(ready).await;
-            }
-        }
-        last_edit.insert(chat, Instant::now());
     }
 
     async fn poll(
@@ -548,7 +515,7 @@ impl Adapter for TelegramAdapter {
         let inner = &self.inner;
         let chat = chat_id(&message.conversation)?;
         let id = message_id(message)?;
-        inner.pace_edit(chat.0).await;
+        inner.pacer.wait(&message.conversation.chat_id).await;
         let request = inner.bot.edit_message_text(chat, id, text);
         match inner.call("editMessageText", request).await {
             Ok(_) => Ok(()),
