@@ -443,3 +443,53 @@ pub fn recommend(
         event_to_next_query_p99_ms,
     })
 }
+
+/// `concierge bench classify`: trains the shipped intent classifier, then
+/// times batches of `messages` real messages (English and Chinese, from the
+/// shipped data) classified one after another on this thread.
+pub fn classify(messages: usize, runs: usize) -> anyhow::Result<serde_json::Value> {
+    use crate::intent;
+    let dir = std::path::Path::new(intent::DEFAULT_DATA_DIR);
+    let mut examples = Vec::new();
+    for file in intent::default_training_files(dir)? {
+        examples.extend(intent::read_examples(&file, None, None)?);
+    }
+    anyhow::ensure!(
+        !examples.is_empty(),
+        "no labelled messages in {}",
+        dir.display()
+    );
+    let started = Instant::now();
+    let classifier = intent::Classifier::train(&examples, &intent::TrainOptions::default());
+    let train_secs = started.elapsed().as_secs_f64();
+    // Every 7th message, so both languages and all intents are in a batch.
+    let batch: Vec<&str> = (0..messages)
+        .map(|n| examples[(n * 7) % examples.len()].text.as_str())
+        .collect();
+    let mut escalated = 0;
+    for text in &batch {
+        escalated += usize::from(classifier.classify(text).escalate);
+    }
+    let mut batch_ms = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let started = Instant::now();
+        for text in &batch {
+            std::hint::black_box(classifier.classify(text));
+        }
+        batch_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    batch_ms.sort_by(f64::total_cmp);
+    let median = batch_ms[batch_ms.len() / 2];
+    Ok(serde_json::json!({
+        "training_examples": examples.len(),
+        "train_secs": train_secs,
+        "messages_per_batch": messages,
+        "runs": batch_ms.len(),
+        "threads": 1,
+        "batch_ms_median": median,
+        "batch_ms_min": batch_ms[0],
+        "batch_ms_max": batch_ms[batch_ms.len() - 1],
+        "per_message_us_median": median * 1000.0 / messages.max(1) as f64,
+        "escalated_in_batch": escalated,
+    }))
+}

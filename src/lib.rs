@@ -11,6 +11,7 @@ pub mod engine;
 pub mod eval;
 pub mod health;
 pub mod history;
+pub mod intent;
 pub mod knowledge;
 pub mod language;
 pub mod models;

@@ -1,8 +1,8 @@
 //! The `concierge` command: argument parsing (clap), logging setup, and exit
 //! codes (0 success, 1 failure, 2 invalid configuration or usage).
 
-use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use concierge::config::{self, Config, ConfigSource, LogFormat};
 use concierge::knowledge::{self, KnowledgeBase};
 use concierge::store::{Store, StoreError};
-use concierge::{app, bench, eval, history, models, recommend};
+use concierge::{app, bench, eval, history, intent, models, recommend};
 
 #[derive(Parser)]
 #[command(
@@ -79,6 +79,33 @@ enum Command {
     Eval {
         #[command(subcommand)]
         what: EvalAction,
+    },
+    /// Label messages (one per line on stdin): language, intent, escalation
+    Classify {
+        /// Output format: one JSON object per line
+        #[arg(long, default_value = "jsonl", value_parser = ["jsonl"])]
+        format: String,
+    },
+    /// Train models from labelled data
+    Train {
+        #[command(subcommand)]
+        what: TrainAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TrainAction {
+    /// Retrain the intent classifier from CSV files and save it in the data directory
+    Intents {
+        /// Labelled CSV files [default: config/intents/*.csv]
+        #[arg(long)]
+        data: Vec<PathBuf>,
+        /// Column holding the message [default: text or instruction]
+        #[arg(long)]
+        text_column: Option<String>,
+        /// Column holding the label [default: intent or label]
+        #[arg(long)]
+        label_column: Option<String>,
     },
 }
 
@@ -163,6 +190,22 @@ enum EvalAction {
         #[arg(long)]
         details: bool,
     },
+    /// Escalation precision/recall/F1 and a confusion table per label, by
+    /// stratified cross-validation on a labelled CSV (ours or Bitext's intents)
+    Intents {
+        /// The labelled messages
+        #[arg(long)]
+        data: PathBuf,
+        /// Column holding the message [default: text or instruction]
+        #[arg(long)]
+        text_column: Option<String>,
+        /// Column holding the label [default: intent or label]
+        #[arg(long)]
+        label_column: Option<String>,
+        /// Folds; 0 judges the saved model on every row instead
+        #[arg(long, default_value_t = 5)]
+        folds: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -217,6 +260,15 @@ enum BenchAction {
         /// Timed queries
         #[arg(long, default_value_t = 2_000)]
         queries: usize,
+    },
+    /// Intent classification speed: batches of messages on one thread (JSON)
+    Classify {
+        /// Messages per batch
+        #[arg(long, default_value_t = 1_000)]
+        messages: usize,
+        /// Timed batches
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
     },
     /// Knowledge-base search latency on a synthetic corpus (JSON)
     Search {
@@ -392,6 +444,13 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench {
+            action: BenchAction::Classify { messages, runs },
+        } => {
+            let figures = bench::classify(messages.max(1), runs)?;
+            println!("{}", serde_json::to_string_pretty(&figures)?);
+            Ok(())
+        }
+        Command::Bench {
             action: BenchAction::Search { passages, queries },
         } => {
             let figures = bench::search(passages.max(1), queries.max(1))?;
@@ -506,6 +565,79 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             let report =
                 recommend::evaluate::run(&data, texts.as_deref(), protocol, &seeds, k.max(1))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Eval {
+            what:
+                EvalAction::Intents {
+                    data,
+                    text_column,
+                    label_column,
+                    folds,
+                },
+        } => {
+            let examples =
+                intent::read_examples(&data, text_column.as_deref(), label_column.as_deref())?;
+            let shipped = Path::new(intent::DEFAULT_DATA_DIR);
+            let mut base = Vec::new();
+            for file in intent::default_training_files(shipped)? {
+                base.extend(intent::read_examples(&file, None, None)?);
+            }
+            let model = if folds == 0 {
+                Some(intent::load_or_train(&config.store.data_dir, shipped)?)
+            } else {
+                None
+            };
+            let report = intent::evaluate::evaluate(&examples, &base, folds, model.as_ref(), 1);
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Command::Classify { .. } => {
+            let classifier =
+                intent::load_or_train(&config.store.data_dir, Path::new(intent::DEFAULT_DATA_DIR))?;
+            let mut out = std::io::stdout().lock();
+            for line in std::io::stdin().lock().lines() {
+                use std::io::Write;
+                let line = line.context("reading stdin")?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let result = classifier.classify(line.trim());
+                writeln!(out, "{}", serde_json::to_string(&result)?)?;
+            }
+            Ok(())
+        }
+        Command::Train {
+            what:
+                TrainAction::Intents {
+                    data,
+                    text_column,
+                    label_column,
+                },
+        } => {
+            let files = if data.is_empty() {
+                intent::default_training_files(Path::new(intent::DEFAULT_DATA_DIR))?
+            } else {
+                data
+            };
+            let mut examples = Vec::new();
+            for file in &files {
+                examples.extend(intent::read_examples(
+                    file,
+                    text_column.as_deref(),
+                    label_column.as_deref(),
+                )?);
+            }
+            anyhow::ensure!(!examples.is_empty(), "no labelled messages in {files:?}");
+            let classifier = intent::Classifier::train(&examples, &intent::TrainOptions::default());
+            let path = config.store.data_dir.join(intent::MODEL_FILE);
+            classifier.model().save(&path)?;
+            let report = serde_json::json!({
+                "examples": examples.len(),
+                "files": files,
+                "model": path,
+            });
+            println!("{report}");
             Ok(())
         }
         Command::Config { .. } => Ok(()),
