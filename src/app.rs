@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use concierge_adapter::Adapter;
+use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -457,7 +458,16 @@ async fn supervise_channel(
             Some(false) => ComponentState::Starting,
         };
         health.set_channel(&name, state);
-        let result = adapter.run(sink.clone(), stop.clone()).await;
+        // A panic inside a channel restarts the channel, like an error.
+        let result = match std::panic::AssertUnwindSafe(adapter.run(sink.clone(), stop.clone()))
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(concierge_adapter::AdapterError::Platform(
+                "the channel panicked".into(),
+            )),
+        };
         if stop.is_cancelled() {
             health.set_channel(&name, ComponentState::Stopped);
             return;

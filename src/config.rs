@@ -528,11 +528,20 @@ impl Reader<'_> {
         }
         let mode = match (webhook, webhook_url) {
             (false, _) => TelegramMode::Polling,
-            (true, Some(webhook_url)) => TelegramMode::Webhook {
-                webhook_url,
-                listen,
-                secret_token,
-            },
+            (true, Some(webhook_url)) => {
+                if secret_token.is_none() {
+                    // Without it anyone who finds the URL can post updates as any customer.
+                    self.issue(
+                        "telegram.secret_token",
+                        "required when telegram.mode = \"webhook\": set CONCIERGE_TELEGRAM_SECRET_TOKEN or telegram.secret_token_file",
+                    );
+                }
+                TelegramMode::Webhook {
+                    webhook_url,
+                    listen,
+                    secret_token,
+                }
+            }
             (true, None) => {
                 self.issue(
                     "telegram.webhook_url",

@@ -147,15 +147,30 @@ async fn while_typing<T>(
     if !adapter.capabilities().typing {
         return work.await;
     }
+    let keep_typing = async {
+        loop {
+            show_typing(adapter, chat).await;
+            tokio::time::sleep(TYPING_REFRESH).await;
+        }
+    };
+    // Both run together: a slow typing call never holds up the work.
     tokio::pin!(work);
-    loop {
-        if let Err(err) = adapter.typing(chat).await {
-            tracing::debug!("typing indicator failed: {err}");
-        }
-        tokio::select! {
-            result = &mut work => return result,
-            _ = tokio::time::sleep(TYPING_REFRESH) => {}
-        }
+    tokio::pin!(keep_typing);
+    tokio::select! {
+        result = &mut work => result,
+        _ = &mut keep_typing => work.await,
+    }
+}
+
+/// Longest a typing indicator may take before it is given up.
+const TYPING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Shows the typing indicator, best effort and briefly.
+async fn show_typing(adapter: &dyn Adapter, chat: &concierge_adapter::ConversationRef) {
+    match tokio::time::timeout(TYPING_TIMEOUT, adapter.typing(chat)).await {
+        Ok(Err(err)) => tracing::debug!("typing indicator failed: {err}"),
+        Err(_) => tracing::debug!("typing indicator timed out"),
+        Ok(Ok(())) => {}
     }
 }
 
@@ -959,9 +974,7 @@ impl Pipeline {
             messages: window.messages,
             sampling: self.settings.sampling,
         };
-        if let Err(err) = adapter.typing(chat).await {
-            tracing::debug!("typing indicator failed: {err}");
-        }
+        show_typing(adapter, chat).await;
         let cancel = self.cancel.child_token();
         let outcome = Arc::new(Mutex::new(Outcome::default()));
         let delivered = match self.llm.stream_chat(request, cancel.clone()).await {

@@ -1121,4 +1121,83 @@ mod tests {
             Ok(_) => panic!("opened a newer store"),
         }
     }
+
+    #[test]
+    fn a_link_code_joins_identities_once_and_moves_conversations_and_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let owner = store.customer_for_identity("telegram", "1", None).unwrap();
+        let other = store.customer_for_identity("discord", "2", None).unwrap();
+        let conversation = store
+            .current_conversation(other.id, "discord", "dm")
+            .unwrap();
+        store
+            .append_message(conversation.id, Role::User, "hello")
+            .unwrap();
+        store
+            .events_append(&[Event {
+                v: RECORD_VERSION,
+                user: format!("customer:{}", other.id),
+                item: "NW-1".into(),
+                kind: EventKind::Like,
+                ts_ms: 1,
+                value: None,
+            }])
+            .unwrap();
+        store
+            .create_link_code("LINK-ABCDEF", owner.id, now_ms() + 60_000)
+            .unwrap();
+        store.create_link_code("LINK-OLDOLD", owner.id, 1).unwrap();
+        assert_eq!(
+            store
+                .redeem_link_code("LINK-OLDOLD", "discord", "2", now_ms())
+                .unwrap(),
+            LinkOutcome::Unknown,
+            "expired codes are swept"
+        );
+        let outcome = store
+            .redeem_link_code("LINK-ABCDEF", "discord", "2", now_ms())
+            .unwrap();
+        assert_eq!(
+            outcome,
+            LinkOutcome::Linked {
+                from: other.id,
+                into: owner.id
+            }
+        );
+        let moved = store
+            .move_events(
+                &format!("customer:{}", other.id),
+                &format!("customer:{}", owner.id),
+            )
+            .unwrap();
+        assert_eq!(moved, 1);
+        assert_eq!(
+            store.find_customer("discord", "2").unwrap().unwrap().id,
+            owner.id
+        );
+        assert!(store.customer(other.id).unwrap().is_none());
+        let conversations = store
+            .customer_conversations(owner.id, Some("discord"))
+            .unwrap();
+        assert_eq!(conversations.len(), 1);
+        assert_eq!(
+            store.conversation_messages(conversations[0].id).unwrap()[0].text,
+            "hello"
+        );
+        assert_eq!(
+            store
+                .user_events(&format!("customer:{}", owner.id))
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            store
+                .redeem_link_code("LINK-ABCDEF", "discord", "2", now_ms())
+                .unwrap(),
+            LinkOutcome::Unknown,
+            "a code works once"
+        );
+    }
 }

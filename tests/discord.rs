@@ -175,7 +175,7 @@ async fn a_429_on_an_edit_is_waited_out_and_retried() {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeDiscord::start().await;
     let daemon = start(&fake, dir.path(), SCRIPT).await;
-    fake.rate_limit("PATCH", &format!("/channels/{DM}/messages/"), 1);
+    fake.rate_limit("PATCH", &format!("/channels/{DM}/messages/"), 2);
     fake.push_message(DM, CUSTOMER, "please answer slowly", false, false);
     assert!(
         eventually(WAIT, || texts_in(&fake, DM)
@@ -186,8 +186,23 @@ async fn a_429_on_an_edit_is_waited_out_and_retried() {
     daemon.stop().await;
     let edits = fake.calls_matching("PATCH", &format!("/channels/{DM}/messages/"));
     assert!(edits.len() >= 2);
-    let gap = edits[1].at.duration_since(edits[0].at);
-    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}");
+    assert!(edits.len() >= 3);
+    // Two 429s in a row: the retries wait 1 s, then 2 s (serenity does not
+    // expose the body's retry_after through the proxy, so the wait backs off).
+    let first = edits[1].at.duration_since(edits[0].at);
+    let second = edits[2].at.duration_since(edits[1].at);
+    assert!(
+        first >= Duration::from_millis(950),
+        "first retry after {first:?}"
+    );
+    assert!(
+        second >= Duration::from_millis(1950),
+        "second retry after {second:?}"
+    );
+    assert_eq!(
+        edits[1].body["content"], edits[2].body["content"],
+        "the same edit is retried"
+    );
     assert_eq!(fake.messages_in(DM).len(), 1);
 }
 
@@ -324,4 +339,18 @@ async fn the_adapter_opens_a_thread_and_posts_into_it() {
             "An agent replies here".to_string()
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quick_messages_of_one_channel_are_answered_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeDiscord::start().await;
+    let daemon = start(&fake, dir.path(), SCRIPT).await;
+    for n in 1..=6 {
+        fake.push_message(DM, CUSTOMER, &format!("message {n}"), false, false);
+    }
+    assert!(eventually(WAIT, || texts_in(&fake, DM).len() == 6).await);
+    daemon.stop().await;
+    let expected: Vec<String> = (1..=6).map(|n| format!("You said: message {n}")).collect();
+    assert_eq!(texts_in(&fake, DM), expected);
 }

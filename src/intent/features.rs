@@ -29,10 +29,8 @@ fn words(text: &str) -> Vec<String> {
     for ch in text.chars().flat_map(char::to_lowercase) {
         let han = is_han(ch);
         let word_char = han || ch.is_alphanumeric() || ch == '\'';
-        if !word_char || (han != current_han && !current.is_empty()) {
-            if !current.is_empty() {
-                words.push(std::mem::take(&mut current));
-            }
+        if (!word_char || han != current_han) && !current.is_empty() {
+            words.push(std::mem::take(&mut current));
         }
         if word_char {
             current.push(if ch.is_ascii_digit() { '0' } else { ch });

@@ -88,7 +88,10 @@ impl ChoiceKeys {
             return key.clone();
         }
         if keys.id_by_key.len() >= CHOICE_KEYS_MAX {
-            *keys = LongIds::default();
+            // Forget old keys but never reuse a number: an old button must
+            // not come back as another choice.
+            keys.id_by_key.clear();
+            keys.key_by_id.clear();
         }
         keys.next += 1;
         let key = format!("~{}", keys.next);

@@ -3,9 +3,10 @@
 //! answered by the next reply in their channel) and button presses (choices).
 //! Slash commands are registered on READY.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use concierge_adapter::{ConversationRef, Inbound, InboundContent, InboundSink, SenderRef};
@@ -17,20 +18,54 @@ use serenity::all::{
 
 use crate::{Inner, PLATFORM};
 
+/// How long an event waits for earlier events of its channel.
+const REORDER_WINDOW: Duration = Duration::from_millis(150);
+
 /// Receives gateway events for one run of the client.
 pub(crate) struct Handler {
     inner: Arc<Inner>,
     sink: InboundSink,
+    /// serenity runs every handler call in its own task, so two quick
+    /// messages of one channel can arrive here in either order. Events wait
+    /// briefly per channel and go on in the order of their ids (Discord ids
+    /// grow with time).
+    waiting: tokio::sync::Mutex<HashMap<u64, BTreeMap<u64, Inbound>>>,
 }
 
 impl Handler {
     pub(crate) fn new(inner: Arc<Inner>, sink: InboundSink) -> Self {
-        Self { inner, sink }
+        Self {
+            inner,
+            sink,
+            waiting: tokio::sync::Mutex::new(HashMap::new()),
+        }
     }
 
-    async fn push(&self, inbound: Inbound) {
-        if self.sink.send(inbound).await.is_err() {
-            tracing::debug!("discord message arrived while shutting down");
+    /// Passes `inbound` (event id `id`) on after any earlier event of its channel.
+    async fn push(&self, channel: u64, id: u64, inbound: Inbound) {
+        self.waiting
+            .lock()
+            .await
+            .entry(channel)
+            .or_default()
+            .insert(id, inbound);
+        tokio::time::sleep(REORDER_WINDOW).await;
+        // Held while sending, so events of a channel leave in order.
+        let mut waiting = self.waiting.lock().await;
+        let Some(queue) = waiting.get_mut(&channel) else {
+            return;
+        };
+        let ready: Vec<u64> = queue.range(..=id).map(|(id, _)| *id).collect();
+        for id in ready {
+            let Some(inbound) = queue.remove(&id) else {
+                continue;
+            };
+            if self.sink.send(inbound).await.is_err() {
+                tracing::debug!("discord message arrived while shutting down");
+            }
+        }
+        if queue.is_empty() {
+            waiting.remove(&channel);
         }
     }
 
@@ -69,15 +104,19 @@ impl Handler {
                 self.inner.redact(&err.to_string())
             );
         }
-        self.push(Inbound {
-            conversation: conversation(interaction.channel_id.get()),
-            sender: sender(&interaction.user),
-            content: InboundContent::Choice {
-                id: self.inner.choice_id(&interaction.data.custom_id),
+        self.push(
+            interaction.channel_id.get(),
+            interaction.id.get(),
+            Inbound {
+                conversation: conversation(interaction.channel_id.get()),
+                sender: sender(&interaction.user),
+                content: InboundContent::Choice {
+                    id: self.inner.choice_id(&interaction.data.custom_id),
+                },
+                message_id: Some(interaction.message.id.get().to_string()),
+                received_at: SystemTime::now(),
             },
-            message_id: Some(interaction.message.id.get().to_string()),
-            received_at: SystemTime::now(),
-        })
+        )
         .await;
     }
 }
@@ -160,13 +199,17 @@ impl EventHandler for Handler {
         if text.is_empty() {
             return;
         }
-        self.push(Inbound {
-            conversation: conversation(message.channel_id.get()),
-            sender: sender(&message.author),
-            content: InboundContent::Text(text),
-            message_id: Some(message.id.get().to_string()),
-            received_at: SystemTime::now(),
-        })
+        self.push(
+            message.channel_id.get(),
+            message.id.get(),
+            Inbound {
+                conversation: conversation(message.channel_id.get()),
+                sender: sender(&message.author),
+                content: InboundContent::Text(text),
+                message_id: Some(message.id.get().to_string()),
+                received_at: SystemTime::now(),
+            },
+        )
         .await;
     }
 
@@ -185,15 +228,20 @@ impl EventHandler for Handler {
                     return;
                 }
                 let channel = command.channel_id.get();
+                let id = command.id.get();
                 let user = command.user.clone();
                 let message_id = self.inner.set_pending_command(command);
-                self.push(Inbound {
-                    conversation: conversation(channel),
-                    sender: sender(&user),
-                    content: InboundContent::Text(format!("/{name}")),
-                    message_id: Some(message_id),
-                    received_at: SystemTime::now(),
-                })
+                self.push(
+                    channel,
+                    id,
+                    Inbound {
+                        conversation: conversation(channel),
+                        sender: sender(&user),
+                        content: InboundContent::Text(format!("/{name}")),
+                        message_id: Some(message_id),
+                        received_at: SystemTime::now(),
+                    },
+                )
                 .await;
             }
             Interaction::Component(component) => self.component(&ctx, component).await,

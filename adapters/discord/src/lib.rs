@@ -36,6 +36,8 @@ const MAX_RATE_LIMIT_RETRIES: u32 = 5;
 /// Buttons per action row and rows per message, Discord's limits.
 const BUTTONS_PER_ROW: usize = 5;
 const MAX_ROWS: usize = 5;
+/// How long Discord accepts the answer to a deferred slash command.
+const PENDING_COMMAND_LIFETIME: Duration = Duration::from_secs(15 * 60);
 /// Discord's limit on a button's custom id, in characters.
 const MAX_CUSTOM_ID_CHARS: usize = 100;
 
@@ -90,8 +92,9 @@ pub(crate) struct Inner {
     http: Arc<Http>,
     /// The bot's user id, known after READY.
     bot_id: Mutex<Option<u64>>,
-    /// Slash commands waiting for their reply, by inbound message id.
-    pending_commands: Mutex<HashMap<String, CommandInteraction>>,
+    /// Slash commands waiting for their reply, by inbound message id, with
+    /// when they arrived.
+    pending_commands: Mutex<HashMap<String, (std::time::Instant, CommandInteraction)>>,
     /// Edits per channel, at most one per `edit_interval`.
     pacer: ChatPacer,
     /// Stand-ins for choice ids too long for a custom id.
@@ -195,7 +198,11 @@ impl Inner {
     }
 
     fn take_pending_command(&self, reply_to: Option<&str>) -> Option<CommandInteraction> {
-        self.pending_commands.lock().ok()?.remove(reply_to?)
+        self.pending_commands
+            .lock()
+            .ok()?
+            .remove(reply_to?)
+            .map(|(_, interaction)| interaction)
     }
 
     /// Remembers a deferred slash command; returns the inbound message id
@@ -203,11 +210,9 @@ impl Inner {
     pub(crate) fn set_pending_command(&self, interaction: CommandInteraction) -> String {
         let key = format!("interaction:{}", interaction.id.get());
         if let Ok(mut pending) = self.pending_commands.lock() {
-            // Deferred commands expire on Discord after 15 minutes; keep the map small.
-            if pending.len() > 1000 {
-                pending.clear();
-            }
-            pending.insert(key.clone(), interaction);
+            // Discord drops a deferred response's token after 15 minutes.
+            pending.retain(|_, (since, _)| since.elapsed() < PENDING_COMMAND_LIFETIME);
+            pending.insert(key.clone(), (std::time::Instant::now(), interaction));
         }
         key
     }

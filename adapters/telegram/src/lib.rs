@@ -194,7 +194,8 @@ impl Inner {
     where
         R: Request<Err = RequestError> + Clone,
     {
-        self.call_with(what, request, MAX_NETWORK_RETRIES).await
+        self.call_with(what, request, MAX_NETWORK_RETRIES, MAX_RATE_LIMIT_RETRIES)
+            .await
     }
 
     async fn call_with<R>(
@@ -202,6 +203,7 @@ impl Inner {
         what: &str,
         request: R,
         network_retries: usize,
+        rate_limit_retries: usize,
     ) -> Result<Output<R>, AdapterError>
     where
         R: Request<Err = RequestError> + Clone,
@@ -212,7 +214,7 @@ impl Inner {
         loop {
             match request.clone().send().await {
                 Ok(output) => return Ok(output),
-                Err(RequestError::RetryAfter(seconds)) if rate_limited < MAX_RATE_LIMIT_RETRIES => {
+                Err(RequestError::RetryAfter(seconds)) if rate_limited < rate_limit_retries => {
                     rate_limited += 1;
                     tracing::warn!(
                         call = what,
@@ -428,6 +430,9 @@ impl TelegramAdapter {
                 let mut request = inner
                     .bot
                     .set_webhook(public_url.clone())
+                    // One delivery at a time keeps updates in order, so the
+                    // last handled id can skip redeliveries safely.
+                    .max_connections(1)
                     .allowed_updates(vec![AllowedUpdate::Message, AllowedUpdate::CallbackQuery]);
                 if let Some(secret) = secret_token {
                     request = request.secret_token(secret.clone());
@@ -534,6 +539,7 @@ impl Adapter for TelegramAdapter {
             .call_with(
                 "sendChatAction",
                 inner.bot.send_chat_action(chat, ChatAction::Typing),
+                0,
                 0,
             )
             .await

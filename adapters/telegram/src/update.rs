@@ -26,9 +26,11 @@ impl Inner {
     async fn inbound_choice(&self, query: CallbackQuery) -> Option<Inbound> {
         // Stops the client's progress indicator on the button.
         if let Err(err) = self
-            .call(
+            .call_with(
                 "answerCallbackQuery",
                 self.bot.answer_callback_query(query.id.clone()),
+                0,
+                0,
             )
             .await
         {
@@ -143,20 +145,30 @@ fn contains_ignore_case(text: &str, needle: &str) -> bool {
     text.to_lowercase().contains(&needle.to_lowercase())
 }
 
+/// `text` without any occurrence of `needle`, compared case-insensitively
+/// character by character (never slicing by offsets of a lowercased copy,
+/// whose byte lengths can differ).
 fn remove_ignore_case(text: &str, needle: &str) -> String {
-    let lower = text.to_lowercase();
-    let needle = needle.to_lowercase();
-    // Lowercasing can change byte lengths outside ASCII; fall back to the text.
-    if lower.len() != text.len() {
-        return text.replace(&needle, "");
-    }
+    let needle: Vec<char> = needle.chars().flat_map(char::to_lowercase).collect();
+    let chars: Vec<char> = text.chars().collect();
     let mut result = String::with_capacity(text.len());
-    let mut rest = 0;
-    for (at, _) in lower.match_indices(&needle) {
-        result.push_str(&text[rest..at]);
-        rest = at + needle.len();
+    let mut at = 0;
+    while at < chars.len() {
+        let matches = chars.len() - at >= needle.len()
+            && chars[at..at + needle.len()]
+                .iter()
+                .zip(&needle)
+                .all(|(ch, want)| {
+                    let mut lower = ch.to_lowercase();
+                    lower.next() == Some(*want) && lower.next().is_none()
+                });
+        if matches && !needle.is_empty() {
+            at += needle.len();
+        } else {
+            result.push(chars[at]);
+            at += 1;
+        }
     }
-    result.push_str(&text[rest..]);
     result
 }
 
@@ -239,6 +251,19 @@ mod tests {
         assert_eq!(
             text_of(&message("group", "/help@other_bot", false), ALL),
             None
+        );
+    }
+
+    #[test]
+    fn mentions_are_removed_from_any_text_without_panicking() {
+        assert_eq!(remove_ignore_case("İ@shop_botéẞ", "@shop_bot"), "İéẞ");
+        assert_eq!(
+            remove_ignore_case("@SHOP_BOT hi @shop_bot", "@shop_bot"),
+            " hi "
+        );
+        assert_eq!(
+            text_of(&message("group", "İ@shop_botéẞ", false), ALL).as_deref(),
+            Some("İéẞ")
         );
     }
 
