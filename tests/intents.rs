@@ -1,0 +1,111 @@
+//! The intent classifier through the binary: `classify` prints one JSON
+//! object per line with the promised keys, and `eval intents` meets the
+//! escalation targets on the Bitext dev set by cross-validation (CI fails
+//! below them).
+
+mod support;
+
+use std::process::Command;
+
+use support::{binary, run_with_stdin};
+
+const DEV_SET: &str = "config/intents/bitext-customer-support.csv";
+
+#[test]
+fn classify_prints_one_labelled_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(binary());
+    command
+        .args(["--data-dir"])
+        .arg(dir.path())
+        .args(["classify", "--format", "jsonl"]);
+    let output = run_with_stdin(
+        command,
+        "I need to talk to a human agent\n\n我想知道运费是多少\n",
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "blank lines are skipped");
+    for line in &lines {
+        let keys: Vec<&str> = line
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, ["text", "lang", "intent", "escalate", "confidence"]);
+    }
+    assert_eq!(lines[0]["intent"], "human_request");
+    assert_eq!(lines[0]["escalate"], true);
+    assert_eq!(lines[1]["lang"], "zh");
+    assert_eq!(lines[1]["escalate"], false);
+    // The trained model was saved for the next start.
+    assert!(dir.path().join("intents.model").exists());
+}
+
+#[test]
+fn escalation_meets_its_targets_on_the_dev_set_by_cross_validation() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(binary())
+        .args(["--data-dir"])
+        .arg(dir.path())
+        .args([
+            "eval",
+            "intents",
+            "--data",
+            DEV_SET,
+            "--text-column",
+            "instruction",
+            "--label-column",
+            "intent",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    println!("{report:#}");
+    assert_eq!(report["folds"], 5);
+    assert!(report["rows"].as_u64().unwrap() > 2900);
+    let recall = report["escalation"]["recall"].as_f64().unwrap();
+    let precision = report["escalation"]["precision"].as_f64().unwrap();
+    assert!(recall >= 0.95, "escalation recall {recall} below 0.95");
+    assert!(
+        precision >= 0.90,
+        "escalation precision {precision} below 0.90"
+    );
+    assert!(
+        report["confusion"]["contact_human_agent"]["human_request"]
+            .as_u64()
+            .unwrap()
+            > 90
+    );
+}
+
+#[test]
+fn a_bad_data_file_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.csv");
+    std::fs::write(&file, "message,label\nhello,smalltalk\n").unwrap();
+    let output = Command::new(binary())
+        .args(["--data-dir"])
+        .arg(dir.path())
+        .args(["eval", "intents", "--data"])
+        .arg(&file)
+        .args(["--text-column", "body"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no column named body"), "{stderr}");
+}
