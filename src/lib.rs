@@ -8,6 +8,7 @@ pub mod bench;
 pub mod channels;
 pub mod config;
 pub mod engine;
+pub mod escalation;
 pub mod eval;
 pub mod health;
 pub mod history;

@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::escalation::ticket::{Priority, TicketState};
 use crate::prompts::Locale;
 
 /// Version of the store layout this build reads and writes.
@@ -30,6 +31,9 @@ const TREE_KB_DOCS: &str = "kb_docs";
 const TREE_CATALOG: &str = "catalog";
 const TREE_EVENTS: &str = "events";
 const TREE_LINK_CODES: &str = "link_codes";
+const TREE_TICKETS: &str = "tickets";
+const TREE_ACTIVE_TICKETS: &str = "active_tickets";
+const KEY_TICKET_COUNTER: &[u8] = b"ticket_counter";
 const KEY_KB_GENERATION: &[u8] = b"kb_generation";
 const KEY_SCHEMA: &[u8] = b"schema_version";
 /// A file beside the database that records that it was initialised. sled
@@ -93,6 +97,93 @@ pub struct Customer {
     pub locale: Option<Locale>,
     /// A display name from the platform, if any.
     pub display_name: Option<String>,
+}
+
+/// One line of a ticket's transcript.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TranscriptLine {
+    /// When (Unix milliseconds).
+    pub ts_ms: u64,
+    /// `customer`, `bot`, `agent` or `note` (internal, never sent to the customer).
+    pub role: String,
+    /// Who wrote it, for agents and notes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    /// The text.
+    pub text: String,
+}
+
+/// One change of a ticket's state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    /// The state before (`None` at creation).
+    pub from: Option<TicketState>,
+    /// The state after.
+    pub to: TicketState,
+    /// When (Unix milliseconds).
+    pub at_ms: u64,
+    /// Who: `bot`, `sla`, `customer`, or an agent's name.
+    pub actor: String,
+}
+
+/// Where agents see a ticket: a message in the agents' group, a topic, a thread.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentPost {
+    /// Platform of the agents' space.
+    pub platform: String,
+    /// The chat, topic or thread agents answer in.
+    pub chat_id: String,
+    /// The posted ticket message, when agents answer by replying to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+}
+
+/// A hand-off of one conversation to people.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ticket {
+    /// Record schema version.
+    pub v: u32,
+    /// The number behind `T-000123`.
+    pub id: u64,
+    /// The customer.
+    pub customer_id: u64,
+    /// The customer's platform.
+    pub platform: String,
+    /// The customer's chat on it.
+    pub chat_id: String,
+    /// The customer's language (`en`/`zh`).
+    pub locale: Locale,
+    /// `complaint` or `human_request`.
+    pub category: String,
+    /// How urgent.
+    pub priority: Priority,
+    /// A short summary for agents.
+    pub summary: String,
+    /// The conversation, oldest first.
+    pub transcript: Vec<TranscriptLine>,
+    /// Where it stands.
+    pub state: TicketState,
+    /// Every change of state, oldest first.
+    pub transitions: Vec<Transition>,
+    /// The agent who has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignee: Option<String>,
+    /// When it was opened (Unix milliseconds).
+    pub created_ms: u64,
+    /// When an agent must have answered (Unix milliseconds).
+    pub due_ms: u64,
+    /// The agents were reminded of the deadline.
+    #[serde(default)]
+    pub reminded: bool,
+    /// The deadline passed without an answer.
+    #[serde(default)]
+    pub breached: bool,
+    /// Where the agents see it.
+    #[serde(default)]
+    pub agent_posts: Vec<AgentPost>,
+    /// The customer's rating, 1-5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rating: Option<u8>,
 }
 
 /// A pending `/link` code: whoever enters it joins this customer.
@@ -316,6 +407,8 @@ pub struct Store {
     catalog: sled::Tree,
     events: sled::Tree,
     link_codes: sled::Tree,
+    tickets: sled::Tree,
+    active_tickets: sled::Tree,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -351,6 +444,8 @@ impl Store {
             catalog: db.open_tree(TREE_CATALOG).map_err(map)?,
             events: db.open_tree(TREE_EVENTS).map_err(map)?,
             link_codes: db.open_tree(TREE_LINK_CODES).map_err(map)?,
+            tickets: db.open_tree(TREE_TICKETS).map_err(map)?,
+            active_tickets: db.open_tree(TREE_ACTIVE_TICKETS).map_err(map)?,
             meta: db.open_tree(TREE_META).map_err(map)?,
             path,
             db,
@@ -815,6 +910,66 @@ impl Store {
     /// Every event, grouped by user.
     pub fn all_events(&self) -> Result<Vec<Event>, StoreError> {
         self.records(&self.events, TREE_EVENTS)
+    }
+
+    /// A new ticket number, durable once the store is flushed.
+    pub fn next_ticket_number(&self) -> Result<u64, StoreError> {
+        let next = self
+            .meta
+            .update_and_fetch(KEY_TICKET_COUNTER, |old| {
+                let current = old.and_then(decode_u64).unwrap_or(0);
+                Some((current + 1).to_be_bytes().to_vec())
+            })
+            .map_err(|err| self.err(err))?
+            .and_then(|bytes| decode_u64(&bytes))
+            .unwrap_or(1);
+        Ok(next)
+    }
+
+    /// Saves a ticket (new or changed) and the index of chats that people
+    /// handle, in one transaction. Call `flush` before telling anyone.
+    pub fn put_ticket(&self, ticket: &Ticket) -> Result<(), StoreError> {
+        let chat_key = Self::identity_key(&ticket.platform, &ticket.chat_id);
+        let id = ticket.id.to_be_bytes();
+        let record = Self::encode(ticket);
+        let active = ticket.state.with_agents();
+        (&self.tickets, &self.active_tickets)
+            .transaction(|(tickets, index)| {
+                tickets.insert(&id, record.as_slice())?;
+                if active {
+                    index.insert(chat_key.as_slice(), &id)?;
+                } else if index.get(&chat_key)?.as_deref() == Some(id.as_slice()) {
+                    index.remove(chat_key.as_slice())?;
+                }
+                Ok(())
+            })
+            .map_err(|err| self.transaction_error(err))
+    }
+
+    /// A ticket by number.
+    pub fn ticket(&self, id: u64) -> Result<Option<Ticket>, StoreError> {
+        self.record(&self.tickets, TREE_TICKETS, &id.to_be_bytes())
+    }
+
+    /// Every ticket, oldest first.
+    pub fn tickets(&self) -> Result<Vec<Ticket>, StoreError> {
+        self.records(&self.tickets, TREE_TICKETS)
+    }
+
+    /// The ticket of a customer's chat that people handle now, if any.
+    pub fn active_ticket_for(
+        &self,
+        platform: &str,
+        chat_id: &str,
+    ) -> Result<Option<Ticket>, StoreError> {
+        let key = Self::identity_key(platform, chat_id);
+        let Some(id) = self.active_tickets.get(key).map_err(|err| self.err(err))? else {
+            return Ok(None);
+        };
+        let Some(id) = decode_u64(&id) else {
+            return Ok(None);
+        };
+        Ok(self.ticket(id)?.filter(|ticket| ticket.state.with_agents()))
     }
 
     /// Stores a one-time link code for `customer_id`.

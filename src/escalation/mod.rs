@@ -1,0 +1,455 @@
+//! Hand-offs to people: opening a ticket for a conversation, moving it
+//! through its states with every transition recorded (time and actor), the
+//! transcript, ratings, and the SLA clock. Every change is stored and flushed
+//! before it is reported, so no transition is lost on restart.
+//!
+//! Architecture invariant: speaks to customers and agents only through the
+//! pipeline's `Outbound` messages; knows no adapter crate.
+
+pub mod ticket;
+
+use std::time::Duration;
+
+use crate::intent::Intent;
+use crate::prompts::Locale;
+use crate::store::{now_ms, Store, StoreError, Ticket, TranscriptLine, Transition, RECORD_VERSION};
+use ticket::{priority_for, Priority, TicketState};
+
+/// Deadlines for an agent's first answer, per priority.
+#[derive(Clone, Copy, Debug)]
+pub struct SlaPolicy {
+    /// For urgent tickets.
+    pub urgent: Duration,
+    /// For high-priority tickets.
+    pub high: Duration,
+    /// For normal tickets.
+    pub normal: Duration,
+    /// Remind the agents when this share of the time has passed.
+    pub remind_at: f64,
+}
+
+impl Default for SlaPolicy {
+    fn default() -> Self {
+        Self {
+            urgent: Duration::from_secs(15 * 60),
+            high: Duration::from_secs(60 * 60),
+            normal: Duration::from_secs(4 * 60 * 60),
+            remind_at: 0.75,
+        }
+    }
+}
+
+impl SlaPolicy {
+    /// The deadline for `priority`.
+    pub fn deadline(&self, priority: Priority) -> Duration {
+        match priority {
+            Priority::Urgent => self.urgent,
+            Priority::High => self.high,
+            Priority::Normal => self.normal,
+        }
+    }
+}
+
+/// Why a ticket operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EscalationError {
+    /// No ticket with that number.
+    #[error("no ticket {0}")]
+    NotFound(String),
+    /// The workflow does not allow this move.
+    #[error("ticket {id} is {from}; it cannot become {to}")]
+    Transition {
+        /// The ticket.
+        id: String,
+        /// Its state.
+        from: &'static str,
+        /// The refused state.
+        to: &'static str,
+    },
+    /// A rating outside 1-5.
+    #[error("a rating is 1 to 5, not {0}")]
+    Rating(u8),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What a new ticket starts from.
+#[derive(Clone, Debug)]
+pub struct NewTicket {
+    /// The customer.
+    pub customer_id: u64,
+    /// Their platform and chat.
+    pub platform: String,
+    /// Their chat.
+    pub chat_id: String,
+    /// Their language.
+    pub locale: Locale,
+    /// `Complaint` or `HumanRequest`.
+    pub intent: Intent,
+    /// The message that escalated.
+    pub text: String,
+    /// The recent conversation, oldest first, as (role, text).
+    pub recent: Vec<(String, String)>,
+    /// A short summary for agents.
+    pub summary: String,
+}
+
+/// Tickets over the store.
+#[derive(Clone)]
+pub struct Escalation {
+    store: Store,
+    sla: SlaPolicy,
+}
+
+impl Escalation {
+    /// The service over `store` with deadlines from `sla`.
+    pub fn new(store: Store, sla: SlaPolicy) -> Self {
+        Self { store, sla }
+    }
+
+    /// Opens a ticket and stores it durably.
+    pub async fn open(&self, new: NewTicket) -> Result<Ticket, EscalationError> {
+        let earlier = self
+            .store
+            .tickets()?
+            .iter()
+            .filter(|ticket| ticket.customer_id == new.customer_id)
+            .count();
+        let priority = priority_for(new.intent, &new.text, earlier);
+        let now = now_ms();
+        let mut transcript: Vec<TranscriptLine> = new
+            .recent
+            .iter()
+            .map(|(role, text)| TranscriptLine {
+                ts_ms: now,
+                role: role.clone(),
+                author: None,
+                text: text.clone(),
+            })
+            .collect();
+        if transcript.last().is_none_or(|line| line.text != new.text) {
+            transcript.push(TranscriptLine {
+                ts_ms: now,
+                role: "customer".into(),
+                author: None,
+                text: new.text.clone(),
+            });
+        }
+        let ticket = Ticket {
+            v: RECORD_VERSION,
+            id: self.store.next_ticket_number()?,
+            customer_id: new.customer_id,
+            platform: new.platform,
+            chat_id: new.chat_id,
+            locale: new.locale,
+            category: new.intent.label().to_string(),
+            priority,
+            summary: new.summary,
+            transcript,
+            state: TicketState::Open,
+            transitions: vec![Transition {
+                from: None,
+                to: TicketState::Open,
+                at_ms: now,
+                actor: "bot".into(),
+            }],
+            assignee: None,
+            created_ms: now,
+            due_ms: now + self.sla.deadline(priority).as_millis() as u64,
+            reminded: false,
+            breached: false,
+            agent_posts: Vec::new(),
+            rating: None,
+        };
+        self.save(&ticket).await?;
+        Ok(ticket)
+    }
+
+    async fn save(&self, ticket: &Ticket) -> Result<(), EscalationError> {
+        self.store.put_ticket(ticket)?;
+        self.store.flush().await?;
+        Ok(())
+    }
+
+    /// A ticket by number.
+    pub fn get(&self, id: u64) -> Result<Ticket, EscalationError> {
+        self.store
+            .ticket(id)?
+            .ok_or_else(|| EscalationError::NotFound(ticket::display_id(id)))
+    }
+
+    /// Moves a ticket to `to`, recording who did it and when.
+    pub async fn transition(
+        &self,
+        id: u64,
+        to: TicketState,
+        actor: &str,
+    ) -> Result<Ticket, EscalationError> {
+        let mut ticket = self.get(id)?;
+        if !ticket.state.can_move_to(to) {
+            return Err(EscalationError::Transition {
+                id: ticket::display_id(id),
+                from: ticket.state.label(),
+                to: to.label(),
+            });
+        }
+        if to == TicketState::Assigned {
+            ticket.assignee = Some(actor.to_string());
+        }
+        if to == TicketState::Open {
+            // A reopened ticket gets a fresh deadline.
+            ticket.due_ms = now_ms() + self.sla.deadline(ticket.priority).as_millis() as u64;
+            ticket.reminded = false;
+        }
+        ticket.transitions.push(Transition {
+            from: Some(ticket.state),
+            to,
+            at_ms: now_ms(),
+            actor: actor.to_string(),
+        });
+        ticket.state = to;
+        self.save(&ticket).await?;
+        Ok(ticket)
+    }
+
+    /// Adds a line to the transcript (an agent's answer marks the SLA met).
+    pub async fn add_line(
+        &self,
+        id: u64,
+        role: &str,
+        author: Option<&str>,
+        text: &str,
+    ) -> Result<Ticket, EscalationError> {
+        let mut ticket = self.get(id)?;
+        ticket.transcript.push(TranscriptLine {
+            ts_ms: now_ms(),
+            role: role.to_string(),
+            author: author.map(str::to_string),
+            text: text.to_string(),
+        });
+        self.save(&ticket).await?;
+        Ok(ticket)
+    }
+
+    /// Remembers where the agents see the ticket.
+    pub async fn add_agent_post(
+        &self,
+        id: u64,
+        post: crate::store::AgentPost,
+    ) -> Result<Ticket, EscalationError> {
+        let mut ticket = self.get(id)?;
+        ticket.agent_posts.push(post);
+        self.save(&ticket).await?;
+        Ok(ticket)
+    }
+
+    /// Stores the customer's 1-5 rating of a resolved ticket, which closes it.
+    pub async fn rate(&self, id: u64, rating: u8) -> Result<Ticket, EscalationError> {
+        if !(1..=5).contains(&rating) {
+            return Err(EscalationError::Rating(rating));
+        }
+        let mut ticket = self.get(id)?;
+        ticket.rating = Some(rating);
+        self.save(&ticket).await?;
+        if ticket.state == TicketState::Resolved {
+            return self.transition(id, TicketState::Closed, "customer").await;
+        }
+        Ok(ticket)
+    }
+
+    /// Tickets waiting for an agent's first answer whose deadline is near
+    /// (to remind) or past (breached), marked so each is reported once.
+    pub async fn check_deadlines(&self, now: u64) -> Result<SlaReport, EscalationError> {
+        let mut report = SlaReport::default();
+        for mut ticket in self.store.tickets()? {
+            if ticket.state != TicketState::Open {
+                continue;
+            }
+            let total = ticket.due_ms.saturating_sub(ticket.created_ms) as f64;
+            let remind_from = ticket.created_ms + (total * self.sla.remind_at) as u64;
+            let mut changed = false;
+            if now >= ticket.due_ms && !ticket.breached {
+                ticket.breached = true;
+                changed = true;
+                report.breached.push(ticket.clone());
+            } else if now >= remind_from && !ticket.reminded && !ticket.breached {
+                ticket.reminded = true;
+                changed = true;
+                report.reminders.push(ticket.clone());
+            }
+            if changed {
+                self.store.put_ticket(&ticket)?;
+            }
+        }
+        if !report.reminders.is_empty() || !report.breached.is_empty() {
+            self.store.flush().await?;
+        }
+        Ok(report)
+    }
+}
+
+/// What a deadline check found.
+#[derive(Debug, Default)]
+pub struct SlaReport {
+    /// Tickets whose deadline is near.
+    pub reminders: Vec<Ticket>,
+    /// Tickets whose deadline passed.
+    pub breached: Vec<Ticket>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_ticket(intent: Intent, text: &str) -> NewTicket {
+        NewTicket {
+            customer_id: 7,
+            platform: "telegram".into(),
+            chat_id: "555".into(),
+            locale: Locale::En,
+            intent,
+            text: text.into(),
+            recent: vec![
+                ("customer".into(), "hello".into()),
+                ("bot".into(), "hi".into()),
+            ],
+            summary: "Parcel arrived broken.".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn tickets_survive_a_restart_in_every_state_with_their_transitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ids = Vec::new();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let escalation = Escalation::new(store, SlaPolicy::default());
+            let states = [
+                vec![],
+                vec![TicketState::Assigned],
+                vec![TicketState::Assigned, TicketState::WaitingOnCustomer],
+                vec![TicketState::Assigned, TicketState::Resolved],
+                vec![
+                    TicketState::Assigned,
+                    TicketState::Resolved,
+                    TicketState::Closed,
+                ],
+                vec![TicketState::Resolved, TicketState::Open],
+            ];
+            for path in states {
+                let ticket = escalation
+                    .open(new_ticket(Intent::Complaint, "it broke"))
+                    .await
+                    .unwrap();
+                for state in &path {
+                    escalation
+                        .transition(ticket.id, *state, "ann")
+                        .await
+                        .unwrap();
+                }
+                ids.push((ticket.id, path));
+            }
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let escalation = Escalation::new(store.clone(), SlaPolicy::default());
+        for (id, path) in ids {
+            let ticket = escalation.get(id).unwrap();
+            assert_eq!(ticket.state, *path.last().unwrap_or(&TicketState::Open));
+            assert_eq!(ticket.transitions.len(), path.len() + 1);
+            assert!(ticket
+                .transitions
+                .iter()
+                .skip(1)
+                .all(|t| t.actor == "ann" && t.at_ms > 0));
+        }
+        assert_eq!(ticket::display_id(1), "T-000001");
+        // The chat with a ticket in people's hands is found by the index.
+        let active = store.active_ticket_for("telegram", "555").unwrap().unwrap();
+        assert!(active.state.with_agents());
+    }
+
+    #[tokio::test]
+    async fn the_workflow_refuses_a_wrong_move_and_a_rating_closes_a_resolved_ticket() {
+        let dir = tempfile::tempdir().unwrap();
+        let escalation = Escalation::new(Store::open(dir.path()).unwrap(), SlaPolicy::default());
+        let ticket = escalation
+            .open(new_ticket(Intent::HumanRequest, "a person please"))
+            .await
+            .unwrap();
+        assert_eq!(ticket.priority, Priority::Normal);
+        assert_eq!(ticket.transcript.len(), 3);
+        let refused = escalation
+            .transition(ticket.id, TicketState::WaitingOnCustomer, "ann")
+            .await;
+        assert!(matches!(refused, Err(EscalationError::Transition { .. })));
+        escalation
+            .transition(ticket.id, TicketState::Resolved, "ann")
+            .await
+            .unwrap();
+        assert!(escalation.rate(ticket.id, 6).await.is_err());
+        let rated = escalation.rate(ticket.id, 5).await.unwrap();
+        assert_eq!(rated.rating, Some(5));
+        assert_eq!(rated.state, TicketState::Closed);
+        // A repeat contact ranks higher.
+        let again = escalation
+            .open(new_ticket(Intent::HumanRequest, "me again"))
+            .await
+            .unwrap();
+        assert_eq!(again.priority, Priority::High);
+    }
+
+    #[tokio::test]
+    async fn deadlines_remind_once_then_breach_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let sla = SlaPolicy {
+            urgent: Duration::from_secs(100),
+            high: Duration::from_secs(100),
+            normal: Duration::from_secs(100),
+            remind_at: 0.5,
+        };
+        let escalation = Escalation::new(Store::open(dir.path()).unwrap(), sla);
+        let ticket = escalation
+            .open(new_ticket(Intent::Complaint, "late"))
+            .await
+            .unwrap();
+        let start = ticket.created_ms;
+        assert!(escalation
+            .check_deadlines(start + 10_000)
+            .await
+            .unwrap()
+            .reminders
+            .is_empty());
+        assert_eq!(
+            escalation
+                .check_deadlines(start + 60_000)
+                .await
+                .unwrap()
+                .reminders
+                .len(),
+            1
+        );
+        assert!(escalation
+            .check_deadlines(start + 70_000)
+            .await
+            .unwrap()
+            .reminders
+            .is_empty());
+        assert_eq!(
+            escalation
+                .check_deadlines(start + 101_000)
+                .await
+                .unwrap()
+                .breached
+                .len(),
+            1
+        );
+        assert!(escalation
+            .check_deadlines(start + 200_000)
+            .await
+            .unwrap()
+            .breached
+            .is_empty());
+        assert!(escalation.get(ticket.id).unwrap().breached);
+    }
+}
