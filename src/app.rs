@@ -83,6 +83,7 @@ fn pipeline_settings(config: &Config) -> PipelineSettings {
         reply_timeout: Duration::from_secs(config.chat.reply_timeout_secs),
         default_locale: config.chat.default_locale,
         top_k: config.knowledge.top_k,
+        auto_handoff_confidence: config.escalation.auto_min_confidence as f32,
     }
 }
 
@@ -197,6 +198,35 @@ pub struct Parts {
     pub knowledge: Option<Arc<KnowledgeBase>>,
     /// The recommender.
     pub recommender: Option<Arc<SharedRanker>>,
+    /// The intent classifier.
+    pub classifier: Option<Arc<crate::intent::Classifier>>,
+    /// Hand-off to people (tickets), in `serve` only: agents reach the
+    /// daemon, not an interactive `chat`.
+    pub escalation: Option<crate::escalation::Escalation>,
+}
+
+/// The intent classifier: saved in the data directory, else trained from
+/// `escalation.intents_dir`.
+pub async fn load_classifier(config: &Config) -> anyhow::Result<Arc<crate::intent::Classifier>> {
+    let data_dir = config.store.data_dir.clone();
+    let shipped = config.escalation.intents_dir.clone();
+    let classifier =
+        tokio::task::spawn_blocking(move || crate::intent::load_or_train(&data_dir, &shipped))
+            .await
+            .context("classifier task failed")?
+            .context("loading the intent classifier")?;
+    Ok(Arc::new(classifier))
+}
+
+/// The SLA policy from `[escalation]`.
+pub fn sla_policy(config: &Config) -> crate::escalation::SlaPolicy {
+    let minutes = |value: u64| Duration::from_secs(value * 60);
+    crate::escalation::SlaPolicy {
+        urgent: minutes(config.escalation.sla_urgent_minutes),
+        high: minutes(config.escalation.sla_high_minutes),
+        normal: minutes(config.escalation.sla_normal_minutes),
+        remind_at: 0.75,
+    }
 }
 
 /// Builds the pipeline for `adapters`.
@@ -219,6 +249,8 @@ pub fn pipeline(
         cancel,
         knowledge: parts.knowledge,
         recommender: parts.recommender,
+        classifier: parts.classifier,
+        escalation: parts.escalation,
     })
 }
 
@@ -232,6 +264,7 @@ pub async fn chat(
     let prompts = Prompts::load(&config.chat.prompts_dir)?;
     let knowledge = load_knowledge_async(config, &store).await?;
     let recommender = load_ranker_async(config, &store).await?;
+    let classifier = load_classifier(config).await?;
     let llm = build_engine(config).await?;
     eprintln!(
         "concierge: ready ({}). Type a message; /help for commands.",
@@ -247,6 +280,8 @@ pub async fn chat(
             prompts,
             knowledge: Some(knowledge),
             recommender: Some(recommender),
+            classifier: Some(classifier),
+            escalation: None,
         },
         std::slice::from_ref(&console),
         cancel.clone(),
@@ -293,8 +328,10 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
     }
     let knowledge = load_knowledge_async(config, &store).await?;
     let recommender = load_ranker_async(config, &store).await?;
+    let classifier = load_classifier(config).await?;
 
     let api_stop = CancellationToken::new();
+    let desk: Arc<std::sync::OnceLock<Arc<Pipeline>>> = Arc::default();
     let mut api_task = None;
     if config.operator.enabled {
         let listener = tokio::net::TcpListener::bind(config.operator.listen)
@@ -310,6 +347,7 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
             health: health.clone(),
             store: store.clone(),
             token: config.operator.token.clone(),
+            desk: Arc::clone(&desk),
         };
         let stop = api_stop.clone();
         api_task = Some(tokio::spawn(operator::serve(listener, state, async move {
@@ -348,10 +386,22 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
             prompts,
             knowledge: Some(knowledge),
             recommender: Some(Arc::clone(&recommender)),
+            classifier: Some(classifier),
+            escalation: config
+                .escalation
+                .enabled
+                .then(|| crate::escalation::Escalation::new(store.clone(), sla_policy(config))),
         },
         &adapters,
         reply_cancel.clone(),
     );
+    let _ = desk.set(Arc::clone(&pipeline));
+    let sla_watch = config.escalation.enabled.then(|| {
+        tokio::spawn(watch_deadlines(
+            crate::escalation::Escalation::new(store.clone(), sla_policy(config)),
+            intake_stop.clone(),
+        ))
+    });
     let refit = tokio::spawn(refit_periodically(
         config.clone(),
         store.clone(),
@@ -398,6 +448,9 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
         }
     }
     refit.abort();
+    if let Some(task) = sla_watch {
+        task.abort();
+    }
     store
         .flush()
         .await
@@ -413,6 +466,31 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often ticket deadlines are checked.
+const SLA_CHECK_EVERY: Duration = Duration::from_secs(30);
+
+/// Reports tickets nearing their first-answer deadline and counts breaches.
+async fn watch_deadlines(escalation: crate::escalation::Escalation, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(SLA_CHECK_EVERY) => {}
+        }
+        match escalation.check_deadlines(crate::store::now_ms()).await {
+            Ok(report) => {
+                for ticket in &report.reminders {
+                    tracing::warn!(ticket = %crate::escalation::ticket::display_id(ticket.id), priority = ticket.priority.label(), "ticket nears its deadline without an answer");
+                }
+                for ticket in &report.breached {
+                    crate::telemetry::sla_breached(ticket.priority.label());
+                    tracing::error!(ticket = %crate::escalation::ticket::display_id(ticket.id), priority = ticket.priority.label(), "ticket deadline breached");
+                }
+            }
+            Err(err) => tracing::warn!("checking ticket deadlines failed: {err}"),
+        }
+    }
 }
 
 /// Keeps a channel's health in step with its platform connection: `ready`

@@ -42,6 +42,26 @@ pub struct Config {
     pub telegram: TelegramConfig,
     /// `[discord]`: the Discord channel.
     pub discord: DiscordConfig,
+    /// `[escalation]`: intent detection and hand-off to people.
+    pub escalation: EscalationConfig,
+}
+
+/// `[escalation]`
+#[derive(Clone, Debug)]
+pub struct EscalationConfig {
+    /// Complaints and requests for a person open tickets in `serve`.
+    pub enabled: bool,
+    /// Labelled CSV files the intent classifier trains on.
+    pub intents_dir: PathBuf,
+    /// Confidence at or above which an escalation decision hands the chat
+    /// to people without the customer asking (`/human` always does).
+    pub auto_min_confidence: f64,
+    /// Minutes for an agent's first answer to an urgent ticket.
+    pub sla_urgent_minutes: u64,
+    /// The same for high priority.
+    pub sla_high_minutes: u64,
+    /// The same for normal priority.
+    pub sla_normal_minutes: u64,
 }
 
 /// How Telegram delivers updates.
@@ -450,6 +470,16 @@ impl Reader<'_> {
         };
         let telegram = self.telegram();
         let discord = self.discord();
+        let escalation = EscalationConfig {
+            enabled: self.boolean("escalation", "enabled", true),
+            intents_dir: self.path("escalation", "intents_dir", "config/intents"),
+            auto_min_confidence: self.float("escalation", "auto_min_confidence", 0.9, 0.5..=1.0),
+            sla_urgent_minutes: self.integer("escalation", "sla_urgent_minutes", 15, 1..=10_080)
+                as u64,
+            sla_high_minutes: self.integer("escalation", "sla_high_minutes", 60, 1..=10_080) as u64,
+            sla_normal_minutes: self.integer("escalation", "sla_normal_minutes", 240, 1..=10_080)
+                as u64,
+        };
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&log.level) {
             self.issue("log.level", format!("not a valid filter: {err}"));
         }
@@ -465,6 +495,7 @@ impl Reader<'_> {
             recommend,
             telegram,
             discord,
+            escalation,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod config;
 pub mod engine;
 pub mod escalation;
 pub mod eval;
+pub mod handoff;
 pub mod health;
 pub mod history;
 pub mod intent;

@@ -86,10 +86,57 @@ enum Command {
         #[arg(long, default_value = "jsonl", value_parser = ["jsonl"])]
         format: String,
     },
+    /// Agents' desk: list, show, answer, assign and resolve tickets through
+    /// the running daemon's operator API (operator.listen, operator.token)
+    Tickets {
+        #[command(subcommand)]
+        action: TicketsAction,
+    },
     /// Train models from labelled data
     Train {
         #[command(subcommand)]
         what: TrainAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum TicketsAction {
+    /// Tickets, newest first, as JSON lines
+    List {
+        /// Only tickets in this state (open, assigned, waiting_on_customer, resolved, closed)
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// One ticket with its transcript and transitions, as JSON
+    Show {
+        /// T-000123 or 123
+        id: String,
+    },
+    /// Answer the customer (they get it on their platform)
+    Reply {
+        /// T-000123 or 123
+        id: String,
+        /// Who answers
+        #[arg(long)]
+        agent: String,
+        /// The answer
+        text: String,
+    },
+    /// Take the ticket
+    Assign {
+        /// T-000123 or 123
+        id: String,
+        /// Who takes it
+        #[arg(long)]
+        agent: String,
+    },
+    /// Mark it solved: the bot takes over and asks the customer for a rating
+    Resolve {
+        /// T-000123 or 123
+        id: String,
+        /// Who solved it
+        #[arg(long)]
+        agent: String,
     },
 }
 
@@ -640,8 +687,66 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             println!("{report}");
             Ok(())
         }
+        Command::Tickets { action } => tickets(config, action),
         Command::Config { .. } => Ok(()),
     }
+}
+
+/// `concierge tickets …`: calls the daemon's operator API.
+fn tickets(config: &Config, action: TicketsAction) -> anyhow::Result<()> {
+    let token = config.operator.token.as_ref().context(
+        "operator.token is not set: set CONCIERGE_OPERATOR_TOKEN or operator.token_file (the same as the daemon's)",
+    )?;
+    let base = format!("http://{}", config.operator.listen);
+    let client = reqwest::blocking::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        .build()?;
+    let (request, lines) = match &action {
+        TicketsAction::List { state } => {
+            let mut request = client.get(format!("{base}/v1/tickets"));
+            if let Some(state) = state {
+                request = request.query(&[("state", state)]);
+            }
+            (request, true)
+        }
+        TicketsAction::Show { id } => (client.get(format!("{base}/v1/tickets/{id}")), false),
+        TicketsAction::Reply { id, agent, text } => (
+            client
+                .post(format!("{base}/v1/tickets/{id}/reply"))
+                .json(&serde_json::json!({"agent": agent, "text": text})),
+            false,
+        ),
+        TicketsAction::Assign { id, agent } => (
+            client
+                .post(format!("{base}/v1/tickets/{id}/assign"))
+                .json(&serde_json::json!({"agent": agent})),
+            false,
+        ),
+        TicketsAction::Resolve { id, agent } => (
+            client
+                .post(format!("{base}/v1/tickets/{id}/resolve"))
+                .json(&serde_json::json!({"agent": agent})),
+            false,
+        ),
+    };
+    let response = request.bearer_auth(token.expose()).send().with_context(|| {
+        format!("cannot reach the daemon at {base} (operator.listen): is `concierge serve` running?")
+    })?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().context("the daemon's answer is not JSON")?;
+    if !status.is_success() {
+        let message = body["error"].as_str().unwrap_or("unknown error");
+        anyhow::bail!("{message} (HTTP {status})");
+    }
+    match (lines, body.as_array()) {
+        (true, Some(tickets)) => {
+            for ticket in tickets {
+                println!("{ticket}");
+            }
+        }
+        _ => println!("{}", serde_json::to_string_pretty(&body)?),
+    }
+    Ok(())
 }
 
 /// Prints an import report; bad rows make the command fail after the good

@@ -6,6 +6,7 @@
 //! they never block the runtime on the store's disk I/O for long.
 
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::{Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -17,8 +18,11 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use crate::config::Secret;
+use crate::escalation::ticket::{display_id, parse_id, TicketState};
+use crate::escalation::EscalationError;
 use crate::health::Health;
-use crate::store::{Store, StoreError};
+use crate::pipeline::Pipeline;
+use crate::store::{Store, StoreError, Ticket};
 
 /// What the routes read.
 #[derive(Clone)]
@@ -29,6 +33,8 @@ pub struct OperatorState {
     pub store: Store,
     /// Bearer token of protected routes; `None` disables them.
     pub token: Option<Secret>,
+    /// The pipeline agents act through, once the engine is loaded.
+    pub desk: Arc<OnceLock<Arc<Pipeline>>>,
 }
 
 /// The API's routes.
@@ -36,6 +42,9 @@ pub fn router(state: OperatorState) -> Router {
     let protected = Router::new()
         .route("/v1/history", get(history))
         .route("/v1/events", post(events))
+        .route("/v1/tickets", get(tickets))
+        .route("/v1/tickets/{id}", get(ticket))
+        .route("/v1/tickets/{id}/{action}", post(ticket_action))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
@@ -223,5 +232,119 @@ mod tests {
         assert!(same_secret(b"abc", b"abc"));
         assert!(!same_secret(b"abd", b"abc"));
         assert!(!same_secret(b"ab", b"abc"));
+    }
+}
+
+/// A ticket as the API shows it: the stored record plus its readable id.
+fn ticket_json(ticket: &Ticket) -> serde_json::Value {
+    let mut value = serde_json::to_value(ticket).unwrap_or_default();
+    value["ticket"] = serde_json::Value::String(display_id(ticket.id));
+    value
+}
+
+#[derive(Deserialize)]
+struct TicketFilter {
+    state: Option<String>,
+}
+
+/// `GET /v1/tickets[?state=open]`: every ticket, newest first.
+async fn tickets(
+    State(state): State<OperatorState>,
+    Query(filter): Query<TicketFilter>,
+) -> Response {
+    let store = state.store.clone();
+    let listed = tokio::task::spawn_blocking(move || store.tickets()).await;
+    match listed {
+        Ok(Ok(tickets)) => {
+            let list: Vec<serde_json::Value> = tickets
+                .iter()
+                .rev()
+                .filter(|ticket| {
+                    filter
+                        .state
+                        .as_deref()
+                        .is_none_or(|wanted| ticket.state.label() == wanted)
+                })
+                .map(ticket_json)
+                .collect();
+            Json(list).into_response()
+        }
+        Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "store task failed"),
+    }
+}
+
+/// `GET /v1/tickets/{id}` (`T-000123` or `123`).
+async fn ticket(
+    State(state): State<OperatorState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    let Some(number) = parse_id(&id) else {
+        return error(StatusCode::BAD_REQUEST, format!("not a ticket id: {id}"));
+    };
+    match state.store.ticket(number) {
+        Ok(Some(ticket)) => Json(ticket_json(&ticket)).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            format!("no ticket {}", display_id(number)),
+        ),
+        Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct AgentAction {
+    agent: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+/// `POST /v1/tickets/{id}/{reply|note|assign|resolve|reopen}` with
+/// `{"agent": "...", "text": "..."}`.
+async fn ticket_action(
+    State(state): State<OperatorState>,
+    axum::extract::Path((id, action)): axum::extract::Path<(String, String)>,
+    Json(body): Json<AgentAction>,
+) -> Response {
+    let Some(number) = parse_id(&id) else {
+        return error(StatusCode::BAD_REQUEST, format!("not a ticket id: {id}"));
+    };
+    let agent = body.agent.trim();
+    if agent.is_empty() {
+        return error(StatusCode::BAD_REQUEST, "\"agent\" names who acts");
+    }
+    let Some(desk) = state.desk.get().cloned() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon is still starting",
+        );
+    };
+    let text = body.text.as_deref().map(str::trim).unwrap_or_default();
+    let result = match action.as_str() {
+        "reply" | "note" if text.is_empty() => {
+            return error(StatusCode::BAD_REQUEST, "\"text\" is required")
+        }
+        "reply" => desk.agent_reply(number, agent, text).await,
+        "note" => desk.agent_note(number, agent, text).await,
+        "assign" => desk.agent_assign(number, agent).await,
+        "resolve" => desk.agent_resolve(number, agent).await,
+        "reopen" => match &desk.escalation {
+            Some(escalation) => escalation
+                .transition(number, TicketState::Open, agent)
+                .await
+                .map_err(anyhow::Error::from),
+            None => Err(anyhow::anyhow!("hand-off to people is not enabled")),
+        },
+        other => return error(StatusCode::NOT_FOUND, format!("no ticket action {other:?}")),
+    };
+    match result {
+        Ok(ticket) => Json(ticket_json(&ticket)).into_response(),
+        Err(err) => match err.downcast_ref::<EscalationError>() {
+            Some(EscalationError::NotFound(_)) => error(StatusCode::NOT_FOUND, err.to_string()),
+            Some(EscalationError::Transition { .. }) => {
+                error(StatusCode::CONFLICT, err.to_string())
+            }
+            _ => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}")),
+        },
     }
 }

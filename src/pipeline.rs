@@ -44,6 +44,8 @@ pub struct PipelineSettings {
     pub default_locale: Locale,
     /// Passages retrieved per question.
     pub top_k: usize,
+    /// Confidence at or above which an escalation hands off by itself.
+    pub auto_handoff_confidence: f32,
 }
 
 /// Everything a message handler needs. Shared by all conversations.
@@ -64,6 +66,10 @@ pub struct Pipeline {
     pub knowledge: Option<Arc<KnowledgeBase>>,
     /// The recommender, if a catalog is loaded.
     pub recommender: Option<Arc<SharedRanker>>,
+    /// Intent and escalation of each message.
+    pub classifier: Option<Arc<crate::intent::Classifier>>,
+    /// Tickets, when hand-off to people is enabled.
+    pub escalation: Option<crate::escalation::Escalation>,
 }
 
 /// The channel as seen while answering one inbound message: every message
@@ -182,6 +188,8 @@ enum Command {
     Recommend(String),
     /// `/link` alone asks for a code; `/link CODE` enters one.
     Link(Option<String>),
+    /// `/human`: hand the conversation to a person.
+    Human,
     Unknown(String),
 }
 
@@ -224,6 +232,7 @@ fn parse_command(text: &str) -> Option<Command> {
                 .split_once(char::is_whitespace)
                 .map_or_else(String::new, |(_, rest)| rest.trim().to_string()),
         ),
+        "human" => Command::Human,
         "link" => Command::Link(
             text.trim()
                 .split_once(char::is_whitespace)
@@ -346,6 +355,39 @@ impl Pipeline {
             customer.locale = Some(locale);
             self.store.update_customer(&customer)?;
         }
+        // A conversation in people's hands: the bot only relays.
+        if self
+            .relay_if_handed_off(&customer, &inbound.conversation, &text)
+            .await?
+        {
+            return Ok(());
+        }
+        let classification = match (&command, &self.classifier) {
+            (None, Some(classifier)) => Some(classifier.classify(&text)),
+            _ => None,
+        };
+        if let Some(result) = &classification {
+            tracing::debug!(
+                intent = result.intent.label(),
+                escalate = result.escalate,
+                confidence = result.confidence,
+                "message classified"
+            );
+        }
+        let human = matches!(command, Some(Command::Human)) && self.escalation.is_some();
+        if human || self.wants_a_person(classification.as_ref()) {
+            let intent = classification
+                .as_ref()
+                .map_or(crate::intent::Intent::HumanRequest, |result| result.intent);
+            self.hand_off(&customer, inbound, adapter, &text, intent, locale)
+                .await?;
+            telemetry::reply_delivered(
+                &inbound.conversation.platform,
+                "handoff",
+                started.elapsed(),
+            );
+            return Ok(());
+        }
         let recommendation_request = match &command {
             Some(Command::Recommend(request)) => Some(request.as_str()),
             None if self.recommender.is_some() && asks_for_recommendation(&text) => {
@@ -427,6 +469,11 @@ impl Pipeline {
                 )
             }
             Command::Link(Some(code)) => self.link(customer, inbound, &code, locale).await?,
+            // Reached only when hand-off is disabled.
+            Command::Human => {
+                self.prompts
+                    .render(locale, Template::UnknownCommand, &[("command", "/human")])
+            }
             Command::Unknown(word) => {
                 self.prompts
                     .render(locale, Template::UnknownCommand, &[("command", &word)])
@@ -894,6 +941,9 @@ impl Pipeline {
         adapter: &dyn Adapter,
         id: &str,
     ) -> anyhow::Result<()> {
+        if self.handle_rating(inbound, adapter, id).await? {
+            return Ok(());
+        }
         let mut parts = id.splitn(3, ':');
         let (Some("rec"), Some(action), Some(item_id)) = (parts.next(), parts.next(), parts.next())
         else {

@@ -102,11 +102,17 @@ pub enum Template {
     LinkAlready,
     /// An unknown, used or expired link code.
     LinkInvalid,
+    /// A person takes over; `{ticket}`.
+    TicketOpened,
+    /// The ticket is resolved; asks for a rating; `{ticket}`.
+    TicketResolved,
+    /// After a rating.
+    RatingThanks,
 }
 
 impl Template {
     /// Every template.
-    pub const ALL: [Template; 25] = [
+    pub const ALL: [Template; 28] = [
         Template::System,
         Template::Start,
         Template::Help,
@@ -132,6 +138,9 @@ impl Template {
         Template::LinkDone,
         Template::LinkAlready,
         Template::LinkInvalid,
+        Template::TicketOpened,
+        Template::TicketResolved,
+        Template::RatingThanks,
     ];
 
     /// File name under the locale directory.
@@ -162,6 +171,9 @@ impl Template {
             Self::LinkDone => "link_done.txt",
             Self::LinkAlready => "link_already.txt",
             Self::LinkInvalid => "link_invalid.txt",
+            Self::TicketOpened => "ticket_opened.txt",
+            Self::TicketResolved => "ticket_resolved.txt",
+            Self::RatingThanks => "rating_thanks.txt",
         }
     }
 
@@ -200,6 +212,9 @@ impl Template {
             Self::LinkDone => both!("link_done.txt"),
             Self::LinkAlready => both!("link_already.txt"),
             Self::LinkInvalid => both!("link_invalid.txt"),
+            Self::TicketOpened => both!("ticket_opened.txt"),
+            Self::TicketResolved => both!("ticket_resolved.txt"),
+            Self::RatingThanks => both!("rating_thanks.txt"),
         }
     }
 }

@@ -87,3 +87,14 @@ pub fn tokens_used(prompt: usize, completion: usize) {
     metrics::counter!("concierge_tokens_total", "kind" => "completion")
         .increment(completion as u64);
 }
+
+/// A ticket was opened.
+pub fn ticket_opened(category: &str, priority: &'static str) {
+    metrics::counter!("concierge_tickets_opened_total", "category" => category.to_string(), "priority" => priority)
+        .increment(1);
+}
+
+/// A ticket's first-answer deadline passed.
+pub fn sla_breached(priority: &'static str) {
+    metrics::counter!("concierge_sla_breaches_total", "priority" => priority).increment(1);
+}

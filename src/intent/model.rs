@@ -14,6 +14,8 @@ use super::{Example, Intent, IntentError};
 
 const LABELS: usize = Intent::ALL.len();
 const MAGIC: &[u8; 8] = b"CNCINT01";
+/// How far class weights go towards balancing (0: none, 1: fully).
+const CLASS_WEIGHT_POWER: f32 = 0.5;
 
 /// How the model is trained.
 #[derive(Clone, Debug)]
@@ -124,7 +126,7 @@ impl IntentModel {
                 if count == 0 {
                     0.0
                 } else {
-                    (data.len() as f32 / (present as f32 * count as f32)).sqrt()
+                    (data.len() as f32 / (present as f32 * count as f32)).powf(CLASS_WEIGHT_POWER)
                 }
             })
             .collect();

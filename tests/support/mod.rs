@@ -153,6 +153,7 @@ pub fn settings(context_tokens: usize, max_tokens: usize) -> PipelineSettings {
         reply_timeout: Duration::from_secs(30),
         default_locale: Locale::En,
         top_k: 3,
+        auto_handoff_confidence: 0.75,
     }
 }
 
@@ -171,6 +172,8 @@ pub fn harness(data_dir: &Path, script: &str, settings: PipelineSettings) -> Har
         cancel: CancellationToken::new(),
         knowledge: None,
         recommender: None,
+        classifier: None,
+        escalation: None,
     });
     Harness {
         pipeline,
@@ -336,6 +339,11 @@ impl InProcessDaemon {
     /// Starts the daemon with the scripted engine (`script`), data in
     /// `dir/data`, no operator API, and the extra configuration `extra`.
     pub fn start(dir: &Path, script: &str, extra: &str) -> Self {
+        Self::start_with_env(dir, script, extra, &[])
+    }
+
+    /// The same, with `CONCIERGE_*` overrides in `env`.
+    pub fn start_with_env(dir: &Path, script: &str, extra: &str, env: &[(&str, &str)]) -> Self {
         let script_path = dir.join("script.toml");
         std::fs::write(&script_path, script).unwrap();
         let text = format!(
@@ -346,7 +354,11 @@ impl InProcessDaemon {
             script = script_path.display().to_string(),
             prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts").display().to_string(),
         );
-        let config = concierge::config::parse(&text, &[]).expect("test configuration is valid");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        let config = concierge::config::parse(&text, &env).expect("test configuration is valid");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn({
             let config = config.clone();

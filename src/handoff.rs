@@ -1,0 +1,274 @@
+//! The bot steps aside: a complaint or a request for a person opens a
+//! ticket, the customer is told (in their language, with the ticket id), and
+//! from then on their messages go to the ticket's transcript while the bot
+//! stays silent. Agents answer through `agent_*` (the operator API and the
+//! `concierge tickets` command today); resolving brings the bot back, which
+//! asks for a 1-5 rating with buttons.
+//!
+//! Architecture invariant: every change to a ticket is stored and flushed
+//! (by `Escalation`) before anyone is told about it.
+
+use anyhow::Context;
+use concierge_adapter::{Adapter, Choice, ConversationRef, Inbound, Outbound};
+
+use crate::escalation::ticket::{display_id, parse_id, TicketState};
+use crate::escalation::{Escalation, EscalationError, NewTicket};
+use crate::intent::{Classification, Intent};
+use crate::pipeline::Pipeline;
+use crate::prompts::{Locale, Template};
+use crate::store::{Customer, Role, Ticket};
+
+/// Choice ids of rating buttons: `rate:<ticket>:<1-5>`.
+const RATE_PREFIX: &str = "rate:";
+/// Customer messages that go into a new ticket's summary.
+const SUMMARY_MESSAGES: usize = 3;
+
+impl Pipeline {
+    fn escalation(&self) -> anyhow::Result<&Escalation> {
+        self.escalation
+            .as_ref()
+            .context("hand-off to people is not enabled")
+    }
+
+    /// When the chat's conversation is in people's hands: stores the
+    /// customer's message in the conversation and the ticket, and returns
+    /// true (the bot says nothing).
+    pub(crate) async fn relay_if_handed_off(
+        &self,
+        customer: &Customer,
+        chat: &ConversationRef,
+        text: &str,
+    ) -> anyhow::Result<bool> {
+        let Some(escalation) = &self.escalation else {
+            return Ok(false);
+        };
+        let Some(ticket) = self
+            .store
+            .active_ticket_for(&chat.platform, &chat.chat_id)?
+        else {
+            return Ok(false);
+        };
+        let conversation =
+            self.store
+                .current_conversation(customer.id, &chat.platform, &chat.chat_id)?;
+        self.store
+            .append_message(conversation.id, Role::User, text)?;
+        escalation
+            .add_line(ticket.id, "customer", None, text)
+            .await?;
+        if ticket.state == TicketState::WaitingOnCustomer {
+            escalation
+                .transition(ticket.id, TicketState::Assigned, "customer")
+                .await?;
+        }
+        tracing::info!(ticket = %display_id(ticket.id), "customer message relayed to the ticket");
+        Ok(true)
+    }
+
+    /// Opens a ticket for the chat and tells the customer.
+    pub(crate) async fn hand_off(
+        &self,
+        customer: &Customer,
+        inbound: &Inbound,
+        adapter: &dyn Adapter,
+        text: &str,
+        intent: Intent,
+        locale: Locale,
+    ) -> anyhow::Result<Ticket> {
+        let escalation = self.escalation()?;
+        let chat = &inbound.conversation;
+        let conversation =
+            self.store
+                .current_conversation(customer.id, &chat.platform, &chat.chat_id)?;
+        self.store
+            .append_message(conversation.id, Role::User, text)?;
+        self.store.flush().await?;
+        let recent: Vec<(String, String)> = self
+            .store
+            .recent_messages(conversation.id, 10)?
+            .into_iter()
+            .map(|message| {
+                let role = match message.role {
+                    Role::User => "customer",
+                    Role::Assistant => "bot",
+                };
+                (role.to_string(), message.text)
+            })
+            .collect();
+        let summary: Vec<&str> = recent
+            .iter()
+            .filter(|(role, _)| role == "customer")
+            .map(|(_, text)| text.as_str())
+            .rev()
+            .take(SUMMARY_MESSAGES)
+            .collect();
+        let summary: String = summary
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join(" / ")
+            .chars()
+            .take(300)
+            .collect();
+        let ticket = escalation
+            .open(NewTicket {
+                customer_id: customer.id,
+                platform: chat.platform.clone(),
+                chat_id: chat.chat_id.clone(),
+                locale,
+                intent,
+                text: text.to_string(),
+                recent,
+                summary,
+            })
+            .await?;
+        let id = display_id(ticket.id);
+        let notice = self
+            .prompts
+            .render(locale, Template::TicketOpened, &[("ticket", &id)]);
+        self.store
+            .append_message(conversation.id, Role::Assistant, &notice)?;
+        self.store.flush().await?;
+        adapter.send(Outbound::text(chat.clone(), notice)).await?;
+        crate::telemetry::ticket_opened(&ticket.category, ticket.priority.label());
+        tracing::info!(ticket = %id, priority = ticket.priority.label(), category = %ticket.category, "ticket opened");
+        Ok(ticket)
+    }
+
+    /// Whether `classification` (or `/human`) hands the chat to people.
+    pub(crate) fn wants_a_person(&self, classification: Option<&Classification>) -> bool {
+        self.escalation.is_some()
+            && classification.is_some_and(|result| {
+                result.escalate && result.confidence >= self.settings.auto_handoff_confidence
+            })
+    }
+
+    /// A rating button: stores the rating (which closes the ticket) and thanks.
+    pub(crate) async fn handle_rating(
+        &self,
+        inbound: &Inbound,
+        adapter: &dyn Adapter,
+        id: &str,
+    ) -> anyhow::Result<bool> {
+        let Some(rest) = id.strip_prefix(RATE_PREFIX) else {
+            return Ok(false);
+        };
+        let Some((ticket, rating)) = rest.split_once(':') else {
+            return Ok(true);
+        };
+        let (Some(ticket), Ok(rating)) = (parse_id(ticket), rating.parse::<u8>()) else {
+            return Ok(true);
+        };
+        let escalation = self.escalation()?;
+        let stored = escalation.get(ticket)?;
+        // Only the ticket's own customer rates it.
+        if stored.platform != inbound.conversation.platform
+            || stored.chat_id != inbound.conversation.chat_id
+        {
+            return Ok(true);
+        }
+        let rated = escalation.rate(ticket, rating).await?;
+        let thanks = self
+            .prompts
+            .text(rated.locale, Template::RatingThanks)
+            .to_string();
+        adapter
+            .send(Outbound::text(inbound.conversation.clone(), thanks))
+            .await?;
+        Ok(true)
+    }
+
+    fn customer_channel(
+        &self,
+        ticket: &Ticket,
+    ) -> anyhow::Result<(std::sync::Arc<dyn Adapter>, ConversationRef)> {
+        let adapter = self
+            .adapters
+            .get(&ticket.platform)
+            .cloned()
+            .with_context(|| format!("the {} channel is not running", ticket.platform))?;
+        Ok((
+            adapter,
+            ConversationRef {
+                platform: ticket.platform.clone(),
+                chat_id: ticket.chat_id.clone(),
+            },
+        ))
+    }
+
+    /// An agent's answer: goes to the customer on their platform and into
+    /// the transcript. The first answer assigns the ticket to the agent.
+    pub async fn agent_reply(&self, id: u64, agent: &str, text: &str) -> anyhow::Result<Ticket> {
+        let escalation = self.escalation()?;
+        let ticket = escalation.get(id)?;
+        if !ticket.state.with_agents() {
+            return Err(EscalationError::Transition {
+                id: display_id(id),
+                from: ticket.state.label(),
+                to: "answered",
+            }
+            .into());
+        }
+        if ticket.state == TicketState::Open {
+            escalation
+                .transition(id, TicketState::Assigned, agent)
+                .await?;
+        }
+        let (adapter, chat) = self.customer_channel(&ticket)?;
+        let ticket = escalation.add_line(id, "agent", Some(agent), text).await?;
+        let conversation =
+            self.store
+                .current_conversation(ticket.customer_id, &chat.platform, &chat.chat_id)?;
+        self.store
+            .append_message(conversation.id, Role::Assistant, text)?;
+        self.store.flush().await?;
+        adapter.send(Outbound::text(chat, text)).await?;
+        Ok(ticket)
+    }
+
+    /// An internal note: in the transcript, never sent to the customer.
+    pub async fn agent_note(&self, id: u64, agent: &str, text: &str) -> anyhow::Result<Ticket> {
+        Ok(self
+            .escalation()?
+            .add_line(id, "note", Some(agent), text)
+            .await?)
+    }
+
+    /// An agent takes the ticket.
+    pub async fn agent_assign(&self, id: u64, agent: &str) -> anyhow::Result<Ticket> {
+        Ok(self
+            .escalation()?
+            .transition(id, TicketState::Assigned, agent)
+            .await?)
+    }
+
+    /// The agent solved it: the bot is back and asks the customer for a rating.
+    pub async fn agent_resolve(&self, id: u64, agent: &str) -> anyhow::Result<Ticket> {
+        let escalation = self.escalation()?;
+        let ticket = escalation
+            .transition(id, TicketState::Resolved, agent)
+            .await?;
+        let (adapter, chat) = self.customer_channel(&ticket)?;
+        let ticket_id = display_id(ticket.id);
+        let text = self.prompts.render(
+            ticket.locale,
+            Template::TicketResolved,
+            &[("ticket", &ticket_id)],
+        );
+        let choices = (1..=5)
+            .map(|stars| Choice {
+                id: format!("{RATE_PREFIX}{ticket_id}:{stars}"),
+                label: format!("{stars}★"),
+            })
+            .collect();
+        adapter
+            .send(Outbound {
+                conversation: chat,
+                text,
+                choices,
+                reply_to: None,
+            })
+            .await?;
+        Ok(ticket)
+    }
+}
