@@ -20,8 +20,12 @@ use crate::store::{Customer, Role, Ticket};
 
 /// Choice ids of rating buttons: `rate:<ticket>:<1-5>`.
 const RATE_PREFIX: &str = "rate:";
-/// Customer messages that go into a new ticket's summary.
+/// Customer messages that go into a new ticket's first summary.
 const SUMMARY_MESSAGES: usize = 3;
+/// Most tokens of an engine-written summary.
+const SUMMARY_TOKENS: usize = 60;
+/// Longest summary kept, in characters.
+const SUMMARY_CHARS: usize = 300;
 
 impl Pipeline {
     fn escalation(&self) -> anyhow::Result<&Escalation> {
@@ -132,7 +136,52 @@ impl Pipeline {
         adapter.send(Outbound::text(chat.clone(), notice)).await?;
         crate::telemetry::ticket_opened(&ticket.category, ticket.priority.label());
         tracing::info!(ticket = %id, priority = ticket.priority.label(), category = %ticket.category, "ticket opened");
+        // After the customer is told: the engine may take a while.
+        let ticket = match self.written_summary(&ticket).await {
+            Some(summary) => escalation.set_summary(ticket.id, &summary).await?,
+            None => ticket,
+        };
         Ok(ticket)
+    }
+
+    /// A one-sentence summary written by the engine from the transcript,
+    /// kept only if its words and figures come from the transcript.
+    async fn written_summary(&self, ticket: &Ticket) -> Option<String> {
+        let transcript: String = ticket
+            .transcript
+            .iter()
+            .map(|line| format!("{}: {}", line.role, line.text))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let prompt = self.prompts.render(
+            ticket.locale,
+            Template::TicketSummary,
+            &[("transcript", &transcript)],
+        );
+        let written = self
+            .complete(ticket.locale, &prompt, SUMMARY_TOKENS)
+            .await?;
+        let sentence: String = written
+            .lines()
+            .map(str::trim)
+            .find(|line| !line.is_empty())?
+            .chars()
+            .take(SUMMARY_CHARS)
+            .collect();
+        let facts = crate::knowledge::Hit {
+            doc: crate::escalation::ticket::display_id(ticket.id),
+            title: String::new(),
+            passage: transcript,
+            score: 0.0,
+            passage_index: 0,
+            is_faq: false,
+        };
+        if crate::knowledge::answer::faithful(&sentence, std::slice::from_ref(&facts)) {
+            Some(sentence)
+        } else {
+            tracing::debug!("the engine's ticket summary strays from the transcript; keeping the customer's words");
+            None
+        }
     }
 
     /// Whether `classification` (or `/human`) hands the chat to people.

@@ -877,7 +877,12 @@ impl Pipeline {
     }
 
     /// Runs the model on one prompt (no history) to the end, or `None`.
-    async fn complete(&self, locale: Locale, prompt: &str, max_tokens: usize) -> Option<String> {
+    pub(crate) async fn complete(
+        &self,
+        locale: Locale,
+        prompt: &str,
+        max_tokens: usize,
+    ) -> Option<String> {
         let request = ChatRequest {
             messages: vec![
                 crate::engine::ChatMessage::new(

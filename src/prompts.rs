@@ -108,11 +108,13 @@ pub enum Template {
     TicketResolved,
     /// After a rating.
     RatingThanks,
+    /// Asks the model for a one-sentence summary for agents; `{transcript}`.
+    TicketSummary,
 }
 
 impl Template {
     /// Every template.
-    pub const ALL: [Template; 28] = [
+    pub const ALL: [Template; 29] = [
         Template::System,
         Template::Start,
         Template::Help,
@@ -141,6 +143,7 @@ impl Template {
         Template::TicketOpened,
         Template::TicketResolved,
         Template::RatingThanks,
+        Template::TicketSummary,
     ];
 
     /// File name under the locale directory.
@@ -174,6 +177,7 @@ impl Template {
             Self::TicketOpened => "ticket_opened.txt",
             Self::TicketResolved => "ticket_resolved.txt",
             Self::RatingThanks => "rating_thanks.txt",
+            Self::TicketSummary => "ticket_summary.txt",
         }
     }
 
@@ -215,6 +219,7 @@ impl Template {
             Self::TicketOpened => both!("ticket_opened.txt"),
             Self::TicketResolved => both!("ticket_resolved.txt"),
             Self::RatingThanks => both!("rating_thanks.txt"),
+            Self::TicketSummary => both!("ticket_summary.txt"),
         }
     }
 }

@@ -15,7 +15,8 @@ use support::{binary, eventually, free_port, InProcessDaemon};
 
 const WAIT: Duration = Duration::from_secs(30);
 const CHAT: i64 = 555;
-const SCRIPT: &str = "token_delay_ms = 0\ndefault_reply = \"You said: {last_user}\"\n";
+const SCRIPT: &str = "token_delay_ms = 0\ndefault_reply = \"You said: {last_user}\"\n\
+[[rule]]\ncontains = \"support agent\"\nreply = \"The parcel arrived smashed and nobody answers the emails.\"\n";
 const OPERATOR_TOKEN: &str = "desk-token-123";
 
 fn texts(fake: &FakeTelegram) -> Vec<String> {
@@ -101,6 +102,11 @@ async fn a_complaint_goes_to_a_person_and_comes_back_with_a_rating() {
     assert_eq!(ticket["ticket"], "T-000001");
     assert_eq!(ticket["category"], "complaint");
     assert_eq!(ticket["state"], "open");
+    // The engine wrote the summary, and it stuck to the transcript.
+    assert_eq!(
+        ticket["summary"],
+        "The parcel arrived smashed and nobody answers the emails."
+    );
     let transcript: Vec<&str> = ticket["transcript"]
         .as_array()
         .unwrap()

@@ -232,6 +232,14 @@ impl Escalation {
         Ok(ticket)
     }
 
+    /// Replaces the ticket's summary.
+    pub async fn set_summary(&self, id: u64, summary: &str) -> Result<Ticket, EscalationError> {
+        let mut ticket = self.get(id)?;
+        ticket.summary = summary.to_string();
+        self.save(&ticket).await?;
+        Ok(ticket)
+    }
+
     /// Remembers where the agents see the ticket.
     pub async fn add_agent_post(
         &self,
