@@ -444,16 +444,16 @@ pub fn recommend(
     })
 }
 
-/// `concierge bench classify`: trains the shipped intent classifier, then
+/// `concierge bench classify`: trains the intent classifier on the files in `dir`, then
 /// times batches of `messages` real messages (English and Chinese, from the
 /// shipped data) classified one after another on this thread.
-pub fn classify(messages: usize, runs: usize) -> anyhow::Result<serde_json::Value> {
+pub fn classify(
+    dir: &std::path::Path,
+    messages: usize,
+    runs: usize,
+) -> anyhow::Result<serde_json::Value> {
     use crate::intent;
-    let dir = std::path::Path::new(intent::DEFAULT_DATA_DIR);
-    let mut examples = Vec::new();
-    for file in intent::default_training_files(dir)? {
-        examples.extend(intent::read_examples(&file, None, None)?);
-    }
+    let examples = intent::read_all_examples(&intent::default_training_files(dir)?, None, None)?;
     anyhow::ensure!(
         !examples.is_empty(),
         "no labelled messages in {}",

@@ -472,7 +472,7 @@ impl Reader<'_> {
         let discord = self.discord();
         let escalation = EscalationConfig {
             enabled: self.boolean("escalation", "enabled", true),
-            intents_dir: self.path("escalation", "intents_dir", "config/intents"),
+            intents_dir: self.path("escalation", "intents_dir", crate::intent::DEFAULT_DATA_DIR),
             auto_min_confidence: self.float("escalation", "auto_min_confidence", 0.9, 0.5..=1.0),
             sla_urgent_minutes: self.integer("escalation", "sla_urgent_minutes", 15, 1..=10_080)
                 as u64,

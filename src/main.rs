@@ -2,7 +2,7 @@
 //! codes (0 success, 1 failure, 2 invalid configuration or usage).
 
 use std::io::{BufRead, IsTerminal};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -493,7 +493,7 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
         Command::Bench {
             action: BenchAction::Classify { messages, runs },
         } => {
-            let figures = bench::classify(messages.max(1), runs)?;
+            let figures = bench::classify(&config.escalation.intents_dir, messages.max(1), runs)?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
             Ok(())
         }
@@ -625,11 +625,9 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
         } => {
             let examples =
                 intent::read_examples(&data, text_column.as_deref(), label_column.as_deref())?;
-            let shipped = Path::new(intent::DEFAULT_DATA_DIR);
-            let mut base = Vec::new();
-            for file in intent::default_training_files(shipped)? {
-                base.extend(intent::read_examples(&file, None, None)?);
-            }
+            let shipped = config.escalation.intents_dir.as_path();
+            let base =
+                intent::read_all_examples(&intent::default_training_files(shipped)?, None, None)?;
             let model = if folds == 0 {
                 Some(intent::load_or_train(&config.store.data_dir, shipped)?)
             } else {
@@ -641,7 +639,7 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
         }
         Command::Classify { .. } => {
             let classifier =
-                intent::load_or_train(&config.store.data_dir, Path::new(intent::DEFAULT_DATA_DIR))?;
+                intent::load_or_train(&config.store.data_dir, &config.escalation.intents_dir)?;
             let mut out = std::io::stdout().lock();
             for line in std::io::stdin().lock().lines() {
                 use std::io::Write;
@@ -663,18 +661,12 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
                 },
         } => {
             let files = if data.is_empty() {
-                intent::default_training_files(Path::new(intent::DEFAULT_DATA_DIR))?
+                intent::default_training_files(&config.escalation.intents_dir)?
             } else {
                 data
             };
-            let mut examples = Vec::new();
-            for file in &files {
-                examples.extend(intent::read_examples(
-                    file,
-                    text_column.as_deref(),
-                    label_column.as_deref(),
-                )?);
-            }
+            let examples =
+                intent::read_all_examples(&files, text_column.as_deref(), label_column.as_deref())?;
             anyhow::ensure!(!examples.is_empty(), "no labelled messages in {files:?}");
             let classifier = intent::Classifier::train(&examples, &intent::TrainOptions::default());
             let path = config.store.data_dir.join(intent::MODEL_FILE);

@@ -304,12 +304,22 @@ pub fn default_training_files(dir: &Path) -> Result<Vec<PathBuf>, IntentError> {
     Ok(files)
 }
 
-/// Trains on every file in `files`.
-pub fn train_from_files(files: &[PathBuf]) -> Result<Classifier, IntentError> {
+/// The labelled messages of every file in `files` (see `read_examples`).
+pub fn read_all_examples(
+    files: &[PathBuf],
+    text_column: Option<&str>,
+    label_column: Option<&str>,
+) -> Result<Vec<Example>, IntentError> {
     let mut examples = Vec::new();
     for file in files {
-        examples.extend(read_examples(file, None, None)?);
+        examples.extend(read_examples(file, text_column, label_column)?);
     }
+    Ok(examples)
+}
+
+/// Trains on every file in `files`.
+pub fn train_from_files(files: &[PathBuf]) -> Result<Classifier, IntentError> {
+    let examples = read_all_examples(files, None, None)?;
     Ok(Classifier::train(&examples, &TrainOptions::default()))
 }
 
