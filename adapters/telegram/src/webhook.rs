@@ -22,8 +22,9 @@ const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 struct WebhookState {
     inner: Arc<Inner>,
     sink: InboundSink,
-    /// Serialises deliveries so the last handled id only grows.
-    order: Arc<tokio::sync::Mutex<()>>,
+    /// The last handled update id, read from its file once at start; the
+    /// lock also serialises deliveries so it only grows.
+    last_handled: Arc<tokio::sync::Mutex<Option<u32>>>,
 }
 
 /// Serves the webhook on `listen` at `path` until `shutdown`.
@@ -39,6 +40,10 @@ pub(crate) async fn serve(
             "cannot listen on {listen} (telegram.listen): {err}"
         ))
     })?;
+    let last_handled = inner
+        .offsets
+        .load()
+        .map_err(|err| AdapterError::Platform(err.to_string()))?;
     tracing::info!(%listen, "telegram webhook listening");
     let path = if path.is_empty() {
         "/".to_string()
@@ -48,7 +53,7 @@ pub(crate) async fn serve(
     let state = WebhookState {
         inner,
         sink,
-        order: Arc::default(),
+        last_handled: Arc::new(tokio::sync::Mutex::new(last_handled)),
     };
     let app = Router::new().route(&path, post(receive)).with_state(state);
     axum::serve(listener, app)
@@ -75,15 +80,10 @@ async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: By
             return StatusCode::BAD_REQUEST;
         }
     };
-    let _in_order = state.order.lock().await;
+    let mut last_handled = state.last_handled.lock().await;
     let id = update.id.0;
-    match state.inner.offsets.load() {
-        Ok(Some(last)) if id <= last => return StatusCode::OK,
-        Ok(_) => {}
-        Err(err) => {
-            tracing::error!("cannot read the last handled telegram update: {err}");
-            return StatusCode::SERVICE_UNAVAILABLE;
-        }
+    if last_handled.is_some_and(|last| id <= last) {
+        return StatusCode::OK;
     }
     if let Some(inbound) = state.inner.to_inbound(update).await {
         if state.sink.send(inbound).await.is_err() {
@@ -91,6 +91,7 @@ async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: By
             return StatusCode::SERVICE_UNAVAILABLE;
         }
     }
+    *last_handled = Some(id);
     if let Err(err) = state.inner.offsets.save(id) {
         tracing::error!("cannot record the last handled telegram update: {err}");
     }
