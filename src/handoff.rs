@@ -20,6 +20,8 @@ use crate::store::{Customer, Role, Ticket};
 
 /// Choice ids of rating buttons: `rate:<ticket>:<1-5>`.
 const RATE_PREFIX: &str = "rate:";
+/// Earlier messages of the conversation copied into a new ticket.
+const TRANSCRIPT_HISTORY: usize = 9;
 /// Customer messages that go into a new ticket's first summary.
 const SUMMARY_MESSAGES: usize = 3;
 /// Most tokens of an engine-written summary.
@@ -81,16 +83,13 @@ impl Pipeline {
     ) -> anyhow::Result<Ticket> {
         let escalation = self.escalation()?;
         let chat = &inbound.conversation;
-        let conversation =
-            self.store
-                .current_conversation(customer.id, &chat.platform, &chat.chat_id)?;
-        self.store
-            .append_message(conversation.id, Role::User, text)?;
-        self.store.flush().await?;
-        let recent: Vec<(String, String)> = self
-            .store
-            .recent_messages(conversation.id, 10)?
+        let (conversation, history) = self.store_customer_message(customer, chat, text).await?;
+        // The new message ends the transcript (`Escalation::open` adds it).
+        let recent: Vec<(String, String)> = history
             .into_iter()
+            .rev()
+            .take(TRANSCRIPT_HISTORY)
+            .rev()
             .map(|message| {
                 let role = match message.role {
                     Role::User => "customer",
@@ -99,20 +98,18 @@ impl Pipeline {
                 (role.to_string(), message.text)
             })
             .collect();
-        let summary: Vec<&str> = recent
+        // The first summary is the customer's own last words.
+        let customer_words: Vec<&str> = recent
             .iter()
             .filter(|(role, _)| role == "customer")
             .map(|(_, text)| text.as_str())
-            .rev()
-            .take(SUMMARY_MESSAGES)
+            .chain(std::iter::once(text))
             .collect();
-        let summary: String = summary
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
+        let summary: String = customer_words
+            [customer_words.len().saturating_sub(SUMMARY_MESSAGES)..]
             .join(" / ")
             .chars()
-            .take(300)
+            .take(SUMMARY_CHARS)
             .collect();
         let ticket = escalation
             .open(NewTicket {

@@ -689,7 +689,7 @@ impl Pipeline {
     /// Stores the customer's message in their current conversation and
     /// flushes it, before any reply; returns the conversation and the recent
     /// history that preceded the message.
-    async fn store_customer_message(
+    pub(crate) async fn store_customer_message(
         &self,
         customer: &Customer,
         chat: &concierge_adapter::ConversationRef,
