@@ -132,19 +132,16 @@ async fn guild_messages_need_a_mention_or_a_listed_channel() {
 async fn a_6000_character_reply_is_split_at_2000() {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeDiscord::start().await;
-    let sentence = "Our shop ships every parcel within two days and tracks it to your door. ";
-    let long_reply: String = sentence.repeat(6000 / sentence.len() + 1);
-    let script = format!(
-        "token_delay_ms = 0\ndefault_reply = \"ok\"\n[[rule]]\ncontains = \"long\"\nreply = {long_reply:?}\n"
-    );
+    let long_reply = support::long_reply();
+    let script = support::long_reply_script(&long_reply);
     let daemon = start(&fake, dir.path(), &script).await;
     fake.push_message(DM, CUSTOMER, "a long answer please", false, false);
-    let complete = |fake: &FakeDiscord| {
-        texts_in(fake, DM).join(" ").split_whitespace().count()
-            == long_reply.split_whitespace().count()
-    };
     assert!(
-        eventually(WAIT, || complete(&fake)).await,
+        eventually(WAIT, || support::holds_every_word(
+            &texts_in(&fake, DM),
+            &long_reply
+        ))
+        .await,
         "{:?}",
         texts_in(&fake, DM)
     );
@@ -155,19 +152,7 @@ async fn a_6000_character_reply_is_split_at_2000() {
         "6,000 characters need at least four messages: {}",
         texts.len()
     );
-    for text in &texts {
-        assert!(
-            text.chars().count() <= 2000,
-            "{} characters",
-            text.chars().count()
-        );
-        assert!(text.trim_end().ends_with('.'));
-    }
-    let words: Vec<&str> = texts
-        .iter()
-        .flat_map(|text| text.split_whitespace())
-        .collect();
-    assert_eq!(words, long_reply.split_whitespace().collect::<Vec<_>>());
+    support::assert_split_on_sentences(&texts, &long_reply, 2000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -126,43 +126,23 @@ async fn groups_are_answered_only_on_a_mention_a_reply_or_a_command() {
 async fn a_6000_character_reply_is_split_below_the_limit_on_boundaries() {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeTelegram::start().await;
-    let sentence = "Our shop ships every parcel within two days and tracks it to your door. ";
-    let long_reply: String = sentence.repeat(6000 / sentence.len() + 1);
-    let script = format!(
-        "token_delay_ms = 0\ndefault_reply = \"ok\"\n[[rule]]\ncontains = \"long\"\nreply = {long_reply:?}\n"
-    );
+    let long_reply = support::long_reply();
+    let script = support::long_reply_script(&long_reply);
     let daemon = InProcessDaemon::start(dir.path(), &script, &telegram_section(&fake));
     fake.push_message(CHAT, "private", CUSTOMER, "a long answer please");
-    let complete = |fake: &FakeTelegram| {
-        let joined: String = texts_in(fake, CHAT).join(" ");
-        joined.split_whitespace().count() == long_reply.split_whitespace().count()
-    };
     assert!(
-        eventually(WAIT, || complete(&fake)).await,
+        eventually(WAIT, || support::holds_every_word(
+            &texts_in(&fake, CHAT),
+            &long_reply
+        ))
+        .await,
         "{:?}",
         texts_in(&fake, CHAT)
     );
     daemon.stop().await;
     let texts = texts_in(&fake, CHAT);
     assert_eq!(texts.len(), 2, "6,000 characters need two messages");
-    for text in &texts {
-        assert!(
-            text.chars().count() <= 4096,
-            "{} characters",
-            text.chars().count()
-        );
-        // Split after a sentence, not inside a word.
-        assert!(
-            text.trim_end().ends_with('.'),
-            "ends with {:?}",
-            &text[text.len() - 20..]
-        );
-    }
-    let words: Vec<&str> = texts
-        .iter()
-        .flat_map(|text| text.split_whitespace())
-        .collect();
-    assert_eq!(words, long_reply.split_whitespace().collect::<Vec<_>>());
+    support::assert_split_on_sentences(&texts, &long_reply, 4096);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -400,3 +400,44 @@ pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> b
     }
     check()
 }
+
+/// A reply of about 6,000 characters in whole sentences.
+pub fn long_reply() -> String {
+    let sentence = "Our shop ships every parcel within two days and tracks it to your door. ";
+    sentence.repeat(6000 / sentence.len() + 1)
+}
+
+/// A scripted-engine script that answers `reply` to messages containing "long".
+pub fn long_reply_script(reply: &str) -> String {
+    format!(
+        "token_delay_ms = 0\ndefault_reply = \"ok\"\n[[rule]]\ncontains = \"long\"\nreply = {reply:?}\n"
+    )
+}
+
+/// Whether the messages `texts` hold every word of `reply`.
+pub fn holds_every_word(texts: &[String], reply: &str) -> bool {
+    texts.join(" ").split_whitespace().count() == reply.split_whitespace().count()
+}
+
+/// Checks that `texts` show `reply` split into messages of at most `limit`
+/// characters, each ending after a sentence, with no word lost or cut.
+pub fn assert_split_on_sentences(texts: &[String], reply: &str, limit: usize) {
+    for text in texts {
+        assert!(
+            text.chars().count() <= limit,
+            "{} characters",
+            text.chars().count()
+        );
+        // Split after a sentence, not inside a word.
+        assert!(
+            text.trim_end().ends_with('.'),
+            "ends with {:?}",
+            text.chars().rev().take(20).collect::<String>()
+        );
+    }
+    let words: Vec<&str> = texts
+        .iter()
+        .flat_map(|text| text.split_whitespace())
+        .collect();
+    assert_eq!(words, reply.split_whitespace().collect::<Vec<_>>());
+}
