@@ -225,7 +225,7 @@ pub fn sla_policy(config: &Config) -> crate::escalation::SlaPolicy {
         urgent: minutes(config.escalation.sla_urgent_minutes),
         high: minutes(config.escalation.sla_high_minutes),
         normal: minutes(config.escalation.sla_normal_minutes),
-        remind_at: 0.75,
+        remind_at: config.escalation.sla_remind_at,
     }
 }
 
@@ -251,6 +251,7 @@ pub fn pipeline(
         recommender: parts.recommender,
         classifier: parts.classifier,
         escalation: parts.escalation,
+        desk: crate::agents::AgentDesk::from_config(config),
     })
 }
 
@@ -398,7 +399,8 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
     let _ = desk.set(Arc::clone(&pipeline));
     let sla_watch = config.escalation.enabled.then(|| {
         tokio::spawn(watch_deadlines(
-            crate::escalation::Escalation::new(store.clone(), sla_policy(config)),
+            Arc::clone(&pipeline),
+            Duration::from_secs(config.escalation.sla_check_secs),
             intake_stop.clone(),
         ))
     });
@@ -468,27 +470,16 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
     Ok(())
 }
 
-/// How often ticket deadlines are checked.
-const SLA_CHECK_EVERY: Duration = Duration::from_secs(30);
-
-/// Reports tickets nearing their first-answer deadline and counts breaches.
-async fn watch_deadlines(escalation: crate::escalation::Escalation, stop: CancellationToken) {
+/// Reminds agents of tickets nearing their first-answer deadline and
+/// counts breaches, every `every`.
+async fn watch_deadlines(pipeline: Arc<Pipeline>, every: Duration, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(SLA_CHECK_EVERY) => {}
+            _ = tokio::time::sleep(every) => {}
         }
-        match escalation.check_deadlines(crate::store::now_ms()).await {
-            Ok(report) => {
-                for ticket in &report.reminders {
-                    tracing::warn!(ticket = %crate::escalation::ticket::display_id(ticket.id), priority = ticket.priority.label(), "ticket nears its deadline without an answer");
-                }
-                for ticket in &report.breached {
-                    crate::telemetry::sla_breached(ticket.priority.label());
-                    tracing::error!(ticket = %crate::escalation::ticket::display_id(ticket.id), priority = ticket.priority.label(), "ticket deadline breached");
-                }
-            }
-            Err(err) => tracing::warn!("checking ticket deadlines failed: {err}"),
+        if let Err(err) = pipeline.check_deadlines(crate::store::now_ms()).await {
+            tracing::warn!("{err:#}");
         }
     }
 }

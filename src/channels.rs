@@ -119,6 +119,7 @@ fn telegram(config: &Config, commands: Vec<CommandSpec>) -> anyhow::Result<Arc<d
             .join("telegram")
             .join("last_update_id"),
         commands,
+        agents_chat: section.agents_chat_id.filter(|_| config.escalation.enabled),
     };
     Ok(Arc::new(TelegramAdapter::new(settings)?))
 }
@@ -149,6 +150,9 @@ fn discord(config: &Config, commands: Vec<CommandSpec>) -> anyhow::Result<Arc<dy
         },
         edit_interval: std::time::Duration::from_millis(section.edit_interval_ms),
         commands,
+        agents_channel: section
+            .agents_channel_id
+            .filter(|_| config.escalation.enabled),
     };
     Ok(Arc::new(DiscordAdapter::new(settings)))
 }

@@ -62,6 +62,22 @@ pub struct EscalationConfig {
     pub sla_high_minutes: u64,
     /// The same for normal priority.
     pub sla_normal_minutes: u64,
+    /// Share of a deadline after which the agents are reminded (0.75: at
+    /// three quarters of the time).
+    pub sla_remind_at: f64,
+    /// Seconds between two checks of the deadlines.
+    pub sla_check_secs: u64,
+    /// People who answer tickets from the agents' spaces, by name.
+    pub agents: Vec<AgentConfig>,
+}
+
+/// One agent of `[escalation.agents]`: a name and their platform accounts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// How tickets and transitions name them (`/assign NAME`).
+    pub name: String,
+    /// `(platform, user id)` pairs, e.g. `("telegram", "5551234")`.
+    pub identities: Vec<(String, String)>,
 }
 
 /// How Telegram delivers updates.
@@ -101,6 +117,9 @@ pub struct TelegramConfig {
     pub poll_timeout_secs: u32,
     /// Milliseconds between two edits of a streamed reply in one chat.
     pub edit_interval_ms: u64,
+    /// The agents' group: tickets are posted there (one topic each in a
+    /// forum) and agents answer from it.
+    pub agents_chat_id: Option<i64>,
 }
 
 /// `[discord]`
@@ -122,6 +141,8 @@ pub struct DiscordConfig {
     pub respond_to_channels: bool,
     /// Milliseconds between two edits of a streamed reply in one channel.
     pub edit_interval_ms: u64,
+    /// The agents' channel: one thread per ticket, agents answer there.
+    pub agents_channel_id: Option<u64>,
 }
 
 /// `[recommend]`
@@ -479,7 +500,11 @@ impl Reader<'_> {
             sla_high_minutes: self.integer("escalation", "sla_high_minutes", 60, 1..=10_080) as u64,
             sla_normal_minutes: self.integer("escalation", "sla_normal_minutes", 240, 1..=10_080)
                 as u64,
+            sla_remind_at: self.float("escalation", "sla_remind_at", 0.75, 0.05..=0.95),
+            sla_check_secs: self.integer("escalation", "sla_check_secs", 30, 1..=3600) as u64,
+            agents: self.agents(),
         };
+        self.check_agent_spaces(&telegram, &discord, &escalation);
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&log.level) {
             self.issue("log.level", format!("not a valid filter: {err}"));
         }
@@ -598,6 +623,7 @@ impl Reader<'_> {
             poll_timeout_secs: self.integer("telegram", "poll_timeout_secs", 25, 1..=50) as u32,
             edit_interval_ms: self.integer("telegram", "edit_interval_ms", 1000, 1000..=60_000)
                 as u64,
+            agents_chat_id: self.chat_id("telegram", "agents_chat_id", true),
         }
     }
 
@@ -630,6 +656,161 @@ impl Reader<'_> {
             respond_to_channels: respond_to.contains("channels"),
             edit_interval_ms: self.integer("discord", "edit_interval_ms", 1000, 1000..=60_000)
                 as u64,
+            agents_channel_id: self
+                .chat_id("discord", "agents_channel_id", false)
+                .map(|id| id as u64),
+        }
+    }
+
+    /// One chat or channel id: a TOML integer or string, or the environment.
+    /// Telegram groups have negative ids; Discord's never are.
+    fn chat_id(&mut self, section: &str, key: &str, negative: bool) -> Option<i64> {
+        let raw = self.raw(section, key)?;
+        let parsed = match &raw {
+            Raw::Toml(toml::Value::Integer(id)) => Some(*id),
+            Raw::Toml(toml::Value::String(text)) | Raw::Env { value: text, .. } => {
+                text.trim().parse::<i64>().ok()
+            }
+            Raw::Toml(_) => None,
+        };
+        match parsed {
+            Some(id) if id != 0 && (negative || id > 0) => Some(id),
+            _ => {
+                let expected = if negative {
+                    "expected a chat id like -1001234567890 (see README: agents' spaces)"
+                } else {
+                    "expected a channel id like 123456789012345678"
+                };
+                let why = format!("{expected}, {}", Self::describe(&raw));
+                self.issue(&format!("{section}.{key}"), why);
+                None
+            }
+        }
+    }
+
+    /// `[escalation.agents]`: `name = ["telegram:ID", "discord:ID"]`, or in
+    /// the environment `name=telegram:ID discord:ID;other=…`.
+    fn agents(&mut self) -> Vec<AgentConfig> {
+        const KEY: &str = "escalation.agents";
+        let entries: Vec<(String, Vec<String>)> = match self.raw("escalation", "agents") {
+            None => return Vec::new(),
+            Some(Raw::Env { value, .. }) => value
+                .split(';')
+                .filter(|entry| !entry.trim().is_empty())
+                .map(|entry| {
+                    let (name, identities) = entry.split_once('=').unwrap_or((entry, ""));
+                    (
+                        name.trim().to_string(),
+                        identities
+                            .split([' ', ','])
+                            .filter(|part| !part.is_empty())
+                            .map(str::to_string)
+                            .collect(),
+                    )
+                })
+                .collect(),
+            Some(Raw::Toml(toml::Value::Table(table))) => {
+                let mut entries = Vec::new();
+                for (name, identities) in table {
+                    let list: Option<Vec<String>> = identities.as_array().and_then(|items| {
+                        items
+                            .iter()
+                            .map(|item| item.as_str().map(str::to_string))
+                            .collect()
+                    });
+                    match list {
+                        Some(list) => entries.push((name.clone(), list)),
+                        None => self.issue(
+                            &format!("{KEY}.{name}"),
+                            "expected a list like [\"telegram:5551234\", \"discord:123456789012345678\"]",
+                        ),
+                    }
+                }
+                entries
+            }
+            Some(raw) => {
+                let why = format!(
+                    "expected a table of agent names, like alice = [\"telegram:5551234\"], {}",
+                    Self::describe(&raw)
+                );
+                self.issue(KEY, why);
+                return Vec::new();
+            }
+        };
+        let mut agents: Vec<AgentConfig> = Vec::new();
+        for (name, identities) in entries {
+            let valid_name = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|ch| ch.is_alphanumeric() || matches!(ch, '_' | '-' | '.'));
+            if !valid_name {
+                self.issue(
+                    KEY,
+                    format!("agent name {name:?}: use letters, digits, _, - and . only"),
+                );
+                continue;
+            }
+            let mut parsed = Vec::new();
+            for identity in identities {
+                let valid = identity.split_once(':').filter(|(platform, id)| {
+                    matches!(*platform, "telegram" | "discord")
+                        && id.parse::<u64>().is_ok_and(|id| id > 0)
+                });
+                match valid {
+                    Some((platform, id)) => parsed.push((platform.to_string(), id.to_string())),
+                    None => self.issue(
+                        &format!("{KEY}.{name}"),
+                        format!("{identity:?}: expected \"telegram:USER_ID\" or \"discord:USER_ID\" (numeric ids)"),
+                    ),
+                }
+            }
+            for (platform, id) in &parsed {
+                if let Some(other) = agents
+                    .iter()
+                    .find(|agent| agent.identities.contains(&(platform.clone(), id.clone())))
+                {
+                    let why = format!("{platform}:{id} is already agent {}", other.name);
+                    self.issue(&format!("{KEY}.{name}"), why);
+                }
+            }
+            agents.push(AgentConfig {
+                name,
+                identities: parsed,
+            });
+        }
+        agents
+    }
+
+    /// An agents' space without an agent who can answer there is a mistake.
+    fn check_agent_spaces(
+        &mut self,
+        telegram: &TelegramConfig,
+        discord: &DiscordConfig,
+        escalation: &EscalationConfig,
+    ) {
+        let spaces = [
+            (
+                "telegram",
+                "telegram.agents_chat_id",
+                telegram.agents_chat_id.is_some(),
+            ),
+            (
+                "discord",
+                "discord.agents_channel_id",
+                discord.agents_channel_id.is_some(),
+            ),
+        ];
+        for (platform, key, configured) in spaces {
+            let someone = escalation
+                .agents
+                .iter()
+                .any(|agent| agent.identities.iter().any(|(on, _)| on == platform));
+            if configured && escalation.enabled && !someone {
+                self.issue(
+                    "escalation.agents",
+                    format!("{key} is set but no agent has a {platform} account: add one, e.g. alice = [\"{platform}:USER_ID\"]"),
+                );
+            }
         }
     }
 

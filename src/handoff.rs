@@ -1,9 +1,9 @@
 //! The bot steps aside: a complaint or a request for a person opens a
 //! ticket, the customer is told (in their language, with the ticket id), and
 //! from then on their messages go to the ticket's transcript while the bot
-//! stays silent. Agents answer through `agent_*` (the operator API and the
-//! `concierge tickets` command today); resolving brings the bot back, which
-//! asks for a 1-5 rating with buttons.
+//! stays silent. Agents answer through `agent_*` (from the agents' spaces,
+//! see `agents`, the operator API and the `concierge tickets` command);
+//! resolving brings the bot back, which asks for a 1-5 rating with buttons.
 //!
 //! Architecture invariant: every change to a ticket is stored and flushed
 //! (by `Escalation`) before anyone is told about it.
@@ -30,7 +30,7 @@ const SUMMARY_TOKENS: usize = 60;
 const SUMMARY_CHARS: usize = 300;
 
 impl Pipeline {
-    fn escalation(&self) -> anyhow::Result<&Escalation> {
+    pub(crate) fn escalation(&self) -> anyhow::Result<&Escalation> {
         self.escalation
             .as_ref()
             .context("hand-off to people is not enabled")
@@ -59,14 +59,21 @@ impl Pipeline {
                 .current_conversation(customer.id, &chat.platform, &chat.chat_id)?;
         self.store
             .append_message(conversation.id, Role::User, text)?;
-        escalation
+        let mut ticket = escalation
             .add_line(ticket.id, "customer", None, text)
             .await?;
         if ticket.state == TicketState::WaitingOnCustomer {
-            escalation
+            ticket = escalation
                 .transition(ticket.id, TicketState::Assigned, "customer")
                 .await?;
         }
+        self.tell_agents(
+            &ticket,
+            Template::AgentCustomerSaid,
+            &[("text", text)],
+            None,
+        )
+        .await;
         tracing::info!(ticket = %display_id(ticket.id), "customer message relayed to the ticket");
         Ok(true)
     }
@@ -138,7 +145,8 @@ impl Pipeline {
             Some(summary) => escalation.set_summary(ticket.id, &summary).await?,
             None => ticket,
         };
-        Ok(ticket)
+        self.post_ticket_to_agents(&ticket).await;
+        Ok(escalation.get(ticket.id)?)
     }
 
     /// A one-sentence summary written by the engine from the transcript,
@@ -214,6 +222,13 @@ impl Pipeline {
             return Ok(true);
         }
         let rated = escalation.rate(ticket, rating).await?;
+        self.tell_agents(
+            &rated,
+            Template::AgentRated,
+            &[("rating", &rating.to_string())],
+            None,
+        )
+        .await;
         let thanks = self
             .prompts
             .text(rated.locale, Template::RatingThanks)
@@ -245,6 +260,18 @@ impl Pipeline {
     /// An agent's answer: goes to the customer on their platform and into
     /// the transcript. The first answer assigns the ticket to the agent.
     pub async fn agent_reply(&self, id: u64, agent: &str, text: &str) -> anyhow::Result<Ticket> {
+        self.agent_reply_from(id, agent, text, None).await
+    }
+
+    /// `agent_reply` written in the agents' space `origin`, whose other
+    /// spaces are shown the answer.
+    pub(crate) async fn agent_reply_from(
+        &self,
+        id: u64,
+        agent: &str,
+        text: &str,
+        origin: Option<&ConversationRef>,
+    ) -> anyhow::Result<Ticket> {
         let escalation = self.escalation()?;
         let ticket = escalation.get(id)?;
         if !ticket.state.with_agents() {
@@ -269,23 +296,43 @@ impl Pipeline {
             .append_message(conversation.id, Role::Assistant, text)?;
         self.store.flush().await?;
         adapter.send(Outbound::text(chat, text)).await?;
+        self.tell_agents(
+            &ticket,
+            Template::AgentAnswered,
+            &[("agent", agent), ("text", text)],
+            origin,
+        )
+        .await;
         Ok(ticket)
     }
 
     /// An internal note: in the transcript, never sent to the customer.
+    /// Every agents' space is shown it, the one it was written in too, so
+    /// the agent sees it was kept.
     pub async fn agent_note(&self, id: u64, agent: &str, text: &str) -> anyhow::Result<Ticket> {
-        Ok(self
+        let ticket = self
             .escalation()?
             .add_line(id, "note", Some(agent), text)
-            .await?)
+            .await?;
+        self.tell_agents(
+            &ticket,
+            Template::AgentNote,
+            &[("agent", agent), ("text", text)],
+            None,
+        )
+        .await;
+        Ok(ticket)
     }
 
     /// An agent takes the ticket.
     pub async fn agent_assign(&self, id: u64, agent: &str) -> anyhow::Result<Ticket> {
-        Ok(self
+        let ticket = self
             .escalation()?
             .transition(id, TicketState::Assigned, agent)
-            .await?)
+            .await?;
+        self.tell_agents(&ticket, Template::AgentAssigned, &[("agent", agent)], None)
+            .await;
+        Ok(ticket)
     }
 
     /// The agent solved it: the bot is back and asks the customer for a rating.
@@ -315,6 +362,8 @@ impl Pipeline {
                 reply_to: None,
             })
             .await?;
+        self.tell_agents(&ticket, Template::AgentResolved, &[("agent", agent)], None)
+            .await;
         Ok(ticket)
     }
 }

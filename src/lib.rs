@@ -3,6 +3,7 @@
 //! the daemon's lifecycle. Channels live in `adapters/*` crates and meet the
 //! core only through `concierge-adapter`. See ARCHITECTURE.md.
 
+pub mod agents;
 pub mod app;
 pub mod bench;
 pub mod channels;

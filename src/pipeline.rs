@@ -70,6 +70,8 @@ pub struct Pipeline {
     pub classifier: Option<Arc<crate::intent::Classifier>>,
     /// Tickets, when hand-off to people is enabled.
     pub escalation: Option<crate::escalation::Escalation>,
+    /// The agents' spaces and who may act there.
+    pub desk: crate::agents::AgentDesk,
 }
 
 /// The channel as seen while answering one inbound message: every message
@@ -262,7 +264,7 @@ fn event_user_id(customer_id: u64) -> String {
 
 /// Removes control characters (but newlines and tabs) and cuts the text to
 /// `max_chars`. Returns the clean text and whether it was cut.
-fn sanitize(text: &str, max_chars: usize) -> (String, bool) {
+pub(crate) fn sanitize(text: &str, max_chars: usize) -> (String, bool) {
     let clean: String = text
         .chars()
         .filter(|&ch| !ch.is_control() || ch == '\n' || ch == '\t')
@@ -320,6 +322,9 @@ impl Pipeline {
     }
 
     async fn handle_with(&self, inbound: &Inbound, adapter: &dyn Adapter) -> anyhow::Result<()> {
+        if self.desk.is_agents_space(inbound) {
+            return self.handle_agent_message(inbound, adapter).await;
+        }
         let started = Instant::now();
         let raw = match &inbound.content {
             InboundContent::Text(text) => text.as_str(),
@@ -475,8 +480,16 @@ impl Pipeline {
                     .render(locale, Template::UnknownCommand, &[("command", "/human")])
             }
             Command::Unknown(word) => {
-                self.prompts
-                    .render(locale, Template::UnknownCommand, &[("command", &word)])
+                let name = word.trim_start_matches('/').split('@').next().unwrap_or("");
+                if crate::agents::is_agent_command(&name.to_lowercase()) {
+                    // Agent commands work only in the agents' spaces, for agents.
+                    tracing::warn!(platform = %inbound.sender.platform, user = %inbound.sender.user_id, command = %word, "agent command refused in a customer chat");
+                    self.prompts
+                        .render(locale, Template::AgentOnly, &[("command", &word)])
+                } else {
+                    self.prompts
+                        .render(locale, Template::UnknownCommand, &[("command", &word)])
+                }
             }
         };
         Ok(reply)

@@ -110,11 +110,39 @@ pub enum Template {
     RatingThanks,
     /// Asks the model for a one-sentence summary for agents; `{transcript}`.
     TicketSummary,
+    /// A new ticket posted to the agents' spaces; `{ticket}`, `{category}`, `{priority}`, `{customer}`, `{platform}`, `{minutes}`, `{summary}`, `{transcript}`.
+    AgentTicket,
+    /// The customer wrote in a handed-off chat; `{ticket}`, `{text}`.
+    AgentCustomerSaid,
+    /// An agent's answer, shown in the other agents' spaces; `{ticket}`, `{agent}`, `{text}`.
+    AgentAnswered,
+    /// An internal note; `{ticket}`, `{agent}`, `{text}`.
+    AgentNote,
+    /// `{ticket}` was assigned to `{agent}`.
+    AgentAssigned,
+    /// `{ticket}` was resolved by `{agent}`.
+    AgentResolved,
+    /// `{ticket}` was reopened by `{agent}`.
+    AgentReopened,
+    /// The customer rated `{ticket}` `{rating}`/5.
+    AgentRated,
+    /// A deadline is near; `{ticket}`, `{priority}`, `{minutes}` left.
+    AgentSlaReminder,
+    /// A deadline passed; `{ticket}`, `{priority}`.
+    AgentSlaBreached,
+    /// Someone who is not an agent used an agent `{command}`.
+    AgentOnly,
+    /// An agent `{command}` without a ticket to act on.
+    AgentWhichTicket,
+    /// An agent's action on `{ticket}` failed; `{error}`.
+    AgentFailed,
+    /// The agent commands.
+    AgentHelp,
 }
 
 impl Template {
     /// Every template.
-    pub const ALL: [Template; 29] = [
+    pub const ALL: [Template; 43] = [
         Template::System,
         Template::Start,
         Template::Help,
@@ -144,6 +172,20 @@ impl Template {
         Template::TicketResolved,
         Template::RatingThanks,
         Template::TicketSummary,
+        Template::AgentTicket,
+        Template::AgentCustomerSaid,
+        Template::AgentAnswered,
+        Template::AgentNote,
+        Template::AgentAssigned,
+        Template::AgentResolved,
+        Template::AgentReopened,
+        Template::AgentRated,
+        Template::AgentSlaReminder,
+        Template::AgentSlaBreached,
+        Template::AgentOnly,
+        Template::AgentWhichTicket,
+        Template::AgentFailed,
+        Template::AgentHelp,
     ];
 
     /// File name under the locale directory.
@@ -178,6 +220,20 @@ impl Template {
             Self::TicketResolved => "ticket_resolved.txt",
             Self::RatingThanks => "rating_thanks.txt",
             Self::TicketSummary => "ticket_summary.txt",
+            Self::AgentTicket => "agent_ticket.txt",
+            Self::AgentCustomerSaid => "agent_customer_said.txt",
+            Self::AgentAnswered => "agent_answered.txt",
+            Self::AgentNote => "agent_note.txt",
+            Self::AgentAssigned => "agent_assigned.txt",
+            Self::AgentResolved => "agent_resolved.txt",
+            Self::AgentReopened => "agent_reopened.txt",
+            Self::AgentRated => "agent_rated.txt",
+            Self::AgentSlaReminder => "agent_sla_reminder.txt",
+            Self::AgentSlaBreached => "agent_sla_breached.txt",
+            Self::AgentOnly => "agent_only.txt",
+            Self::AgentWhichTicket => "agent_which_ticket.txt",
+            Self::AgentFailed => "agent_failed.txt",
+            Self::AgentHelp => "agent_help.txt",
         }
     }
 
@@ -220,6 +276,20 @@ impl Template {
             Self::TicketResolved => both!("ticket_resolved.txt"),
             Self::RatingThanks => both!("rating_thanks.txt"),
             Self::TicketSummary => both!("ticket_summary.txt"),
+            Self::AgentTicket => both!("agent_ticket.txt"),
+            Self::AgentCustomerSaid => both!("agent_customer_said.txt"),
+            Self::AgentAnswered => both!("agent_answered.txt"),
+            Self::AgentNote => both!("agent_note.txt"),
+            Self::AgentAssigned => both!("agent_assigned.txt"),
+            Self::AgentResolved => both!("agent_resolved.txt"),
+            Self::AgentReopened => both!("agent_reopened.txt"),
+            Self::AgentRated => both!("agent_rated.txt"),
+            Self::AgentSlaReminder => both!("agent_sla_reminder.txt"),
+            Self::AgentSlaBreached => both!("agent_sla_breached.txt"),
+            Self::AgentOnly => both!("agent_only.txt"),
+            Self::AgentWhichTicket => both!("agent_which_ticket.txt"),
+            Self::AgentFailed => both!("agent_failed.txt"),
+            Self::AgentHelp => both!("agent_help.txt"),
         }
     }
 }

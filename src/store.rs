@@ -33,6 +33,8 @@ const TREE_EVENTS: &str = "events";
 const TREE_LINK_CODES: &str = "link_codes";
 const TREE_TICKETS: &str = "tickets";
 const TREE_ACTIVE_TICKETS: &str = "active_tickets";
+/// Agents' threads, topics and posted messages -> the ticket they are about.
+const TREE_AGENT_POSTS: &str = "agent_posts";
 const KEY_TICKET_COUNTER: &[u8] = b"ticket_counter";
 const KEY_KB_GENERATION: &[u8] = b"kb_generation";
 const KEY_SCHEMA: &[u8] = b"schema_version";
@@ -409,6 +411,7 @@ pub struct Store {
     link_codes: sled::Tree,
     tickets: sled::Tree,
     active_tickets: sled::Tree,
+    agent_posts: sled::Tree,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -446,6 +449,7 @@ impl Store {
             link_codes: db.open_tree(TREE_LINK_CODES).map_err(map)?,
             tickets: db.open_tree(TREE_TICKETS).map_err(map)?,
             active_tickets: db.open_tree(TREE_ACTIVE_TICKETS).map_err(map)?,
+            agent_posts: db.open_tree(TREE_AGENT_POSTS).map_err(map)?,
             meta: db.open_tree(TREE_META).map_err(map)?,
             path,
             db,
@@ -970,6 +974,48 @@ impl Store {
             return Ok(None);
         };
         Ok(self.ticket(id)?.filter(|ticket| ticket.state.with_agents()))
+    }
+
+    fn agent_post_key(platform: &str, chat_id: &str, message_id: Option<&str>) -> Vec<u8> {
+        let mut key = Self::identity_key(platform, chat_id);
+        if let Some(message_id) = message_id {
+            key.push(0);
+            key.extend_from_slice(message_id.as_bytes());
+        }
+        key
+    }
+
+    /// Remembers that a thread or topic (`message_id` `None`), or a message
+    /// posted in an agents' chat, is about ticket `id`.
+    pub fn index_agent_post(
+        &self,
+        platform: &str,
+        chat_id: &str,
+        message_id: Option<&str>,
+        id: u64,
+    ) -> Result<(), StoreError> {
+        self.agent_posts
+            .insert(
+                Self::agent_post_key(platform, chat_id, message_id),
+                &id.to_be_bytes(),
+            )
+            .map(|_| ())
+            .map_err(|err| self.err(err))
+    }
+
+    /// The ticket a thread or topic, or a posted message, is about.
+    pub fn ticket_for_agent_post(
+        &self,
+        platform: &str,
+        chat_id: &str,
+        message_id: Option<&str>,
+    ) -> Result<Option<u64>, StoreError> {
+        let key = Self::agent_post_key(platform, chat_id, message_id);
+        Ok(self
+            .agent_posts
+            .get(key)
+            .map_err(|err| self.err(err))?
+            .and_then(|bytes| decode_u64(&bytes)))
     }
 
     /// Stores a one-time link code for `customer_id`.

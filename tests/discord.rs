@@ -298,6 +298,7 @@ async fn the_adapter_opens_a_thread_and_posts_into_it() {
         },
         edit_interval: Duration::from_secs(1),
         commands: Vec::new(),
+        agents_channel: None,
     });
     let parent = ConversationRef {
         platform: "discord".into(),
@@ -338,4 +339,103 @@ async fn quick_messages_of_one_channel_are_answered_in_order() {
     daemon.stop().await;
     let expected: Vec<String> = (1..=6).map(|n| format!("You said: message {n}")).collect();
     assert_eq!(texts_in(&fake, DM), expected);
+}
+
+const AGENTS_CHANNEL: u64 = 800_000_000_000_000_009;
+const AGENT: u64 = 700_000_000_000_000_007;
+const STRANGER: u64 = 700_000_000_000_000_008;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_answer_a_ticket_from_its_thread_in_the_agents_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeDiscord::start().await;
+    let config = format!(
+        "{}agents_channel_id = \"{AGENTS_CHANNEL}\"\n[escalation.agents]\nbo = [\"discord:{AGENT}\"]\n",
+        discord_section(&fake)
+    );
+    let daemon = InProcessDaemon::start(dir.path(), SCRIPT, &config);
+    assert!(eventually(WAIT, || fake.gateway_live()).await);
+    fake.push_message(
+        DM,
+        CUSTOMER,
+        "I want to file a complaint, the refund never arrived",
+        false,
+        false,
+    );
+    assert!(eventually(WAIT, || texts_in(&fake, DM).len() == 1).await);
+    assert!(
+        texts_in(&fake, DM)[0].contains("T-000001"),
+        "{:?}",
+        texts_in(&fake, DM)
+    );
+
+    // One thread per ticket in the agents' channel, with the ticket in it.
+    assert!(eventually(WAIT, || fake.threads().len() == 1).await);
+    let (thread, parent, name) = fake.threads()[0].clone();
+    assert_eq!(parent, AGENTS_CHANNEL);
+    assert!(name.starts_with("T-000001"), "{name}");
+    assert!(eventually(WAIT, || !texts_in(&fake, thread).is_empty()).await);
+    assert!(texts_in(&fake, thread)[0].contains("the refund never arrived"));
+
+    // The bot stays silent with the customer and relays to the thread.
+    fake.push_message(DM, CUSTOMER, "it was order 778", false, false);
+    assert!(
+        eventually(WAIT, || texts_in(&fake, thread)
+            .iter()
+            .any(|text| text.contains("customer: it was order 778")))
+        .await
+    );
+    assert_eq!(texts_in(&fake, DM).len(), 1);
+
+    // A stranger's command is refused; the agent's words reach the customer.
+    fake.push_message(thread, STRANGER, "/resolve", true, false);
+    assert!(
+        eventually(WAIT, || texts_in(&fake, thread)
+            .iter()
+            .any(|text| text.contains("/resolve is for the agents")))
+        .await,
+        "{:?}",
+        texts_in(&fake, thread)
+    );
+    fake.push_message(
+        thread,
+        AGENT,
+        "The refund for order 778 went out today.",
+        true,
+        false,
+    );
+    assert!(eventually(WAIT, || texts_in(&fake, DM).len() == 2).await);
+    assert_eq!(
+        texts_in(&fake, DM)[1],
+        "The refund for order 778 went out today."
+    );
+
+    // Resolving brings the bot back with rating buttons.
+    fake.push_message(thread, AGENT, "/resolve", true, false);
+    assert!(eventually(WAIT, || texts_in(&fake, DM).len() == 3).await);
+    let path = format!("/channels/{DM}/messages");
+    let rating = fake
+        .calls_matching("POST", &path)
+        .into_iter()
+        .last()
+        .unwrap();
+    let buttons: Vec<String> = rating.body["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|row| row["components"].as_array().unwrap().clone())
+        .map(|button| button["custom_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(buttons.len(), 5, "{buttons:?}");
+    assert!(
+        eventually(WAIT, || texts_in(&fake, thread)
+            .iter()
+            .any(|text| text.contains("resolved by bo")))
+        .await
+    );
+    daemon.stop().await;
+    let store = concierge::store::Store::open(&dir.path().join("data")).unwrap();
+    let ticket = store.ticket(1).unwrap().unwrap();
+    assert_eq!(ticket.state.label(), "resolved");
+    assert_eq!(ticket.assignee.as_deref(), Some("bo"));
 }

@@ -195,3 +195,255 @@ async fn a_complaint_goes_to_a_person_and_comes_back_with_a_rating() {
     assert_eq!(ticket.transitions[1].actor, "ann");
     assert_eq!(ticket.transitions[3].actor, "customer");
 }
+
+const FORUM: i64 = -1_001_000;
+const GROUP: i64 = -1_002_000;
+const AGENT: u64 = 7001;
+const STRANGER: u64 = 7002;
+
+/// `[telegram]` with the agents' group, `[escalation]` with one agent and a
+/// deadline short enough to see its reminder.
+fn agents_config(fake: &FakeTelegram, agents_chat: i64) -> String {
+    format!(
+        "[telegram]\nenabled = true\ntoken = {TOKEN:?}\napi_url = {:?}\npoll_timeout_secs = 1\n\
+         agents_chat_id = {agents_chat}\n\
+         [escalation]\nsla_urgent_minutes = 1\nsla_high_minutes = 1\nsla_remind_at = 0.05\nsla_check_secs = 1\n\
+         [escalation.agents]\nalice = [\"telegram:{AGENT}\"]\n",
+        fake.url
+    )
+}
+
+fn topic_texts(fake: &FakeTelegram, chat: i64, topic: i64) -> Vec<String> {
+    fake.messages_in_topic(chat, topic)
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect()
+}
+
+fn any_contains(texts: &[String], needle: &str) -> bool {
+    texts.iter().any(|text| text.contains(needle))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn agents_answer_from_a_topic_of_the_telegram_agents_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeTelegram::start().await;
+    fake.make_forum(FORUM);
+    let daemon = InProcessDaemon::start(dir.path(), SCRIPT, &agents_config(&fake, FORUM));
+    fake.push_message(
+        CHAT,
+        "private",
+        555,
+        "This is unacceptable, my parcel arrived smashed and nobody answers my emails",
+    );
+    assert!(eventually(WAIT, || texts(&fake).len() == 1).await);
+    assert!(texts(&fake)[0].contains("T-000001"), "{:?}", texts(&fake));
+
+    // The agents' group gets a topic for the ticket, with the ticket in it.
+    assert!(eventually(WAIT, || fake.topics().len() == 1).await);
+    let (chat, topic, name) = fake.topics()[0].clone();
+    assert_eq!(chat, FORUM);
+    assert!(name.starts_with("T-000001 · complaint"), "{name}");
+    assert!(eventually(WAIT, || !topic_texts(&fake, FORUM, topic).is_empty()).await);
+    let post = &topic_texts(&fake, FORUM, topic)[0];
+    assert!(post.contains("New ticket T-000001"), "{post}");
+    assert!(post.contains("parcel arrived smashed"), "{post}");
+
+    // Nobody answered: the deadline's reminder comes to the topic.
+    assert!(
+        eventually(WAIT, || any_contains(
+            &topic_texts(&fake, FORUM, topic),
+            "Reminder: T-000001"
+        ))
+        .await,
+        "{:?}",
+        topic_texts(&fake, FORUM, topic)
+    );
+
+    // The bot stays silent with the customer and relays to the agents.
+    fake.push_message(CHAT, "private", 555, "hello? anyone there?");
+    assert!(
+        eventually(WAIT, || any_contains(
+            &topic_texts(&fake, FORUM, topic),
+            "customer: hello? anyone there?"
+        ))
+        .await
+    );
+    assert_eq!(texts(&fake).len(), 1, "{:?}", texts(&fake));
+
+    // Someone who is not an agent is refused, and nothing reaches the customer.
+    fake.push_topic_message(FORUM, topic, STRANGER, "I can sort this out");
+    fake.push_topic_message(FORUM, topic, STRANGER, "/resolve");
+    assert!(
+        eventually(WAIT, || topic_texts(&fake, FORUM, topic)
+            .iter()
+            .filter(|text| text.contains("not one of them"))
+            .count()
+            == 2)
+        .await,
+        "{:?}",
+        topic_texts(&fake, FORUM, topic)
+    );
+    assert_eq!(texts(&fake).len(), 1, "{:?}", texts(&fake));
+
+    // The agent's words reach the customer; a note does not.
+    fake.push_topic_message(FORUM, topic, AGENT, "/note checked the courier's photos");
+    fake.push_topic_message(
+        FORUM,
+        topic,
+        AGENT,
+        "Sorry about that, a new parcel leaves today.",
+    );
+    assert!(eventually(WAIT, || texts(&fake).len() == 2).await);
+    assert_eq!(
+        texts(&fake)[1],
+        "Sorry about that, a new parcel leaves today."
+    );
+    assert!(any_contains(
+        &topic_texts(&fake, FORUM, topic),
+        "internal note by alice"
+    ));
+
+    // Resolving brings the bot back, which asks for a rating.
+    fake.push_topic_message(FORUM, topic, AGENT, "/resolve");
+    assert!(eventually(WAIT, || texts(&fake).len() == 3).await);
+    assert!(texts(&fake)[2].contains("rate"), "{:?}", texts(&fake));
+    let rating_message = fake
+        .calls_of("sendMessage")
+        .into_iter()
+        .rfind(|call| call.body["chat_id"] == CHAT)
+        .unwrap();
+    let buttons = rating_message.body["reply_markup"]["inline_keyboard"][0]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(buttons, 5);
+    assert!(
+        eventually(WAIT, || any_contains(
+            &topic_texts(&fake, FORUM, topic),
+            "resolved by alice"
+        ))
+        .await
+    );
+    let (message_id, _) = fake.messages_in(CHAT).last().cloned().unwrap();
+    let data = rating_message.body["reply_markup"]["inline_keyboard"][0][3]["callback_data"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    fake.push_callback(CHAT, 555, message_id, &data);
+    assert!(
+        eventually(WAIT, || any_contains(
+            &topic_texts(&fake, FORUM, topic),
+            "rated the help 4/5"
+        ))
+        .await
+    );
+    daemon.stop().await;
+
+    let store = concierge::store::Store::open(&dir.path().join("data")).unwrap();
+    let ticket = store.ticket(1).unwrap().unwrap();
+    assert_eq!(ticket.rating, Some(4));
+    let moves: Vec<(&str, &str)> = ticket
+        .transitions
+        .iter()
+        .map(|t| (t.to.label(), t.actor.as_str()))
+        .collect();
+    assert_eq!(
+        moves,
+        [
+            ("open", "bot"),
+            ("assigned", "alice"),
+            ("resolved", "alice"),
+            ("closed", "customer")
+        ]
+    );
+    assert!(ticket.reminded);
+    let note = ticket
+        .transcript
+        .iter()
+        .find(|line| line.role == "note")
+        .unwrap();
+    assert_eq!(note.text, "checked the courier's photos");
+    assert_eq!(note.author.as_deref(), Some("alice"));
+    assert!(!ticket
+        .transcript
+        .iter()
+        .any(|line| line.text.contains("I can sort this out")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_a_group_without_topics_agents_answer_by_replying_to_the_ticket() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeTelegram::start().await;
+    let daemon = InProcessDaemon::start(dir.path(), SCRIPT, &agents_config(&fake, GROUP));
+    fake.push_message(CHAT, "private", 555, "/human");
+    assert!(eventually(WAIT, || texts(&fake).len() == 1).await);
+    assert!(eventually(WAIT, || !fake.messages_in(GROUP).is_empty()).await);
+    let (post_id, post) = fake.messages_in(GROUP)[0].clone();
+    assert!(
+        post.contains("New ticket T-000001 · human_request"),
+        "{post}"
+    );
+    assert!(fake.topics().is_empty());
+
+    // The customer's next words come to the group as a reply to the ticket.
+    fake.push_message(CHAT, "private", 555, "it is about order 1234");
+    assert!(eventually(WAIT, || fake.messages_in(GROUP).len() >= 2).await);
+    let (relayed_id, relayed) = fake.messages_in(GROUP)[1].clone();
+    assert!(
+        relayed.contains("customer: it is about order 1234"),
+        "{relayed}"
+    );
+    assert_eq!(fake.quoted_by(GROUP, relayed_id), Some(post_id));
+
+    // Agents chatting in the group outside a ticket are left alone.
+    fake.push_message(GROUP, "group", AGENT, "coffee anyone?");
+    // A reply to any message of the ticket answers the customer.
+    fake.push_message_with(
+        GROUP,
+        "group",
+        AGENT,
+        "Order 1234 left the warehouse this morning.",
+        Some(relayed_id),
+    );
+    assert!(eventually(WAIT, || texts(&fake).len() == 2).await);
+    assert_eq!(
+        texts(&fake)[1],
+        "Order 1234 left the warehouse this morning."
+    );
+    // `/assign` with the ticket named works anywhere in the group.
+    fake.push_message(GROUP, "group", AGENT, "/assign@shop_bot T-000001");
+    assert!(
+        eventually(WAIT, || fake
+            .messages_in(GROUP)
+            .iter()
+            .any(|(_, text)| text.contains("T-000001 is assigned to alice")))
+        .await
+    );
+    daemon.stop().await;
+    let group: Vec<String> = fake
+        .messages_in(GROUP)
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect();
+    assert!(
+        !group.iter().any(|text| text.contains("coffee")),
+        "{group:?}"
+    );
+    assert_eq!(texts(&fake).len(), 2, "{:?}", texts(&fake));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_customer_using_an_agent_command_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeTelegram::start().await;
+    let daemon = InProcessDaemon::start(dir.path(), SCRIPT, &agents_config(&fake, GROUP));
+    fake.push_message(CHAT, "private", 555, "/resolve T-000001");
+    assert!(eventually(WAIT, || texts(&fake).len() == 1).await);
+    assert!(
+        texts(&fake)[0].contains("/resolve is for the agents"),
+        "{:?}",
+        texts(&fake)
+    );
+    daemon.stop().await;
+}

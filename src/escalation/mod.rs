@@ -8,6 +8,7 @@
 
 pub mod ticket;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::intent::Intent;
@@ -95,21 +96,43 @@ pub struct NewTicket {
     pub summary: String,
 }
 
-/// Tickets over the store.
+/// Tickets over the store. Clones share one lock, so changes made at the
+/// same time (a customer's message, an agent's answer, the SLA clock) never
+/// overwrite each other.
 #[derive(Clone)]
 pub struct Escalation {
     store: Store,
     sla: SlaPolicy,
+    writes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Escalation {
     /// The service over `store` with deadlines from `sla`.
     pub fn new(store: Store, sla: SlaPolicy) -> Self {
-        Self { store, sla }
+        Self {
+            store,
+            sla,
+            writes: Arc::default(),
+        }
+    }
+
+    /// Reads ticket `id`, lets `change` modify it, then stores and flushes
+    /// it, all under the write lock.
+    async fn update(
+        &self,
+        id: u64,
+        change: impl FnOnce(&mut Ticket) -> Result<(), EscalationError>,
+    ) -> Result<Ticket, EscalationError> {
+        let _guard = self.writes.lock().await;
+        let mut ticket = self.get(id)?;
+        change(&mut ticket)?;
+        self.save(&ticket).await?;
+        Ok(ticket)
     }
 
     /// Opens a ticket and stores it durably.
     pub async fn open(&self, new: NewTicket) -> Result<Ticket, EscalationError> {
+        let _guard = self.writes.lock().await;
         let earlier = self
             .store
             .tickets()?
@@ -186,31 +209,33 @@ impl Escalation {
         to: TicketState,
         actor: &str,
     ) -> Result<Ticket, EscalationError> {
-        let mut ticket = self.get(id)?;
-        if !ticket.state.can_move_to(to) {
-            return Err(EscalationError::Transition {
-                id: ticket::display_id(id),
-                from: ticket.state.label(),
-                to: to.label(),
+        let sla = self.sla;
+        self.update(id, |ticket| {
+            if !ticket.state.can_move_to(to) {
+                return Err(EscalationError::Transition {
+                    id: ticket::display_id(id),
+                    from: ticket.state.label(),
+                    to: to.label(),
+                });
+            }
+            if to == TicketState::Assigned {
+                ticket.assignee = Some(actor.to_string());
+            }
+            if to == TicketState::Open {
+                // A reopened ticket gets a fresh deadline.
+                ticket.due_ms = now_ms() + sla.deadline(ticket.priority).as_millis() as u64;
+                ticket.reminded = false;
+            }
+            ticket.transitions.push(Transition {
+                from: Some(ticket.state),
+                to,
+                at_ms: now_ms(),
+                actor: actor.to_string(),
             });
-        }
-        if to == TicketState::Assigned {
-            ticket.assignee = Some(actor.to_string());
-        }
-        if to == TicketState::Open {
-            // A reopened ticket gets a fresh deadline.
-            ticket.due_ms = now_ms() + self.sla.deadline(ticket.priority).as_millis() as u64;
-            ticket.reminded = false;
-        }
-        ticket.transitions.push(Transition {
-            from: Some(ticket.state),
-            to,
-            at_ms: now_ms(),
-            actor: actor.to_string(),
-        });
-        ticket.state = to;
-        self.save(&ticket).await?;
-        Ok(ticket)
+            ticket.state = to;
+            Ok(())
+        })
+        .await
     }
 
     /// Adds a line to the transcript (an agent's answer marks the SLA met).
@@ -221,23 +246,25 @@ impl Escalation {
         author: Option<&str>,
         text: &str,
     ) -> Result<Ticket, EscalationError> {
-        let mut ticket = self.get(id)?;
-        ticket.transcript.push(TranscriptLine {
-            ts_ms: now_ms(),
-            role: role.to_string(),
-            author: author.map(str::to_string),
-            text: text.to_string(),
-        });
-        self.save(&ticket).await?;
-        Ok(ticket)
+        self.update(id, |ticket| {
+            ticket.transcript.push(TranscriptLine {
+                ts_ms: now_ms(),
+                role: role.to_string(),
+                author: author.map(str::to_string),
+                text: text.to_string(),
+            });
+            Ok(())
+        })
+        .await
     }
 
     /// Replaces the ticket's summary.
     pub async fn set_summary(&self, id: u64, summary: &str) -> Result<Ticket, EscalationError> {
-        let mut ticket = self.get(id)?;
-        ticket.summary = summary.to_string();
-        self.save(&ticket).await?;
-        Ok(ticket)
+        self.update(id, |ticket| {
+            ticket.summary = summary.to_string();
+            Ok(())
+        })
+        .await
     }
 
     /// Remembers where the agents see the ticket.
@@ -246,10 +273,11 @@ impl Escalation {
         id: u64,
         post: crate::store::AgentPost,
     ) -> Result<Ticket, EscalationError> {
-        let mut ticket = self.get(id)?;
-        ticket.agent_posts.push(post);
-        self.save(&ticket).await?;
-        Ok(ticket)
+        self.update(id, |ticket| {
+            ticket.agent_posts.push(post);
+            Ok(())
+        })
+        .await
     }
 
     /// Stores the customer's 1-5 rating of a resolved ticket, which closes it.
@@ -257,9 +285,12 @@ impl Escalation {
         if !(1..=5).contains(&rating) {
             return Err(EscalationError::Rating(rating));
         }
-        let mut ticket = self.get(id)?;
-        ticket.rating = Some(rating);
-        self.save(&ticket).await?;
+        let ticket = self
+            .update(id, |ticket| {
+                ticket.rating = Some(rating);
+                Ok(())
+            })
+            .await?;
         if ticket.state == TicketState::Resolved {
             return self.transition(id, TicketState::Closed, "customer").await;
         }
@@ -269,6 +300,7 @@ impl Escalation {
     /// Tickets waiting for an agent's first answer whose deadline is near
     /// (to remind) or past (breached), marked so each is reported once.
     pub async fn check_deadlines(&self, now: u64) -> Result<SlaReport, EscalationError> {
+        let _guard = self.writes.lock().await;
         let mut report = SlaReport::default();
         for mut ticket in self.store.tickets()? {
             if ticket.state != TicketState::Open {

@@ -69,6 +69,8 @@ struct Inner {
     backlog: VecDeque<(String, Value)>,
     /// The channel of each interaction, by its token.
     interaction_channels: HashMap<String, u64>,
+    /// Threads created: (thread, parent channel, name).
+    threads: Vec<(u64, u64, String)>,
 }
 
 enum Control {
@@ -150,6 +152,11 @@ impl FakeDiscord {
             message["mentions"] = json!([user_json(BOT_ID, true)]);
         }
         self.dispatch("MESSAGE_CREATE", message);
+    }
+
+    /// Threads the bot created: (thread, parent channel, name).
+    pub fn threads(&self) -> Vec<(u64, u64, String)> {
+        self.inner.lock().unwrap().threads.clone()
     }
 
     /// A press of the button `custom_id` under the bot's message `message_id`.
@@ -368,6 +375,20 @@ fn message_json(id: u64, channel: u64, author: &Value, content: &str) -> Value {
     })
 }
 
+fn thread_json(thread: u64, parent: u64, name: &str) -> Value {
+    json!({
+        "id": thread.to_string(),
+        "type": 11,
+        "guild_id": GUILD_ID.to_string(),
+        "parent_id": parent.to_string(),
+        "name": name,
+        "owner_id": BOT_ID.to_string(),
+        "thread_metadata": {"archived": false, "auto_archive_duration": 1440, "archive_timestamp": "2026-11-29T10:00:00.000000+00:00", "locked": false},
+        "message_count": 0, "member_count": 1, "rate_limit_per_user": 0,
+        "position": 0, "permission_overwrites": [], "nsfw": false,
+    })
+}
+
 fn json_error(status: StatusCode, body: Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
@@ -460,18 +481,33 @@ async fn handle(
         ("POST", ["channels", channel, "threads"]) => {
             let parent: u64 = channel.parse().unwrap_or(0);
             let thread = fake.next_id();
-            axum::Json(json!({
-                "id": thread.to_string(),
-                "type": 11,
-                "guild_id": GUILD_ID.to_string(),
-                "parent_id": parent.to_string(),
-                "name": body["name"],
-                "owner_id": BOT_ID.to_string(),
-                "thread_metadata": {"archived": false, "auto_archive_duration": 1440, "archive_timestamp": "2026-11-29T10:00:00.000000+00:00", "locked": false},
-                "message_count": 0, "member_count": 1, "rate_limit_per_user": 0,
-                "position": 0, "permission_overwrites": [], "nsfw": false,
-            }))
-            .into_response()
+            let name = body["name"].as_str().unwrap_or_default().to_string();
+            fake.inner
+                .lock()
+                .unwrap()
+                .threads
+                .push((thread, parent, name.clone()));
+            axum::Json(thread_json(thread, parent, &name)).into_response()
+        }
+        ("GET", ["channels", channel]) => {
+            let channel: u64 = channel.parse().unwrap_or(0);
+            let thread = fake
+                .inner
+                .lock()
+                .unwrap()
+                .threads
+                .iter()
+                .find(|(id, _, _)| *id == channel)
+                .cloned();
+            match thread {
+                Some((id, parent, name)) => axum::Json(thread_json(id, parent, &name)).into_response(),
+                None => axum::Json(json!({
+                    "id": channel.to_string(), "type": 0, "guild_id": GUILD_ID.to_string(),
+                    "name": "general", "position": 0, "permission_overwrites": [],
+                    "nsfw": false, "rate_limit_per_user": 0, "parent_id": null,
+                }))
+                .into_response(),
+            }
         }
         ("POST", ["interactions", _, _, "callback"]) => StatusCode::NO_CONTENT.into_response(),
         ("PATCH", ["webhooks", _, token, "messages", "@original"]) => {

@@ -3,7 +3,8 @@
 //! polling with offsets), so teloxide talks to it unchanged. Tests script
 //! inbound updates, read a record of every call, and inject faults:
 //! `retry_after` answers, "message is too long", and outages during which
-//! every connection is dropped.
+//! every connection is dropped. Supergroups can be forums: `getChat` says
+//! so, `createForumTopic` opens topics, and messages carry their topic.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -57,6 +58,12 @@ struct Inner {
     texts: HashMap<(i64, i64), String>,
     /// Messages in the order they were sent: (chat, message id).
     sent_order: Vec<(i64, i64)>,
+    /// The topic and the quoted message of each sent message, by (chat, id).
+    placement: HashMap<(i64, i64), (Option<i64>, Option<i64>)>,
+    /// Chats with topics enabled.
+    forums: Vec<i64>,
+    /// Topics created: (chat, thread id, name).
+    topics: Vec<(i64, i64, String)>,
     outage_until: Option<Instant>,
     dropped_connections: usize,
 }
@@ -127,6 +134,69 @@ impl FakeTelegram {
             });
         }
         self.push_update(|id| json!({"update_id": id, "message": message}))
+    }
+
+    /// Turns `chat` into a forum: a supergroup with topics enabled.
+    pub fn make_forum(&self, chat: i64) {
+        self.inner.lock().unwrap().forums.push(chat);
+    }
+
+    /// Topics the bot created: (chat, thread id, name).
+    pub fn topics(&self) -> Vec<(i64, i64, String)> {
+        self.inner.lock().unwrap().topics.clone()
+    }
+
+    /// Queues a message from `user` in topic `thread` of the forum `chat`.
+    pub fn push_topic_message(&self, chat: i64, thread: i64, user: u64, text: &str) -> u64 {
+        let mut chat_json = chat_json(chat, "supergroup");
+        chat_json["is_forum"] = json!(true);
+        let message = json!({
+            "message_id": 100_000 + self.calls().len() as i64,
+            "message_thread_id": thread,
+            "is_topic_message": true,
+            "date": unix_now(),
+            "chat": chat_json,
+            "from": user_json(user),
+            "text": text,
+            // In a topic, Telegram shows messages as replies to the topic's first message.
+            "reply_to_message": {
+                "message_id": thread,
+                "message_thread_id": thread,
+                "is_topic_message": true,
+                "date": unix_now(),
+                "chat": chat_json,
+                "from": bot_json(),
+                "forum_topic_created": {"name": "topic", "icon_color": 7322096},
+            },
+        });
+        self.push_update(|id| json!({"update_id": id, "message": message}))
+    }
+
+    /// The text of every message sent into topic `thread` of `chat`, in order.
+    pub fn messages_in_topic(&self, chat: i64, thread: i64) -> Vec<(i64, String)> {
+        let inner = self.inner.lock().unwrap();
+        inner
+            .sent_order
+            .iter()
+            .filter(|key| {
+                key.0 == chat
+                    && inner
+                        .placement
+                        .get(key)
+                        .is_some_and(|(topic, _)| *topic == Some(thread))
+            })
+            .map(|key| (key.1, inner.texts.get(key).cloned().unwrap_or_default()))
+            .collect()
+    }
+
+    /// The message that sent message `id` in `chat` quotes, if any.
+    pub fn quoted_by(&self, chat: i64, id: i64) -> Option<i64> {
+        self.inner
+            .lock()
+            .unwrap()
+            .placement
+            .get(&(chat, id))
+            .and_then(|(_, quoted)| *quoted)
     }
 
     /// Queues a press of the inline button with `data` under the bot's message `message_id`.
@@ -352,6 +422,8 @@ async fn handle(
         | "sendchataction"
         | "answercallbackquery" => ok(json!(true)),
         "getupdates" => get_updates(&fake, &body).await,
+        "getchat" => get_chat(&fake, &body),
+        "createforumtopic" => create_forum_topic(&fake, &body),
         "sendmessage" => send_message(&fake, &body),
         "editmessagetext" => edit_message(&fake, &body),
         _ => error(StatusCode::NOT_FOUND, "Not Found: method not found", None),
@@ -401,6 +473,47 @@ fn message_json(chat: i64, id: i64, text: &str) -> Value {
     })
 }
 
+fn get_chat(fake: &FakeTelegram, body: &Value) -> Response {
+    let chat = body["chat_id"].as_i64().unwrap_or(0);
+    let forum = fake.inner.lock().unwrap().forums.contains(&chat);
+    let mut info = chat_json(chat, if chat > 0 { "private" } else { "supergroup" });
+    if forum {
+        info["is_forum"] = json!(true);
+    }
+    info["accent_color_id"] = json!(0);
+    info["max_reaction_count"] = json!(11);
+    info["accepted_gift_types"] = json!({
+        "unlimited_gifts": false, "limited_gifts": false,
+        "unique_gifts": false, "premium_subscription": false,
+    });
+    ok(info)
+}
+
+fn create_forum_topic(fake: &FakeTelegram, body: &Value) -> Response {
+    let chat = body["chat_id"].as_i64().unwrap_or(0);
+    let name = body["name"].as_str().unwrap_or_default().to_string();
+    let mut inner = fake.inner.lock().unwrap();
+    if !inner.forums.contains(&chat) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Bad Request: the chat is not a forum",
+            None,
+        );
+    }
+    if name.is_empty() || name.chars().count() > 128 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Bad Request: TOPIC_NAME_INVALID",
+            None,
+        );
+    }
+    // A topic's id is the id of its first (service) message.
+    let thread = inner.next_message_id;
+    inner.next_message_id += 1;
+    inner.topics.push((chat, thread, name.clone()));
+    ok(json!({"message_thread_id": thread, "name": name, "icon_color": 7322096}))
+}
+
 fn send_message(fake: &FakeTelegram, body: &Value) -> Response {
     let chat = body["chat_id"].as_i64().unwrap_or(0);
     let text = body["text"].as_str().unwrap_or_default().to_string();
@@ -418,12 +531,33 @@ fn send_message(fake: &FakeTelegram, body: &Value) -> Response {
             None,
         );
     }
+    let thread = body["message_thread_id"].as_i64();
+    let quoted = body["reply_parameters"]["message_id"].as_i64();
     let mut inner = fake.inner.lock().unwrap();
+    if let Some(thread) = thread {
+        if !inner
+            .topics
+            .iter()
+            .any(|(on, id, _)| *on == chat && *id == thread)
+        {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Bad Request: message thread not found",
+                None,
+            );
+        }
+    }
     let id = inner.next_message_id;
     inner.next_message_id += 1;
     inner.texts.insert((chat, id), text.clone());
     inner.sent_order.push((chat, id));
-    ok(message_json(chat, id, &text))
+    inner.placement.insert((chat, id), (thread, quoted));
+    let mut message = message_json(chat, id, &text);
+    if let Some(thread) = thread {
+        message["message_thread_id"] = json!(thread);
+        message["is_topic_message"] = json!(true);
+    }
+    ok(message)
 }
 
 fn edit_message(fake: &FakeTelegram, body: &Value) -> Response {

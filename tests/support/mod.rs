@@ -121,6 +121,8 @@ pub fn message(user: &str, text: &str) -> Inbound {
         },
         content: InboundContent::Text(text.into()),
         message_id: None,
+        in_reply_to: None,
+        thread_parent: None,
         received_at: SystemTime::now(),
     }
 }
@@ -174,6 +176,7 @@ pub fn harness(data_dir: &Path, script: &str, settings: PipelineSettings) -> Har
         recommender: None,
         classifier: None,
         escalation: None,
+        desk: Default::default(),
     });
     Harness {
         pipeline,

@@ -27,6 +27,8 @@ pub struct ConversationRef {
     /// Platform name, e.g. `console`, `telegram`, `discord`.
     pub platform: String,
     /// The platform's id of the chat (chat id, channel id, console session).
+    /// A Telegram forum topic is `<chat id>/<topic id>`; a Discord thread is
+    /// a channel of its own.
     pub chat_id: String,
 }
 
@@ -54,6 +56,11 @@ pub struct Inbound {
     pub content: InboundContent,
     /// The platform's id of the message, when it has one.
     pub message_id: Option<String>,
+    /// The id of the message this one replies to, when it is a reply.
+    pub in_reply_to: Option<String>,
+    /// The chat id of the group or channel that holds the thread or topic
+    /// this message was written in, when it was written in one.
+    pub thread_parent: Option<String>,
     /// When the adapter received it.
     pub received_at: SystemTime,
 }

@@ -65,6 +65,8 @@ impl ConsoleAdapter {
             },
             content: InboundContent::Text(text),
             message_id: None,
+            in_reply_to: None,
+            thread_parent: None,
             received_at: SystemTime::now(),
         }
     }

@@ -1,5 +1,6 @@
 //! Gateway events turned into `Inbound` messages: which messages the bot
-//! answers (DMs, mentions, listed channels), slash commands (deferred, and
+//! answers (DMs, mentions, listed channels, and everything in the agents'
+//! channel and its threads), slash commands (deferred, and
 //! answered by the next reply in their channel) and button presses (choices).
 //! Slash commands are registered on READY.
 
@@ -114,6 +115,11 @@ impl Handler {
                     id: self.inner.choice_id(&interaction.data.custom_id),
                 },
                 message_id: Some(interaction.message.id.get().to_string()),
+                in_reply_to: None,
+                thread_parent: self
+                    .inner
+                    .known_parent(interaction.channel_id.get())
+                    .map(|parent| parent.to_string()),
                 received_at: SystemTime::now(),
             },
         )
@@ -181,17 +187,24 @@ impl EventHandler for Handler {
             return;
         };
         let respond_to = self.inner.settings.respond_to;
-        let wanted = if message.guild_id.is_none() {
-            respond_to.dms
-        } else {
-            (respond_to.mentions && message.mentions_user_id(bot_id))
-                || (respond_to.channels
-                    && self
-                        .inner
-                        .settings
-                        .channels
-                        .contains(&message.channel_id.get()))
+        let channel = message.channel_id.get();
+        let agents_channel = self.inner.settings.agents_channel;
+        // Every message of the agents' channel and its threads goes on.
+        let thread_parent = match agents_channel {
+            Some(agents) if message.guild_id.is_some() && channel != agents => {
+                self.inner.parent_of(channel).await
+            }
+            _ => None,
         };
+        let in_agents_space =
+            agents_channel.is_some_and(|agents| channel == agents || thread_parent == Some(agents));
+        let wanted = in_agents_space
+            || if message.guild_id.is_none() {
+                respond_to.dms
+            } else {
+                (respond_to.mentions && message.mentions_user_id(bot_id))
+                    || (respond_to.channels && self.inner.settings.channels.contains(&channel))
+            };
         if !wanted {
             return;
         }
@@ -207,6 +220,12 @@ impl EventHandler for Handler {
                 sender: sender(&message.author),
                 content: InboundContent::Text(text),
                 message_id: Some(message.id.get().to_string()),
+                in_reply_to: message
+                    .message_reference
+                    .as_ref()
+                    .and_then(|reference| reference.message_id)
+                    .map(|id| id.get().to_string()),
+                thread_parent: thread_parent.map(|parent| parent.to_string()),
                 received_at: SystemTime::now(),
             },
         )
@@ -239,6 +258,11 @@ impl EventHandler for Handler {
                         sender: sender(&user),
                         content: InboundContent::Text(format!("/{name}")),
                         message_id: Some(message_id),
+                        in_reply_to: None,
+                        thread_parent: self
+                            .inner
+                            .known_parent(channel)
+                            .map(|parent| parent.to_string()),
                         received_at: SystemTime::now(),
                     },
                 )

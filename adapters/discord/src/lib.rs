@@ -69,6 +69,8 @@ pub struct DiscordSettings {
     pub edit_interval: Duration,
     /// Slash commands to register.
     pub commands: Vec<CommandSpec>,
+    /// The agents' channel: every message there and in its threads is taken.
+    pub agents_channel: Option<u64>,
 }
 
 impl std::fmt::Debug for DiscordSettings {
@@ -77,6 +79,7 @@ impl std::fmt::Debug for DiscordSettings {
             .field("api_url", &self.api_url)
             .field("channels", &self.channels)
             .field("respond_to", &self.respond_to)
+            .field("agents_channel", &self.agents_channel)
             .finish_non_exhaustive()
     }
 }
@@ -101,6 +104,9 @@ pub(crate) struct Inner {
     choice_keys: ChoiceKeys,
     /// The gateway session is up.
     pub(crate) connected: AtomicBool,
+    /// The parent channel of each guild channel seen (`None`: not a
+    /// thread), looked up once: a thread never changes its parent.
+    parents: Mutex<HashMap<u64, Option<u64>>>,
 }
 
 fn build_http(settings: &DiscordSettings) -> Http {
@@ -128,6 +134,7 @@ impl DiscordAdapter {
                 pacer,
                 choice_keys: ChoiceKeys::new(MAX_CUSTOM_ID_CHARS),
                 connected: AtomicBool::new(false),
+                parents: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -136,6 +143,46 @@ impl DiscordAdapter {
 impl Inner {
     pub(crate) fn redact(&self, text: &str) -> String {
         redact(text, &[self.settings.token.as_str()])
+    }
+
+    /// The parent of `channel` if it is a thread and already known.
+    pub(crate) fn known_parent(&self, channel: u64) -> Option<u64> {
+        self.parents
+            .lock()
+            .ok()
+            .and_then(|parents| parents.get(&channel).copied().flatten())
+    }
+
+    /// The parent of `channel` if it is a thread, asked of Discord once.
+    pub(crate) async fn parent_of(&self, channel: u64) -> Option<u64> {
+        if let Some(known) = self
+            .parents
+            .lock()
+            .ok()
+            .and_then(|parents| parents.get(&channel).copied())
+        {
+            return known;
+        }
+        let parent = match ChannelId::new(channel).to_channel(self.http.as_ref()).await {
+            Ok(serenity::all::Channel::Guild(guild_channel))
+                if guild_channel.thread_metadata.is_some() =>
+            {
+                guild_channel.parent_id.map(|parent| parent.get())
+            }
+            Ok(_) => None,
+            Err(err) => {
+                // Not remembered: the next message asks again.
+                tracing::debug!(
+                    "looking up discord channel {channel} failed: {}",
+                    self.redact(&err.to_string())
+                );
+                return None;
+            }
+        };
+        if let Ok(mut parents) = self.parents.lock() {
+            parents.insert(channel, parent);
+        }
+        parent
     }
 
     fn error(&self, err: serenity::Error) -> AdapterError {
@@ -416,6 +463,9 @@ impl Adapter for DiscordAdapter {
                 )
             })
             .await?;
+        if let Ok(mut parents) = self.inner.parents.lock() {
+            parents.insert(thread.id.get(), Some(channel.get()));
+        }
         let conversation = ConversationRef {
             platform: PLATFORM.into(),
             chat_id: thread.id.get().to_string(),
@@ -452,6 +502,7 @@ mod tests {
             },
             edit_interval: Duration::from_secs(1),
             commands: Vec::new(),
+            agents_channel: None,
         };
         assert!(!format!("{settings:?}").contains("SECRET"));
         let adapter = DiscordAdapter::new(settings);

@@ -3,7 +3,8 @@
 //! persisted so no update is handled twice or lost across restarts) or by
 //! webhook (secret header checked), answers in private chats always and in
 //! groups when triggered, streams replies by paced message edits, renders
-//! choices as inline keyboards and honours `retry_after` on every call.
+//! choices as inline keyboards and honours `retry_after` on every call. In
+//! the agents' group it takes every message and opens forum topics.
 //!
 //! Architecture invariant: depends on `concierge-adapter` only; the bot
 //! token appears in no log line or error this crate produces.
@@ -12,6 +13,7 @@ mod offset;
 mod update;
 mod webhook;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,12 +26,13 @@ use concierge_adapter::{
     CommandSpec, ConversationRef, EditPacing, InboundSink, Outbound, SentMessage,
 };
 use teloxide::payloads::{
-    GetUpdatesSetters, SendMessageSetters, SetMyCommandsSetters, SetWebhookSetters,
+    GetUpdatesSetters, SendChatActionSetters, SendMessageSetters, SetMyCommandsSetters,
+    SetWebhookSetters,
 };
 use teloxide::requests::{Output, Request, Requester};
 use teloxide::types::{
-    AllowedUpdate, BotCommand, ChatAction, ChatId, InlineKeyboardButton, InlineKeyboardMarkup,
-    MessageId, ReplyParameters,
+    AllowedUpdate, BotCommand, ChatAction, ChatFullInfoKind, ChatFullInfoPublicKind, ChatId,
+    InlineKeyboardButton, InlineKeyboardMarkup, MessageId, ReplyParameters, ThreadId,
 };
 use teloxide::{ApiError, Bot, RequestError};
 use tokio::time::Instant;
@@ -99,6 +102,8 @@ pub struct TelegramSettings {
     pub offset_file: PathBuf,
     /// Commands for the platform's menu.
     pub commands: Vec<CommandSpec>,
+    /// The agents' group, where every message is taken (not only triggers).
+    pub agents_chat: Option<i64>,
 }
 
 impl std::fmt::Debug for TelegramSettings {
@@ -106,6 +111,7 @@ impl std::fmt::Debug for TelegramSettings {
         f.debug_struct("TelegramSettings")
             .field("api_url", &self.api_url)
             .field("mode", &self.mode)
+            .field("agents_chat", &self.agents_chat)
             .finish_non_exhaustive()
     }
 }
@@ -133,6 +139,8 @@ struct Inner {
     offsets: OffsetFile,
     /// The last call to Telegram succeeded.
     connected: AtomicBool,
+    /// Whether a group has topics, by chat id (asked once per chat).
+    forums: Mutex<HashMap<i64, bool>>,
 }
 
 impl TelegramAdapter {
@@ -162,6 +170,7 @@ impl TelegramAdapter {
                 choice_keys: ChoiceKeys::new(MAX_CALLBACK_BYTES),
                 offsets,
                 connected: AtomicBool::new(false),
+                forums: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -380,14 +389,55 @@ async fn sleep_or_shutdown(duration: Duration, shutdown: &CancellationToken) -> 
     }
 }
 
+/// The chat of a conversation and, for a forum topic (`<chat>/<topic>`), the topic.
+fn chat_target(conversation: &ConversationRef) -> Result<(ChatId, Option<ThreadId>), AdapterError> {
+    let invalid =
+        || AdapterError::Platform(format!("not a telegram chat id: {}", conversation.chat_id));
+    let (chat, topic) = match conversation.chat_id.split_once('/') {
+        Some((chat, topic)) => (chat, Some(topic)),
+        None => (conversation.chat_id.as_str(), None),
+    };
+    let chat = chat.parse::<i64>().map(ChatId).map_err(|_| invalid())?;
+    let topic = match topic {
+        Some(topic) => Some(
+            topic
+                .parse::<i32>()
+                .map(|id| ThreadId(MessageId(id)))
+                .map_err(|_| invalid())?,
+        ),
+        None => None,
+    };
+    Ok((chat, topic))
+}
+
 fn chat_id(conversation: &ConversationRef) -> Result<ChatId, AdapterError> {
-    conversation
-        .chat_id
-        .parse::<i64>()
-        .map(ChatId)
-        .map_err(|_| {
-            AdapterError::Platform(format!("not a telegram chat id: {}", conversation.chat_id))
-        })
+    chat_target(conversation).map(|(chat, _)| chat)
+}
+
+impl Inner {
+    /// Whether the group `chat` has topics (asked once, then remembered).
+    async fn is_forum(&self, chat: ChatId) -> Result<bool, AdapterError> {
+        if let Some(known) = self
+            .forums
+            .lock()
+            .ok()
+            .and_then(|forums| forums.get(&chat.0).copied())
+        {
+            return Ok(known);
+        }
+        let info = self.call("getChat", self.bot.get_chat(chat)).await?;
+        let forum = match &info.kind {
+            ChatFullInfoKind::Public(public) => match &public.kind {
+                ChatFullInfoPublicKind::Supergroup(group) => group.is_forum,
+                _ => false,
+            },
+            ChatFullInfoKind::Private(_) => false,
+        };
+        if let Ok(mut forums) = self.forums.lock() {
+            forums.insert(chat.0, forum);
+        }
+        Ok(forum)
+    }
 }
 
 fn message_id(message: &SentMessage) -> Result<MessageId, AdapterError> {
@@ -464,7 +514,7 @@ impl Adapter for TelegramAdapter {
             appends_stream: false,
             can_edit: true,
             buttons: true,
-            threads: false,
+            threads: true,
             typing: true,
         }
     }
@@ -485,7 +535,7 @@ impl Adapter for TelegramAdapter {
 
     async fn send(&self, message: Outbound) -> Result<SentMessage, AdapterError> {
         let inner = &self.inner;
-        let chat = chat_id(&message.conversation)?;
+        let (chat, topic) = chat_target(&message.conversation)?;
         let parts = split_message(&message.text, MAX_MESSAGE_CHARS);
         let last = parts.len().saturating_sub(1);
         let mut sent = None;
@@ -493,6 +543,9 @@ impl Adapter for TelegramAdapter {
             // Plain text: no parse mode, so nothing the customer or the model
             // writes can break formatting.
             let mut request = inner.bot.send_message(chat, part);
+            if let Some(topic) = topic {
+                request = request.message_thread_id(topic);
+            }
             // In a group the answer quotes the customer's message, so it is
             // clear whom it answers.
             let quoted = message
@@ -533,17 +586,49 @@ impl Adapter for TelegramAdapter {
 
     async fn typing(&self, conversation: &ConversationRef) -> Result<(), AdapterError> {
         let inner = &self.inner;
-        let chat = chat_id(conversation)?;
+        let (chat, topic) = chat_target(conversation)?;
+        let mut request = inner.bot.send_chat_action(chat, ChatAction::Typing);
+        if let Some(topic) = topic {
+            request = request.message_thread_id(topic);
+        }
         // Best effort: a typing indicator is not worth waiting for.
         inner
-            .call_with(
-                "sendChatAction",
-                inner.bot.send_chat_action(chat, ChatAction::Typing),
-                0,
-                0,
-            )
+            .call_with("sendChatAction", request, 0, 0)
             .await
             .map(|_| ())
+    }
+
+    /// A forum topic in `parent`, when that group has topics enabled (the
+    /// bot needs the right to manage topics there).
+    async fn create_thread(
+        &self,
+        parent: &ConversationRef,
+        name: &str,
+        first: Outbound,
+    ) -> Result<ConversationRef, AdapterError> {
+        let inner = &self.inner;
+        let chat = chat_id(parent)?;
+        if !inner.is_forum(chat).await? {
+            return Err(AdapterError::Unsupported(
+                "topics in a group without topics",
+            ));
+        }
+        // Telegram limits topic names to 128 characters.
+        let name: String = name.chars().take(128).collect();
+        let topic = inner
+            .call("createForumTopic", inner.bot.create_forum_topic(chat, name))
+            .await?;
+        let conversation = ConversationRef {
+            platform: PLATFORM.into(),
+            chat_id: format!("{}/{}", chat.0, topic.thread_id.0 .0),
+        };
+        self.send(Outbound {
+            conversation: conversation.clone(),
+            reply_to: None,
+            ..first
+        })
+        .await?;
+        Ok(conversation)
     }
 
     fn edit_pacing(&self) -> EditPacing {
@@ -572,6 +657,7 @@ mod tests {
             edit_interval: Duration::from_secs(1),
             offset_file: PathBuf::from("offset"),
             commands: Vec::new(),
+            agents_chat: None,
         };
         assert!(!format!("{settings:?}").contains("SECRET"));
         let adapter = TelegramAdapter::new(settings).unwrap();

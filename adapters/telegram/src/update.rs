@@ -1,6 +1,7 @@
 //! Telegram updates turned into `Inbound` messages: which messages the bot
 //! answers (private chats always; groups on a mention, a reply to the bot or
-//! a command, as configured) and how button presses become choices.
+//! a command, as configured; every message of the agents' group) and how
+//! button presses become choices. A forum topic is a conversation of its own.
 
 use std::time::SystemTime;
 
@@ -16,7 +17,12 @@ impl Inner {
         let identity = self.identity.lock().ok().and_then(|slot| slot.clone())?;
         match update.kind {
             UpdateKind::Message(message) => {
-                inbound_message(&message, &identity, self.settings.group_triggers)
+                let triggers = if Some(message.chat.id.0) == self.settings.agents_chat {
+                    Triggers::Everything
+                } else {
+                    Triggers::Group(self.settings.group_triggers)
+                };
+                inbound_message(&message, &identity, triggers)
             }
             UpdateKind::CallbackQuery(query) => self.inbound_choice(query).await,
             _ => None,
@@ -38,18 +44,58 @@ impl Inner {
         }
         let data = query.data.as_deref()?;
         let message = query.message.as_ref()?;
+        let (conversation, thread_parent) = match message.regular_message() {
+            Some(message) => conversation_of(message),
+            None => (
+                ConversationRef {
+                    platform: PLATFORM.into(),
+                    chat_id: message.chat().id.0.to_string(),
+                },
+                None,
+            ),
+        };
         Some(Inbound {
-            conversation: ConversationRef {
-                platform: PLATFORM.into(),
-                chat_id: message.chat().id.0.to_string(),
-            },
+            conversation,
             sender: sender(&query.from),
             content: InboundContent::Choice {
                 id: self.choice_id(data),
             },
             message_id: Some(message.id().0.to_string()),
+            in_reply_to: None,
+            thread_parent,
             received_at: SystemTime::now(),
         })
+    }
+}
+
+/// What makes the bot take a message of a group.
+#[derive(Clone, Copy, Debug)]
+enum Triggers {
+    /// A customers' group: the configured triggers.
+    Group(GroupTriggers),
+    /// The agents' group: every message (the core decides what it means).
+    Everything,
+}
+
+/// The conversation of a message (a forum topic is `<chat>/<topic>`) and,
+/// for a topic, the chat that holds it.
+fn conversation_of(message: &Message) -> (ConversationRef, Option<String>) {
+    let chat = message.chat.id.0.to_string();
+    match message.thread_id.filter(|_| message.is_topic_message) {
+        Some(topic) => (
+            ConversationRef {
+                platform: PLATFORM.into(),
+                chat_id: format!("{chat}/{}", topic.0 .0),
+            },
+            Some(chat),
+        ),
+        None => (
+            ConversationRef {
+                platform: PLATFORM.into(),
+                chat_id: chat,
+            },
+            None,
+        ),
     }
 }
 
@@ -66,26 +112,33 @@ fn sender(user: &User) -> SenderRef {
 fn inbound_message(
     message: &Message,
     identity: &BotIdentity,
-    triggers: GroupTriggers,
+    triggers: Triggers,
 ) -> Option<Inbound> {
     let from = message.from.as_ref()?;
     if from.is_bot {
         return None;
     }
     let text = message.text().or_else(|| message.caption())?;
-    let text = if message.chat.is_private() {
-        strip_own_command_suffix(text, &identity.username)?
-    } else {
-        group_text(message, text, identity, triggers)?
+    let text = match triggers {
+        _ if message.chat.is_private() => strip_own_command_suffix(text, &identity.username)?,
+        Triggers::Group(triggers) => group_text(message, text, identity, triggers)?,
+        Triggers::Everything => {
+            let text = strip_own_command_suffix(text, &identity.username)?;
+            let cleaned = remove_ignore_case(&text, &format!("@{}", identity.username));
+            let cleaned = cleaned.trim();
+            (!cleaned.is_empty()).then(|| cleaned.to_string())?
+        }
     };
+    let (conversation, thread_parent) = conversation_of(message);
     Some(Inbound {
-        conversation: ConversationRef {
-            platform: PLATFORM.into(),
-            chat_id: message.chat.id.0.to_string(),
-        },
+        conversation,
         sender: sender(from),
         content: InboundContent::Text(text),
         message_id: Some(message.id.0.to_string()),
+        in_reply_to: message
+            .reply_to_message()
+            .map(|original| original.id.0.to_string()),
+        thread_parent,
         received_at: SystemTime::now(),
     })
 }
@@ -209,10 +262,12 @@ mod tests {
     }
 
     fn text_of(message: &Message, triggers: GroupTriggers) -> Option<String> {
-        inbound_message(message, &identity(), triggers).map(|inbound| match inbound.content {
-            InboundContent::Text(text) => text,
-            InboundContent::Choice { id } => id,
-        })
+        inbound_message(message, &identity(), Triggers::Group(triggers)).map(
+            |inbound| match inbound.content {
+                InboundContent::Text(text) => text,
+                InboundContent::Choice { id } => id,
+            },
+        )
     }
 
     const ALL: GroupTriggers = GroupTriggers {
