@@ -1337,4 +1337,60 @@ mod tests {
             parse("[engine]\nmax_tokens = 2000\ncontext_tokens = 2048\n", &[]).unwrap_err();
         assert_eq!(issues[0].key, "engine.max_tokens");
     }
+
+    #[test]
+    fn agents_and_their_spaces_are_read_and_checked() {
+        let text = "[telegram]\nagents_chat_id = -1001234567890\n\
+                    [discord]\nagents_channel_id = \"900000000000000009\"\n\
+                    [escalation.agents]\nalice = [\"telegram:5551\", \"discord:900000000000000007\"]\nbo = [\"telegram:5552\"]\n";
+        let config = parse(text, &[]).unwrap();
+        assert_eq!(config.telegram.agents_chat_id, Some(-1_001_234_567_890));
+        assert_eq!(
+            config.discord.agents_channel_id,
+            Some(900_000_000_000_000_009)
+        );
+        let alice = &config.escalation.agents[0];
+        assert_eq!(alice.name, "alice");
+        assert_eq!(
+            alice.identities,
+            [
+                ("telegram".to_string(), "5551".to_string()),
+                ("discord".to_string(), "900000000000000007".to_string())
+            ]
+        );
+
+        let config = parse(
+            "[telegram]\nagents_chat_id = -100\n",
+            &env(&[(
+                "CONCIERGE_ESCALATION_AGENTS",
+                "alice=telegram:1 discord:2; bo=telegram:3",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(config.escalation.agents.len(), 2);
+        assert_eq!(
+            config.escalation.agents[1].identities,
+            [("telegram".to_string(), "3".to_string())]
+        );
+
+        // A space nobody can answer in, a bad id, a bad account, a shared account.
+        let issues = parse("[telegram]\nagents_chat_id = -100\n", &[]).unwrap_err();
+        assert_eq!(issues[0].key, "escalation.agents");
+        assert!(issues[0].message.contains("telegram.agents_chat_id"));
+        let issues = parse("[discord]\nagents_channel_id = -5\n", &[]).unwrap_err();
+        assert_eq!(issues[0].key, "discord.agents_channel_id");
+        let issues = parse("[escalation.agents]\nalice = [\"slack:1\"]\n", &[]).unwrap_err();
+        assert_eq!(issues[0].key, "escalation.agents.alice");
+        let issues = parse(
+            "[escalation.agents]\nalice = [\"telegram:1\"]\nbo = [\"telegram:1\"]\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            issues[0].message.contains("already agent alice"),
+            "{issues:?}"
+        );
+        let issues = parse("[escalation]\nagents = [\"alice\"]\n", &[]).unwrap_err();
+        assert_eq!(issues[0].key, "escalation.agents");
+    }
 }

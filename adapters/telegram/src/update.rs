@@ -339,4 +339,39 @@ mod tests {
             Some("/reset")
         );
     }
+
+    #[test]
+    fn the_agents_group_passes_every_message_and_topics_are_conversations() {
+        let plain = message("group", "I'll take this one", false);
+        assert_eq!(text_of(&plain, ALL), None);
+        let inbound = inbound_message(&plain, &identity(), Triggers::Everything).unwrap();
+        assert_eq!(
+            inbound.content,
+            InboundContent::Text("I'll take this one".into())
+        );
+        assert_eq!(inbound.conversation.chat_id, "-100");
+        assert_eq!(inbound.thread_parent, None);
+
+        let reply = message("group", "on it", true);
+        let inbound = inbound_message(&reply, &identity(), Triggers::Everything).unwrap();
+        assert_eq!(inbound.in_reply_to.as_deref(), Some("4"));
+
+        let topic: Message = serde_json::from_value(serde_json::json!({
+            "message_id": 9,
+            "message_thread_id": 3,
+            "is_topic_message": true,
+            "date": 1_700_000_000,
+            "chat": {"id": -100, "type": "supergroup", "title": "Agents", "is_forum": true},
+            "from": {"id": 8, "is_bot": false, "first_name": "Bo"},
+            "text": "/resolve@other_bot",
+        }))
+        .unwrap();
+        assert!(inbound_message(&topic, &identity(), Triggers::Everything).is_none());
+        let mut topic = topic;
+        topic.kind = message("group", "/resolve@shop_bot", false).kind;
+        let inbound = inbound_message(&topic, &identity(), Triggers::Everything).unwrap();
+        assert_eq!(inbound.content, InboundContent::Text("/resolve".into()));
+        assert_eq!(inbound.conversation.chat_id, "-100/3");
+        assert_eq!(inbound.thread_parent.as_deref(), Some("-100"));
+    }
 }
