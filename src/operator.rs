@@ -341,7 +341,7 @@ async fn ticket_action(
         Ok(ticket) => Json(ticket_json(&ticket)).into_response(),
         Err(err) => match err.downcast_ref::<EscalationError>() {
             Some(EscalationError::NotFound(_)) => error(StatusCode::NOT_FOUND, err.to_string()),
-            Some(EscalationError::Transition { .. }) => {
+            Some(EscalationError::Transition { .. } | EscalationError::ChatBusy { .. }) => {
                 error(StatusCode::CONFLICT, err.to_string())
             }
             _ => error(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}")),

@@ -16,7 +16,7 @@ use crate::escalation::ticket::{Priority, TicketState};
 use crate::prompts::Locale;
 
 /// Version of the store layout this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 /// Version written into every record.
 pub const RECORD_VERSION: u32 = 1;
 
@@ -35,6 +35,8 @@ const TREE_TICKETS: &str = "tickets";
 const TREE_ACTIVE_TICKETS: &str = "active_tickets";
 /// Agents' threads, topics and posted messages -> the ticket they are about.
 const TREE_AGENT_POSTS: &str = "agent_posts";
+/// `customer id ++ ticket id` -> (): each customer's tickets (schema 2).
+const TREE_CUSTOMER_TICKETS: &str = "customer_tickets";
 const KEY_TICKET_COUNTER: &[u8] = b"ticket_counter";
 const KEY_KB_GENERATION: &[u8] = b"kb_generation";
 const KEY_SCHEMA: &[u8] = b"schema_version";
@@ -412,6 +414,7 @@ pub struct Store {
     tickets: sled::Tree,
     active_tickets: sled::Tree,
     agent_posts: sled::Tree,
+    customer_tickets: sled::Tree,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -450,6 +453,7 @@ impl Store {
             tickets: db.open_tree(TREE_TICKETS).map_err(map)?,
             active_tickets: db.open_tree(TREE_ACTIVE_TICKETS).map_err(map)?,
             agent_posts: db.open_tree(TREE_AGENT_POSTS).map_err(map)?,
+            customer_tickets: db.open_tree(TREE_CUSTOMER_TICKETS).map_err(map)?,
             meta: db.open_tree(TREE_META).map_err(map)?,
             path,
             db,
@@ -496,7 +500,10 @@ impl Store {
             });
         }
         if found < SCHEMA_VERSION {
-            // Version 0 is an empty store; later versions add steps here.
+            // Version 0 is an empty store; each later version adds a step.
+            if found == 1 {
+                self.index_customer_tickets()?;
+            }
             meta.insert(KEY_SCHEMA, &SCHEMA_VERSION.to_be_bytes())
                 .map_err(|err| self.err(err))?;
             self.db.flush().map_err(|err| self.err(err))?;
@@ -510,6 +517,25 @@ impl Store {
             )?;
         }
         Ok(())
+    }
+
+    /// Schema 2: the index of each customer's tickets, from the tickets.
+    fn index_customer_tickets(&self) -> Result<(), StoreError> {
+        for ticket in self.tickets()? {
+            self.customer_tickets
+                .insert(
+                    Self::customer_ticket_key(ticket.customer_id, ticket.id),
+                    &[],
+                )
+                .map_err(|err| self.err(err))?;
+        }
+        Ok(())
+    }
+
+    fn customer_ticket_key(customer_id: u64, ticket_id: u64) -> Vec<u8> {
+        let mut key = customer_id.to_be_bytes().to_vec();
+        key.extend_from_slice(&ticket_id.to_be_bytes());
+        key
     }
 
     fn decode<T: DeserializeOwned>(&self, tree: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -937,9 +963,11 @@ impl Store {
         let id = ticket.id.to_be_bytes();
         let record = Self::encode(ticket);
         let active = ticket.state.with_agents();
-        (&self.tickets, &self.active_tickets)
-            .transaction(|(tickets, index)| {
+        let customer_key = Self::customer_ticket_key(ticket.customer_id, ticket.id);
+        (&self.tickets, &self.active_tickets, &self.customer_tickets)
+            .transaction(|(tickets, index, by_customer)| {
                 tickets.insert(&id, record.as_slice())?;
+                by_customer.insert(customer_key.as_slice(), &[])?;
                 if active {
                     index.insert(chat_key.as_slice(), &id)?;
                 } else if index.get(&chat_key)?.as_deref() == Some(id.as_slice()) {
@@ -958,6 +986,33 @@ impl Store {
     /// Every ticket, oldest first.
     pub fn tickets(&self) -> Result<Vec<Ticket>, StoreError> {
         self.records(&self.tickets, TREE_TICKETS)
+    }
+
+    /// How many tickets a customer has had.
+    pub fn customer_ticket_count(&self, customer_id: u64) -> Result<usize, StoreError> {
+        let mut count = 0;
+        for entry in self.customer_tickets.scan_prefix(customer_id.to_be_bytes()) {
+            entry.map_err(|err| self.err(err))?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Every ticket that people handle now (one per chat at most).
+    pub fn active_tickets(&self) -> Result<Vec<Ticket>, StoreError> {
+        let mut active = Vec::new();
+        for entry in self.active_tickets.iter() {
+            let (_, id) = entry.map_err(|err| self.err(err))?;
+            let Some(id) = decode_u64(&id) else {
+                continue;
+            };
+            if let Some(ticket) = self.ticket(id)? {
+                if ticket.state.with_agents() {
+                    active.push(ticket);
+                }
+            }
+        }
+        Ok(active)
     }
 
     /// The ticket of a customer's chat that people handle now, if any.
@@ -1127,6 +1182,20 @@ impl Store {
                 .map_err(|err| self.err(err))?
                 .ok();
             self.active.remove(key).map_err(|err| self.err(err))?;
+        }
+        // Their tickets follow them, so repeat contact still counts.
+        for entry in self.customer_tickets.scan_prefix(from.to_be_bytes()) {
+            let (key, _) = entry.map_err(|err| self.err(err))?;
+            let Some(id) = key.get(8..16).and_then(decode_u64) else {
+                continue;
+            };
+            if let Some(mut ticket) = self.ticket(id)? {
+                ticket.customer_id = into;
+                self.put_ticket(&ticket)?;
+            }
+            self.customer_tickets
+                .remove(key)
+                .map_err(|err| self.err(err))?;
         }
         self.customers
             .remove(from.to_be_bytes())
@@ -1321,6 +1390,59 @@ mod tests {
             Err(other) => panic!("unexpected error: {other}"),
             Ok(_) => panic!("opened a newer store"),
         }
+    }
+
+    fn plain_ticket(id: u64, customer_id: u64) -> Ticket {
+        Ticket {
+            v: RECORD_VERSION,
+            id,
+            customer_id,
+            platform: "telegram".into(),
+            chat_id: format!("chat{id}"),
+            locale: Locale::En,
+            category: "complaint".into(),
+            priority: crate::escalation::ticket::Priority::High,
+            summary: String::new(),
+            transcript: Vec::new(),
+            state: crate::escalation::ticket::TicketState::Closed,
+            transitions: Vec::new(),
+            assignee: None,
+            created_ms: 1,
+            due_ms: 2,
+            reminded: false,
+            breached: false,
+            agent_posts: Vec::new(),
+            rating: None,
+        }
+    }
+
+    #[test]
+    fn a_schema_1_store_gets_its_customer_ticket_index_and_tickets_follow_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let first = store.customer_for_identity("telegram", "1", None).unwrap();
+            store.put_ticket(&plain_ticket(1, first.id)).unwrap();
+            store.put_ticket(&plain_ticket(2, first.id)).unwrap();
+            // As a schema 1 build left it: no index, version 1.
+            store.customer_tickets.clear().unwrap();
+            store.meta.insert(KEY_SCHEMA, &1u32.to_be_bytes()).unwrap();
+            store.flush_blocking().unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let first = store.find_customer("telegram", "1").unwrap().unwrap();
+        assert_eq!(store.customer_ticket_count(first.id).unwrap(), 2);
+
+        let owner = store.customer_for_identity("discord", "9", None).unwrap();
+        store
+            .create_link_code("LINK-ABCDEF", owner.id, u64::MAX)
+            .unwrap();
+        store
+            .redeem_link_code("LINK-ABCDEF", "telegram", "1", 0)
+            .unwrap();
+        assert_eq!(store.customer_ticket_count(first.id).unwrap(), 0);
+        assert_eq!(store.customer_ticket_count(owner.id).unwrap(), 2);
+        assert_eq!(store.ticket(1).unwrap().unwrap().customer_id, owner.id);
     }
 
     #[test]

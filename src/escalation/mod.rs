@@ -70,6 +70,14 @@ pub enum EscalationError {
     /// A rating outside 1-5.
     #[error("a rating is 1 to 5, not {0}")]
     Rating(u8),
+    /// Reopening would give the chat two tickets in people's hands.
+    #[error("ticket {id} cannot be reopened while {other} of the same chat is with agents")]
+    ChatBusy {
+        /// The ticket to reopen.
+        id: String,
+        /// The chat's ticket that agents have now.
+        other: String,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -133,12 +141,7 @@ impl Escalation {
     /// Opens a ticket and stores it durably.
     pub async fn open(&self, new: NewTicket) -> Result<Ticket, EscalationError> {
         let _guard = self.writes.lock().await;
-        let earlier = self
-            .store
-            .tickets()?
-            .iter()
-            .filter(|ticket| ticket.customer_id == new.customer_id)
-            .count();
+        let earlier = self.store.customer_ticket_count(new.customer_id)?;
         let priority = priority_for(new.intent, &new.text, earlier);
         let now = now_ms();
         let mut transcript: Vec<TranscriptLine> = new
@@ -210,6 +213,7 @@ impl Escalation {
         actor: &str,
     ) -> Result<Ticket, EscalationError> {
         let sla = self.sla;
+        let store = &self.store;
         self.update(id, |ticket| {
             if !ticket.state.can_move_to(to) {
                 return Err(EscalationError::Transition {
@@ -222,6 +226,17 @@ impl Escalation {
                 ticket.assignee = Some(actor.to_string());
             }
             if to == TicketState::Open {
+                // One ticket per chat in people's hands, so the chat's
+                // messages have one place to go.
+                let other = store
+                    .active_ticket_for(&ticket.platform, &ticket.chat_id)?
+                    .map(|other| other.id);
+                if let Some(other) = other.filter(|other| *other != id) {
+                    return Err(EscalationError::ChatBusy {
+                        id: ticket::display_id(id),
+                        other: ticket::display_id(other),
+                    });
+                }
                 // A reopened ticket gets a fresh deadline.
                 ticket.due_ms = now_ms() + sla.deadline(ticket.priority).as_millis() as u64;
                 ticket.reminded = false;
@@ -302,7 +317,7 @@ impl Escalation {
     pub async fn check_deadlines(&self, now: u64) -> Result<SlaReport, EscalationError> {
         let _guard = self.writes.lock().await;
         let mut report = SlaReport::default();
-        for mut ticket in self.store.tickets()? {
+        for mut ticket in self.store.active_tickets()? {
             if ticket.state != TicketState::Open {
                 continue;
             }
@@ -377,9 +392,13 @@ mod tests {
                 ],
                 vec![TicketState::Resolved, TicketState::Open],
             ];
-            for path in states {
+            for (chat, path) in states.into_iter().enumerate() {
+                // One chat each: a chat has one ticket with agents at a time.
                 let ticket = escalation
-                    .open(new_ticket(Intent::Complaint, "it broke"))
+                    .open(NewTicket {
+                        chat_id: format!("55{chat}"),
+                        ..new_ticket(Intent::Complaint, "it broke")
+                    })
                     .await
                     .unwrap();
                 for state in &path {
@@ -405,8 +424,56 @@ mod tests {
         }
         assert_eq!(ticket::display_id(1), "T-000001");
         // The chat with a ticket in people's hands is found by the index.
-        let active = store.active_ticket_for("telegram", "555").unwrap().unwrap();
+        let active = store.active_ticket_for("telegram", "551").unwrap().unwrap();
         assert!(active.state.with_agents());
+        assert!(store
+            .active_ticket_for("telegram", "554")
+            .unwrap()
+            .is_none());
+        assert_eq!(store.active_tickets().unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_ticket_is_not_reopened_while_its_chat_has_another_with_agents() {
+        let dir = tempfile::tempdir().unwrap();
+        let escalation = Escalation::new(Store::open(dir.path()).unwrap(), SlaPolicy::default());
+        let old = escalation
+            .open(new_ticket(Intent::Complaint, "it broke"))
+            .await
+            .unwrap();
+        escalation
+            .transition(old.id, TicketState::Resolved, "ann")
+            .await
+            .unwrap();
+        let newer = escalation
+            .open(new_ticket(Intent::Complaint, "broke again"))
+            .await
+            .unwrap();
+        let refused = escalation
+            .transition(old.id, TicketState::Open, "ann")
+            .await;
+        assert!(
+            matches!(refused, Err(EscalationError::ChatBusy { .. })),
+            "{refused:?}"
+        );
+        escalation
+            .transition(newer.id, TicketState::Resolved, "ann")
+            .await
+            .unwrap();
+        let reopened = escalation
+            .transition(old.id, TicketState::Open, "ann")
+            .await
+            .unwrap();
+        assert_eq!(reopened.state, TicketState::Open);
+        assert_eq!(
+            escalation
+                .store
+                .active_ticket_for("telegram", "555")
+                .unwrap()
+                .unwrap()
+                .id,
+            old.id
+        );
     }
 
     #[tokio::test]
