@@ -15,7 +15,7 @@ use super::{Example, Intent, IntentError};
 const LABELS: usize = Intent::ALL.len();
 const MAGIC: &[u8; 8] = b"CNCINT01";
 /// How far class weights go towards balancing (0: none, 1: fully).
-const CLASS_WEIGHT_POWER: f32 = 0.5;
+const CLASS_WEIGHT_POWER: f32 = 0.65;
 
 /// How the model is trained.
 #[derive(Clone, Debug)]
