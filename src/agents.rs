@@ -20,10 +20,15 @@ use crate::pipeline::Pipeline;
 use crate::prompts::Template;
 use crate::store::{AgentPost, Ticket};
 
+/// Age after which a ticket missing from an agents' space is posted again.
+const REPOST_AFTER_MS: u64 = 2 * 60 * 1000;
 /// Transcript lines shown in a new ticket's post.
 const POST_TRANSCRIPT_LINES: usize = 10;
 /// Longest transcript line shown in a post, in characters.
 const POST_LINE_CHARS: usize = 300;
+/// Longest transcript part of a post, so the post is one Telegram message
+/// (agents reply to it) with room for the rest.
+const POST_TRANSCRIPT_CHARS: usize = 2500;
 
 /// The agents' spaces and who may act there.
 #[derive(Clone, Debug, Default)]
@@ -121,6 +126,15 @@ pub(crate) fn is_agent_command(name: &str) -> bool {
     AgentCommand::parse(name).is_some_and(|command| command != AgentCommand::Help)
 }
 
+/// A ticket named in a command: `T-000123` (any case), never a bare
+/// number, which is part of a note or a name.
+fn named_ticket(word: &str) -> Option<u64> {
+    let digits = word
+        .strip_prefix("T-")
+        .or_else(|| word.strip_prefix("t-"))?;
+    parse_id(digits)
+}
+
 /// `/name@bot rest` as `(name, rest)`, lowercased name; `None` for plain text.
 fn split_command(text: &str) -> Option<(String, &str)> {
     let text = text.trim_start();
@@ -131,9 +145,24 @@ fn split_command(text: &str) -> Option<(String, &str)> {
 }
 
 impl Pipeline {
-    /// Posts a new ticket in every agents' space and remembers where.
+    /// Posts the ticket in every agents' space that has no post of it yet,
+    /// and remembers where. Called when a ticket opens, and again by the
+    /// SLA clock for tickets whose post failed (a platform outage).
     pub(crate) async fn post_ticket_to_agents(&self, ticket: &Ticket) {
-        if self.desk.spaces.is_empty() {
+        let missing: Vec<ConversationRef> = self
+            .desk
+            .spaces
+            .iter()
+            .filter(|space| {
+                !ticket
+                    .agent_posts
+                    .iter()
+                    .any(|post| post.platform == space.platform)
+            })
+            .filter(|space| self.adapters.contains_key(&space.platform))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
             return;
         }
         let text = match self.ticket_post(ticket) {
@@ -149,7 +178,7 @@ impl Pipeline {
             ticket.category,
             ticket.priority.label()
         );
-        for space in self.desk.spaces.clone() {
+        for space in missing {
             let Some(adapter) = self.adapters.get(&space.platform).cloned() else {
                 continue;
             };
@@ -160,15 +189,18 @@ impl Pipeline {
                     chat_id: thread.chat_id,
                     message_id: None,
                 }),
-                // A group without topics: agents answer by replying to the post.
-                Err(concierge_adapter::AdapterError::Unsupported(_)) => {
+                // No topics there, or no right to open one: agents answer
+                // by replying to the post instead.
+                Err(err) => {
+                    if !matches!(err, concierge_adapter::AdapterError::Unsupported(_)) {
+                        tracing::warn!(ticket = %display_id(ticket.id), platform = %space.platform, "could not open a thread for the ticket, posting it instead: {err}");
+                    }
                     adapter.send(first).await.map(|sent| AgentPost {
                         platform: space.platform.clone(),
                         chat_id: space.chat_id.clone(),
                         message_id: Some(sent.message_id),
                     })
                 }
-                Err(err) => Err(err),
             };
             match post {
                 Ok(post) => {
@@ -179,7 +211,7 @@ impl Pipeline {
                 Err(err) => tracing::warn!(
                     ticket = %display_id(ticket.id),
                     platform = %space.platform,
-                    "could not post the ticket to the agents: {err}"
+                    "could not post the ticket to the agents (tried again with the deadline checks): {err}"
                 ),
             }
         }
@@ -202,18 +234,19 @@ impl Pipeline {
             .customer(ticket.customer_id)?
             .and_then(|customer| customer.display_name)
             .unwrap_or_else(|| format!("customer {}", ticket.customer_id));
-        let transcript = ticket
-            .transcript
-            .iter()
-            .rev()
-            .take(POST_TRANSCRIPT_LINES)
-            .rev()
-            .map(|line| {
-                let text: String = line.text.chars().take(POST_LINE_CHARS).collect();
-                format!("{}: {text}", line.role)
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
+        let mut lines: Vec<String> = Vec::new();
+        let mut length = 0;
+        for line in ticket.transcript.iter().rev().take(POST_TRANSCRIPT_LINES) {
+            let text: String = line.text.chars().take(POST_LINE_CHARS).collect();
+            let line = format!("{}: {text}", line.role);
+            length += line.chars().count() + 1;
+            if length > POST_TRANSCRIPT_CHARS {
+                break;
+            }
+            lines.push(line);
+        }
+        lines.reverse();
+        let transcript = lines.join("\n");
         let minutes = (ticket.due_ms.saturating_sub(ticket.created_ms) / 60_000).to_string();
         Ok(self.prompts.render(
             self.settings.default_locale,
@@ -357,7 +390,7 @@ impl Pipeline {
         };
         // An explicit ticket id first, else the thread, topic or reply.
         let mut words = rest.split_whitespace().peekable();
-        let named = words.peek().and_then(|word| parse_id(word));
+        let named = words.peek().and_then(|word| named_ticket(word));
         let rest = if named.is_some() {
             words.next();
             rest.trim_start()
@@ -445,6 +478,14 @@ impl Pipeline {
     /// breaches; run by `serve` every `escalation.sla_check_secs`.
     pub async fn check_deadlines(&self, now_ms: u64) -> anyhow::Result<()> {
         let escalation = self.escalation()?;
+        if !self.desk.spaces.is_empty() {
+            // Not fresh tickets: their hand-off is still posting them.
+            for ticket in self.store.active_tickets()? {
+                if now_ms.saturating_sub(ticket.created_ms) >= REPOST_AFTER_MS {
+                    self.post_ticket_to_agents(&ticket).await;
+                }
+            }
+        }
         let report = escalation
             .check_deadlines(now_ms)
             .await
@@ -562,6 +603,10 @@ mod tests {
         );
         assert_eq!(split_command("/RESOLVE"), Some(("resolve".into(), "")));
         assert_eq!(split_command("thanks, on it"), None);
+        assert_eq!(named_ticket("T-000012"), Some(12));
+        assert_eq!(named_ticket("t-7"), Some(7));
+        assert_eq!(named_ticket("3"), None);
+        assert_eq!(named_ticket("T-"), None);
         assert!(is_agent_command("resolve"));
         assert!(!is_agent_command("help"));
         assert!(!is_agent_command("start"));

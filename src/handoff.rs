@@ -221,7 +221,15 @@ impl Pipeline {
         {
             return Ok(true);
         }
-        let rated = escalation.rate(ticket, rating).await?;
+        let rated = match escalation.rate(ticket, rating).await {
+            Ok(rated) => rated,
+            // An old button, a second press, or a ticket reopened meanwhile.
+            Err(EscalationError::Transition { .. }) => {
+                tracing::debug!(ticket = %display_id(ticket), "rating ignored: the ticket is not waiting for one");
+                return Ok(true);
+            }
+            Err(err) => return Err(err.into()),
+        };
         self.tell_agents(
             &rated,
             Template::AgentRated,
@@ -273,22 +281,8 @@ impl Pipeline {
         origin: Option<&ConversationRef>,
     ) -> anyhow::Result<Ticket> {
         let escalation = self.escalation()?;
-        let ticket = escalation.get(id)?;
-        if !ticket.state.with_agents() {
-            return Err(EscalationError::Transition {
-                id: display_id(id),
-                from: ticket.state.label(),
-                to: "answered",
-            }
-            .into());
-        }
-        if ticket.state == TicketState::Open {
-            escalation
-                .transition(id, TicketState::Assigned, agent)
-                .await?;
-        }
-        let (adapter, chat) = self.customer_channel(&ticket)?;
-        let ticket = escalation.add_line(id, "agent", Some(agent), text).await?;
+        let (adapter, chat) = self.customer_channel(&escalation.get(id)?)?;
+        let ticket = escalation.add_agent_answer(id, agent, text).await?;
         let conversation =
             self.store
                 .current_conversation(ticket.customer_id, &chat.platform, &chat.chat_id)?;

@@ -415,6 +415,9 @@ pub struct Store {
     active_tickets: sled::Tree,
     agent_posts: sled::Tree,
     customer_tickets: sled::Tree,
+    /// Held while a ticket is read, changed and written back, by every
+    /// clone: two changes at once never overwrite each other.
+    ticket_writes: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -454,6 +457,7 @@ impl Store {
             active_tickets: db.open_tree(TREE_ACTIVE_TICKETS).map_err(map)?,
             agent_posts: db.open_tree(TREE_AGENT_POSTS).map_err(map)?,
             customer_tickets: db.open_tree(TREE_CUSTOMER_TICKETS).map_err(map)?,
+            ticket_writes: Default::default(),
             meta: db.open_tree(TREE_META).map_err(map)?,
             path,
             db,
@@ -988,6 +992,14 @@ impl Store {
         self.records(&self.tickets, TREE_TICKETS)
     }
 
+    /// The ticket write lock: hold it from reading a ticket to writing it
+    /// back. Never held across an `await`.
+    pub fn lock_tickets(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.ticket_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// How many tickets a customer has had.
     pub fn customer_ticket_count(&self, customer_id: u64) -> Result<usize, StoreError> {
         let mut count = 0;
@@ -1184,6 +1196,7 @@ impl Store {
             self.active.remove(key).map_err(|err| self.err(err))?;
         }
         // Their tickets follow them, so repeat contact still counts.
+        let _tickets = self.lock_tickets();
         for entry in self.customer_tickets.scan_prefix(from.to_be_bytes()) {
             let (key, _) = entry.map_err(|err| self.err(err))?;
             let Some(id) = key.get(8..16).and_then(decode_u64) else {

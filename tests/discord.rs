@@ -397,6 +397,22 @@ async fn agents_answer_a_ticket_from_its_thread_in_the_agents_channel() {
         "{:?}",
         texts_in(&fake, thread)
     );
+    // Everything the bot posts is plain text: a customer's "@everyone" pings nobody.
+    let relayed = fake
+        .calls_matching("POST", &format!("/channels/{thread}/messages"))
+        .into_iter()
+        .last()
+        .unwrap();
+    assert_eq!(
+        relayed.body["allowed_mentions"]["parse"],
+        serde_json::json!([])
+    );
+
+    // After a restart the thread is still known as the ticket's (the
+    // adapter asks Discord for the thread's parent).
+    daemon.stop().await;
+    let daemon = InProcessDaemon::start(dir.path(), SCRIPT, &config);
+    assert!(eventually(WAIT, || fake.sessions().len() >= 2 && fake.gateway_live()).await);
     fake.push_message(
         thread,
         AGENT,
@@ -409,6 +425,9 @@ async fn agents_answer_a_ticket_from_its_thread_in_the_agents_channel() {
         texts_in(&fake, DM)[1],
         "The refund for order 778 went out today."
     );
+    assert!(!fake
+        .calls_matching("GET", &format!("/channels/{thread}"))
+        .is_empty());
 
     // Resolving brings the bot back with rating buttons.
     fake.push_message(thread, AGENT, "/resolve", true, false);

@@ -8,7 +8,6 @@
 
 pub mod ticket;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::intent::Intent;
@@ -104,43 +103,42 @@ pub struct NewTicket {
     pub summary: String,
 }
 
-/// Tickets over the store. Clones share one lock, so changes made at the
-/// same time (a customer's message, an agent's answer, the SLA clock) never
-/// overwrite each other.
+/// Tickets over the store. Every change holds the store's ticket lock from
+/// read to write, so changes made at the same time (a customer's message,
+/// an agent's answer, the SLA clock, a `/link`) never overwrite each other.
 #[derive(Clone)]
 pub struct Escalation {
     store: Store,
     sla: SlaPolicy,
-    writes: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Escalation {
     /// The service over `store` with deadlines from `sla`.
     pub fn new(store: Store, sla: SlaPolicy) -> Self {
-        Self {
-            store,
-            sla,
-            writes: Arc::default(),
-        }
+        Self { store, sla }
     }
 
-    /// Reads ticket `id`, lets `change` modify it, then stores and flushes
-    /// it, all under the write lock.
+    /// Reads ticket `id`, lets `change` modify it and stores it, under the
+    /// ticket lock; then flushes.
     async fn update(
         &self,
         id: u64,
         change: impl FnOnce(&mut Ticket) -> Result<(), EscalationError>,
     ) -> Result<Ticket, EscalationError> {
-        let _guard = self.writes.lock().await;
-        let mut ticket = self.get(id)?;
-        change(&mut ticket)?;
-        self.save(&ticket).await?;
+        let ticket = {
+            let _guard = self.store.lock_tickets();
+            let mut ticket = self.get(id)?;
+            change(&mut ticket)?;
+            self.store.put_ticket(&ticket)?;
+            ticket
+        };
+        self.store.flush().await?;
         Ok(ticket)
     }
 
     /// Opens a ticket and stores it durably.
     pub async fn open(&self, new: NewTicket) -> Result<Ticket, EscalationError> {
-        let _guard = self.writes.lock().await;
+        let guard = self.store.lock_tickets();
         let earlier = self.store.customer_ticket_count(new.customer_id)?;
         let priority = priority_for(new.intent, &new.text, earlier);
         let now = now_ms();
@@ -188,14 +186,10 @@ impl Escalation {
             agent_posts: Vec::new(),
             rating: None,
         };
-        self.save(&ticket).await?;
-        Ok(ticket)
-    }
-
-    async fn save(&self, ticket: &Ticket) -> Result<(), EscalationError> {
-        self.store.put_ticket(ticket)?;
+        self.store.put_ticket(&ticket)?;
+        drop(guard);
         self.store.flush().await?;
-        Ok(())
+        Ok(ticket)
     }
 
     /// A ticket by number.
@@ -240,6 +234,7 @@ impl Escalation {
                 // A reopened ticket gets a fresh deadline.
                 ticket.due_ms = now_ms() + sla.deadline(ticket.priority).as_millis() as u64;
                 ticket.reminded = false;
+                ticket.breached = false;
             }
             ticket.transitions.push(Transition {
                 from: Some(ticket.state),
@@ -295,34 +290,86 @@ impl Escalation {
         .await
     }
 
-    /// Stores the customer's 1-5 rating of a resolved ticket, which closes it.
+    /// Stores the customer's 1-5 rating of a resolved ticket, which closes
+    /// it. A ticket is rated once, and only while resolved.
     pub async fn rate(&self, id: u64, rating: u8) -> Result<Ticket, EscalationError> {
         if !(1..=5).contains(&rating) {
             return Err(EscalationError::Rating(rating));
         }
-        let ticket = self
-            .update(id, |ticket| {
-                ticket.rating = Some(rating);
-                Ok(())
-            })
-            .await?;
-        if ticket.state == TicketState::Resolved {
-            return self.transition(id, TicketState::Closed, "customer").await;
-        }
-        Ok(ticket)
+        self.update(id, |ticket| {
+            if ticket.state != TicketState::Resolved || ticket.rating.is_some() {
+                return Err(EscalationError::Transition {
+                    id: ticket::display_id(id),
+                    from: ticket.state.label(),
+                    to: "rated",
+                });
+            }
+            ticket.rating = Some(rating);
+            ticket.transitions.push(Transition {
+                from: Some(ticket.state),
+                to: TicketState::Closed,
+                at_ms: now_ms(),
+                actor: "customer".into(),
+            });
+            ticket.state = TicketState::Closed;
+            Ok(())
+        })
+        .await
+    }
+
+    /// An agent's answer to the customer, in the transcript; the first one
+    /// takes an open ticket. Refused once the ticket has left the agents,
+    /// checked under the same lock as the change.
+    pub async fn add_agent_answer(
+        &self,
+        id: u64,
+        agent: &str,
+        text: &str,
+    ) -> Result<Ticket, EscalationError> {
+        self.update(id, |ticket| {
+            if !ticket.state.with_agents() {
+                return Err(EscalationError::Transition {
+                    id: ticket::display_id(id),
+                    from: ticket.state.label(),
+                    to: "answered",
+                });
+            }
+            let now = now_ms();
+            if ticket.state == TicketState::Open {
+                ticket.transitions.push(Transition {
+                    from: Some(ticket.state),
+                    to: TicketState::Assigned,
+                    at_ms: now,
+                    actor: agent.to_string(),
+                });
+                ticket.state = TicketState::Assigned;
+                ticket.assignee = Some(agent.to_string());
+            }
+            ticket.transcript.push(TranscriptLine {
+                ts_ms: now,
+                role: "agent".into(),
+                author: Some(agent.to_string()),
+                text: text.to_string(),
+            });
+            Ok(())
+        })
+        .await
     }
 
     /// Tickets waiting for an agent's first answer whose deadline is near
     /// (to remind) or past (breached), marked so each is reported once.
     pub async fn check_deadlines(&self, now: u64) -> Result<SlaReport, EscalationError> {
-        let _guard = self.writes.lock().await;
+        let guard = self.store.lock_tickets();
         let mut report = SlaReport::default();
         for mut ticket in self.store.active_tickets()? {
             if ticket.state != TicketState::Open {
                 continue;
             }
-            let total = ticket.due_ms.saturating_sub(ticket.created_ms) as f64;
-            let remind_from = ticket.created_ms + (total * self.sla.remind_at) as u64;
+            // Counted back from the deadline, which a reopen renews.
+            let total = self.sla.deadline(ticket.priority).as_millis() as f64;
+            let remind_from = ticket
+                .due_ms
+                .saturating_sub((total * (1.0 - self.sla.remind_at)) as u64);
             let mut changed = false;
             if now >= ticket.due_ms && !ticket.breached {
                 ticket.breached = true;
@@ -337,6 +384,7 @@ impl Escalation {
                 self.store.put_ticket(&ticket)?;
             }
         }
+        drop(guard);
         if !report.reminders.is_empty() || !report.breached.is_empty() {
             self.store.flush().await?;
         }
@@ -498,6 +546,9 @@ mod tests {
         let rated = escalation.rate(ticket.id, 5).await.unwrap();
         assert_eq!(rated.rating, Some(5));
         assert_eq!(rated.state, TicketState::Closed);
+        // Rated once: an old button pressed again changes nothing.
+        assert!(escalation.rate(ticket.id, 1).await.is_err());
+        assert_eq!(escalation.get(ticket.id).unwrap().rating, Some(5));
         // A repeat contact ranks higher.
         let again = escalation
             .open(new_ticket(Intent::HumanRequest, "me again"))
@@ -558,5 +609,23 @@ mod tests {
             .breached
             .is_empty());
         assert!(escalation.get(ticket.id).unwrap().breached);
+
+        // Reopened: a fresh deadline, reminded and breached again in time.
+        escalation
+            .transition(ticket.id, TicketState::Resolved, "ann")
+            .await
+            .unwrap();
+        let reopened = escalation
+            .transition(ticket.id, TicketState::Open, "ann")
+            .await
+            .unwrap();
+        assert!(!reopened.breached && !reopened.reminded);
+        let renewed = reopened.due_ms - 100_000;
+        let report = escalation.check_deadlines(renewed + 10_000).await.unwrap();
+        assert!(report.reminders.is_empty() && report.breached.is_empty());
+        let report = escalation.check_deadlines(renewed + 60_000).await.unwrap();
+        assert_eq!(report.reminders.len(), 1);
+        let report = escalation.check_deadlines(renewed + 101_000).await.unwrap();
+        assert_eq!(report.breached.len(), 1);
     }
 }

@@ -70,6 +70,23 @@ impl Handler {
         }
     }
 
+    /// The parent of a guild channel that is a thread, when an agents'
+    /// channel is configured (so the core can tell agents' threads apart).
+    async fn thread_parent(
+        &self,
+        guild: &Option<serenity::all::GuildId>,
+        channel: u64,
+    ) -> Result<Option<String>, ()> {
+        if guild.is_none() || self.inner.settings.agents_channel.is_none() {
+            return Ok(None);
+        }
+        Ok(self
+            .inner
+            .parent_of(channel)
+            .await?
+            .map(|parent| parent.to_string()))
+    }
+
     async fn register_commands(&self, ctx: &Context) {
         let commands: Vec<CreateCommand> = self
             .inner
@@ -116,10 +133,13 @@ impl Handler {
                 },
                 message_id: Some(interaction.message.id.get().to_string()),
                 in_reply_to: None,
-                thread_parent: self
-                    .inner
-                    .known_parent(interaction.channel_id.get())
-                    .map(|parent| parent.to_string()),
+                thread_parent: match self
+                    .thread_parent(&interaction.guild_id, interaction.channel_id.get())
+                    .await
+                {
+                    Ok(parent) => parent,
+                    Err(()) => return,
+                },
                 received_at: SystemTime::now(),
             },
         )
@@ -192,7 +212,12 @@ impl EventHandler for Handler {
         // Every message of the agents' channel and its threads goes on.
         let thread_parent = match agents_channel {
             Some(agents) if message.guild_id.is_some() && channel != agents => {
-                self.inner.parent_of(channel).await
+                match self.inner.parent_of(channel).await {
+                    Ok(parent) => parent,
+                    // It may be an agents' thread: never let it reach
+                    // the customer side unsure.
+                    Err(()) => return,
+                }
             }
             _ => None,
         };
@@ -247,6 +272,9 @@ impl EventHandler for Handler {
                     return;
                 }
                 let channel = command.channel_id.get();
+                let Ok(thread_parent) = self.thread_parent(&command.guild_id, channel).await else {
+                    return;
+                };
                 let id = command.id.get();
                 let user = command.user.clone();
                 let message_id = self.inner.set_pending_command(command);
@@ -259,10 +287,7 @@ impl EventHandler for Handler {
                         content: InboundContent::Text(format!("/{name}")),
                         message_id: Some(message_id),
                         in_reply_to: None,
-                        thread_parent: self
-                            .inner
-                            .known_parent(channel)
-                            .map(|parent| parent.to_string()),
+                        thread_parent,
                         received_at: SystemTime::now(),
                     },
                 )

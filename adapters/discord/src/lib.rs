@@ -22,8 +22,8 @@ use concierge_adapter::{
 };
 use serenity::all::{
     ButtonStyle, ChannelId, ChannelType, ClientBuilder, CommandInteraction, CreateActionRow,
-    CreateButton, CreateMessage, CreateThread, EditInteractionResponse, EditMessage,
-    GatewayIntents, Http, HttpBuilder, MessageId,
+    CreateAllowedMentions, CreateButton, CreateMessage, CreateThread, EditInteractionResponse,
+    EditMessage, GatewayIntents, Http, HttpBuilder, MessageId,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -120,6 +120,12 @@ fn build_http(settings: &DiscordSettings) -> Http {
     }
 }
 
+/// Text the bot posts comes from customers and the model, so it never
+/// pings anyone: `@everyone`, a role or a user mention stays plain text.
+fn no_pings() -> CreateAllowedMentions {
+    CreateAllowedMentions::new()
+}
+
 impl DiscordAdapter {
     /// A channel for `settings`; nothing is contacted until `run`.
     pub fn new(settings: DiscordSettings) -> Self {
@@ -145,23 +151,16 @@ impl Inner {
         redact(text, &[self.settings.token.as_str()])
     }
 
-    /// The parent of `channel` if it is a thread and already known.
-    pub(crate) fn known_parent(&self, channel: u64) -> Option<u64> {
-        self.parents
-            .lock()
-            .ok()
-            .and_then(|parents| parents.get(&channel).copied().flatten())
-    }
-
-    /// The parent of `channel` if it is a thread, asked of Discord once.
-    pub(crate) async fn parent_of(&self, channel: u64) -> Option<u64> {
+    /// The parent of `channel` if it is a thread, asked of Discord once;
+    /// `Err` when Discord could not be asked.
+    pub(crate) async fn parent_of(&self, channel: u64) -> Result<Option<u64>, ()> {
         if let Some(known) = self
             .parents
             .lock()
             .ok()
             .and_then(|parents| parents.get(&channel).copied())
         {
-            return known;
+            return Ok(known);
         }
         let parent = match ChannelId::new(channel).to_channel(self.http.as_ref()).await {
             Ok(serenity::all::Channel::Guild(guild_channel))
@@ -172,17 +171,17 @@ impl Inner {
             Ok(_) => None,
             Err(err) => {
                 // Not remembered: the next message asks again.
-                tracing::debug!(
+                tracing::warn!(
                     "looking up discord channel {channel} failed: {}",
                     self.redact(&err.to_string())
                 );
-                return None;
+                return Err(());
             }
         };
         if let Ok(mut parents) = self.parents.lock() {
             parents.insert(channel, parent);
         }
-        parent
+        Ok(parent)
     }
 
     fn error(&self, err: serenity::Error) -> AdapterError {
@@ -283,7 +282,9 @@ impl Inner {
     ) -> Result<u64, AdapterError> {
         if let Some(interaction) = self.take_pending_command(reply_to) {
             // A deferred slash command: its reply replaces "thinking…".
-            let mut builder = EditInteractionResponse::new().content(text);
+            let mut builder = EditInteractionResponse::new()
+                .content(text)
+                .allowed_mentions(no_pings());
             if !choices.is_empty() {
                 builder = builder.components(self.components(choices));
             }
@@ -294,7 +295,9 @@ impl Inner {
                 .await?;
             return Ok(message.id.get());
         }
-        let mut builder = CreateMessage::new().content(text);
+        let mut builder = CreateMessage::new()
+            .content(text)
+            .allowed_mentions(no_pings());
         if !choices.is_empty() {
             builder = builder.components(self.components(choices));
         }
@@ -427,7 +430,9 @@ impl Adapter for DiscordAdapter {
                 AdapterError::Platform(format!("not a discord message id: {}", message.message_id))
             })?;
         self.inner.pacer.wait(&message.conversation.chat_id).await;
-        let builder = EditMessage::new().content(text);
+        let builder = EditMessage::new()
+            .content(text)
+            .allowed_mentions(no_pings());
         self.inner
             .with_retry("edit message", || {
                 channel.edit_message(self.inner.http.as_ref(), id, builder.clone())
