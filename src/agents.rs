@@ -40,6 +40,11 @@ pub struct AgentDesk {
 }
 
 impl AgentDesk {
+    /// A desk over `spaces` (one group or channel per platform) for `agents`.
+    pub fn new(spaces: Vec<ConversationRef>, agents: Vec<AgentConfig>) -> Self {
+        Self { spaces, agents }
+    }
+
     /// Spaces of the enabled channels, when hand-off is enabled.
     pub fn from_config(config: &Config) -> Self {
         if !config.escalation.enabled {

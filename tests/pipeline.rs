@@ -220,3 +220,64 @@ async fn oversized_and_binary_input_is_cleaned_and_cut() {
     assert_eq!(history[0].text.chars().count(), 50);
     assert!(!history[0].text.contains('\u{0}'));
 }
+
+#[tokio::test]
+async fn a_missed_deadline_is_posted_to_the_agents_space_once_and_recorded() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use concierge::escalation::{Escalation, SlaPolicy};
+    use concierge_adapter::ConversationRef;
+
+    let dir = tempfile::tempdir().unwrap();
+    let base = harness(dir.path(), ECHO, settings(2048, 256));
+    let minute = Duration::from_secs(60);
+    let pipeline = Arc::new(concierge::pipeline::Pipeline {
+        store: base.store.clone(),
+        llm: base.engine.clone(),
+        prompts: concierge::prompts::Prompts::built_in(),
+        adapters: base.pipeline.adapters.clone(),
+        settings: settings(2048, 256),
+        cancel: Default::default(),
+        knowledge: None,
+        recommender: None,
+        classifier: None,
+        escalation: Some(Escalation::new(
+            base.store.clone(),
+            SlaPolicy {
+                urgent: minute,
+                high: minute,
+                normal: minute,
+                remind_at: 0.75,
+            },
+        )),
+        desk: concierge::agents::AgentDesk::new(
+            vec![ConversationRef {
+                platform: support::PLATFORM.into(),
+                chat_id: "agents".into(),
+            }],
+            Vec::new(),
+        ),
+    });
+    pipeline.handle(message("ann", "/human")).await;
+    assert!(base.channel.texts("ann")[0].contains("T-000001"));
+    let posts = base.channel.texts("agents");
+    assert_eq!(posts.len(), 1, "{posts:?}");
+    assert!(posts[0].contains("New ticket T-000001"), "{posts:?}");
+
+    let opened = base.store.ticket(1).unwrap().unwrap().created_ms;
+    pipeline.check_deadlines(opened + 50_000).await.unwrap();
+    pipeline.check_deadlines(opened + 61_000).await.unwrap();
+    pipeline.check_deadlines(opened + 90_000).await.unwrap();
+    let posts = base.channel.texts("agents");
+    assert_eq!(posts.len(), 3, "{posts:?}");
+    assert!(posts[1].starts_with("Reminder: T-000001"), "{posts:?}");
+    assert!(
+        posts[2].starts_with("Deadline missed: T-000001"),
+        "{posts:?}"
+    );
+    let ticket = base.store.ticket(1).unwrap().unwrap();
+    assert!(ticket.reminded && ticket.breached);
+    // The customer heard nothing of it.
+    assert_eq!(base.channel.texts("ann").len(), 1);
+}
