@@ -86,7 +86,7 @@ enum Command {
         #[arg(long, default_value = "jsonl", value_parser = ["jsonl"])]
         format: String,
     },
-    /// Agents' desk: list, show, answer, assign and resolve tickets through
+    /// Agents' desk: list, show, answer, assign, resolve, note and reopen tickets through
     /// the running daemon's operator API (operator.listen, operator.token)
     Tickets {
         #[command(subcommand)]
@@ -135,6 +135,24 @@ enum TicketsAction {
         /// T-000123 or 123
         id: String,
         /// Who solved it
+        #[arg(long)]
+        agent: String,
+    },
+    /// Add an internal note (never sent to the customer)
+    Note {
+        /// T-000123 or 123
+        id: String,
+        /// Who writes it
+        #[arg(long)]
+        agent: String,
+        /// The note
+        text: String,
+    },
+    /// Open a resolved or closed ticket again: the chat goes back to people
+    Reopen {
+        /// T-000123 or 123
+        id: String,
+        /// Who reopens it
         #[arg(long)]
         agent: String,
     },
@@ -717,6 +735,18 @@ fn tickets(config: &Config, action: TicketsAction) -> anyhow::Result<()> {
         TicketsAction::Resolve { id, agent } => (
             client
                 .post(format!("{base}/v1/tickets/{id}/resolve"))
+                .json(&serde_json::json!({"agent": agent})),
+            false,
+        ),
+        TicketsAction::Note { id, agent, text } => (
+            client
+                .post(format!("{base}/v1/tickets/{id}/note"))
+                .json(&serde_json::json!({"agent": agent, "text": text})),
+            false,
+        ),
+        TicketsAction::Reopen { id, agent } => (
+            client
+                .post(format!("{base}/v1/tickets/{id}/reopen"))
                 .json(&serde_json::json!({"agent": agent})),
             false,
         ),

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 
 use crate::config::Secret;
-use crate::escalation::ticket::{display_id, parse_id, TicketState};
+use crate::escalation::ticket::{display_id, parse_id};
 use crate::escalation::EscalationError;
 use crate::health::Health;
 use crate::pipeline::Pipeline;
@@ -328,13 +328,7 @@ async fn ticket_action(
         "note" => desk.agent_note(number, agent, text).await,
         "assign" => desk.agent_assign(number, agent).await,
         "resolve" => desk.agent_resolve(number, agent).await,
-        "reopen" => match &desk.escalation {
-            Some(escalation) => escalation
-                .transition(number, TicketState::Open, agent)
-                .await
-                .map_err(anyhow::Error::from),
-            None => Err(anyhow::anyhow!("hand-off to people is not enabled")),
-        },
+        "reopen" => desk.agent_reopen(number, agent).await,
         other => return error(StatusCode::NOT_FOUND, format!("no ticket action {other:?}")),
     };
     match result {

@@ -150,6 +150,18 @@ async fn a_complaint_goes_to_a_person_and_comes_back_with_a_rating() {
         "Sorry about that, a new parcel leaves today."
     );
 
+    let noted = cli(
+        OPERATOR_TOKEN,
+        vec!["note", "T-000001", "--agent", "ann", "courier called"],
+    )
+    .await
+    .unwrap();
+    assert!(
+        noted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&noted.stderr)
+    );
+
     let resolved = cli(
         OPERATOR_TOKEN,
         vec!["resolve", "T-000001", "--agent", "ann"],
@@ -194,6 +206,12 @@ async fn a_complaint_goes_to_a_person_and_comes_back_with_a_rating() {
     assert_eq!(states, ["open", "assigned", "resolved", "closed"]);
     assert_eq!(ticket.transitions[1].actor, "ann");
     assert_eq!(ticket.transitions[3].actor, "customer");
+    // The note stayed internal.
+    assert!(ticket
+        .transcript
+        .iter()
+        .any(|line| line.role == "note" && line.text == "courier called"));
+    assert!(!texts(&fake).iter().any(|text| text.contains("courier")));
 }
 
 const FORUM: i64 = -1_001_000;
