@@ -37,12 +37,42 @@ pub struct AgentDesk {
     spaces: Vec<ConversationRef>,
     /// The configured agents.
     agents: Vec<AgentConfig>,
+    /// Tickets being posted now, so the hand-off and the SLA clock's
+    /// re-post never post one ticket twice.
+    posting: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
+}
+
+/// Releases a ticket's posting claim when the posting ends.
+struct PostingClaim<'a> {
+    desk: &'a AgentDesk,
+    id: u64,
+}
+
+impl Drop for PostingClaim<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut posting) = self.desk.posting.lock() {
+            posting.remove(&self.id);
+        }
+    }
+}
+
+impl AgentDesk {
+    /// Claims ticket `id` for posting; `None` while someone else posts it.
+    fn claim(&self, id: u64) -> Option<PostingClaim<'_>> {
+        let claimed = self.posting.lock().ok()?.insert(id);
+        // The guard is gone here: a claim releases itself by locking.
+        claimed.then(|| PostingClaim { desk: self, id })
+    }
 }
 
 impl AgentDesk {
     /// A desk over `spaces` (one group or channel per platform) for `agents`.
     pub fn new(spaces: Vec<ConversationRef>, agents: Vec<AgentConfig>) -> Self {
-        Self { spaces, agents }
+        Self {
+            spaces,
+            agents,
+            posting: Default::default(),
+        }
     }
 
     /// Spaces of the enabled channels, when hand-off is enabled.
@@ -66,10 +96,10 @@ impl AgentDesk {
                 platform: "discord".into(),
                 chat_id: channel.to_string(),
             });
-        Self {
-            spaces: telegram.into_iter().chain(discord).collect(),
-            agents: config.escalation.agents.clone(),
-        }
+        Self::new(
+            telegram.into_iter().chain(discord).collect(),
+            config.escalation.agents.clone(),
+        )
     }
 
     /// The agent's name behind a platform account, if it is one.
@@ -154,6 +184,22 @@ impl Pipeline {
     /// and remembers where. Called when a ticket opens, and again by the
     /// SLA clock for tickets whose post failed (a platform outage).
     pub(crate) async fn post_ticket_to_agents(&self, ticket: &Ticket) {
+        if self.desk.spaces.is_empty() {
+            return;
+        }
+        let Some(_claim) = self.desk.claim(ticket.id) else {
+            return;
+        };
+        // Read again under the claim: another posting may have just ended.
+        let ticket = match self.store.ticket(ticket.id) {
+            Ok(Some(ticket)) => ticket,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(ticket = %display_id(ticket.id), "could not read the ticket to post it: {err}");
+                return;
+            }
+        };
+        let ticket = &ticket;
         let missing: Vec<ConversationRef> = self
             .desk
             .spaces
@@ -483,14 +529,6 @@ impl Pipeline {
     /// breaches; run by `serve` every `escalation.sla_check_secs`.
     pub async fn check_deadlines(&self, now_ms: u64) -> anyhow::Result<()> {
         let escalation = self.escalation()?;
-        if !self.desk.spaces.is_empty() {
-            // Not fresh tickets: their hand-off is still posting them.
-            for ticket in self.store.active_tickets()? {
-                if now_ms.saturating_sub(ticket.created_ms) >= REPOST_AFTER_MS {
-                    self.post_ticket_to_agents(&ticket).await;
-                }
-            }
-        }
         let report = escalation
             .check_deadlines(now_ms)
             .await
@@ -520,6 +558,15 @@ impl Pipeline {
                 None,
             )
             .await;
+        }
+        // After the deadlines, so an outage's retries never delay them.
+        if !self.desk.spaces.is_empty() {
+            for ticket in self.store.active_tickets()? {
+                // A fresh ticket's hand-off may still be posting it.
+                if now_ms.saturating_sub(ticket.created_ms) >= REPOST_AFTER_MS {
+                    self.post_ticket_to_agents(&ticket).await;
+                }
+            }
         }
         Ok(())
     }
@@ -565,19 +612,29 @@ mod tests {
     }
 
     fn desk() -> AgentDesk {
-        AgentDesk {
-            spaces: vec![ConversationRef {
+        AgentDesk::new(
+            vec![ConversationRef {
                 platform: "telegram".into(),
                 chat_id: "-100".into(),
             }],
-            agents: vec![AgentConfig {
+            vec![AgentConfig {
                 name: "alice".into(),
                 identities: vec![
                     ("telegram".into(), "5".into()),
                     ("discord".into(), "9".into()),
                 ],
             }],
-        }
+        )
+    }
+
+    #[test]
+    fn a_ticket_is_claimed_for_posting_by_one_caller_at_a_time() {
+        let desk = desk();
+        let first = desk.claim(1).unwrap();
+        assert!(desk.claim(1).is_none());
+        assert!(desk.claim(2).is_some());
+        drop(first);
+        assert!(desk.claim(1).is_some());
     }
 
     #[test]

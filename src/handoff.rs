@@ -28,6 +28,8 @@ const SUMMARY_MESSAGES: usize = 3;
 const SUMMARY_TOKENS: usize = 60;
 /// Longest summary kept, in characters.
 const SUMMARY_CHARS: usize = 300;
+/// Longest wait for the engine's summary before the ticket goes to the agents.
+const SUMMARY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Pipeline {
     pub(crate) fn escalation(&self) -> anyhow::Result<&Escalation> {
@@ -54,19 +56,16 @@ impl Pipeline {
         else {
             return Ok(false);
         };
+        let Some(ticket) = escalation.add_customer_line(ticket.id, text).await? else {
+            // Resolved meanwhile: the bot answers.
+            return Ok(false);
+        };
         let conversation =
             self.store
                 .current_conversation(customer.id, &chat.platform, &chat.chat_id)?;
         self.store
             .append_message(conversation.id, Role::User, text)?;
-        let mut ticket = escalation
-            .add_line(ticket.id, "customer", None, text)
-            .await?;
-        if ticket.state == TicketState::WaitingOnCustomer {
-            ticket = escalation
-                .transition(ticket.id, TicketState::Assigned, "customer")
-                .await?;
-        }
+        self.store.flush().await?;
         self.tell_agents(
             &ticket,
             Template::AgentCustomerSaid,
@@ -141,7 +140,12 @@ impl Pipeline {
         crate::telemetry::ticket_opened(&ticket.category, ticket.priority.label());
         tracing::info!(ticket = %id, priority = ticket.priority.label(), category = %ticket.category, "ticket opened");
         // After the customer is told: the engine may take a while.
-        let ticket = match self.written_summary(&ticket).await {
+        // Bounded, so the agents get the ticket soon even from a busy engine.
+        let written = tokio::time::timeout(SUMMARY_TIMEOUT, self.written_summary(&ticket))
+            .await
+            .ok()
+            .flatten();
+        let ticket = match written {
             Some(summary) => escalation.set_summary(ticket.id, &summary).await?,
             None => ticket,
         };

@@ -1282,8 +1282,22 @@ fn store_error(path: &Path, err: sled::Error) -> StoreError {
 use sled::Transactional;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Opens the store again in the same process: sled's flusher thread can
+    /// hold the file lock for a moment after the last handle is dropped.
+    pub(crate) fn reopen(dir: &Path) -> Result<Store, StoreError> {
+        for _ in 0..50 {
+            match Store::open(dir) {
+                Err(StoreError::Locked { .. }) => {
+                    std::thread::sleep(std::time::Duration::from_millis(100))
+                }
+                other => return other,
+            }
+        }
+        Store::open(dir)
+    }
 
     #[test]
     fn customers_conversations_and_messages_round_trip() {
@@ -1357,7 +1371,7 @@ mod tests {
     fn data_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         store_one_message(dir.path(), "kept");
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path()).unwrap();
         let customer = store.find_customer("console", "u").unwrap().unwrap();
         let conversation = store
             .current_conversation(customer.id, "console", "u")
@@ -1379,7 +1393,7 @@ mod tests {
             *byte = (index * 7 + 13) as u8;
         }
         std::fs::write(&db_file, bytes).unwrap();
-        match Store::open(dir.path()) {
+        match reopen(dir.path()) {
             Err(StoreError::Corrupt { .. }) => {}
             Err(other) => panic!("unexpected error: {other}"),
             Ok(store) => {
@@ -1398,7 +1412,7 @@ mod tests {
         store.flush_blocking().unwrap();
         drop(store);
         drop(meta);
-        match Store::open(dir.path()) {
+        match reopen(dir.path()) {
             Err(StoreError::TooNew { found: 99, .. }) => {}
             Err(other) => panic!("unexpected error: {other}"),
             Ok(_) => panic!("opened a newer store"),
@@ -1442,7 +1456,7 @@ mod tests {
             store.meta.insert(KEY_SCHEMA, &1u32.to_be_bytes()).unwrap();
             store.flush_blocking().unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path()).unwrap();
         let first = store.find_customer("telegram", "1").unwrap().unwrap();
         assert_eq!(store.customer_ticket_count(first.id).unwrap(), 2);
 

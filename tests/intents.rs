@@ -109,6 +109,23 @@ fn a_bad_data_file_is_a_clear_error() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no column named body"), "{stderr}");
+
+    // An unquoted comma would shift the label: refused with its line.
+    std::fs::write(
+        &file,
+        "text,intent\nhello,smalltalk\ngreat, thanks,smalltalk\n",
+    )
+    .unwrap();
+    let output = Command::new(binary())
+        .args(["--data-dir"])
+        .arg(dir.path())
+        .args(["eval", "intents", "--folds", "0", "--data"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("line 3: 3 fields"), "{stderr}");
 }
 
 /// Judges the saved model (trained on the shipped data only) on `file`.
@@ -131,19 +148,44 @@ fn judge(file: &str) -> serde_json::Value {
 #[test]
 fn messages_unlike_the_training_data_are_still_mostly_right_in_both_languages() {
     // Floors, not targets: these sets are small and were written apart from
-    // the training examples (README gives the measured figures).
+    // the training examples (README gives the measured figures, among them
+    // an English recall of 0.64 on the second set).
+    let dir = tempfile::tempdir().unwrap();
     for file in [
         "tests/data/intents-heldout.csv",
         "tests/data/intents-heldout-b.csv",
     ] {
         let report = judge(file);
         println!("{file}: {report:#}");
-        let escalation = &report["escalation"];
-        let precision = escalation["precision"].as_f64().unwrap();
-        let recall = escalation["recall"].as_f64().unwrap();
-        let accuracy = report["intent_accuracy"].as_f64().unwrap();
-        assert!(precision >= 0.85, "{file}: precision {precision}");
+        let recall = report["escalation"]["recall"].as_f64().unwrap();
         assert!(recall >= 0.70, "{file}: recall {recall}");
-        assert!(accuracy >= 0.70, "{file}: intent accuracy {accuracy}");
+        let text = std::fs::read_to_string(file).unwrap();
+        let (header, rows) = text.split_once('\n').unwrap();
+        for (language, is_chinese) in [("en", false), ("zh", true)] {
+            let subset: Vec<&str> = rows
+                .lines()
+                .filter(|row| {
+                    row.chars()
+                        .any(|ch| ('\u{4e00}'..='\u{9fff}').contains(&ch))
+                        == is_chinese
+                })
+                .collect();
+            let path = dir.path().join(format!("{language}.csv"));
+            std::fs::write(&path, format!("{header}\n{}\n", subset.join("\n"))).unwrap();
+            let report = judge(path.to_str().unwrap());
+            let escalation = &report["escalation"];
+            let precision = escalation["precision"].as_f64().unwrap();
+            let recall = escalation["recall"].as_f64().unwrap();
+            let accuracy = report["intent_accuracy"].as_f64().unwrap();
+            assert!(
+                precision >= 0.85,
+                "{file} {language}: precision {precision}"
+            );
+            assert!(recall >= 0.55, "{file} {language}: recall {recall}");
+            assert!(
+                accuracy >= 0.65,
+                "{file} {language}: intent accuracy {accuracy}"
+            );
+        }
     }
 }

@@ -139,6 +139,12 @@ impl Escalation {
     /// Opens a ticket and stores it durably.
     pub async fn open(&self, new: NewTicket) -> Result<Ticket, EscalationError> {
         let guard = self.store.lock_tickets();
+        if let Some(other) = self.store.active_ticket_for(&new.platform, &new.chat_id)? {
+            return Err(EscalationError::ChatBusy {
+                id: "a new ticket".into(),
+                other: ticket::display_id(other.id),
+            });
+        }
         let earlier = self.store.customer_ticket_count(new.customer_id)?;
         let priority = priority_for(new.intent, &new.text, earlier);
         let now = now_ms();
@@ -235,6 +241,9 @@ impl Escalation {
                 ticket.due_ms = now_ms() + sla.deadline(ticket.priority).as_millis() as u64;
                 ticket.reminded = false;
                 ticket.breached = false;
+                // Rated again after the next resolution (the transitions keep
+                // the history).
+                ticket.rating = None;
             }
             ticket.transitions.push(Transition {
                 from: Some(ticket.state),
@@ -317,6 +326,49 @@ impl Escalation {
         .await
     }
 
+    /// The customer's message, in the transcript of a ticket still with
+    /// agents (one waiting on the customer goes back to its agent); `None`
+    /// when the ticket has left the agents meanwhile, checked under the lock.
+    pub async fn add_customer_line(
+        &self,
+        id: u64,
+        text: &str,
+    ) -> Result<Option<Ticket>, EscalationError> {
+        let result = self
+            .update(id, |ticket| {
+                if !ticket.state.with_agents() {
+                    return Err(EscalationError::Transition {
+                        id: ticket::display_id(id),
+                        from: ticket.state.label(),
+                        to: "relayed",
+                    });
+                }
+                let now = now_ms();
+                ticket.transcript.push(TranscriptLine {
+                    ts_ms: now,
+                    role: "customer".into(),
+                    author: None,
+                    text: text.to_string(),
+                });
+                if ticket.state == TicketState::WaitingOnCustomer {
+                    ticket.transitions.push(Transition {
+                        from: Some(ticket.state),
+                        to: TicketState::Assigned,
+                        at_ms: now,
+                        actor: "customer".into(),
+                    });
+                    ticket.state = TicketState::Assigned;
+                }
+                Ok(())
+            })
+            .await;
+        match result {
+            Ok(ticket) => Ok(Some(ticket)),
+            Err(EscalationError::Transition { .. }) => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
     /// An agent's answer to the customer, in the transcript; the first one
     /// takes an open ticket. Refused once the ticket has left the agents,
     /// checked under the same lock as the change.
@@ -362,7 +414,7 @@ impl Escalation {
         let guard = self.store.lock_tickets();
         let mut report = SlaReport::default();
         for mut ticket in self.store.active_tickets()? {
-            if ticket.state != TicketState::Open {
+            if answered_since_opened(&ticket) {
                 continue;
             }
             // Counted back from the deadline, which a reopen renews.
@@ -390,6 +442,21 @@ impl Escalation {
         }
         Ok(report)
     }
+}
+
+/// Whether an agent has written to the customer since the ticket was last
+/// opened (or reopened): that first answer is what the deadline is for.
+fn answered_since_opened(ticket: &Ticket) -> bool {
+    let opened = ticket
+        .transitions
+        .iter()
+        .rev()
+        .find(|transition| transition.to == TicketState::Open)
+        .map_or(ticket.created_ms, |transition| transition.at_ms);
+    ticket
+        .transcript
+        .iter()
+        .any(|line| line.role == "agent" && line.ts_ms >= opened)
 }
 
 /// What a deadline check found.
@@ -458,7 +525,7 @@ mod tests {
                 ids.push((ticket.id, path));
             }
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = crate::store::tests::reopen(dir.path()).unwrap();
         let escalation = Escalation::new(store.clone(), SlaPolicy::default());
         for (id, path) in ids {
             let ticket = escalation.get(id).unwrap();
@@ -546,6 +613,12 @@ mod tests {
         let rated = escalation.rate(ticket.id, 5).await.unwrap();
         assert_eq!(rated.rating, Some(5));
         assert_eq!(rated.state, TicketState::Closed);
+        // A resolved ticket takes no more customer lines: the bot is back.
+        assert!(escalation
+            .add_customer_line(ticket.id, "thanks!")
+            .await
+            .unwrap()
+            .is_none());
         // Rated once: an old button pressed again changes nothing.
         assert!(escalation.rate(ticket.id, 1).await.is_err());
         assert_eq!(escalation.get(ticket.id).unwrap().rating, Some(5));
@@ -609,6 +682,14 @@ mod tests {
             .breached
             .is_empty());
         assert!(escalation.get(ticket.id).unwrap().breached);
+        // The chat has a ticket with agents: no second one opens beside it.
+        let busy = escalation
+            .open(new_ticket(Intent::Complaint, "again"))
+            .await;
+        assert!(
+            matches!(busy, Err(EscalationError::ChatBusy { .. })),
+            "{busy:?}"
+        );
 
         // Reopened: a fresh deadline, reminded and breached again in time.
         escalation
@@ -625,7 +706,26 @@ mod tests {
         assert!(report.reminders.is_empty() && report.breached.is_empty());
         let report = escalation.check_deadlines(renewed + 60_000).await.unwrap();
         assert_eq!(report.reminders.len(), 1);
+        // Taking the ticket does not stop the clock; answering does.
+        escalation
+            .transition(ticket.id, TicketState::Assigned, "ann")
+            .await
+            .unwrap();
         let report = escalation.check_deadlines(renewed + 101_000).await.unwrap();
         assert_eq!(report.breached.len(), 1);
+        escalation
+            .transition(ticket.id, TicketState::Resolved, "ann")
+            .await
+            .unwrap();
+        let again = escalation
+            .transition(ticket.id, TicketState::Open, "ann")
+            .await
+            .unwrap();
+        escalation
+            .add_agent_answer(ticket.id, "ann", "On it.")
+            .await
+            .unwrap();
+        let report = escalation.check_deadlines(again.due_ms + 1).await.unwrap();
+        assert!(report.breached.is_empty() && report.reminders.is_empty());
     }
 }

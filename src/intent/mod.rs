@@ -237,8 +237,8 @@ pub fn read_examples(
         path: path.to_path_buf(),
         detail,
     };
+    // Not flexible: a row with an unquoted comma would shift its label.
     let mut reader = csv::ReaderBuilder::new()
-        .flexible(true)
         .from_path(path)
         .map_err(|err| IntentError::Io {
             path: path.to_path_buf(),
@@ -273,7 +273,13 @@ pub fn read_examples(
     let mut examples = Vec::new();
     for (row, record) in reader.records().enumerate() {
         let line = row + 2;
-        let record = record.map_err(|err| data_error(format!("line {line}: {err}")))?;
+        let record = record.map_err(|err| match err.kind() {
+            csv::ErrorKind::UnequalLengths { len, .. } => data_error(format!(
+                "line {line}: {len} fields where the header has {}; quote a text that contains commas",
+                headers.len()
+            )),
+            _ => data_error(format!("line {line}: {err}")),
+        })?;
         let text = record.get(text_at).unwrap_or_default().trim();
         let label = record.get(label_at).unwrap_or_default().trim();
         if text.is_empty() {
