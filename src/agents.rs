@@ -80,22 +80,22 @@ impl AgentDesk {
         if !config.escalation.enabled {
             return Self::default();
         }
-        let telegram = config
-            .telegram
-            .agents_chat_id
-            .filter(|_| config.telegram.enabled)
-            .map(|chat| ConversationRef {
-                platform: "telegram".into(),
-                chat_id: chat.to_string(),
-            });
-        let discord = config
-            .discord
-            .agents_channel_id
-            .filter(|_| config.discord.enabled)
-            .map(|channel| ConversationRef {
-                platform: "discord".into(),
-                chat_id: channel.to_string(),
-            });
+        let space = |platform: &str, enabled: bool, id: Option<String>| {
+            id.filter(|_| enabled).map(|chat_id| ConversationRef {
+                platform: platform.into(),
+                chat_id,
+            })
+        };
+        let telegram = space(
+            "telegram",
+            config.telegram.enabled,
+            config.telegram.agents_chat_id.map(|id| id.to_string()),
+        );
+        let discord = space(
+            "discord",
+            config.discord.enabled,
+            config.discord.agents_channel_id.map(|id| id.to_string()),
+        );
         Self::new(
             telegram.into_iter().chain(discord).collect(),
             config.escalation.agents.clone(),

@@ -53,28 +53,14 @@ fn classify_prints_one_labelled_object_per_line() {
 
 #[test]
 fn escalation_meets_its_targets_on_the_dev_set_by_cross_validation() {
-    let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(binary())
-        .args(["--data-dir"])
-        .arg(dir.path())
-        .args([
-            "eval",
-            "intents",
-            "--data",
-            DEV_SET,
-            "--text-column",
-            "instruction",
-            "--label-column",
-            "intent",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = eval_intents(&[
+        "--data",
+        DEV_SET,
+        "--text-column",
+        "instruction",
+        "--label-column",
+        "intent",
+    ]);
     println!("{report:#}");
     assert_eq!(report["folds"], 5);
     assert!(report["rows"].as_u64().unwrap() > 2900);
@@ -128,13 +114,14 @@ fn a_bad_data_file_is_a_clear_error() {
     assert!(stderr.contains("line 3: 3 fields"), "{stderr}");
 }
 
-/// Judges the saved model (trained on the shipped data only) on `file`.
-fn judge(file: &str) -> serde_json::Value {
+/// `concierge eval intents ARGS` in a fresh data directory: its JSON report.
+fn eval_intents(args: &[&str]) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let output = Command::new(binary())
         .args(["--data-dir"])
         .arg(dir.path())
-        .args(["eval", "intents", "--folds", "0", "--data", file])
+        .args(["eval", "intents"])
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -143,6 +130,11 @@ fn judge(file: &str) -> serde_json::Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Judges the model trained on the shipped data only on `file`.
+fn judge(file: &str) -> serde_json::Value {
+    eval_intents(&["--folds", "0", "--data", file])
 }
 
 #[test]
