@@ -136,15 +136,29 @@ impl Escalation {
         Ok(ticket)
     }
 
+    /// Refuses when the chat already has a ticket with agents other than
+    /// `except`: one ticket per chat in people's hands, so the chat's
+    /// messages have one place to go. Call with the ticket lock held.
+    fn check_chat_free(
+        &self,
+        platform: &str,
+        chat_id: &str,
+        except: Option<u64>,
+        wanted: &str,
+    ) -> Result<(), EscalationError> {
+        match self.store.active_ticket_for(platform, chat_id)? {
+            Some(other) if Some(other.id) != except => Err(EscalationError::ChatBusy {
+                id: wanted.to_string(),
+                other: ticket::display_id(other.id),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Opens a ticket and stores it durably.
     pub async fn open(&self, new: NewTicket) -> Result<Ticket, EscalationError> {
         let guard = self.store.lock_tickets();
-        if let Some(other) = self.store.active_ticket_for(&new.platform, &new.chat_id)? {
-            return Err(EscalationError::ChatBusy {
-                id: "a new ticket".into(),
-                other: ticket::display_id(other.id),
-            });
-        }
+        self.check_chat_free(&new.platform, &new.chat_id, None, "a new ticket")?;
         let earlier = self.store.customer_ticket_count(new.customer_id)?;
         let priority = priority_for(new.intent, &new.text, earlier);
         let now = now_ms();
@@ -213,7 +227,6 @@ impl Escalation {
         actor: &str,
     ) -> Result<Ticket, EscalationError> {
         let sla = self.sla;
-        let store = &self.store;
         self.update(id, |ticket| {
             if !ticket.state.can_move_to(to) {
                 return Err(EscalationError::Transition {
@@ -226,17 +239,12 @@ impl Escalation {
                 ticket.assignee = Some(actor.to_string());
             }
             if to == TicketState::Open {
-                // One ticket per chat in people's hands, so the chat's
-                // messages have one place to go.
-                let other = store
-                    .active_ticket_for(&ticket.platform, &ticket.chat_id)?
-                    .map(|other| other.id);
-                if let Some(other) = other.filter(|other| *other != id) {
-                    return Err(EscalationError::ChatBusy {
-                        id: ticket::display_id(id),
-                        other: ticket::display_id(other),
-                    });
-                }
+                self.check_chat_free(
+                    &ticket.platform,
+                    &ticket.chat_id,
+                    Some(id),
+                    &ticket::display_id(id),
+                )?;
                 // A reopened ticket gets a fresh deadline.
                 ticket.due_ms = now_ms() + sla.deadline(ticket.priority).as_millis() as u64;
                 ticket.reminded = false;
@@ -245,13 +253,7 @@ impl Escalation {
                 // the history).
                 ticket.rating = None;
             }
-            ticket.transitions.push(Transition {
-                from: Some(ticket.state),
-                to,
-                at_ms: now_ms(),
-                actor: actor.to_string(),
-            });
-            ticket.state = to;
+            record_move(ticket, to, actor, now_ms());
             Ok(())
         })
         .await
@@ -266,12 +268,7 @@ impl Escalation {
         text: &str,
     ) -> Result<Ticket, EscalationError> {
         self.update(id, |ticket| {
-            ticket.transcript.push(TranscriptLine {
-                ts_ms: now_ms(),
-                role: role.to_string(),
-                author: author.map(str::to_string),
-                text: text.to_string(),
-            });
+            push_line(ticket, role, author, text, now_ms());
             Ok(())
         })
         .await
@@ -314,13 +311,7 @@ impl Escalation {
                 });
             }
             ticket.rating = Some(rating);
-            ticket.transitions.push(Transition {
-                from: Some(ticket.state),
-                to: TicketState::Closed,
-                at_ms: now_ms(),
-                actor: "customer".into(),
-            });
-            ticket.state = TicketState::Closed;
+            record_move(ticket, TicketState::Closed, "customer", now_ms());
             Ok(())
         })
         .await
@@ -344,20 +335,9 @@ impl Escalation {
                     });
                 }
                 let now = now_ms();
-                ticket.transcript.push(TranscriptLine {
-                    ts_ms: now,
-                    role: "customer".into(),
-                    author: None,
-                    text: text.to_string(),
-                });
+                push_line(ticket, "customer", None, text, now);
                 if ticket.state == TicketState::WaitingOnCustomer {
-                    ticket.transitions.push(Transition {
-                        from: Some(ticket.state),
-                        to: TicketState::Assigned,
-                        at_ms: now,
-                        actor: "customer".into(),
-                    });
-                    ticket.state = TicketState::Assigned;
+                    record_move(ticket, TicketState::Assigned, "customer", now);
                 }
                 Ok(())
             })
@@ -388,21 +368,10 @@ impl Escalation {
             }
             let now = now_ms();
             if ticket.state == TicketState::Open {
-                ticket.transitions.push(Transition {
-                    from: Some(ticket.state),
-                    to: TicketState::Assigned,
-                    at_ms: now,
-                    actor: agent.to_string(),
-                });
-                ticket.state = TicketState::Assigned;
+                record_move(ticket, TicketState::Assigned, agent, now);
                 ticket.assignee = Some(agent.to_string());
             }
-            ticket.transcript.push(TranscriptLine {
-                ts_ms: now,
-                role: "agent".into(),
-                author: Some(agent.to_string()),
-                text: text.to_string(),
-            });
+            push_line(ticket, "agent", Some(agent), text, now);
             Ok(())
         })
         .await
@@ -442,6 +411,27 @@ impl Escalation {
         }
         Ok(report)
     }
+}
+
+/// Records a change of state: who moved the ticket to `to`, and when.
+fn record_move(ticket: &mut Ticket, to: TicketState, actor: &str, at_ms: u64) {
+    ticket.transitions.push(Transition {
+        from: Some(ticket.state),
+        to,
+        at_ms,
+        actor: actor.to_string(),
+    });
+    ticket.state = to;
+}
+
+/// Adds a line to the transcript.
+fn push_line(ticket: &mut Ticket, role: &str, author: Option<&str>, text: &str, ts_ms: u64) {
+    ticket.transcript.push(TranscriptLine {
+        ts_ms,
+        role: role.to_string(),
+        author: author.map(str::to_string),
+        text: text.to_string(),
+    });
 }
 
 /// Whether an agent has written to the customer since the ticket was last
@@ -645,42 +635,19 @@ mod tests {
             .await
             .unwrap();
         let start = ticket.created_ms;
-        assert!(escalation
-            .check_deadlines(start + 10_000)
-            .await
-            .unwrap()
-            .reminders
-            .is_empty());
-        assert_eq!(
-            escalation
-                .check_deadlines(start + 60_000)
-                .await
-                .unwrap()
-                .reminders
-                .len(),
-            1
-        );
-        assert!(escalation
-            .check_deadlines(start + 70_000)
-            .await
-            .unwrap()
-            .reminders
-            .is_empty());
-        assert_eq!(
-            escalation
-                .check_deadlines(start + 101_000)
-                .await
-                .unwrap()
-                .breached
-                .len(),
-            1
-        );
-        assert!(escalation
-            .check_deadlines(start + 200_000)
-            .await
-            .unwrap()
-            .breached
-            .is_empty());
+        // (reminders, breaches) found by a check at `now`.
+        let check = |now: u64| {
+            let escalation = escalation.clone();
+            async move {
+                let report = escalation.check_deadlines(now).await.unwrap();
+                (report.reminders.len(), report.breached.len())
+            }
+        };
+        assert_eq!(check(start + 10_000).await, (0, 0));
+        assert_eq!(check(start + 60_000).await, (1, 0));
+        assert_eq!(check(start + 70_000).await, (0, 0));
+        assert_eq!(check(start + 101_000).await, (0, 1));
+        assert_eq!(check(start + 200_000).await, (0, 0));
         assert!(escalation.get(ticket.id).unwrap().breached);
         // The chat has a ticket with agents: no second one opens beside it.
         let busy = escalation
@@ -702,17 +669,14 @@ mod tests {
             .unwrap();
         assert!(!reopened.breached && !reopened.reminded);
         let renewed = reopened.due_ms - 100_000;
-        let report = escalation.check_deadlines(renewed + 10_000).await.unwrap();
-        assert!(report.reminders.is_empty() && report.breached.is_empty());
-        let report = escalation.check_deadlines(renewed + 60_000).await.unwrap();
-        assert_eq!(report.reminders.len(), 1);
+        assert_eq!(check(renewed + 10_000).await, (0, 0));
+        assert_eq!(check(renewed + 60_000).await, (1, 0));
         // Taking the ticket does not stop the clock; answering does.
         escalation
             .transition(ticket.id, TicketState::Assigned, "ann")
             .await
             .unwrap();
-        let report = escalation.check_deadlines(renewed + 101_000).await.unwrap();
-        assert_eq!(report.breached.len(), 1);
+        assert_eq!(check(renewed + 101_000).await, (0, 1));
         escalation
             .transition(ticket.id, TicketState::Resolved, "ann")
             .await
@@ -725,7 +689,6 @@ mod tests {
             .add_agent_answer(ticket.id, "ann", "On it.")
             .await
             .unwrap();
-        let report = escalation.check_deadlines(again.due_ms + 1).await.unwrap();
-        assert!(report.breached.is_empty() && report.reminders.is_empty());
+        assert_eq!(check(again.due_ms + 1).await, (0, 0));
     }
 }
