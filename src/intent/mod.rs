@@ -388,11 +388,16 @@ mod tests {
             ),
             ("thanks a lot, have a nice day!", Intent::Smalltalk, false),
         ];
-        for (text, intent, escalate) in cases {
+        assert_cases(&classifier, &cases, Locale::En);
+    }
+
+    /// Each text gets its intent, escalation decision and language.
+    fn assert_cases(classifier: &Classifier, cases: &[(&str, Intent, bool)], lang: Locale) {
+        for &(text, intent, escalate) in cases {
             let result = classifier.classify(text);
             assert_eq!(result.intent, intent, "{text}: {result:?}");
             assert_eq!(result.escalate, escalate, "{text}: {result:?}");
-            assert_eq!(result.lang, Locale::En);
+            assert_eq!(result.lang, lang);
         }
     }
 
@@ -414,12 +419,7 @@ mod tests {
             ),
             ("谢谢你，再见", Intent::Smalltalk, false),
         ];
-        for (text, intent, escalate) in cases {
-            let result = classifier.classify(text);
-            assert_eq!(result.intent, intent, "{text}: {result:?}");
-            assert_eq!(result.escalate, escalate, "{text}: {result:?}");
-            assert_eq!(result.lang, Locale::Zh);
-        }
+        assert_cases(&classifier, &cases, Locale::Zh);
     }
 
     #[test]
