@@ -15,7 +15,7 @@ use anyhow::Context;
 use concierge_adapter::{Adapter, ConversationRef, Inbound, InboundContent, Outbound, SenderRef};
 
 use crate::config::{AgentConfig, Config};
-use crate::escalation::ticket::{display_id, parse_id, TicketState};
+use crate::escalation::ticket::{display_id, parse_id};
 use crate::pipeline::Pipeline;
 use crate::prompts::Template;
 use crate::store::{AgentPost, Ticket};
@@ -569,17 +569,6 @@ impl Pipeline {
             }
         }
         Ok(())
-    }
-
-    /// A resolved or closed ticket is opened again: the chat goes back to people.
-    pub async fn agent_reopen(&self, id: u64, agent: &str) -> anyhow::Result<Ticket> {
-        let ticket = self
-            .escalation()?
-            .transition(id, TicketState::Open, agent)
-            .await?;
-        self.tell_agents(&ticket, Template::AgentReopened, &[("agent", agent)], None)
-            .await;
-        Ok(ticket)
     }
 }
 

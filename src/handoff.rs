@@ -324,11 +324,26 @@ impl Pipeline {
 
     /// An agent takes the ticket.
     pub async fn agent_assign(&self, id: u64, agent: &str) -> anyhow::Result<Ticket> {
-        let ticket = self
-            .escalation()?
-            .transition(id, TicketState::Assigned, agent)
-            .await?;
-        self.tell_agents(&ticket, Template::AgentAssigned, &[("agent", agent)], None)
+        self.move_and_tell(id, TicketState::Assigned, agent, Template::AgentAssigned)
+            .await
+    }
+
+    /// A resolved or closed ticket is opened again: the chat goes back to people.
+    pub async fn agent_reopen(&self, id: u64, agent: &str) -> anyhow::Result<Ticket> {
+        self.move_and_tell(id, TicketState::Open, agent, Template::AgentReopened)
+            .await
+    }
+
+    /// Moves the ticket for `agent` and tells the agents' spaces `template`.
+    async fn move_and_tell(
+        &self,
+        id: u64,
+        to: TicketState,
+        agent: &str,
+        template: Template,
+    ) -> anyhow::Result<Ticket> {
+        let ticket = self.escalation()?.transition(id, to, agent).await?;
+        self.tell_agents(&ticket, template, &[("agent", agent)], None)
             .await;
         Ok(ticket)
     }
