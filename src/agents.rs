@@ -16,7 +16,7 @@ use concierge_adapter::{Adapter, ConversationRef, Inbound, InboundContent, Outbo
 
 use crate::config::{AgentConfig, Config};
 use crate::escalation::ticket::{display_id, parse_id};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{split_command, Pipeline};
 use crate::prompts::Template;
 use crate::store::{AgentPost, Ticket};
 
@@ -168,15 +168,6 @@ fn named_ticket(word: &str) -> Option<u64> {
         .strip_prefix("T-")
         .or_else(|| word.strip_prefix("t-"))?;
     parse_id(digits)
-}
-
-/// `/name@bot rest` as `(name, rest)`, lowercased name; `None` for plain text.
-fn split_command(text: &str) -> Option<(String, &str)> {
-    let text = text.trim_start();
-    let word = text.split_whitespace().next()?;
-    let name = word.strip_prefix('/')?;
-    let name = name.split('@').next().unwrap_or(name).to_lowercase();
-    Some((name, text[word.len()..].trim()))
 }
 
 impl Pipeline {
@@ -440,16 +431,9 @@ impl Pipeline {
             return Ok(());
         };
         // An explicit ticket id first, else the thread, topic or reply.
-        let mut words = rest.split_whitespace().peekable();
-        let named = words.peek().and_then(|word| named_ticket(word));
-        let rest = if named.is_some() {
-            words.next();
-            rest.trim_start()
-                .split_once(char::is_whitespace)
-                .map_or("", |(_, after)| after.trim())
-        } else {
-            rest
-        };
+        let (first, after) = rest.split_once(char::is_whitespace).unwrap_or((rest, ""));
+        let named = named_ticket(first);
+        let rest = if named.is_some() { after.trim() } else { rest };
         let Some(id) = named.or(in_context) else {
             let text = self.prompts.render(
                 locale,

@@ -220,28 +220,27 @@ fn as_link_code(text: &str) -> Option<String> {
         .then_some(code)
 }
 
-fn parse_command(text: &str) -> Option<Command> {
+/// `/name@bot rest` as `(name, rest)`, the name lowercased without the
+/// bot's name (Telegram appends it in groups: /help@shop_bot); `None` for
+/// plain text.
+pub(crate) fn split_command(text: &str) -> Option<(String, &str)> {
+    let text = text.trim_start();
     let word = text.split_whitespace().next()?;
     let name = word.strip_prefix('/')?;
-    // Telegram appends the bot's name in groups: /help@shop_bot.
     let name = name.split('@').next().unwrap_or(name).to_lowercase();
+    Some((name, text[word.len()..].trim()))
+}
+
+fn parse_command(text: &str) -> Option<Command> {
+    let (name, rest) = split_command(text)?;
     Some(match name.as_str() {
         "start" => Command::Start,
         "help" => Command::Help,
         "reset" => Command::Reset,
-        "recommend" => Command::Recommend(
-            text.trim()
-                .split_once(char::is_whitespace)
-                .map_or_else(String::new, |(_, rest)| rest.trim().to_string()),
-        ),
+        "recommend" => Command::Recommend(rest.to_string()),
         "human" => Command::Human,
-        "link" => Command::Link(
-            text.trim()
-                .split_once(char::is_whitespace)
-                .map(|(_, rest)| rest.trim().to_string())
-                .filter(|rest| !rest.is_empty()),
-        ),
-        _ => Command::Unknown(word.to_string()),
+        "link" => Command::Link(Some(rest.to_string()).filter(|rest| !rest.is_empty())),
+        _ => Command::Unknown(text.split_whitespace().next().unwrap_or(text).to_string()),
     })
 }
 
@@ -480,8 +479,8 @@ impl Pipeline {
                     .render(locale, Template::UnknownCommand, &[("command", "/human")])
             }
             Command::Unknown(word) => {
-                let name = word.trim_start_matches('/').split('@').next().unwrap_or("");
-                if crate::agents::is_agent_command(&name.to_lowercase()) {
+                let name = split_command(&word).map(|(name, _)| name);
+                if name.is_some_and(|name| crate::agents::is_agent_command(&name)) {
                     // Agent commands work only in the agents' spaces, for agents.
                     tracing::warn!(platform = %inbound.sender.platform, user = %inbound.sender.user_id, command = %word, "agent command refused in a customer chat");
                     self.prompts
