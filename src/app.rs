@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, EngineBackend};
+use crate::engine::cpu::CpuEngine;
 use crate::engine::mistral::MistralEngine;
 use crate::engine::scripted::ScriptedEngine;
 use crate::engine::{Llm, Sampling};
@@ -49,15 +51,69 @@ pub async fn build_engine(config: &Config) -> anyhow::Result<Arc<dyn Llm>> {
                 .context("engine.script_file is required for the scripted engine")?;
             Ok(Arc::new(ScriptedEngine::from_file(path)?))
         }
-        EngineBackend::Mistralrs => {
+        EngineBackend::Auto | EngineBackend::Cpu | EngineBackend::Mistralrs => {
             let engine_config = config.engine.clone();
             let path = tokio::task::spawn_blocking(move || models::prepare(&engine_config))
                 .await
                 .context("model preparation task failed")??;
-            eprintln!("concierge: loading {} ...", path.display());
-            let engine = MistralEngine::load(&path, &config.engine).await?;
-            Ok(Arc::new(engine))
+            load_engine(&path, config.engine.backend, &config.engine).await
         }
+    }
+}
+
+/// Which in-process engine runs a model file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineChoice {
+    /// Concierge's CPU engine.
+    Cpu,
+    /// mistral.rs.
+    Mistralrs,
+}
+
+/// Whether this build has a GPU feature, which leaves the work to mistral.rs.
+pub const GPU_BUILD: bool = cfg!(any(feature = "cuda", feature = "metal"));
+
+/// Resolves `backend` for the file at `path`: `auto` takes the CPU engine
+/// when no GPU feature is compiled in and the file is supported there.
+pub fn choose_engine(backend: EngineBackend, path: &Path) -> EngineChoice {
+    match backend {
+        EngineBackend::Cpu => EngineChoice::Cpu,
+        EngineBackend::Mistralrs | EngineBackend::Scripted => EngineChoice::Mistralrs,
+        EngineBackend::Auto if GPU_BUILD => EngineChoice::Mistralrs,
+        EngineBackend::Auto => match crate::engine::cpu::check_file(path) {
+            Ok(()) => EngineChoice::Cpu,
+            Err(reason) => {
+                tracing::info!(%reason, "engine.backend = auto: running this model on mistral.rs");
+                EngineChoice::Mistralrs
+            }
+        },
+    }
+}
+
+/// Loads the prepared model file at `path` on the engine `backend` resolves to.
+pub async fn load_engine(
+    path: &Path,
+    backend: EngineBackend,
+    engine: &crate::config::EngineConfig,
+) -> anyhow::Result<Arc<dyn Llm>> {
+    let choice = choose_engine(backend, path);
+    eprintln!(
+        "concierge: loading {} ({}) ...",
+        path.display(),
+        match choice {
+            EngineChoice::Cpu => "Concierge CPU engine",
+            EngineChoice::Mistralrs => "mistral.rs",
+        }
+    );
+    match choice {
+        EngineChoice::Cpu => {
+            let (path, engine) = (path.to_path_buf(), engine.clone());
+            let loaded = tokio::task::spawn_blocking(move || CpuEngine::load(&path, &engine))
+                .await
+                .context("model loading task failed")??;
+            Ok(Arc::new(loaded))
+        }
+        EngineChoice::Mistralrs => Ok(Arc::new(MistralEngine::load(path, engine).await?)),
     }
 }
 
@@ -77,6 +133,8 @@ fn pipeline_settings(config: &Config) -> PipelineSettings {
             top_p: config.engine.top_p,
             max_tokens: config.engine.max_tokens,
             repetition_penalty: config.engine.repetition_penalty as f32,
+            top_k: config.engine.top_k,
+            seed: config.engine.seed,
         },
         context_tokens: config.engine.context_tokens,
         max_message_chars: config.chat.max_message_chars,

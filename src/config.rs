@@ -179,6 +179,11 @@ pub struct StoreConfig {
 /// Which implementation of the engine trait runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EngineBackend {
+    /// Concierge's CPU engine when no GPU feature is compiled in and the
+    /// model's architecture is supported; mistral.rs otherwise.
+    Auto,
+    /// Concierge's own CPU engine (`engine::cpu`), always.
+    Cpu,
     /// mistral.rs in process, loading a local GGUF file.
     Mistralrs,
     /// The scripted test double (`engine.script_file`); for tests and demos
@@ -212,6 +217,10 @@ pub struct EngineConfig {
     pub temperature: f64,
     /// Nucleus sampling mass.
     pub top_p: f64,
+    /// Most likely tokens kept before nucleus sampling; 0 keeps all.
+    pub top_k: usize,
+    /// Sampler seed for reproducible replies; unset draws one per reply.
+    pub seed: Option<u64>,
     /// Penalty on repeated tokens; 1.0 is none.
     pub repetition_penalty: f64,
     /// Token budget of one prompt (system prompt, history and reply).
@@ -220,6 +229,8 @@ pub struct EngineConfig {
     pub max_num_seqs: usize,
     /// Prompt prefixes kept in the prefix cache.
     pub prefix_cache: usize,
+    /// Memory the CPU engine's KV caches may hold together, in MiB.
+    pub kv_cache_mb: usize,
     /// Compute threads; 0 means one per available core.
     pub threads: usize,
     /// Script of the scripted backend.
@@ -892,11 +903,13 @@ impl Reader<'_> {
         let backend = self.parsed(
             "engine",
             "backend",
-            EngineBackend::Mistralrs,
+            EngineBackend::Auto,
             |raw| match raw {
+                "auto" => Ok(EngineBackend::Auto),
+                "cpu" => Ok(EngineBackend::Cpu),
                 "mistralrs" => Ok(EngineBackend::Mistralrs),
                 "scripted" => Ok(EngineBackend::Scripted),
-                _ => Err("expected \"mistralrs\" or \"scripted\"".into()),
+                _ => Err("expected \"auto\", \"cpu\", \"mistralrs\" or \"scripted\"".into()),
             },
         );
         let engine = EngineConfig {
@@ -915,10 +928,16 @@ impl Reader<'_> {
             max_tokens: self.integer("engine", "max_tokens", 256, 1..=32_768),
             temperature: self.float("engine", "temperature", 0.3, 0.0..=2.0),
             top_p: self.float("engine", "top_p", 0.9, 0.01..=1.0),
+            top_k: self.integer("engine", "top_k", 0, 0..=1_000_000),
+            seed: match self.integer("engine", "seed", usize::MAX, 0..=usize::MAX) {
+                usize::MAX => None,
+                seed => Some(seed as u64),
+            },
             repetition_penalty: self.float("engine", "repetition_penalty", 1.15, 1.0..=2.0),
             context_tokens: self.integer("engine", "context_tokens", 2048, 128..=1_048_576),
             max_num_seqs: self.integer("engine", "max_num_seqs", 4, 1..=256),
             prefix_cache: self.integer("engine", "prefix_cache", 16, 0..=4096),
+            kv_cache_mb: self.integer("engine", "kv_cache_mb", 1024, 16..=1_048_576),
             threads: self.integer("engine", "threads", 0, 0..=1024),
             script_file: self.optional_path("engine", "script_file"),
         };

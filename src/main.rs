@@ -284,16 +284,29 @@ enum ConfigAction {
 
 #[derive(Subcommand)]
 enum ModelsAction {
-    /// Download the default model (models/fetch) and check its sha256
-    Fetch,
-    /// Re-quantise a GGUF model to Q8_0 (fast CPU kernels)
+    /// Download the default model (models/fetch), or a known model NAME from the
+    /// Hugging Face hub (HF_ENDPOINT, HF_TOKEN); downloads resume and are checked
+    /// against the hub's sha256
+    Fetch {
+        /// A name from `concierge models list` [default: the default model]
+        name: Option<String>,
+        /// Directory to put it in [default: the directory of engine.model_path]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// The models `fetch` knows, with licence and size (JSON lines)
+    List,
+    /// Re-quantise a GGUF model to Q8_0 or Q4_0 (fast CPU kernels)
     Convert {
         /// Source file [default: engine.model_path]
         #[arg(long)]
         input: Option<PathBuf>,
-        /// Output file [default: beside the source, named .Q8_0.gguf]
+        /// Output file [default: beside the source, named .Q8_0.gguf or .Q4_0.gguf]
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Quantisation to write
+        #[arg(long, default_value = "q8_0", value_parser = ["q8_0", "q4_0"])]
+        to: String,
     },
 }
 
@@ -310,6 +323,12 @@ enum BenchAction {
         /// Tokens generated per run
         #[arg(long, default_value_t = 64)]
         max_tokens: usize,
+        /// Engine to measure [default: engine.backend]
+        #[arg(long, value_parser = ["auto", "cpu", "mistralrs"])]
+        backend: Option<String>,
+        /// Concurrent request counts for the aggregate decode figures
+        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+        concurrency: Vec<usize>,
     },
     /// Recommendation latency, freshness and memory on a synthetic shop (JSON)
     Recommend {
@@ -458,20 +477,32 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
         Command::Serve => block_on(app::serve(config, shutdown_signal())),
         Command::History { user, platform } => print_history(config, &user, &platform),
         Command::Models { action } => match action {
-            ModelsAction::Fetch => {
-                let dir = config
+            ModelsAction::Fetch { name, dir } => {
+                let default_dir = config
                     .engine
                     .model_path
                     .parent()
                     .filter(|dir| !dir.as_os_str().is_empty())
-                    .unwrap_or(std::path::Path::new("."));
-                models::fetch(dir)
+                    .unwrap_or(std::path::Path::new("."))
+                    .to_path_buf();
+                let dir = dir.unwrap_or(default_dir);
+                match name {
+                    Some(name) => models::fetch_known(&name, &dir).map(|_| ()),
+                    None => models::fetch(&dir),
+                }
             }
-            ModelsAction::Convert { input, output } => {
+            ModelsAction::List => {
+                for model in models::catalog::KNOWN_MODELS {
+                    println!("{}", serde_json::to_string(model)?);
+                }
+                Ok(())
+            }
+            ModelsAction::Convert { input, output, to } => {
+                use concierge::engine::convert::{quant_path, Target};
+                let target = if to == "q4_0" { Target::Q4_0 } else { Target::Q8_0 };
                 let input = input.unwrap_or_else(|| config.engine.model_path.clone());
-                let output =
-                    output.unwrap_or_else(|| concierge::engine::convert::q8_0_path(&input));
-                models::convert_q8_0(&input, &output)
+                let output = output.unwrap_or_else(|| quant_path(&input, target));
+                models::convert_to(&input, &output, target)
             }
         },
         Command::Bench {
@@ -480,17 +511,27 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
                     model,
                     runs,
                     max_tokens,
+                    backend,
+                    concurrency,
                 },
         } => {
+            let mut engine = config.engine.clone();
+            engine.backend = match backend.as_deref() {
+                Some("cpu") => config::EngineBackend::Cpu,
+                Some("mistralrs") => config::EngineBackend::Mistralrs,
+                Some(_) => config::EngineBackend::Auto,
+                None => engine.backend,
+            };
             let path = match model {
                 Some(path) => path,
-                None => models::prepare(&config.engine)?,
+                None => models::prepare(&engine)?,
             };
             let figures = block_on(bench::engine(
                 &path,
-                &config.engine,
+                &engine,
                 runs.max(1),
                 max_tokens,
+                &concurrency,
             ))?;
             println!("{}", serde_json::to_string_pretty(&figures)?);
             Ok(())

@@ -67,6 +67,8 @@ pub struct TensorEntry {
     pub ggml_type: u32,
     /// Number of elements.
     pub elements: u64,
+    /// Dimensions, fastest-varying first (ggml's `ne`): `[cols, rows]` for a matrix.
+    pub dims: Vec<u64>,
     /// Offset in the data section.
     pub offset: u64,
 }
@@ -80,6 +82,8 @@ pub struct GgufHeader {
     pub metadata: HashMap<String, MetaValue>,
     /// The tensor table.
     pub tensors: Vec<TensorEntry>,
+    /// File offset of the data section (tensor offsets are relative to it).
+    pub data_start: u64,
 }
 
 impl GgufHeader {
@@ -112,7 +116,7 @@ impl GgufHeader {
 }
 
 /// (name, elements per block, bytes per block) of ggml types.
-fn ggml_type_layout(ggml_type: u32) -> Option<(&'static str, u64, u64)> {
+pub fn ggml_type_layout(ggml_type: u32) -> Option<(&'static str, u64, u64)> {
     Some(match ggml_type {
         0 => ("F32", 1, 4),
         1 => ("F16", 1, 2),
@@ -156,8 +160,9 @@ pub fn read_header(path: &Path) -> Result<GgufHeader, EngineError> {
         file_len,
         path: path.to_path_buf(),
     };
-    let header = reader.header()?;
+    let mut header = reader.header()?;
     let data_start = reader.data_start(&header)?;
+    header.data_start = data_start;
     let mut end = 0;
     for tensor in &header.tensors {
         let Some((_, block_elements, block_bytes)) = ggml_type_layout(tensor.ggml_type) else {
@@ -315,8 +320,11 @@ impl HeaderReader {
                 return Err(self.corrupt(format!("tensor {name} has {dimensions} dimensions")));
             }
             let mut elements: u64 = 1;
+            let mut dims = Vec::with_capacity(dimensions as usize);
             for _ in 0..dimensions {
-                elements = elements.saturating_mul(self.u64()?);
+                let dim = self.u64()?;
+                elements = elements.saturating_mul(dim);
+                dims.push(dim);
             }
             let ggml_type = self.u32()?;
             let offset = self.u64()?;
@@ -324,6 +332,7 @@ impl HeaderReader {
                 name,
                 ggml_type,
                 elements,
+                dims,
                 offset,
             });
         }
@@ -331,6 +340,7 @@ impl HeaderReader {
             version,
             metadata,
             tensors,
+            data_start: 0,
         })
     }
 
@@ -345,6 +355,9 @@ impl HeaderReader {
         Ok(position.div_ceil(alignment) * alignment)
     }
 }
+
+const SINGLE_DIGIT_SPLIT: &str = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+const LLAMA3_SPLIT: &str = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 /// The model's own tokenizer, built from GGUF metadata (gpt2-style BPE).
 /// Returns `None` for tokenizer kinds this build cannot reconstruct.
@@ -387,12 +400,19 @@ pub fn tokenizer_from_header(header: &GgufHeader) -> Option<tokenizers::Tokenize
         .build()
         .ok()?;
     let mut tokenizer = tokenizers::Tokenizer::new(bpe);
-    // The GPT-2 pre-tokenisation regex, as llama.cpp and mistral.rs use for gpt2 GGUF vocabularies.
+    // The pre-tokenisation regex of the vocabulary's family: Llama 3 groups
+    // up to three digits; the others split digits one by one (the regex
+    // mistral.rs uses for every gpt2 GGUF vocabulary).
+    let pattern = match header
+        .metadata
+        .get("tokenizer.ggml.pre")
+        .and_then(MetaValue::as_str)
+    {
+        Some("llama-bpe" | "llama3") => LLAMA3_SPLIT,
+        _ => SINGLE_DIGIT_SPLIT,
+    };
     let split = Split::new(
-        SplitPattern::Regex(
-            "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
-                .to_string(),
-        ),
+        SplitPattern::Regex(pattern.to_string()),
         SplitDelimiterBehavior::Isolated,
         false,
     )
@@ -404,12 +424,37 @@ pub fn tokenizer_from_header(header: &GgufHeader) -> Option<tokenizers::Tokenize
     tokenizer.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::new(
         false, false, false,
     )));
-    let special: Vec<AddedToken> = ["tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"]
-        .iter()
-        .filter_map(|key| header.metadata.get(*key)?.as_u64())
-        .filter_map(|id| tokens.get(id as usize))
-        .map(|token| AddedToken::from(token.clone(), true))
-        .collect();
+    // Every token that is not a normal one (control, user-defined, unused)
+    // is matched whole in the text, as mistral.rs and llama.cpp do, so chat
+    // markers such as <|im_start|> become one token.
+    let types: Vec<i128> = match header.metadata.get("tokenizer.ggml.token_type") {
+        Some(MetaValue::Array(values)) => values
+            .iter()
+            .map(|value| match value {
+                MetaValue::Int(kind) => *kind,
+                _ => 1,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let mut special: Vec<AddedToken> = Vec::new();
+    if types.len() == tokens.len() {
+        special.extend(
+            tokens
+                .iter()
+                .zip(&types)
+                .filter(|(_, kind)| **kind != 1)
+                .map(|(token, _)| AddedToken::from(token.clone(), true)),
+        );
+    } else {
+        special.extend(
+            ["tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"]
+                .iter()
+                .filter_map(|key| header.metadata.get(*key)?.as_u64())
+                .filter_map(|id| tokens.get(id as usize))
+                .map(|token| AddedToken::from(token.clone(), true)),
+        );
+    }
     tokenizer.add_special_tokens(&special);
     Some(tokenizer)
 }

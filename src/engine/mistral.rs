@@ -92,6 +92,72 @@ impl MistralEngine {
     }
 }
 
+impl MistralEngine {
+    /// Next-token logits at every position of `tokens` (teacher forcing), as
+    /// mistral.rs computes them: the reference the CPU engine is tested
+    /// against.
+    pub async fn logits(&self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let failed = |what: &str, detail: String| EngineError::Generation(format!("{what}: {detail}"));
+        let (response, mut answers) = mpsc::channel(1);
+        let mut request = mistralrs::NormalRequest::new_simple(
+            mistralrs::core::RequestMessage::CompletionTokens(tokens.to_vec()),
+            SamplingParams {
+                max_len: Some(1),
+                ..SamplingParams::deterministic()
+            },
+            response,
+            0,
+            None,
+            None,
+        );
+        request.return_raw_logits = true;
+        let sender = self
+            .model
+            .inner()
+            .get_sender(None)
+            .map_err(|err| failed("no model", err.to_string()))?;
+        sender
+            .send(mistralrs::Request::Normal(Box::new(request)))
+            .await
+            .map_err(|err| failed("send", err.to_string()))?;
+        let chunks = match answers.recv().await {
+            Some(Response::Raw { logits_chunks, .. }) => logits_chunks,
+            Some(Response::ModelError(message, _)) => return Err(failed("model", message)),
+            Some(Response::InternalError(err)) | Some(Response::ValidationError(err)) => {
+                return Err(failed("request", err.to_string()))
+            }
+            _ => return Err(failed("request", "no raw logits in the answer".into())),
+        };
+        let mut rows = Vec::with_capacity(tokens.len());
+        for chunk in chunks {
+            let chunk = chunk
+                .to_dtype(mistralrs::DType::F32)
+                .and_then(|chunk| chunk.to_vec2::<f32>())
+                .map_err(|err| failed("logits", err.to_string()))?;
+            rows.extend(chunk);
+        }
+        Ok(rows)
+    }
+
+    /// The prompt tokens mistral.rs builds for `messages` (its own chat
+    /// template and tokenizer).
+    pub async fn prompt_tokens(&self, messages: &[super::ChatMessage]) -> Result<Vec<u32>, EngineError> {
+        let mut builder = mistralrs::TextMessages::new();
+        for message in messages {
+            let role = match message.role {
+                ChatRole::System => TextMessageRole::System,
+                ChatRole::User => TextMessageRole::User,
+                ChatRole::Assistant => TextMessageRole::Assistant,
+            };
+            builder = builder.add_message(role, &message.content);
+        }
+        self.model
+            .tokenize(either::Either::Left(builder), None, false, true, None)
+            .await
+            .map_err(|err| EngineError::Generation(err.to_string()))
+    }
+}
+
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     let text = panic
         .downcast_ref::<String>()
@@ -134,6 +200,7 @@ fn build_request(request: &ChatRequest) -> RequestBuilder {
 fn usage_of(usage: &mistralrs::Usage) -> Usage {
     Usage {
         prompt_tokens: usage.prompt_tokens,
+        cached_prompt_tokens: 0,
         completion_tokens: usage.completion_tokens,
         prompt_tokens_per_sec: f64::from(usage.avg_prompt_tok_per_sec),
         decode_tokens_per_sec: f64::from(usage.avg_compl_tok_per_sec),

@@ -1,12 +1,15 @@
 //! The language-model engine behind one trait, `Llm`: streaming chat with
-//! cancellation, and token counting with the model's own tokenizer. The
-//! mistral.rs implementation is the only importer of `mistralrs`; the scripted
-//! implementation is a test double driven by a script file.
+//! cancellation, and token counting with the model's own tokenizer. `cpu` is
+//! Concierge's own quantised CPU path (llama family, qwen2); `mistral` runs
+//! everything else and the GPU builds, and is the only importer of
+//! `mistralrs`; the scripted implementation is a test double driven by a
+//! script file.
 //!
 //! Architecture invariant: callers see `Llm` only, never a mistral.rs type, so
 //! a remote OpenAI-compatible engine can replace the in-process one.
 
 pub mod convert;
+pub mod cpu;
 pub mod gguf;
 pub mod mistral;
 pub mod scripted;
@@ -59,6 +62,10 @@ pub struct Sampling {
     /// Penalty on tokens already in the context; 1.0 is none. Small models
     /// loop without it.
     pub repetition_penalty: f32,
+    /// Most likely tokens kept before nucleus sampling; 0 keeps all.
+    pub top_k: usize,
+    /// Seed of the sampler, for reproducible replies; `None` draws one.
+    pub seed: Option<u64>,
 }
 
 /// A chat request.
@@ -75,6 +82,9 @@ pub struct ChatRequest {
 pub struct Usage {
     /// Tokens in the prompt.
     pub prompt_tokens: usize,
+    /// Prompt tokens taken from the prefix cache instead of computed (0 when
+    /// the engine does not report it).
+    pub cached_prompt_tokens: usize,
     /// Tokens generated.
     pub completion_tokens: usize,
     /// Prompt processing speed, tokens per second.
@@ -127,6 +137,14 @@ pub enum EngineError {
         path: PathBuf,
         /// `general.architecture`.
         architecture: String,
+    },
+    /// The file is valid but uses something the CPU engine does not implement.
+    #[error("model file {path} cannot run on the cpu backend: {detail}; use engine.backend = \"auto\" or \"mistralrs\" to run it on mistral.rs")]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// What is not supported, naming the key, tensor or type.
+        detail: String,
     },
     /// Loading failed inside the engine.
     #[error("loading the model failed: {0}")]

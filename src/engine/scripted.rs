@@ -232,6 +232,8 @@ mod tests {
                 top_p: 1.0,
                 max_tokens: 100,
                 repetition_penalty: 1.0,
+                top_k: 0,
+                seed: None,
             },
         }
     }

@@ -7,6 +7,7 @@
 
 pub mod fake_discord;
 pub mod fake_telegram;
+pub mod tiny_gguf;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -149,6 +150,8 @@ pub fn settings(context_tokens: usize, max_tokens: usize) -> PipelineSettings {
             top_p: 1.0,
             max_tokens,
             repetition_penalty: 1.0,
+            top_k: 0,
+            seed: None,
         },
         context_tokens,
         max_message_chars: 4000,

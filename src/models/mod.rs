@@ -1,13 +1,17 @@
 //! Getting the model ready to load: fetching the default model with
-//! `models/fetch` when it is missing, and converting it once to a quant
-//! type with fast CPU kernels (`engine.convert_to`). Progress goes to stderr.
+//! `models/fetch` when it is missing, downloading a known stronger model
+//! from the hub (`catalog`, `hub`), and converting it once to a quant type
+//! with fast CPU kernels (`engine.convert_to`). Progress goes to stderr.
+
+pub mod catalog;
+pub mod hub;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{bail, Context};
 
-use crate::config::{ConvertTo, EngineConfig};
+use crate::config::{ConvertTo, EngineBackend, EngineConfig};
 use crate::engine::{convert, gguf};
 
 /// The fetch script, relative to the working directory.
@@ -37,14 +41,61 @@ pub fn fetch(dest_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Downloads the known model `name` into `dir` from the hub, with progress
+/// on stderr; returns the file.
+pub fn fetch_known(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    let Some(model) = catalog::find(name) else {
+        let names: Vec<&str> = catalog::KNOWN_MODELS.iter().map(|m| m.name).collect();
+        bail!(
+            "unknown model {name:?}: `concierge models list` shows the known ones ({})",
+            names.join(", ")
+        );
+    };
+    let hub = hub::Hub::from_env()?;
+    let dest = dir.join(model.file);
+    eprintln!(
+        "concierge: fetching {} ({}, about {} MB, licence: {}) into {} ...",
+        model.name,
+        model.repo,
+        model.approx_mb,
+        model.license,
+        dir.display()
+    );
+    let mut shown = None;
+    let path = hub.download(model.repo, model.file, &dest, |done, total| {
+        let percent = if total > 0 { done * 100 / total } else { 100 };
+        if shown != Some(percent) {
+            shown = Some(percent);
+            eprint!(
+                "\rconcierge: {percent:3}% ({:.1} of {:.1} MB)",
+                done as f64 / 1e6,
+                total as f64 / 1e6
+            );
+        }
+    })?;
+    eprintln!();
+    eprintln!(
+        "concierge: {} ready (sha256 verified). Use it with engine.model_path = \"{}\" (or CONCIERGE_ENGINE_MODEL_PATH)",
+        path.display(),
+        path.display()
+    );
+    Ok(path)
+}
+
 /// Converts `source` to Q8_0 beside it, printing progress.
 pub fn convert_q8_0(source: &Path, target: &Path) -> anyhow::Result<()> {
+    convert_to(source, target, convert::Target::Q8_0)
+}
+
+/// Converts `source` to `to` at `target`, printing progress.
+pub fn convert_to(source: &Path, target: &Path, to: convert::Target) -> anyhow::Result<()> {
     eprintln!(
-        "concierge: converting {} to Q8_0 (once; fast CPU kernels) ...",
-        source.display()
+        "concierge: converting {} to {} (once; fast CPU kernels) ...",
+        source.display(),
+        to.name()
     );
     let mut last_percent = None;
-    convert::convert_to_q8_0(source, target, |done, total| {
+    convert::convert(source, target, to, |done, total| {
         let percent = done * 100 / total.max(1);
         if last_percent != Some(percent / 10) {
             last_percent = Some(percent / 10);
@@ -82,10 +133,16 @@ pub fn prepare(config: &EngineConfig) -> anyhow::Result<PathBuf> {
     if config.convert_to == ConvertTo::None || header.dominant_type() == Some("Q8_0") {
         return Ok(source.clone());
     }
-    if !matches!(
-        header.dominant_type(),
-        Some("Q4_0" | "Q4_1" | "Q5_0" | "Q5_1")
-    ) {
+    // Q4_0 has native kernels in the CPU engine; only mistral.rs wants it converted.
+    let convertible: &[&str] = if config.backend == EngineBackend::Mistralrs {
+        &["Q4_0", "Q4_1", "Q5_0", "Q5_1"]
+    } else {
+        &["Q4_1", "Q5_0", "Q5_1"]
+    };
+    if !header
+        .dominant_type()
+        .is_some_and(|kind| convertible.contains(&kind))
+    {
         return Ok(source.clone());
     }
     let target = convert::q8_0_path(source);

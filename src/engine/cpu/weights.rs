@@ -1,0 +1,295 @@
+//! Weights of a GGUF file as the CPU engine holds them. Q8_0 and Q4_0
+//! matrices are read in place from the memory-mapped file; F32, F16 and
+//! BF16 become f32; every other type (Q4_1, Q5_x, the K-quants) is
+//! dequantised once at load with candle and re-quantised to Q8_0, and the
+//! memory this takes is counted so the loader can log it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::quantized::{ggml_file, GgmlDType};
+use candle_core::Device;
+
+use super::kernels::mapped::MappedFile;
+use super::kernels::{self, WeightView};
+use crate::engine::gguf::{ggml_type_layout, GgufHeader, TensorEntry};
+use crate::engine::EngineError;
+
+const GGML_F32: u32 = 0;
+const GGML_F16: u32 = 1;
+const GGML_Q4_0: u32 = 2;
+const GGML_Q8_0: u32 = 8;
+const GGML_BF16: u32 = 30;
+
+/// Bytes of a matrix: in the mapped file, or converted into memory.
+enum Bytes {
+    Mapped {
+        file: Arc<MappedFile>,
+        start: usize,
+        len: usize,
+    },
+    Owned(Vec<u8>),
+}
+
+impl Bytes {
+    fn get(&self) -> &[u8] {
+        match self {
+            Self::Mapped { file, start, len } => &file.bytes()[*start..*start + *len],
+            Self::Owned(bytes) => bytes,
+        }
+    }
+}
+
+enum Data {
+    Q8_0(Bytes),
+    Q4_0(Bytes),
+    F32(Vec<f32>),
+}
+
+/// A weight matrix of `rows` output features × `cols` inputs.
+pub struct Matrix {
+    rows: usize,
+    cols: usize,
+    data: Data,
+}
+
+impl Matrix {
+    /// The kernels' view of it.
+    pub fn view(&self) -> WeightView<'_> {
+        let (rows, cols) = (self.rows, self.cols);
+        match &self.data {
+            Data::Q8_0(bytes) => WeightView::Q8_0 {
+                rows,
+                cols,
+                data: bytes.get(),
+            },
+            Data::Q4_0(bytes) => WeightView::Q4_0 {
+                rows,
+                cols,
+                data: bytes.get(),
+            },
+            Data::F32(values) => WeightView::F32 {
+                rows,
+                cols,
+                data: values,
+            },
+        }
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The storage type's name, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self.data {
+            Data::Q8_0(_) => "Q8_0",
+            Data::Q4_0(_) => "Q4_0",
+            Data::F32(_) => "F32",
+        }
+    }
+}
+
+/// Reads tensors out of one mapped GGUF file.
+pub struct TensorReader<'a> {
+    path: PathBuf,
+    file: Arc<MappedFile>,
+    header: &'a GgufHeader,
+    by_name: HashMap<&'a str, &'a TensorEntry>,
+    /// Bytes allocated for tensors that could not stay in the mapping.
+    pub converted_bytes: usize,
+    /// Names of the tensors that were converted, with their original type.
+    pub converted: Vec<(String, &'static str)>,
+}
+
+impl<'a> TensorReader<'a> {
+    /// Maps `path`, whose header is `header`.
+    pub fn open(path: &Path, header: &'a GgufHeader) -> Result<Self, EngineError> {
+        let file = MappedFile::open(path).map_err(|err| EngineError::ModelUnreadable {
+            path: path.to_path_buf(),
+            detail: err.to_string(),
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: Arc::new(file),
+            header,
+            by_name: header
+                .tensors
+                .iter()
+                .map(|tensor| (tensor.name.as_str(), tensor))
+                .collect(),
+            converted_bytes: 0,
+            converted: Vec::new(),
+        })
+    }
+
+    fn corrupt(&self, detail: String) -> EngineError {
+        EngineError::ModelCorrupt {
+            path: self.path.clone(),
+            detail,
+        }
+    }
+
+    /// Whether the file has a tensor named `name`.
+    pub fn has(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    fn entry(&self, name: &str) -> Result<&'a TensorEntry, EngineError> {
+        self.by_name.get(name).copied().ok_or_else(|| {
+            EngineError::Load(format!(
+                "{}: tensor {name} is missing, which the cpu backend needs",
+                self.path.display()
+            ))
+        })
+    }
+
+    /// The raw bytes of a tensor, bounds-checked against the file.
+    fn raw(&self, entry: &TensorEntry) -> Result<(usize, usize), EngineError> {
+        let (_, block_elements, block_bytes) = ggml_type_layout(entry.ggml_type)
+            .ok_or_else(|| {
+                self.corrupt(format!(
+                    "tensor {} has unknown ggml type {}",
+                    entry.name, entry.ggml_type
+                ))
+            })?;
+        if entry.elements % block_elements != 0 {
+            return Err(self.corrupt(format!(
+                "tensor {} has {} elements, not whole blocks of {block_elements}",
+                entry.name, entry.elements
+            )));
+        }
+        let len = entry.elements / block_elements * block_bytes;
+        let start = self.header.data_start + entry.offset;
+        let end = start.checked_add(len).filter(|&end| end <= self.file.bytes().len() as u64);
+        match end {
+            Some(_) => Ok((start as usize, len as usize)),
+            None => Err(self.corrupt(format!("tensor {} lies past the end of the file", entry.name))),
+        }
+    }
+
+    /// All values of a tensor as f32, whatever its type.
+    fn dequantize(&self, entry: &TensorEntry) -> Result<Vec<f32>, EngineError> {
+        let (start, len) = self.raw(entry)?;
+        let bytes = &self.file.bytes()[start..start + len];
+        let values = match entry.ggml_type {
+            GGML_F32 => bytes
+                .chunks_exact(4)
+                .map(|chunk| f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]))
+                .collect(),
+            GGML_F16 => bytes
+                .chunks_exact(2)
+                .map(|chunk| kernels::f16_to_f32(u16::from_le_bytes([chunk[0], chunk[1]])))
+                .collect(),
+            GGML_BF16 => bytes
+                .chunks_exact(2)
+                .map(|chunk| kernels::bf16_to_f32(u16::from_le_bytes([chunk[0], chunk[1]])))
+                .collect(),
+            other => {
+                let dtype = candle_dtype(other).ok_or_else(|| {
+                    self.corrupt(format!("tensor {} has unsupported type {other}", entry.name))
+                })?;
+                let elements = entry.elements as usize;
+                let tensor = ggml_file::qtensor_from_ggml(dtype, bytes, vec![elements], &Device::Cpu)
+                    .and_then(|tensor| tensor.dequantize(&Device::Cpu))
+                    .and_then(|tensor| tensor.to_vec1::<f32>())
+                    .map_err(|err| {
+                        self.corrupt(format!("tensor {} cannot be dequantised: {err}", entry.name))
+                    })?;
+                tensor
+            }
+        };
+        Ok(values)
+    }
+
+    /// A vector (norm weight, bias) of length `len`, as f32.
+    pub fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>, EngineError> {
+        let entry = self.entry(name)?;
+        if entry.elements != len as u64 {
+            return Err(self.corrupt(format!(
+                "tensor {name} has {} elements, the model needs {len}",
+                entry.elements
+            )));
+        }
+        self.dequantize(entry)
+    }
+
+    /// A matrix of `rows` × `cols`: in place when Q8_0 or Q4_0, otherwise
+    /// converted (floats to f32, other quantisations to Q8_0).
+    pub fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<Matrix, EngineError> {
+        let entry = self.entry(name)?;
+        let shape_ok = entry.dims.len() == 2
+            && entry.dims[0] == cols as u64
+            && entry.dims[1] == rows as u64;
+        if !shape_ok {
+            return Err(self.corrupt(format!(
+                "tensor {name} has shape {:?}, the model needs [{cols}, {rows}]",
+                entry.dims
+            )));
+        }
+        let data = match entry.ggml_type {
+            GGML_Q8_0 | GGML_Q4_0 => {
+                let (start, len) = self.raw(entry)?;
+                let bytes = Bytes::Mapped {
+                    file: Arc::clone(&self.file),
+                    start,
+                    len,
+                };
+                if entry.ggml_type == GGML_Q8_0 {
+                    Data::Q8_0(bytes)
+                } else {
+                    Data::Q4_0(bytes)
+                }
+            }
+            GGML_F32 | GGML_F16 | GGML_BF16 => {
+                let values = self.dequantize(entry)?;
+                self.note_conversion(entry, values.len() * 4);
+                Data::F32(values)
+            }
+            _ => {
+                if cols % kernels::BLOCK != 0 {
+                    return Err(self.corrupt(format!(
+                        "tensor {name}: rows of {cols} cannot be re-quantised to Q8_0"
+                    )));
+                }
+                let values = self.dequantize(entry)?;
+                let mut bytes = Vec::with_capacity(values.len() / kernels::BLOCK * kernels::Q8_0_BLOCK_BYTES);
+                kernels::quantize_q8_0(&values, &mut bytes);
+                self.note_conversion(entry, bytes.len());
+                Data::Q8_0(Bytes::Owned(bytes))
+            }
+        };
+        let matrix = Matrix { rows, cols, data };
+        matrix.view().check().map_err(|detail| self.corrupt(format!("tensor {name}: {detail}")))?;
+        Ok(matrix)
+    }
+
+    fn note_conversion(&mut self, entry: &TensorEntry, bytes: usize) {
+        self.converted_bytes += bytes;
+        let kind = ggml_type_layout(entry.ggml_type).map_or("?", |layout| layout.0);
+        self.converted.push((entry.name.clone(), kind));
+    }
+}
+
+fn candle_dtype(ggml_type: u32) -> Option<GgmlDType> {
+    Some(match ggml_type {
+        3 => GgmlDType::Q4_1,
+        6 => GgmlDType::Q5_0,
+        7 => GgmlDType::Q5_1,
+        9 => GgmlDType::Q8_1,
+        10 => GgmlDType::Q2K,
+        11 => GgmlDType::Q3K,
+        12 => GgmlDType::Q4K,
+        13 => GgmlDType::Q5K,
+        14 => GgmlDType::Q6K,
+        15 => GgmlDType::Q8K,
+        _ => return None,
+    })
+}
