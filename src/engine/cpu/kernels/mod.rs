@@ -311,6 +311,7 @@ fn gemm_range(
     features: Range<usize>,
     emit: &mut dyn FnMut(usize, usize, f32),
 ) {
+    let quant = &input.quant[..input.rows.min(input.quant.len())];
     match (isa.0, weights) {
         (_, WeightView::F32 { cols, data, .. }) => match isa.0 {
             IsaKind::Scalar => scalar::gemm_f32(data, cols, features, input, emit),
@@ -321,26 +322,26 @@ fn gemm_range(
             }
         },
         (IsaKind::Scalar, WeightView::Q8_0 { cols, data, .. }) => {
-            scalar::gemm_q8_0(data, cols, features, input.quant, emit)
+            scalar::gemm_q8_0(data, cols, features, quant, emit)
         }
         (IsaKind::Scalar, WeightView::Q4_0 { cols, data, .. }) => {
-            scalar::gemm_q4_0(data, cols, features, input.quant, emit)
+            scalar::gemm_q4_0(data, cols, features, quant, emit)
         }
         (IsaKind::Avx2, WeightView::Q8_0 { cols, data, .. }) => {
             // SAFETY: this `Isa` exists only when AVX2, FMA and F16C were detected.
-            unsafe { avx2::gemm_q8_0(data, cols, features, input.quant, emit) }
+            unsafe { avx2::gemm_q8_0(data, cols, features, quant, emit) }
         }
         (IsaKind::Avx2, WeightView::Q4_0 { cols, data, .. }) => {
             // SAFETY: as above.
-            unsafe { avx2::gemm_q4_0(data, cols, features, input.quant, emit) }
+            unsafe { avx2::gemm_q4_0(data, cols, features, quant, emit) }
         }
         (IsaKind::Avx512Vnni, WeightView::Q8_0 { cols, data, .. }) => {
             // SAFETY: this `Isa` exists only when AVX-512 F/BW/VL/VNNI and AVX2 were detected.
-            unsafe { avx512::gemm_q8_0(data, cols, features, input.quant, emit) }
+            unsafe { avx512::gemm_q8_0(data, cols, features, quant, emit) }
         }
         (IsaKind::Avx512Vnni, WeightView::Q4_0 { cols, data, .. }) => {
             // SAFETY: as above.
-            unsafe { avx512::gemm_q4_0(data, cols, features, input.quant, emit) }
+            unsafe { avx512::gemm_q4_0(data, cols, features, quant, emit) }
         }
     }
 }
