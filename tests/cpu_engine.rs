@@ -66,6 +66,14 @@ async fn tiny_llama_and_qwen2_match_mistral_rs_under_teacher_forcing() {
         ("llama-q8", TinyShape::llama()),
         ("qwen2-q8", TinyShape::qwen2()),
     ];
+    shapes.insert(0, (
+        "qwen2-f32",
+        TinyShape {
+            weights: GgmlDType::F32,
+            seed: 4,
+            ..TinyShape::qwen2()
+        },
+    ));
     shapes.push((
         "llama-q4",
         TinyShape {
@@ -95,10 +103,17 @@ async fn tiny_llama_and_qwen2_match_mistral_rs_under_teacher_forcing() {
             let b = reference.logits(&tokens).await.unwrap();
             let (max_diff, agreement, spread) = compare(&a, &b);
             eprintln!("{name}: {} tokens, max |diff| {max_diff:.5}, spread {spread:.2}, argmax agreement {agreement:.3}", tokens.len());
-            // Both quantise activations to Q8_0 the same way; what remains is
-            // f32 summation order and rare rounding ties, far below the
-            // spread of the logits.
-            assert!(max_diff <= 0.01 * spread.max(1.0), "{name}: max diff {max_diff} (spread {spread})");
+            // With f32 weights both engines compute in f32, and only the
+            // summation order differs. With quantised weights mistral.rs 0.8.1
+            // keeps activations between operations in its automatic dtype for
+            // GGUF files, bf16 on this CPU (8 significant bits: up to 0.4%
+            // per rounding), so its logits carry that noise; it stays below
+            // 1% of the logit spread here, and 2% leaves room for other data.
+            let tolerance = if name.ends_with("f32") { 0.001 } else { 0.02 };
+            assert!(
+                max_diff <= tolerance * spread.max(1.0),
+                "{name}: max diff {max_diff} (spread {spread})"
+            );
             positions += tokens.len();
             agreeing += agreement * tokens.len() as f64;
         }

@@ -126,14 +126,25 @@ pub fn write(path: &Path, shape: TinyShape) {
         let tensor = Tensor::from_vec(values, (rows, cols), &Device::Cpu).unwrap();
         QTensor::quantize(&tensor, dtype).unwrap()
     };
+    // Rows of very different norms give the logits clear winners, as a
+    // trained model's have; equal-norm random rows make near-ties everywhere.
+    let vocabulary_matrix = |rng: &mut Rng, rows: usize, cols: usize, scale: f32, dtype: GgmlDType| {
+        let mut values = Vec::with_capacity(rows * cols);
+        for _ in 0..rows {
+            let row_scale = scale * (0.2 + 2.8 * (rng.uniform() * 0.5 + 0.5).powi(3));
+            values.extend((0..cols).map(|_| rng.uniform() * row_scale));
+        }
+        let tensor = Tensor::from_vec(values, (rows, cols), &Device::Cpu).unwrap();
+        QTensor::quantize(&tensor, dtype).unwrap()
+    };
     let arch = shape.architecture;
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    tensors.push(("token_embd.weight".into(), matrix(&mut rng, vocab, d, 1.0, shape.weights)));
+    tensors.push(("token_embd.weight".into(), vocabulary_matrix(&mut rng, vocab, d, 1.0, shape.weights)));
     tensors.push(("output_norm.weight".into(), norm(d, 1.0)));
     if !shape.tied_output {
-        tensors.push(("output.weight".into(), matrix(&mut rng, vocab, d, 0.3, shape.weights)));
+        tensors.push(("output.weight".into(), vocabulary_matrix(&mut rng, vocab, d, 0.3, shape.weights)));
     }
-    let projection = 1.0 / (d as f32).sqrt() * 1.7;
+    let projection = 1.0 / (d as f32).sqrt();
     for layer in 0..shape.layers {
         let name = |part: &str| format!("blk.{layer}.{part}");
         tensors.push((name("attn_norm.weight"), norm(d, 1.0 + 0.1 * layer as f32)));
@@ -150,7 +161,7 @@ pub fn write(path: &Path, shape: TinyShape) {
         let ff = shape.feed_forward;
         tensors.push((name("ffn_gate.weight"), matrix(&mut rng, ff, d, projection, shape.weights)));
         tensors.push((name("ffn_up.weight"), matrix(&mut rng, ff, d, projection, shape.weights)));
-        let down = 1.0 / (ff as f32).sqrt() * 1.7;
+        let down = 1.0 / (ff as f32).sqrt();
         tensors.push((name("ffn_down.weight"), matrix(&mut rng, d, ff, down, shape.weights)));
     }
     use gguf_file::Value;
@@ -167,6 +178,7 @@ pub fn write(path: &Path, shape: TinyShape) {
         (key("attention.head_count"), Value::U32(shape.heads as u32)),
         (key("attention.head_count_kv"), Value::U32(shape.kv_heads as u32)),
         (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
+        (key("rope.dimension_count"), Value::U32(head_dim as u32)),
         (
             key("rope.freq_base"),
             Value::F32(if arch == "qwen2" { 1_000_000.0 } else { 10_000.0 }),

@@ -22,7 +22,7 @@ use crate::engine::{EngineError, StreamEvent, Usage};
 /// Most prompt tokens processed in one step, so running replies keep flowing
 /// while a long prompt is read.
 const PROMPT_CHUNK: usize = 256;
-/// Shortest shared prefix worth copying out of a cache another sequence uses.
+/// Shortest shared prefix worth copying out of another cache.
 const MIN_COPIED_PREFIX: usize = 16;
 
 /// Work for the engine thread.
@@ -275,7 +275,7 @@ impl Scheduler {
     /// how many prompt tokens it already holds.
     fn place(&mut self, prompt: &[u32]) -> (usize, usize) {
         if self.settings.retained_prefixes == 0 {
-            return (self.free_slot(), 0);
+            return (self.free_slot(None), 0);
         }
         let kv_dim = self.kv_dim();
         // At least one prompt token is run, for its logits.
@@ -287,7 +287,10 @@ impl Scheduler {
             .map(|(index, slot)| (index, common_prefix(&slot.tokens, prompt).min(usable)))
             .max_by_key(|&(index, shared)| (shared, !self.slots[index].busy));
         if let Some((index, shared)) = best {
-            if shared > 0 && !self.slots[index].busy {
+            // Take the cache over when the prompt continues all of it; when it
+            // shares only a prefix, copy that, so the longer cache stays too.
+            let whole = shared == self.slots[index].tokens.len() || shared < MIN_COPIED_PREFIX;
+            if shared > 0 && !self.slots[index].busy && whole {
                 self.caches[index].truncate(shared, kv_dim);
                 let slot = &mut self.slots[index];
                 slot.tokens.truncate(shared);
@@ -296,7 +299,7 @@ impl Scheduler {
                 return (index, shared);
             }
         }
-        let target = self.free_slot();
+        let target = self.free_slot(best.map(|(source, _)| source));
         if let Some((source, shared)) = best {
             if shared >= MIN_COPIED_PREFIX && source != target {
                 let (copy, tokens) = {
@@ -312,16 +315,35 @@ impl Scheduler {
         (target, 0)
     }
 
-    /// An empty, busy slot: a new one, or the least recently used idle one.
-    fn free_slot(&mut self) -> usize {
-        let idle = self
+    /// An empty slot, marked busy: an empty idle one, else a new one while
+    /// fewer caches than allowed are kept, else the least recently used idle
+    /// one other than `keep`.
+    fn free_slot(&mut self, keep: Option<usize>) -> usize {
+        let idle = |slot: &Slot| !slot.busy;
+        let empty = self
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, slot)| !slot.busy)
-            .min_by_key(|(_, slot)| (!slot.tokens.is_empty(), slot.last_used))
-            .map(|(index, _)| index);
-        let index = match idle {
+            .position(|(index, slot)| idle(slot) && slot.tokens.is_empty() && Some(index) != keep);
+        let retained = self
+            .slots
+            .iter()
+            .filter(|slot| idle(slot) && !slot.tokens.is_empty())
+            .count();
+        let oldest = || {
+            self.slots
+                .iter()
+                .enumerate()
+                .filter(|&(index, slot)| idle(slot) && Some(index) != keep)
+                .min_by_key(|(_, slot)| slot.last_used)
+                .map(|(index, _)| index)
+        };
+        let reuse = match empty {
+            Some(index) => Some(index),
+            None if retained < self.settings.retained_prefixes => None,
+            None => oldest(),
+        };
+        let index = match reuse {
             Some(index) => index,
             None => {
                 self.slots.push(Slot {

@@ -112,6 +112,15 @@ fn load_f32x16(values: &[f32], offset: usize) -> __m512 {
     unsafe { _mm512_loadu_ps(window.as_ptr()) }
 }
 
+/// Asks for the cache line at `bytes[offset]` ahead of use; an offset past
+/// the end is fine (a prefetch never faults).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+fn prefetch(bytes: &[u8], offset: usize) {
+    // A prefetch has no effect on program state and cannot fault, whatever
+    // the address; `wrapping_add` keeps the pointer arithmetic defined.
+    _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().wrapping_add(offset).cast());
+}
+
 /// The signed activation bytes viewed as raw bytes for loading.
 fn as_bytes(values: &[i8]) -> &[u8] {
     // SAFETY: i8 and u8 have the same size and alignment, and every bit
@@ -146,6 +155,9 @@ fn tile_q8_0<const R: usize, const T: usize>(
         let mut scales = [_mm512_setzero_ps(); R];
         for r in 0..R {
             let at = r * row_bytes + block * Q8_0_BLOCK_BYTES;
+            // The same place in the next tile's rows, which follow these.
+            prefetch(rows, at + 2 * R * row_bytes);
+            prefetch(rows, at + 2 * R * row_bytes + 64);
             let low = load32(rows, at + 2);
             let high = load32(rows, at + Q8_0_BLOCK_BYTES + 2);
             weights[r] = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
@@ -222,6 +234,7 @@ fn tile_q4_0<const R: usize, const T: usize>(
         let mut scales = [_mm512_setzero_ps(); R];
         for r in 0..R {
             let at = r * row_bytes + block * Q4_0_BLOCK_BYTES;
+            prefetch(rows, at + R * row_bytes);
             weights[r] = unpack_q4_0_pair(
                 load16(rows, at + 2),
                 load16(rows, at + Q4_0_BLOCK_BYTES + 2),

@@ -143,10 +143,11 @@ impl QuantRow {
         self.neg8_lane_sums.resize(blocks * 8, 0);
         for (block, chunk) in values.chunks_exact(BLOCK).enumerate() {
             let amax = chunk.iter().fold(0.0f32, |max, value| max.max(value.abs()));
-            // The scale is rounded through f16, as ggml's Q8_0 stores it, so
-            // the products match the reference implementations.
-            let scale = half::f16::from_f32(amax / 127.0).to_f32();
-            let inverse = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            // As ggml and candle do: values are divided by the exact scale,
+            // and the scale is kept rounded through f16, as Q8_0 stores it.
+            let exact = amax / 127.0;
+            let inverse = if exact > 0.0 { 1.0 / exact } else { 0.0 };
+            let scale = half::f16::from_f32(exact).to_f32();
             let quants = &mut self.signed[block * BLOCK..(block + 1) * BLOCK];
             for (quant, value) in quants.iter_mut().zip(chunk) {
                 *quant = (value * inverse).round().clamp(-127.0, 127.0) as i8;
