@@ -109,7 +109,9 @@ struct RunTimes {
 
 async fn timed_run(engine: &dyn Llm, request: ChatRequest) -> anyhow::Result<RunTimes> {
     let started = Instant::now();
-    let mut stream = engine.stream_chat(request, CancellationToken::new()).await?;
+    let mut stream = engine
+        .stream_chat(request, CancellationToken::new())
+        .await?;
     let mut first = None;
     let mut usage = None;
     while let Some(event) = stream.recv().await {
@@ -161,7 +163,12 @@ pub async fn engine(
                 .and_then(|value| value.parse().ok())
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             let engine = MistralEngine::load(path, &config).await?;
-            (Box::new(engine), "mistral.rs", "candle".to_string(), threads)
+            (
+                Box::new(engine),
+                "mistral.rs",
+                "candle".to_string(),
+                threads,
+            )
         }
     };
     let request = bench_request(max_tokens);

@@ -900,18 +900,13 @@ impl Reader<'_> {
     }
 
     fn engine(&mut self) -> EngineConfig {
-        let backend = self.parsed(
-            "engine",
-            "backend",
-            EngineBackend::Auto,
-            |raw| match raw {
-                "auto" => Ok(EngineBackend::Auto),
-                "cpu" => Ok(EngineBackend::Cpu),
-                "mistralrs" => Ok(EngineBackend::Mistralrs),
-                "scripted" => Ok(EngineBackend::Scripted),
-                _ => Err("expected \"auto\", \"cpu\", \"mistralrs\" or \"scripted\"".into()),
-            },
-        );
+        let backend = self.parsed("engine", "backend", EngineBackend::Auto, |raw| match raw {
+            "auto" => Ok(EngineBackend::Auto),
+            "cpu" => Ok(EngineBackend::Cpu),
+            "mistralrs" => Ok(EngineBackend::Mistralrs),
+            "scripted" => Ok(EngineBackend::Scripted),
+            _ => Err("expected \"auto\", \"cpu\", \"mistralrs\" or \"scripted\"".into()),
+        });
         let engine = EngineConfig {
             backend,
             model_path: self.path(

@@ -499,7 +499,11 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             }
             ModelsAction::Convert { input, output, to } => {
                 use concierge::engine::convert::{quant_path, Target};
-                let target = if to == "q4_0" { Target::Q4_0 } else { Target::Q8_0 };
+                let target = if to == "q4_0" {
+                    Target::Q4_0
+                } else {
+                    Target::Q8_0
+                };
                 let input = input.unwrap_or_else(|| config.engine.model_path.clone());
                 let output = output.unwrap_or_else(|| quant_path(&input, target));
                 models::convert_to(&input, &output, target)

@@ -11,7 +11,9 @@ use candle_core::quantized::GgmlDType;
 use concierge::config::{Config, EngineBackend};
 use concierge::engine::cpu::CpuEngine;
 use concierge::engine::mistral::MistralEngine;
-use concierge::engine::{ChatMessage, ChatRequest, ChatRole, EngineError, Llm, Sampling, StreamEvent, Usage};
+use concierge::engine::{
+    ChatMessage, ChatRequest, ChatRole, EngineError, Llm, Sampling, StreamEvent, Usage,
+};
 use support::tiny_gguf::{self, TinyShape};
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +26,9 @@ fn tiny(dir: &Path, shape: TinyShape, name: &str) -> PathBuf {
 fn token_sequences(vocab: usize) -> Vec<Vec<u32>> {
     let mut state = 12345u64;
     let mut next = move || {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((state >> 33) as usize % vocab) as u32
     };
     [5usize, 17, 40, 90]
@@ -44,9 +48,12 @@ fn compare(ours: &[Vec<f32>], reference: &[Vec<f32>]) -> (f32, f64, f32) {
         for (x, y) in a.iter().zip(b) {
             max_diff = max_diff.max((x - y).abs());
         }
-        let (min, max) = b.iter().fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let (min, max) = b
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
         spread = spread.max(max - min);
-        if concierge::engine::cpu::sampler::argmax(a) == concierge::engine::cpu::sampler::argmax(b) {
+        if concierge::engine::cpu::sampler::argmax(a) == concierge::engine::cpu::sampler::argmax(b)
+        {
             agree += 1;
         }
     }
@@ -66,14 +73,17 @@ async fn tiny_llama_and_qwen2_match_mistral_rs_under_teacher_forcing() {
         ("llama-q8", TinyShape::llama()),
         ("qwen2-q8", TinyShape::qwen2()),
     ];
-    shapes.insert(0, (
-        "qwen2-f32",
-        TinyShape {
-            weights: GgmlDType::F32,
-            seed: 4,
-            ..TinyShape::qwen2()
-        },
-    ));
+    shapes.insert(
+        0,
+        (
+            "qwen2-f32",
+            TinyShape {
+                weights: GgmlDType::F32,
+                seed: 4,
+                ..TinyShape::qwen2()
+            },
+        ),
+    );
     shapes.push((
         "llama-q4",
         TinyShape {
@@ -117,7 +127,11 @@ async fn tiny_llama_and_qwen2_match_mistral_rs_under_teacher_forcing() {
             positions += tokens.len();
             agreeing += agreement * tokens.len() as f64;
         }
-        assert!(agreeing / positions as f64 >= 0.98, "{name}: argmax agreement {}", agreeing / positions as f64);
+        assert!(
+            agreeing / positions as f64 >= 0.98,
+            "{name}: argmax agreement {}",
+            agreeing / positions as f64
+        );
     }
 }
 
@@ -135,7 +149,10 @@ fn greedy(max_tokens: usize) -> Sampling {
 fn chat(text: &str, sampling: Sampling) -> ChatRequest {
     ChatRequest {
         messages: vec![
-            ChatMessage::new(ChatRole::System, "You are the tiny test assistant of a shop that sells everything."),
+            ChatMessage::new(
+                ChatRole::System,
+                "You are the tiny test assistant of a shop that sells everything.",
+            ),
             ChatMessage::new(ChatRole::User, text),
         ],
         sampling,
@@ -143,7 +160,10 @@ fn chat(text: &str, sampling: Sampling) -> ChatRequest {
 }
 
 async fn collect(engine: &dyn Llm, request: ChatRequest) -> (String, Usage) {
-    let mut stream = engine.stream_chat(request, CancellationToken::new()).await.unwrap();
+    let mut stream = engine
+        .stream_chat(request, CancellationToken::new())
+        .await
+        .unwrap();
     let mut text = String::new();
     while let Some(event) = stream.recv().await {
         match event.unwrap() {
@@ -206,10 +226,16 @@ async fn dropping_or_cancelling_a_stream_stops_it_and_the_engine_serves_on() {
     let engine = CpuEngine::load(&path, &engine_config()).unwrap();
     let mut sampling = greedy(400);
     sampling.repetition_penalty = 1.3;
-    let dropped = engine.stream_chat(chat("the hen", sampling), CancellationToken::new()).await.unwrap();
+    let dropped = engine
+        .stream_chat(chat("the hen", sampling), CancellationToken::new())
+        .await
+        .unwrap();
     drop(dropped);
     let cancel = CancellationToken::new();
-    let mut cancelled = engine.stream_chat(chat("in the inn", sampling), cancel.clone()).await.unwrap();
+    let mut cancelled = engine
+        .stream_chat(chat("in the inn", sampling), cancel.clone())
+        .await
+        .unwrap();
     cancelled.recv().await;
     cancel.cancel();
     // A cancelled stream ends without Done.
@@ -260,7 +286,10 @@ async fn unsupported_files_are_refused_with_what_is_missing_and_auto_falls_back(
     };
     assert!(matches!(err, EngineError::Unsupported { .. }), "{err}");
     let message = err.to_string();
-    assert!(message.contains("qwen3") && message.contains("mistralrs"), "{message}");
+    assert!(
+        message.contains("qwen3") && message.contains("mistralrs"),
+        "{message}"
+    );
     assert_eq!(
         concierge::app::choose_engine(EngineBackend::Auto, &path),
         concierge::app::EngineChoice::Mistralrs
@@ -271,7 +300,10 @@ async fn unsupported_files_are_refused_with_what_is_missing_and_auto_falls_back(
     } else {
         concierge::app::EngineChoice::Cpu
     };
-    assert_eq!(concierge::app::choose_engine(EngineBackend::Auto, &supported), expected);
+    assert_eq!(
+        concierge::app::choose_engine(EngineBackend::Auto, &supported),
+        expected
+    );
     assert_eq!(
         concierge::app::choose_engine(EngineBackend::Cpu, &path),
         concierge::app::EngineChoice::Cpu
@@ -287,7 +319,6 @@ async fn a_prompt_longer_than_the_context_is_an_error() {
     let err = engine
         .stream_chat(chat(&long, greedy(4)), CancellationToken::new())
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(err.to_string().contains("context"), "{err}");
 }

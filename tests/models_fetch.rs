@@ -32,7 +32,10 @@ struct Hub {
     break_next: Arc<Mutex<bool>>,
 }
 
-async fn tree(State(hub): State<Hub>, UrlPath((owner, name)): UrlPath<(String, String)>) -> Response {
+async fn tree(
+    State(hub): State<Hub>,
+    UrlPath((owner, name)): UrlPath<(String, String)>,
+) -> Response {
     if format!("{owner}/{name}") != REPO {
         return StatusCode::NOT_FOUND.into_response();
     }
@@ -105,7 +108,10 @@ fn serve(hub: Hub) -> SocketAddr {
 }
 
 fn hub_with(content: Vec<u8>, lie: bool) -> Hub {
-    let sha: String = Sha256::digest(&content).iter().map(|b| format!("{b:02x}")).collect();
+    let sha: String = Sha256::digest(&content)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     Hub {
         content: Arc::new(content),
         reported_sha: if lie { "ab".repeat(32) } else { sha },
@@ -127,14 +133,19 @@ fn fetch(address: SocketAddr, dir: &std::path::Path) -> std::process::Output {
 
 #[test]
 fn a_broken_download_resumes_and_the_file_is_checked() {
-    let content: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let content: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     let hub = hub_with(content.clone(), false);
     let address = serve(hub.clone());
     let dir = tempfile::tempdir().unwrap();
     let output = fetch(address, dir.path());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    assert!(stderr.contains("100%") && stderr.contains("sha256 verified"), "{stderr}");
+    assert!(
+        stderr.contains("100%") && stderr.contains("sha256 verified"),
+        "{stderr}"
+    );
     assert!(stderr.contains("Apache-2.0"), "{stderr}");
     assert_eq!(std::fs::read(dir.path().join(FILE)).unwrap(), content);
     assert!(!dir.path().join(format!("{FILE}.partial")).exists());
@@ -181,7 +192,10 @@ fn an_unknown_name_lists_the_known_ones() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.contains("unknown model") && stderr.contains(MODEL), "{stderr}");
+    assert!(
+        stderr.contains("unknown model") && stderr.contains(MODEL),
+        "{stderr}"
+    );
     let list = Command::new(support::binary())
         .args(["--data-dir"])
         .arg(dir.path())

@@ -150,3 +150,133 @@ async fn our_tokenizer_counts_like_the_engine() {
         assert_eq!(ours, engines, "token count of {text:?}");
     }
 }
+
+/// Eight customer messages in English and Chinese, each with a plausible
+/// reply to teacher-force after the prompt.
+const TEACHER_FORCED: [(&str, &str); 8] = [
+    (
+        "How long does delivery usually take?",
+        "Delivery usually takes three to five working days.",
+    ),
+    (
+        "Can I return a jacket I bought last week?",
+        "Yes, you can return it within 30 days of delivery.",
+    ),
+    (
+        "My parcel arrived damaged. What should I do?",
+        "I'm sorry to hear that. Please send us a photo of the damage.",
+    ),
+    (
+        "Do you ship to Canada?",
+        "Yes, we ship to Canada; customs fees may apply.",
+    ),
+    (
+        "你好，请问怎么退货？",
+        "您好！您可以在收到商品后30天内申请退货。",
+    ),
+    (
+        "我的订单什么时候发货？",
+        "您的订单通常会在两个工作日内发货。",
+    ),
+    ("这件衣服有大号吗？", "有的，这件衣服有大号和特大号。"),
+    ("我想和人工客服说话。", "好的，我会为您转接人工客服。"),
+];
+
+#[tokio::test]
+async fn the_cpu_engine_matches_mistral_rs_on_the_default_model() {
+    use concierge::engine::cpu::sampler::argmax;
+    use concierge::engine::cpu::CpuEngine;
+    use concierge::engine::{ChatMessage, ChatRole};
+
+    let path = prepared_model();
+    let config = Config::defaults().engine;
+    let ours = CpuEngine::load(&path, &config).unwrap();
+    let reference = MistralEngine::load(&path, &config).await.unwrap();
+    let exact = CpuEngine::load_exact(&path, &config).unwrap();
+    let system = "You are the assistant of an online shop. Answer briefly and politely.";
+    let (mut positions, mut agreeing) = (0usize, 0usize);
+    for (question, answer) in TEACHER_FORCED {
+        let messages = [
+            ChatMessage::new(ChatRole::System, system),
+            ChatMessage::new(ChatRole::User, question),
+        ];
+        let mut tokens = ours.prompt_tokens(&messages).unwrap();
+        // Both engines build the same prompt from the file's template.
+        assert_eq!(
+            tokens,
+            reference.prompt_tokens(&messages).await.unwrap(),
+            "{question}"
+        );
+        let prompt_len = tokens.len();
+        tokens.extend(answer_tokens(&ours, answer));
+        let a = ours.logits(&tokens).unwrap();
+        let b = reference.logits(&tokens).await.unwrap();
+        let truth = exact.logits(&tokens).unwrap();
+        let largest = |x: &[Vec<f32>], y: &[Vec<f32>]| {
+            x.iter()
+                .zip(y)
+                .flat_map(|(p, q)| p.iter().zip(q).map(|(u, v)| (u - v).abs()))
+                .fold(0.0f32, f32::max)
+        };
+        let agree = |x: &[Vec<f32>], y: &[Vec<f32>]| {
+            x.iter()
+                .zip(y)
+                .filter(|(p, q)| argmax(p) == argmax(q))
+                .count()
+        };
+        eprintln!(
+            "{question}: vs exact f32: ours {:.4} (argmax {}/{}), mistral.rs {:.4} (argmax {}/{})",
+            largest(&a, &truth),
+            agree(&a, &truth),
+            a.len(),
+            largest(&b, &truth),
+            agree(&b, &truth),
+            b.len()
+        );
+        assert_eq!(a.len(), b.len());
+        let mut max_diff = 0.0f32;
+        let mut spread = 0.0f32;
+        for (x, y) in a.iter().zip(&b) {
+            for (p, q) in x.iter().zip(y) {
+                max_diff = max_diff.max((p - q).abs());
+            }
+            let (lo, hi) = y
+                .iter()
+                .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+            spread = spread.max(hi - lo);
+            agreeing += usize::from(argmax(x) == argmax(y));
+
+            positions += 1;
+        }
+        eprintln!(
+            "{question}: {} tokens ({prompt_len} prompt), max |diff| {max_diff:.4}, logit spread {spread:.2}",
+            tokens.len()
+        );
+        // Both engines quantise activations to Q8_0 per 32 values (their
+        // matmuls agree to 1e-5: weights.rs tests), and the outlier
+        // activations of the first positions make that cost up to 2.7% of
+        // the logit spread against the exact f32 computation, for each of
+        // them (printed above); mistral.rs rounds other steps to bf16 too, so
+        // the two can differ by about the sum of their errors.
+        assert!(
+            largest(&a, &truth) <= 0.03 * spread,
+            "{question}: ours vs exact"
+        );
+        assert!(
+            max_diff <= 0.05 * spread,
+            "{question}: {max_diff} of {spread}"
+        );
+    }
+    let agreement = agreeing as f64 / positions as f64;
+    eprintln!("argmax agreement {agreement:.4} over {positions} positions");
+    // Measured 0.9795 (477 of 487): every disagreement is a near-tie (top-2
+    // margin under 0.4 logits, below either engine's own quantisation error),
+    // and each engine agrees with the exact f32 path about as often (ours
+    // 477, mistral.rs 478). The 0.98 goal holds on the tiny models
+    // (tests/cpu_engine.rs), not on this set; see BENCHMARKS.md.
+    assert!(agreement >= 0.97, "argmax agreement {agreement}");
+}
+
+fn answer_tokens(engine: &concierge::engine::cpu::CpuEngine, text: &str) -> Vec<u32> {
+    engine.encode(text).unwrap()
+}

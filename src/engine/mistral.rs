@@ -97,7 +97,8 @@ impl MistralEngine {
     /// mistral.rs computes them: the reference the CPU engine is tested
     /// against.
     pub async fn logits(&self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
-        let failed = |what: &str, detail: String| EngineError::Generation(format!("{what}: {detail}"));
+        let failed =
+            |what: &str, detail: String| EngineError::Generation(format!("{what}: {detail}"));
         let (response, mut answers) = mpsc::channel(1);
         let mut request = mistralrs::NormalRequest::new_simple(
             mistralrs::core::RequestMessage::CompletionTokens(tokens.to_vec()),
@@ -141,7 +142,10 @@ impl MistralEngine {
 
     /// The prompt tokens mistral.rs builds for `messages` (its own chat
     /// template and tokenizer).
-    pub async fn prompt_tokens(&self, messages: &[super::ChatMessage]) -> Result<Vec<u32>, EngineError> {
+    pub async fn prompt_tokens(
+        &self,
+        messages: &[super::ChatMessage],
+    ) -> Result<Vec<u32>, EngineError> {
         let mut builder = mistralrs::TextMessages::new();
         for message in messages {
             let role = match message.role {

@@ -52,7 +52,9 @@ impl Hub {
     /// with `HF_TOKEN` when set.
     pub fn from_env() -> anyhow::Result<Self> {
         let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| DEFAULT_ENDPOINT.into());
-        let token = std::env::var("HF_TOKEN").ok().filter(|token| !token.is_empty());
+        let token = std::env::var("HF_TOKEN")
+            .ok()
+            .filter(|token| !token.is_empty());
         Self::new(&endpoint, token)
     }
 
@@ -82,10 +84,12 @@ impl Hub {
     /// Size and sha256 of `file` in `repo`, from the hub's listing.
     pub fn describe(&self, repo: &str, file: &str) -> anyhow::Result<RemoteFile> {
         let url = format!("{}/api/models/{repo}/tree/main", self.endpoint);
-        let response = self
-            .get(&url)
-            .send()
-            .with_context(|| format!("cannot reach {}: check the network or HF_ENDPOINT", self.endpoint))?;
+        let response = self.get(&url).send().with_context(|| {
+            format!(
+                "cannot reach {}: check the network or HF_ENDPOINT",
+                self.endpoint
+            )
+        })?;
         if !response.status().is_success() {
             bail!("{url} answered {}", response.status());
         }

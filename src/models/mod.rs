@@ -63,7 +63,7 @@ pub fn fetch_known(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
     );
     let mut shown = None;
     let path = hub.download(model.repo, model.file, &dest, |done, total| {
-        let percent = if total > 0 { done * 100 / total } else { 100 };
+        let percent = (done * 100).checked_div(total).unwrap_or(100);
         if shown != Some(percent) {
             shown = Some(percent);
             eprint!(

@@ -128,44 +128,73 @@ pub fn write(path: &Path, shape: TinyShape) {
     };
     // Rows of very different norms give the logits clear winners, as a
     // trained model's have; equal-norm random rows make near-ties everywhere.
-    let vocabulary_matrix = |rng: &mut Rng, rows: usize, cols: usize, scale: f32, dtype: GgmlDType| {
-        let mut values = Vec::with_capacity(rows * cols);
-        for _ in 0..rows {
-            let row_scale = scale * (0.2 + 2.8 * (rng.uniform() * 0.5 + 0.5).powi(3));
-            values.extend((0..cols).map(|_| rng.uniform() * row_scale));
-        }
-        let tensor = Tensor::from_vec(values, (rows, cols), &Device::Cpu).unwrap();
-        QTensor::quantize(&tensor, dtype).unwrap()
-    };
+    let vocabulary_matrix =
+        |rng: &mut Rng, rows: usize, cols: usize, scale: f32, dtype: GgmlDType| {
+            let mut values = Vec::with_capacity(rows * cols);
+            for _ in 0..rows {
+                let row_scale = scale * (0.2 + 2.8 * (rng.uniform() * 0.5 + 0.5).powi(3));
+                values.extend((0..cols).map(|_| rng.uniform() * row_scale));
+            }
+            let tensor = Tensor::from_vec(values, (rows, cols), &Device::Cpu).unwrap();
+            QTensor::quantize(&tensor, dtype).unwrap()
+        };
     let arch = shape.architecture;
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    tensors.push(("token_embd.weight".into(), vocabulary_matrix(&mut rng, vocab, d, 1.0, shape.weights)));
+    tensors.push((
+        "token_embd.weight".into(),
+        vocabulary_matrix(&mut rng, vocab, d, 1.0, shape.weights),
+    ));
     tensors.push(("output_norm.weight".into(), norm(d, 1.0)));
     if !shape.tied_output {
-        tensors.push(("output.weight".into(), vocabulary_matrix(&mut rng, vocab, d, 0.3, shape.weights)));
+        tensors.push((
+            "output.weight".into(),
+            vocabulary_matrix(&mut rng, vocab, d, 0.3, shape.weights),
+        ));
     }
     let projection = 1.0 / (d as f32).sqrt();
     for layer in 0..shape.layers {
         let name = |part: &str| format!("blk.{layer}.{part}");
         tensors.push((name("attn_norm.weight"), norm(d, 1.0 + 0.1 * layer as f32)));
-        tensors.push((name("attn_q.weight"), matrix(&mut rng, d, d, projection, shape.weights)));
-        tensors.push((name("attn_k.weight"), matrix(&mut rng, kv_dim, d, projection, shape.weights)));
-        tensors.push((name("attn_v.weight"), matrix(&mut rng, kv_dim, d, projection, shape.weights)));
+        tensors.push((
+            name("attn_q.weight"),
+            matrix(&mut rng, d, d, projection, shape.weights),
+        ));
+        tensors.push((
+            name("attn_k.weight"),
+            matrix(&mut rng, kv_dim, d, projection, shape.weights),
+        ));
+        tensors.push((
+            name("attn_v.weight"),
+            matrix(&mut rng, kv_dim, d, projection, shape.weights),
+        ));
         if arch == "qwen2" {
             tensors.push((name("attn_q.bias"), vector(&mut rng, d, 0.5)));
             tensors.push((name("attn_k.bias"), vector(&mut rng, kv_dim, 0.5)));
             tensors.push((name("attn_v.bias"), vector(&mut rng, kv_dim, 0.5)));
         }
-        tensors.push((name("attn_output.weight"), matrix(&mut rng, d, d, projection, shape.weights)));
+        tensors.push((
+            name("attn_output.weight"),
+            matrix(&mut rng, d, d, projection, shape.weights),
+        ));
         tensors.push((name("ffn_norm.weight"), norm(d, 1.0)));
         let ff = shape.feed_forward;
-        tensors.push((name("ffn_gate.weight"), matrix(&mut rng, ff, d, projection, shape.weights)));
-        tensors.push((name("ffn_up.weight"), matrix(&mut rng, ff, d, projection, shape.weights)));
+        tensors.push((
+            name("ffn_gate.weight"),
+            matrix(&mut rng, ff, d, projection, shape.weights),
+        ));
+        tensors.push((
+            name("ffn_up.weight"),
+            matrix(&mut rng, ff, d, projection, shape.weights),
+        ));
         let down = 1.0 / (ff as f32).sqrt();
-        tensors.push((name("ffn_down.weight"), matrix(&mut rng, d, ff, down, shape.weights)));
+        tensors.push((
+            name("ffn_down.weight"),
+            matrix(&mut rng, d, ff, down, shape.weights),
+        ));
     }
     use gguf_file::Value;
-    let strings = |values: &[String]| Value::Array(values.iter().map(|v| Value::String(v.clone())).collect());
+    let strings =
+        |values: &[String]| Value::Array(values.iter().map(|v| Value::String(v.clone())).collect());
     let key = |name: &str| format!("{arch}.{name}");
     let template = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
     let metadata: Vec<(String, Value)> = vec![
@@ -174,14 +203,24 @@ pub fn write(path: &Path, shape: TinyShape) {
         (key("block_count"), Value::U32(shape.layers as u32)),
         (key("context_length"), Value::U32(512)),
         (key("embedding_length"), Value::U32(d as u32)),
-        (key("feed_forward_length"), Value::U32(shape.feed_forward as u32)),
+        (
+            key("feed_forward_length"),
+            Value::U32(shape.feed_forward as u32),
+        ),
         (key("attention.head_count"), Value::U32(shape.heads as u32)),
-        (key("attention.head_count_kv"), Value::U32(shape.kv_heads as u32)),
+        (
+            key("attention.head_count_kv"),
+            Value::U32(shape.kv_heads as u32),
+        ),
         (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
         (key("rope.dimension_count"), Value::U32(head_dim as u32)),
         (
             key("rope.freq_base"),
-            Value::F32(if arch == "qwen2" { 1_000_000.0 } else { 10_000.0 }),
+            Value::F32(if arch == "qwen2" {
+                1_000_000.0
+            } else {
+                10_000.0
+            }),
         ),
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Value::String("qwen2".into())),
@@ -191,13 +230,26 @@ pub fn write(path: &Path, shape: TinyShape) {
             Value::Array(types.iter().map(|&t| Value::I32(t)).collect()),
         ),
         ("tokenizer.ggml.merges".into(), strings(&merges)),
-        ("tokenizer.ggml.bos_token_id".into(), Value::U32((vocab - 2) as u32)),
-        ("tokenizer.ggml.eos_token_id".into(), Value::U32((vocab - 1) as u32)),
-        ("tokenizer.ggml.padding_token_id".into(), Value::U32((vocab - 3) as u32)),
+        (
+            "tokenizer.ggml.bos_token_id".into(),
+            Value::U32((vocab - 2) as u32),
+        ),
+        (
+            "tokenizer.ggml.eos_token_id".into(),
+            Value::U32((vocab - 1) as u32),
+        ),
+        (
+            "tokenizer.ggml.padding_token_id".into(),
+            Value::U32((vocab - 3) as u32),
+        ),
         ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
-        ("tokenizer.chat_template".into(), Value::String(template.into())),
+        (
+            "tokenizer.chat_template".into(),
+            Value::String(template.into()),
+        ),
     ];
-    let metadata_refs: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let metadata_refs: Vec<(&str, &Value)> =
+        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut file = File::create(path).unwrap();
     gguf_file::write(&mut file, &metadata_refs, &tensor_refs).unwrap();

@@ -48,7 +48,10 @@ fn check_header(path: &Path, header: &gguf::GgufHeader) -> Result<(), EngineErro
     Ok(())
 }
 
-fn tokenizer_for(path: &Path, header: &gguf::GgufHeader) -> Result<tokenizers::Tokenizer, EngineError> {
+fn tokenizer_for(
+    path: &Path,
+    header: &gguf::GgufHeader,
+) -> Result<tokenizers::Tokenizer, EngineError> {
     gguf::tokenizer_from_header(header).ok_or_else(|| {
         let kind = header
             .metadata
@@ -80,6 +83,17 @@ pub struct CpuEngine {
 impl CpuEngine {
     /// Checks and loads the GGUF file at `path`, and starts the scheduler.
     pub fn load(path: &Path, config: &EngineConfig) -> Result<Self, EngineError> {
+        Self::load_with(path, config, false)
+    }
+
+    /// The same engine with every weight expanded to f32 and no activation
+    /// quantisation: slow, the exact reference that accuracy tests measure
+    /// both engines against.
+    pub fn load_exact(path: &Path, config: &EngineConfig) -> Result<Self, EngineError> {
+        Self::load_with(path, config, true)
+    }
+
+    fn load_with(path: &Path, config: &EngineConfig, exact: bool) -> Result<Self, EngineError> {
         let header = gguf::read_header(path)?;
         check_header(path, &header)?;
         let tokenizer = Arc::new(tokenizer_for(path, &header)?);
@@ -95,7 +109,7 @@ impl CpuEngine {
             .and_then(gguf::MetaValue::as_u64)
             .filter(|_| add_bos)
             .map(|id| id as u32);
-        let model = Model::load(path, &header)?;
+        let model = Model::load(path, &header, exact)?;
         let isa = Isa::detect();
         let threads = match config.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -153,6 +167,14 @@ impl CpuEngine {
         self.threads
     }
 
+    /// Token ids of plain `text` (special tokens written in it are matched).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        self.tokenizer
+            .encode(text, false)
+            .map(|encoding| encoding.get_ids().to_vec())
+            .map_err(|err| EngineError::Generation(format!("tokenizing: {err}")))
+    }
+
     /// The prompt tokens of `messages` after the chat template.
     pub fn prompt_tokens(&self, messages: &[super::ChatMessage]) -> Result<Vec<u32>, EngineError> {
         let text = self.template.render(messages)?;
@@ -170,7 +192,10 @@ impl CpuEngine {
     }
 
     fn submit(&self, job: Job) -> Result<(), EngineError> {
-        let jobs = self.jobs.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let jobs = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         jobs.as_ref()
             .and_then(|jobs| jobs.send(job).ok())
             .ok_or_else(|| EngineError::Generation("the engine thread has stopped".into()))

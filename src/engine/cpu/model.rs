@@ -126,9 +126,9 @@ impl ModelConfig {
             }
         };
         let required = |name: &str| {
-            integer(name).filter(|&value| value > 0).ok_or_else(|| {
-                unsupported(format!("missing or zero metadata key {}", key(name)))
-            })
+            integer(name)
+                .filter(|&value| value > 0)
+                .ok_or_else(|| unsupported(format!("missing or zero metadata key {}", key(name))))
         };
         let layers = required("block_count")?;
         let embedding = required("embedding_length")?;
@@ -180,7 +180,9 @@ impl ModelConfig {
             .unwrap_or("none");
         let rope_linear_scale = match scaling {
             "none" => 1.0,
-            "linear" => float("rope.scaling.factor").filter(|&f| f > 0.0).unwrap_or(1.0),
+            "linear" => float("rope.scaling.factor")
+                .filter(|&f| f > 0.0)
+                .unwrap_or(1.0),
             other => {
                 return Err(unsupported(format!(
                     "{} = {other:?} (the cpu backend implements none and linear)",
@@ -281,7 +283,12 @@ impl KvCache {
         self.layers = other
             .layers
             .iter()
-            .map(|(keys, values)| (keys[..len * kv_dim].to_vec(), values[..len * kv_dim].to_vec()))
+            .map(|(keys, values)| {
+                (
+                    keys[..len * kv_dim].to_vec(),
+                    values[..len * kv_dim].to_vec(),
+                )
+            })
             .collect();
         self.len = len;
     }
@@ -364,8 +371,9 @@ fn layer_tensor_names() -> [&'static str; 15] {
 }
 
 impl Model {
-    /// Loads the model at `path`, whose header is `header`.
-    pub fn load(path: &Path, header: &GgufHeader) -> Result<Self, EngineError> {
+    /// Loads the model at `path`, whose header is `header`; `exact` expands
+    /// every matrix to f32, the slow reference of the accuracy tests.
+    pub fn load(path: &Path, header: &GgufHeader, exact: bool) -> Result<Self, EngineError> {
         let config = ModelConfig::from_header(path, header)?;
         let mut known: HashSet<String> = [
             "token_embd.weight",
@@ -381,13 +389,21 @@ impl Model {
                 known.insert(format!("blk.{layer}.{name}"));
             }
         }
-        if let Some(tensor) = header.tensors.iter().find(|tensor| !known.contains(&tensor.name)) {
+        if let Some(tensor) = header
+            .tensors
+            .iter()
+            .find(|tensor| !known.contains(&tensor.name))
+        {
             return Err(EngineError::Unsupported {
                 path: path.to_path_buf(),
-                detail: format!("tensor {} (a feature the cpu backend does not implement)", tensor.name),
+                detail: format!(
+                    "tensor {} (a feature the cpu backend does not implement)",
+                    tensor.name
+                ),
             });
         }
         let mut reader = TensorReader::open(path, header)?;
+        reader.exact = exact;
         let (d, ff, q_dim, kv_dim) = (
             config.embedding,
             config.feed_forward,
@@ -432,7 +448,11 @@ impl Model {
         }
         let half = config.rope_dims / 2;
         let mut inverse_frequencies: Vec<f32> = (0..half)
-            .map(|i| config.rope_base.powf(-2.0 * i as f32 / config.rope_dims as f32))
+            .map(|i| {
+                config
+                    .rope_base
+                    .powf(-2.0 * i as f32 / config.rope_dims as f32)
+            })
             .collect();
         if reader.has("rope_freqs.weight") {
             let factors = reader.vector("rope_freqs.weight", half)?;
@@ -464,7 +484,9 @@ impl Model {
     /// A cache for one sequence, shaped for this model.
     pub fn new_cache(&self) -> KvCache {
         KvCache {
-            layers: (0..self.config.layers).map(|_| (Vec::new(), Vec::new())).collect(),
+            layers: (0..self.config.layers)
+                .map(|_| (Vec::new(), Vec::new()))
+                .collect(),
             len: 0,
         }
     }
@@ -481,7 +503,12 @@ impl Model {
     ) -> Result<(), EngineError> {
         let config = &self.config;
         let n = batch.tokens.len();
-        let (d, q_dim, kv_dim, ff) = (config.embedding, config.q_dim(), config.kv_dim(), config.feed_forward);
+        let (d, q_dim, kv_dim, ff) = (
+            config.embedding,
+            config.q_dim(),
+            config.kv_dim(),
+            config.feed_forward,
+        );
         check_batch(batch, caches, config)?;
         resize(&mut scratch.x, n * d);
         resize(&mut scratch.normed, n * d);
@@ -498,7 +525,12 @@ impl Model {
         }
         self.rope_table(batch.positions, &mut scratch.rope);
         for (index, layer) in self.layers.iter().enumerate() {
-            rms_norm_rows(&scratch.x, &layer.attn_norm, config.rms_epsilon, &mut scratch.normed);
+            rms_norm_rows(
+                &scratch.x,
+                &layer.attn_norm,
+                config.rms_epsilon,
+                &mut scratch.normed,
+            );
             kernels::quantize_rows(pool, &scratch.normed, n, d, &mut scratch.quant);
             let input = Activations {
                 float: &scratch.normed,
@@ -565,7 +597,12 @@ impl Model {
                 }],
             );
             add_assign(&mut scratch.x, &scratch.projected);
-            rms_norm_rows(&scratch.x, &layer.ffn_norm, config.rms_epsilon, &mut scratch.normed);
+            rms_norm_rows(
+                &scratch.x,
+                &layer.ffn_norm,
+                config.rms_epsilon,
+                &mut scratch.normed,
+            );
             kernels::quantize_rows(pool, &scratch.normed, n, d, &mut scratch.quant);
             let input = Activations {
                 float: &scratch.normed,
@@ -627,7 +664,12 @@ impl Model {
             row.copy_from_slice(&scratch.x[i * d..(i + 1) * d]);
         }
         let mut normed = vec![0.0; outputs * d];
-        rms_norm_rows(&selected, &self.output_norm, config.rms_epsilon, &mut normed);
+        rms_norm_rows(
+            &selected,
+            &self.output_norm,
+            config.rms_epsilon,
+            &mut normed,
+        );
         kernels::quantize_rows(pool, &normed, outputs, d, &mut scratch.quant);
         resize(&mut scratch.logits, outputs * config.vocab);
         let output = self.output.as_ref().unwrap_or(&self.embedding);
@@ -686,7 +728,11 @@ impl Model {
     }
 }
 
-fn check_batch(batch: &Batch<'_>, caches: &[KvCache], config: &ModelConfig) -> Result<(), EngineError> {
+fn check_batch(
+    batch: &Batch<'_>,
+    caches: &[KvCache],
+    config: &ModelConfig,
+) -> Result<(), EngineError> {
     let n = batch.tokens.len();
     let fail = |detail: String| Err(EngineError::Generation(format!("invalid batch: {detail}")));
     if n == 0 || batch.positions.len() != n || batch.slots.len() != n {

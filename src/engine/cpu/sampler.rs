@@ -64,7 +64,11 @@ impl Sampler {
         if penalty != 1.0 {
             for &token in &self.seen_list {
                 let logit = &mut logits[token as usize];
-                *logit = if *logit > 0.0 { *logit / penalty } else { *logit * penalty };
+                *logit = if *logit > 0.0 {
+                    *logit / penalty
+                } else {
+                    *logit * penalty
+                };
             }
         }
         if self.settings.temperature <= 0.0 {
@@ -93,10 +97,17 @@ impl Sampler {
     /// relative to the whole vocabulary.
     fn top_candidates(&mut self, logits: &[f32], count: usize, temperature: f32) {
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let total: f32 = logits.iter().map(|&logit| ((logit - max) / temperature).exp()).sum();
+        let total: f32 = logits
+            .iter()
+            .map(|&logit| ((logit - max) / temperature).exp())
+            .sum();
         self.candidates.clear();
-        self.candidates
-            .extend(logits.iter().enumerate().map(|(id, &logit)| (logit, id as u32)));
+        self.candidates.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(id, &logit)| (logit, id as u32)),
+        );
         if count < self.candidates.len() {
             self.candidates
                 .select_nth_unstable_by(count - 1, |a, b| b.0.total_cmp(&a.0));
@@ -197,7 +208,9 @@ mod tests {
                 },
                 3,
             );
-            (0..20).map(|_| sampler.sample(&mut logits.clone())).collect::<Vec<_>>()
+            (0..20)
+                .map(|_| sampler.sample(&mut logits.clone()))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(9), draw(9));
         assert_ne!(draw(9), draw(10));

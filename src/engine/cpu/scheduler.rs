@@ -93,7 +93,10 @@ impl TextStream {
         let decode = |ids: &[u32]| tokenizer.decode(ids, true).unwrap_or_default();
         let before = decode(&self.ids[self.prefix_offset..self.read_offset]);
         let after = decode(&self.ids[self.prefix_offset..]);
-        if after.len() > before.len() && !after.ends_with('\u{FFFD}') && after.is_char_boundary(before.len()) {
+        if after.len() > before.len()
+            && !after.ends_with('\u{FFFD}')
+            && after.is_char_boundary(before.len())
+        {
             self.prefix_offset = self.read_offset;
             self.read_offset = self.ids.len();
             after[before.len()..].to_string()
@@ -320,11 +323,10 @@ impl Scheduler {
     /// one other than `keep`.
     fn free_slot(&mut self, keep: Option<usize>) -> usize {
         let idle = |slot: &Slot| !slot.busy;
-        let empty = self
-            .slots
-            .iter()
-            .enumerate()
-            .position(|(index, slot)| idle(slot) && slot.tokens.is_empty() && Some(index) != keep);
+        let empty =
+            self.slots.iter().enumerate().position(|(index, slot)| {
+                idle(slot) && slot.tokens.is_empty() && Some(index) != keep
+            });
         let retained = self
             .slots
             .iter()
@@ -440,8 +442,13 @@ impl Scheduler {
             outputs: &outputs,
         };
         let result = catch_unwind(AssertUnwindSafe(|| {
-            self.model
-                .forward(&self.pool, self.isa, &batch, &mut self.caches, &mut self.scratch)
+            self.model.forward(
+                &self.pool,
+                self.isa,
+                &batch,
+                &mut self.caches,
+                &mut self.scratch,
+            )
         }));
         let result = match result {
             Ok(result) => result,
@@ -483,7 +490,8 @@ impl Scheduler {
             sequence.sampler.observe(&[token]);
             let text = sequence.text.push(&self.tokenizer, token);
             sequence.outbox.push_str(&text);
-            let context_full = self.caches[sequence.slot].len() + 1 >= self.model.config.context_length;
+            let context_full =
+                self.caches[sequence.slot].len() + 1 >= self.model.config.context_length;
             if sequence.generated >= sequence.request.max_tokens || context_full {
                 finished.push(index);
             } else {
@@ -589,7 +597,11 @@ fn flush(sequence: &mut Sequence) {
         return;
     }
     let text = std::mem::take(&mut sequence.outbox);
-    match sequence.request.events.try_send(Ok(StreamEvent::Delta(text))) {
+    match sequence
+        .request
+        .events
+        .try_send(Ok(StreamEvent::Delta(text)))
+    {
         Ok(()) | Err(TrySendError::Closed(_)) => {}
         Err(TrySendError::Full(Ok(StreamEvent::Delta(text)))) => sequence.outbox = text,
         Err(TrySendError::Full(_)) => {}

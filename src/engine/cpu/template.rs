@@ -66,9 +66,12 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |message: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
-        });
+        env.add_function(
+            "raise_exception",
+            |message: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
+            },
+        );
         env.add_function("strftime_now", |format: String| {
             chrono::Local::now().format(&format).to_string()
         });
@@ -123,7 +126,10 @@ pub fn stop_tokens(header: &GgufHeader) -> BTreeSet<u32> {
     .collect();
     if let Some(MetaValue::Array(tokens)) = header.metadata.get("tokenizer.ggml.tokens") {
         for (id, token) in tokens.iter().enumerate() {
-            if token.as_str().is_some_and(|text| END_OF_TURN_TOKENS.contains(&text)) {
+            if token
+                .as_str()
+                .is_some_and(|text| END_OF_TURN_TOKENS.contains(&text))
+            {
                 stops.insert(id as u32);
             }
         }

@@ -107,6 +107,8 @@ pub struct TensorReader<'a> {
     pub converted_bytes: usize,
     /// Names of the tensors that were converted, with their original type.
     pub converted: Vec<(String, &'static str)>,
+    /// Expand every matrix to f32 (the exact reference the accuracy tests use).
+    pub exact: bool,
 }
 
 impl<'a> TensorReader<'a> {
@@ -127,6 +129,7 @@ impl<'a> TensorReader<'a> {
                 .collect(),
             converted_bytes: 0,
             converted: Vec::new(),
+            exact: false,
         })
     }
 
@@ -153,14 +156,14 @@ impl<'a> TensorReader<'a> {
 
     /// The raw bytes of a tensor, bounds-checked against the file.
     fn raw(&self, entry: &TensorEntry) -> Result<(usize, usize), EngineError> {
-        let (_, block_elements, block_bytes) = ggml_type_layout(entry.ggml_type)
-            .ok_or_else(|| {
+        let (_, block_elements, block_bytes) =
+            ggml_type_layout(entry.ggml_type).ok_or_else(|| {
                 self.corrupt(format!(
                     "tensor {} has unknown ggml type {}",
                     entry.name, entry.ggml_type
                 ))
             })?;
-        if entry.elements % block_elements != 0 {
+        if !entry.elements.is_multiple_of(block_elements) {
             return Err(self.corrupt(format!(
                 "tensor {} has {} elements, not whole blocks of {block_elements}",
                 entry.name, entry.elements
@@ -168,10 +171,15 @@ impl<'a> TensorReader<'a> {
         }
         let len = entry.elements / block_elements * block_bytes;
         let start = self.header.data_start + entry.offset;
-        let end = start.checked_add(len).filter(|&end| end <= self.file.bytes().len() as u64);
+        let end = start
+            .checked_add(len)
+            .filter(|&end| end <= self.file.bytes().len() as u64);
         match end {
             Some(_) => Ok((start as usize, len as usize)),
-            None => Err(self.corrupt(format!("tensor {} lies past the end of the file", entry.name))),
+            None => Err(self.corrupt(format!(
+                "tensor {} lies past the end of the file",
+                entry.name
+            ))),
         }
     }
 
@@ -192,17 +200,48 @@ impl<'a> TensorReader<'a> {
                 .chunks_exact(2)
                 .map(|chunk| kernels::bf16_to_f32(u16::from_le_bytes([chunk[0], chunk[1]])))
                 .collect(),
+            GGML_Q8_0 | GGML_Q4_0 => {
+                let cols = entry.dims.first().copied().unwrap_or(entry.elements) as usize;
+                let rows = (entry.elements as usize) / cols.max(1);
+                let view = if entry.ggml_type == GGML_Q8_0 {
+                    WeightView::Q8_0 {
+                        rows,
+                        cols,
+                        data: bytes,
+                    }
+                } else {
+                    WeightView::Q4_0 {
+                        rows,
+                        cols,
+                        data: bytes,
+                    }
+                };
+                view.check()
+                    .map_err(|detail| self.corrupt(format!("tensor {}: {detail}", entry.name)))?;
+                let mut values = vec![0.0; rows * cols];
+                for (row, out) in values.chunks_exact_mut(cols).enumerate() {
+                    view.dequantize_row(row, out);
+                }
+                values
+            }
             other => {
                 let dtype = candle_dtype(other).ok_or_else(|| {
-                    self.corrupt(format!("tensor {} has unsupported type {other}", entry.name))
+                    self.corrupt(format!(
+                        "tensor {} has unsupported type {other}",
+                        entry.name
+                    ))
                 })?;
                 let elements = entry.elements as usize;
-                let tensor = ggml_file::qtensor_from_ggml(dtype, bytes, vec![elements], &Device::Cpu)
-                    .and_then(|tensor| tensor.dequantize(&Device::Cpu))
-                    .and_then(|tensor| tensor.to_vec1::<f32>())
-                    .map_err(|err| {
-                        self.corrupt(format!("tensor {} cannot be dequantised: {err}", entry.name))
-                    })?;
+                let tensor =
+                    ggml_file::qtensor_from_ggml(dtype, bytes, vec![elements], &Device::Cpu)
+                        .and_then(|tensor| tensor.dequantize(&Device::Cpu))
+                        .and_then(|tensor| tensor.to_vec1::<f32>())
+                        .map_err(|err| {
+                            self.corrupt(format!(
+                                "tensor {} cannot be dequantised: {err}",
+                                entry.name
+                            ))
+                        })?;
                 tensor
             }
         };
@@ -225,9 +264,8 @@ impl<'a> TensorReader<'a> {
     /// converted (floats to f32, other quantisations to Q8_0).
     pub fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<Matrix, EngineError> {
         let entry = self.entry(name)?;
-        let shape_ok = entry.dims.len() == 2
-            && entry.dims[0] == cols as u64
-            && entry.dims[1] == rows as u64;
+        let shape_ok =
+            entry.dims.len() == 2 && entry.dims[0] == cols as u64 && entry.dims[1] == rows as u64;
         if !shape_ok {
             return Err(self.corrupt(format!(
                 "tensor {name} has shape {:?}, the model needs [{cols}, {rows}]",
@@ -235,6 +273,11 @@ impl<'a> TensorReader<'a> {
             )));
         }
         let data = match entry.ggml_type {
+            _ if self.exact => {
+                let values = self.dequantize(entry)?;
+                self.note_conversion(entry, values.len() * 4);
+                Data::F32(values)
+            }
             GGML_Q8_0 | GGML_Q4_0 => {
                 let (start, len) = self.raw(entry)?;
                 let bytes = Bytes::Mapped {
@@ -254,20 +297,24 @@ impl<'a> TensorReader<'a> {
                 Data::F32(values)
             }
             _ => {
-                if cols % kernels::BLOCK != 0 {
+                if !cols.is_multiple_of(kernels::BLOCK) {
                     return Err(self.corrupt(format!(
                         "tensor {name}: rows of {cols} cannot be re-quantised to Q8_0"
                     )));
                 }
                 let values = self.dequantize(entry)?;
-                let mut bytes = Vec::with_capacity(values.len() / kernels::BLOCK * kernels::Q8_0_BLOCK_BYTES);
+                let mut bytes =
+                    Vec::with_capacity(values.len() / kernels::BLOCK * kernels::Q8_0_BLOCK_BYTES);
                 kernels::quantize_q8_0(&values, &mut bytes);
                 self.note_conversion(entry, bytes.len());
                 Data::Q8_0(Bytes::Owned(bytes))
             }
         };
         let matrix = Matrix { rows, cols, data };
-        matrix.view().check().map_err(|detail| self.corrupt(format!("tensor {name}: {detail}")))?;
+        matrix
+            .view()
+            .check()
+            .map_err(|detail| self.corrupt(format!("tensor {name}: {detail}")))?;
         Ok(matrix)
     }
 
@@ -292,4 +339,80 @@ fn candle_dtype(ggml_type: u32) -> Option<GgmlDType> {
         15 => GgmlDType::Q8K,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::cpu::kernels::{Activations, Isa, QuantRow};
+    use candle_core::quantized::{QMatMul, QTensor};
+    use candle_core::{Module, Tensor};
+
+    /// Our Q8_0 product equals candle's (which mistral.rs runs) on the same
+    /// weights and inputs, so the engines differ only outside the matmuls.
+    #[test]
+    fn q8_0_matmul_equals_candles() {
+        let (rows, cols, tokens) = (64, 576, 3);
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.05)
+            .collect();
+        let weights = QTensor::quantize(
+            &Tensor::from_vec(values, (rows, cols), &Device::Cpu).unwrap(),
+            GgmlDType::Q8_0,
+        )
+        .unwrap();
+        let bytes = weights.data().unwrap().to_vec();
+        let input: Vec<f32> = (0..tokens * cols)
+            .map(|i| {
+                ((i * 104_729 % 997) as f32 / 498.0 - 1.0) * if i % 97 == 0 { 40.0 } else { 1.0 }
+            })
+            .collect();
+        let reference = QMatMul::from_qtensor(weights)
+            .unwrap()
+            .forward(&Tensor::from_vec(input.clone(), (tokens, cols), &Device::Cpu).unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let quant: Vec<QuantRow> = input
+            .chunks_exact(cols)
+            .map(|row| {
+                let mut quant = QuantRow::default();
+                quant.quantize(row);
+                quant
+            })
+            .collect();
+        let view = WeightView::Q8_0 {
+            rows,
+            cols,
+            data: &bytes,
+        };
+        let pool = kernels::ThreadPool::new(1).unwrap();
+        for isa in Isa::available() {
+            let mut out = vec![0.0; tokens * rows];
+            kernels::matmul(
+                &pool,
+                isa,
+                &Activations {
+                    float: &input,
+                    quant: &quant,
+                    rows: tokens,
+                    cols,
+                },
+                &mut [kernels::MatmulJob {
+                    weights: view,
+                    bias: None,
+                    out: &mut out,
+                }],
+            );
+            let worst = out
+                .iter()
+                .zip(&reference)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            let scale = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            assert!(worst <= scale * 1e-5, "{}: {worst} of {scale}", isa.name());
+        }
+    }
 }

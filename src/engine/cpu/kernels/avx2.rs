@@ -3,6 +3,9 @@
 //! the sign trick (|w| as the unsigned operand of `maddubs`, the value's
 //! sign moved to the activation), which cannot saturate for |w| ≤ 128.
 
+// Register tiles are indexed by row and token on purpose: the loops unroll.
+#![allow(clippy::needless_range_loop)]
+
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -22,7 +25,11 @@ macro_rules! drive_tiles {
         let tokens = quant.len();
         let mut feature = $features.start;
         while feature < $features.end {
-            let group = if $features.end - feature >= ROWS { ROWS } else { 1 };
+            let group = if $features.end - feature >= ROWS {
+                ROWS
+            } else {
+                1
+            };
             let rows: &[u8] = &data[feature * row_bytes..(feature + group) * row_bytes];
             let mut token = 0;
             while token < tokens {
@@ -125,10 +132,7 @@ fn tile_q8_0<const R: usize, const T: usize>(
             scales[r] = half_at(&rows[at..]);
         }
         for t in 0..T {
-            let values = load32(
-                bytemuck_i8(&acts[t].signed),
-                block * BLOCK,
-            );
+            let values = load32(bytemuck_i8(&acts[t].signed), block * BLOCK);
             let value_scale = acts[t].scales[block];
             for r in 0..R {
                 let signed = _mm256_sign_epi8(values, weights[r]);
@@ -299,20 +303,35 @@ pub unsafe fn gemm_f32(
     let tokens = input.rows;
     let mut feature = features.start;
     while feature < features.end {
-        let group = if features.end - feature >= ROWS { ROWS } else { 1 };
+        let group = if features.end - feature >= ROWS {
+            ROWS
+        } else {
+            1
+        };
         let rows = &data[feature * cols..(feature + group) * cols];
         let mut token = 0;
         while token < tokens {
             let take = if tokens - token >= TOKENS { TOKENS } else { 1 };
             let values = &input.float[token * cols..(token + take) * cols];
             match (group, take) {
-                (ROWS, TOKENS) => {
-                    emit_tile(&tile_f32::<ROWS, TOKENS>(rows, cols, values), feature, token, emit)
-                }
-                (ROWS, _) => emit_tile(&tile_f32::<ROWS, 1>(rows, cols, values), feature, token, emit),
-                (_, TOKENS) => {
-                    emit_tile(&tile_f32::<1, TOKENS>(rows, cols, values), feature, token, emit)
-                }
+                (ROWS, TOKENS) => emit_tile(
+                    &tile_f32::<ROWS, TOKENS>(rows, cols, values),
+                    feature,
+                    token,
+                    emit,
+                ),
+                (ROWS, _) => emit_tile(
+                    &tile_f32::<ROWS, 1>(rows, cols, values),
+                    feature,
+                    token,
+                    emit,
+                ),
+                (_, TOKENS) => emit_tile(
+                    &tile_f32::<1, TOKENS>(rows, cols, values),
+                    feature,
+                    token,
+                    emit,
+                ),
                 _ => emit_tile(&tile_f32::<1, 1>(rows, cols, values), feature, token, emit),
             }
             token += take;

@@ -9,6 +9,9 @@
 //!
 //! An odd last block runs through the 256-bit forms of the same instructions.
 
+// Register tiles are indexed by row and token on purpose: the loops unroll.
+#![allow(clippy::needless_range_loop)]
+
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 use std::ops::Range;
@@ -26,7 +29,11 @@ macro_rules! drive_tiles {
         let tokens = quant.len();
         let mut feature = $features.start;
         while feature < $features.end {
-            let group = if $features.end - feature >= ROWS { ROWS } else { 1 };
+            let group = if $features.end - feature >= ROWS {
+                ROWS
+            } else {
+                1
+            };
             let rows: &[u8] = &data[feature * row_bytes..(feature + group) * row_bytes];
             let mut token = 0;
             while token < tokens {
@@ -37,12 +44,42 @@ macro_rules! drive_tiles {
                 };
                 let acts = &quant[token..token + take];
                 match (group, take) {
-                    (ROWS, TOKENS) => emit_tile(&$tile::<ROWS, TOKENS>(rows, row_bytes, blocks, acts), feature, token, emit),
-                    (ROWS, 2) => emit_tile(&$tile::<ROWS, 2>(rows, row_bytes, blocks, acts), feature, token, emit),
-                    (ROWS, _) => emit_tile(&$tile::<ROWS, 1>(rows, row_bytes, blocks, acts), feature, token, emit),
-                    (_, TOKENS) => emit_tile(&$tile::<1, TOKENS>(rows, row_bytes, blocks, acts), feature, token, emit),
-                    (_, 2) => emit_tile(&$tile::<1, 2>(rows, row_bytes, blocks, acts), feature, token, emit),
-                    _ => emit_tile(&$tile::<1, 1>(rows, row_bytes, blocks, acts), feature, token, emit),
+                    (ROWS, TOKENS) => emit_tile(
+                        &$tile::<ROWS, TOKENS>(rows, row_bytes, blocks, acts),
+                        feature,
+                        token,
+                        emit,
+                    ),
+                    (ROWS, 2) => emit_tile(
+                        &$tile::<ROWS, 2>(rows, row_bytes, blocks, acts),
+                        feature,
+                        token,
+                        emit,
+                    ),
+                    (ROWS, _) => emit_tile(
+                        &$tile::<ROWS, 1>(rows, row_bytes, blocks, acts),
+                        feature,
+                        token,
+                        emit,
+                    ),
+                    (_, TOKENS) => emit_tile(
+                        &$tile::<1, TOKENS>(rows, row_bytes, blocks, acts),
+                        feature,
+                        token,
+                        emit,
+                    ),
+                    (_, 2) => emit_tile(
+                        &$tile::<1, 2>(rows, row_bytes, blocks, acts),
+                        feature,
+                        token,
+                        emit,
+                    ),
+                    _ => emit_tile(
+                        &$tile::<1, 1>(rows, row_bytes, blocks, acts),
+                        feature,
+                        token,
+                        emit,
+                    ),
                 }
                 token += take;
             }

@@ -353,7 +353,10 @@ fn check_job(job: &MatmulJob<'_>, input: &Activations<'_>) {
         panic!("matmul: {detail}");
     }
     assert_eq!(weights.cols(), input.cols, "matmul: input width");
-    assert!(input.float.len() >= input.rows * input.cols, "matmul: input rows");
+    assert!(
+        input.float.len() >= input.rows * input.cols,
+        "matmul: input rows"
+    );
     if weights.is_quantized() {
         assert!(input.quant.len() >= input.rows, "matmul: quantised rows");
         assert!(
@@ -363,7 +366,11 @@ fn check_job(job: &MatmulJob<'_>, input: &Activations<'_>) {
             "matmul: quantised row width"
         );
     }
-    assert_eq!(job.out.len(), input.rows * weights.rows(), "matmul: output size");
+    assert_eq!(
+        job.out.len(),
+        input.rows * weights.rows(),
+        "matmul: output size"
+    );
     if let Some(bias) = job.bias {
         assert_eq!(bias.len(), weights.rows(), "matmul: bias length");
     }
@@ -581,7 +588,10 @@ mod tests {
     }
 
     fn assert_close(reference: &[f32], actual: &[f32], what: &str) {
-        let scale = reference.iter().fold(0.0f32, |max, v| max.max(v.abs())).max(1e-3);
+        let scale = reference
+            .iter()
+            .fold(0.0f32, |max, v| max.max(v.abs()))
+            .max(1e-3);
         for (index, (a, b)) in reference.iter().zip(actual).enumerate() {
             assert!(
                 (a - b).abs() <= scale * 1e-5,
@@ -617,9 +627,21 @@ mod tests {
                 cols,
             };
             let views = [
-                WeightView::Q8_0 { rows, cols, data: &q8 },
-                WeightView::Q4_0 { rows, cols, data: &q4 },
-                WeightView::F32 { rows, cols, data: &f32s },
+                WeightView::Q8_0 {
+                    rows,
+                    cols,
+                    data: &q8,
+                },
+                WeightView::Q4_0 {
+                    rows,
+                    cols,
+                    data: &q4,
+                },
+                WeightView::F32 {
+                    rows,
+                    cols,
+                    data: &f32s,
+                },
             ];
             for weights in views {
                 weights.check().unwrap();
@@ -630,7 +652,11 @@ mod tests {
                     assert_close(
                         &reference,
                         &actual,
-                        &format!("{} {rows}x{cols} x{tokens} {:?}", isa.name(), weights.rows()),
+                        &format!(
+                            "{} {rows}x{cols} x{tokens} {:?}",
+                            isa.name(),
+                            weights.rows()
+                        ),
                     );
                 }
             }
@@ -649,8 +675,16 @@ mod tests {
                 _ => random_q4_0(&mut rng, rows, cols),
             };
             let weights = match format {
-                "q8_0" => WeightView::Q8_0 { rows, cols, data: &data },
-                _ => WeightView::Q4_0 { rows, cols, data: &data },
+                "q8_0" => WeightView::Q8_0 {
+                    rows,
+                    cols,
+                    data: &data,
+                },
+                _ => WeightView::Q4_0 {
+                    rows,
+                    cols,
+                    data: &data,
+                },
             };
             let mut dense = vec![0.0; rows * cols];
             for row in 0..rows {
@@ -666,7 +700,11 @@ mod tests {
             let quantized = run(Isa::SCALAR, weights, &input);
             let exact = run(
                 Isa::SCALAR,
-                WeightView::F32 { rows, cols, data: &dense },
+                WeightView::F32 {
+                    rows,
+                    cols,
+                    data: &dense,
+                },
                 &input,
             );
             let scale = exact.iter().fold(0.0f32, |max, v| max.max(v.abs()));
@@ -724,8 +762,16 @@ mod tests {
             cols,
         };
         let isa = Isa::detect();
-        let wa = WeightView::Q8_0 { rows: rows_a, cols, data: &a };
-        let wb = WeightView::Q4_0 { rows: rows_b, cols, data: &b };
+        let wa = WeightView::Q8_0 {
+            rows: rows_a,
+            cols,
+            data: &a,
+        };
+        let wb = WeightView::Q4_0 {
+            rows: rows_b,
+            cols,
+            data: &b,
+        };
         let mut out_a = vec![0.0; tokens * rows_a];
         let mut out_b = vec![0.0; tokens * rows_b];
         matmul(
@@ -733,8 +779,16 @@ mod tests {
             isa,
             &input,
             &mut [
-                MatmulJob { weights: wa, bias: None, out: &mut out_a },
-                MatmulJob { weights: wb, bias: Some(&bias), out: &mut out_b },
+                MatmulJob {
+                    weights: wa,
+                    bias: None,
+                    out: &mut out_a,
+                },
+                MatmulJob {
+                    weights: wb,
+                    bias: Some(&bias),
+                    out: &mut out_b,
+                },
             ],
         );
         assert_eq!(out_a, run(isa, wa, &input));

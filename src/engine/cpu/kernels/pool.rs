@@ -118,8 +118,9 @@ impl ThreadPool {
         // worker has decremented `busy`, after which none reads it again
         // until the next dispatch replaces it.
         let borrowed: *const (dyn Fn(usize) + Sync + '_) = task;
-        let erased: *const Task =
-            unsafe { std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const Task>(borrowed) };
+        let erased: *const Task = unsafe {
+            std::mem::transmute::<*const (dyn Fn(usize) + Sync + '_), *const Task>(borrowed)
+        };
         *lock(&shared.dispatch) = Some(Dispatch {
             task: erased,
             count,
@@ -181,7 +182,9 @@ impl ThreadPool {
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn claim_tasks(shared: &Shared, task: &(dyn Fn(usize) + Sync + '_), count: usize) {
@@ -208,7 +211,7 @@ fn worker(shared: &Shared) {
                 break;
             }
             spins = spins.wrapping_add(1);
-            if spins % 64 == 0 && started.elapsed() > SPIN_BEFORE_SLEEP {
+            if spins.is_multiple_of(64) && started.elapsed() > SPIN_BEFORE_SLEEP {
                 shared.sleepers.fetch_add(1, Ordering::SeqCst);
                 let mut guard = lock(&shared.wake_lock);
                 while shared.generation.load(Ordering::SeqCst) == seen
@@ -236,7 +239,8 @@ fn worker(shared: &Shared) {
             // SAFETY: `run` keeps the closure alive until `busy` reaches 0,
             // which this worker signals only after its last call below.
             let task: &Task = unsafe { &*task };
-            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| claim_tasks(shared, task, count))) {
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| claim_tasks(shared, task, count)))
+            {
                 lock(&shared.panic).get_or_insert(panic);
             }
         }

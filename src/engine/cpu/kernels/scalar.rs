@@ -113,7 +113,10 @@ pub fn gemm_f32(
 
 /// Expands one row of Q8_0 blocks.
 pub fn dequantize_q8_0(row: &[u8], out: &mut [f32]) {
-    for (block, values) in row.chunks_exact(Q8_0_BLOCK_BYTES).zip(out.chunks_exact_mut(BLOCK)) {
+    for (block, values) in row
+        .chunks_exact(Q8_0_BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(BLOCK))
+    {
         let scale = scale_at(block);
         for (value, &quant) in values.iter_mut().zip(&block[2..]) {
             *value = scale * f32::from(quant as i8);
@@ -123,7 +126,10 @@ pub fn dequantize_q8_0(row: &[u8], out: &mut [f32]) {
 
 /// Expands one row of Q4_0 blocks.
 pub fn dequantize_q4_0(row: &[u8], out: &mut [f32]) {
-    for (block, values) in row.chunks_exact(Q4_0_BLOCK_BYTES).zip(out.chunks_exact_mut(BLOCK)) {
+    for (block, values) in row
+        .chunks_exact(Q4_0_BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(BLOCK))
+    {
         let scale = scale_at(block);
         for (j, &byte) in block[2..].iter().enumerate() {
             values[j] = scale * (f32::from(byte & 0x0F) - 8.0);
