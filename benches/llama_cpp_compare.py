@@ -11,6 +11,7 @@ from an empty KV cache, as `concierge bench engine` does.
 """
 import argparse
 import json
+import resource
 import statistics
 import time
 
@@ -65,6 +66,8 @@ def main():
         "prompt_tok_per_sec": statistics.median(prompt_speed),
         "decode_tok_per_sec": statistics.median(decode_speed),
         "first_token_ms": statistics.median(first_token_ms),
+        # Peak resident memory of this process (Python included), MiB.
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     }, indent=2))
 
 

@@ -101,6 +101,25 @@ async fn tiny_llama_and_qwen2_match_mistral_rs_under_teacher_forcing() {
             ..TinyShape::qwen2()
         },
     ));
+    // Types without native kernels are converted to Q8_0 at load.
+    shapes.push((
+        "llama-q4_1",
+        TinyShape {
+            weights: GgmlDType::Q4_1,
+            seed: 5,
+            ..TinyShape::llama()
+        },
+    ));
+    shapes.push((
+        "qwen2-q4k",
+        TinyShape {
+            weights: GgmlDType::Q4K,
+            embedding: 256,
+            feed_forward: 512,
+            seed: 6,
+            ..TinyShape::qwen2()
+        },
+    ));
     for (name, shape) in shapes {
         let path = tiny(dir.path(), shape, name);
         let ours = CpuEngine::load(&path, &engine_config()).unwrap();

@@ -395,8 +395,9 @@ pub fn matmul(pool: &ThreadPool, isa: Isa, input: &Activations<'_>, jobs: &mut [
     }
     let total: usize = jobs.iter().map(|job| job.weights.rows()).sum();
     let threads = pool.threads();
-    // Chunks are multiples of 16 features, about four per thread over all jobs.
-    let chunk = (total / (threads * 4)).max(16).div_ceil(16) * 16;
+    // Chunks are multiples of 16 features, about eight per thread over all
+    // jobs, so threads claiming them finish close together.
+    let chunk = (total / (threads * 8)).max(16).div_ceil(16) * 16;
     let mut tasks: Vec<(usize, Range<usize>)> = Vec::new();
     for (index, job) in jobs.iter().enumerate() {
         let rows = job.weights.rows();
