@@ -1081,6 +1081,14 @@ impl Pipeline {
         }
         if let Some(usage) = usage {
             telemetry::tokens_used(usage.prompt_tokens, usage.completion_tokens);
+            tracing::info!(
+                prompt_tokens = usage.prompt_tokens,
+                cached_prompt_tokens = usage.cached_prompt_tokens,
+                completion_tokens = usage.completion_tokens,
+                prompt_tok_per_sec = format!("{:.1}", usage.prompt_tokens_per_sec),
+                decode_tok_per_sec = format!("{:.1}", usage.decode_tokens_per_sec),
+                "reply generated"
+            );
         }
         if let Some(err) = &error {
             tracing::error!("engine error: {err}");
