@@ -739,7 +739,8 @@ mod tests {
         for (index, value) in values.iter().enumerate() {
             let scale = row.scales[index / BLOCK];
             let restored = f32::from(row.signed[index]) * scale;
-            assert!((restored - value).abs() <= scale * 0.5 + 1e-6);
+            // Half a step, plus the f16 rounding of the scale over 127 steps.
+            assert!((restored - value).abs() <= scale * (0.5 + 127.0 / 2048.0) + 1e-6);
             assert_eq!(row.unsigned[index], (row.signed[index] as u8) ^ 0x80);
         }
         let zeros = vec![0.0; 32];
