@@ -1,4 +1,4 @@
-//! AVX-512 VNNI kernels: register tiles of 4 weight rows × 3 tokens, two
+//! AVX-512 VNNI kernels: register tiles of 4 weight rows × 4 tokens, two
 //! 32-value blocks (one zmm register) per step, `vpdpbusd` for the int8
 //! products. `vpdpbusd` multiplies unsigned by signed bytes, so:
 //! - Q8_0: the activation is the unsigned operand (value + 128) and the
@@ -21,7 +21,7 @@ use super::{QuantRow, BLOCK, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
 /// Weight rows per tile.
 const ROWS: usize = 4;
 /// Tokens per tile.
-const TOKENS: usize = 3;
+const TOKENS: usize = 4;
 
 macro_rules! drive_tiles {
     ($tile:ident, $data:expr, $row_bytes:expr, $blocks:expr, $features:expr, $quant:expr, $emit:expr) => {{
