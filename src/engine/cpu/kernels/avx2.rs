@@ -10,7 +10,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{Activations, QuantRow, BLOCK, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
+use super::{emit_tile, Activations, QuantRow, BLOCK, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
 
 /// Weight rows per tile.
 const ROWS: usize = 2;
@@ -60,21 +60,9 @@ macro_rules! drive_tiles {
     }};
 }
 
-fn emit_tile<const R: usize, const T: usize>(
-    out: &[[f32; T]; R],
-    feature: usize,
-    token: usize,
-    emit: &mut dyn FnMut(usize, usize, f32),
-) {
-    for (r, row) in out.iter().enumerate() {
-        for (t, &value) in row.iter().enumerate() {
-            emit(token + t, feature + r, value);
-        }
-    }
-}
-
+/// Sum of the eight lanes.
 #[target_feature(enable = "avx2,fma")]
-fn hsum(v: __m256) -> f32 {
+pub(super) fn hsum(v: __m256) -> f32 {
     let high = _mm256_extractf128_ps(v, 1);
     let sum = _mm_add_ps(_mm256_castps256_ps128(v), high);
     let sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));

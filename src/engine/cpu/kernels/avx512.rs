@@ -16,7 +16,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{QuantRow, BLOCK, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
+use super::{emit_tile, QuantRow, BLOCK, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
 
 /// Weight rows per tile.
 const ROWS: usize = 4;
@@ -88,19 +88,6 @@ macro_rules! drive_tiles {
     }};
 }
 
-fn emit_tile<const R: usize, const T: usize>(
-    out: &[[f32; T]; R],
-    feature: usize,
-    token: usize,
-    emit: &mut dyn FnMut(usize, usize, f32),
-) {
-    for (r, row) in out.iter().enumerate() {
-        for (t, &value) in row.iter().enumerate() {
-            emit(token + t, feature + r, value);
-        }
-    }
-}
-
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn half_at(bytes: &[u8], at: usize) -> f32 {
     let bits = u16::from_le_bytes([bytes[at], bytes[at + 1]]);
@@ -166,15 +153,6 @@ fn as_bytes(values: &[i8]) -> &[u8] {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-fn hsum256(v: __m256) -> f32 {
-    let high = _mm256_extractf128_ps(v, 1);
-    let sum = _mm_add_ps(_mm256_castps256_ps128(v), high);
-    let sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
-    let sum = _mm_add_ss(sum, _mm_movehdup_ps(sum));
-    _mm_cvtss_f32(sum)
-}
-
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn tile_q8_0<const R: usize, const T: usize>(
     rows: &[u8],
     row_bytes: usize,
@@ -235,7 +213,7 @@ fn tile_q8_0<const R: usize, const T: usize>(
                 let values = load32(&acts[t].unsigned, block * BLOCK);
                 let dot = _mm256_dpbusd_epi32(start, values, weights);
                 let scale = weight_scale * acts[t].scales[block];
-                out[r][t] += hsum256(_mm256_cvtepi32_ps(dot)) * scale;
+                out[r][t] += super::avx2::hsum(_mm256_cvtepi32_ps(dot)) * scale;
             }
         }
     }
@@ -314,7 +292,7 @@ fn tile_q4_0<const R: usize, const T: usize>(
                 let start = load_i32x8(&acts[t].neg8_lane_sums, block * 8);
                 let dot = _mm256_dpbusd_epi32(start, weights, values);
                 let scale = weight_scale * acts[t].scales[block];
-                out[r][t] += hsum256(_mm256_cvtepi32_ps(dot)) * scale;
+                out[r][t] += super::avx2::hsum(_mm256_cvtepi32_ps(dot)) * scale;
             }
         }
     }

@@ -347,6 +347,21 @@ fn gemm_range(
     }
 }
 
+/// Hands a SIMD variant's finished tile (`R` features × `T` tokens starting
+/// at `feature`, `token`) to the caller.
+fn emit_tile<const R: usize, const T: usize>(
+    out: &[[f32; T]; R],
+    feature: usize,
+    token: usize,
+    emit: &mut dyn FnMut(usize, usize, f32),
+) {
+    for (r, row) in out.iter().enumerate() {
+        for (t, &value) in row.iter().enumerate() {
+            emit(token + t, feature + r, value);
+        }
+    }
+}
+
 fn check_job(job: &MatmulJob<'_>, input: &Activations<'_>) {
     let weights = job.weights;
     if let Err(detail) = weights.check() {
