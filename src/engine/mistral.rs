@@ -148,12 +148,7 @@ impl MistralEngine {
     ) -> Result<Vec<u32>, EngineError> {
         let mut builder = mistralrs::TextMessages::new();
         for message in messages {
-            let role = match message.role {
-                ChatRole::System => TextMessageRole::System,
-                ChatRole::User => TextMessageRole::User,
-                ChatRole::Assistant => TextMessageRole::Assistant,
-            };
-            builder = builder.add_message(role, &message.content);
+            builder = builder.add_message(role_of(message.role), &message.content);
         }
         self.model
             .tokenize(either::Either::Left(builder), None, false, true, None)
@@ -171,15 +166,18 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     format!("the model loader panicked: {text}")
 }
 
+fn role_of(role: ChatRole) -> TextMessageRole {
+    match role {
+        ChatRole::System => TextMessageRole::System,
+        ChatRole::User => TextMessageRole::User,
+        ChatRole::Assistant => TextMessageRole::Assistant,
+    }
+}
+
 fn build_request(request: &ChatRequest) -> RequestBuilder {
     let mut builder = RequestBuilder::new();
     for message in &request.messages {
-        let role = match message.role {
-            ChatRole::System => TextMessageRole::System,
-            ChatRole::User => TextMessageRole::User,
-            ChatRole::Assistant => TextMessageRole::Assistant,
-        };
-        builder = builder.add_message(role, &message.content);
+        builder = builder.add_message(role_of(message.role), &message.content);
     }
     let sampling = request.sampling;
     // RequestBuilder starts greedy (top_k = 1); state every parameter.

@@ -531,17 +531,12 @@ impl Model {
                 config.rms_epsilon,
                 &mut scratch.normed,
             );
-            kernels::quantize_rows(pool, &scratch.normed, n, d, &mut scratch.quant);
-            let input = Activations {
-                float: &scratch.normed,
-                quant: &scratch.quant,
-                rows: n,
-                cols: d,
-            };
-            kernels::matmul(
+            project(
                 pool,
                 isa,
-                &input,
+                &scratch.normed,
+                d,
+                &mut scratch.quant,
                 &mut [
                     MatmulJob {
                         weights: layer.q.view(),
@@ -579,17 +574,12 @@ impl Model {
                 &scratch.q,
                 &mut scratch.attention,
             );
-            kernels::quantize_rows(pool, &scratch.attention, n, q_dim, &mut scratch.quant);
-            let input = Activations {
-                float: &scratch.attention,
-                quant: &scratch.quant,
-                rows: n,
-                cols: q_dim,
-            };
-            kernels::matmul(
+            project(
                 pool,
                 isa,
-                &input,
+                &scratch.attention,
+                q_dim,
+                &mut scratch.quant,
                 &mut [MatmulJob {
                     weights: layer.attn_output.view(),
                     bias: None,
@@ -603,17 +593,12 @@ impl Model {
                 config.rms_epsilon,
                 &mut scratch.normed,
             );
-            kernels::quantize_rows(pool, &scratch.normed, n, d, &mut scratch.quant);
-            let input = Activations {
-                float: &scratch.normed,
-                quant: &scratch.quant,
-                rows: n,
-                cols: d,
-            };
-            kernels::matmul(
+            project(
                 pool,
                 isa,
-                &input,
+                &scratch.normed,
+                d,
+                &mut scratch.quant,
                 &mut [
                     MatmulJob {
                         weights: layer.gate.view(),
@@ -635,17 +620,12 @@ impl Model {
                     kernels::silu_mul(gate, &up[row * ff..(row + 1) * ff]);
                 });
             }
-            kernels::quantize_rows(pool, &scratch.gate, n, ff, &mut scratch.quant);
-            let input = Activations {
-                float: &scratch.gate,
-                quant: &scratch.quant,
-                rows: n,
-                cols: ff,
-            };
-            kernels::matmul(
+            project(
                 pool,
                 isa,
-                &input,
+                &scratch.gate,
+                ff,
+                &mut scratch.quant,
                 &mut [MatmulJob {
                     weights: layer.down.view(),
                     bias: None,
@@ -670,19 +650,14 @@ impl Model {
             config.rms_epsilon,
             &mut normed,
         );
-        kernels::quantize_rows(pool, &normed, outputs, d, &mut scratch.quant);
         resize(&mut scratch.logits, outputs * config.vocab);
         let output = self.output.as_ref().unwrap_or(&self.embedding);
-        let input = Activations {
-            float: &normed,
-            quant: &scratch.quant,
-            rows: outputs,
-            cols: d,
-        };
-        kernels::matmul(
+        project(
             pool,
             isa,
-            &input,
+            &normed,
+            d,
+            &mut scratch.quant,
             &mut [MatmulJob {
                 weights: output.view(),
                 bias: None,
@@ -763,6 +738,30 @@ fn check_batch(
         return fail("output index out of range".into());
     }
     Ok(())
+}
+
+/// Runs `jobs` over the rows of `input` (each `cols` wide), quantising the
+/// rows first when a job's weights read quantised activations.
+fn project(
+    pool: &ThreadPool,
+    isa: Isa,
+    input: &[f32],
+    cols: usize,
+    quant: &mut Vec<QuantRow>,
+    jobs: &mut [MatmulJob<'_>],
+) {
+    let rows = input.len() / cols;
+    let quantized = jobs.iter().any(|job| job.weights.is_quantized());
+    if quantized {
+        kernels::quantize_rows(pool, input, rows, cols, quant);
+    }
+    let activations = Activations {
+        float: input,
+        quant: if quantized { quant } else { &[] },
+        rows,
+        cols,
+    };
+    kernels::matmul(pool, isa, &activations, jobs);
 }
 
 fn resize(buffer: &mut Vec<f32>, len: usize) {
