@@ -17,49 +17,6 @@ const ROWS: usize = 2;
 /// Tokens per tile.
 const TOKENS: usize = 4;
 
-/// Visits the output in tiles: `ROWS × TOKENS`, then the token remainder one
-/// token at a time, then the row remainder one row at a time.
-macro_rules! drive_tiles {
-    ($tile:ident, $data:expr, $row_bytes:expr, $blocks:expr, $features:expr, $quant:expr, $emit:expr) => {{
-        let (data, row_bytes, blocks, quant, emit) = ($data, $row_bytes, $blocks, $quant, $emit);
-        let tokens = quant.len();
-        let mut feature = $features.start;
-        while feature < $features.end {
-            let group = if $features.end - feature >= ROWS {
-                ROWS
-            } else {
-                1
-            };
-            let rows: &[u8] = &data[feature * row_bytes..(feature + group) * row_bytes];
-            let mut token = 0;
-            while token < tokens {
-                let take = if tokens - token >= TOKENS { TOKENS } else { 1 };
-                let acts = &quant[token..token + take];
-                match (group, take) {
-                    (ROWS, TOKENS) => {
-                        let out = $tile::<ROWS, TOKENS>(rows, row_bytes, blocks, acts);
-                        emit_tile(&out, feature, token, emit);
-                    }
-                    (ROWS, _) => {
-                        let out = $tile::<ROWS, 1>(rows, row_bytes, blocks, acts);
-                        emit_tile(&out, feature, token, emit);
-                    }
-                    (_, TOKENS) => {
-                        let out = $tile::<1, TOKENS>(rows, row_bytes, blocks, acts);
-                        emit_tile(&out, feature, token, emit);
-                    }
-                    _ => {
-                        let out = $tile::<1, 1>(rows, row_bytes, blocks, acts);
-                        emit_tile(&out, feature, token, emit);
-                    }
-                }
-                token += take;
-            }
-            feature += group;
-        }
-    }};
-}
-
 /// Sum of the eight lanes.
 #[target_feature(enable = "avx2,fma")]
 pub(super) fn hsum(v: __m256) -> f32 {
@@ -204,6 +161,8 @@ pub unsafe fn gemm_q8_0(
     let blocks = cols / BLOCK;
     drive_tiles!(
         tile_q8_0,
+        ROWS,
+        TOKENS,
         data,
         blocks * Q8_0_BLOCK_BYTES,
         blocks,
@@ -228,6 +187,8 @@ pub unsafe fn gemm_q4_0(
     let blocks = cols / BLOCK;
     drive_tiles!(
         tile_q4_0,
+        ROWS,
+        TOKENS,
         data,
         blocks * Q4_0_BLOCK_BYTES,
         blocks,

@@ -23,71 +23,6 @@ const ROWS: usize = 4;
 /// Tokens per tile.
 const TOKENS: usize = 4;
 
-macro_rules! drive_tiles {
-    ($tile:ident, $data:expr, $row_bytes:expr, $blocks:expr, $features:expr, $quant:expr, $emit:expr) => {{
-        let (data, row_bytes, blocks, quant, emit) = ($data, $row_bytes, $blocks, $quant, $emit);
-        let tokens = quant.len();
-        let mut feature = $features.start;
-        while feature < $features.end {
-            let group = if $features.end - feature >= ROWS {
-                ROWS
-            } else {
-                1
-            };
-            let rows: &[u8] = &data[feature * row_bytes..(feature + group) * row_bytes];
-            let mut token = 0;
-            while token < tokens {
-                let take = match tokens - token {
-                    left if left >= TOKENS => TOKENS,
-                    2 => 2,
-                    _ => 1,
-                };
-                let acts = &quant[token..token + take];
-                match (group, take) {
-                    (ROWS, TOKENS) => emit_tile(
-                        &$tile::<ROWS, TOKENS>(rows, row_bytes, blocks, acts),
-                        feature,
-                        token,
-                        emit,
-                    ),
-                    (ROWS, 2) => emit_tile(
-                        &$tile::<ROWS, 2>(rows, row_bytes, blocks, acts),
-                        feature,
-                        token,
-                        emit,
-                    ),
-                    (ROWS, _) => emit_tile(
-                        &$tile::<ROWS, 1>(rows, row_bytes, blocks, acts),
-                        feature,
-                        token,
-                        emit,
-                    ),
-                    (_, TOKENS) => emit_tile(
-                        &$tile::<1, TOKENS>(rows, row_bytes, blocks, acts),
-                        feature,
-                        token,
-                        emit,
-                    ),
-                    (_, 2) => emit_tile(
-                        &$tile::<1, 2>(rows, row_bytes, blocks, acts),
-                        feature,
-                        token,
-                        emit,
-                    ),
-                    _ => emit_tile(
-                        &$tile::<1, 1>(rows, row_bytes, blocks, acts),
-                        feature,
-                        token,
-                        emit,
-                    ),
-                }
-                token += take;
-            }
-            feature += group;
-        }
-    }};
-}
-
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn half_at(bytes: &[u8], at: usize) -> f32 {
     let bits = u16::from_le_bytes([bytes[at], bytes[at + 1]]);
@@ -314,6 +249,8 @@ pub unsafe fn gemm_q8_0(
     let blocks = cols / BLOCK;
     drive_tiles!(
         tile_q8_0,
+        ROWS,
+        TOKENS,
         data,
         blocks * Q8_0_BLOCK_BYTES,
         blocks,
@@ -338,6 +275,8 @@ pub unsafe fn gemm_q4_0(
     let blocks = cols / BLOCK;
     drive_tiles!(
         tile_q4_0,
+        ROWS,
+        TOKENS,
         data,
         blocks * Q4_0_BLOCK_BYTES,
         blocks,

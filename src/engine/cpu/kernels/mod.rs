@@ -9,6 +9,75 @@
 //! exists only for instruction sets the running CPU has. Each SIMD variant
 //! has a scalar twin in `scalar` that its unit tests compare against.
 
+/// Visits the output of a quantised GEMM in register tiles: `$rows` weight
+/// rows × `$tokens` tokens, then 2 and 1 for the token remainder, and one
+/// row at a time for the row remainder. `$tile::<R, T>` computes one tile.
+/// Shared by the SIMD variants, which differ only in their tiles.
+macro_rules! drive_tiles {
+    ($tile:ident, $rows:ident, $tokens:ident, $data:expr, $row_bytes:expr, $blocks:expr, $features:expr, $quant:expr, $emit:expr) => {{
+        let (data, row_bytes, blocks, quant, emit) = ($data, $row_bytes, $blocks, $quant, $emit);
+        let tokens = quant.len();
+        let mut feature = $features.start;
+        while feature < $features.end {
+            let group = if $features.end - feature >= $rows {
+                $rows
+            } else {
+                1
+            };
+            let rows: &[u8] = &data[feature * row_bytes..(feature + group) * row_bytes];
+            let mut token = 0;
+            while token < tokens {
+                let take = match tokens - token {
+                    left if left >= $tokens => $tokens,
+                    2 => 2,
+                    _ => 1,
+                };
+                let acts = &quant[token..token + take];
+                match (group == $rows, take) {
+                    (true, $tokens) => emit_tile(
+                        &$tile::<$rows, $tokens>(rows, row_bytes, blocks, acts),
+                        feature,
+                        token,
+                        emit,
+                    ),
+                    (true, 2) => emit_tile(
+                        &$tile::<$rows, 2>(rows, row_bytes, blocks, acts),
+                        feature,
+                        token,
+                        emit,
+                    ),
+                    (true, _) => emit_tile(
+                        &$tile::<$rows, 1>(rows, row_bytes, blocks, acts),
+                        feature,
+                        token,
+                        emit,
+                    ),
+                    (false, $tokens) => emit_tile(
+                        &$tile::<1, $tokens>(rows, row_bytes, blocks, acts),
+                        feature,
+                        token,
+                        emit,
+                    ),
+                    (false, 2) => emit_tile(
+                        &$tile::<1, 2>(rows, row_bytes, blocks, acts),
+                        feature,
+                        token,
+                        emit,
+                    ),
+                    (false, _) => emit_tile(
+                        &$tile::<1, 1>(rows, row_bytes, blocks, acts),
+                        feature,
+                        token,
+                        emit,
+                    ),
+                }
+                token += take;
+            }
+            feature += group;
+        }
+    }};
+}
+
 mod avx2;
 mod avx512;
 pub mod mapped;
