@@ -109,8 +109,8 @@ impl CpuEngine {
             .and_then(gguf::MetaValue::as_u64)
             .filter(|_| add_bos)
             .map(|id| id as u32);
-        let model = Model::load(path, &header, exact)?;
         let isa = Isa::detect();
+        let model = Model::load(path, &header, exact, isa.reads_packed_weights())?;
         let threads = match config.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,

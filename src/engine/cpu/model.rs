@@ -372,8 +372,14 @@ fn layer_tensor_names() -> [&'static str; 15] {
 
 impl Model {
     /// Loads the model at `path`, whose header is `header`; `exact` expands
-    /// every matrix to f32, the slow reference of the accuracy tests.
-    pub fn load(path: &Path, header: &GgufHeader, exact: bool) -> Result<Self, EngineError> {
+    /// every matrix to f32, the slow reference of the accuracy tests, and
+    /// `pack` regroups quantised matrices for kernels that read them packed.
+    pub fn load(
+        path: &Path,
+        header: &GgufHeader,
+        exact: bool,
+        pack: bool,
+    ) -> Result<Self, EngineError> {
         let config = ModelConfig::from_header(path, header)?;
         let mut known: HashSet<String> = [
             "token_embd.weight",
@@ -404,6 +410,7 @@ impl Model {
         }
         let mut reader = TensorReader::open(path, header)?;
         reader.exact = exact;
+        reader.pack = pack;
         let (d, ff, q_dim, kv_dim) = (
             config.embedding,
             config.feed_forward,
@@ -753,7 +760,7 @@ fn project(
     let rows = input.len() / cols;
     let quantized = jobs.iter().any(|job| job.weights.is_quantized());
     if quantized {
-        kernels::quantize_rows(pool, input, rows, cols, quant);
+        kernels::quantize_rows(pool, isa, input, rows, cols, quant);
     }
     let activations = Activations {
         float: input,

@@ -12,7 +12,7 @@ use candle_core::quantized::{ggml_file, GgmlDType};
 use candle_core::Device;
 
 use super::kernels::mapped::MappedFile;
-use super::kernels::{self, WeightView};
+use super::kernels::{self, packed, WeightView};
 use crate::engine::gguf::{ggml_type_layout, GgufHeader, TensorEntry};
 use crate::engine::EngineError;
 
@@ -44,6 +44,8 @@ impl Bytes {
 enum Data {
     Q8_0(Bytes),
     Q4_0(Bytes),
+    PackedQ8_0(Vec<u8>),
+    PackedQ4_0(Vec<u8>),
     F32(Vec<f32>),
 }
 
@@ -69,6 +71,16 @@ impl Matrix {
                 cols,
                 data: bytes.get(),
             },
+            Data::PackedQ8_0(bytes) => WeightView::PackedQ8_0 {
+                rows,
+                cols,
+                data: bytes,
+            },
+            Data::PackedQ4_0(bytes) => WeightView::PackedQ4_0 {
+                rows,
+                cols,
+                data: bytes,
+            },
             Data::F32(values) => WeightView::F32 {
                 rows,
                 cols,
@@ -92,6 +104,8 @@ impl Matrix {
         match self.data {
             Data::Q8_0(_) => "Q8_0",
             Data::Q4_0(_) => "Q4_0",
+            Data::PackedQ8_0(_) => "Q8_0 (packed)",
+            Data::PackedQ4_0(_) => "Q4_0 (packed)",
             Data::F32(_) => "F32",
         }
     }
@@ -109,6 +123,10 @@ pub struct TensorReader<'a> {
     pub converted: Vec<(String, &'static str)>,
     /// Expand every matrix to f32 (the exact reference the accuracy tests use).
     pub exact: bool,
+    /// Regroup Q8_0 and Q4_0 matrices into the interleaved layout the
+    /// AVX-512 kernels read (copied out of the mapping, whose pages are then
+    /// released, so resident memory stays one copy).
+    pub pack: bool,
 }
 
 impl<'a> TensorReader<'a> {
@@ -130,6 +148,7 @@ impl<'a> TensorReader<'a> {
             converted_bytes: 0,
             converted: Vec::new(),
             exact: false,
+            pack: false,
         })
     }
 
@@ -278,6 +297,28 @@ impl<'a> TensorReader<'a> {
                 self.note_conversion(entry, values.len() * 4);
                 Data::F32(values)
             }
+            GGML_Q8_0 | GGML_Q4_0 if self.pack => {
+                let (start, len) = self.raw(entry)?;
+                let bytes = &self.file.bytes()[start..start + len];
+                let expected = rows * cols / kernels::BLOCK
+                    * if entry.ggml_type == GGML_Q8_0 {
+                        kernels::Q8_0_BLOCK_BYTES
+                    } else {
+                        kernels::Q4_0_BLOCK_BYTES
+                    };
+                if len != expected || !cols.is_multiple_of(kernels::BLOCK) {
+                    return Err(self.corrupt(format!(
+                        "tensor {name} has {len} bytes, its shape needs {expected}"
+                    )));
+                }
+                let data = if entry.ggml_type == GGML_Q8_0 {
+                    Data::PackedQ8_0(packed::pack_q8_0(bytes, rows, cols))
+                } else {
+                    Data::PackedQ4_0(packed::pack_q4_0(bytes, rows, cols))
+                };
+                self.file.release(start, len);
+                data
+            }
             GGML_Q8_0 | GGML_Q4_0 => {
                 let (start, len) = self.raw(entry)?;
                 let bytes = Bytes::Mapped {
@@ -307,7 +348,11 @@ impl<'a> TensorReader<'a> {
                     Vec::with_capacity(values.len() / kernels::BLOCK * kernels::Q8_0_BLOCK_BYTES);
                 kernels::quantize_q8_0(&values, &mut bytes);
                 self.note_conversion(entry, bytes.len());
-                Data::Q8_0(Bytes::Owned(bytes))
+                if self.pack {
+                    Data::PackedQ8_0(packed::pack_q8_0(&bytes, rows, cols))
+                } else {
+                    Data::Q8_0(Bytes::Owned(bytes))
+                }
             }
         };
         let matrix = Matrix { rows, cols, data };
@@ -379,7 +424,7 @@ mod tests {
             .chunks_exact(cols)
             .map(|row| {
                 let mut quant = QuantRow::default();
-                quant.quantize(row);
+                quant.quantize(Isa::SCALAR, row);
                 quant
             })
             .collect();

@@ -57,6 +57,64 @@ fn load_i32x8(values: &[i32], offset: usize) -> __m256i {
     unsafe { _mm256_loadu_si256(window.as_ptr().cast()) }
 }
 
+/// Stores one quantised block (`quants`: 32 signed bytes in order) and its
+/// derived tables into `row`. Shared with the AVX-512 variant.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn store_quant_block(row: &mut QuantRow, block: usize, quants: __m256i, scale: f32) {
+    let pairs = _mm256_maddubs_epi16(_mm256_set1_epi8(1), quants);
+    let lane_sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+    let neg8_lane_sums = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(lane_sums, 3));
+    let signed = &mut row.signed[block * BLOCK..(block + 1) * BLOCK];
+    // SAFETY: `signed` has exactly 32 writable bytes; the store is unaligned.
+    unsafe { _mm256_storeu_si256(signed.as_mut_ptr().cast(), quants) };
+    let sums_out = &mut row.neg8_lane_sums[block * 8..(block + 1) * 8];
+    // SAFETY: `sums_out` has exactly 8 writable i32.
+    unsafe { _mm256_storeu_si256(sums_out.as_mut_ptr().cast(), neg8_lane_sums) };
+    row.scales[block] = scale;
+}
+
+/// Quantises one activation row into `row`, whose buffers are already
+/// sized; equal to `scalar::quantize_row` value for value.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_row(values: &[f32], row: &mut QuantRow) {
+    let magnitude = _mm256_set1_ps(-0.0);
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (block, chunk) in values.chunks_exact(BLOCK).enumerate() {
+        let parts = [
+            load_f32x8(chunk, 0),
+            load_f32x8(chunk, 8),
+            load_f32x8(chunk, 16),
+            load_f32x8(chunk, 24),
+        ];
+        let mut largest = _mm256_setzero_ps();
+        for part in parts {
+            largest = _mm256_max_ps(largest, _mm256_andnot_ps(magnitude, part));
+        }
+        let half = _mm_max_ps(
+            _mm256_castps256_ps128(largest),
+            _mm256_extractf128_ps(largest, 1),
+        );
+        let quarter = _mm_max_ps(half, _mm_movehl_ps(half, half));
+        let amax = _mm_cvtss_f32(_mm_max_ss(quarter, _mm_movehdup_ps(quarter)));
+        let (scale, inverse) = QuantRow::block_scale(amax);
+        let inverse = _mm256_set1_ps(inverse);
+        // Round half to even (the default MXCSR mode), then pack with
+        // saturation; the packs interleave 128-bit lanes, `order` undoes it.
+        let mut ints = [_mm256_setzero_si256(); 4];
+        for (int, part) in ints.iter_mut().zip(parts) {
+            *int = _mm256_cvtps_epi32(_mm256_mul_ps(part, inverse));
+        }
+        let low = _mm256_packs_epi32(ints[0], ints[1]);
+        let high = _mm256_packs_epi32(ints[2], ints[3]);
+        let quants = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(low, high), order);
+        let quants = _mm256_max_epi8(quants, _mm256_set1_epi8(-127));
+        store_quant_block(row, block, quants, scale);
+    }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 fn tile_q8_0<const R: usize, const T: usize>(
     rows: &[u8],
@@ -156,7 +214,7 @@ pub unsafe fn gemm_q8_0(
     cols: usize,
     features: Range<usize>,
     quant: &[QuantRow],
-    emit: &mut dyn FnMut(usize, usize, f32),
+    emit: &mut dyn FnMut(usize, usize, &[f32]),
 ) {
     let blocks = cols / BLOCK;
     drive_tiles!(
@@ -182,7 +240,7 @@ pub unsafe fn gemm_q4_0(
     cols: usize,
     features: Range<usize>,
     quant: &[QuantRow],
-    emit: &mut dyn FnMut(usize, usize, f32),
+    emit: &mut dyn FnMut(usize, usize, &[f32]),
 ) {
     let blocks = cols / BLOCK;
     drive_tiles!(
@@ -247,7 +305,7 @@ pub unsafe fn gemm_f32(
     cols: usize,
     features: Range<usize>,
     input: &Activations<'_>,
-    emit: &mut dyn FnMut(usize, usize, f32),
+    emit: &mut dyn FnMut(usize, usize, &[f32]),
 ) {
     let tokens = input.rows;
     let mut feature = features.start;

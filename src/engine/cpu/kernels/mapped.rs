@@ -26,4 +26,29 @@ impl MappedFile {
     pub fn bytes(&self) -> &[u8] {
         &self.map
     }
+
+    /// Drops the resident pages of `start..start + len` (a tensor copied out
+    /// at load), so they stop counting towards this process's memory. A
+    /// later read faults them back in from the file. Advisory: errors and
+    /// non-Unix systems leave the pages as they are.
+    pub fn release(&self, start: usize, len: usize) {
+        if start
+            .checked_add(len)
+            .is_none_or(|end| end > self.map.len())
+        {
+            return;
+        }
+        #[cfg(unix)]
+        {
+            // SAFETY: the mapping is read-only and never written, so dropping
+            // its pages loses nothing: every later read, through any
+            // reference, sees the same bytes faulted back in from the file.
+            // madvise rounds the start down to a page boundary, which only
+            // widens the dropped range within the mapping.
+            let _ = unsafe {
+                self.map
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len)
+            };
+        }
+    }
 }

@@ -81,6 +81,7 @@ macro_rules! drive_tiles {
 mod avx2;
 mod avx512;
 pub mod mapped;
+pub mod packed;
 pub mod pool;
 mod scalar;
 
@@ -161,6 +162,12 @@ impl Isa {
             .collect()
     }
 
+    /// Whether this instruction set's kernels read Q8_0 and Q4_0 weights in
+    /// the packed layout (see [`packed`]) rather than row-major.
+    pub fn reads_packed_weights(self) -> bool {
+        self.0 == IsaKind::Avx512Vnni
+    }
+
     /// A short name for logs and benchmark output.
     pub fn name(self) -> &'static str {
         match self.0 {
@@ -181,62 +188,57 @@ pub fn bf16_to_f32(bits: u16) -> f32 {
     f32::from_bits(u32::from(bits) << 16)
 }
 
-/// One activation row quantised to Q8_0 blocks, with the derived tables the
-/// SIMD kernels read: the bytes with the sign bit flipped (unsigned operand
-/// for VNNI), each block scale repeated per 32-bit lane, and -8 × the sum of
-/// each group of four values (the Q4_0 nibble offset, per lane).
+/// One activation row quantised to Q8_0 blocks, with the sums the SIMD
+/// kernels use to undo their unsigned weight offsets: -8 × the sum of each
+/// group of four values (per 32-bit lane, AVX2 Q4_0) and the sum of each
+/// block (AVX-512).
 #[derive(Clone, Debug, Default)]
 pub struct QuantRow {
     /// Signed quantised values.
     pub signed: Vec<i8>,
-    /// `signed ^ 0x80`: value + 128 as unsigned bytes.
-    pub unsigned: Vec<u8>,
     /// Scale of each block.
     pub scales: Vec<f32>,
-    /// Each block scale repeated 8 times (one per 32-bit lane of a block).
-    pub lane_scales: Vec<f32>,
     /// -8 × the sum of each group of four signed values.
     pub neg8_lane_sums: Vec<i32>,
+    /// Sum of the signed values of each block.
+    pub block_sums: Vec<i32>,
 }
 
 impl QuantRow {
     /// Quantises `values` (length a multiple of 32) into this row, reusing
     /// its buffers.
-    pub fn quantize(&mut self, values: &[f32]) {
-        debug_assert_eq!(values.len() % BLOCK, 0);
+    pub fn quantize(&mut self, isa: Isa, values: &[f32]) {
+        assert_eq!(
+            values.len() % BLOCK,
+            0,
+            "quantize: width not a multiple of 32"
+        );
         let blocks = values.len() / BLOCK;
         self.signed.resize(values.len(), 0);
-        self.unsigned.resize(values.len(), 0);
         self.scales.resize(blocks, 0.0);
-        self.lane_scales.resize(blocks * 8, 0.0);
         self.neg8_lane_sums.resize(blocks * 8, 0);
-        for (block, chunk) in values.chunks_exact(BLOCK).enumerate() {
-            let amax = chunk.iter().fold(0.0f32, |max, value| max.max(value.abs()));
-            // As ggml and candle do: values are divided by the exact scale,
-            // and the scale is kept rounded through f16, as Q8_0 stores it.
-            let exact = amax / 127.0;
-            let inverse = if exact > 0.0 { 1.0 / exact } else { 0.0 };
-            let scale = half::f16::from_f32(exact).to_f32();
-            let quants = &mut self.signed[block * BLOCK..(block + 1) * BLOCK];
-            for (quant, value) in quants.iter_mut().zip(chunk) {
-                *quant = (value * inverse).round().clamp(-127.0, 127.0) as i8;
-            }
-            for (unsigned, &quant) in self.unsigned[block * BLOCK..(block + 1) * BLOCK]
-                .iter_mut()
-                .zip(quants.iter())
-            {
-                *unsigned = (quant as u8) ^ 0x80;
-            }
-            self.scales[block] = scale;
-            self.lane_scales[block * 8..(block + 1) * 8].fill(scale);
-            for lane in 0..8 {
-                let sum: i32 = quants[lane * 4..lane * 4 + 4]
-                    .iter()
-                    .map(|&quant| i32::from(quant))
-                    .sum();
-                self.neg8_lane_sums[block * 8 + lane] = -8 * sum;
-            }
+        match isa.0 {
+            IsaKind::Scalar => scalar::quantize_row(values, self),
+            // SAFETY: this `Isa` exists only when AVX2, FMA and F16C were detected.
+            IsaKind::Avx2 => unsafe { avx2::quantize_row(values, self) },
+            // SAFETY: this `Isa` exists only when AVX-512 F/BW/VL/VNNI and AVX2 were detected.
+            IsaKind::Avx512Vnni => unsafe { avx512::quantize_row(values, self) },
         }
+        self.block_sums.clear();
+        self.block_sums.extend(
+            self.neg8_lane_sums
+                .chunks_exact(8)
+                .map(|lanes| lanes.iter().sum::<i32>() / -8),
+        );
+    }
+
+    /// The scale of a block whose largest magnitude is `amax`, and its
+    /// inverse. As ggml and candle do: values are divided by the exact
+    /// scale, and the scale is kept rounded through f16, as Q8_0 stores it.
+    fn block_scale(amax: f32) -> (f32, f32) {
+        let exact = amax / 127.0;
+        let inverse = if exact > 0.0 { 1.0 / exact } else { 0.0 };
+        (half::f16::from_f32(exact).to_f32(), inverse)
     }
 
     /// Number of values.
@@ -272,6 +274,24 @@ pub enum WeightView<'a> {
         /// `rows * cols / 32 * 18` bytes.
         data: &'a [u8],
     },
+    /// Q8_0 regrouped for the AVX-512 kernels (see [`packed`]).
+    PackedQ8_0 {
+        /// Output features.
+        rows: usize,
+        /// Input features (a multiple of 32).
+        cols: usize,
+        /// [`packed::packed_len`] bytes.
+        data: &'a [u8],
+    },
+    /// Q4_0 regrouped for the AVX-512 kernels (see [`packed`]).
+    PackedQ4_0 {
+        /// Output features.
+        rows: usize,
+        /// Input features (a multiple of 32).
+        cols: usize,
+        /// [`packed::packed_len`] bytes.
+        data: &'a [u8],
+    },
     /// Plain f32, row-major.
     F32 {
         /// Output features.
@@ -287,14 +307,22 @@ impl WeightView<'_> {
     /// Output features.
     pub fn rows(&self) -> usize {
         match *self {
-            Self::Q8_0 { rows, .. } | Self::Q4_0 { rows, .. } | Self::F32 { rows, .. } => rows,
+            Self::Q8_0 { rows, .. }
+            | Self::Q4_0 { rows, .. }
+            | Self::PackedQ8_0 { rows, .. }
+            | Self::PackedQ4_0 { rows, .. }
+            | Self::F32 { rows, .. } => rows,
         }
     }
 
     /// Input features.
     pub fn cols(&self) -> usize {
         match *self {
-            Self::Q8_0 { cols, .. } | Self::Q4_0 { cols, .. } | Self::F32 { cols, .. } => cols,
+            Self::Q8_0 { cols, .. }
+            | Self::Q4_0 { cols, .. }
+            | Self::PackedQ8_0 { cols, .. }
+            | Self::PackedQ4_0 { cols, .. }
+            | Self::F32 { cols, .. } => cols,
         }
     }
 
@@ -318,6 +346,19 @@ impl WeightView<'_> {
                 }
                 (rows * cols / BLOCK * Q4_0_BLOCK_BYTES, data.len())
             }
+            Self::PackedQ8_0 { rows, cols, data } | Self::PackedQ4_0 { rows, cols, data } => {
+                if cols % BLOCK != 0 {
+                    return Err(format!("packed row length {cols} is not a multiple of 32"));
+                }
+                let group_block_bytes = match self {
+                    Self::PackedQ8_0 { .. } => packed::Q8_0_GROUP_BLOCK_BYTES,
+                    _ => packed::Q4_0_GROUP_BLOCK_BYTES,
+                };
+                (
+                    packed::packed_len(rows, cols, group_block_bytes),
+                    data.len(),
+                )
+            }
             Self::F32 { rows, cols, data } => (rows * cols, data.len()),
         };
         if expected == actual {
@@ -340,6 +381,22 @@ impl WeightView<'_> {
                 let row_bytes = cols / BLOCK * Q4_0_BLOCK_BYTES;
                 scalar::dequantize_q4_0(&data[row * row_bytes..(row + 1) * row_bytes], out);
             }
+            Self::PackedQ8_0 { cols, data, .. } => packed::dequantize_row(
+                data,
+                cols,
+                row,
+                packed::Q8_0_GROUP_BLOCK_BYTES,
+                packed::q8_0_weight,
+                out,
+            ),
+            Self::PackedQ4_0 { cols, data, .. } => packed::dequantize_row(
+                data,
+                cols,
+                row,
+                packed::Q4_0_GROUP_BLOCK_BYTES,
+                packed::q4_0_weight,
+                out,
+            ),
             Self::F32 { cols, data, .. } => {
                 out.copy_from_slice(&data[row * cols..(row + 1) * cols]);
             }
@@ -373,13 +430,14 @@ pub struct MatmulJob<'a> {
 }
 
 /// Computes a tile of outputs for weight rows `cols` (a range of output
-/// features) and every token, calling `emit(token, feature, value)`.
+/// features) and every token, calling `emit(token, first_feature, values)`
+/// with the outputs of consecutive features for one token.
 fn gemm_range(
     isa: Isa,
     weights: WeightView<'_>,
     input: &Activations<'_>,
     features: Range<usize>,
-    emit: &mut dyn FnMut(usize, usize, f32),
+    emit: &mut dyn FnMut(usize, usize, &[f32]),
 ) {
     let quant = &input.quant[..input.rows.min(input.quant.len())];
     match (isa.0, weights) {
@@ -391,27 +449,35 @@ fn gemm_range(
                 unsafe { avx2::gemm_f32(data, cols, features, input, emit) }
             }
         },
+        (IsaKind::Avx512Vnni, WeightView::PackedQ8_0 { cols, data, .. }) => {
+            // SAFETY: this `Isa` exists only when AVX-512 F/BW/VL/VNNI and AVX2 were detected.
+            unsafe { avx512::gemm_packed_q8_0(data, cols, features, quant, emit) }
+        }
+        (IsaKind::Avx512Vnni, WeightView::PackedQ4_0 { cols, data, .. }) => {
+            // SAFETY: as above.
+            unsafe { avx512::gemm_packed_q4_0(data, cols, features, quant, emit) }
+        }
+        (_, WeightView::PackedQ8_0 { cols, data, .. }) => {
+            scalar::gemm_packed_q8_0(data, cols, features, quant, emit)
+        }
+        (_, WeightView::PackedQ4_0 { cols, data, .. }) => {
+            scalar::gemm_packed_q4_0(data, cols, features, quant, emit)
+        }
         (IsaKind::Scalar, WeightView::Q8_0 { cols, data, .. }) => {
             scalar::gemm_q8_0(data, cols, features, quant, emit)
         }
         (IsaKind::Scalar, WeightView::Q4_0 { cols, data, .. }) => {
             scalar::gemm_q4_0(data, cols, features, quant, emit)
         }
-        (IsaKind::Avx2, WeightView::Q8_0 { cols, data, .. }) => {
-            // SAFETY: this `Isa` exists only when AVX2, FMA and F16C were detected.
+        // Row-major layouts run the AVX2 tiles under AVX-512 too; the AVX-512
+        // kernels read the packed layout.
+        (_, WeightView::Q8_0 { cols, data, .. }) => {
+            // SAFETY: a non-scalar `Isa` exists only when AVX2, FMA and F16C were detected.
             unsafe { avx2::gemm_q8_0(data, cols, features, quant, emit) }
         }
-        (IsaKind::Avx2, WeightView::Q4_0 { cols, data, .. }) => {
+        (_, WeightView::Q4_0 { cols, data, .. }) => {
             // SAFETY: as above.
             unsafe { avx2::gemm_q4_0(data, cols, features, quant, emit) }
-        }
-        (IsaKind::Avx512Vnni, WeightView::Q8_0 { cols, data, .. }) => {
-            // SAFETY: this `Isa` exists only when AVX-512 F/BW/VL/VNNI and AVX2 were detected.
-            unsafe { avx512::gemm_q8_0(data, cols, features, quant, emit) }
-        }
-        (IsaKind::Avx512Vnni, WeightView::Q4_0 { cols, data, .. }) => {
-            // SAFETY: as above.
-            unsafe { avx512::gemm_q4_0(data, cols, features, quant, emit) }
         }
     }
 }
@@ -422,12 +488,11 @@ fn emit_tile<const R: usize, const T: usize>(
     out: &[[f32; T]; R],
     feature: usize,
     token: usize,
-    emit: &mut dyn FnMut(usize, usize, f32),
+    emit: &mut dyn FnMut(usize, usize, &[f32]),
 ) {
-    for (r, row) in out.iter().enumerate() {
-        for (t, &value) in row.iter().enumerate() {
-            emit(token + t, feature + r, value);
-        }
+    for (t, token) in (token..token + T).enumerate() {
+        let column: [f32; R] = std::array::from_fn(|r| out[r][t]);
+        emit(token, feature, &column);
     }
 }
 
@@ -506,13 +571,28 @@ pub fn matmul(pool: &ThreadPool, isa: Isa, input: &Activations<'_>, jobs: &mut [
         let (index, ref features) = tasks[task];
         let (weights, bias) = views[index];
         let out = &outputs[index];
-        let mut emit = |token: usize, feature: usize, value: f32| {
-            assert!(token < tokens && features.contains(&feature));
-            let value = value + bias.map_or(0.0, |bias| bias[feature]);
-            // SAFETY: `token < tokens` and `feature < out.features`, so the
-            // index is inside the output slice checked in `check_job`; this
-            // task is the only one writing feature range `features`.
-            unsafe { *out.ptr.add(token * out.features + feature) = value };
+        let mut emit = |token: usize, first: usize, values: &[f32]| {
+            assert!(
+                token < tokens && first >= features.start && first + values.len() <= features.end
+            );
+            // SAFETY: `token < tokens` and the features lie inside
+            // `features`, itself inside `0..out.features`, so the run is
+            // inside the output slice checked in `check_job`; this task is the
+            // only one writing feature range `features`.
+            let run = unsafe {
+                std::slice::from_raw_parts_mut(
+                    out.ptr.add(token * out.features + first),
+                    values.len(),
+                )
+            };
+            match bias {
+                Some(bias) => {
+                    for ((out, value), bias) in run.iter_mut().zip(values).zip(&bias[first..]) {
+                        *out = value + bias;
+                    }
+                }
+                None => run.copy_from_slice(values),
+            }
         };
         gemm_range(isa, weights, input, features.clone(), &mut emit);
     });
@@ -522,6 +602,7 @@ pub fn matmul(pool: &ThreadPool, isa: Isa, input: &Activations<'_>, jobs: &mut [
 /// parallel when there are several rows.
 pub fn quantize_rows(
     pool: &ThreadPool,
+    isa: Isa,
     values: &[f32],
     rows: usize,
     cols: usize,
@@ -533,12 +614,12 @@ pub fn quantize_rows(
     let work = &mut out[..rows];
     if rows < 4 {
         for (row, quant) in work.iter_mut().enumerate() {
-            quant.quantize(&values[row * cols..(row + 1) * cols]);
+            quant.quantize(isa, &values[row * cols..(row + 1) * cols]);
         }
         return;
     }
     pool.for_each_mut(work, &|row, quant| {
-        quant.quantize(&values[row * cols..(row + 1) * cols]);
+        quant.quantize(isa, &values[row * cols..(row + 1) * cols]);
     });
 }
 
@@ -656,7 +737,7 @@ mod tests {
             .chunks_exact(cols)
             .map(|row| {
                 let mut quant = QuantRow::default();
-                quant.quantize(row);
+                quant.quantize(Isa::SCALAR, row);
                 quant
             })
             .collect();
@@ -665,8 +746,9 @@ mod tests {
 
     fn run(isa: Isa, weights: WeightView<'_>, input: &Activations<'_>) -> Vec<f32> {
         let mut out = vec![f32::NAN; input.rows * weights.rows()];
-        let mut emit = |token: usize, feature: usize, value: f32| {
-            out[token * weights.rows() + feature] = value;
+        let mut emit = |token: usize, first: usize, values: &[f32]| {
+            let at = token * weights.rows() + first;
+            out[at..at + values.len()].copy_from_slice(values);
         };
         gemm_range(isa, weights, input, 0..weights.rows(), &mut emit);
         out
@@ -703,6 +785,8 @@ mod tests {
         ] {
             let q8 = random_q8_0(&mut rng, rows, cols);
             let q4 = random_q4_0(&mut rng, rows, cols);
+            let packed_q8 = packed::pack_q8_0(&q8, rows, cols);
+            let packed_q4 = packed::pack_q4_0(&q4, rows, cols);
             let f32s: Vec<f32> = (0..rows * cols).map(|_| rng.uniform()).collect();
             let (float, quant) = activations(&mut rng, tokens, cols);
             let input = Activations {
@@ -727,7 +811,41 @@ mod tests {
                     cols,
                     data: &f32s,
                 },
+                WeightView::PackedQ8_0 {
+                    rows,
+                    cols,
+                    data: &packed_q8,
+                },
+                WeightView::PackedQ4_0 {
+                    rows,
+                    cols,
+                    data: &packed_q4,
+                },
             ];
+            // The packed layouts hold the same matrices as the row-major ones.
+            let (row_major_q8, row_major_q4) = (
+                run(Isa::SCALAR, views[0], &input),
+                run(Isa::SCALAR, views[1], &input),
+            );
+            assert_close(
+                &row_major_q8,
+                &run(Isa::SCALAR, views[3], &input),
+                "packed q8_0",
+            );
+            assert_close(
+                &row_major_q4,
+                &run(Isa::SCALAR, views[4], &input),
+                "packed q4_0",
+            );
+            let mut unpacked = vec![0.0; cols];
+            let mut expected = vec![0.0; cols];
+            for row in [0, rows / 2, rows - 1] {
+                for (packed_view, row_major) in [(views[3], views[0]), (views[4], views[1])] {
+                    packed_view.dequantize_row(row, &mut unpacked);
+                    row_major.dequantize_row(row, &mut expected);
+                    assert_eq!(unpacked, expected, "row {row} of {rows}");
+                }
+            }
             for weights in views {
                 weights.check().unwrap();
                 let reference = run(Isa::SCALAR, weights, &input);
@@ -819,17 +937,47 @@ mod tests {
         let mut rng = Rng::new(3);
         let values: Vec<f32> = (0..96).map(|_| rng.uniform() * 5.0).collect();
         let mut row = QuantRow::default();
-        row.quantize(&values);
+        row.quantize(Isa::SCALAR, &values);
         for (index, value) in values.iter().enumerate() {
             let scale = row.scales[index / BLOCK];
             let restored = f32::from(row.signed[index]) * scale;
             // Half a step, plus the f16 rounding of the scale over 127 steps.
             assert!((restored - value).abs() <= scale * (0.5 + 127.0 / 2048.0) + 1e-6);
-            assert_eq!(row.unsigned[index], (row.signed[index] as u8) ^ 0x80);
         }
         let zeros = vec![0.0; 32];
-        row.quantize(&zeros);
+        row.quantize(Isa::SCALAR, &zeros);
         assert!(row.signed.iter().all(|&q| q == 0) && row.scales[0] == 0.0);
+    }
+
+    #[test]
+    fn every_variant_quantizes_like_the_reference() {
+        let mut rng = Rng::new(11);
+        for blocks in [1, 2, 3, 18, 48] {
+            let mut values: Vec<f32> = (0..blocks * BLOCK).map(|_| rng.uniform() * 4.0).collect();
+            // Exact halves of a step, a saturated value and an all-zero block.
+            values[0] = 127.0;
+            values[1] = -63.5;
+            values[2] = 0.5;
+            if blocks > 1 {
+                values[BLOCK..2 * BLOCK].fill(0.0);
+            }
+            let mut reference = QuantRow::default();
+            reference.quantize(Isa::SCALAR, &values);
+            assert_eq!(reference.signed[1], -64, "half to even");
+            for isa in Isa::available() {
+                let mut row = QuantRow::default();
+                row.quantize(isa, &values);
+                assert_eq!(row.signed, reference.signed, "{}", isa.name());
+                assert_eq!(row.block_sums, reference.block_sums, "{}", isa.name());
+                assert_eq!(row.scales, reference.scales, "{}", isa.name());
+                assert_eq!(
+                    row.neg8_lane_sums,
+                    reference.neg8_lane_sums,
+                    "{}",
+                    isa.name()
+                );
+            }
+        }
     }
 
     #[test]
@@ -858,8 +1006,15 @@ mod tests {
             cols,
             data: &b,
         };
+        let packed_a = packed::pack_q8_0(&a, rows_a, cols);
+        let wc = WeightView::PackedQ8_0 {
+            rows: rows_a,
+            cols,
+            data: &packed_a,
+        };
         let mut out_a = vec![0.0; tokens * rows_a];
         let mut out_b = vec![0.0; tokens * rows_b];
+        let mut out_c = vec![0.0; tokens * rows_a];
         matmul(
             &pool,
             isa,
@@ -875,9 +1030,15 @@ mod tests {
                     bias: Some(&bias),
                     out: &mut out_b,
                 },
+                MatmulJob {
+                    weights: wc,
+                    bias: None,
+                    out: &mut out_c,
+                },
             ],
         );
         assert_eq!(out_a, run(isa, wa, &input));
+        assert_eq!(out_c, run(isa, wc, &input));
         let mut expected_b = run(isa, wb, &input);
         for (index, value) in expected_b.iter_mut().enumerate() {
             *value += bias[index % rows_b];

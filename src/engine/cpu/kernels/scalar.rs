@@ -3,10 +3,31 @@
 
 use std::ops::Range;
 
-use super::{f16_to_f32, Activations, QuantRow, BLOCK, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
+use super::{f16_to_f32, packed, Activations, QuantRow, BLOCK, Q4_0_BLOCK_BYTES, Q8_0_BLOCK_BYTES};
 
 fn scale_at(block: &[u8]) -> f32 {
     f16_to_f32(u16::from_le_bytes([block[0], block[1]]))
+}
+
+/// Quantises one activation row into `row`, whose buffers are already
+/// sized. Rounds half to even, as the SIMD conversions do.
+pub fn quantize_row(values: &[f32], row: &mut QuantRow) {
+    for (block, chunk) in values.chunks_exact(BLOCK).enumerate() {
+        let amax = chunk.iter().fold(0.0f32, |max, value| max.max(value.abs()));
+        let (scale, inverse) = QuantRow::block_scale(amax);
+        let quants = &mut row.signed[block * BLOCK..(block + 1) * BLOCK];
+        for (quant, value) in quants.iter_mut().zip(chunk) {
+            *quant = (value * inverse).round_ties_even().clamp(-127.0, 127.0) as i8;
+        }
+        row.scales[block] = scale;
+        for lane in 0..8 {
+            let sum: i32 = quants[lane * 4..lane * 4 + 4]
+                .iter()
+                .map(|&quant| i32::from(quant))
+                .sum();
+            row.neg8_lane_sums[block * 8 + lane] = -8 * sum;
+        }
+    }
 }
 
 /// Integer dot product of one Q8_0 weight block with 32 activation values.
@@ -38,7 +59,7 @@ fn gemm_blocks(
     features: Range<usize>,
     quant: &[QuantRow],
     dot: fn(&[u8], &[i8]) -> i32,
-    emit: &mut dyn FnMut(usize, usize, f32),
+    emit: &mut dyn FnMut(usize, usize, &[f32]),
 ) {
     let blocks = cols / BLOCK;
     let row_bytes = blocks * block_bytes;
@@ -51,7 +72,7 @@ fn gemm_blocks(
                 let values = &input.signed[block * BLOCK..(block + 1) * BLOCK];
                 sum += scale_at(weights) * input.scales[block] * dot(weights, values) as f32;
             }
-            emit(token, feature, sum);
+            emit(token, feature, &[sum]);
         }
     }
 }
@@ -62,7 +83,7 @@ pub fn gemm_q8_0(
     cols: usize,
     features: Range<usize>,
     quant: &[QuantRow],
-    emit: &mut dyn FnMut(usize, usize, f32),
+    emit: &mut dyn FnMut(usize, usize, &[f32]),
 ) {
     gemm_blocks(
         data,
@@ -81,7 +102,7 @@ pub fn gemm_q4_0(
     cols: usize,
     features: Range<usize>,
     quant: &[QuantRow],
-    emit: &mut dyn FnMut(usize, usize, f32),
+    emit: &mut dyn FnMut(usize, usize, &[f32]),
 ) {
     gemm_blocks(
         data,
@@ -94,19 +115,89 @@ pub fn gemm_q4_0(
     );
 }
 
+fn gemm_packed(
+    data: &[u8],
+    cols: usize,
+    group_block_bytes: usize,
+    features: Range<usize>,
+    quant: &[QuantRow],
+    weight: fn(&[u8], usize, usize) -> i32,
+    emit: &mut dyn FnMut(usize, usize, &[f32]),
+) {
+    let blocks = cols / BLOCK;
+    for feature in features {
+        let (group, lane) = (feature / packed::GROUP_ROWS, feature % packed::GROUP_ROWS);
+        for (token, input) in quant.iter().enumerate() {
+            let mut sum = 0.0f32;
+            for block in 0..blocks {
+                let at = (group * blocks + block) * group_block_bytes;
+                let group_block = &data[at..at + group_block_bytes];
+                let values = &input.signed[block * BLOCK..(block + 1) * BLOCK];
+                let dot: i32 = values
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &value)| weight(group_block, lane, j) * i32::from(value))
+                    .sum();
+                sum += packed::scale_of(group_block, lane) * input.scales[block] * dot as f32;
+            }
+            emit(token, feature, &[sum]);
+        }
+    }
+}
+
+/// Packed Q8_0 weights × quantised activations.
+pub fn gemm_packed_q8_0(
+    data: &[u8],
+    cols: usize,
+    features: Range<usize>,
+    quant: &[QuantRow],
+    emit: &mut dyn FnMut(usize, usize, &[f32]),
+) {
+    let bytes = packed::Q8_0_GROUP_BLOCK_BYTES;
+    gemm_packed(
+        data,
+        cols,
+        bytes,
+        features,
+        quant,
+        packed::q8_0_weight,
+        emit,
+    );
+}
+
+/// Packed Q4_0 weights × quantised activations.
+pub fn gemm_packed_q4_0(
+    data: &[u8],
+    cols: usize,
+    features: Range<usize>,
+    quant: &[QuantRow],
+    emit: &mut dyn FnMut(usize, usize, &[f32]),
+) {
+    let bytes = packed::Q4_0_GROUP_BLOCK_BYTES;
+    gemm_packed(
+        data,
+        cols,
+        bytes,
+        features,
+        quant,
+        packed::q4_0_weight,
+        emit,
+    );
+}
+
 /// f32 weights × f32 activations.
 pub fn gemm_f32(
     data: &[f32],
     cols: usize,
     features: Range<usize>,
     input: &Activations<'_>,
-    emit: &mut dyn FnMut(usize, usize, f32),
+    emit: &mut dyn FnMut(usize, usize, &[f32]),
 ) {
     for feature in features {
         let row = &data[feature * cols..(feature + 1) * cols];
         for token in 0..input.rows {
             let values = &input.float[token * cols..(token + 1) * cols];
-            emit(token, feature, super::dot_f32(row, values));
+            emit(token, feature, &[super::dot_f32(row, values)]);
         }
     }
 }
