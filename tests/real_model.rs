@@ -153,6 +153,10 @@ async fn our_tokenizer_counts_like_the_engine() {
 
 /// Eight customer messages in English and Chinese, each with a plausible
 /// reply to teacher-force after the prompt.
+/// A top-2 margin of the exact logits below which a position is a near-tie
+/// that activation quantisation may decide either way.
+const DECISIVE_MARGIN: f32 = 0.5;
+
 const TEACHER_FORCED: [(&str, &str); 8] = [
     (
         "How long does delivery usually take?",
@@ -195,6 +199,7 @@ async fn the_cpu_engine_matches_mistral_rs_on_the_default_model() {
     let exact = CpuEngine::load_exact(&path, &config).unwrap();
     let system = "You are the assistant of an online shop. Answer briefly and politely.";
     let (mut positions, mut agreeing) = (0usize, 0usize);
+    let (mut decisive, mut decisive_agreeing) = (0usize, 0usize);
     let mut failures = Vec::new();
     for (question, answer) in TEACHER_FORCED {
         let messages = [
@@ -237,7 +242,13 @@ async fn the_cpu_engine_matches_mistral_rs_on_the_default_model() {
         assert_eq!(a.len(), b.len());
         let mut max_diff = 0.0f32;
         let mut spread = 0.0f32;
-        for (x, y) in a.iter().zip(&b) {
+        for ((x, y), t) in a.iter().zip(&b).zip(&truth) {
+            let mut sorted = t.clone();
+            sorted.sort_by(|p, q| q.total_cmp(p));
+            if sorted[0] - sorted[1] >= DECISIVE_MARGIN {
+                decisive += 1;
+                decisive_agreeing += usize::from(argmax(x) == argmax(y));
+            }
             for (p, q) in x.iter().zip(y) {
                 max_diff = max_diff.max((p - q).abs());
             }
@@ -271,21 +282,26 @@ async fn the_cpu_engine_matches_mistral_rs_on_the_default_model() {
     }
     let agreement = agreeing as f64 / positions as f64;
     eprintln!("argmax agreement {agreement:.4} over {positions} positions");
+    eprintln!(
+        "argmax agreement {decisive_agreeing}/{decisive} where the exact top-2 margin is at least {DECISIVE_MARGIN}"
+    );
     assert!(failures.is_empty(), "{failures:#?}");
-    // Near-ties decide the rest, and they are at the noise floor: our own
-    // kernel variants, which differ only in float summation order, agree
-    // with each other at 97.3-98.2% of positions on this model, because
-    // re-quantising activations at every layer turns last-bit differences
-    // into whole quantisation steps. Measured against mistral.rs: 0.9836
-    // with the AVX-512 kernels (what this project's machines run), 0.9548
-    // with AVX2, 0.9774 with the scalar reference (CONCIERGE_CPU_ISA).
-    let goal = if ours.isa().reads_packed_weights() {
-        0.98
-    } else {
-        0.95
-    };
+    // Where the exact computation has a clear winner, the engines must
+    // agree. The near-ties (a quarter of these teacher-forced positions) are
+    // at the noise floor: our own kernel variants, which differ only in
+    // float summation order, agree with each other at 97.3-98.2% of
+    // positions on this model, because re-quantising activations at every
+    // layer turns last-bit differences into whole quantisation steps.
+    // Overall agreement measured 0.965-0.984 as summation orders changed
+    // (BENCHMARKS.md); the 98% goal is not robust on this set.
+    let decisive_agreement = decisive_agreeing as f64 / decisive as f64;
     assert!(
-        agreement >= goal,
+        decisive_agreement >= 0.99,
+        "argmax agreement {decisive_agreement} at decisive positions ({})",
+        ours.isa().name()
+    );
+    assert!(
+        agreement >= 0.95,
         "argmax agreement {agreement} ({})",
         ours.isa().name()
     );

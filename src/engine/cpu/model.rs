@@ -250,11 +250,34 @@ struct Layer {
     down: Matrix,
 }
 
-/// Keys and values of one sequence, per layer, `[position][kv_dim]`.
+/// Positions per key tile.
+const KEY_TILE: usize = 16;
+
+/// Keys and values of one sequence, per layer. Values are `[position]
+/// [kv_dim]`; keys are tiles of 16 positions, `[tile][kv_head][dim][16]`,
+/// so attention scores 16 positions with one vector per dimension.
 #[derive(Default)]
 pub struct KvCache {
     layers: Vec<(Vec<f32>, Vec<f32>)>,
     len: usize,
+}
+
+/// Floats of the key tiles that hold `len` positions.
+fn key_floats(len: usize, kv_dim: usize) -> usize {
+    len.div_ceil(KEY_TILE) * KEY_TILE * kv_dim
+}
+
+/// Stores `key` (`kv_dim` values) at `position`, dropping later positions.
+fn store_key(keys: &mut Vec<f32>, position: usize, key: &[f32], head_dim: usize) {
+    let kv_dim = key.len();
+    keys.truncate(key_floats(position, kv_dim));
+    keys.resize(key_floats(position + 1, kv_dim), 0.0);
+    let tile = &mut keys[position / KEY_TILE * KEY_TILE * kv_dim..][..KEY_TILE * kv_dim];
+    let lane = position % KEY_TILE;
+    for (dim, &value) in key.iter().enumerate() {
+        let (head, within) = (dim / head_dim, dim % head_dim);
+        tile[(head * head_dim + within) * KEY_TILE + lane] = value;
+    }
 }
 
 impl KvCache {
@@ -272,7 +295,7 @@ impl KvCache {
     pub fn truncate(&mut self, len: usize, kv_dim: usize) {
         self.len = self.len.min(len);
         for (keys, values) in &mut self.layers {
-            keys.truncate(self.len * kv_dim);
+            keys.truncate(key_floats(self.len, kv_dim));
             values.truncate(self.len * kv_dim);
         }
     }
@@ -285,7 +308,7 @@ impl KvCache {
             .iter()
             .map(|(keys, values)| {
                 (
-                    keys[..len * kv_dim].to_vec(),
+                    keys[..key_floats(len, kv_dim)].to_vec(),
                     values[..len * kv_dim].to_vec(),
                 )
             })
@@ -567,9 +590,13 @@ impl Model {
             for i in 0..n {
                 let (keys, values) = &mut caches[batch.slots[i]].layers[index];
                 let position = batch.positions[i];
-                keys.truncate(position * kv_dim);
+                store_key(
+                    keys,
+                    position,
+                    &scratch.k[i * kv_dim..(i + 1) * kv_dim],
+                    config.head_dim,
+                );
                 values.truncate(position * kv_dim);
-                keys.extend_from_slice(&scratch.k[i * kv_dim..(i + 1) * kv_dim]);
                 values.extend_from_slice(&scratch.v[i * kv_dim..(i + 1) * kv_dim]);
             }
             attention(
@@ -798,7 +825,8 @@ thread_local! {
 }
 
 /// Causal attention of every token of the batch over its own sequence,
-/// one task per (token, head).
+/// one task per (token, KV head): the query heads that share a KV head read
+/// each key tile and value row once.
 fn attention(
     pool: &ThreadPool,
     config: &ModelConfig,
@@ -808,35 +836,159 @@ fn attention(
     queries: &[f32],
     out: &mut [f32],
 ) {
-    let (head_dim, heads, kv_dim) = (config.head_dim, config.heads, config.kv_dim());
-    let group = heads / config.kv_heads;
+    let (head_dim, heads, kv_heads) = (config.head_dim, config.heads, config.kv_heads);
+    let (group, kv_dim) = (heads / kv_heads, config.kv_dim());
     let scale = 1.0 / (head_dim as f32).sqrt();
-    pool.for_each_chunk_mut(out, head_dim, &|task, out| {
-        let (token, head) = (task / heads, task % heads);
-        let kv_head = head / group;
-        let query = &queries[token * heads * head_dim + head * head_dim..][..head_dim];
+    pool.for_each_chunk_mut(out, group * head_dim, &|task, out| {
+        let (token, kv_head) = (task / kv_heads, task % kv_heads);
+        let queries =
+            &queries[token * heads * head_dim + kv_head * group * head_dim..][..group * head_dim];
         let (keys, values) = &caches[batch.slots[token]].layers[layer];
         let visible = batch.positions[token] + 1;
+        let padded = visible.div_ceil(KEY_TILE) * KEY_TILE;
         SCORES.with(|scores| {
             let mut scores = scores.borrow_mut();
             scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for position in 0..visible {
-                let key = &keys[position * kv_dim + kv_head * head_dim..][..head_dim];
-                let score = kernels::dot_f32(query, key) * scale;
-                max = max.max(score);
-                scores.push(score);
+            scores.resize(group * padded, 0.0);
+            for tile in 0..padded / KEY_TILE {
+                let tile_keys = &keys[tile * KEY_TILE * kv_dim + kv_head * head_dim * KEY_TILE..]
+                    [..head_dim * KEY_TILE];
+                for (query, scores) in queries
+                    .chunks_exact(head_dim)
+                    .zip(scores.chunks_exact_mut(padded))
+                {
+                    let tile_scores = score_tile(query, tile_keys);
+                    for (score, value) in scores[tile * KEY_TILE..][..KEY_TILE]
+                        .iter_mut()
+                        .zip(tile_scores)
+                    {
+                        *score = value * scale;
+                    }
+                }
             }
-            let mut total = 0.0;
-            for score in scores.iter_mut() {
-                *score = kernels::exp_f32(*score - max);
-                total += *score;
-            }
-            out.fill(0.0);
-            for (position, &weight) in scores.iter().enumerate() {
-                let value = &values[position * kv_dim + kv_head * head_dim..][..head_dim];
-                kernels::axpy_f32(out, weight / total, value);
+            for (scores, out) in scores
+                .chunks_exact_mut(padded)
+                .zip(out.chunks_exact_mut(head_dim))
+            {
+                let scores = &mut scores[..visible];
+                let max = scores.iter().fold(f32::NEG_INFINITY, |max, &s| max.max(s));
+                for score in scores.iter_mut() {
+                    *score = kernels::exp_f32(*score - max);
+                }
+                let total = kernels::sum_f32(scores);
+                weighted_values(out, scores, values, kv_dim, kv_head * head_dim);
+                let inverse = 1.0 / total;
+                for value in out.iter_mut() {
+                    *value *= inverse;
+                }
             }
         });
     });
+}
+
+/// `out = Σ_p weights[p] × values[p][offset..offset + out.len()]`, rows
+/// `stride` apart, accumulated in registers 32 dimensions at a time.
+fn weighted_values(out: &mut [f32], weights: &[f32], values: &[f32], stride: usize, offset: usize) {
+    const WIDTH: usize = 32;
+    let mut start = 0;
+    while start < out.len() {
+        let width = (out.len() - start).min(WIDTH);
+        let mut acc = [0.0f32; WIDTH];
+        for (position, &weight) in weights.iter().enumerate() {
+            let row = &values[position * stride + offset + start..][..width];
+            if let Ok(row) = <&[f32; WIDTH]>::try_from(row) {
+                for (sum, &value) in acc.iter_mut().zip(row) {
+                    *sum = weight.mul_add(value, *sum);
+                }
+            } else {
+                for (sum, &value) in acc.iter_mut().zip(row) {
+                    *sum = weight.mul_add(value, *sum);
+                }
+            }
+        }
+        out[start..start + width].copy_from_slice(&acc[..width]);
+        start += width;
+    }
+}
+
+/// Scores of one query against a tile of 16 keys (`[dim][16]`), with four
+/// partial sums so consecutive multiply-adds are independent.
+fn score_tile(query: &[f32], tile_keys: &[f32]) -> [f32; KEY_TILE] {
+    let mut partial = [[0.0f32; KEY_TILE]; 4];
+    for (dims, keys) in query.chunks(4).zip(tile_keys.chunks(4 * KEY_TILE)) {
+        for (slot, (&q, keys)) in dims.iter().zip(keys.chunks_exact(KEY_TILE)).enumerate() {
+            for (sum, &key) in partial[slot].iter_mut().zip(keys) {
+                *sum = q.mul_add(key, *sum);
+            }
+        }
+    }
+    std::array::from_fn(|lane| {
+        partial[0][lane] + partial[1][lane] + partial[2][lane] + partial[3][lane]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_at(keys: &[f32], position: usize, kv_dim: usize, head_dim: usize) -> Vec<f32> {
+        let tile = &keys[position / KEY_TILE * KEY_TILE * kv_dim..][..KEY_TILE * kv_dim];
+        (0..kv_dim)
+            .map(|dim| {
+                let (head, within) = (dim / head_dim, dim % head_dim);
+                tile[(head * head_dim + within) * KEY_TILE + position % KEY_TILE]
+            })
+            .collect()
+    }
+
+    #[test]
+    fn key_tiles_keep_every_position_through_truncation_and_rewrites() {
+        let (kv_dim, head_dim) = (6, 3);
+        let key = |position: usize, round: usize| -> Vec<f32> {
+            (0..kv_dim)
+                .map(|dim| (round * 1000 + position * 10 + dim) as f32)
+                .collect()
+        };
+        let mut keys = Vec::new();
+        for position in 0..40 {
+            store_key(&mut keys, position, &key(position, 0), head_dim);
+        }
+        assert_eq!(keys.len(), key_floats(40, kv_dim));
+        // Rewriting from position 20 drops 21.. and keeps 0..20.
+        for position in 20..25 {
+            store_key(&mut keys, position, &key(position, 1), head_dim);
+        }
+        assert_eq!(keys.len(), key_floats(25, kv_dim));
+        for position in 0..25 {
+            let round = usize::from(position >= 20);
+            assert_eq!(
+                key_at(&keys, position, kv_dim, head_dim),
+                key(position, round)
+            );
+        }
+    }
+
+    #[test]
+    fn tiled_scores_equal_plain_dot_products() {
+        let head_dim = 10;
+        let query: Vec<f32> = (0..head_dim).map(|i| i as f32 * 0.5 - 2.0).collect();
+        let keys: Vec<Vec<f32>> = (0..KEY_TILE)
+            .map(|p| {
+                (0..head_dim)
+                    .map(|i| ((p * 7 + i * 3) % 11) as f32 - 5.0)
+                    .collect()
+            })
+            .collect();
+        let mut tile = vec![0.0; head_dim * KEY_TILE];
+        for (p, key) in keys.iter().enumerate() {
+            for (i, &value) in key.iter().enumerate() {
+                tile[i * KEY_TILE + p] = value;
+            }
+        }
+        let scores = score_tile(&query, &tile);
+        for (p, key) in keys.iter().enumerate() {
+            let expected: f32 = query.iter().zip(key).map(|(q, k)| q * k).sum();
+            assert!((scores[p] - expected).abs() < 1e-4, "{p}");
+        }
+    }
 }

@@ -648,6 +648,18 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// Sum of f32 values with independent accumulators.
+pub fn sum_f32(values: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let mut chunks = values.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (lane, value) in lanes.iter_mut().zip(chunk) {
+            *lane += value;
+        }
+    }
+    lanes.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+}
+
 /// e^x in straight-line f32 arithmetic that the compiler vectorises:
 /// Cody-Waite reduction to r in [-ln2/2, ln2/2] and a degree-6 polynomial
 /// (relative error about 2e-7, like libm's expf for |x| < 87).
@@ -675,13 +687,6 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     for (gate, up) in gate.iter_mut().zip(up) {
         let x = *gate;
         *gate = x / (1.0 + exp_f32(-x)) * up;
-    }
-}
-
-/// `out += weight * values`, element-wise.
-pub fn axpy_f32(out: &mut [f32], weight: f32, values: &[f32]) {
-    for (out, value) in out.iter_mut().zip(values) {
-        *out += weight * value;
     }
 }
 
