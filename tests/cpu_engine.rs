@@ -93,11 +93,20 @@ async fn tiny_llama_and_qwen2_match_mistral_rs_under_teacher_forcing() {
             ..TinyShape::llama()
         },
     ));
+    // F16 and BF16 are expanded to f32 at load.
     shapes.push((
-        "qwen2-f32",
+        "llama-f16",
         TinyShape {
-            weights: GgmlDType::F32,
-            seed: 4,
+            weights: GgmlDType::F16,
+            seed: 7,
+            ..TinyShape::llama()
+        },
+    ));
+    shapes.push((
+        "qwen2-bf16",
+        TinyShape {
+            weights: GgmlDType::BF16,
+            seed: 8,
             ..TinyShape::qwen2()
         },
     ));
