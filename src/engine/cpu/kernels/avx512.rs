@@ -22,6 +22,8 @@ use super::{QuantRow, BLOCK};
 
 /// Tokens per full tile.
 const TOKENS: usize = 8;
+/// How many blocks ahead of use the weights are prefetched.
+const PREFETCH_BLOCKS: usize = 4;
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
 fn load32(bytes: &[u8], offset: usize) -> __m256i {
@@ -105,8 +107,9 @@ fn packed_tile<const T: usize, const Q4: bool>(
     let mut acc = [_mm512_setzero_ps(); T];
     for block in 0..blocks {
         let at = block * group_block_bytes;
-        prefetch(group, at + 2 * group_block_bytes);
-        prefetch(group, at + 2 * group_block_bytes + 256);
+        for line in (0..group_block_bytes).step_by(64) {
+            prefetch(group, at + PREFETCH_BLOCKS * group_block_bytes + line);
+        }
         let inputs: [BlockInput<'_>; T] = std::array::from_fn(|t| {
             let row = &acts[t];
             BlockInput {
