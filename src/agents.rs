@@ -389,7 +389,7 @@ impl Pipeline {
         let InboundContent::Text(raw) = &inbound.content else {
             return Ok(());
         };
-        let (text, _) = crate::pipeline::sanitize(raw, self.settings.max_message_chars);
+        let (text, _) = crate::sanitize::message(raw, self.settings.max_message_chars);
         if text.is_empty() {
             return Ok(());
         }

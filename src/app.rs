@@ -39,6 +39,8 @@ const INBOUND_BUFFER: usize = 1024;
 const CANCEL_GRACE: Duration = Duration::from_secs(2);
 /// First wait before a failed channel is restarted; doubles up to a minute.
 const CHANNEL_RESTART_BACKOFF: Duration = Duration::from_secs(1);
+/// A channel run this long was healthy: its next failure backs off from the start.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
 /// Builds the engine the configuration names, preparing the model file.
 pub async fn build_engine(config: &Config) -> anyhow::Result<Arc<dyn Llm>> {
@@ -557,7 +559,7 @@ async fn watch_connection(adapter: Arc<dyn Adapter>, health: Health, stop: Cance
         if now != last {
             match now {
                 Some(true) => health.set_channel(&name, ComponentState::Ready),
-                Some(false) => health.set_channel(&name, ComponentState::Starting),
+                Some(false) => health.set_channel_connecting(&name),
                 None => {}
             }
             last = now;
@@ -579,12 +581,18 @@ async fn supervise_channel(
         stop.clone(),
     ));
     let mut backoff = CHANNEL_RESTART_BACKOFF;
+    let mut refused = false;
     loop {
         let state = match adapter.is_connected() {
             Some(true) | None => ComponentState::Ready,
             Some(false) => ComponentState::Starting,
         };
-        health.set_channel(&name, state);
+        // A refused channel stays failed until it connects again
+        // (`watch_connection` reports that).
+        if !refused {
+            health.set_channel(&name, state);
+        }
+        let started = tokio::time::Instant::now();
         // A panic inside a channel restarts the channel, like an error.
         let result = match std::panic::AssertUnwindSafe(adapter.run(sink.clone(), stop.clone()))
             .catch_unwind()
@@ -606,6 +614,12 @@ async fn supervise_channel(
                 return;
             }
             Err(err) => {
+                // A run that stayed up a while was healthy: start the
+                // back-off again from its first step.
+                if started.elapsed() >= HEALTHY_RUN {
+                    backoff = CHANNEL_RESTART_BACKOFF;
+                }
+                refused = matches!(err, concierge_adapter::AdapterError::Refused(_));
                 tracing::error!(channel = %name, "channel failed: {err}; restarting in {backoff:?}");
                 health.set_channel(&name, ComponentState::Failed(err.to_string()));
             }

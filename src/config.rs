@@ -44,6 +44,9 @@ pub struct Config {
     pub discord: DiscordConfig,
     /// `[escalation]`: intent detection and hand-off to people.
     pub escalation: EscalationConfig,
+    /// Findings that do not stop the program (a `CONCIERGE_` variable that
+    /// matches no key); logged at start, errors under `config check --strict`.
+    pub warnings: Vec<ConfigIssue>,
 }
 
 /// `[escalation]`
@@ -425,8 +428,8 @@ pub fn parse(text: &str, env: &[(String, String)]) -> Result<Config, Vec<ConfigI
         issues: Vec::new(),
         known: BTreeSet::new(),
     };
-    let config = reader.read_all();
-    reader.check_unknown();
+    let mut config = reader.read_all();
+    config.warnings = reader.check_unknown();
     if reader.issues.is_empty() {
         Ok(config)
     } else {
@@ -532,6 +535,7 @@ impl Reader<'_> {
             telegram,
             discord,
             escalation,
+            warnings: Vec::new(),
         }
     }
 
@@ -1199,7 +1203,9 @@ impl Reader<'_> {
         }
     }
 
-    fn check_unknown(&mut self) {
+    /// Records unknown keys of the file as issues, and returns the stray
+    /// environment variables as warnings.
+    fn check_unknown(&mut self) -> Vec<ConfigIssue> {
         let mut unknown = Vec::new();
         let sections: BTreeSet<String> = self
             .known
@@ -1231,16 +1237,51 @@ impl Reader<'_> {
             .filter_map(|key| key.split_once('.'))
             .map(|(section, key)| Self::env_name(section, key))
             .collect();
-        let stray: Vec<String> = self
-            .env
+        self.env
             .iter()
-            .map(|(name, _)| name.clone())
-            .filter(|name| name.starts_with(ENV_PREFIX) && !known_env.contains(name))
-            .collect();
-        for name in stray {
-            self.issue(&name, "environment variable matches no configuration key");
-        }
+            .map(|(name, _)| name)
+            .filter(|name| name.starts_with(ENV_PREFIX) && !known_env.contains(*name))
+            .filter(|name| !is_service_link(name))
+            .map(|name| {
+                let closest = known_env
+                    .iter()
+                    .map(|known| (strsim::levenshtein(name, known), known))
+                    .min()
+                    .filter(|(distance, _)| *distance <= 3);
+                let message = match closest {
+                    Some((_, known)) => format!(
+                        "environment variable matches no configuration key (did you mean {known}?)"
+                    ),
+                    None => "environment variable matches no configuration key".to_string(),
+                };
+                ConfigIssue {
+                    key: name.clone(),
+                    message,
+                }
+            })
+            .collect()
     }
+}
+
+/// Whether `name` has the shape of the variables Kubernetes injects for a
+/// Service (for one named `concierge`: `CONCIERGE_SERVICE_HOST`,
+/// `CONCIERGE_SERVICE_PORT[_NAME]`, `CONCIERGE_PORT`,
+/// `CONCIERGE_PORT_8686_TCP[_PROTO|_PORT|_ADDR]`; other Services add their
+/// name, `CONCIERGE_API_SERVICE_HOST`).
+fn is_service_link(name: &str) -> bool {
+    if name.ends_with("_SERVICE_HOST") || name.ends_with("_PORT") {
+        return true;
+    }
+    if name.contains("_SERVICE_PORT") {
+        return true;
+    }
+    let parts: Vec<&str> = name.split('_').collect();
+    parts.windows(3).any(|window| {
+        window[0] == "PORT"
+            && !window[1].is_empty()
+            && window[1].bytes().all(|byte| byte.is_ascii_digit())
+            && matches!(window[2], "TCP" | "UDP" | "SCTP")
+    })
 }
 
 impl Config {
@@ -1305,8 +1346,37 @@ mod tests {
         let issues = parse(text, &env(&[("CONCIERGE_ENGINE_MAX_TOKENS", "lots")])).unwrap_err();
         assert_eq!(issues[0].key, "engine.max_tokens");
         assert!(issues[0].message.contains("CONCIERGE_ENGINE_MAX_TOKENS"));
-        let issues = parse("", &env(&[("CONCIERGE_ENGINE_MAX_TOKEN", "1")])).unwrap_err();
-        assert_eq!(issues[0].key, "CONCIERGE_ENGINE_MAX_TOKEN");
+        // A typo is a warning naming the closest key, not an error.
+        let config = parse("", &env(&[("CONCIERGE_ENGINE_MAX_TOKEN", "1")])).unwrap();
+        assert_eq!(config.warnings.len(), 1);
+        assert_eq!(config.warnings[0].key, "CONCIERGE_ENGINE_MAX_TOKEN");
+        assert!(config.warnings[0]
+            .message
+            .contains("did you mean CONCIERGE_ENGINE_MAX_TOKENS?"));
+        let config = parse("", &env(&[("CONCIERGE_NOTHING_LIKE_THIS", "1")])).unwrap();
+        assert!(!config.warnings[0].message.contains("did you mean"));
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_ignored() {
+        let injected = [
+            ("CONCIERGE_SERVICE_HOST", "10.0.0.1"),
+            ("CONCIERGE_SERVICE_PORT", "8686"),
+            ("CONCIERGE_SERVICE_PORT_HTTP", "8686"),
+            ("CONCIERGE_PORT", "tcp://10.0.0.1:8686"),
+            ("CONCIERGE_PORT_8686_TCP", "tcp://10.0.0.1:8686"),
+            ("CONCIERGE_PORT_8686_TCP_PROTO", "tcp"),
+            ("CONCIERGE_PORT_8686_TCP_PORT", "8686"),
+            ("CONCIERGE_PORT_8686_TCP_ADDR", "10.0.0.1"),
+            ("CONCIERGE_API_SERVICE_HOST", "10.0.0.2"),
+            ("CONCIERGE_API_PORT_80_UDP", "udp://10.0.0.2:80"),
+        ];
+        let config = parse("", &env(&injected)).unwrap();
+        assert!(config.warnings.is_empty(), "{:?}", config.warnings);
+        // A real key still applies beside them.
+        let mut with_key = injected.to_vec();
+        with_key.push(("CONCIERGE_ENGINE_MAX_TOKENS", "64"));
+        assert_eq!(parse("", &env(&with_key)).unwrap().engine.max_tokens, 64);
     }
 
     #[test]

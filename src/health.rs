@@ -85,6 +85,20 @@ impl Health {
         });
     }
 
+    /// Marks a channel as connecting, unless it is failed: a failure stays
+    /// until the channel is ready again.
+    pub fn set_channel_connecting(&self, name: &str) {
+        self.update(|s| {
+            let state = s
+                .channels
+                .entry(name.to_string())
+                .or_insert(ComponentState::Starting);
+            if !matches!(state, ComponentState::Failed(_)) {
+                *state = ComponentState::Starting;
+            }
+        });
+    }
+
     /// Whether the daemon can serve: store and engine ready, no channel failed.
     pub fn is_ready(&self) -> bool {
         self.report().0
@@ -131,5 +145,15 @@ mod tests {
         assert!(!ready);
         assert_eq!(json["channels"]["telegram"]["state"], "failed");
         assert_eq!(json["model"], "m");
+        // Reconnecting does not hide the failure; being ready again does.
+        health.set_channel_connecting("telegram");
+        assert!(!health.is_ready());
+        health.set_channel("telegram", ComponentState::Ready);
+        assert!(health.is_ready());
+        health.set_channel_connecting("telegram");
+        assert_eq!(
+            health.report().1["channels"]["telegram"]["state"],
+            "starting"
+        );
     }
 }

@@ -23,6 +23,7 @@ pub mod pipeline;
 pub mod prompts;
 pub mod recommend;
 pub mod router;
+pub mod sanitize;
 pub mod session;
 pub mod store;
 pub mod telemetry;

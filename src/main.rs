@@ -275,10 +275,13 @@ enum EvalAction {
 
 #[derive(Subcommand)]
 enum ConfigAction {
-    /// Validate the configuration; print every error; exit 2 if invalid
+    /// Validate the configuration; print every error and warning; exit 2 if invalid
     Check {
         /// File to check [default: --config, or config/concierge.toml]
         path: Option<PathBuf>,
+        /// Treat warnings (a CONCIERGE_ variable that matches no key) as errors
+        #[arg(long)]
+        strict: bool,
     },
 }
 
@@ -431,11 +434,21 @@ async fn shutdown_signal() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Config {
-        action: ConfigAction::Check { path },
+        action: ConfigAction::Check { path, strict },
     } = &cli.command
     {
         return match load_config(&cli, path.as_ref()) {
-            Ok(_) => {
+            Ok(config) => {
+                for warning in &config.warnings {
+                    eprintln!("warning: {}: {}", warning.key, warning.message);
+                }
+                if *strict && !config.warnings.is_empty() {
+                    eprintln!(
+                        "invalid configuration (--strict): {} warning(s)",
+                        config.warnings.len()
+                    );
+                    return ExitCode::from(2);
+                }
                 println!("configuration is valid");
                 ExitCode::SUCCESS
             }
@@ -457,6 +470,9 @@ fn main() -> ExitCode {
         std::env::set_var("RAYON_NUM_THREADS", config.engine.threads.to_string());
     }
     init_logging(&config);
+    for warning in &config.warnings {
+        tracing::warn!(key = %warning.key, "{}", warning.message);
+    }
     match run(cli.command, &config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

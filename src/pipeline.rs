@@ -261,20 +261,6 @@ fn event_user_id(customer_id: u64) -> String {
     format!("customer:{customer_id}")
 }
 
-/// Removes control characters (but newlines and tabs) and cuts the text to
-/// `max_chars`. Returns the clean text and whether it was cut.
-pub(crate) fn sanitize(text: &str, max_chars: usize) -> (String, bool) {
-    let clean: String = text
-        .chars()
-        .filter(|&ch| !ch.is_control() || ch == '\n' || ch == '\t')
-        .collect();
-    let clean = clean.trim();
-    match clean.char_indices().nth(max_chars) {
-        Some((cut, _)) => (clean[..cut].to_string(), true),
-        None => (clean.to_string(), false),
-    }
-}
-
 /// How a generated reply ended.
 #[derive(Default)]
 struct Outcome {
@@ -329,14 +315,17 @@ impl Pipeline {
             InboundContent::Text(text) => text.as_str(),
             InboundContent::Choice { id } => return self.handle_choice(inbound, adapter, id).await,
         };
-        let (text, was_cut) = sanitize(raw, self.settings.max_message_chars);
+        let (text, was_cut) = crate::sanitize::message(raw, self.settings.max_message_chars);
         if text.is_empty() {
             return Ok(());
         }
         let sender = &inbound.sender;
         let store = self.store.clone();
         let (platform, user_id) = (sender.platform.clone(), sender.user_id.clone());
-        let display_name = sender.display_name.clone();
+        let display_name = sender
+            .display_name
+            .as_deref()
+            .and_then(crate::sanitize::display_name);
         let mut customer = tokio::task::spawn_blocking(move || {
             store.customer_for_identity(&platform, &user_id, display_name.as_deref())
         })
@@ -901,7 +890,10 @@ impl Pipeline {
                     crate::engine::ChatRole::System,
                     self.prompts.text(locale, Template::System),
                 ),
-                crate::engine::ChatMessage::new(crate::engine::ChatRole::User, prompt),
+                crate::engine::ChatMessage::new(
+                    crate::engine::ChatRole::User,
+                    crate::sanitize::neutralise_control_tokens(prompt, self.llm.special_tokens()),
+                ),
             ],
             sampling: Sampling {
                 max_tokens,
@@ -977,7 +969,11 @@ impl Pipeline {
         let customer = self.store.customer_for_identity(
             &sender.platform,
             &sender.user_id,
-            sender.display_name.as_deref(),
+            sender
+                .display_name
+                .as_deref()
+                .and_then(crate::sanitize::display_name)
+                .as_deref(),
         )?;
         let locale = customer.locale.unwrap_or(self.settings.default_locale);
         let Some(item) = self.store.catalog_item(item_id)? else {
@@ -1227,15 +1223,5 @@ mod tests {
             matches!(parse_command("/frobnicate"), Some(Command::Unknown(word)) if word == "/frobnicate")
         );
         assert!(parse_command("hello /start").is_none());
-    }
-
-    #[test]
-    fn sanitize_strips_controls_and_cuts() {
-        let (text, cut) = sanitize("  hi\u{0}\u{7}there\nnext\t ", 100);
-        assert_eq!(text, "hithere\nnext");
-        assert!(!cut);
-        let (text, cut) = sanitize(&"你".repeat(10), 4);
-        assert_eq!(text, "你你你你");
-        assert!(cut);
     }
 }

@@ -2,10 +2,13 @@
 //! as fits the token budget, and the new message, counted with the model's
 //! own tokenizer.
 //!
-//! Architecture invariant: the system prompt comes first and byte-identical in
-//! every request of a locale, so the engine's prefix cache can reuse it.
+//! Architecture invariants: the system prompt comes first and byte-identical
+//! in every request of a locale, so the engine's prefix cache can reuse it;
+//! no history or customer text carries a chat-template control token
+//! (`sanitize::neutralise_control_tokens`).
 
 use crate::engine::{ChatMessage, ChatRole, Llm};
+use crate::sanitize::neutralise_control_tokens;
 use crate::store::{Role, StoredMessage};
 
 /// Tokens reserved per message for the chat template's role markers.
@@ -34,8 +37,9 @@ pub fn build_window(
     budget: usize,
 ) -> Window {
     let cost = |text: &str| llm.count_tokens(text) + TEMPLATE_OVERHEAD_TOKENS;
+    let neutral = |text: &str| neutralise_control_tokens(text, llm.special_tokens());
     let system_cost = cost(system_prompt);
-    let mut new_text = new_message.to_string();
+    let mut new_text = neutral(new_message);
     let mut new_cost = cost(&new_text);
     let room_for_new = budget
         .saturating_sub(system_cost)
@@ -53,7 +57,8 @@ pub fn build_window(
     let mut used = system_cost + new_cost;
     let mut dropped = 0;
     for (index, message) in history.iter().enumerate().rev() {
-        let message_cost = cost(&message.text);
+        let text = neutral(&message.text);
+        let message_cost = cost(&text);
         if message_cost > remaining {
             dropped = index + 1;
             break;
@@ -64,7 +69,7 @@ pub fn build_window(
             Role::User => ChatRole::User,
             Role::Assistant => ChatRole::Assistant,
         };
-        kept.push(ChatMessage::new(role, message.text.clone()));
+        kept.push(ChatMessage::new(role, text));
     }
     // Chat templates expect the history to start with the customer.
     while kept

@@ -120,6 +120,62 @@ async fn a_failing_channel_never_stops_the_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_telegram_token_or_a_second_poller_fails_health_until_it_recovers() {
+    for (fault, reason) in [
+        (fake_telegram::Fault::Unauthorized, "revoked"),
+        (fake_telegram::Fault::Conflict, "another process"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let telegram = FakeTelegram::start().await;
+        // Refused three times, then accepted: the back-off retries reach it.
+        telegram.fail_next("getUpdates", fault, 3);
+        let operator_port = free_port();
+        let config = scripted_config(dir.path(), SCRIPT, operator_port);
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(&format!(
+            "[telegram]\nenabled = true\napi_url = {tu:?}\npoll_timeout_secs = 1\n",
+            tu = telegram.url
+        ));
+        std::fs::write(&config, text).unwrap();
+        let mut child = Command::new(support::binary())
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .env("CONCIERGE_TELEGRAM_TOKEN", fake_telegram::TOKEN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let health = || {
+            support::http_get(operator_port, "/healthz", None)
+                .ok()
+                .map(|(status, body)| {
+                    (
+                        status,
+                        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+                    )
+                })
+        };
+        let failed = support::wait_for(WAIT, || {
+            health().filter(|(status, body)| {
+                *status == 503 && body["channels"]["telegram"]["state"] == "failed"
+            })
+        });
+        let (_, body) = failed.expect("health reports the refused channel");
+        let detail = body["channels"]["telegram"].to_string();
+        assert!(detail.contains(reason), "{detail}");
+        // Accepted again: ready without a restart of the daemon.
+        let ready = support::wait_for(WAIT, || health().filter(|(status, _)| *status == 200));
+        assert!(ready.is_some(), "{:?}", health());
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        let _ = child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_never_reach_the_log_even_when_the_platforms_fail() {
     let dir = tempfile::tempdir().unwrap();
     let telegram = FakeTelegram::start().await;

@@ -82,6 +82,38 @@ fn history_of_an_unknown_customer_is_a_clear_error() {
 }
 
 #[test]
+fn kubernetes_service_variables_pass_and_typos_warn_unless_strict() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/concierge.toml");
+    let check = |strict: bool, vars: &[(&str, &str)]| {
+        let mut command = Command::new(binary());
+        command.args(["config", "check"]).arg(&shipped);
+        if strict {
+            command.arg("--strict");
+        }
+        command.envs(vars.iter().copied());
+        command.output().unwrap()
+    };
+    let injected = [
+        ("CONCIERGE_SERVICE_HOST", "10.0.0.1"),
+        ("CONCIERGE_PORT", "tcp://10.0.0.1:8686"),
+        ("CONCIERGE_PORT_8686_TCP", "tcp://10.0.0.1:8686"),
+    ];
+    for strict in [false, true] {
+        let output = check(strict, &injected);
+        assert_eq!(output.status.code(), Some(0), "strict {strict}");
+        assert!(!String::from_utf8_lossy(&output.stderr).contains("warning"));
+    }
+    let typo = [("CONCIERGE_ENGINE_MAX_TOKEN", "64")];
+    let output = check(false, &typo);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&output.stderr)
+        .contains("did you mean CONCIERGE_ENGINE_MAX_TOKENS?"));
+    let output = check(true, &typo);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("CONCIERGE_ENGINE_MAX_TOKEN"));
+}
+
+#[test]
 fn config_check_lists_every_error_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");

@@ -211,6 +211,36 @@ async fn an_outage_loses_and_duplicates_no_update_and_a_restart_resumes_after_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn update_ids_that_restart_lower_are_read_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeTelegram::start().await;
+    let section = telegram_section(&fake);
+    let daemon = InProcessDaemon::start(dir.path(), SCRIPT, &section);
+    fake.push_message(CHAT, "private", CUSTOMER, "message 1");
+    fake.push_message(CHAT, "private", CUSTOMER, "message 2");
+    assert!(eventually(WAIT, || texts_in(&fake, CHAT).len() == 2).await);
+    // A week later Telegram picks a new, lower starting id.
+    fake.restart_update_ids(17);
+    fake.push_message(CHAT, "private", CUSTOMER, "message 3");
+    fake.push_message(CHAT, "private", CUSTOMER, "message 4");
+    assert!(
+        eventually(WAIT, || texts_in(&fake, CHAT).len() == 4).await,
+        "{:?}",
+        texts_in(&fake, CHAT)
+    );
+    daemon.stop().await;
+    // A restart resumes after the new sequence and repeats nothing.
+    let daemon = InProcessDaemon::start(dir.path(), SCRIPT, &section);
+    fake.push_message(CHAT, "private", CUSTOMER, "message 5");
+    assert!(eventually(WAIT, || texts_in(&fake, CHAT).len() == 5).await);
+    daemon.stop().await;
+    let expected: Vec<String> = (1..=5).map(|n| format!("You said: message {n}")).collect();
+    assert_eq!(texts_in(&fake, CHAT), expected);
+    let offset = std::fs::read_to_string(dir.path().join("data/telegram/last_update_id")).unwrap();
+    assert_eq!(offset.trim(), "19");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn inline_buttons_come_back_as_choices() {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeTelegram::start().await;

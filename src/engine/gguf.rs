@@ -359,6 +359,42 @@ impl HeaderReader {
 const SINGLE_DIGIT_SPLIT: &str = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 const LLAMA3_SPLIT: &str = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
+/// The text of every token of the vocabulary that is not a normal one
+/// (control, user-defined, unused, byte), or of BOS and EOS when the file
+/// gives no token types: what a tokenizer matches whole in raw text, so
+/// customer text must never contain it verbatim.
+pub fn special_token_strings(header: &GgufHeader) -> Vec<String> {
+    let tokens: Vec<&str> = match header.metadata.get("tokenizer.ggml.tokens") {
+        Some(MetaValue::Array(values)) => values.iter().filter_map(MetaValue::as_str).collect(),
+        _ => return Vec::new(),
+    };
+    let types: Vec<i128> = match header.metadata.get("tokenizer.ggml.token_type") {
+        Some(MetaValue::Array(values)) => values
+            .iter()
+            .map(|value| match value {
+                MetaValue::Int(kind) => *kind,
+                _ => 1,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    if types.len() == tokens.len() {
+        tokens
+            .iter()
+            .zip(&types)
+            .filter(|(_, kind)| **kind != 1)
+            .map(|(token, _)| token.to_string())
+            .collect()
+    } else {
+        ["tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"]
+            .iter()
+            .filter_map(|key| header.metadata.get(*key)?.as_u64())
+            .filter_map(|id| tokens.get(id as usize))
+            .map(|token| token.to_string())
+            .collect()
+    }
+}
+
 /// The model's own tokenizer, built from GGUF metadata (gpt2-style BPE).
 /// Returns `None` for tokenizer kinds this build cannot reconstruct.
 pub fn tokenizer_from_header(header: &GgufHeader) -> Option<tokenizers::Tokenizer> {
@@ -427,34 +463,10 @@ pub fn tokenizer_from_header(header: &GgufHeader) -> Option<tokenizers::Tokenize
     // Every token that is not a normal one (control, user-defined, unused)
     // is matched whole in the text, as mistral.rs and llama.cpp do, so chat
     // markers such as <|im_start|> become one token.
-    let types: Vec<i128> = match header.metadata.get("tokenizer.ggml.token_type") {
-        Some(MetaValue::Array(values)) => values
-            .iter()
-            .map(|value| match value {
-                MetaValue::Int(kind) => *kind,
-                _ => 1,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    let mut special: Vec<AddedToken> = Vec::new();
-    if types.len() == tokens.len() {
-        special.extend(
-            tokens
-                .iter()
-                .zip(&types)
-                .filter(|(_, kind)| **kind != 1)
-                .map(|(token, _)| AddedToken::from(token.clone(), true)),
-        );
-    } else {
-        special.extend(
-            ["tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"]
-                .iter()
-                .filter_map(|key| header.metadata.get(*key)?.as_u64())
-                .filter_map(|id| tokens.get(id as usize))
-                .map(|token| AddedToken::from(token.clone(), true)),
-        );
-    }
+    let special: Vec<AddedToken> = special_token_strings(header)
+        .into_iter()
+        .map(|token| AddedToken::from(token, true))
+        .collect();
     tokenizer.add_special_tokens(&special);
     Some(tokenizer)
 }

@@ -20,6 +20,7 @@ use crate::config::EngineConfig;
 pub struct MistralEngine {
     model: Arc<Model>,
     tokenizer: Option<tokenizers::Tokenizer>,
+    special_tokens: Vec<String>,
     name: String,
 }
 
@@ -29,6 +30,7 @@ impl MistralEngine {
         let header = gguf::read_header(path)?;
         gguf::check_supported(path, &header)?;
         let tokenizer = gguf::tokenizer_from_header(&header);
+        let special_tokens = gguf::special_token_strings(&header);
         if tokenizer.is_none() {
             tracing::warn!(
                 path = %path.display(),
@@ -69,6 +71,7 @@ impl MistralEngine {
         Ok(Self {
             model: Arc::new(model),
             tokenizer,
+            special_tokens,
             name,
         })
     }
@@ -213,6 +216,10 @@ fn usage_of(usage: &mistralrs::Usage) -> Usage {
 impl Llm for MistralEngine {
     fn model_name(&self) -> &str {
         &self.name
+    }
+
+    fn special_tokens(&self) -> &[String] {
+        &self.special_tokens
     }
 
     fn count_tokens(&self, text: &str) -> usize {

@@ -174,6 +174,12 @@ pub trait Llm: Send + Sync + 'static {
     /// Tokens that `text` takes in this model's vocabulary.
     fn count_tokens(&self, text: &str) -> usize;
 
+    /// The vocabulary's special tokens as text (`<|im_start|>`, …), which
+    /// customer text is cleared of before it reaches the model.
+    fn special_tokens(&self) -> &[String] {
+        &[]
+    }
+
     /// Starts generating a reply. Events arrive on the returned stream until
     /// `Done` or an error; `cancel` (or dropping the stream) stops generation.
     async fn stream_chat(

@@ -45,12 +45,18 @@ pub enum Fault {
     RetryAfter(u32),
     /// 400 "message is too long".
     TooLong,
+    /// 401 "Unauthorized": the token was revoked.
+    Unauthorized,
+    /// 409: another process polls the same bot.
+    Conflict,
 }
 
 #[derive(Default)]
 struct Inner {
     updates: VecDeque<Value>,
     next_update_id: u64,
+    /// Where the ids restarted last (see `restart_update_ids`).
+    sequence_start: u64,
     next_message_id: i64,
     calls: Vec<Call>,
     faults: HashMap<String, VecDeque<Fault>>,
@@ -217,6 +223,15 @@ impl FakeTelegram {
                 "data": data,
             }})
         })
+    }
+
+    /// Restarts update ids at `next`, lower than before, as Telegram may after
+    /// a week without updates. An offset beyond every id issued since then
+    /// belongs to the old sequence and confirms nothing of the new one.
+    pub fn restart_update_ids(&self, next: u64) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.next_update_id = next;
+        inner.sequence_start = next;
     }
 
     fn push_update(&self, make: impl FnOnce(u64) -> Value) -> u64 {
@@ -405,6 +420,14 @@ async fn handle(
                 None,
             )
         }
+        Some(Fault::Unauthorized) => return error(StatusCode::UNAUTHORIZED, "Unauthorized", None),
+        Some(Fault::Conflict) => {
+            return error(
+                StatusCode::CONFLICT,
+                "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running",
+                None,
+            )
+        }
         None => {}
     }
     match method.as_str() {
@@ -439,11 +462,14 @@ async fn get_updates(fake: &FakeTelegram, body: &Value) -> Response {
         let notified = fake.new_update.notified();
         {
             let mut inner = fake.inner.lock().unwrap();
-            // An offset confirms every update below it, as on Telegram.
-            while inner
-                .updates
-                .front()
-                .is_some_and(|update| update["update_id"].as_i64().unwrap_or(0) < offset)
+            // An offset confirms every update below it, as on Telegram; one
+            // from before a restart of the ids confirms nothing after it.
+            let stale = offset > inner.next_update_id as i64 && inner.sequence_start > 0;
+            while !stale
+                && inner
+                    .updates
+                    .front()
+                    .is_some_and(|update| update["update_id"].as_i64().unwrap_or(0) < offset)
             {
                 inner.updates.pop_front();
             }

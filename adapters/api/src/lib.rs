@@ -194,6 +194,11 @@ pub enum AdapterError {
     /// The platform is unreachable or answered with an error.
     #[error("platform error: {0}")]
     Platform(String),
+    /// The platform refuses this bot (a revoked token, another instance
+    /// reading its updates): retrying cannot help until an operator acts,
+    /// so the channel is reported failed until it runs again.
+    #[error("refused by the platform: {0}")]
+    Refused(String),
 }
 
 /// Where adapters push what customers write. Closing it tells the core that

@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-pub use offset::OffsetFile;
+pub use offset::{OffsetFile, SeenUpdates};
 
 /// Platform name in conversation references.
 pub const PLATFORM: &str = "telegram";
@@ -311,11 +311,12 @@ impl Inner {
         sink: &InboundSink,
         shutdown: &CancellationToken,
     ) -> Result<(), AdapterError> {
-        let mut next_offset = self
-            .offsets
-            .load()
-            .map_err(|err| AdapterError::Platform(err.to_string()))?
-            .map_or(0, |last| last + 1);
+        let mut seen = SeenUpdates::new(
+            self.offsets
+                .load()
+                .map_err(|err| AdapterError::Platform(err.to_string()))?,
+        );
+        let mut next_offset = seen.last().map_or(0, |last| last + 1);
         let mut backoff = Duration::from_secs(1);
         let mut unreachable_since: Option<Instant> = None;
         loop {
@@ -344,6 +345,21 @@ impl Inner {
                     }
                     continue;
                 }
+                Err(RequestError::Api(
+                    error @ (ApiError::InvalidToken
+                    | ApiError::TerminatedByOtherGetUpdates
+                    | ApiError::CantGetUpdates),
+                )) => {
+                    self.connected.store(false, Ordering::Relaxed);
+                    let hint = match error {
+                        ApiError::InvalidToken => "the bot token was revoked or is wrong (401)",
+                        ApiError::CantGetUpdates => {
+                            "a webhook is set for this bot; polling cannot read its updates (409)"
+                        }
+                        _ => "another process is reading this bot's updates (409)",
+                    };
+                    return Err(AdapterError::Refused(hint.to_string()));
+                }
                 Err(err) => {
                     self.connected.store(false, Ordering::Relaxed);
                     unreachable_since.get_or_insert_with(Instant::now);
@@ -363,14 +379,19 @@ impl Inner {
             }
             backoff = Duration::from_secs(1);
             for update in updates {
+                // Telegram returns only unconfirmed updates, so an id below
+                // the offset means its ids restarted, not a repeat.
                 let id = update.id.0;
-                if id < next_offset {
+                if seen.is_repeat(id) {
                     continue;
                 }
                 if let Some(inbound) = self.to_inbound(update).await {
                     if sink.send(inbound).await.is_err() {
                         return Ok(());
                     }
+                }
+                if seen.record(id) {
+                    tracing::warn!(update_id = id, "telegram restarted its update ids lower");
                 }
                 next_offset = id + 1;
                 if let Err(err) = self.offsets.save(id) {

@@ -1,7 +1,10 @@
 //! The id of the last handled Telegram update, kept in a small file that is
 //! replaced atomically, so a restart resumes after it: nothing is handled
-//! twice and nothing unconfirmed is dropped.
+//! twice and nothing unconfirmed is dropped. Telegram may restart its update
+//! ids at a lower random value after a week without updates, so a lower id
+//! is a new update unless it was handled recently ([`SeenUpdates`]).
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -47,9 +50,67 @@ impl OffsetFile {
     }
 }
 
+/// How many recently handled ids are remembered to recognise a redelivery.
+const REMEMBERED: usize = 1024;
+
+/// The ids handled lately, newest last: an update is a repeat only if its id
+/// is among them, so a sequence that restarts lower is still read.
+#[derive(Debug, Default)]
+pub struct SeenUpdates {
+    recent: VecDeque<u32>,
+}
+
+impl SeenUpdates {
+    /// Starts from the last handled id of a previous run, if any.
+    pub fn new(last: Option<u32>) -> Self {
+        Self {
+            recent: last.into_iter().collect(),
+        }
+    }
+
+    /// The newest handled id.
+    pub fn last(&self) -> Option<u32> {
+        self.recent.back().copied()
+    }
+
+    /// Whether `id` was handled lately.
+    pub fn is_repeat(&self, id: u32) -> bool {
+        self.recent.contains(&id)
+    }
+
+    /// Records `id` as handled; true when it is lower than the previous one
+    /// (Telegram restarted its ids).
+    pub fn record(&mut self, id: u32) -> bool {
+        let restarted = self.last().is_some_and(|last| id < last);
+        if self.recent.len() == REMEMBERED {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(id);
+        restarted
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_restarted_sequence_is_new_and_a_redelivery_is_not() {
+        let mut seen = SeenUpdates::new(Some(5_000));
+        assert!(seen.is_repeat(5_000));
+        assert!(!seen.record(5_001));
+        assert!(
+            !seen.is_repeat(17) && seen.record(17),
+            "a restart at a lower id"
+        );
+        assert!(!seen.record(18));
+        assert!(seen.is_repeat(5_001) && seen.is_repeat(18));
+        for id in 100..100 + REMEMBERED as u32 {
+            seen.record(id);
+        }
+        assert!(!seen.is_repeat(18), "the window is bounded");
+        assert_eq!(seen.last(), Some(99 + REMEMBERED as u32));
+    }
 
     #[test]
     fn saves_and_loads_the_last_update() {

@@ -1,6 +1,6 @@
 //! Webhook mode: an HTTP endpoint Telegram posts updates to. The secret
-//! header is checked before anything is parsed; updates at or below the last
-//! handled id (Telegram's redeliveries) are acknowledged and skipped.
+//! header is checked before anything is parsed; updates handled lately
+//! (Telegram's redeliveries) are acknowledged and skipped.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use concierge_adapter::{AdapterError, InboundSink};
 use teloxide::types::Update;
 use tokio_util::sync::CancellationToken;
 
-use crate::Inner;
+use crate::{Inner, SeenUpdates};
 
 const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 
@@ -22,9 +22,9 @@ const SECRET_HEADER: &str = "x-telegram-bot-api-secret-token";
 struct WebhookState {
     inner: Arc<Inner>,
     sink: InboundSink,
-    /// The last handled update id, read from its file once at start; the
-    /// lock also serialises deliveries so it only grows.
-    last_handled: Arc<tokio::sync::Mutex<Option<u32>>>,
+    /// The update ids handled lately, from the last one of the offset file
+    /// on; the lock also serialises deliveries.
+    seen: Arc<tokio::sync::Mutex<SeenUpdates>>,
 }
 
 /// Serves the webhook on `listen` at `path` until `shutdown`.
@@ -53,7 +53,7 @@ pub(crate) async fn serve(
     let state = WebhookState {
         inner,
         sink,
-        last_handled: Arc::new(tokio::sync::Mutex::new(last_handled)),
+        seen: Arc::new(tokio::sync::Mutex::new(SeenUpdates::new(last_handled))),
     };
     let app = Router::new().route(&path, post(receive)).with_state(state);
     axum::serve(listener, app)
@@ -80,9 +80,9 @@ async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: By
             return StatusCode::BAD_REQUEST;
         }
     };
-    let mut last_handled = state.last_handled.lock().await;
+    let mut seen = state.seen.lock().await;
     let id = update.id.0;
-    if last_handled.is_some_and(|last| id <= last) {
+    if seen.is_repeat(id) {
         return StatusCode::OK;
     }
     if let Some(inbound) = state.inner.to_inbound(update).await {
@@ -91,7 +91,9 @@ async fn receive(State(state): State<WebhookState>, headers: HeaderMap, body: By
             return StatusCode::SERVICE_UNAVAILABLE;
         }
     }
-    *last_handled = Some(id);
+    if seen.record(id) {
+        tracing::warn!(update_id = id, "telegram restarted its update ids lower");
+    }
     if let Err(err) = state.inner.offsets.save(id) {
         tracing::error!("cannot record the last handled telegram update: {err}");
     }

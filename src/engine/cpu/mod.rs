@@ -71,6 +71,7 @@ fn tokenizer_for(
 pub struct CpuEngine {
     name: String,
     tokenizer: Arc<tokenizers::Tokenizer>,
+    special_tokens: Vec<String>,
     template: ChatTemplate,
     bos: Option<u32>,
     context_length: usize,
@@ -147,6 +148,7 @@ impl CpuEngine {
         Ok(Self {
             name,
             tokenizer,
+            special_tokens: gguf::special_token_strings(&header),
             template,
             bos,
             context_length,
@@ -237,6 +239,10 @@ impl Drop for CpuEngine {
 impl Llm for CpuEngine {
     fn model_name(&self) -> &str {
         &self.name
+    }
+
+    fn special_tokens(&self) -> &[String] {
+        &self.special_tokens
     }
 
     fn count_tokens(&self, text: &str) -> usize {
