@@ -348,7 +348,12 @@ pub async fn chat(
         cancel.clone(),
     );
     let (sink, inbound) = mpsc::channel(INBOUND_BUFFER);
-    let router = tokio::spawn(router::run(inbound, pipeline, InFlight::default()));
+    // One person at their own console: no flood limits.
+    let limits = crate::config::ModerationConfig {
+        enabled: false,
+        ..config.moderation.clone()
+    };
+    let router = tokio::spawn(router::run(inbound, pipeline, InFlight::default(), limits));
     let intake = console.run(sink, cancel.clone());
     tokio::pin!(interrupt);
     let (interrupted, intake_result) = tokio::select! {
@@ -472,7 +477,12 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
     ));
     let (sink, inbound) = mpsc::channel(INBOUND_BUFFER);
     let in_flight = InFlight::default();
-    let router_task = tokio::spawn(router::run(inbound, pipeline, in_flight.clone()));
+    let router_task = tokio::spawn(router::run(
+        inbound,
+        pipeline,
+        in_flight.clone(),
+        config.moderation.clone(),
+    ));
     let channel_tasks = TaskTracker::new();
     for adapter in adapters {
         channel_tasks.spawn(supervise_channel(

@@ -44,6 +44,8 @@ pub struct Config {
     pub discord: DiscordConfig,
     /// `[escalation]`: intent detection and hand-off to people.
     pub escalation: EscalationConfig,
+    /// `[moderation]`: flood limits per sender.
+    pub moderation: ModerationConfig,
     /// Findings that do not stop the program (a `CONCIERGE_` variable that
     /// matches no key); logged at start, errors under `config check --strict`.
     pub warnings: Vec<ConfigIssue>,
@@ -271,6 +273,25 @@ pub struct DaemonConfig {
     pub shutdown_deadline_secs: u64,
 }
 
+/// `[moderation]`
+#[derive(Clone, Debug)]
+pub struct ModerationConfig {
+    /// Whether the limits apply.
+    pub enabled: bool,
+    /// Messages a sender may send per minute, on average.
+    pub messages_per_minute: u32,
+    /// Messages a sender may send at once before the rate applies.
+    pub message_burst: u32,
+    /// Button presses a sender may make per minute, on average.
+    pub presses_per_minute: u32,
+    /// Presses at once before the rate applies.
+    pub press_burst: u32,
+    /// A limited sender is told at most once per this many seconds.
+    pub notice_window_secs: u64,
+    /// Messages waiting per conversation; more are refused.
+    pub queue_per_conversation: usize,
+}
+
 /// `[console]`
 #[derive(Clone, Debug)]
 pub struct ConsoleConfig {
@@ -480,6 +501,23 @@ impl Reader<'_> {
             shutdown_deadline_secs: self.integer("daemon", "shutdown_deadline_secs", 10, 1..=3600)
                 as u64,
         };
+        let moderation = ModerationConfig {
+            enabled: self.boolean("moderation", "enabled", true),
+            messages_per_minute: self.integer("moderation", "messages_per_minute", 20, 1..=10_000)
+                as u32,
+            message_burst: self.integer("moderation", "message_burst", 8, 1..=1_000) as u32,
+            presses_per_minute: self.integer("moderation", "presses_per_minute", 30, 1..=10_000)
+                as u32,
+            press_burst: self.integer("moderation", "press_burst", 10, 1..=1_000) as u32,
+            notice_window_secs: self.integer("moderation", "notice_window_secs", 60, 1..=86_400)
+                as u64,
+            queue_per_conversation: self.integer(
+                "moderation",
+                "queue_per_conversation",
+                100,
+                1..=100_000,
+            ),
+        };
         let console = ConsoleConfig {
             enabled: self.boolean("console", "enabled", false),
             user: self.string("console", "user", "local"),
@@ -535,6 +573,7 @@ impl Reader<'_> {
             telegram,
             discord,
             escalation,
+            moderation,
             warnings: Vec::new(),
         }
     }

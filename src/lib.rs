@@ -18,6 +18,7 @@ pub mod intent;
 pub mod knowledge;
 pub mod language;
 pub mod models;
+pub mod moderation;
 pub mod operator;
 pub mod pipeline;
 pub mod prompts;

@@ -280,6 +280,45 @@ impl Pipeline {
         }
     }
 
+    /// Whether `inbound` comes from the agents' spaces (not flood-limited).
+    pub fn is_agents_space(&self, inbound: &Inbound) -> bool {
+        self.desk.is_agents_space(inbound)
+    }
+
+    /// Tells a sender over the flood limits to slow down, in their language:
+    /// the message's own, else the customer's stored one, else the platform's
+    /// hint. Nothing is stored.
+    pub async fn tell_rate_limited(&self, inbound: &Inbound) {
+        let Some(adapter) = self.adapters.get(&inbound.conversation.platform).cloned() else {
+            return;
+        };
+        let sender = &inbound.sender;
+        let detected = match &inbound.content {
+            InboundContent::Text(text) if !text.trim_start().starts_with('/') => {
+                language::detect(text)
+            }
+            _ => None,
+        };
+        let stored = || {
+            self.store
+                .find_customer(&sender.platform, &sender.user_id)
+                .ok()
+                .flatten()
+                .and_then(|customer| customer.locale)
+        };
+        let locale = detected
+            .or_else(stored)
+            .or_else(|| sender.language_hint.as_deref().and_then(Locale::parse))
+            .unwrap_or(self.settings.default_locale);
+        let notice = self.prompts.text(locale, Template::RateLimited).trim();
+        let mut message = Outbound::text(inbound.conversation.clone(), notice);
+        message.reply_to = inbound.message_id.clone();
+        if let Err(err) = adapter.send(message).await {
+            tracing::warn!(platform = %inbound.conversation.platform, "could not send the flood notice: {err}");
+        }
+        adapter.reply_finished(&inbound.conversation).await;
+    }
+
     /// Handles one inbound message. Never fails: errors are logged and the
     /// customer gets an apology where possible.
     pub async fn handle(&self, inbound: Inbound) {

@@ -138,11 +138,13 @@ pub enum Template {
     AgentFailed,
     /// The agent commands.
     AgentHelp,
+    /// The customer sends faster than the moderation limits; once per window.
+    RateLimited,
 }
 
 impl Template {
     /// Every template.
-    pub const ALL: [Template; 43] = [
+    pub const ALL: [Template; 44] = [
         Template::System,
         Template::Start,
         Template::Help,
@@ -186,6 +188,7 @@ impl Template {
         Template::AgentWhichTicket,
         Template::AgentFailed,
         Template::AgentHelp,
+        Template::RateLimited,
     ];
 
     /// File name under the locale directory.
@@ -234,6 +237,7 @@ impl Template {
             Self::AgentWhichTicket => "agent_which_ticket.txt",
             Self::AgentFailed => "agent_failed.txt",
             Self::AgentHelp => "agent_help.txt",
+            Self::RateLimited => "rate_limited.txt",
         }
     }
 
@@ -290,6 +294,7 @@ impl Template {
             Self::AgentWhichTicket => both!("agent_which_ticket.txt"),
             Self::AgentFailed => both!("agent_failed.txt"),
             Self::AgentHelp => both!("agent_help.txt"),
+            Self::RateLimited => both!("rate_limited.txt"),
         }
     }
 }

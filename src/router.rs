@@ -1,6 +1,7 @@
-//! Per-conversation ordering: one queue and one worker task per conversation,
-//! so messages of a conversation are handled in arrival order while different
-//! conversations run concurrently. A panic while handling one message is
+//! Per-conversation ordering: one bounded queue and one worker task per
+//! conversation, so messages of a conversation are handled in arrival order
+//! while different conversations run concurrently. Every message passes the
+//! flood limits (`moderation`) first. A panic while handling one message is
 //! caught and logged; it never stops the worker, the router or the daemon.
 //!
 //! Architecture invariant: the router knows nothing of sled, mistral.rs or
@@ -17,11 +18,19 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
+use crate::config::ModerationConfig;
+use crate::moderation::{Moderation, Verdict};
 use crate::pipeline::Pipeline;
 
+/// One item of a conversation's queue.
+enum Work {
+    /// Handle the message.
+    Handle(Inbound),
+    /// Tell the sender they are over the flood limit.
+    Notice(Inbound),
+}
+
 /// Past this many known conversations, queues of exited workers are dropped.
-/// Per-conversation queues are unbounded so one busy conversation never
-/// blocks the router; flood limits belong to moderation.
 const PRUNE_AT: usize = 1024;
 /// A worker with nothing to do for this long exits; the next message starts a new one.
 const WORKER_IDLE: Duration = Duration::from_secs(300);
@@ -60,35 +69,68 @@ pub async fn run(
     mut inbound: mpsc::Receiver<Inbound>,
     pipeline: Arc<Pipeline>,
     in_flight: InFlight,
+    limits: ModerationConfig,
 ) {
     let tracker = TaskTracker::new();
-    let mut workers: HashMap<ConversationRef, (mpsc::UnboundedSender<Inbound>, JoinHandle<()>)> =
+    let queue_size = limits.queue_per_conversation.max(1);
+    let mut moderation = Moderation::new(limits);
+    let mut workers: HashMap<ConversationRef, (mpsc::Sender<Work>, JoinHandle<()>)> =
         HashMap::new();
     while let Some(message) = inbound.recv().await {
-        let key = message.conversation.clone();
-        let (message, previous) = match workers.remove(&key) {
-            Some((queue, handle)) => match queue.send(message) {
+        let verdict = if pipeline.is_agents_space(&message) {
+            Verdict::Admit
+        } else {
+            moderation.check(&message, tokio::time::Instant::now())
+        };
+        let work = match verdict {
+            Verdict::Admit => Work::Handle(message),
+            Verdict::Notice => {
+                crate::telemetry::message_limited(&message.conversation.platform);
+                tracing::info!(
+                    platform = %message.sender.platform,
+                    sender = %message.sender.user_id,
+                    "sender over the flood limit; told once, further messages dropped"
+                );
+                Work::Notice(message)
+            }
+            Verdict::Drop => {
+                crate::telemetry::message_limited(&message.conversation.platform);
+                continue;
+            }
+        };
+        let key = work.conversation().clone();
+        let (work, previous) = match workers.remove(&key) {
+            Some((queue, handle)) => match queue.try_send(work) {
                 Ok(()) => {
                     workers.insert(key, (queue, handle));
                     continue;
                 }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    crate::telemetry::message_limited(&key.platform);
+                    tracing::warn!(
+                        conversation = %key_of(&key),
+                        "conversation queue full ({queue_size} waiting); message dropped"
+                    );
+                    workers.insert(key, (queue, handle));
+                    continue;
+                }
                 // The worker went idle: the next one starts after it is done.
-                Err(mpsc::error::SendError(returned)) => (returned, Some(handle)),
+                Err(mpsc::error::TrySendError::Closed(returned)) => (returned, Some(handle)),
             },
-            None => (message, None),
+            None => (work, None),
         };
         if workers.len() >= PRUNE_AT {
             workers.retain(|_, (queue, _)| !queue.is_closed());
         }
-        let (queue, receiver) = mpsc::unbounded_channel();
+        let (queue, receiver) = mpsc::channel(queue_size);
         let handle = tracker.spawn(worker(
             receiver,
             Arc::clone(&pipeline),
             in_flight.clone(),
             previous,
         ));
-        // The worker holds the receiver, so this send succeeds.
-        let _ = queue.send(message);
+        // The worker holds the receiver and the queue is empty, so this succeeds.
+        let _ = queue.try_send(work);
         workers.insert(key, (queue, handle));
     }
     drop(workers);
@@ -96,8 +138,16 @@ pub async fn run(
     tracker.wait().await;
 }
 
+impl Work {
+    fn conversation(&self) -> &ConversationRef {
+        match self {
+            Self::Handle(message) | Self::Notice(message) => &message.conversation,
+        }
+    }
+}
+
 async fn worker(
-    mut queue: mpsc::UnboundedReceiver<Inbound>,
+    mut queue: mpsc::Receiver<Work>,
     pipeline: Arc<Pipeline>,
     in_flight: InFlight,
     previous: Option<JoinHandle<()>>,
@@ -115,14 +165,23 @@ async fn worker(
                 queue.recv().await
             }
         };
-        let Some(message) = message else {
+        let Some(work) = message else {
             return;
         };
-        let key = key_of(&message.conversation);
+        let key = key_of(work.conversation());
         in_flight.enter(&key);
-        let result = AssertUnwindSafe(pipeline.handle(message))
-            .catch_unwind()
-            .await;
+        let result = match work {
+            Work::Handle(message) => {
+                AssertUnwindSafe(pipeline.handle(message))
+                    .catch_unwind()
+                    .await
+            }
+            Work::Notice(message) => {
+                AssertUnwindSafe(pipeline.tell_rate_limited(&message))
+                    .catch_unwind()
+                    .await
+            }
+        };
         in_flight.leave(&key);
         if result.is_err() {
             tracing::error!(conversation = %key, "a message handler panicked; the conversation goes on");

@@ -42,6 +42,10 @@ pub fn render() -> String {
 fn describe() {
     metrics::describe_gauge!("concierge_up", "1 while the daemon runs");
     metrics::describe_counter!("concierge_messages_total", "Customer messages received");
+    metrics::describe_counter!(
+        "concierge_messages_limited_total",
+        "Messages and presses over the flood limits (dropped or answered with the notice)"
+    );
     metrics::describe_counter!("concierge_replies_total", "Replies delivered");
     metrics::describe_counter!("concierge_reply_errors_total", "Replies that failed");
     metrics::describe_counter!(
@@ -56,6 +60,12 @@ fn describe() {
         "concierge_first_token_seconds",
         "Time from message to first streamed token"
     );
+}
+
+/// A message or press was over the flood limits.
+pub fn message_limited(platform: &str) {
+    metrics::counter!("concierge_messages_limited_total", "platform" => platform.to_string())
+        .increment(1);
 }
 
 /// A customer message arrived.

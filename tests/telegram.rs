@@ -240,6 +240,64 @@ async fn update_ids_that_restart_lower_are_read_once_each() {
     assert_eq!(offset.trim(), "19");
 }
 
+fn resident_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmRSS:"))
+                .and_then(|line| line.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flood_gets_the_burst_and_one_notice_and_others_are_still_answered() {
+    const OTHER: i64 = 556;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeTelegram::start().await;
+    let limits =
+        "[moderation]\nmessages_per_minute = 1\nmessage_burst = 5\nnotice_window_secs = 600\n";
+    let section = format!("{}{limits}", telegram_section(&fake));
+    let daemon = InProcessDaemon::start(dir.path(), SCRIPT, &section);
+    // Up and polling before the flood.
+    fake.push_message(OTHER, "private", OTHER as u64, "warm up");
+    assert!(eventually(WAIT, || texts_in(&fake, OTHER).len() == 1).await);
+    let rss_before = resident_mib();
+    for n in 0..300 {
+        fake.push_message(CHAT, "private", CUSTOMER, "/help");
+        if n == 150 {
+            fake.push_message(OTHER, "private", OTHER as u64, "where is my parcel?");
+        }
+    }
+    assert!(
+        eventually(WAIT, || texts_in(&fake, OTHER)
+            .get(1)
+            .is_some_and(|text| text == "You said: where is my parcel?"))
+        .await,
+        "the other customer is answered during the flood: {:?}",
+        texts_in(&fake, OTHER)
+    );
+    // Stopping drains every queue, so the count below is final.
+    daemon.stop().await;
+    let rss_after = resident_mib();
+    eprintln!(
+        "resident memory around the flood: {rss_before:.1} MiB before, {rss_after:.1} MiB after"
+    );
+    let texts = texts_in(&fake, CHAT);
+    let notices: Vec<&String> = texts
+        .iter()
+        .filter(|text| text.contains("faster than I can read"))
+        .collect();
+    assert_eq!(notices.len(), 1, "{texts:?}");
+    assert_eq!(
+        texts.len(),
+        5 + 1,
+        "the burst of 5 answers and one notice: {texts:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn inline_buttons_come_back_as_choices() {
     let dir = tempfile::tempdir().unwrap();

@@ -192,10 +192,16 @@ pub fn harness(data_dir: &Path, script: &str, settings: PipelineSettings) -> Har
 /// Runs the router over `messages` (sent in order) until all are handled.
 pub async fn run_messages(harness: &Harness, messages: Vec<Inbound>) {
     let (sink, inbound) = tokio::sync::mpsc::channel(1024);
+    // The pipeline tests send faster than a customer may: no flood limits.
+    let limits = concierge::config::ModerationConfig {
+        enabled: false,
+        ..concierge::config::Config::defaults().moderation
+    };
     let router = tokio::spawn(concierge::router::run(
         inbound,
         Arc::clone(&harness.pipeline),
         Default::default(),
+        limits,
     ));
     for message in messages {
         sink.send(message).await.unwrap();
