@@ -312,6 +312,7 @@ pub fn pipeline(
         classifier: parts.classifier,
         escalation: parts.escalation,
         desk: crate::agents::AgentDesk::from_config(config),
+        link_guard: Default::default(),
     })
 }
 

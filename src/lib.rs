@@ -17,6 +17,7 @@ pub mod history;
 pub mod intent;
 pub mod knowledge;
 pub mod language;
+pub mod link_guard;
 pub mod models;
 pub mod moderation;
 pub mod operator;

@@ -72,6 +72,8 @@ pub struct Pipeline {
     pub escalation: Option<crate::escalation::Escalation>,
     /// The agents' spaces and who may act there.
     pub desk: crate::agents::AgentDesk,
+    /// Failed link-code redemptions, limited per sender and per code.
+    pub link_guard: crate::link_guard::LinkGuard,
 }
 
 /// The channel as seen while answering one inbound message: every message
@@ -532,6 +534,12 @@ impl Pipeline {
     ) -> anyhow::Result<String> {
         let code = as_link_code(code).unwrap_or_default();
         let sender = &inbound.sender;
+        let sender_key = format!("{}:{}", sender.platform, sender.user_id);
+        let now = tokio::time::Instant::now();
+        if !self.link_guard.may_try(&sender_key, &code, now) {
+            tracing::warn!(platform = %sender.platform, user = %sender.user_id, "link code refused: too many wrong codes");
+            return Ok(self.prompts.text(locale, Template::LinkLimited).to_string());
+        }
         let outcome = self.store.redeem_link_code(
             &code,
             &sender.platform,
@@ -549,7 +557,12 @@ impl Pipeline {
                 Template::LinkDone
             }
             LinkOutcome::AlreadyLinked => Template::LinkAlready,
-            LinkOutcome::Unknown | LinkOutcome::Expired => Template::LinkInvalid,
+            LinkOutcome::Unknown | LinkOutcome::Expired => {
+                // A failure changed nothing worth an fsync (at most an
+                // expired code was swept).
+                self.link_guard.failed(&sender_key, &code, now);
+                return Ok(self.prompts.text(locale, Template::LinkInvalid).to_string());
+            }
         };
         self.store.flush().await?;
         Ok(self.prompts.text(locale, template).to_string())

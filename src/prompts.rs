@@ -140,11 +140,13 @@ pub enum Template {
     AgentHelp,
     /// The customer sends faster than the moderation limits; once per window.
     RateLimited,
+    /// Too many wrong link codes from this sender or for this code.
+    LinkLimited,
 }
 
 impl Template {
     /// Every template.
-    pub const ALL: [Template; 44] = [
+    pub const ALL: [Template; 45] = [
         Template::System,
         Template::Start,
         Template::Help,
@@ -189,6 +191,7 @@ impl Template {
         Template::AgentFailed,
         Template::AgentHelp,
         Template::RateLimited,
+        Template::LinkLimited,
     ];
 
     /// File name under the locale directory.
@@ -238,6 +241,7 @@ impl Template {
             Self::AgentFailed => "agent_failed.txt",
             Self::AgentHelp => "agent_help.txt",
             Self::RateLimited => "rate_limited.txt",
+            Self::LinkLimited => "link_limited.txt",
         }
     }
 
@@ -295,6 +299,7 @@ impl Template {
             Self::AgentFailed => both!("agent_failed.txt"),
             Self::AgentHelp => both!("agent_help.txt"),
             Self::RateLimited => both!("rate_limited.txt"),
+            Self::LinkLimited => both!("link_limited.txt"),
         }
     }
 }

@@ -418,6 +418,9 @@ pub struct Store {
     /// Held while a ticket is read, changed and written back, by every
     /// clone: two changes at once never overwrite each other.
     ticket_writes: std::sync::Arc<std::sync::Mutex<()>>,
+    /// Durable flushes made through this store (all clones), for tests and
+    /// diagnostics.
+    flushes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -458,6 +461,7 @@ impl Store {
             agent_posts: db.open_tree(TREE_AGENT_POSTS).map_err(map)?,
             customer_tickets: db.open_tree(TREE_CUSTOMER_TICKETS).map_err(map)?,
             ticket_writes: Default::default(),
+            flushes: Default::default(),
             meta: db.open_tree(TREE_META).map_err(map)?,
             path,
             db,
@@ -591,12 +595,21 @@ impl Store {
 
     /// Makes everything written so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        self.flushes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.db.flush_async().await.map_err(|err| self.err(err))?;
         Ok(())
     }
 
+    /// Durable flushes made so far through this store and its clones.
+    pub fn flush_count(&self) -> u64 {
+        self.flushes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Blocking flush, for shutdown paths outside async code.
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.flushes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.db.flush().map_err(|err| self.err(err))?;
         Ok(())
     }

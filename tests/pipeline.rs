@@ -258,6 +258,7 @@ async fn a_missed_deadline_is_posted_to_the_agents_space_once_and_recorded() {
             }],
             Vec::new(),
         ),
+        link_guard: Default::default(),
     });
     pipeline.handle(message("ann", "/human")).await;
     assert!(base.channel.texts("ann")[0].contains("T-000001"));
@@ -318,4 +319,71 @@ async fn template_tokens_and_invisible_characters_never_reach_the_model() {
         .unwrap()
         .unwrap();
     assert_eq!(customer.display_name.as_deref(), Some("Mallory [agent]"));
+}
+
+#[tokio::test]
+async fn ten_thousand_wrong_link_codes_are_refused_without_a_single_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let harness = harness(dir.path(), ECHO, settings(2048, 256));
+    // A real code of another customer exists and stays safe.
+    run_messages(&harness, vec![message("owner", "/link")]).await;
+    let real_code = harness.channel.texts("owner")[0]
+        .split_whitespace()
+        .find(|word| word.starts_with("LINK-"))
+        .map(|word| {
+            word.trim_matches(|c: char| !c.is_ascii_alphanumeric() && c != '-')
+                .to_string()
+        })
+        .expect("a link code was sent");
+    let flushes_before = harness.store.flush_count();
+    // Well-formed codes (the alphabet has no 0, 1, I or O), all wrong.
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let guess = |mut n: usize| -> String {
+        let body: String = (0..6)
+            .map(|_| {
+                let c = ALPHABET[n % ALPHABET.len()] as char;
+                n /= ALPHABET.len();
+                c
+            })
+            .collect();
+        format!("LINK-{body}")
+    };
+    let guesses: Vec<_> = (0..10_001)
+        .map(guess)
+        .filter(|code| *code != real_code)
+        .take(10_000)
+        .map(|code| message("mallory", &code))
+        .collect();
+    run_messages(&harness, guesses).await;
+    assert_eq!(
+        harness.store.flush_count(),
+        flushes_before,
+        "a failed redemption flushes nothing"
+    );
+    let replies = harness.channel.texts("mallory");
+    assert_eq!(replies.len(), 10_000);
+    let limited = replies
+        .iter()
+        .filter(|text| text.contains("Too many wrong link codes"))
+        .count();
+    assert_eq!(limited, 10_000 - concierge::link_guard::FAILURES_ALLOWED);
+    // Even the right code is refused for this sender now.
+    run_messages(&harness, vec![message("mallory", &real_code)]).await;
+    assert!(harness
+        .channel
+        .texts("mallory")
+        .last()
+        .unwrap()
+        .contains("Too many wrong"));
+    let owner = harness
+        .store
+        .find_customer("test", "owner")
+        .unwrap()
+        .unwrap();
+    let mallory = harness
+        .store
+        .find_customer("test", "mallory")
+        .unwrap()
+        .unwrap();
+    assert_ne!(owner.id, mallory.id, "the guesses joined nothing");
 }

@@ -180,6 +180,7 @@ pub fn harness(data_dir: &Path, script: &str, settings: PipelineSettings) -> Har
         classifier: None,
         escalation: None,
         desk: Default::default(),
+        link_guard: Default::default(),
     });
     Harness {
         pipeline,
@@ -192,9 +193,11 @@ pub fn harness(data_dir: &Path, script: &str, settings: PipelineSettings) -> Har
 /// Runs the router over `messages` (sent in order) until all are handled.
 pub async fn run_messages(harness: &Harness, messages: Vec<Inbound>) {
     let (sink, inbound) = tokio::sync::mpsc::channel(1024);
-    // The pipeline tests send faster than a customer may: no flood limits.
+    // The pipeline tests send faster than a customer may: no flood limits,
+    // and queues long enough for every message of a test.
     let limits = concierge::config::ModerationConfig {
         enabled: false,
+        queue_per_conversation: 100_000,
         ..concierge::config::Config::defaults().moderation
     };
     let router = tokio::spawn(concierge::router::run(
