@@ -493,7 +493,12 @@ impl Pipeline {
             Command::Link(None) => {
                 let code = new_link_code();
                 let expires = crate::store::now_ms() + LINK_CODE_VALIDITY.as_millis() as u64;
-                self.store.create_link_code(&code, customer.id, expires)?;
+                self.store.create_link_code(
+                    &code,
+                    customer.id,
+                    expires,
+                    (&conversation.platform, &conversation.chat_id),
+                )?;
                 self.store.flush().await?;
                 let minutes = (LINK_CODE_VALIDITY.as_secs() / 60).to_string();
                 self.prompts.render(
@@ -540,6 +545,7 @@ impl Pipeline {
             tracing::warn!(platform = %sender.platform, user = %sender.user_id, "link code refused: too many wrong codes");
             return Ok(self.prompts.text(locale, Template::LinkLimited).to_string());
         }
+        let origin = self.store.link_code(&code)?;
         let outcome = self.store.redeem_link_code(
             &code,
             &sender.platform,
@@ -554,6 +560,10 @@ impl Pipeline {
                     *customer = joined;
                 }
                 tracing::info!(platform = %sender.platform, from, into, "identities linked");
+                if let Some(origin) = origin {
+                    self.tell_code_owner(&origin, &sender.platform, customer.locale)
+                        .await;
+                }
                 Template::LinkDone
             }
             LinkOutcome::AlreadyLinked => Template::LinkAlready,
@@ -566,6 +576,36 @@ impl Pipeline {
         };
         self.store.flush().await?;
         Ok(self.prompts.text(locale, template).to_string())
+    }
+
+    /// Tells the customer who asked for a link code, in the chat where they
+    /// asked, that another identity (on `platform`) joined them.
+    async fn tell_code_owner(
+        &self,
+        code: &crate::store::LinkCode,
+        platform: &str,
+        locale: Option<Locale>,
+    ) {
+        let Some(adapter) = self.adapters.get(&code.platform) else {
+            return;
+        };
+        let locale = locale.unwrap_or(self.settings.default_locale);
+        let platform_name = match platform {
+            "telegram" => "Telegram",
+            "discord" => "Discord",
+            "console" => "console",
+            other => other,
+        };
+        let text =
+            self.prompts
+                .render(locale, Template::LinkJoined, &[("platform", platform_name)]);
+        let chat = concierge_adapter::ConversationRef {
+            platform: code.platform.clone(),
+            chat_id: code.chat_id.clone(),
+        };
+        if let Err(err) = adapter.send(Outbound::text(chat, text)).await {
+            tracing::warn!(platform = %code.platform, "could not tell the code's owner about the link: {err}");
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

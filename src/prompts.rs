@@ -142,11 +142,13 @@ pub enum Template {
     RateLimited,
     /// Too many wrong link codes from this sender or for this code.
     LinkLimited,
+    /// Told to the customer who asked for a code when another identity on `{platform}` used it.
+    LinkJoined,
 }
 
 impl Template {
     /// Every template.
-    pub const ALL: [Template; 45] = [
+    pub const ALL: [Template; 46] = [
         Template::System,
         Template::Start,
         Template::Help,
@@ -192,6 +194,7 @@ impl Template {
         Template::AgentHelp,
         Template::RateLimited,
         Template::LinkLimited,
+        Template::LinkJoined,
     ];
 
     /// File name under the locale directory.
@@ -242,6 +245,7 @@ impl Template {
             Self::AgentHelp => "agent_help.txt",
             Self::RateLimited => "rate_limited.txt",
             Self::LinkLimited => "link_limited.txt",
+            Self::LinkJoined => "link_joined.txt",
         }
     }
 
@@ -300,6 +304,7 @@ impl Template {
             Self::AgentHelp => both!("agent_help.txt"),
             Self::RateLimited => both!("rate_limited.txt"),
             Self::LinkLimited => both!("link_limited.txt"),
+            Self::LinkJoined => both!("link_joined.txt"),
         }
     }
 }

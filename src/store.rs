@@ -199,6 +199,12 @@ pub struct LinkCode {
     pub customer_id: u64,
     /// When the code stops working (Unix milliseconds).
     pub expires_ms: u64,
+    /// Platform of the chat the code was asked for in (told when it is used).
+    #[serde(default)]
+    pub platform: String,
+    /// That chat's id.
+    #[serde(default)]
+    pub chat_id: String,
 }
 
 /// What entering a link code did.
@@ -1104,11 +1110,14 @@ impl Store {
         code: &str,
         customer_id: u64,
         expires_ms: u64,
+        origin: (&str, &str),
     ) -> Result<(), StoreError> {
         let record = LinkCode {
             v: RECORD_VERSION,
             customer_id,
             expires_ms,
+            platform: origin.0.to_string(),
+            chat_id: origin.1.to_string(),
         };
         self.link_codes
             .insert(code.as_bytes(), Self::encode(&record))
@@ -1125,6 +1134,18 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// The pending code `code`, without using it.
+    pub fn link_code(&self, code: &str) -> Result<Option<LinkCode>, StoreError> {
+        match self
+            .link_codes
+            .get(code.as_bytes())
+            .map_err(|err| self.err(err))?
+        {
+            Some(bytes) => Ok(Some(self.decode(TREE_LINK_CODES, &bytes)?)),
+            None => Ok(None),
+        }
     }
 
     /// Uses a link code from the identity `platform`/`user_id`: that identity,
@@ -1475,7 +1496,7 @@ pub(crate) mod tests {
 
         let owner = store.customer_for_identity("discord", "9", None).unwrap();
         store
-            .create_link_code("LINK-ABCDEF", owner.id, u64::MAX)
+            .create_link_code("LINK-ABCDEF", owner.id, u64::MAX, ("discord", "9"))
             .unwrap();
         store
             .redeem_link_code("LINK-ABCDEF", "telegram", "1", 0)
@@ -1508,9 +1529,21 @@ pub(crate) mod tests {
             }])
             .unwrap();
         store
-            .create_link_code("LINK-ABCDEF", owner.id, now_ms() + 60_000)
+            .create_link_code(
+                "LINK-ABCDEF",
+                owner.id,
+                now_ms() + 60_000,
+                ("telegram", "1"),
+            )
             .unwrap();
-        store.create_link_code("LINK-OLDOLD", owner.id, 1).unwrap();
+        assert_eq!(
+            store.link_code("LINK-ABCDEF").unwrap().unwrap().chat_id,
+            "1",
+            "the code remembers where it was asked for"
+        );
+        store
+            .create_link_code("LINK-OLDOLD", owner.id, 1, ("telegram", "1"))
+            .unwrap();
         assert_eq!(
             store
                 .redeem_link_code("LINK-OLDOLD", "discord", "2", now_ms())

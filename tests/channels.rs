@@ -68,6 +68,18 @@ async fn link_joins_a_telegram_and_a_discord_identity() {
         .collect();
     assert!(replies[1].contains("linked"), "{replies:?}");
     assert!(replies[2].contains("already"), "{replies:?}");
+    // The customer who asked for the code is told, where they asked.
+    let on_telegram_chat: Vec<String> = telegram
+        .messages_in(TELEGRAM_USER as i64)
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect();
+    assert!(
+        on_telegram_chat
+            .iter()
+            .any(|text| text.contains("linked with your Discord account")),
+        "{on_telegram_chat:?}"
+    );
     let store = concierge::store::Store::open(&dir.path().join("data")).unwrap();
     let on_telegram = store
         .find_customer("telegram", &TELEGRAM_USER.to_string())
