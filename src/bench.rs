@@ -494,6 +494,7 @@ pub fn recommend(
             kind: kinds[random.next(kinds.len())],
             ts_ms: index as u64,
             value: None,
+            id: None,
         };
         history[user].push(event.clone());
         all_events.push(event);
@@ -539,6 +540,7 @@ pub fn recommend(
             kind: EventKind::Dislike,
             ts_ms: 10_000_000 + trial,
             value: None,
+            id: None,
         };
         let started = Instant::now();
         store.events_append(std::slice::from_ref(&event))?;

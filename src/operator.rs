@@ -127,8 +127,10 @@ async fn metrics() -> Response {
 const MAX_EVENT_BATCH: usize = 10_000;
 
 /// `POST /v1/events`: a JSON array of events (or `{"events": [...]}`), each
-/// `{"user","item","kind","timestamp"?,"value"?}`. The batch is stored and
-/// flushed before the answer, or rejected whole with every bad entry named.
+/// `{"user","item","kind","timestamp"?,"value"?,"id"?}`. The batch is stored
+/// and flushed before the answer, or rejected whole with every bad entry
+/// named; an event whose `id` is stored already is skipped (a retried batch
+/// does not double) and counted in `duplicates`.
 async fn events(State(state): State<OperatorState>, body: axum::body::Bytes) -> Response {
     let parsed: Result<serde_json::Value, _> = serde_json::from_slice(&body);
     let list = match parsed {
@@ -170,18 +172,18 @@ async fn events(State(state): State<OperatorState>, body: axum::body::Bytes) -> 
     let store = state.store.clone();
     let count = accepted.len();
     let stored = tokio::task::spawn_blocking(move || store.events_append(&accepted)).await;
-    match stored {
-        Ok(Ok(())) => {}
+    let stored = match stored {
+        Ok(Ok(stored)) => stored,
         Ok(Err(err)) => return error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
         Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "event task failed"),
-    }
+    };
     // Acknowledged events survive a crash.
     if let Err(err) = state.store.flush().await {
         return error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string());
     }
     (
         StatusCode::OK,
-        Json(serde_json::json!({ "accepted": count })),
+        Json(serde_json::json!({ "accepted": count, "duplicates": count - stored })),
     )
         .into_response()
 }

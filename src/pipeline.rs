@@ -1027,6 +1027,7 @@ impl Pipeline {
                 kind: EventKind::View,
                 ts_ms: crate::store::now_ms(),
                 value: None,
+                id: None,
             })
             .collect();
         if !events.is_empty() {
@@ -1078,6 +1079,7 @@ impl Pipeline {
             kind,
             ts_ms: crate::store::now_ms(),
             value: None,
+            id: None,
         }])?;
         self.store.flush().await?;
         let reply = match kind {

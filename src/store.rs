@@ -30,6 +30,8 @@ const TREE_MESSAGES: &str = "messages";
 const TREE_KB_DOCS: &str = "kb_docs";
 const TREE_CATALOG: &str = "catalog";
 const TREE_EVENTS: &str = "events";
+/// Ids of stored events that came with one, so a retried batch stores nothing twice.
+const TREE_EVENT_IDS: &str = "event_ids";
 const TREE_LINK_CODES: &str = "link_codes";
 const TREE_TICKETS: &str = "tickets";
 const TREE_ACTIVE_TICKETS: &str = "active_tickets";
@@ -357,6 +359,10 @@ pub struct Event {
     /// Rating value, for `rating`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<f64>,
+    /// The sender's id of the event, when it gave one: an event whose id is
+    /// stored already is not stored again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 /// What kind of source a knowledge-base document came from.
@@ -416,6 +422,7 @@ pub struct Store {
     meta: sled::Tree,
     catalog: sled::Tree,
     events: sled::Tree,
+    event_ids: sled::Tree,
     link_codes: sled::Tree,
     tickets: sled::Tree,
     active_tickets: sled::Tree,
@@ -461,6 +468,7 @@ impl Store {
             kb_docs: db.open_tree(TREE_KB_DOCS).map_err(map)?,
             catalog: db.open_tree(TREE_CATALOG).map_err(map)?,
             events: db.open_tree(TREE_EVENTS).map_err(map)?,
+            event_ids: db.open_tree(TREE_EVENT_IDS).map_err(map)?,
             link_codes: db.open_tree(TREE_LINK_CODES).map_err(map)?,
             tickets: db.open_tree(TREE_TICKETS).map_err(map)?,
             active_tickets: db.open_tree(TREE_ACTIVE_TICKETS).map_err(map)?,
@@ -938,13 +946,40 @@ impl Store {
         Ok(key)
     }
 
-    /// Appends events in one batch. Call `flush` before acknowledging them.
-    pub fn events_append(&self, events: &[Event]) -> Result<(), StoreError> {
-        let mut batch = sled::Batch::default();
-        for event in events {
-            batch.insert(self.event_key(&event.user)?, Self::encode(event));
-        }
-        self.events.apply_batch(batch).map_err(|err| self.err(err))
+    /// Appends events in one transaction, skipping those whose `id` is stored
+    /// already (or repeated in the batch); returns how many were stored.
+    /// Call `flush` before acknowledging them.
+    pub fn events_append(&self, events: &[Event]) -> Result<usize, StoreError> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::Transactional;
+        let keyed = events
+            .iter()
+            .map(|event| Ok((self.event_key(&event.user)?, Self::encode(event), event)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let stored = (&self.events, &self.event_ids)
+            .transaction(|(tree, ids)| {
+                let mut stored = 0;
+                let mut in_batch = std::collections::HashSet::new();
+                for (key, bytes, event) in &keyed {
+                    if let Some(id) = &event.id {
+                        if !in_batch.insert(id.as_str()) || ids.get(id.as_bytes())?.is_some() {
+                            continue;
+                        }
+                        ids.insert(id.as_bytes(), &[][..])?;
+                    }
+                    tree.insert(key.as_slice(), bytes.as_slice())?;
+                    stored += 1;
+                }
+                Ok::<usize, ConflictableTransactionError<()>>(stored)
+            })
+            .map_err(|err| match err {
+                TransactionError::Storage(err) => self.err(err),
+                TransactionError::Abort(()) => StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: "event transaction aborted".into(),
+                },
+            })?;
+        Ok(stored)
     }
 
     /// A user's events, oldest first.
@@ -1507,6 +1542,44 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn events_with_a_known_id_are_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let event = |id: Option<&str>, item: &str| Event {
+            v: RECORD_VERSION,
+            user: "u".into(),
+            item: item.into(),
+            kind: EventKind::View,
+            ts_ms: 1,
+            value: None,
+            id: id.map(str::to_string),
+        };
+        let batch = [
+            event(Some("a"), "I1"),
+            event(Some("a"), "I1"),
+            event(None, "I2"),
+        ];
+        assert_eq!(
+            store.events_append(&batch).unwrap(),
+            2,
+            "a repeat inside the batch"
+        );
+        assert_eq!(
+            store.events_append(&batch).unwrap(),
+            1,
+            "only the event without id again"
+        );
+        assert_eq!(store.user_events("u").unwrap().len(), 3);
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.events_append(&[event(Some("a"), "I1")]).unwrap(),
+            0,
+            "after a reopen"
+        );
+    }
+
+    #[test]
     fn a_link_code_joins_identities_once_and_moves_conversations_and_events() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
@@ -1526,6 +1599,7 @@ pub(crate) mod tests {
                 kind: EventKind::Like,
                 ts_ms: 1,
                 value: None,
+                id: None,
             }])
             .unwrap();
         store

@@ -10,7 +10,7 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use support::fake_telegram::{FakeTelegram, TOKEN};
+use support::fake_telegram::{FakeTelegram, Fault, TOKEN};
 use support::{binary, eventually, free_port, InProcessDaemon};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -126,6 +126,38 @@ async fn a_complaint_goes_to_a_person_and_comes_back_with_a_rating() {
     .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
+
+    // Telegram refuses every attempt: the agent is told, the customer got
+    // nothing, and the ticket still waits for an answer (its SLA runs on).
+    fake.fail_next("sendMessage", Fault::Unauthorized, 3);
+    let undelivered = cli(
+        OPERATOR_TOKEN,
+        vec!["reply", "T-000001", "--agent", "ann", "This one is lost."],
+    )
+    .await
+    .unwrap();
+    assert!(!undelivered.status.success());
+    assert!(
+        String::from_utf8_lossy(&undelivered.stderr).contains("could not be delivered"),
+        "{}",
+        String::from_utf8_lossy(&undelivered.stderr)
+    );
+    assert_eq!(texts(&fake).len(), 2, "{:?}", texts(&fake));
+    let listed = cli(OPERATOR_TOKEN, vec!["list", "--state", "open"])
+        .await
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    let ticket: serde_json::Value = serde_json::from_str(listed.lines().next().unwrap()).unwrap();
+    let roles: Vec<&str> = ticket["transcript"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|line| line["role"].as_str().unwrap())
+        .collect();
+    assert!(
+        roles.contains(&"undelivered") && !roles.contains(&"agent"),
+        "{roles:?}"
+    );
 
     let replied = cli(
         OPERATOR_TOKEN,

@@ -95,6 +95,14 @@ fn acknowledged_events_survive_kill_9() {
     let (status, body) = http_post(port, "/v1/events", Some("events-token"), batch).unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"accepted\":2"), "{body}");
+    // A batch with event ids, retried: the retry stores nothing twice.
+    let with_ids = r#"[{"id":"ord-1","user":"shopper","item":"NW-1002","kind":"purchase"},{"id":"ord-2","user":"shopper","item":"NW-1004","kind":"view"}]"#;
+    let (status, body) = http_post(port, "/v1/events", Some("events-token"), with_ids).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"duplicates\":0"), "{body}");
+    let (status, body) = http_post(port, "/v1/events", Some("events-token"), with_ids).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"duplicates\":2"), "{body}");
     daemon.kill().unwrap();
     daemon.wait().unwrap();
 
@@ -102,8 +110,8 @@ fn acknowledged_events_survive_kill_9() {
     let events = store.user_events("shopper").unwrap();
     assert_eq!(
         events.len(),
-        2,
-        "the rejected batch stored nothing, the accepted one everything"
+        4,
+        "the rejected batch stored nothing, the accepted ones everything, the retry nothing"
     );
     assert_eq!(events[1].value, Some(4.0));
 }

@@ -25,6 +25,8 @@ pub struct ImportReport {
     pub added: usize,
     /// Records replaced (catalog items with a known id).
     pub updated: usize,
+    /// Events skipped because an event with the same id is stored already.
+    pub duplicates: usize,
     /// Rows that could not be imported.
     pub errors: Vec<RowError>,
 }
@@ -192,6 +194,9 @@ fn timestamp_ms(row: &Row) -> Result<u64, String> {
 }
 
 /// Builds an event from named fields (a file row or an API request).
+/// Longest event id accepted.
+const MAX_EVENT_ID_BYTES: usize = 200;
+
 pub fn event_from_row(row: &Row) -> Result<Event, String> {
     let user = text(row, "user").ok_or("missing user")?;
     let item = text(row, "item").ok_or("missing item")?;
@@ -203,6 +208,10 @@ pub fn event_from_row(row: &Row) -> Result<Event, String> {
     if kind == EventKind::Rating && value.is_none() {
         return Err("a rating needs a value".into());
     }
+    let id = text(row, "id");
+    if id.as_ref().is_some_and(|id| id.len() > MAX_EVENT_ID_BYTES) {
+        return Err(format!("id longer than {MAX_EVENT_ID_BYTES} bytes"));
+    }
     Ok(Event {
         v: RECORD_VERSION,
         user,
@@ -210,6 +219,7 @@ pub fn event_from_row(row: &Row) -> Result<Event, String> {
         kind,
         ts_ms: timestamp_ms(row)?,
         value,
+        id,
     })
 }
 
@@ -229,6 +239,7 @@ pub fn catalog(store: &Store, path: &Path) -> anyhow::Result<ImportReport> {
     Ok(ImportReport {
         added,
         updated,
+        duplicates: 0,
         errors,
     })
 }
@@ -243,12 +254,13 @@ pub fn events(store: &Store, path: &Path) -> anyhow::Result<ImportReport> {
             Err(error) => errors.push(RowError { line, error }),
         }
     }
-    store.events_append(&events)?;
+    let added = store.events_append(&events)?;
     store.flush_blocking()?;
     errors.sort_by_key(|error| error.line);
     Ok(ImportReport {
-        added: events.len(),
+        added,
         updated: 0,
+        duplicates: events.len() - added,
         errors,
     })
 }
@@ -296,6 +308,27 @@ mod tests {
             store.catalog_item("A1").unwrap().unwrap().title,
             "Trail shoe v2"
         );
+    }
+
+    #[test]
+    fn a_re_imported_file_with_event_ids_adds_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let file = dir.path().join("events.csv");
+        std::fs::write(
+            &file,
+            "id,user,item,kind,timestamp\nord-1,u1,A1,purchase,1700000000\nord-2,u1,A2,view,1700000001\n,u1,A3,view,1700000002\n",
+        )
+        .unwrap();
+        let first = events(&store, &file).unwrap();
+        assert_eq!((first.added, first.duplicates), (3, 0));
+        let again = events(&store, &file).unwrap();
+        assert_eq!(
+            (again.added, again.duplicates),
+            (1, 2),
+            "only the row without an id"
+        );
+        assert_eq!(store.user_events("u1").unwrap().len(), 4);
     }
 
     #[test]

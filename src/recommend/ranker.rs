@@ -643,6 +643,7 @@ mod tests {
             kind,
             ts_ms,
             value: None,
+            id: None,
         }
     }
 
