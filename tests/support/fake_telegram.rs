@@ -274,6 +274,16 @@ impl FakeTelegram {
     }
 
     /// Calls of one method (case-insensitive).
+    /// Whether the bot has confirmed update `id` (a `getUpdates` with a
+    /// higher offset): it fetched it and handed it on.
+    pub fn confirmed(&self, id: u64) -> bool {
+        self.calls_of("getUpdates").iter().any(|call| {
+            call.body["offset"]
+                .as_u64()
+                .is_some_and(|offset| offset > id)
+        })
+    }
+
     pub fn calls_of(&self, method: &str) -> Vec<Call> {
         let method = method.to_lowercase();
         self.calls()
