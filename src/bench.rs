@@ -70,16 +70,26 @@ fn median(values: &mut [f64]) -> f64 {
 
 /// Peak resident set size of this process in MiB, where the OS reports it.
 pub fn peak_rss_mb() -> f64 {
+    status_mib("VmHWM:")
+}
+
+/// Resident memory of this process now, MiB (`VmRSS`).
+pub fn rss_mib() -> f64 {
+    status_mib("VmRSS:")
+}
+
+/// A kB figure of `/proc/self/status` in MiB; 0 where there is none.
+fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|status| {
             status
                 .lines()
-                .find(|line| line.starts_with("VmHWM:"))
+                .find(|line| line.starts_with(field))
                 .and_then(|line| line.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
+                .and_then(|kib| kib.parse::<f64>().ok())
         })
-        .map_or(0.0, |kb| kb / 1024.0)
+        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 /// The benchmark's request.
@@ -380,19 +390,6 @@ pub struct RecommendFigures {
     pub event_to_next_query_p50_ms: f64,
     /// 99th percentile, milliseconds.
     pub event_to_next_query_p99_ms: f64,
-}
-
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|line| line.starts_with("VmRSS:"))
-                .and_then(|line| line.split_whitespace().nth(1))
-                .and_then(|kib| kib.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 fn percentiles(mut values: Vec<f64>) -> (f64, f64) {

@@ -295,10 +295,9 @@ impl Pipeline {
         }
         let (adapter, chat) = self.customer_channel(&current)?;
         // Delivered first: the ticket counts as answered (its SLA stops) only
-        // once the customer has the answer.
-        if let Err(err) =
-            deliver_with_retries(adapter.as_ref(), Outbound::text(chat.clone(), text)).await
-        {
+        // once the customer has the answer. The channel itself retries what
+        // may pass on a second try (rate limits, network errors).
+        if let Err(err) = adapter.send(Outbound::text(chat.clone(), text)).await {
             escalation
                 .add_line(id, "undelivered", Some(agent), text)
                 .await?;
@@ -397,37 +396,5 @@ impl Pipeline {
         self.tell_agents(&ticket, Template::AgentResolved, &[("agent", agent)], None)
             .await;
         Ok(ticket)
-    }
-}
-
-/// Attempts at delivering an agent's answer before the agent is told it failed.
-const DELIVERY_ATTEMPTS: u32 = 3;
-
-/// Sends `message`, retrying what may pass on a second try (an outage, a
-/// rate limit: after the wait the platform asked for, at most 30 s).
-async fn deliver_with_retries(
-    adapter: &dyn Adapter,
-    message: Outbound,
-) -> Result<(), concierge_adapter::AdapterError> {
-    use concierge_adapter::AdapterError;
-    let mut attempt = 1;
-    loop {
-        let wait = match adapter.send(message.clone()).await {
-            Ok(_) => return Ok(()),
-            Err(err) if attempt >= DELIVERY_ATTEMPTS => return Err(err),
-            Err(AdapterError::RateLimited { retry_after_secs }) => {
-                std::time::Duration::from_secs(retry_after_secs.min(30))
-            }
-            Err(AdapterError::Platform(_) | AdapterError::Io(_)) => {
-                std::time::Duration::from_secs(u64::from(attempt))
-            }
-            Err(err) => return Err(err),
-        };
-        tracing::warn!(
-            attempt,
-            "delivering an agent's answer failed; retrying in {wait:?}"
-        );
-        tokio::time::sleep(wait).await;
-        attempt += 1;
     }
 }

@@ -287,6 +287,20 @@ impl Pipeline {
         self.desk.is_agents_space(inbound)
     }
 
+    /// The language to answer in: the message's own, else the customer's
+    /// stored one, else the platform's hint, else the default.
+    fn reply_locale(
+        &self,
+        detected: Option<Locale>,
+        stored: Option<Locale>,
+        sender: &concierge_adapter::SenderRef,
+    ) -> Locale {
+        detected
+            .or(stored)
+            .or_else(|| sender.language_hint.as_deref().and_then(Locale::parse))
+            .unwrap_or(self.settings.default_locale)
+    }
+
     /// Tells a sender over the flood limits to slow down, in their language:
     /// the message's own, else the customer's stored one, else the platform's
     /// hint. Nothing is stored.
@@ -301,17 +315,13 @@ impl Pipeline {
             }
             _ => None,
         };
-        let stored = || {
-            self.store
-                .find_customer(&sender.platform, &sender.user_id)
-                .ok()
-                .flatten()
-                .and_then(|customer| customer.locale)
-        };
-        let locale = detected
-            .or_else(stored)
-            .or_else(|| sender.language_hint.as_deref().and_then(Locale::parse))
-            .unwrap_or(self.settings.default_locale);
+        let stored = self
+            .store
+            .find_customer(&sender.platform, &sender.user_id)
+            .ok()
+            .flatten()
+            .and_then(|customer| customer.locale);
+        let locale = self.reply_locale(detected, stored, sender);
         let notice = self.prompts.text(locale, Template::RateLimited).trim();
         let mut message = Outbound::text(inbound.conversation.clone(), notice);
         message.reply_to = inbound.message_id.clone();
@@ -381,10 +391,7 @@ impl Pipeline {
         } else {
             language::detect(&text)
         };
-        let locale = detected
-            .or(customer.locale)
-            .or_else(|| sender.language_hint.as_deref().and_then(Locale::parse))
-            .unwrap_or(self.settings.default_locale);
+        let locale = self.reply_locale(detected, customer.locale, sender);
         if customer.locale != Some(locale) {
             customer.locale = Some(locale);
             self.store.update_customer(&customer)?;

@@ -138,9 +138,9 @@ async fn a_complaint_goes_to_a_person_and_comes_back_with_a_rating() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
 
-    // Telegram refuses every attempt: the agent is told, the customer got
+    // Telegram refuses the answer: the agent is told, the customer got
     // nothing, and the ticket still waits for an answer (its SLA runs on).
-    fake.fail_next("sendMessage", Fault::Unauthorized, 3);
+    fake.fail_next("sendMessage", Fault::Unauthorized, 1);
     let undelivered = cli(
         OPERATOR_TOKEN,
         vec!["reply", "T-000001", "--agent", "ann", "This one is lost."],

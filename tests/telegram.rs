@@ -241,18 +241,6 @@ async fn update_ids_that_restart_lower_are_read_once_each() {
     assert_eq!(offset.trim(), "19");
 }
 
-fn resident_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find(|line| line.starts_with("VmRSS:"))
-                .and_then(|line| line.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flood_gets_the_burst_and_one_notice_and_others_are_still_answered() {
     const OTHER: i64 = 556;
@@ -265,7 +253,7 @@ async fn a_flood_gets_the_burst_and_one_notice_and_others_are_still_answered() {
     // Up and polling before the flood.
     fake.push_message(OTHER, "private", OTHER as u64, "warm up");
     assert!(eventually(WAIT, || texts_in(&fake, OTHER).len() == 1).await);
-    let rss_before = resident_mib();
+    let rss_before = concierge::bench::rss_mib();
     for n in 0..300 {
         fake.push_message(CHAT, "private", CUSTOMER, "/help");
         if n == 150 {
@@ -282,7 +270,7 @@ async fn a_flood_gets_the_burst_and_one_notice_and_others_are_still_answered() {
     );
     // Stopping drains every queue, so the count below is final.
     daemon.stop().await;
-    let rss_after = resident_mib();
+    let rss_after = concierge::bench::rss_mib();
     eprintln!(
         "resident memory around the flood: {rss_before:.1} MiB before, {rss_after:.1} MiB after"
     );

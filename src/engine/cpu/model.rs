@@ -896,18 +896,21 @@ fn weighted_values(out: &mut [f32], weights: &[f32], values: &[f32], stride: usi
         let mut acc = [0.0f32; WIDTH];
         for (position, &weight) in weights.iter().enumerate() {
             let row = &values[position * stride + offset + start..][..width];
-            if let Ok(row) = <&[f32; WIDTH]>::try_from(row) {
-                for (sum, &value) in acc.iter_mut().zip(row) {
-                    *sum = weight.mul_add(value, *sum);
-                }
-            } else {
-                for (sum, &value) in acc.iter_mut().zip(row) {
-                    *sum = weight.mul_add(value, *sum);
-                }
+            // A whole 32-wide row as an array: its loop has a fixed length
+            // the compiler unrolls; the tail goes through the slice.
+            match <&[f32; WIDTH]>::try_from(row) {
+                Ok(row) => accumulate(&mut acc, weight, row),
+                Err(_) => accumulate(&mut acc, weight, row),
             }
         }
         out[start..start + width].copy_from_slice(&acc[..width]);
         start += width;
+    }
+}
+
+fn accumulate<'a>(acc: &mut [f32], weight: f32, row: impl IntoIterator<Item = &'a f32>) {
+    for (sum, &value) in acc.iter_mut().zip(row) {
+        *sum = weight.mul_add(value, *sum);
     }
 }
 
