@@ -552,7 +552,6 @@ impl Pipeline {
             tracing::warn!(platform = %sender.platform, user = %sender.user_id, "link code refused: too many wrong codes");
             return Ok(self.prompts.text(locale, Template::LinkLimited).to_string());
         }
-        let origin = self.store.link_code(&code)?;
         let outcome = self.store.redeem_link_code(
             &code,
             &sender.platform,
@@ -560,17 +559,19 @@ impl Pipeline {
             crate::store::now_ms(),
         )?;
         let template = match outcome {
-            LinkOutcome::Linked { from, into } => {
+            LinkOutcome::Linked {
+                from,
+                into,
+                code: origin,
+            } => {
                 self.store
                     .move_events(&event_user_id(from), &event_user_id(into))?;
                 if let Some(joined) = self.store.customer(into)? {
                     *customer = joined;
                 }
                 tracing::info!(platform = %sender.platform, from, into, "identities linked");
-                if let Some(origin) = origin {
-                    self.tell_code_owner(&origin, &sender.platform, customer.locale)
-                        .await;
-                }
+                self.tell_code_owner(&origin, &sender.platform, customer.locale)
+                    .await;
                 Template::LinkDone
             }
             LinkOutcome::AlreadyLinked => Template::LinkAlready,

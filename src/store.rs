@@ -193,7 +193,7 @@ pub struct Ticket {
 }
 
 /// A pending `/link` code: whoever enters it joins this customer.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkCode {
     /// Record schema version.
     pub v: u32,
@@ -210,7 +210,7 @@ pub struct LinkCode {
 }
 
 /// What entering a link code did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkOutcome {
     /// The identity now belongs to `into`; `from` (its former customer) was
     /// merged into it and removed.
@@ -219,6 +219,8 @@ pub enum LinkOutcome {
         from: u64,
         /// The customer that now holds both identities.
         into: u64,
+        /// The code used, with the chat it was asked for in.
+        code: LinkCode,
     },
     /// The identity already belonged to the code's customer.
     AlreadyLinked,
@@ -1171,18 +1173,6 @@ impl Store {
         Ok(())
     }
 
-    /// The pending code `code`, without using it.
-    pub fn link_code(&self, code: &str) -> Result<Option<LinkCode>, StoreError> {
-        match self
-            .link_codes
-            .get(code.as_bytes())
-            .map_err(|err| self.err(err))?
-        {
-            Some(bytes) => Ok(Some(self.decode(TREE_LINK_CODES, &bytes)?)),
-            None => Ok(None),
-        }
-    }
-
     /// Uses a link code from the identity `platform`/`user_id`: that identity,
     /// and every other identity of its customer, join the code's customer,
     /// with their conversations. The code works once. Events are moved by
@@ -1282,7 +1272,11 @@ impl Store {
         self.customers
             .remove(from.to_be_bytes())
             .map_err(|err| self.err(err))?;
-        Ok(LinkOutcome::Linked { from, into })
+        Ok(LinkOutcome::Linked {
+            from,
+            into,
+            code: link,
+        })
     }
 
     /// Moves every event of `from` to `into` (after a link).
@@ -1610,11 +1604,6 @@ pub(crate) mod tests {
                 ("telegram", "1"),
             )
             .unwrap();
-        assert_eq!(
-            store.link_code("LINK-ABCDEF").unwrap().unwrap().chat_id,
-            "1",
-            "the code remembers where it was asked for"
-        );
         store
             .create_link_code("LINK-OLDOLD", owner.id, 1, ("telegram", "1"))
             .unwrap();
@@ -1628,12 +1617,14 @@ pub(crate) mod tests {
         let outcome = store
             .redeem_link_code("LINK-ABCDEF", "discord", "2", now_ms())
             .unwrap();
+        let LinkOutcome::Linked { from, into, code } = outcome else {
+            panic!("not linked: {outcome:?}");
+        };
+        assert_eq!((from, into), (other.id, owner.id));
         assert_eq!(
-            outcome,
-            LinkOutcome::Linked {
-                from: other.id,
-                into: owner.id
-            }
+            (code.platform.as_str(), code.chat_id.as_str()),
+            ("telegram", "1"),
+            "the code remembers where it was asked for"
         );
         let moved = store
             .move_events(
