@@ -1565,7 +1565,8 @@ pub(crate) mod tests {
         );
         assert_eq!(store.user_events("u").unwrap().len(), 3);
         drop(store);
-        let store = Store::open(dir.path()).unwrap();
+        // sled releases its lock from a background thread: wait for it.
+        let store = reopen(dir.path()).unwrap();
         assert_eq!(
             store.events_append(&[event(Some("a"), "I1")]).unwrap(),
             0,
