@@ -571,6 +571,7 @@ mod tests {
 
     fn inbound(chat: &str, parent: Option<&str>) -> Inbound {
         Inbound {
+            chat: concierge_adapter::ChatKind::Group,
             conversation: ConversationRef {
                 platform: "telegram".into(),
                 chat_id: chat.into(),

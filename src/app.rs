@@ -25,6 +25,7 @@ use crate::engine::mistral::MistralEngine;
 use crate::engine::scripted::ScriptedEngine;
 use crate::engine::{Llm, Sampling};
 use crate::health::{ComponentState, Health};
+use crate::inbox::{self, Inbox};
 use crate::knowledge::{self, KnowledgeBase};
 use crate::pipeline::{Pipeline, PipelineSettings};
 use crate::prompts::Prompts;
@@ -348,13 +349,27 @@ pub async fn chat(
         std::slice::from_ref(&console),
         cancel.clone(),
     );
-    let (sink, inbound) = mpsc::channel(INBOUND_BUFFER);
-    // One person at their own console: no flood limits.
+    let (sink, source) = concierge_adapter::inbound_queue(INBOUND_BUFFER);
+    // One person at their own console: no flood limits, and nothing kept to
+    // replay at the next start (they see what was answered).
     let limits = crate::config::ModerationConfig {
         enabled: false,
         ..config.moderation.clone()
     };
-    let router = tokio::spawn(router::run(inbound, pipeline, InFlight::default(), limits));
+    let (deliveries, delivered) = mpsc::channel(INBOUND_BUFFER);
+    let intake_stage = tokio::spawn(inbox::run(
+        source,
+        Inbox::transient(),
+        Vec::new(),
+        deliveries,
+    ));
+    let router = tokio::spawn(router::run(
+        delivered,
+        Inbox::transient(),
+        pipeline,
+        InFlight::default(),
+        limits,
+    ));
     let intake = console.run(sink, cancel.clone());
     tokio::pin!(interrupt);
     let (interrupted, intake_result) = tokio::select! {
@@ -366,6 +381,7 @@ pub async fn chat(
     }
     // EOF (or a read error): the sink is dropped with `intake`; the router
     // finishes the queued replies and the store is flushed either way.
+    intake_stage.await.context("intake task failed")?;
     router.await.context("router task failed")?;
     store.flush().await?;
     intake_result.context("reading the console failed")?;
@@ -476,10 +492,15 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
         recommender,
         intake_stop.clone(),
     ));
-    let (sink, inbound) = mpsc::channel(INBOUND_BUFFER);
+    let (sink, source) = concierge_adapter::inbound_queue(INBOUND_BUFFER);
+    let inbox = Inbox::durable(store.clone());
+    let replay = inbox.pending()?;
+    let (deliveries, delivered) = mpsc::channel(INBOUND_BUFFER);
+    let intake_task = tokio::spawn(inbox::run(source, inbox.clone(), replay, deliveries));
     let in_flight = InFlight::default();
     let router_task = tokio::spawn(router::run(
-        inbound,
+        delivered,
+        inbox,
         pipeline,
         in_flight.clone(),
         config.moderation.clone(),
@@ -520,6 +541,8 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
             router_task.abort();
         }
     }
+    // Whatever was taken but not handled stays in the inbox for the next start.
+    intake_task.abort();
     refit.abort();
     if let Some(task) = sla_watch {
         task.abort();
@@ -581,7 +604,7 @@ async fn watch_connection(adapter: Arc<dyn Adapter>, health: Health, stop: Cance
 /// Runs one channel, restarting it with back-off when it fails, until `stop`.
 async fn supervise_channel(
     adapter: Arc<dyn Adapter>,
-    sink: mpsc::Sender<concierge_adapter::Inbound>,
+    sink: concierge_adapter::InboundSink,
     stop: CancellationToken,
     health: Health,
 ) {

@@ -16,7 +16,7 @@ use crate::escalation::{Escalation, EscalationError, NewTicket};
 use crate::intent::{Classification, Intent};
 use crate::pipeline::Pipeline;
 use crate::prompts::{Locale, Template};
-use crate::store::{Customer, Role, Ticket};
+use crate::store::{Customer, IntakeId, Role, Ticket};
 
 /// Choice ids of rating buttons: `rate:<ticket>:<1-5>`.
 const RATE_PREFIX: &str = "rate:";
@@ -46,6 +46,7 @@ impl Pipeline {
         customer: &Customer,
         chat: &ConversationRef,
         text: &str,
+        intake: Option<IntakeId>,
     ) -> anyhow::Result<bool> {
         let Some(escalation) = &self.escalation else {
             return Ok(false);
@@ -56,16 +57,21 @@ impl Pipeline {
         else {
             return Ok(false);
         };
-        let Some(ticket) = escalation.add_customer_line(ticket.id, text).await? else {
-            // Resolved meanwhile: the bot answers.
-            return Ok(false);
-        };
         let conversation =
             self.store
                 .current_conversation(customer.id, &chat.platform, &chat.chat_id)?;
-        self.store
-            .append_message(conversation.id, Role::User, text)?;
-        self.store.flush().await?;
+        // Stored without a flush of its own: the ticket line's flush makes
+        // both durable, so a replay that finds the message finds the relay.
+        let turn = self
+            .store
+            .append_customer_message(conversation.id, text, intake, 0)?;
+        if turn.replayed.is_some() {
+            return Ok(true);
+        }
+        let Some(ticket) = escalation.add_customer_line(ticket.id, text).await? else {
+            // Resolved meanwhile: the bot answers the stored message.
+            return Ok(false);
+        };
         self.tell_agents(
             &ticket,
             Template::AgentCustomerSaid,
@@ -78,10 +84,12 @@ impl Pipeline {
     }
 
     /// Opens a ticket for the chat and tells the customer.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn hand_off(
         &self,
         customer: &Customer,
         inbound: &Inbound,
+        intake: Option<IntakeId>,
         adapter: &dyn Adapter,
         text: &str,
         intent: Intent,
@@ -89,7 +97,10 @@ impl Pipeline {
     ) -> anyhow::Result<Ticket> {
         let escalation = self.escalation()?;
         let chat = &inbound.conversation;
-        let (conversation, history) = self.store_customer_message(customer, chat, text).await?;
+        let (conversation, turn) = self
+            .store_customer_message(customer, chat, text, intake)
+            .await?;
+        let history = turn.history;
         // The new message ends the transcript (`Escalation::open` adds it).
         let recent: Vec<(String, String)> = history
             .into_iter()

@@ -14,6 +14,7 @@ pub mod eval;
 pub mod handoff;
 pub mod health;
 pub mod history;
+pub mod inbox;
 pub mod intent;
 pub mod knowledge;
 pub mod language;

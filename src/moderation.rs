@@ -180,6 +180,7 @@ mod tests {
 
     fn from(user: &str, content: InboundContent) -> Inbound {
         Inbound {
+            chat: concierge_adapter::ChatKind::Group,
             conversation: ConversationRef {
                 platform: "test".into(),
                 chat_id: "group".into(),

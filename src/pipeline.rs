@@ -21,7 +21,9 @@ use crate::language;
 use crate::prompts::{Locale, Prompts, Template};
 use crate::recommend::ranker::{subject, Recommendation, SharedRanker};
 use crate::session;
-use crate::store::{Customer, Event, EventKind, LinkOutcome, Role, SourceRef, Store};
+use crate::store::{
+    Customer, CustomerTurn, Event, EventKind, IntakeId, LinkOutcome, Role, SourceRef, Store,
+};
 use crate::telemetry;
 
 /// History messages read per reply before the token budget trims them.
@@ -331,20 +333,41 @@ impl Pipeline {
         adapter.reply_finished(&inbound.conversation).await;
     }
 
-    /// Handles one inbound message. Never fails: errors are logged and the
-    /// customer gets an apology where possible.
+    /// Handles one inbound message that no inbox holds.
     pub async fn handle(&self, inbound: Inbound) {
+        self.handle_delivery(&crate::inbox::Delivery::transient(inbound))
+            .await;
+    }
+
+    /// Whether replies are being cancelled (the daemon stops past its
+    /// deadline): a message handled now is not finished.
+    pub fn is_stopping(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Handles one delivered message. Never fails: errors are logged and the
+    /// customer gets an apology where possible. Returns false when the
+    /// handling was cut short by a stop, so the message stays in the inbox.
+    pub async fn handle_delivery(&self, delivery: &crate::inbox::Delivery) -> bool {
+        if self.is_stopping() {
+            return false;
+        }
+        let inbound = &delivery.message;
         let platform = inbound.conversation.platform.clone();
         let Some(adapter) = self.adapters.get(&platform).cloned() else {
             tracing::error!(%platform, "message from a channel that is not running");
-            return;
+            return true;
         };
         telemetry::message_received(&platform);
         let adapter = InReplyTo {
             adapter,
             reply_to: inbound.message_id.clone(),
         };
-        if let Err(err) = self.handle_with(&inbound, &adapter).await {
+        let result = self.handle_with(inbound, delivery.intake, &adapter).await;
+        if self.is_stopping() {
+            return false;
+        }
+        if let Err(err) = result {
             telemetry::reply_failed(&platform);
             tracing::error!(%platform, chat = %inbound.conversation.chat_id, "handling a message failed: {err:#}");
             let locale = self.settings.default_locale;
@@ -355,9 +378,15 @@ impl Pipeline {
             }
         }
         adapter.reply_finished(&inbound.conversation).await;
+        true
     }
 
-    async fn handle_with(&self, inbound: &Inbound, adapter: &dyn Adapter) -> anyhow::Result<()> {
+    async fn handle_with(
+        &self,
+        inbound: &Inbound,
+        intake: Option<IntakeId>,
+        adapter: &dyn Adapter,
+    ) -> anyhow::Result<()> {
         if self.desk.is_agents_space(inbound) {
             return self.handle_agent_message(inbound, adapter).await;
         }
@@ -398,7 +427,7 @@ impl Pipeline {
         }
         // A conversation in people's hands: the bot only relays.
         if self
-            .relay_if_handed_off(&customer, &inbound.conversation, &text)
+            .relay_if_handed_off(&customer, &inbound.conversation, &text, intake)
             .await?
         {
             return Ok(());
@@ -420,7 +449,7 @@ impl Pipeline {
             let intent = classification
                 .as_ref()
                 .map_or(crate::intent::Intent::HumanRequest, |result| result.intent);
-            self.hand_off(&customer, inbound, adapter, &text, intent, locale)
+            self.hand_off(&customer, inbound, intake, adapter, &text, intent, locale)
                 .await?;
             telemetry::reply_delivered(
                 &inbound.conversation.platform,
@@ -441,6 +470,7 @@ impl Pipeline {
                 .recommend(
                     &customer,
                     inbound,
+                    intake,
                     adapter,
                     &text,
                     Some(request),
@@ -466,8 +496,10 @@ impl Pipeline {
             );
             return Ok(());
         }
-        self.answer(&customer, inbound, adapter, &text, was_cut, locale, started)
-            .await
+        self.answer(
+            &customer, inbound, intake, adapter, &text, was_cut, locale, started,
+        )
+        .await
     }
 
     async fn run_command(
@@ -621,6 +653,7 @@ impl Pipeline {
         &self,
         customer: &Customer,
         inbound: &Inbound,
+        intake: Option<IntakeId>,
         adapter: &dyn Adapter,
         text: &str,
         was_cut: bool,
@@ -628,7 +661,13 @@ impl Pipeline {
         started: Instant,
     ) -> anyhow::Result<()> {
         let chat = &inbound.conversation;
-        let (conversation, history) = self.store_customer_message(customer, chat, text).await?;
+        let (conversation, turn) = self
+            .store_customer_message(customer, chat, text, intake)
+            .await?;
+        if turn.replayed.is_some_and(|replayed| replayed.answered) {
+            return Ok(());
+        }
+        let history = turn.history;
         if was_cut {
             let limit = self.settings.max_message_chars.to_string();
             let note = self
@@ -670,6 +709,11 @@ impl Pipeline {
                 (reply, sources)
             }
         };
+        if self.is_stopping() {
+            // Cut short by the stop: the message stays in the inbox and is
+            // answered after the restart.
+            return Ok(());
+        }
         let reply = reply.trim();
         if reply.is_empty() {
             telemetry::reply_failed(&chat.platform);
@@ -789,23 +833,26 @@ impl Pipeline {
 
     /// Stores the customer's message in their current conversation and
     /// flushes it, before any reply; returns the conversation and the recent
-    /// history that preceded the message.
+    /// history that preceded the message. A message from the inbox is stored
+    /// once however often its handling is replayed.
     pub(crate) async fn store_customer_message(
         &self,
         customer: &Customer,
         chat: &concierge_adapter::ConversationRef,
         text: &str,
-    ) -> anyhow::Result<(crate::store::Conversation, Vec<crate::store::StoredMessage>)> {
+        intake: Option<IntakeId>,
+    ) -> anyhow::Result<(crate::store::Conversation, CustomerTurn)> {
         let conversation =
             self.store
                 .current_conversation(customer.id, &chat.platform, &chat.chat_id)?;
-        let history = self
-            .store
-            .recent_messages(conversation.id, HISTORY_READ_LIMIT)?;
-        self.store
-            .append_message(conversation.id, Role::User, text)?;
+        let turn = self.store.append_customer_message(
+            conversation.id,
+            text,
+            intake,
+            HISTORY_READ_LIMIT,
+        )?;
         self.store.flush().await?;
-        Ok((conversation, history))
+        Ok((conversation, turn))
     }
 
     /// Replies with catalog items for the customer, each with a reason and
@@ -815,6 +862,7 @@ impl Pipeline {
         &self,
         customer: &Customer,
         inbound: &Inbound,
+        intake: Option<IntakeId>,
         adapter: &dyn Adapter,
         text: &str,
         request: Option<&str>,
@@ -822,7 +870,12 @@ impl Pipeline {
         started: Instant,
     ) -> anyhow::Result<()> {
         let chat = &inbound.conversation;
-        let (conversation, _) = self.store_customer_message(customer, chat, text).await?;
+        let (conversation, turn) = self
+            .store_customer_message(customer, chat, text, intake)
+            .await?;
+        if turn.replayed.is_some_and(|replayed| replayed.answered) {
+            return Ok(());
+        }
         let Some(recommender) = &self.recommender else {
             let reply = self
                 .prompts

@@ -5,29 +5,31 @@
 //! caught and logged; it never stops the worker, the router or the daemon.
 //!
 //! Architecture invariant: the router knows nothing of sled, mistral.rs or
-//! platform types; it moves `Inbound`s to `Pipeline::handle`.
+//! platform types; it moves `Delivery`s from the inbox to
+//! `Pipeline::handle_delivery` and checks finished ones out of the inbox.
 
 use std::collections::{BTreeSet, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use concierge_adapter::{ConversationRef, Inbound};
+use concierge_adapter::ConversationRef;
 use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ModerationConfig;
+use crate::inbox::{Delivery, Inbox};
 use crate::moderation::{Moderation, Verdict};
 use crate::pipeline::Pipeline;
 
 /// One item of a conversation's queue.
 enum Work {
     /// Handle the message.
-    Handle(Inbound),
+    Handle(Delivery),
     /// Tell the sender they are over the flood limit.
-    Notice(Inbound),
+    Notice(Delivery),
 }
 
 /// Past this many known conversations, queues of exited workers are dropped.
@@ -63,10 +65,12 @@ fn key_of(conversation: &ConversationRef) -> String {
     format!("{}:{}", conversation.platform, conversation.chat_id)
 }
 
-/// Routes every inbound message to its conversation's worker until `inbound`
-/// closes, then waits until every queued message is handled.
+/// Routes every delivery to its conversation's worker until `deliveries`
+/// closes, then waits until every queued message is handled. A message is
+/// checked out of `inbox` once it was handled, refused or dropped.
 pub async fn run(
-    mut inbound: mpsc::Receiver<Inbound>,
+    mut deliveries: mpsc::Receiver<Delivery>,
+    inbox: Inbox,
     pipeline: Arc<Pipeline>,
     in_flight: InFlight,
     limits: ModerationConfig,
@@ -76,14 +80,16 @@ pub async fn run(
     let mut moderation = Moderation::new(limits);
     let mut workers: HashMap<ConversationRef, (mpsc::Sender<Work>, JoinHandle<()>)> =
         HashMap::new();
-    while let Some(message) = inbound.recv().await {
-        let verdict = if pipeline.is_agents_space(&message) {
+    while let Some(delivery) = deliveries.recv().await {
+        let message = &delivery.message;
+        // A replay was admitted before the restart.
+        let verdict = if delivery.replayed || pipeline.is_agents_space(message) {
             Verdict::Admit
         } else {
-            moderation.check(&message, tokio::time::Instant::now())
+            moderation.check(message, tokio::time::Instant::now())
         };
         let work = match verdict {
-            Verdict::Admit => Work::Handle(message),
+            Verdict::Admit => Work::Handle(delivery),
             Verdict::Notice => {
                 crate::telemetry::message_limited(&message.conversation.platform);
                 tracing::info!(
@@ -91,10 +97,11 @@ pub async fn run(
                     sender = %message.sender.user_id,
                     "sender over the flood limit; told once, further messages dropped"
                 );
-                Work::Notice(message)
+                Work::Notice(delivery)
             }
             Verdict::Drop => {
                 crate::telemetry::message_limited(&message.conversation.platform);
+                inbox.done(&delivery).await;
                 continue;
             }
         };
@@ -105,13 +112,14 @@ pub async fn run(
                     workers.insert(key, (queue, handle));
                     continue;
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(mpsc::error::TrySendError::Full(dropped)) => {
                     crate::telemetry::message_limited(&key.platform);
                     tracing::warn!(
                         conversation = %key_of(&key),
                         "conversation queue full ({queue_size} waiting); message dropped"
                     );
                     workers.insert(key, (queue, handle));
+                    inbox.done(dropped.delivery()).await;
                     continue;
                 }
                 // The worker went idle: the next one starts after it is done.
@@ -125,6 +133,7 @@ pub async fn run(
         let (queue, receiver) = mpsc::channel(queue_size);
         let handle = tracker.spawn(worker(
             receiver,
+            inbox.clone(),
             Arc::clone(&pipeline),
             in_flight.clone(),
             previous,
@@ -139,15 +148,20 @@ pub async fn run(
 }
 
 impl Work {
-    fn conversation(&self) -> &ConversationRef {
+    fn delivery(&self) -> &Delivery {
         match self {
-            Self::Handle(message) | Self::Notice(message) => &message.conversation,
+            Self::Handle(delivery) | Self::Notice(delivery) => delivery,
         }
+    }
+
+    fn conversation(&self) -> &ConversationRef {
+        &self.delivery().message.conversation
     }
 }
 
 async fn worker(
     mut queue: mpsc::Receiver<Work>,
+    inbox: Inbox,
     pipeline: Arc<Pipeline>,
     in_flight: InFlight,
     previous: Option<JoinHandle<()>>,
@@ -170,18 +184,26 @@ async fn worker(
         };
         let key = key_of(work.conversation());
         in_flight.enter(&key);
-        let result = match work {
-            Work::Handle(message) => {
-                AssertUnwindSafe(pipeline.handle(message))
+        let result = match &work {
+            Work::Handle(delivery) => {
+                AssertUnwindSafe(pipeline.handle_delivery(delivery))
                     .catch_unwind()
                     .await
             }
-            Work::Notice(message) => {
-                AssertUnwindSafe(pipeline.tell_rate_limited(&message))
-                    .catch_unwind()
-                    .await
+            Work::Notice(delivery) => {
+                AssertUnwindSafe(async {
+                    pipeline.tell_rate_limited(&delivery.message).await;
+                    true
+                })
+                .catch_unwind()
+                .await
             }
         };
+        // A message cut short by a stop stays for the next start; one whose
+        // handler panicked does not, as a replay would only panic again.
+        if !matches!(result, Ok(false)) {
+            inbox.done(work.delivery()).await;
+        }
         in_flight.leave(&key);
         if result.is_err() {
             tracing::error!(conversation = %key, "a message handler panicked; the conversation goes on");

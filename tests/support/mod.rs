@@ -110,6 +110,7 @@ impl Adapter for RecordingChannel {
 /// A text message from `user` in a private chat named after them.
 pub fn message(user: &str, text: &str) -> Inbound {
     Inbound {
+        chat: concierge_adapter::ChatKind::Private,
         conversation: ConversationRef {
             platform: PLATFORM.into(),
             chat_id: user.into(),
@@ -192,7 +193,7 @@ pub fn harness(data_dir: &Path, script: &str, settings: PipelineSettings) -> Har
 
 /// Runs the router over `messages` (sent in order) until all are handled.
 pub async fn run_messages(harness: &Harness, messages: Vec<Inbound>) {
-    let (sink, inbound) = tokio::sync::mpsc::channel(1024);
+    let (sink, delivered) = tokio::sync::mpsc::channel(1024);
     // The pipeline tests send faster than a customer may: no flood limits,
     // and queues long enough for every message of a test.
     let limits = concierge::config::ModerationConfig {
@@ -201,13 +202,16 @@ pub async fn run_messages(harness: &Harness, messages: Vec<Inbound>) {
         ..concierge::config::Config::defaults().moderation
     };
     let router = tokio::spawn(concierge::router::run(
-        inbound,
+        delivered,
+        concierge::inbox::Inbox::transient(),
         Arc::clone(&harness.pipeline),
         Default::default(),
         limits,
     ));
     for message in messages {
-        sink.send(message).await.unwrap();
+        sink.send(concierge::inbox::Delivery::transient(message))
+            .await
+            .unwrap();
     }
     drop(sink);
     tokio::time::timeout(Duration::from_secs(60), router)

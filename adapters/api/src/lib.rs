@@ -45,11 +45,24 @@ pub struct SenderRef {
     pub language_hint: Option<String>,
 }
 
+/// Whether a chat is one person's own with the bot, or shared with others.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChatKind {
+    /// A private chat or DM: only the sender reads the replies.
+    #[default]
+    Private,
+    /// A group, channel, topic or thread that others read too.
+    Group,
+}
+
 /// A message from a customer, in platform-neutral form.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Inbound {
     /// The chat it arrived in; replies go back there.
     pub conversation: ConversationRef,
+    /// Whether others read that chat.
+    #[serde(default)]
+    pub chat: ChatKind,
     /// Who wrote it.
     pub sender: SenderRef,
     /// What the customer wrote or chose.
@@ -66,7 +79,7 @@ pub struct Inbound {
 }
 
 /// The payload of an inbound message.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InboundContent {
     /// Free text (commands included: they start with `/`).
     Text(String),
@@ -201,9 +214,88 @@ pub enum AdapterError {
     Refused(String),
 }
 
-/// Where adapters push what customers write. Closing it tells the core that
-/// the channel has no more input.
-pub type InboundSink = mpsc::Sender<Inbound>;
+/// Where adapters push what customers write. `send` returns once the core
+/// has taken the message for good (the daemon has stored it), so a channel
+/// acknowledges a message to its platform only after `send` succeeded.
+/// Dropping every sink tells the core that the channels have no more input.
+#[derive(Clone, Debug)]
+pub struct InboundSink {
+    queue: mpsc::Sender<Intake>,
+}
+
+/// The core's end of the sinks: messages with the receipts to answer.
+#[derive(Debug)]
+pub struct InboundSource {
+    queue: mpsc::Receiver<Intake>,
+}
+
+/// One message handed over by a channel, waiting for the core to take it.
+#[derive(Debug)]
+pub struct Intake {
+    /// The message.
+    pub message: Inbound,
+    receipt: Receipt,
+}
+
+/// Tells the channel that handed a message over that the core has taken it.
+/// Dropped without `taken`, the channel's `send` fails and it must not
+/// acknowledge the message to its platform.
+#[derive(Debug)]
+pub struct Receipt(tokio::sync::oneshot::Sender<()>);
+
+impl Receipt {
+    /// The message is stored: the channel may acknowledge it.
+    pub fn taken(self) {
+        let _ = self.0.send(());
+    }
+}
+
+impl Intake {
+    /// The message and its receipt.
+    pub fn into_parts(self) -> (Inbound, Receipt) {
+        (self.message, self.receipt)
+    }
+}
+
+/// The core did not take a message: it is shutting down or could not store
+/// it. The channel must leave the message unacknowledged.
+#[derive(Debug, thiserror::Error)]
+#[error("the core did not take the message (shutting down or its store failed)")]
+pub struct NotTaken;
+
+/// A queue from the channels to the core holding at most `buffer` messages
+/// that the core has not looked at yet.
+pub fn inbound_queue(buffer: usize) -> (InboundSink, InboundSource) {
+    let (queue, receiver) = mpsc::channel(buffer.max(1));
+    (InboundSink { queue }, InboundSource { queue: receiver })
+}
+
+impl InboundSink {
+    /// Hands `message` to the core and waits until it has been taken.
+    pub async fn send(&self, message: Inbound) -> Result<(), NotTaken> {
+        let (receipt, taken) = tokio::sync::oneshot::channel();
+        self.queue
+            .send(Intake {
+                message,
+                receipt: Receipt(receipt),
+            })
+            .await
+            .map_err(|_| NotTaken)?;
+        taken.await.map_err(|_| NotTaken)
+    }
+}
+
+impl InboundSource {
+    /// The next message, or `None` once every sink is dropped.
+    pub async fn recv(&mut self) -> Option<Intake> {
+        self.queue.recv().await
+    }
+
+    /// A message that is already waiting, without waiting for one.
+    pub fn try_recv(&mut self) -> Option<Intake> {
+        self.queue.try_recv().ok()
+    }
+}
 
 /// A reply as it is generated: text deltas in order.
 pub type DeltaStream = BoxStream<'static, String>;

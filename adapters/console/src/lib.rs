@@ -8,8 +8,8 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use concierge_adapter::{
-    Adapter, AdapterError, Capabilities, ConversationRef, DeltaStream, Inbound, InboundContent,
-    InboundSink, Outbound, SenderRef, SentMessage,
+    Adapter, AdapterError, Capabilities, ChatKind, ConversationRef, DeltaStream, Inbound,
+    InboundContent, InboundSink, Outbound, SenderRef, SentMessage,
 };
 use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -57,6 +57,7 @@ impl ConsoleAdapter {
     fn inbound(&self, text: String) -> Inbound {
         Inbound {
             conversation: self.conversation(),
+            chat: ChatKind::Private,
             sender: SenderRef {
                 platform: PLATFORM.to_string(),
                 user_id: self.user_id.clone(),

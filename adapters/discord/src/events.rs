@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use concierge_adapter::{ConversationRef, Inbound, InboundContent, InboundSink, SenderRef};
+use concierge_adapter::{
+    ChatKind, ConversationRef, Inbound, InboundContent, InboundSink, SenderRef,
+};
 use serenity::all::{
     Command, ComponentInteraction, ConnectionStage, Context, CreateCommand,
     CreateInteractionResponse, CreateInteractionResponseMessage, EventHandler, Interaction,
@@ -127,6 +129,7 @@ impl Handler {
             interaction.id.get(),
             Inbound {
                 conversation: conversation(interaction.channel_id.get()),
+                chat: chat_kind(interaction.guild_id.is_some()),
                 sender: sender(&interaction.user),
                 content: InboundContent::Choice {
                     id: self.inner.choice_id(&interaction.data.custom_id),
@@ -144,6 +147,15 @@ impl Handler {
             },
         )
         .await;
+    }
+}
+
+/// A DM is the customer's own; a guild channel or thread is shared.
+fn chat_kind(in_guild: bool) -> ChatKind {
+    if in_guild {
+        ChatKind::Group
+    } else {
+        ChatKind::Private
     }
 }
 
@@ -242,6 +254,7 @@ impl EventHandler for Handler {
             message.id.get(),
             Inbound {
                 conversation: conversation(message.channel_id.get()),
+                chat: chat_kind(message.guild_id.is_some()),
                 sender: sender(&message.author),
                 content: InboundContent::Text(text),
                 message_id: Some(message.id.get().to_string()),
@@ -277,12 +290,14 @@ impl EventHandler for Handler {
                 };
                 let id = command.id.get();
                 let user = command.user.clone();
+                let in_guild = command.guild_id.is_some();
                 let message_id = self.inner.set_pending_command(command);
                 self.push(
                     channel,
                     id,
                     Inbound {
                         conversation: conversation(channel),
+                        chat: chat_kind(in_guild),
                         sender: sender(&user),
                         content: InboundContent::Text(format!("/{name}")),
                         message_id: Some(message_id),

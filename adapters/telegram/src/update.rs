@@ -5,7 +5,7 @@
 
 use std::time::SystemTime;
 
-use concierge_adapter::{ConversationRef, Inbound, InboundContent, SenderRef};
+use concierge_adapter::{ChatKind, ConversationRef, Inbound, InboundContent, SenderRef};
 use teloxide::requests::Requester;
 use teloxide::types::{CallbackQuery, Message, MessageEntityKind, Update, UpdateKind, User};
 
@@ -54,8 +54,10 @@ impl Inner {
                 None,
             ),
         };
+        let chat = chat_kind(message.chat());
         Some(Inbound {
             conversation,
+            chat,
             sender: sender(&query.from),
             content: InboundContent::Choice {
                 id: self.choice_id(data),
@@ -99,6 +101,15 @@ fn conversation_of(message: &Message) -> (ConversationRef, Option<String>) {
     }
 }
 
+/// A private chat is the customer's own; groups, supergroups and channels are shared.
+fn chat_kind(chat: &teloxide::types::Chat) -> ChatKind {
+    if chat.is_private() {
+        ChatKind::Private
+    } else {
+        ChatKind::Group
+    }
+}
+
 fn sender(user: &User) -> SenderRef {
     SenderRef {
         platform: PLATFORM.into(),
@@ -132,6 +143,7 @@ fn inbound_message(
     let (conversation, thread_parent) = conversation_of(message);
     Some(Inbound {
         conversation,
+        chat: chat_kind(&message.chat),
         sender: sender(from),
         content: InboundContent::Text(text),
         message_id: Some(message.id.0.to_string()),

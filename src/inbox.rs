@@ -1,0 +1,164 @@
+//! The intake stage: what the channels hand over is stored in the durable
+//! inbox (one flush per batch) before the channels may acknowledge it to
+//! their platforms, then passed on as `Delivery`s. Messages left in the inbox
+//! by a crash or a stop past its deadline are delivered again first at the
+//! next start.
+//!
+//! Stage invariant: a message a channel acknowledged is in the store until
+//! its handling is over (`Inbox::done`).
+
+use concierge_adapter::{Inbound, InboundSource, Receipt};
+use tokio::sync::mpsc;
+
+use crate::store::{IntakeId, Store};
+
+/// At most this many messages are stored with one flush.
+const BATCH: usize = 256;
+
+/// A message on its way to a handler.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// Its inbox entry; `None` where messages are not kept (the console).
+    pub intake: Option<IntakeId>,
+    /// The message.
+    pub message: Inbound,
+    /// Delivered again after a crash or an interrupted stop.
+    pub replayed: bool,
+}
+
+impl Delivery {
+    /// A message that no inbox holds (tests, the console).
+    pub fn transient(message: Inbound) -> Self {
+        Self {
+            intake: None,
+            message,
+            replayed: false,
+        }
+    }
+}
+
+/// Where handled messages are checked out of the inbox.
+#[derive(Clone)]
+pub struct Inbox {
+    store: Option<Store>,
+}
+
+impl Inbox {
+    /// An inbox in the store: messages survive a crash.
+    pub fn durable(store: Store) -> Self {
+        Self { store: Some(store) }
+    }
+
+    /// No inbox: messages are passed on at once and lost with the process.
+    /// For one person at a console, who sees what was answered.
+    pub fn transient() -> Self {
+        Self { store: None }
+    }
+
+    /// The message's handling is over (answered, refused or dropped).
+    /// Made durable by the store's next flush; a replay in between finds the
+    /// reply stored and answers nothing twice.
+    pub async fn done(&self, delivery: &Delivery) {
+        let (Some(store), Some(id)) = (&self.store, delivery.intake) else {
+            return;
+        };
+        let store = store.clone();
+        let result = tokio::task::spawn_blocking(move || store.inbox_done(id)).await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(
+                intake = id.0,
+                "cannot check a message out of the inbox: {err}"
+            ),
+            Err(err) => tracing::warn!(intake = id.0, "inbox task failed: {err}"),
+        }
+    }
+
+    /// Messages a previous run took but did not finish, oldest first.
+    pub fn pending(&self) -> anyhow::Result<Vec<Delivery>> {
+        let Some(store) = &self.store else {
+            return Ok(Vec::new());
+        };
+        Ok(store
+            .inbox_pending()?
+            .into_iter()
+            .map(|(id, message)| Delivery {
+                intake: Some(id),
+                message,
+                replayed: true,
+            })
+            .collect())
+    }
+
+    /// Stores `messages`, flushes, and returns their deliveries.
+    async fn take(&self, messages: Vec<Inbound>) -> anyhow::Result<Vec<Delivery>> {
+        let Some(store) = &self.store else {
+            return Ok(messages.into_iter().map(Delivery::transient).collect());
+        };
+        let ids = {
+            let store = store.clone();
+            let messages = messages.clone();
+            tokio::task::spawn_blocking(move || store.inbox_put(&messages)).await??
+        };
+        store.flush().await?;
+        Ok(ids
+            .into_iter()
+            .zip(messages)
+            .map(|(id, message)| Delivery {
+                intake: Some(id),
+                message,
+                replayed: false,
+            })
+            .collect())
+    }
+}
+
+/// Delivers `replay` first, then takes what the channels hand over into the
+/// inbox and delivers it, until every sink is dropped or `deliveries` closes.
+pub async fn run(
+    mut source: InboundSource,
+    inbox: Inbox,
+    replay: Vec<Delivery>,
+    deliveries: mpsc::Sender<Delivery>,
+) {
+    if !replay.is_empty() {
+        tracing::info!(
+            messages = replay.len(),
+            "handling the messages that the last run took but did not finish"
+        );
+    }
+    for delivery in replay {
+        if deliveries.send(delivery).await.is_err() {
+            return;
+        }
+    }
+    while let Some(first) = source.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match source.try_recv() {
+                Some(next) => batch.push(next),
+                None => break,
+            }
+        }
+        let (messages, receipts): (Vec<Inbound>, Vec<Receipt>) =
+            batch.into_iter().map(|intake| intake.into_parts()).unzip();
+        match inbox.take(messages).await {
+            Ok(taken) => {
+                for receipt in receipts {
+                    receipt.taken();
+                }
+                for delivery in taken {
+                    if deliveries.send(delivery).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            // The channels leave these unacknowledged; their platforms
+            // deliver them again.
+            Err(err) => tracing::error!(
+                messages = receipts.len(),
+                "cannot store incoming messages; they are not acknowledged: {err:#}"
+            ),
+        }
+    }
+}

@@ -1,0 +1,359 @@
+//! The embedded store: the only importer of `sled`. Typed trees for
+//! customers, their platform identities, conversations and messages; every
+//! record carries a schema version; the store's own version is checked and
+//! migrated on open.
+//!
+//! Architecture invariant: a write that the caller acknowledges to a customer
+//! is followed by `flush()` before the acknowledgement, so `kill -9` loses none.
+
+mod catalog;
+mod conversations;
+mod customers;
+mod events;
+mod inbox;
+mod knowledge;
+mod links;
+#[cfg(test)]
+pub(crate) mod tests;
+mod tickets;
+
+pub use catalog::CatalogItem;
+pub use conversations::{Conversation, CustomerTurn, Replayed, Role, SourceRef, StoredMessage};
+pub use customers::Customer;
+pub use events::{Event, EventKind};
+pub use inbox::IntakeId;
+pub use knowledge::{KbDoc, KbKind, KbPassage};
+pub use links::{LinkCode, LinkOutcome};
+pub use tickets::{AgentPost, Ticket, TranscriptLine, Transition};
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+
+use crate::escalation::ticket::{Priority, TicketState};
+use crate::prompts::Locale;
+
+/// Version of the store layout this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 2;
+/// Version written into every record.
+pub const RECORD_VERSION: u32 = 1;
+
+const TREE_META: &str = "meta";
+const TREE_CUSTOMERS: &str = "customers";
+const TREE_IDENTITIES: &str = "identities";
+const TREE_CONVERSATIONS: &str = "conversations";
+const TREE_ACTIVE: &str = "active_conversations";
+const TREE_CUSTOMER_CONVERSATIONS: &str = "customer_conversations";
+const TREE_MESSAGES: &str = "messages";
+const TREE_KB_DOCS: &str = "kb_docs";
+const TREE_CATALOG: &str = "catalog";
+const TREE_EVENTS: &str = "events";
+/// Ids of stored events that came with one, so a retried batch stores nothing twice.
+const TREE_EVENT_IDS: &str = "event_ids";
+const TREE_LINK_CODES: &str = "link_codes";
+const TREE_TICKETS: &str = "tickets";
+const TREE_ACTIVE_TICKETS: &str = "active_tickets";
+/// Agents' threads, topics and posted messages -> the ticket they are about.
+const TREE_AGENT_POSTS: &str = "agent_posts";
+/// `customer id ++ ticket id` -> (): each customer's tickets (schema 2).
+const TREE_CUSTOMER_TICKETS: &str = "customer_tickets";
+const TREE_INBOX: &str = "inbox";
+/// Intake id -> key of the customer message stored for it, until its handling ends.
+const TREE_INTAKE_MESSAGES: &str = "intake_messages";
+const KEY_TICKET_COUNTER: &[u8] = b"ticket_counter";
+const KEY_KB_GENERATION: &[u8] = b"kb_generation";
+const KEY_SCHEMA: &[u8] = b"schema_version";
+/// A file beside the database that records that it was initialised. sled
+/// recovers a damaged log by discarding what follows the damage, so a store
+/// whose start is damaged opens empty; this marker turns that silent loss
+/// into an error.
+const MARKER_FILE: &str = "store.initialised";
+
+/// Errors of the store. Each says what failed and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process (usually a running `concierge serve`) holds the store.
+    #[error("the store at {path} is in use by another Concierge process (is `concierge serve` running?); stop it first, or point --data-dir elsewhere")]
+    Locked {
+        /// The data directory.
+        path: PathBuf,
+    },
+    /// sled found damaged data.
+    #[error("the store at {path} is corrupt ({detail}); restore it from a backup or move it aside to start empty")]
+    Corrupt {
+        /// The data directory.
+        path: PathBuf,
+        /// What sled or the decoder reported.
+        detail: String,
+    },
+    /// The store was written by a newer Concierge.
+    #[error("the store at {path} has schema version {found}, newer than this build's {supported}; upgrade Concierge")]
+    TooNew {
+        /// The data directory.
+        path: PathBuf,
+        /// Version found.
+        found: u32,
+        /// Version this build supports.
+        supported: u32,
+    },
+    /// Any other I/O failure.
+    #[error("store i/o error at {path}: {detail}")]
+    Io {
+        /// The data directory.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+    /// A referenced record does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+}
+
+/// The store. Cheap to clone; all clones share one database.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    path: PathBuf,
+    customers: sled::Tree,
+    identities: sled::Tree,
+    conversations: sled::Tree,
+    active: sled::Tree,
+    customer_conversations: sled::Tree,
+    messages: sled::Tree,
+    kb_docs: sled::Tree,
+    meta: sled::Tree,
+    catalog: sled::Tree,
+    events: sled::Tree,
+    event_ids: sled::Tree,
+    link_codes: sled::Tree,
+    tickets: sled::Tree,
+    active_tickets: sled::Tree,
+    agent_posts: sled::Tree,
+    customer_tickets: sled::Tree,
+    inbox: sled::Tree,
+    intake_messages: sled::Tree,
+    /// Held while a ticket is read, changed and written back, by every
+    /// clone: two changes at once never overwrite each other.
+    ticket_writes: std::sync::Arc<std::sync::Mutex<()>>,
+    /// Durable flushes made through this store (all clones), for tests and
+    /// diagnostics.
+    flushes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let path = data_dir.join("store");
+        // Inside the database directory, so moving it aside moves the marker too.
+        let marker = path.join(MARKER_FILE);
+        std::fs::create_dir_all(&path).map_err(|err| StoreError::Io {
+            path: path.clone(),
+            detail: err.to_string(),
+        })?;
+        let db = sled::Config::new()
+            .path(&path)
+            .open()
+            .map_err(|err| classify_open_error(&path, err))?;
+        let map = |err: sled::Error| store_error(&path, err);
+        let store = Self {
+            customers: db.open_tree(TREE_CUSTOMERS).map_err(map)?,
+            identities: db.open_tree(TREE_IDENTITIES).map_err(map)?,
+            conversations: db.open_tree(TREE_CONVERSATIONS).map_err(map)?,
+            active: db.open_tree(TREE_ACTIVE).map_err(map)?,
+            customer_conversations: db.open_tree(TREE_CUSTOMER_CONVERSATIONS).map_err(map)?,
+            messages: db.open_tree(TREE_MESSAGES).map_err(map)?,
+            kb_docs: db.open_tree(TREE_KB_DOCS).map_err(map)?,
+            catalog: db.open_tree(TREE_CATALOG).map_err(map)?,
+            events: db.open_tree(TREE_EVENTS).map_err(map)?,
+            event_ids: db.open_tree(TREE_EVENT_IDS).map_err(map)?,
+            link_codes: db.open_tree(TREE_LINK_CODES).map_err(map)?,
+            tickets: db.open_tree(TREE_TICKETS).map_err(map)?,
+            active_tickets: db.open_tree(TREE_ACTIVE_TICKETS).map_err(map)?,
+            agent_posts: db.open_tree(TREE_AGENT_POSTS).map_err(map)?,
+            customer_tickets: db.open_tree(TREE_CUSTOMER_TICKETS).map_err(map)?,
+            inbox: db.open_tree(TREE_INBOX).map_err(map)?,
+            intake_messages: db.open_tree(TREE_INTAKE_MESSAGES).map_err(map)?,
+            ticket_writes: Default::default(),
+            flushes: Default::default(),
+            meta: db.open_tree(TREE_META).map_err(map)?,
+            path,
+            db,
+        };
+        store.migrate(&marker)?;
+        Ok(store)
+    }
+
+    /// Where the database lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, err: sled::Error) -> StoreError {
+        store_error(&self.path, err)
+    }
+
+    fn migrate(&self, marker: &Path) -> Result<(), StoreError> {
+        let meta = &self.meta;
+        let found = match meta.get(KEY_SCHEMA).map_err(|err| self.err(err))? {
+            Some(bytes) => {
+                let raw: [u8; 4] = bytes.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: "schema version record has the wrong size".into(),
+                })?;
+                u32::from_be_bytes(raw)
+            }
+            None if marker.exists() => {
+                return Err(StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!(
+                        "the database lost its records ({} says it was initialised, but it opened empty)",
+                        marker.display()
+                    ),
+                });
+            }
+            None => 0,
+        };
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew {
+                path: self.path.clone(),
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if found < SCHEMA_VERSION {
+            // Version 0 is an empty store; each later version adds a step.
+            if found == 1 {
+                self.index_customer_tickets()?;
+            }
+            meta.insert(KEY_SCHEMA, &SCHEMA_VERSION.to_be_bytes())
+                .map_err(|err| self.err(err))?;
+            self.db.flush().map_err(|err| self.err(err))?;
+        }
+        if !marker.exists() {
+            std::fs::write(marker, format!("schema_version = {SCHEMA_VERSION}\n")).map_err(
+                |err| StoreError::Io {
+                    path: marker.to_path_buf(),
+                    detail: err.to_string(),
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    fn decode<T: DeserializeOwned>(&self, tree: &str, bytes: &[u8]) -> Result<T, StoreError> {
+        serde_json::from_slice(bytes).map_err(|err| StoreError::Corrupt {
+            path: self.path.clone(),
+            detail: format!("undecodable record in {tree}: {err}"),
+        })
+    }
+
+    /// Every record of a tree, in key order.
+    fn records<T: DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        name: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        tree.iter()
+            .map(|entry| {
+                let (_, bytes) = entry.map_err(|err| self.err(err))?;
+                self.decode(name, &bytes)
+            })
+            .collect()
+    }
+
+    /// One record of a tree.
+    fn record<T: DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        name: &str,
+        key: &[u8],
+    ) -> Result<Option<T>, StoreError> {
+        match tree.get(key).map_err(|err| self.err(err))? {
+            Some(bytes) => self.decode(name, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+        // Serialising plain structs of strings and numbers cannot fail.
+        serde_json::to_vec(value).unwrap_or_default()
+    }
+
+    fn next_id(&self) -> Result<u64, StoreError> {
+        // sled ids start at 0; keep 0 free as "none".
+        self.db
+            .generate_id()
+            .map(|id| id + 1)
+            .map_err(|err| self.err(err))
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.flushes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.db.flush_async().await.map_err(|err| self.err(err))?;
+        Ok(())
+    }
+
+    /// Durable flushes made so far through this store and its clones.
+    pub fn flush_count(&self) -> u64 {
+        self.flushes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Blocking flush, for shutdown paths outside async code.
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.flushes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.db.flush().map_err(|err| self.err(err))?;
+        Ok(())
+    }
+
+    fn transaction_error(&self, err: sled::transaction::TransactionError<()>) -> StoreError {
+        match err {
+            sled::transaction::TransactionError::Storage(err) => self.err(err),
+            sled::transaction::TransactionError::Abort(()) => StoreError::Io {
+                path: self.path.clone(),
+                detail: "transaction aborted".into(),
+            },
+        }
+    }
+}
+
+fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    bytes.try_into().ok().map(u64::from_be_bytes)
+}
+
+fn classify_open_error(path: &Path, err: sled::Error) -> StoreError {
+    if let sled::Error::Io(io) = &err {
+        let text = io.to_string();
+        if io.kind() == std::io::ErrorKind::WouldBlock || text.contains("lock") {
+            return StoreError::Locked {
+                path: path.to_path_buf(),
+            };
+        }
+    }
+    store_error(path, err)
+}
+
+fn store_error(path: &Path, err: sled::Error) -> StoreError {
+    match err {
+        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: err.to_string(),
+        },
+        other => StoreError::Io {
+            path: path.to_path_buf(),
+            detail: other.to_string(),
+        },
+    }
+}

@@ -1,0 +1,254 @@
+//! Tickets and their indexes: each chat's ticket with agents, each customer's tickets, and the agents' posts that point at a ticket.
+
+use super::*;
+
+/// One line of a ticket's transcript.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TranscriptLine {
+    /// When (Unix milliseconds).
+    pub ts_ms: u64,
+    /// `customer`, `bot`, `agent` or `note` (internal, never sent to the customer).
+    pub role: String,
+    /// Who wrote it, for agents and notes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    /// The text.
+    pub text: String,
+}
+
+/// One change of a ticket's state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    /// The state before (`None` at creation).
+    pub from: Option<TicketState>,
+    /// The state after.
+    pub to: TicketState,
+    /// When (Unix milliseconds).
+    pub at_ms: u64,
+    /// Who: `bot`, `sla`, `customer`, or an agent's name.
+    pub actor: String,
+}
+
+/// Where agents see a ticket: a message in the agents' group, a topic, a thread.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentPost {
+    /// Platform of the agents' space.
+    pub platform: String,
+    /// The chat, topic or thread agents answer in.
+    pub chat_id: String,
+    /// The posted ticket message, when agents answer by replying to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+}
+
+/// A hand-off of one conversation to people.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ticket {
+    /// Record schema version.
+    pub v: u32,
+    /// The number behind `T-000123`.
+    pub id: u64,
+    /// The customer.
+    pub customer_id: u64,
+    /// The customer's platform.
+    pub platform: String,
+    /// The customer's chat on it.
+    pub chat_id: String,
+    /// The customer's language (`en`/`zh`).
+    pub locale: Locale,
+    /// `complaint` or `human_request`.
+    pub category: String,
+    /// How urgent.
+    pub priority: Priority,
+    /// A short summary for agents.
+    pub summary: String,
+    /// The conversation, oldest first.
+    pub transcript: Vec<TranscriptLine>,
+    /// Where it stands.
+    pub state: TicketState,
+    /// Every change of state, oldest first.
+    pub transitions: Vec<Transition>,
+    /// The agent who has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignee: Option<String>,
+    /// When it was opened (Unix milliseconds).
+    pub created_ms: u64,
+    /// When an agent must have answered (Unix milliseconds).
+    pub due_ms: u64,
+    /// The agents were reminded of the deadline.
+    #[serde(default)]
+    pub reminded: bool,
+    /// The deadline passed without an answer.
+    #[serde(default)]
+    pub breached: bool,
+    /// Where the agents see it.
+    #[serde(default)]
+    pub agent_posts: Vec<AgentPost>,
+    /// The customer's rating, 1-5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rating: Option<u8>,
+}
+
+impl Store {
+    /// Schema 2: the index of each customer's tickets, from the tickets.
+    pub(super) fn index_customer_tickets(&self) -> Result<(), StoreError> {
+        for ticket in self.tickets()? {
+            self.customer_tickets
+                .insert(
+                    Self::customer_ticket_key(ticket.customer_id, ticket.id),
+                    &[],
+                )
+                .map_err(|err| self.err(err))?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn customer_ticket_key(customer_id: u64, ticket_id: u64) -> Vec<u8> {
+        let mut key = customer_id.to_be_bytes().to_vec();
+        key.extend_from_slice(&ticket_id.to_be_bytes());
+        key
+    }
+
+    /// A new ticket number, durable once the store is flushed.
+    pub fn next_ticket_number(&self) -> Result<u64, StoreError> {
+        let next = self
+            .meta
+            .update_and_fetch(KEY_TICKET_COUNTER, |old| {
+                let current = old.and_then(decode_u64).unwrap_or(0);
+                Some((current + 1).to_be_bytes().to_vec())
+            })
+            .map_err(|err| self.err(err))?
+            .and_then(|bytes| decode_u64(&bytes))
+            .unwrap_or(1);
+        Ok(next)
+    }
+
+    /// Saves a ticket (new or changed) and the index of chats that people
+    /// handle, in one transaction. Call `flush` before telling anyone.
+    pub fn put_ticket(&self, ticket: &Ticket) -> Result<(), StoreError> {
+        let chat_key = Self::identity_key(&ticket.platform, &ticket.chat_id);
+        let id = ticket.id.to_be_bytes();
+        let record = Self::encode(ticket);
+        let active = ticket.state.with_agents();
+        let customer_key = Self::customer_ticket_key(ticket.customer_id, ticket.id);
+        (&self.tickets, &self.active_tickets, &self.customer_tickets)
+            .transaction(|(tickets, index, by_customer)| {
+                tickets.insert(&id, record.as_slice())?;
+                by_customer.insert(customer_key.as_slice(), &[])?;
+                if active {
+                    index.insert(chat_key.as_slice(), &id)?;
+                } else if index.get(&chat_key)?.as_deref() == Some(id.as_slice()) {
+                    index.remove(chat_key.as_slice())?;
+                }
+                Ok(())
+            })
+            .map_err(|err| self.transaction_error(err))
+    }
+
+    /// A ticket by number.
+    pub fn ticket(&self, id: u64) -> Result<Option<Ticket>, StoreError> {
+        self.record(&self.tickets, TREE_TICKETS, &id.to_be_bytes())
+    }
+
+    /// Every ticket, oldest first.
+    pub fn tickets(&self) -> Result<Vec<Ticket>, StoreError> {
+        self.records(&self.tickets, TREE_TICKETS)
+    }
+
+    /// The ticket write lock: hold it from reading a ticket to writing it
+    /// back. Never held across an `await`.
+    pub fn lock_tickets(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.ticket_writes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// How many tickets a customer has had.
+    pub fn customer_ticket_count(&self, customer_id: u64) -> Result<usize, StoreError> {
+        let mut count = 0;
+        for entry in self.customer_tickets.scan_prefix(customer_id.to_be_bytes()) {
+            entry.map_err(|err| self.err(err))?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// Every ticket that people handle now (one per chat at most).
+    pub fn active_tickets(&self) -> Result<Vec<Ticket>, StoreError> {
+        let mut active = Vec::new();
+        for entry in self.active_tickets.iter() {
+            let (_, id) = entry.map_err(|err| self.err(err))?;
+            let Some(id) = decode_u64(&id) else {
+                continue;
+            };
+            if let Some(ticket) = self.ticket(id)? {
+                if ticket.state.with_agents() {
+                    active.push(ticket);
+                }
+            }
+        }
+        Ok(active)
+    }
+
+    /// The ticket of a customer's chat that people handle now, if any.
+    pub fn active_ticket_for(
+        &self,
+        platform: &str,
+        chat_id: &str,
+    ) -> Result<Option<Ticket>, StoreError> {
+        let key = Self::identity_key(platform, chat_id);
+        let Some(id) = self.active_tickets.get(key).map_err(|err| self.err(err))? else {
+            return Ok(None);
+        };
+        let Some(id) = decode_u64(&id) else {
+            return Ok(None);
+        };
+        Ok(self.ticket(id)?.filter(|ticket| ticket.state.with_agents()))
+    }
+
+    pub(super) fn agent_post_key(
+        platform: &str,
+        chat_id: &str,
+        message_id: Option<&str>,
+    ) -> Vec<u8> {
+        let mut key = Self::identity_key(platform, chat_id);
+        if let Some(message_id) = message_id {
+            key.push(0);
+            key.extend_from_slice(message_id.as_bytes());
+        }
+        key
+    }
+
+    /// Remembers that a thread or topic (`message_id` `None`), or a message
+    /// posted in an agents' chat, is about ticket `id`.
+    pub fn index_agent_post(
+        &self,
+        platform: &str,
+        chat_id: &str,
+        message_id: Option<&str>,
+        id: u64,
+    ) -> Result<(), StoreError> {
+        self.agent_posts
+            .insert(
+                Self::agent_post_key(platform, chat_id, message_id),
+                &id.to_be_bytes(),
+            )
+            .map(|_| ())
+            .map_err(|err| self.err(err))
+    }
+
+    /// The ticket a thread or topic, or a posted message, is about.
+    pub fn ticket_for_agent_post(
+        &self,
+        platform: &str,
+        chat_id: &str,
+        message_id: Option<&str>,
+    ) -> Result<Option<u64>, StoreError> {
+        let key = Self::agent_post_key(platform, chat_id, message_id);
+        Ok(self
+            .agent_posts
+            .get(key)
+            .map_err(|err| self.err(err))?
+            .and_then(|bytes| decode_u64(&bytes)))
+    }
+}
