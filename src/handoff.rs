@@ -9,7 +9,7 @@
 //! (by `Escalation`) before anyone is told about it.
 
 use anyhow::Context;
-use concierge_adapter::{Adapter, Choice, ConversationRef, Inbound, Outbound};
+use concierge_adapter::{Adapter, ChatKind, Choice, ConversationRef, Inbound, Outbound};
 
 use crate::escalation::ticket::{display_id, parse_id, TicketState};
 use crate::escalation::{Escalation, EscalationError, NewTicket};
@@ -51,9 +51,9 @@ impl Pipeline {
         let Some(escalation) = &self.escalation else {
             return Ok(false);
         };
-        let Some(ticket) = self
-            .store
-            .active_ticket_for(&chat.platform, &chat.chat_id)?
+        let Some(ticket) =
+            self.store
+                .active_ticket_for(&chat.platform, &chat.chat_id, customer.id)?
         else {
             return Ok(false);
         };
@@ -128,11 +128,18 @@ impl Pipeline {
             .chars()
             .take(SUMMARY_CHARS)
             .collect();
+        // In a group, the person answers in the customer's private chat, so
+        // that only they read the answers and press the rating.
+        let private = match inbound.chat {
+            ChatKind::Group => self.private_chat(&inbound.sender).await,
+            ChatKind::Private => None,
+        };
+        let ticket_chat = private.as_ref().unwrap_or(chat);
         let ticket = escalation
             .open(NewTicket {
                 customer_id: customer.id,
                 platform: chat.platform.clone(),
-                chat_id: chat.chat_id.clone(),
+                chat_id: ticket_chat.chat_id.clone(),
                 locale,
                 intent,
                 text: text.to_string(),
@@ -144,10 +151,25 @@ impl Pipeline {
         let notice = self
             .prompts
             .render(locale, Template::TicketOpened, &[("ticket", &id)]);
+        let mut ticket = ticket;
+        let mut in_chat = notice.clone();
+        if let Some(private) = &private {
+            if self.send_privately(private, notice.clone()).await {
+                in_chat = self.prompts.render(
+                    locale,
+                    Template::TicketOpenedPrivately,
+                    &[("ticket", &id)],
+                );
+            } else {
+                // Not reachable privately: the ticket stays with this
+                // customer in the group.
+                ticket = escalation.move_to_chat(ticket.id, &chat.chat_id).await?;
+            }
+        }
         self.store
-            .append_message(conversation.id, Role::Assistant, &notice)?;
+            .append_message(conversation.id, Role::Assistant, &in_chat)?;
         self.store.flush().await?;
-        adapter.send(Outbound::text(chat.clone(), notice)).await?;
+        adapter.send(Outbound::text(chat.clone(), in_chat)).await?;
         crate::telemetry::ticket_opened(&ticket.category, ticket.priority.label());
         tracing::info!(ticket = %id, priority = ticket.priority.label(), category = %ticket.category, "ticket opened");
         // After the customer is told: the engine may take a while.
@@ -230,10 +252,14 @@ impl Pipeline {
         };
         let escalation = self.escalation()?;
         let stored = escalation.get(ticket)?;
-        // Only the ticket's own customer rates it.
-        if stored.platform != inbound.conversation.platform
-            || stored.chat_id != inbound.conversation.chat_id
+        // Only the ticket's own customer rates it, in a group too.
+        let presser = self
+            .store
+            .find_customer(&inbound.sender.platform, &inbound.sender.user_id)?;
+        if stored.platform != inbound.sender.platform
+            || presser.map(|customer| customer.id) != Some(stored.customer_id)
         {
+            tracing::info!(ticket = %display_id(ticket), "rating from someone other than the ticket's customer ignored");
             return Ok(true);
         }
         let rated = match escalation.rate(ticket, rating).await {

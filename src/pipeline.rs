@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use concierge_adapter::{Adapter, Choice, DeltaStream, Inbound, InboundContent, Outbound};
+use concierge_adapter::{
+    Adapter, ChatKind, Choice, DeltaStream, Inbound, InboundContent, Outbound,
+};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -121,6 +123,12 @@ impl Adapter for InReplyTo {
         conversation: &concierge_adapter::ConversationRef,
     ) -> Result<(), concierge_adapter::AdapterError> {
         self.adapter.typing(conversation).await
+    }
+    async fn private_chat(
+        &self,
+        user_id: &str,
+    ) -> Result<concierge_adapter::ConversationRef, concierge_adapter::AdapterError> {
+        self.adapter.private_chat(user_id).await
     }
     async fn reply_finished(&self, conversation: &concierge_adapter::ConversationRef) {
         self.adapter.reply_finished(conversation).await
@@ -531,20 +539,42 @@ impl Pipeline {
             Command::Recommend(_) => String::new(),
             Command::Link(None) => {
                 let code = new_link_code();
+                let minutes = (LINK_CODE_VALIDITY.as_secs() / 60).to_string();
+                let text = self.prompts.render(
+                    locale,
+                    Template::LinkCode,
+                    &[("code", &code), ("minutes", &minutes)],
+                );
                 let expires = crate::store::now_ms() + LINK_CODE_VALIDITY.as_millis() as u64;
+                // A code is the key to the customer's history: in a group it
+                // goes to their private chat only.
+                let owner_chat = match inbound.chat {
+                    ChatKind::Private => conversation.clone(),
+                    ChatKind::Group => match self.private_chat(&inbound.sender).await {
+                        Some(private) => private,
+                        None => {
+                            return Ok(self
+                                .prompts
+                                .text(locale, Template::PrivateChatNeeded)
+                                .to_string())
+                        }
+                    },
+                };
                 self.store.create_link_code(
                     &code,
                     customer.id,
                     expires,
-                    (&conversation.platform, &conversation.chat_id),
+                    (&owner_chat.platform, &owner_chat.chat_id),
                 )?;
                 self.store.flush().await?;
-                let minutes = (LINK_CODE_VALIDITY.as_secs() / 60).to_string();
-                self.prompts.render(
-                    locale,
-                    Template::LinkCode,
-                    &[("code", &code), ("minutes", &minutes)],
-                )
+                let reply = match inbound.chat {
+                    ChatKind::Private => return Ok(text),
+                    ChatKind::Group if self.send_privately(&owner_chat, text).await => {
+                        Template::LinkCodeSentPrivately
+                    }
+                    ChatKind::Group => Template::PrivateChatNeeded,
+                };
+                self.prompts.text(locale, reply).to_string()
             }
             Command::Link(Some(code)) => self.link(customer, inbound, &code, locale).await?,
             // Reached only when hand-off is disabled.
@@ -616,6 +646,40 @@ impl Pipeline {
         };
         self.store.flush().await?;
         Ok(self.prompts.text(locale, template).to_string())
+    }
+
+    /// The private chat of `sender` with the bot, where the platform has one.
+    pub(crate) async fn private_chat(
+        &self,
+        sender: &concierge_adapter::SenderRef,
+    ) -> Option<concierge_adapter::ConversationRef> {
+        let adapter = self.adapters.get(&sender.platform)?;
+        match adapter.private_chat(&sender.user_id).await {
+            Ok(chat) => Some(chat),
+            Err(err) => {
+                tracing::info!(platform = %sender.platform, "no private chat with the customer: {err}");
+                None
+            }
+        }
+    }
+
+    /// Sends `text` into a private chat; false when the platform refused it
+    /// (a Telegram user who never started the bot).
+    pub(crate) async fn send_privately(
+        &self,
+        chat: &concierge_adapter::ConversationRef,
+        text: String,
+    ) -> bool {
+        let Some(adapter) = self.adapters.get(&chat.platform) else {
+            return false;
+        };
+        match adapter.send(Outbound::text(chat.clone(), text)).await {
+            Ok(_) => true,
+            Err(err) => {
+                tracing::info!(platform = %chat.platform, "cannot write to the customer privately: {err}");
+                false
+            }
+        }
     }
 
     /// Tells the customer who asked for a link code, in the chat where they

@@ -144,11 +144,17 @@ pub enum Template {
     LinkLimited,
     /// Told to the customer who asked for a code when another identity on `{platform}` used it.
     LinkJoined,
+    /// In a group: a person takes over in the customer's private chat; `{ticket}`.
+    TicketOpenedPrivately,
+    /// In a group: the `/link` code went to the customer's private chat.
+    LinkCodeSentPrivately,
+    /// In a group: the bot cannot write to the customer privately yet.
+    PrivateChatNeeded,
 }
 
 impl Template {
     /// Every template.
-    pub const ALL: [Template; 46] = [
+    pub const ALL: [Template; 49] = [
         Template::System,
         Template::Start,
         Template::Help,
@@ -195,6 +201,9 @@ impl Template {
         Template::RateLimited,
         Template::LinkLimited,
         Template::LinkJoined,
+        Template::TicketOpenedPrivately,
+        Template::LinkCodeSentPrivately,
+        Template::PrivateChatNeeded,
     ];
 
     /// File name under the locale directory.
@@ -246,6 +255,9 @@ impl Template {
             Self::RateLimited => "rate_limited.txt",
             Self::LinkLimited => "link_limited.txt",
             Self::LinkJoined => "link_joined.txt",
+            Self::TicketOpenedPrivately => "ticket_opened_private.txt",
+            Self::LinkCodeSentPrivately => "link_code_private.txt",
+            Self::PrivateChatNeeded => "private_chat_needed.txt",
         }
     }
 
@@ -305,6 +317,9 @@ impl Template {
             Self::RateLimited => both!("rate_limited.txt"),
             Self::LinkLimited => both!("link_limited.txt"),
             Self::LinkJoined => both!("link_joined.txt"),
+            Self::TicketOpenedPrivately => both!("ticket_opened_private.txt"),
+            Self::LinkCodeSentPrivately => both!("link_code_private.txt"),
+            Self::PrivateChatNeeded => both!("private_chat_needed.txt"),
         }
     }
 }

@@ -508,3 +508,200 @@ async fn a_customer_using_an_agent_command_is_refused() {
     );
     daemon.stop().await;
 }
+
+const SHARED_GROUP: i64 = -1_003_000;
+const ANN: u64 = 8001;
+const BEN: u64 = 8002;
+
+fn texts_of(fake: &FakeTelegram, chat: i64) -> Vec<String> {
+    fake.messages_in(chat)
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect()
+}
+
+/// A daemon with the operator API, and a CLI for its tickets.
+fn desk_daemon(
+    dir: &std::path::Path,
+    fake: &FakeTelegram,
+) -> (
+    InProcessDaemon,
+    impl Fn(Vec<String>) -> tokio::task::JoinHandle<std::process::Output>,
+) {
+    let port = free_port();
+    let section = format!(
+        "[telegram]\nenabled = true\ntoken = {TOKEN:?}\napi_url = {:?}\npoll_timeout_secs = 1\n",
+        fake.url
+    );
+    let listen = format!("127.0.0.1:{port}");
+    let daemon = InProcessDaemon::start_with_env(
+        dir,
+        SCRIPT,
+        &section,
+        &[
+            ("CONCIERGE_OPERATOR_ENABLED", "true"),
+            ("CONCIERGE_OPERATOR_LISTEN", &listen),
+            ("CONCIERGE_OPERATOR_TOKEN", OPERATOR_TOKEN),
+        ],
+    );
+    let dir = dir.to_path_buf();
+    let cli = move |args: Vec<String>| {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            tickets_cli(&dir, port, OPERATOR_TOKEN, &args)
+        })
+    };
+    (daemon, cli)
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|arg| arg.to_string()).collect()
+}
+
+/// Presses a rating button of `chat`'s last message as `user`.
+fn press_rating(fake: &FakeTelegram, chat: i64, user: u64, stars: usize) {
+    let rating_message = fake
+        .calls_of("sendMessage")
+        .into_iter()
+        .rev()
+        .find(|call| call.body["reply_markup"]["inline_keyboard"].is_array())
+        .unwrap();
+    let data = rating_message.body["reply_markup"]["inline_keyboard"][0][stars - 1]
+        ["callback_data"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (message_id, _) = fake.messages_in(chat).last().cloned().unwrap();
+    fake.push_callback(chat, user, message_id, &data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_a_group_each_customer_has_their_own_ticket_answered_privately() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeTelegram::start().await;
+    let (daemon, cli) = desk_daemon(dir.path(), &fake);
+    fake.push_message(SHARED_GROUP, "group", ANN, "/human");
+    assert!(eventually(WAIT, || texts_of(&fake, ANN as i64).len() == 1).await);
+    assert!(texts_of(&fake, ANN as i64)[0].contains("T-000001"));
+    assert!(eventually(WAIT, || texts_of(&fake, SHARED_GROUP).len() == 1).await);
+    assert!(
+        texts_of(&fake, SHARED_GROUP)[0].contains("private chat"),
+        "{:?}",
+        texts_of(&fake, SHARED_GROUP)
+    );
+
+    // Ben, in the same group, is still answered by the bot.
+    fake.push_message(
+        SHARED_GROUP,
+        "group",
+        BEN,
+        "@shop_bot when do you open on sundays?",
+    );
+    // Streamed by edits: wait for the whole reply.
+    assert!(
+        eventually(WAIT, || texts_of(&fake, SHARED_GROUP).get(1).is_some_and(
+            |text| text == "You said: when do you open on sundays?"
+        ))
+        .await,
+        "{:?}",
+        texts_of(&fake, SHARED_GROUP)
+    );
+
+    // The agent's answer reaches Ann alone.
+    let replied = cli(args(&[
+        "reply",
+        "T-000001",
+        "--agent",
+        "ann",
+        "Hello, how can I help?",
+    ]))
+    .await
+    .unwrap();
+    assert!(replied.status.success(), "{replied:?}");
+    assert!(eventually(WAIT, || texts_of(&fake, ANN as i64).len() == 2).await);
+    assert_eq!(texts_of(&fake, ANN as i64)[1], "Hello, how can I help?");
+    // Ann answers privately: relayed to the ticket, the bot stays silent.
+    fake.push_message(ANN as i64, "private", ANN, "my order 123 is late");
+    let relayed = support::wait_for(WAIT, || {
+        let shown = std::process::Command::new(binary())
+            .arg("--config")
+            .arg(dir.path().join("cli.toml"))
+            .args(["tickets", "show", "T-000001"])
+            .env("CONCIERGE_OPERATOR_TOKEN", OPERATOR_TOKEN)
+            .output()
+            .ok()?;
+        let shown = String::from_utf8_lossy(&shown.stdout).to_string();
+        shown.contains("my order 123 is late").then_some(shown)
+    });
+    assert!(relayed.is_some(), "Ann's message is in her ticket");
+    assert_eq!(texts_of(&fake, ANN as i64).len(), 2);
+    assert!(!texts_of(&fake, SHARED_GROUP)
+        .iter()
+        .any(|text| text.contains("Hello, how can I help?")));
+
+    let resolved = cli(args(&["resolve", "T-000001", "--agent", "ann"]))
+        .await
+        .unwrap();
+    assert!(resolved.status.success(), "{resolved:?}");
+    assert!(eventually(WAIT, || texts_of(&fake, ANN as i64).len() == 3).await);
+    // Ben's press of Ann's rating is ignored; Ann's counts.
+    press_rating(&fake, ANN as i64, BEN, 1);
+    press_rating(&fake, ANN as i64, ANN, 5);
+    assert!(eventually(WAIT, || texts_of(&fake, ANN as i64).len() == 4).await);
+    daemon.stop().await;
+    let store = concierge::store::Store::open(&dir.path().join("data")).unwrap();
+    let ticket = store.ticket(1).unwrap().unwrap();
+    assert_eq!(ticket.rating, Some(5));
+    assert_eq!(
+        texts_of(&fake, BEN as i64).len(),
+        0,
+        "Ben got nothing privately"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_customer_the_bot_cannot_write_to_keeps_a_ticket_of_their_own_in_the_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeTelegram::start().await;
+    let (daemon, cli) = desk_daemon(dir.path(), &fake);
+    // Ann never started the bot: Telegram refuses the private message.
+    fake.fail_next("sendMessage", Fault::Forbidden, 1);
+    fake.push_message(SHARED_GROUP, "group", ANN, "/human");
+    assert!(eventually(WAIT, || texts_of(&fake, SHARED_GROUP).len() == 1).await);
+    assert!(texts_of(&fake, SHARED_GROUP)[0].contains("T-000001"));
+    assert!(!texts_of(&fake, SHARED_GROUP)[0].contains("private chat"));
+    // Ben's question is his own, not a line of Ann's ticket.
+    fake.push_message(
+        SHARED_GROUP,
+        "group",
+        BEN,
+        "@shop_bot do you ship to Spain?",
+    );
+    // Streamed by edits: wait for the whole reply.
+    assert!(
+        eventually(WAIT, || texts_of(&fake, SHARED_GROUP)
+            .get(1)
+            .is_some_and(|text| text == "You said: do you ship to Spain?"))
+        .await,
+        "{:?}",
+        texts_of(&fake, SHARED_GROUP)
+    );
+    let resolved = cli(args(&["resolve", "T-000001", "--agent", "ann"]))
+        .await
+        .unwrap();
+    assert!(resolved.status.success(), "{resolved:?}");
+    assert!(eventually(WAIT, || texts_of(&fake, SHARED_GROUP).len() == 3).await);
+    press_rating(&fake, SHARED_GROUP, BEN, 1);
+    press_rating(&fake, SHARED_GROUP, ANN, 4);
+    assert!(eventually(WAIT, || texts_of(&fake, SHARED_GROUP).len() == 4).await);
+    daemon.stop().await;
+    let store = concierge::store::Store::open(&dir.path().join("data")).unwrap();
+    let ticket = store.ticket(1).unwrap().unwrap();
+    assert_eq!(ticket.rating, Some(4));
+    assert_eq!(ticket.chat_id, SHARED_GROUP.to_string());
+    assert!(!ticket
+        .transcript
+        .iter()
+        .any(|line| line.text.contains("Spain")));
+}

@@ -427,3 +427,28 @@ async fn a_slow_reply_blocks_no_other_chat_and_one_chat_stays_in_order() {
     assert!(texts[0].ends_with("twenty"), "{texts:?}");
     assert_eq!(texts[1], "You said: and then this");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_link_code_asked_for_in_a_group_is_sent_only_privately() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeTelegram::start().await;
+    let daemon = InProcessDaemon::start(dir.path(), SCRIPT, &telegram_section(&fake));
+    fake.push_message(GROUP, "group", CUSTOMER, "/link");
+    assert!(eventually(WAIT, || texts_in(&fake, GROUP).len() == 1).await);
+    assert!(eventually(WAIT, || texts_in(&fake, CHAT).len() == 1).await);
+    let private = texts_in(&fake, CHAT)[0].clone();
+    assert!(private.contains("LINK-"), "{private}");
+    let in_group = texts_in(&fake, GROUP)[0].clone();
+    assert!(!in_group.contains("LINK-"), "{in_group}");
+    assert!(in_group.contains("private chat"), "{in_group}");
+
+    // Someone the bot cannot write to privately gets no code at all.
+    fake.fail_next("sendMessage", Fault::Forbidden, 1);
+    fake.push_message(GROUP, "group", 556, "/link");
+    assert!(eventually(WAIT, || texts_in(&fake, GROUP).len() == 2).await);
+    let refused = texts_in(&fake, GROUP)[1].clone();
+    assert!(!refused.contains("LINK-"), "{refused}");
+    assert!(refused.contains("private chat"), "{refused}");
+    assert!(texts_in(&fake, 556).is_empty());
+    daemon.stop().await;
+}

@@ -136,17 +136,22 @@ impl Escalation {
         Ok(ticket)
     }
 
-    /// Refuses when the chat already has a ticket with agents other than
-    /// `except`: one ticket per chat in people's hands, so the chat's
-    /// messages have one place to go. Call with the ticket lock held.
+    /// Refuses when the customer already has a ticket with agents in the
+    /// chat other than `except`: one per customer and chat in people's
+    /// hands, so their messages have one place to go. Call with the ticket
+    /// lock held.
     fn check_chat_free(
         &self,
         platform: &str,
         chat_id: &str,
+        customer_id: u64,
         except: Option<u64>,
         wanted: &str,
     ) -> Result<(), EscalationError> {
-        match self.store.active_ticket_for(platform, chat_id)? {
+        match self
+            .store
+            .active_ticket_for(platform, chat_id, customer_id)?
+        {
             Some(other) if Some(other.id) != except => Err(EscalationError::ChatBusy {
                 id: wanted.to_string(),
                 other: ticket::display_id(other.id),
@@ -155,10 +160,25 @@ impl Escalation {
         }
     }
 
+    /// Moves a ticket to another chat of its customer on the same platform.
+    pub async fn move_to_chat(&self, id: u64, chat_id: &str) -> Result<Ticket, EscalationError> {
+        self.update(id, |ticket| {
+            ticket.chat_id = chat_id.to_string();
+            Ok(())
+        })
+        .await
+    }
+
     /// Opens a ticket and stores it durably.
     pub async fn open(&self, new: NewTicket) -> Result<Ticket, EscalationError> {
         let guard = self.store.lock_tickets();
-        self.check_chat_free(&new.platform, &new.chat_id, None, "a new ticket")?;
+        self.check_chat_free(
+            &new.platform,
+            &new.chat_id,
+            new.customer_id,
+            None,
+            "a new ticket",
+        )?;
         let earlier = self.store.customer_ticket_count(new.customer_id)?;
         let priority = priority_for(new.intent, &new.text, earlier);
         let now = now_ms();
@@ -242,6 +262,7 @@ impl Escalation {
                 self.check_chat_free(
                     &ticket.platform,
                     &ticket.chat_id,
+                    ticket.customer_id,
                     Some(id),
                     &ticket::display_id(id),
                 )?;
@@ -529,13 +550,67 @@ mod tests {
         }
         assert_eq!(ticket::display_id(1), "T-000001");
         // The chat with a ticket in people's hands is found by the index.
-        let active = store.active_ticket_for("telegram", "551").unwrap().unwrap();
+        let active = store
+            .active_ticket_for("telegram", "551", 7)
+            .unwrap()
+            .unwrap();
         assert!(active.state.with_agents());
         assert!(store
-            .active_ticket_for("telegram", "554")
+            .active_ticket_for("telegram", "554", 7)
             .unwrap()
             .is_none());
         assert_eq!(store.active_tickets().unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn two_customers_of_one_group_each_have_their_own_ticket() {
+        let dir = tempfile::tempdir().unwrap();
+        let escalation = Escalation::new(Store::open(dir.path()).unwrap(), SlaPolicy::default());
+        let group = |customer_id| NewTicket {
+            customer_id,
+            chat_id: "-100".into(),
+            ..new_ticket(Intent::Complaint, "it broke")
+        };
+        let first = escalation.open(group(7)).await.unwrap();
+        let second = escalation.open(group(8)).await.unwrap();
+        let store = &escalation.store;
+        assert_eq!(
+            store
+                .active_ticket_for("telegram", "-100", 7)
+                .unwrap()
+                .unwrap()
+                .id,
+            first.id
+        );
+        assert_eq!(
+            store
+                .active_ticket_for("telegram", "-100", 8)
+                .unwrap()
+                .unwrap()
+                .id,
+            second.id
+        );
+        assert!(store
+            .active_ticket_for("telegram", "-100", 9)
+            .unwrap()
+            .is_none());
+        // A link moves a ticket to another customer: the old key goes.
+        let mut moved = escalation.get(first.id).unwrap();
+        moved.customer_id = 9;
+        store.put_ticket(&moved).unwrap();
+        assert!(store
+            .active_ticket_for("telegram", "-100", 7)
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            store
+                .active_ticket_for("telegram", "-100", 9)
+                .unwrap()
+                .unwrap()
+                .id,
+            first.id
+        );
+        assert_eq!(store.active_tickets().unwrap().len(), 2);
     }
 
     #[tokio::test]
@@ -573,7 +648,7 @@ mod tests {
         assert_eq!(
             escalation
                 .store
-                .active_ticket_for("telegram", "555")
+                .active_ticket_for("telegram", "555", 7)
                 .unwrap()
                 .unwrap()
                 .id,

@@ -37,7 +37,7 @@ use crate::escalation::ticket::{Priority, TicketState};
 use crate::prompts::Locale;
 
 /// Version of the store layout this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 /// Version written into every record.
 pub const RECORD_VERSION: u32 = 1;
 
@@ -234,6 +234,9 @@ impl Store {
             // Version 0 is an empty store; each later version adds a step.
             if found == 1 {
                 self.index_customer_tickets()?;
+            }
+            if (1..3).contains(&found) {
+                self.index_active_tickets_per_customer()?;
             }
             meta.insert(KEY_SCHEMA, &SCHEMA_VERSION.to_be_bytes())
                 .map_err(|err| self.err(err))?;

@@ -126,14 +126,27 @@ impl Store {
     /// Saves a ticket (new or changed) and the index of chats that people
     /// handle, in one transaction. Call `flush` before telling anyone.
     pub fn put_ticket(&self, ticket: &Ticket) -> Result<(), StoreError> {
-        let chat_key = Self::identity_key(&ticket.platform, &ticket.chat_id);
+        let chat_key =
+            Self::active_ticket_key(&ticket.platform, &ticket.chat_id, ticket.customer_id);
         let id = ticket.id.to_be_bytes();
         let record = Self::encode(ticket);
         let active = ticket.state.with_agents();
         let customer_key = Self::customer_ticket_key(ticket.customer_id, ticket.id);
         (&self.tickets, &self.active_tickets, &self.customer_tickets)
             .transaction(|(tickets, index, by_customer)| {
-                tickets.insert(&id, record.as_slice())?;
+                // A link moves a ticket to another customer: its old key goes.
+                let previous = tickets
+                    .insert(&id, record.as_slice())?
+                    .and_then(|bytes| serde_json::from_slice::<Ticket>(&bytes).ok())
+                    .map(|old| {
+                        Self::active_ticket_key(&old.platform, &old.chat_id, old.customer_id)
+                    })
+                    .filter(|old| *old != chat_key);
+                if let Some(old) = previous {
+                    if index.get(&old)?.as_deref() == Some(id.as_slice()) {
+                        index.remove(old.as_slice())?;
+                    }
+                }
                 by_customer.insert(customer_key.as_slice(), &[])?;
                 if active {
                     index.insert(chat_key.as_slice(), &id)?;
@@ -143,6 +156,29 @@ impl Store {
                 Ok(())
             })
             .map_err(|err| self.transaction_error(err))
+    }
+
+    /// The key of a customer's ticket with agents in one chat: in a group,
+    /// each customer has their own.
+    fn active_ticket_key(platform: &str, chat_id: &str, customer_id: u64) -> Vec<u8> {
+        let mut key = Self::identity_key(platform, chat_id);
+        key.extend_from_slice(&customer_id.to_be_bytes());
+        key
+    }
+
+    /// Schema 3: tickets with agents are indexed per customer in a chat.
+    pub(super) fn index_active_tickets_per_customer(&self) -> Result<(), StoreError> {
+        self.active_tickets.clear().map_err(|err| self.err(err))?;
+        for ticket in self.tickets()? {
+            if ticket.state.with_agents() {
+                let key =
+                    Self::active_ticket_key(&ticket.platform, &ticket.chat_id, ticket.customer_id);
+                self.active_tickets
+                    .insert(key, &ticket.id.to_be_bytes())
+                    .map_err(|err| self.err(err))?;
+            }
+        }
+        Ok(())
     }
 
     /// A ticket by number.
@@ -190,20 +226,23 @@ impl Store {
         Ok(active)
     }
 
-    /// The ticket of a customer's chat that people handle now, if any.
+    /// The customer's ticket in a chat that people handle now, if any.
     pub fn active_ticket_for(
         &self,
         platform: &str,
         chat_id: &str,
+        customer_id: u64,
     ) -> Result<Option<Ticket>, StoreError> {
-        let key = Self::identity_key(platform, chat_id);
+        let key = Self::active_ticket_key(platform, chat_id, customer_id);
         let Some(id) = self.active_tickets.get(key).map_err(|err| self.err(err))? else {
             return Ok(None);
         };
         let Some(id) = decode_u64(&id) else {
             return Ok(None);
         };
-        Ok(self.ticket(id)?.filter(|ticket| ticket.state.with_agents()))
+        Ok(self
+            .ticket(id)?
+            .filter(|ticket| ticket.state.with_agents() && ticket.customer_id == customer_id))
     }
 
     pub(super) fn agent_post_key(

@@ -49,6 +49,8 @@ pub enum Fault {
     Unauthorized,
     /// 409: another process polls the same bot.
     Conflict,
+    /// 403: the user never started a private chat with the bot.
+    Forbidden,
 }
 
 #[derive(Default)]
@@ -210,7 +212,7 @@ impl FakeTelegram {
         let message = json!({
             "message_id": message_id,
             "date": unix_now(),
-            "chat": chat_json(chat, "private"),
+            "chat": chat_json(chat, if chat > 0 { "private" } else { "group" }),
             "from": bot_json(),
             "text": "…",
         });
@@ -435,6 +437,13 @@ async fn handle(
             return error(
                 StatusCode::CONFLICT,
                 "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running",
+                None,
+            )
+        }
+        Some(Fault::Forbidden) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "Forbidden: bot can't initiate conversation with a user",
                 None,
             )
         }

@@ -337,6 +337,14 @@ pub trait Adapter: Send + Sync + 'static {
         Err(AdapterError::Unsupported("threads"))
     }
 
+    /// The private chat (DM) between the bot and the platform user
+    /// `user_id`, to send what only they may read. Sending into it can still
+    /// fail where the platform lets the bot write only to users who wrote
+    /// to it first (Telegram).
+    async fn private_chat(&self, _user_id: &str) -> Result<ConversationRef, AdapterError> {
+        Err(AdapterError::Unsupported("private chats"))
+    }
+
     /// Replaces the text of a message sent earlier.
     async fn edit(&self, _message: &SentMessage, _text: &str) -> Result<(), AdapterError> {
         Err(AdapterError::Unsupported("editing"))

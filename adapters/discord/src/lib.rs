@@ -441,6 +441,26 @@ impl Adapter for DiscordAdapter {
             .map(|_| ())
     }
 
+    /// Opens (or finds) the DM channel with the user.
+    async fn private_chat(&self, user_id: &str) -> Result<ConversationRef, AdapterError> {
+        let user = user_id
+            .parse::<u64>()
+            .ok()
+            .filter(|id| *id != 0)
+            .map(serenity::all::UserId::new)
+            .ok_or_else(|| AdapterError::Platform(format!("not a discord user id: {user_id}")))?;
+        let channel = self
+            .inner
+            .with_retry("open a DM", || {
+                user.create_dm_channel(self.inner.http.as_ref())
+            })
+            .await?;
+        Ok(ConversationRef {
+            platform: PLATFORM.into(),
+            chat_id: channel.id.get().to_string(),
+        })
+    }
+
     async fn typing(&self, conversation: &ConversationRef) -> Result<(), AdapterError> {
         let channel = channel_id(conversation)?;
         self.inner

@@ -605,6 +605,18 @@ impl Adapter for TelegramAdapter {
         }
     }
 
+    /// A user's private chat with the bot has the user's id; Telegram
+    /// refuses messages there until the user has started the bot.
+    async fn private_chat(&self, user_id: &str) -> Result<ConversationRef, AdapterError> {
+        let id: i64 = user_id
+            .parse()
+            .map_err(|_| AdapterError::Platform(format!("not a telegram user id: {user_id}")))?;
+        Ok(ConversationRef {
+            platform: PLATFORM.into(),
+            chat_id: id.to_string(),
+        })
+    }
+
     async fn typing(&self, conversation: &ConversationRef) -> Result<(), AdapterError> {
         let inner = &self.inner;
         let (chat, topic) = chat_target(conversation)?;
