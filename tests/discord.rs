@@ -458,3 +458,31 @@ async fn agents_answer_a_ticket_from_its_thread_in_the_agents_channel() {
     assert_eq!(ticket.state.label(), "resolved");
     assert_eq!(ticket.assignee.as_deref(), Some("bo"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_a_guild_channel_a_hand_off_moves_to_the_customers_dm_and_others_are_still_answered() {
+    const OTHER: u64 = 700_000_000_000_000_002;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeDiscord::start().await;
+    let daemon = start(&fake, dir.path(), SCRIPT).await;
+    fake.push_message(LISTED_CHANNEL, CUSTOMER, "/human", true, false);
+    assert!(eventually(WAIT, || fake.dm_channel_of(CUSTOMER).is_some()).await);
+    let dm = fake.dm_channel_of(CUSTOMER).unwrap();
+    assert!(eventually(WAIT, || texts_in(&fake, dm).len() == 1).await);
+    assert!(texts_in(&fake, dm)[0].contains("T-000001"));
+    assert!(eventually(WAIT, || texts_in(&fake, LISTED_CHANNEL).len() == 1).await);
+    assert!(texts_in(&fake, LISTED_CHANNEL)[0].contains("private chat"));
+    // Someone else in the channel is not part of that ticket.
+    fake.push_message(LISTED_CHANNEL, OTHER, "what are your hours?", true, false);
+    assert!(
+        eventually(WAIT, || texts_in(&fake, LISTED_CHANNEL)
+            .get(1)
+            .is_some_and(|text| text == "You said: what are your hours?"))
+        .await,
+        "{:?}",
+        texts_in(&fake, LISTED_CHANNEL)
+    );
+    daemon.stop().await;
+    let store = concierge::store::Store::open(&dir.path().join("data")).unwrap();
+    assert_eq!(store.ticket(1).unwrap().unwrap().chat_id, dm.to_string());
+}

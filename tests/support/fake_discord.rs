@@ -71,6 +71,8 @@ struct Inner {
     interaction_channels: HashMap<String, u64>,
     /// Threads created: (thread, parent channel, name).
     threads: Vec<(u64, u64, String)>,
+    /// The DM channel opened with each user.
+    dm_channels: HashMap<u64, u64>,
 }
 
 enum Control {
@@ -152,6 +154,11 @@ impl FakeDiscord {
             message["mentions"] = json!([user_json(BOT_ID, true)]);
         }
         self.dispatch("MESSAGE_CREATE", message);
+    }
+
+    /// The DM channel the bot opened with `user`, if it did.
+    pub fn dm_channel_of(&self, user: u64) -> Option<u64> {
+        self.inner.lock().unwrap().dm_channels.get(&user).copied()
     }
 
     /// Threads the bot created: (thread, parent channel, name).
@@ -477,6 +484,28 @@ async fn handle(
             let channel: u64 = channel.parse().unwrap_or(0);
             let id: u64 = id.parse().unwrap_or(0);
             edit_message(&fake, channel, id, &body)
+        }
+        ("POST", ["users", "@me", "channels"]) => {
+            // One DM channel per user, the same one every time.
+            let user: u64 = body["recipient_id"]
+                .as_str()
+                .and_then(|id| id.parse().ok())
+                .unwrap_or(0);
+            let channel = {
+                let next = fake.next_id();
+                *fake
+                    .inner
+                    .lock()
+                    .unwrap()
+                    .dm_channels
+                    .entry(user)
+                    .or_insert(next)
+            };
+            axum::Json(json!({
+                "id": channel.to_string(), "type": 1, "last_message_id": null,
+                "recipients": [user_json(user, false)],
+            }))
+            .into_response()
         }
         ("POST", ["channels", channel, "threads"]) => {
             let parent: u64 = channel.parse().unwrap_or(0);
