@@ -16,9 +16,10 @@ use concierge_adapter::{Adapter, ConversationRef, Inbound, InboundContent, Outbo
 
 use crate::config::{AgentConfig, Config};
 use crate::escalation::ticket::{display_id, parse_id};
-use crate::pipeline::{split_command, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::prompts::Template;
 use crate::store::{AgentPost, Ticket};
+use crate::understand::split_command;
 
 /// Age after which a ticket missing from an agents' space is posted again.
 const REPOST_AFTER_MS: u64 = 2 * 60 * 1000;

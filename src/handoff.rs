@@ -11,15 +11,13 @@
 use anyhow::Context;
 use concierge_adapter::{Adapter, ChatKind, Choice, ConversationRef, Inbound, Outbound};
 
-use crate::escalation::ticket::{display_id, parse_id, TicketState};
+use crate::escalation::ticket::{display_id, TicketState};
 use crate::escalation::{Escalation, EscalationError, NewTicket};
-use crate::intent::{Classification, Intent};
+use crate::intent::Intent;
 use crate::pipeline::Pipeline;
 use crate::prompts::{Locale, Template};
 use crate::store::{Customer, IntakeId, Role, Ticket};
 
-/// Choice ids of rating buttons: `rate:<ticket>:<1-5>`.
-const RATE_PREFIX: &str = "rate:";
 /// Earlier messages of the conversation copied into a new ticket.
 const TRANSCRIPT_HISTORY: usize = 9;
 /// Customer messages that go into a new ticket's first summary.
@@ -226,30 +224,14 @@ impl Pipeline {
         }
     }
 
-    /// Whether `classification` (or `/human`) hands the chat to people.
-    pub(crate) fn wants_a_person(&self, classification: Option<&Classification>) -> bool {
-        self.escalation.is_some()
-            && classification.is_some_and(|result| {
-                result.escalate && result.confidence >= self.settings.auto_handoff_confidence
-            })
-    }
-
     /// A rating button: stores the rating (which closes the ticket) and thanks.
     pub(crate) async fn handle_rating(
         &self,
         inbound: &Inbound,
         adapter: &dyn Adapter,
-        id: &str,
-    ) -> anyhow::Result<bool> {
-        let Some(rest) = id.strip_prefix(RATE_PREFIX) else {
-            return Ok(false);
-        };
-        let Some((ticket, rating)) = rest.split_once(':') else {
-            return Ok(true);
-        };
-        let (Some(ticket), Ok(rating)) = (parse_id(ticket), rating.parse::<u8>()) else {
-            return Ok(true);
-        };
+        ticket: u64,
+        rating: u8,
+    ) -> anyhow::Result<()> {
         let escalation = self.escalation()?;
         let stored = escalation.get(ticket)?;
         // Only the ticket's own customer rates it, in a group too.
@@ -260,14 +242,14 @@ impl Pipeline {
             || presser.map(|customer| customer.id) != Some(stored.customer_id)
         {
             tracing::info!(ticket = %display_id(ticket), "rating from someone other than the ticket's customer ignored");
-            return Ok(true);
+            return Ok(());
         }
         let rated = match escalation.rate(ticket, rating).await {
             Ok(rated) => rated,
             // An old button, a second press, or a ticket reopened meanwhile.
             Err(EscalationError::Transition { .. }) => {
                 tracing::debug!(ticket = %display_id(ticket), "rating ignored: the ticket is not waiting for one");
-                return Ok(true);
+                return Ok(());
             }
             Err(err) => return Err(err.into()),
         };
@@ -285,7 +267,7 @@ impl Pipeline {
         adapter
             .send(Outbound::text(inbound.conversation.clone(), thanks))
             .await?;
-        Ok(true)
+        Ok(())
     }
 
     fn customer_channel(
@@ -418,7 +400,11 @@ impl Pipeline {
         );
         let choices = (1..=5)
             .map(|stars| Choice {
-                id: format!("{RATE_PREFIX}{ticket_id}:{stars}"),
+                id: crate::buttons::Button::Rate {
+                    ticket: ticket.id,
+                    stars,
+                }
+                .id(),
                 label: format!("{stars}★"),
             })
             .collect();

@@ -6,6 +6,7 @@
 pub mod agents;
 pub mod app;
 pub mod bench;
+pub mod buttons;
 pub mod channels;
 pub mod config;
 pub mod engine;
@@ -25,8 +26,10 @@ pub mod operator;
 pub mod pipeline;
 pub mod prompts;
 pub mod recommend;
+pub mod route;
 pub mod router;
 pub mod sanitize;
 pub mod session;
 pub mod store;
 pub mod telemetry;
+pub mod understand;

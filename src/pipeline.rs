@@ -17,16 +17,21 @@ use concierge_adapter::{
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::buttons::{Button, ItemAction};
 use crate::engine::{ChatRequest, EngineError, Llm, Sampling, StreamEvent};
 use crate::knowledge::{answer, Hit, KnowledgeBase};
-use crate::language;
 use crate::prompts::{Locale, Prompts, Template};
 use crate::recommend::ranker::{subject, Recommendation, SharedRanker};
+use crate::route::{self, Message, Route};
 use crate::session;
 use crate::store::{
     Customer, CustomerTurn, Event, EventKind, IntakeId, LinkOutcome, Role, SourceRef, Store,
 };
 use crate::telemetry;
+use crate::understand::{
+    as_link_code, understand, Command, Understood, LINK_CODE_ALPHABET, LINK_CODE_LENGTH,
+    LINK_CODE_PREFIX,
+};
 
 /// History messages read per reply before the token budget trims them.
 const HISTORY_READ_LIMIT: usize = 64;
@@ -78,6 +83,15 @@ pub struct Pipeline {
     pub desk: crate::agents::AgentDesk,
     /// Failed link-code redemptions, limited per sender and per code.
     pub link_guard: crate::link_guard::LinkGuard,
+}
+
+/// One message being handled: what a handler needs besides the customer.
+#[derive(Clone, Copy)]
+struct Turn<'a> {
+    inbound: &'a Inbound,
+    intake: Option<IntakeId>,
+    adapter: &'a dyn Adapter,
+    started: Instant,
 }
 
 /// The channel as seen while answering one inbound message: every message
@@ -194,26 +208,8 @@ async fn show_typing(adapter: &dyn Adapter, chat: &concierge_adapter::Conversati
     }
 }
 
-/// What a command does.
-enum Command {
-    Start,
-    Help,
-    Reset,
-    Recommend(String),
-    /// `/link` alone asks for a code; `/link CODE` enters one.
-    Link(Option<String>),
-    /// `/human`: hand the conversation to a person.
-    Human,
-    Unknown(String),
-}
-
 /// How long a `/link` code works.
 const LINK_CODE_VALIDITY: Duration = Duration::from_secs(10 * 60);
-/// Link codes read `LINK-` and six characters without look-alikes (0/O, 1/I).
-const LINK_CODE_PREFIX: &str = "LINK-";
-const LINK_CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-const LINK_CODE_LENGTH: usize = 6;
-
 /// A fresh random link code.
 fn new_link_code() -> String {
     use rand::Rng;
@@ -222,46 +218,6 @@ fn new_link_code() -> String {
         .map(|_| LINK_CODE_ALPHABET[rng.random_range(0..LINK_CODE_ALPHABET.len())] as char)
         .collect();
     format!("{LINK_CODE_PREFIX}{body}")
-}
-
-/// The text as a link code, when it is one (any case, surrounding space).
-fn as_link_code(text: &str) -> Option<String> {
-    let code = text.trim().to_uppercase();
-    let body = code.strip_prefix(LINK_CODE_PREFIX)?;
-    (body.len() == LINK_CODE_LENGTH && body.bytes().all(|b| LINK_CODE_ALPHABET.contains(&b)))
-        .then_some(code)
-}
-
-/// `/name@bot rest` as `(name, rest)`, the name lowercased without the
-/// bot's name (Telegram appends it in groups: /help@shop_bot); `None` for
-/// plain text.
-pub(crate) fn split_command(text: &str) -> Option<(String, &str)> {
-    let text = text.trim_start();
-    let word = text.split_whitespace().next()?;
-    let name = word.strip_prefix('/')?;
-    let name = name.split('@').next().unwrap_or(name).to_lowercase();
-    Some((name, text[word.len()..].trim()))
-}
-
-fn parse_command(text: &str) -> Option<Command> {
-    let (name, rest) = split_command(text)?;
-    Some(match name.as_str() {
-        "start" => Command::Start,
-        "help" => Command::Help,
-        "reset" => Command::Reset,
-        "recommend" => Command::Recommend(rest.to_string()),
-        "human" => Command::Human,
-        "link" => Command::Link(Some(rest.to_string()).filter(|rest| !rest.is_empty())),
-        _ => Command::Unknown(text.split_whitespace().next().unwrap_or(text).to_string()),
-    })
-}
-
-/// Whether free text asks for recommendations ("recommend me …", "推荐").
-fn asks_for_recommendation(text: &str) -> bool {
-    let lowered = text.to_lowercase();
-    ["recommend", "suggest", "推荐", "建议买"]
-        .iter()
-        .any(|marker| lowered.contains(marker))
 }
 
 /// The key of a chat customer in interaction events.
@@ -321,7 +277,7 @@ impl Pipeline {
         let sender = &inbound.sender;
         let detected = match &inbound.content {
             InboundContent::Text(text) if !text.trim_start().starts_with('/') => {
-                language::detect(text)
+                crate::language::detect(text)
             }
             _ => None,
         };
@@ -389,25 +345,93 @@ impl Pipeline {
         true
     }
 
+    /// understand -> route -> one handler.
     async fn handle_with(
         &self,
         inbound: &Inbound,
         intake: Option<IntakeId>,
         adapter: &dyn Adapter,
     ) -> anyhow::Result<()> {
-        if self.desk.is_agents_space(inbound) {
-            return self.handle_agent_message(inbound, adapter).await;
-        }
         let started = Instant::now();
+        let mut state = route::State {
+            agents_space: self.desk.is_agents_space(inbound),
+            ticket_with_agents: false,
+            handoff: self.escalation.is_some(),
+            recommender: self.recommender.is_some(),
+            auto_handoff_confidence: self.settings.auto_handoff_confidence,
+        };
         let raw = match &inbound.content {
+            InboundContent::Choice { id } => {
+                return match route::route(Message::Pressed(id), &state) {
+                    Route::Agents => self.handle_agent_message(inbound, adapter).await,
+                    Route::Choice(button) => self.handle_choice(inbound, adapter, button).await,
+                    _ => {
+                        tracing::debug!(%id, "a button the bot never made was pressed");
+                        Ok(())
+                    }
+                };
+            }
             InboundContent::Text(text) => text.as_str(),
-            InboundContent::Choice { id } => return self.handle_choice(inbound, adapter, id).await,
         };
         let (text, was_cut) = crate::sanitize::message(raw, self.settings.max_message_chars);
         if text.is_empty() {
             return Ok(());
         }
-        let sender = &inbound.sender;
+        let understood = understand(
+            text,
+            was_cut,
+            self.classifier.as_deref().filter(|_| !state.agents_space),
+        );
+        if let Some(result) = &understood.classification {
+            tracing::debug!(
+                intent = result.intent.label(),
+                escalate = result.escalate,
+                confidence = result.confidence,
+                "message classified"
+            );
+        }
+        // Agents are no customers: nothing of them is looked up or stored.
+        let mut customer = None;
+        if !state.agents_space {
+            let found = self
+                .customer_of(&inbound.sender, understood.language)
+                .await?;
+            state.ticket_with_agents = self.escalation.is_some()
+                && self
+                    .store
+                    .active_ticket_for(
+                        &inbound.conversation.platform,
+                        &inbound.conversation.chat_id,
+                        found.id,
+                    )?
+                    .is_some();
+            customer = Some(found);
+        }
+        let route = route::route(Message::Text(&understood), &state);
+        match (route, customer) {
+            (Route::Agents, _) => self.handle_agent_message(inbound, adapter).await,
+            (route, Some(customer)) => {
+                let turn = Turn {
+                    inbound,
+                    intake,
+                    adapter,
+                    started,
+                };
+                self.handle_customer(route, customer, &understood, &turn)
+                    .await
+            }
+            // Only agents' spaces have no customer, and they route to `Agents`.
+            (_, None) => Ok(()),
+        }
+    }
+
+    /// The customer behind `sender`, with the language to answer them in
+    /// stored when it changed.
+    async fn customer_of(
+        &self,
+        sender: &concierge_adapter::SenderRef,
+        language: Option<Locale>,
+    ) -> anyhow::Result<Customer> {
         let store = self.store.clone();
         let (platform, user_id) = (sender.platform.clone(), sender.user_id.clone());
         let display_name = sender
@@ -419,93 +443,84 @@ impl Pipeline {
         })
         .await
         .context("store task failed")??;
-        // A code from `/link` on another platform may be sent on its own.
-        let command = parse_command(&text)
-            .or_else(|| as_link_code(&text).map(|code| Command::Link(Some(code))));
-        // A command's name says nothing of the customer's language.
-        let detected = if command.is_some() {
-            None
-        } else {
-            language::detect(&text)
-        };
-        let locale = self.reply_locale(detected, customer.locale, sender);
+        let locale = self.reply_locale(language, customer.locale, sender);
         if customer.locale != Some(locale) {
             customer.locale = Some(locale);
             self.store.update_customer(&customer)?;
         }
-        // A conversation in people's hands: the bot only relays.
-        if self
-            .relay_if_handed_off(&customer, &inbound.conversation, &text, intake)
-            .await?
-        {
-            return Ok(());
-        }
-        let classification = match (&command, &self.classifier) {
-            (None, Some(classifier)) => Some(classifier.classify(&text)),
-            _ => None,
-        };
-        if let Some(result) = &classification {
-            tracing::debug!(
-                intent = result.intent.label(),
-                escalate = result.escalate,
-                confidence = result.confidence,
-                "message classified"
-            );
-        }
-        let human = matches!(command, Some(Command::Human)) && self.escalation.is_some();
-        if human || self.wants_a_person(classification.as_ref()) {
-            let intent = classification
-                .as_ref()
-                .map_or(crate::intent::Intent::HumanRequest, |result| result.intent);
-            self.hand_off(&customer, inbound, intake, adapter, &text, intent, locale)
-                .await?;
-            telemetry::reply_delivered(
-                &inbound.conversation.platform,
-                "handoff",
-                started.elapsed(),
-            );
-            return Ok(());
-        }
-        let recommendation_request = match &command {
-            Some(Command::Recommend(request)) => Some(request.as_str()),
-            None if self.recommender.is_some() && asks_for_recommendation(&text) => {
-                Some(text.as_str())
+        Ok(customer)
+    }
+
+    /// Runs the handler of a customer's text message.
+    async fn handle_customer(
+        &self,
+        route: Route,
+        mut customer: Customer,
+        understood: &Understood,
+        turn: &Turn<'_>,
+    ) -> anyhow::Result<()> {
+        let Turn {
+            inbound,
+            intake,
+            adapter,
+            started,
+        } = *turn;
+        let text = understood.text.as_str();
+        let locale = customer.locale.unwrap_or(self.settings.default_locale);
+        let platform = &inbound.conversation.platform;
+        match route {
+            Route::Relay => {
+                if self
+                    .relay_if_handed_off(&customer, &inbound.conversation, text, intake)
+                    .await?
+                {
+                    return Ok(());
+                }
+                // Resolved meanwhile: the bot answers.
             }
-            _ => None,
-        };
-        if let Some(request) = recommendation_request {
-            return self
-                .recommend(
-                    &customer,
-                    inbound,
-                    intake,
-                    adapter,
-                    &text,
-                    Some(request),
-                    locale,
-                    started,
-                )
-                .await;
+            Route::HandOff(intent) => {
+                self.hand_off(&customer, inbound, intake, adapter, text, intent, locale)
+                    .await?;
+                telemetry::reply_delivered(platform, "handoff", started.elapsed());
+                return Ok(());
+            }
+            Route::Recommend(request) => {
+                return self
+                    .recommend(
+                        &customer,
+                        inbound,
+                        intake,
+                        adapter,
+                        text,
+                        Some(&request),
+                        locale,
+                        started,
+                    )
+                    .await;
+            }
+            Route::Command(command) => {
+                let reply = self
+                    .run_command(command, &mut customer, inbound, locale)
+                    .await?;
+                adapter
+                    .send(Outbound::text(inbound.conversation.clone(), reply))
+                    .await?;
+                telemetry::reply_delivered(platform, "command", started.elapsed());
+                return Ok(());
+            }
+            Route::Answer => {}
+            Route::Agents | Route::Choice(_) | Route::UnknownChoice => return Ok(()),
         }
-        if command.is_none() {
-            self.record_mentions(&customer, &text).await?;
-        }
-        if let Some(command) = command {
-            let reply = self
-                .run_command(command, &mut customer, inbound, locale)
-                .await?;
-            adapter
-                .send(Outbound::text(inbound.conversation.clone(), reply))
-                .await?;
-            telemetry::reply_delivered(
-                &inbound.conversation.platform,
-                "command",
-                started.elapsed(),
-            );
-            return Ok(());
-        }
+        self.record_mentions(&customer, text).await?;
         self.answer(
-            &customer, inbound, intake, adapter, &text, was_cut, locale, started,
+            &customer,
+            inbound,
+            intake,
+            adapter,
+            text,
+            understood.was_cut,
+            locale,
+            started,
         )
         .await
     }
@@ -583,7 +598,7 @@ impl Pipeline {
                     .render(locale, Template::UnknownCommand, &[("command", "/human")])
             }
             Command::Unknown(word) => {
-                let name = split_command(&word).map(|(name, _)| name);
+                let name = crate::understand::split_command(&word).map(|(name, _)| name);
                 if name.is_some_and(|name| crate::agents::is_agent_command(&name)) {
                     // Agent commands work only in the agents' spaces, for agents.
                     tracing::warn!(platform = %inbound.sender.platform, user = %inbound.sender.user_id, command = %word, "agent command refused in a customer chat");
@@ -989,15 +1004,27 @@ impl Pipeline {
             let choices = if adapter.capabilities().buttons {
                 vec![
                     Choice {
-                        id: format!("rec:like:{}", item.id),
+                        id: Button::Item {
+                            action: ItemAction::Like,
+                            item: item.id.clone(),
+                        }
+                        .id(),
                         label: "👍".into(),
                     },
                     Choice {
-                        id: format!("rec:dislike:{}", item.id),
+                        id: Button::Item {
+                            action: ItemAction::Dislike,
+                            item: item.id.clone(),
+                        }
+                        .id(),
                         label: "👎".into(),
                     },
                     Choice {
-                        id: format!("rec:details:{}", item.id),
+                        id: Button::Item {
+                            action: ItemAction::Details,
+                            item: item.id.clone(),
+                        }
+                        .id(),
                         label: "details".into(),
                     },
                 ]
@@ -1166,22 +1193,18 @@ impl Pipeline {
         &self,
         inbound: &Inbound,
         adapter: &dyn Adapter,
-        id: &str,
+        button: Button,
     ) -> anyhow::Result<()> {
-        if self.handle_rating(inbound, adapter, id).await? {
-            return Ok(());
-        }
-        let mut parts = id.splitn(3, ':');
-        let (Some("rec"), Some(action), Some(item_id)) = (parts.next(), parts.next(), parts.next())
-        else {
-            tracing::debug!(%id, "unknown choice");
-            return Ok(());
+        let (action, item_id) = match button {
+            Button::Rate { ticket, stars } => {
+                return self.handle_rating(inbound, adapter, ticket, stars).await
+            }
+            Button::Item { action, item } => (action, item),
         };
         let kind = match action {
-            "like" => EventKind::Like,
-            "dislike" => EventKind::Dislike,
-            "details" => EventKind::Click,
-            _ => return Ok(()),
+            ItemAction::Like => EventKind::Like,
+            ItemAction::Dislike => EventKind::Dislike,
+            ItemAction::Details => EventKind::Click,
         };
         let sender = &inbound.sender;
         let customer = self.store.customer_for_identity(
@@ -1194,7 +1217,7 @@ impl Pipeline {
                 .as_deref(),
         )?;
         let locale = customer.locale.unwrap_or(self.settings.default_locale);
-        let Some(item) = self.store.catalog_item(item_id)? else {
+        let Some(item) = self.store.catalog_item(&item_id)? else {
             return Ok(());
         };
         self.store.events_append(&[Event {
@@ -1424,23 +1447,4 @@ fn delta_stream(
         }
     })
     .boxed()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn commands_parse_with_bot_suffix_and_case() {
-        assert!(matches!(parse_command("/start"), Some(Command::Start)));
-        assert!(matches!(
-            parse_command("/HELP@shop_bot now"),
-            Some(Command::Help)
-        ));
-        assert!(matches!(parse_command(" /reset"), Some(Command::Reset)));
-        assert!(
-            matches!(parse_command("/frobnicate"), Some(Command::Unknown(word)) if word == "/frobnicate")
-        );
-        assert!(parse_command("hello /start").is_none());
-    }
 }

@@ -1,0 +1,154 @@
+//! The understand stage: what a customer's text says before anything is
+//! decided — the command it gives (`/help`, a bare link code), its language
+//! and its intent. Pure functions over the sanitised text.
+
+use crate::intent::{Classification, Classifier};
+use crate::language;
+use crate::prompts::Locale;
+
+/// A customer command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// `/start`
+    Start,
+    /// `/help`
+    Help,
+    /// `/reset`: a fresh conversation.
+    Reset,
+    /// `/recommend [what]`
+    Recommend(String),
+    /// `/link` alone asks for a code; `/link CODE` (or the code on its own)
+    /// enters one.
+    Link(Option<String>),
+    /// `/human`: hand the conversation to a person.
+    Human,
+    /// Any other `/word`.
+    Unknown(String),
+}
+
+/// Link codes read `LINK-` and six characters without look-alikes (0/O, 1/I).
+pub const LINK_CODE_PREFIX: &str = "LINK-";
+/// The characters of a link code after its prefix.
+pub const LINK_CODE_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+/// How many of them.
+pub const LINK_CODE_LENGTH: usize = 6;
+
+/// A customer's text as the route stage sees it.
+#[derive(Clone, Debug)]
+pub struct Understood {
+    /// The text, sanitised and cut to the length limit.
+    pub text: String,
+    /// It was cut.
+    pub was_cut: bool,
+    /// The command it gives, if any.
+    pub command: Option<Command>,
+    /// The language of its words (`None` for commands and bare codes).
+    pub language: Option<Locale>,
+    /// Its intent and whether a person should take over (not for commands).
+    pub classification: Option<Classification>,
+    /// Free text asking for product suggestions ("recommend me …", "推荐").
+    pub asks_for_recommendation: bool,
+}
+
+/// Understands `text` (already sanitised); `classifier` is asked only when
+/// the text is no command.
+pub fn understand(text: String, was_cut: bool, classifier: Option<&Classifier>) -> Understood {
+    // A code from `/link` on another platform may be sent on its own.
+    let command =
+        parse_command(&text).or_else(|| as_link_code(&text).map(|code| Command::Link(Some(code))));
+    // A command's name says nothing of the customer's language.
+    let (language, classification) = match (&command, classifier) {
+        (Some(_), _) => (None, None),
+        (None, classifier) => (
+            language::detect(&text),
+            classifier.map(|classifier| classifier.classify(&text)),
+        ),
+    };
+    let asks_for_recommendation = command.is_none() && asks_for_recommendation(&text);
+    Understood {
+        text,
+        was_cut,
+        command,
+        language,
+        classification,
+        asks_for_recommendation,
+    }
+}
+
+/// The text as a link code, when it is one (any case, surrounding space).
+pub fn as_link_code(text: &str) -> Option<String> {
+    let code = text.trim().to_uppercase();
+    let body = code.strip_prefix(LINK_CODE_PREFIX)?;
+    (body.len() == LINK_CODE_LENGTH && body.bytes().all(|b| LINK_CODE_ALPHABET.contains(&b)))
+        .then_some(code)
+}
+
+/// `/name@bot rest` as `(name, rest)`, the name lowercased without the
+/// bot's name (Telegram appends it in groups: /help@shop_bot); `None` for
+/// plain text.
+pub fn split_command(text: &str) -> Option<(String, &str)> {
+    let text = text.trim_start();
+    let word = text.split_whitespace().next()?;
+    let name = word.strip_prefix('/')?;
+    let name = name.split('@').next().unwrap_or(name).to_lowercase();
+    Some((name, text[word.len()..].trim()))
+}
+
+/// The command `text` gives, when it starts with `/`.
+pub fn parse_command(text: &str) -> Option<Command> {
+    let (name, rest) = split_command(text)?;
+    Some(match name.as_str() {
+        "start" => Command::Start,
+        "help" => Command::Help,
+        "reset" => Command::Reset,
+        "recommend" => Command::Recommend(rest.to_string()),
+        "human" => Command::Human,
+        "link" => Command::Link(Some(rest.to_string()).filter(|rest| !rest.is_empty())),
+        _ => Command::Unknown(text.split_whitespace().next().unwrap_or(text).to_string()),
+    })
+}
+
+/// Whether free text asks for recommendations ("recommend me …", "推荐").
+fn asks_for_recommendation(text: &str) -> bool {
+    let lowered = text.to_lowercase();
+    ["recommend", "suggest", "推荐", "建议买"]
+        .iter()
+        .any(|marker| lowered.contains(marker))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_with_bot_suffix_and_case() {
+        assert_eq!(parse_command("/start"), Some(Command::Start));
+        assert_eq!(parse_command("/HELP@shop_bot now"), Some(Command::Help));
+        assert_eq!(parse_command(" /reset"), Some(Command::Reset));
+        assert_eq!(
+            parse_command("/frobnicate"),
+            Some(Command::Unknown("/frobnicate".into()))
+        );
+        assert_eq!(parse_command("hello /start"), None);
+        assert_eq!(
+            parse_command("/link link-abcdef"),
+            Some(Command::Link(Some("link-abcdef".into())))
+        );
+    }
+
+    #[test]
+    fn a_bare_link_code_is_a_command_and_words_have_a_language() {
+        let code = understand(" link-abc234 ".into(), false, None);
+        assert_eq!(
+            code.command,
+            Some(Command::Link(Some("LINK-ABC234".into())))
+        );
+        assert_eq!(code.language, None);
+        let words = understand("推荐一个背包".into(), false, None);
+        assert_eq!(words.command, None);
+        assert_eq!(words.language, Some(Locale::Zh));
+        assert!(words.asks_for_recommendation);
+        // Look-alike characters are no code.
+        assert_eq!(as_link_code("LINK-ABC0I1"), None);
+    }
+}
