@@ -218,7 +218,7 @@ impl Pipeline {
         let name = format!(
             "{} · {} · {}",
             display_id(ticket.id),
-            ticket.category,
+            ticket.category.label(),
             ticket.priority.label()
         );
         for space in missing {
@@ -296,7 +296,7 @@ impl Pipeline {
             Template::AgentTicket,
             &[
                 ("ticket", &display_id(ticket.id)),
-                ("category", &ticket.category),
+                ("category", ticket.category.label()),
                 ("priority", ticket.priority.label()),
                 ("customer", &customer),
                 ("platform", &ticket.platform),

@@ -16,7 +16,7 @@ use crate::escalation::{Escalation, EscalationError, NewTicket};
 use crate::intent::Intent;
 use crate::pipeline::Pipeline;
 use crate::prompts::{Locale, Template};
-use crate::store::{Customer, IntakeId, Role, Ticket};
+use crate::store::{Customer, IntakeId, Role, Ticket, TranscriptRole};
 
 /// Earlier messages of the conversation copied into a new ticket.
 const TRANSCRIPT_HISTORY: usize = 9;
@@ -100,23 +100,23 @@ impl Pipeline {
             .await?;
         let history = turn.history;
         // The new message ends the transcript (`Escalation::open` adds it).
-        let recent: Vec<(String, String)> = history
+        let recent: Vec<(TranscriptRole, String)> = history
             .into_iter()
             .rev()
             .take(TRANSCRIPT_HISTORY)
             .rev()
             .map(|message| {
                 let role = match message.role {
-                    Role::User => "customer",
-                    Role::Assistant => "bot",
+                    Role::User => TranscriptRole::Customer,
+                    Role::Assistant => TranscriptRole::Bot,
                 };
-                (role.to_string(), message.text)
+                (role, message.text)
             })
             .collect();
         // The first summary is the customer's own last words.
         let customer_words: Vec<&str> = recent
             .iter()
-            .filter(|(role, _)| role == "customer")
+            .filter(|(role, _)| *role == TranscriptRole::Customer)
             .map(|(_, text)| text.as_str())
             .chain(std::iter::once(text))
             .collect();
@@ -168,8 +168,8 @@ impl Pipeline {
             .append_message(conversation.id, Role::Assistant, &in_chat)?;
         self.store.flush().await?;
         adapter.send(Outbound::text(chat.clone(), in_chat)).await?;
-        crate::telemetry::ticket_opened(&ticket.category, ticket.priority.label());
-        tracing::info!(ticket = %id, priority = ticket.priority.label(), category = %ticket.category, "ticket opened");
+        crate::telemetry::ticket_opened(ticket.category.label(), ticket.priority.label());
+        tracing::info!(ticket = %id, priority = ticket.priority.label(), category = ticket.category.label(), "ticket opened");
         // After the customer is told: the engine may take a while.
         // Bounded, so the agents get the ticket soon even from a busy engine.
         let written = tokio::time::timeout(SUMMARY_TIMEOUT, self.written_summary(&ticket))
@@ -318,7 +318,7 @@ impl Pipeline {
         // may pass on a second try (rate limits, network errors).
         if let Err(err) = adapter.send(Outbound::text(chat.clone(), text)).await {
             escalation
-                .add_line(id, "undelivered", Some(agent), text)
+                .add_line(id, TranscriptRole::Undelivered, Some(agent), text)
                 .await?;
             return Err(anyhow::anyhow!(
                 "the answer could not be delivered to the customer ({err}); it is kept in the ticket as undelivered and the ticket still waits for an answer"
@@ -347,7 +347,7 @@ impl Pipeline {
     pub async fn agent_note(&self, id: u64, agent: &str, text: &str) -> anyhow::Result<Ticket> {
         let ticket = self
             .escalation()?
-            .add_line(id, "note", Some(agent), text)
+            .add_line(id, TranscriptRole::Note, Some(agent), text)
             .await?;
         self.tell_agents(
             &ticket,

@@ -253,7 +253,8 @@ async fn a_complaint_goes_to_a_person_and_comes_back_with_a_rating() {
     assert!(ticket
         .transcript
         .iter()
-        .any(|line| line.role == "note" && line.text == "courier called"));
+        .any(|line| line.role == concierge::store::TranscriptRole::Note
+            && line.text == "courier called"));
     assert!(!texts(&fake).iter().any(|text| text.contains("courier")));
 }
 
@@ -422,7 +423,7 @@ async fn agents_answer_from_a_topic_of_the_telegram_agents_group() {
     let note = ticket
         .transcript
         .iter()
-        .find(|line| line.role == "note")
+        .find(|line| line.role == concierge::store::TranscriptRole::Note)
         .unwrap();
     assert_eq!(note.text, "checked the courier's photos");
     assert_eq!(note.author.as_deref(), Some("alice"));

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use crate::intent::Intent;
 use crate::prompts::Locale;
-use crate::store::{now_ms, Store, StoreError, Ticket, TranscriptLine, Transition, RECORD_VERSION};
+use crate::store::{
+    now_ms, Store, StoreError, Ticket, TranscriptLine, TranscriptRole, Transition, RECORD_VERSION,
+};
 use ticket::{priority_for, Priority, TicketState};
 
 /// Deadlines for an agent's first answer, per priority.
@@ -98,7 +100,7 @@ pub struct NewTicket {
     /// The message that escalated.
     pub text: String,
     /// The recent conversation, oldest first, as (role, text).
-    pub recent: Vec<(String, String)>,
+    pub recent: Vec<(TranscriptRole, String)>,
     /// A short summary for agents.
     pub summary: String,
 }
@@ -187,7 +189,7 @@ impl Escalation {
             .iter()
             .map(|(role, text)| TranscriptLine {
                 ts_ms: now,
-                role: role.clone(),
+                role: *role,
                 author: None,
                 text: text.clone(),
             })
@@ -195,7 +197,7 @@ impl Escalation {
         if transcript.last().is_none_or(|line| line.text != new.text) {
             transcript.push(TranscriptLine {
                 ts_ms: now,
-                role: "customer".into(),
+                role: TranscriptRole::Customer,
                 author: None,
                 text: new.text.clone(),
             });
@@ -207,7 +209,7 @@ impl Escalation {
             platform: new.platform,
             chat_id: new.chat_id,
             locale: new.locale,
-            category: new.intent.label().to_string(),
+            category: new.intent,
             priority,
             summary: new.summary,
             transcript,
@@ -284,7 +286,7 @@ impl Escalation {
     pub async fn add_line(
         &self,
         id: u64,
-        role: &str,
+        role: TranscriptRole,
         author: Option<&str>,
         text: &str,
     ) -> Result<Ticket, EscalationError> {
@@ -356,7 +358,7 @@ impl Escalation {
                     });
                 }
                 let now = now_ms();
-                push_line(ticket, "customer", None, text, now);
+                push_line(ticket, TranscriptRole::Customer, None, text, now);
                 if ticket.state == TicketState::WaitingOnCustomer {
                     record_move(ticket, TicketState::Assigned, "customer", now);
                 }
@@ -392,7 +394,7 @@ impl Escalation {
                 record_move(ticket, TicketState::Assigned, agent, now);
                 ticket.assignee = Some(agent.to_string());
             }
-            push_line(ticket, "agent", Some(agent), text, now);
+            push_line(ticket, TranscriptRole::Agent, Some(agent), text, now);
             Ok(())
         })
         .await
@@ -446,10 +448,16 @@ fn record_move(ticket: &mut Ticket, to: TicketState, actor: &str, at_ms: u64) {
 }
 
 /// Adds a line to the transcript.
-fn push_line(ticket: &mut Ticket, role: &str, author: Option<&str>, text: &str, ts_ms: u64) {
+fn push_line(
+    ticket: &mut Ticket,
+    role: TranscriptRole,
+    author: Option<&str>,
+    text: &str,
+    ts_ms: u64,
+) {
     ticket.transcript.push(TranscriptLine {
         ts_ms,
-        role: role.to_string(),
+        role,
         author: author.map(str::to_string),
         text: text.to_string(),
     });
@@ -467,7 +475,7 @@ fn answered_since_opened(ticket: &Ticket) -> bool {
     ticket
         .transcript
         .iter()
-        .any(|line| line.role == "agent" && line.ts_ms >= opened)
+        .any(|line| line.role == TranscriptRole::Agent && line.ts_ms >= opened)
 }
 
 /// What a deadline check found.
@@ -492,8 +500,8 @@ mod tests {
             intent,
             text: text.into(),
             recent: vec![
-                ("customer".into(), "hello".into()),
-                ("bot".into(), "hi".into()),
+                (TranscriptRole::Customer, "hello".into()),
+                (TranscriptRole::Bot, "hi".into()),
             ],
             summary: "Parcel arrived broken.".into(),
         }

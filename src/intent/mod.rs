@@ -18,7 +18,7 @@ mod model;
 
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::language;
 use crate::prompts::Locale;
@@ -26,7 +26,7 @@ use crate::prompts::Locale;
 pub use model::{IntentModel, TrainOptions};
 
 /// What a customer wants.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Intent {
     /// A question about the shop, an order, an account.

@@ -24,7 +24,7 @@ pub use events::{Event, EventKind};
 pub use inbox::IntakeId;
 pub use knowledge::{KbDoc, KbKind, KbPassage};
 pub use links::{LinkCode, LinkOutcome};
-pub use tickets::{AgentPost, Ticket, TranscriptLine, Transition};
+pub use tickets::{AgentPost, Ticket, TranscriptLine, TranscriptRole, Transition};
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -144,7 +144,7 @@ fn plain_ticket(id: u64, customer_id: u64) -> Ticket {
         platform: "telegram".into(),
         chat_id: format!("chat{id}"),
         locale: Locale::En,
-        category: "complaint".into(),
+        category: crate::intent::Intent::Complaint,
         priority: crate::escalation::ticket::Priority::High,
         summary: String::new(),
         transcript: Vec::new(),
@@ -411,4 +411,18 @@ fn a_replayed_customer_message_is_stored_once_and_knows_whether_it_was_answered(
         .append_customer_message(conversation.id, "question", Some(id), 10)
         .unwrap();
     assert_eq!(fresh.replayed, None);
+}
+
+#[test]
+fn ticket_records_keep_their_stored_role_and_category_names() {
+    let line: TranscriptLine =
+        serde_json::from_str(r#"{"ts_ms":1,"role":"undelivered","author":"ann","text":"hi"}"#)
+            .unwrap();
+    assert_eq!(line.role, TranscriptRole::Undelivered);
+    let mut ticket = plain_ticket(3, 9);
+    ticket.category = crate::intent::Intent::HumanRequest;
+    let json = serde_json::to_value(&ticket).unwrap();
+    assert_eq!(json["category"], "human_request");
+    let back: Ticket = serde_json::from_value(json).unwrap();
+    assert_eq!(back, ticket);
 }

@@ -2,13 +2,48 @@
 
 use super::*;
 
+/// Who wrote a line of a ticket's transcript; stored by these names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TranscriptRole {
+    /// The customer.
+    Customer,
+    /// The bot.
+    Bot,
+    /// An agent's answer, delivered to the customer.
+    Agent,
+    /// An internal note, never sent to the customer.
+    Note,
+    /// An agent's answer the customer's platform refused.
+    Undelivered,
+}
+
+impl TranscriptRole {
+    /// The stored name.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Customer => "customer",
+            Self::Bot => "bot",
+            Self::Agent => "agent",
+            Self::Note => "note",
+            Self::Undelivered => "undelivered",
+        }
+    }
+}
+
+impl std::fmt::Display for TranscriptRole {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.label())
+    }
+}
+
 /// One line of a ticket's transcript.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TranscriptLine {
     /// When (Unix milliseconds).
     pub ts_ms: u64,
-    /// `customer`, `bot`, `agent` or `note` (internal, never sent to the customer).
-    pub role: String,
+    /// Who wrote it.
+    pub role: TranscriptRole,
     /// Who wrote it, for agents and notes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub author: Option<String>,
@@ -56,8 +91,9 @@ pub struct Ticket {
     pub chat_id: String,
     /// The customer's language (`en`/`zh`).
     pub locale: Locale,
-    /// `complaint` or `human_request`.
-    pub category: String,
+    /// Why it was opened: `complaint`, `human_request`, or the intent that
+    /// escalated.
+    pub category: crate::intent::Intent,
     /// How urgent.
     pub priority: Priority,
     /// A short summary for agents.
