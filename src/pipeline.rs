@@ -222,11 +222,7 @@ fn new_link_code() -> String {
 
 /// The key of a chat customer in interaction events.
 pub fn event_user(customer: &Customer) -> String {
-    event_user_id(customer.id)
-}
-
-fn event_user_id(customer_id: u64) -> String {
-    format!("customer:{customer_id}")
+    Store::event_user(customer.id)
 }
 
 /// How a generated reply ended.
@@ -641,8 +637,6 @@ impl Pipeline {
                 into,
                 code: origin,
             } => {
-                self.store
-                    .move_events(&event_user_id(from), &event_user_id(into))?;
                 if let Some(joined) = self.store.customer(into)? {
                     *customer = joined;
                 }

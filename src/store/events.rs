@@ -122,26 +122,8 @@ impl Store {
         self.records(&self.events, TREE_EVENTS)
     }
 
-    /// Moves every event of `from` to `into` (after a link).
-    pub fn move_events(&self, from: &str, into: &str) -> Result<usize, StoreError> {
-        let events = self.user_events(from)?;
-        let mut prefix = from.as_bytes().to_vec();
-        prefix.push(0);
-        let mut batch = sled::Batch::default();
-        for entry in self.events.scan_prefix(&prefix) {
-            let (key, _) = entry.map_err(|err| self.err(err))?;
-            batch.remove(key);
-        }
-        for event in &events {
-            let moved = Event {
-                user: into.to_string(),
-                ..event.clone()
-            };
-            batch.insert(self.event_key(into)?, Self::encode(&moved));
-        }
-        self.events
-            .apply_batch(batch)
-            .map_err(|err| self.err(err))?;
-        Ok(events.len())
+    /// The user key of a chat customer in interaction events.
+    pub fn event_user(customer_id: u64) -> String {
+        format!("customer:{customer_id}")
     }
 }

@@ -281,13 +281,18 @@ fn a_link_code_joins_identities_once_and_moves_conversations_and_events() {
         ("telegram", "1"),
         "the code remembers where it was asked for"
     );
-    let moved = store
-        .move_events(
-            &format!("customer:{}", other.id),
-            &format!("customer:{}", owner.id),
-        )
-        .unwrap();
-    assert_eq!(moved, 1);
+    assert_eq!(
+        store
+            .user_events(&Store::event_user(owner.id))
+            .unwrap()
+            .len(),
+        1,
+        "the event moved in the same transaction"
+    );
+    assert!(store
+        .user_events(&Store::event_user(other.id))
+        .unwrap()
+        .is_empty());
     assert_eq!(
         store.find_customer("discord", "2").unwrap().unwrap().id,
         owner.id

@@ -196,7 +196,7 @@ impl Store {
 
     /// The key of a customer's ticket with agents in one chat: in a group,
     /// each customer has their own.
-    fn active_ticket_key(platform: &str, chat_id: &str, customer_id: u64) -> Vec<u8> {
+    pub(super) fn active_ticket_key(platform: &str, chat_id: &str, customer_id: u64) -> Vec<u8> {
         let mut key = Self::identity_key(platform, chat_id);
         key.extend_from_slice(&customer_id.to_be_bytes());
         key
