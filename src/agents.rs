@@ -12,7 +12,7 @@
 //! customer's side of a hand-off.
 
 use anyhow::Context;
-use concierge_adapter::{Adapter, ConversationRef, Inbound, InboundContent, Outbound, SenderRef};
+use concierge_adapter::{ConversationRef, Inbound, InboundContent, Outbound, Outbox, SenderRef};
 
 use crate::config::{AgentConfig, Config};
 use crate::escalation::ticket::{display_id, parse_id};
@@ -385,7 +385,7 @@ impl Pipeline {
     pub(crate) async fn handle_agent_message(
         &self,
         inbound: &Inbound,
-        adapter: &dyn Adapter,
+        adapter: &dyn Outbox,
     ) -> anyhow::Result<()> {
         let InboundContent::Text(raw) = &inbound.content else {
             return Ok(());
@@ -485,7 +485,7 @@ impl Pipeline {
     pub(crate) async fn refuse(
         &self,
         inbound: &Inbound,
-        adapter: &dyn Adapter,
+        adapter: &dyn Outbox,
         command: &str,
     ) -> anyhow::Result<()> {
         tracing::warn!(

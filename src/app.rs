@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use concierge_adapter::Adapter;
+use concierge_adapter::{Adapter, Outbox};
 use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -297,9 +297,12 @@ pub fn pipeline(
     adapters: &[Arc<dyn Adapter>],
     cancel: CancellationToken,
 ) -> Arc<Pipeline> {
-    let adapters: HashMap<String, Arc<dyn Adapter>> = adapters
+    let adapters: HashMap<String, Arc<dyn Outbox>> = adapters
         .iter()
-        .map(|adapter| (adapter.platform().to_string(), Arc::clone(adapter)))
+        .map(|adapter| {
+            let outbox: Arc<dyn Outbox> = Arc::clone(adapter) as Arc<dyn Outbox>;
+            (adapter.platform().to_string(), outbox)
+        })
         .collect();
     Arc::new(Pipeline {
         store: parts.store,

@@ -9,7 +9,7 @@
 //! (by `Escalation`) before anyone is told about it.
 
 use anyhow::Context;
-use concierge_adapter::{Adapter, ChatKind, Choice, ConversationRef, Inbound, Outbound};
+use concierge_adapter::{ChatKind, Choice, ConversationRef, Inbound, Outbound, Outbox};
 
 use crate::escalation::ticket::{display_id, TicketState};
 use crate::escalation::{Escalation, EscalationError, NewTicket};
@@ -88,7 +88,7 @@ impl Pipeline {
         customer: &Customer,
         inbound: &Inbound,
         intake: Option<IntakeId>,
-        adapter: &dyn Adapter,
+        adapter: &dyn Outbox,
         text: &str,
         intent: Intent,
         locale: Locale,
@@ -228,7 +228,7 @@ impl Pipeline {
     pub(crate) async fn handle_rating(
         &self,
         inbound: &Inbound,
-        adapter: &dyn Adapter,
+        adapter: &dyn Outbox,
         ticket: u64,
         rating: u8,
     ) -> anyhow::Result<()> {
@@ -273,7 +273,7 @@ impl Pipeline {
     fn customer_channel(
         &self,
         ticket: &Ticket,
-    ) -> anyhow::Result<(std::sync::Arc<dyn Adapter>, ConversationRef)> {
+    ) -> anyhow::Result<(std::sync::Arc<dyn Outbox>, ConversationRef)> {
         let adapter = self
             .adapters
             .get(&ticket.platform)

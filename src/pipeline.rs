@@ -11,9 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use concierge_adapter::{
-    Adapter, ChatKind, Choice, DeltaStream, Inbound, InboundContent, Outbound,
-};
+use concierge_adapter::{ChatKind, Choice, DeltaStream, Inbound, InboundContent, Outbound, Outbox};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -66,7 +64,7 @@ pub struct Pipeline {
     /// Templates.
     pub prompts: Prompts,
     /// Channels by platform name.
-    pub adapters: HashMap<String, Arc<dyn Adapter>>,
+    pub adapters: HashMap<String, Arc<dyn Outbox>>,
     /// Settings.
     pub settings: PipelineSettings,
     /// Fires when in-flight replies must stop (shutdown deadline).
@@ -90,31 +88,24 @@ pub struct Pipeline {
 struct Turn<'a> {
     inbound: &'a Inbound,
     intake: Option<IntakeId>,
-    adapter: &'a dyn Adapter,
+    adapter: &'a dyn Outbox,
     started: Instant,
 }
 
 /// The channel as seen while answering one inbound message: every message
 /// sent names that inbound message as the one it answers.
 struct InReplyTo {
-    adapter: Arc<dyn Adapter>,
+    adapter: Arc<dyn Outbox>,
     reply_to: Option<String>,
 }
 
 #[async_trait::async_trait]
-impl Adapter for InReplyTo {
+impl Outbox for InReplyTo {
     fn platform(&self) -> &str {
         self.adapter.platform()
     }
     fn capabilities(&self) -> concierge_adapter::Capabilities {
         self.adapter.capabilities()
-    }
-    async fn run(
-        &self,
-        inbound: concierge_adapter::InboundSink,
-        shutdown: CancellationToken,
-    ) -> Result<(), concierge_adapter::AdapterError> {
-        self.adapter.run(inbound, shutdown).await
     }
     async fn send(
         &self,
@@ -174,7 +165,7 @@ const TYPING_REFRESH: Duration = Duration::from_secs(4);
 
 /// Runs `work` while the channel shows that the bot is typing.
 async fn while_typing<T>(
-    adapter: &dyn Adapter,
+    adapter: &dyn Outbox,
     chat: &concierge_adapter::ConversationRef,
     work: impl std::future::Future<Output = T>,
 ) -> T {
@@ -200,7 +191,7 @@ async fn while_typing<T>(
 const TYPING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Shows the typing indicator, best effort and briefly.
-async fn show_typing(adapter: &dyn Adapter, chat: &concierge_adapter::ConversationRef) {
+async fn show_typing(adapter: &dyn Outbox, chat: &concierge_adapter::ConversationRef) {
     match tokio::time::timeout(TYPING_TIMEOUT, adapter.typing(chat)).await {
         Ok(Err(err)) => tracing::debug!("typing indicator failed: {err}"),
         Err(_) => tracing::debug!("typing indicator timed out"),
@@ -346,7 +337,7 @@ impl Pipeline {
         &self,
         inbound: &Inbound,
         intake: Option<IntakeId>,
-        adapter: &dyn Adapter,
+        adapter: &dyn Outbox,
     ) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut state = route::State {
@@ -727,7 +718,7 @@ impl Pipeline {
         customer: &Customer,
         inbound: &Inbound,
         intake: Option<IntakeId>,
-        adapter: &dyn Adapter,
+        adapter: &dyn Outbox,
         text: &str,
         was_cut: bool,
         locale: Locale,
@@ -878,7 +869,7 @@ impl Pipeline {
     #[allow(clippy::too_many_arguments)]
     async fn grounded(
         &self,
-        adapter: &dyn Adapter,
+        adapter: &dyn Outbox,
         chat: &concierge_adapter::ConversationRef,
         history: &[crate::store::StoredMessage],
         prompt: &str,
@@ -936,7 +927,7 @@ impl Pipeline {
         customer: &Customer,
         inbound: &Inbound,
         intake: Option<IntakeId>,
-        adapter: &dyn Adapter,
+        adapter: &dyn Outbox,
         text: &str,
         request: Option<&str>,
         locale: Locale,
@@ -1186,7 +1177,7 @@ impl Pipeline {
     async fn handle_choice(
         &self,
         inbound: &Inbound,
-        adapter: &dyn Adapter,
+        adapter: &dyn Outbox,
         button: Button,
     ) -> anyhow::Result<()> {
         let (action, item_id) = match button {
@@ -1250,7 +1241,7 @@ impl Pipeline {
     /// Streams a model reply to `prompt` and returns what was delivered.
     async fn generate(
         &self,
-        adapter: &dyn Adapter,
+        adapter: &dyn Outbox,
         chat: &concierge_adapter::ConversationRef,
         history: &[crate::store::StoredMessage],
         prompt: &str,
@@ -1346,7 +1337,7 @@ fn price_text(item: &crate::store::CatalogItem) -> String {
 struct BufferedReply;
 
 #[async_trait::async_trait]
-impl Adapter for BufferedReply {
+impl Outbox for BufferedReply {
     fn platform(&self) -> &str {
         "buffer"
     }
@@ -1359,13 +1350,6 @@ impl Adapter for BufferedReply {
             threads: false,
             typing: false,
         }
-    }
-    async fn run(
-        &self,
-        _: concierge_adapter::InboundSink,
-        _: CancellationToken,
-    ) -> Result<(), concierge_adapter::AdapterError> {
-        Ok(())
     }
     async fn send(
         &self,
@@ -1380,7 +1364,7 @@ impl Adapter for BufferedReply {
 
 /// Sends a complete text, split at the channel's limit.
 async fn send_split(
-    adapter: &dyn Adapter,
+    adapter: &dyn Outbox,
     chat: &concierge_adapter::ConversationRef,
     text: &str,
 ) -> anyhow::Result<()> {

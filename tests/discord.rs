@@ -285,7 +285,7 @@ async fn buttons_arrive_as_choices_and_slash_commands_are_answered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_adapter_opens_a_thread_and_posts_into_it() {
-    use concierge_adapter::{Adapter, ConversationRef, Outbound};
+    use concierge_adapter::{ConversationRef, Outbound, Outbox};
     let fake = FakeDiscord::start().await;
     let adapter = concierge_discord::DiscordAdapter::new(concierge_discord::DiscordSettings {
         token: TOKEN.into(),

@@ -22,8 +22,8 @@ use concierge::pipeline::{Pipeline, PipelineSettings};
 use concierge::prompts::{Locale, Prompts};
 use concierge::store::Store;
 use concierge_adapter::{
-    collect_stream, Adapter, AdapterError, Capabilities, ConversationRef, DeltaStream, Inbound,
-    InboundContent, InboundSink, Outbound, SenderRef, SentMessage,
+    collect_stream, AdapterError, Capabilities, ConversationRef, DeltaStream, Inbound,
+    InboundContent, Outbound, Outbox, SenderRef, SentMessage,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -71,7 +71,7 @@ impl RecordingChannel {
 }
 
 #[async_trait]
-impl Adapter for RecordingChannel {
+impl Outbox for RecordingChannel {
     fn platform(&self) -> &str {
         PLATFORM
     }
@@ -84,10 +84,6 @@ impl Adapter for RecordingChannel {
             threads: false,
             typing: false,
         }
-    }
-    async fn run(&self, _: InboundSink, shutdown: CancellationToken) -> Result<(), AdapterError> {
-        shutdown.cancelled().await;
-        Ok(())
     }
     async fn send(&self, message: Outbound) -> Result<SentMessage, AdapterError> {
         self.record(&message.conversation.chat_id, message.text, message.choices);
@@ -168,7 +164,7 @@ pub fn harness(data_dir: &Path, script: &str, settings: PipelineSettings) -> Har
     let engine = Arc::new(ScriptedEngine::new(script));
     let channel = Arc::new(RecordingChannel::default());
     let store = Store::open(data_dir).expect("store opens");
-    let channel_dyn: Arc<dyn Adapter> = channel.clone();
+    let channel_dyn: Arc<dyn Outbox> = channel.clone();
     let pipeline = Arc::new(Pipeline {
         store: store.clone(),
         llm: engine.clone(),

@@ -7,7 +7,7 @@ use futures::StreamExt;
 use tokio::time::Instant;
 
 use crate::{
-    split_message, Adapter, AdapterError, ConversationRef, DeltaStream, Outbound, SentMessage,
+    split_message, AdapterError, ConversationRef, DeltaStream, Outbound, Outbox, SentMessage,
 };
 
 /// Collects every delta of a stream into one text.
@@ -38,7 +38,7 @@ impl Default for EditPacing {
 /// it grows, at most once per `pacing.min_interval`. When the text outgrows
 /// the platform limit, the full part stays and a new message continues it.
 /// Returns the full text.
-pub async fn deliver_by_editing<A: Adapter + ?Sized>(
+pub async fn deliver_by_editing<A: Outbox + ?Sized>(
     adapter: &A,
     conversation: &ConversationRef,
     mut deltas: DeltaStream,
@@ -71,7 +71,7 @@ pub async fn deliver_by_editing<A: Adapter + ?Sized>(
 }
 
 /// The messages showing one growing reply.
-struct EditedReply<'a, A: Adapter + ?Sized> {
+struct EditedReply<'a, A: Outbox + ?Sized> {
     adapter: &'a A,
     conversation: &'a ConversationRef,
     limit: usize,
@@ -81,7 +81,7 @@ struct EditedReply<'a, A: Adapter + ?Sized> {
     current: Option<(SentMessage, String)>,
 }
 
-impl<A: Adapter + ?Sized> EditedReply<'_, A> {
+impl<A: Outbox + ?Sized> EditedReply<'_, A> {
     /// Makes the messages show `full`: finishes parts that reached the limit
     /// and sends or edits the last one.
     async fn show(&mut self, full: &str) -> Result<(), AdapterError> {
@@ -128,10 +128,9 @@ mod tests {
     use std::sync::Mutex;
 
     use async_trait::async_trait;
-    use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::{Capabilities, InboundSink};
+    use crate::Capabilities;
 
     #[derive(Default)]
     struct RecordingAdapter {
@@ -139,7 +138,7 @@ mod tests {
     }
 
     #[async_trait]
-    impl Adapter for RecordingAdapter {
+    impl Outbox for RecordingAdapter {
         fn platform(&self) -> &str {
             "recording"
         }
@@ -152,9 +151,6 @@ mod tests {
                 threads: false,
                 typing: false,
             }
-        }
-        async fn run(&self, _: InboundSink, _: CancellationToken) -> Result<(), AdapterError> {
-            Ok(())
         }
         async fn send(&self, message: Outbound) -> Result<SentMessage, AdapterError> {
             let mut calls = self.calls.lock().unwrap();

@@ -220,18 +220,18 @@ pub enum AdapterError {
 /// Dropping every sink tells the core that the channels have no more input.
 #[derive(Clone, Debug)]
 pub struct InboundSink {
-    queue: mpsc::Sender<Intake>,
+    queue: mpsc::Sender<Handover>,
 }
 
 /// The core's end of the sinks: messages with the receipts to answer.
 #[derive(Debug)]
 pub struct InboundSource {
-    queue: mpsc::Receiver<Intake>,
+    queue: mpsc::Receiver<Handover>,
 }
 
 /// One message handed over by a channel, waiting for the core to take it.
 #[derive(Debug)]
-pub struct Intake {
+pub struct Handover {
     /// The message.
     pub message: Inbound,
     receipt: Receipt,
@@ -250,7 +250,7 @@ impl Receipt {
     }
 }
 
-impl Intake {
+impl Handover {
     /// The message and its receipt.
     pub fn into_parts(self) -> (Inbound, Receipt) {
         (self.message, self.receipt)
@@ -275,7 +275,7 @@ impl InboundSink {
     pub async fn send(&self, message: Inbound) -> Result<(), NotTaken> {
         let (receipt, taken) = tokio::sync::oneshot::channel();
         self.queue
-            .send(Intake {
+            .send(Handover {
                 message,
                 receipt: Receipt(receipt),
             })
@@ -287,12 +287,12 @@ impl InboundSink {
 
 impl InboundSource {
     /// The next message, or `None` once every sink is dropped.
-    pub async fn recv(&mut self) -> Option<Intake> {
+    pub async fn recv(&mut self) -> Option<Handover> {
         self.queue.recv().await
     }
 
     /// A message that is already waiting, without waiting for one.
-    pub fn try_recv(&mut self) -> Option<Intake> {
+    pub fn try_recv(&mut self) -> Option<Handover> {
         self.queue.try_recv().ok()
     }
 }
@@ -300,15 +300,9 @@ impl InboundSource {
 /// A reply as it is generated: text deltas in order.
 pub type DeltaStream = BoxStream<'static, String>;
 
-/// One platform connection. Implementations live in their own crates.
+/// What a channel receives: it pushes customers' messages into the core.
 #[async_trait]
-pub trait Adapter: Send + Sync + 'static {
-    /// Platform name used in `ConversationRef::platform`.
-    fn platform(&self) -> &str;
-
-    /// What this channel can render.
-    fn capabilities(&self) -> Capabilities;
-
+pub trait Intake: Send + Sync + 'static {
     /// Receives from the platform and pushes every customer message into
     /// `inbound`, until `shutdown` fires or the input ends (console EOF).
     async fn run(
@@ -322,6 +316,18 @@ pub trait Adapter: Send + Sync + 'static {
     fn is_connected(&self) -> Option<bool> {
         None
     }
+}
+
+/// What a channel sends: the bot's messages, edits and typing, in the
+/// platform's terms. Wrappers that change how replies go out (threading
+/// them, buffering them) are outboxes only.
+#[async_trait]
+pub trait Outbox: Send + Sync + 'static {
+    /// Platform name used in `ConversationRef::platform`.
+    fn platform(&self) -> &str;
+
+    /// What this channel can render.
+    fn capabilities(&self) -> Capabilities;
 
     /// Sends one complete message (at most `max_message_chars`).
     async fn send(&self, message: Outbound) -> Result<SentMessage, AdapterError>;
@@ -384,3 +390,9 @@ pub trait Adapter: Send + Sync + 'static {
         Ok(text)
     }
 }
+
+/// One platform connection: its intake and its outbox. Implementations
+/// live in their own crates.
+pub trait Adapter: Intake + Outbox {}
+
+impl<T: Intake + Outbox> Adapter for T {}

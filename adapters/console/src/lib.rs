@@ -8,8 +8,8 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use concierge_adapter::{
-    Adapter, AdapterError, Capabilities, ChatKind, ConversationRef, DeltaStream, Inbound,
-    InboundContent, InboundSink, Outbound, SenderRef, SentMessage,
+    AdapterError, Capabilities, ChatKind, ConversationRef, DeltaStream, Inbound, InboundContent,
+    InboundSink, Intake, Outbound, Outbox, SenderRef, SentMessage,
 };
 use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -120,22 +120,7 @@ async fn read_bounded_line<R: tokio::io::AsyncBufRead + Unpin>(
 }
 
 #[async_trait]
-impl Adapter for ConsoleAdapter {
-    fn platform(&self) -> &str {
-        PLATFORM
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            max_message_chars: usize::MAX,
-            appends_stream: true,
-            can_edit: false,
-            buttons: false,
-            threads: false,
-            typing: false,
-        }
-    }
-
+impl Intake for ConsoleAdapter {
     async fn run(
         &self,
         inbound: InboundSink,
@@ -172,6 +157,24 @@ impl Adapter for ConsoleAdapter {
                     _ = notified => {}
                 }
             }
+        }
+    }
+}
+
+#[async_trait]
+impl Outbox for ConsoleAdapter {
+    fn platform(&self) -> &str {
+        PLATFORM
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_message_chars: usize::MAX,
+            appends_stream: true,
+            can_edit: false,
+            buttons: false,
+            threads: false,
+            typing: false,
         }
     }
 

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use concierge_adapter::{
-    redact, split_message, Adapter, AdapterError, Capabilities, ChatPacer, Choice, ChoiceKeys,
-    CommandSpec, ConversationRef, EditPacing, InboundSink, Outbound, SentMessage,
+    redact, split_message, AdapterError, Capabilities, ChatPacer, Choice, ChoiceKeys, CommandSpec,
+    ConversationRef, EditPacing, InboundSink, Intake, Outbound, Outbox, SentMessage,
 };
 use serenity::all::{
     ButtonStyle, ChannelId, ChannelType, ClientBuilder, CommandInteraction, CreateActionRow,
@@ -334,26 +334,7 @@ fn channel_id(conversation: &ConversationRef) -> Result<ChannelId, AdapterError>
 }
 
 #[async_trait]
-impl Adapter for DiscordAdapter {
-    fn platform(&self) -> &str {
-        PLATFORM
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            max_message_chars: MAX_MESSAGE_CHARS,
-            appends_stream: false,
-            can_edit: true,
-            buttons: true,
-            threads: true,
-            typing: true,
-        }
-    }
-
-    fn is_connected(&self) -> Option<bool> {
-        Some(self.inner.connected.load(Ordering::Relaxed))
-    }
-
+impl Intake for DiscordAdapter {
     async fn run(
         &self,
         inbound: InboundSink,
@@ -387,6 +368,27 @@ impl Adapter for DiscordAdapter {
         };
         inner.connected.store(false, Ordering::Relaxed);
         result
+    }
+    fn is_connected(&self) -> Option<bool> {
+        Some(self.inner.connected.load(Ordering::Relaxed))
+    }
+}
+
+#[async_trait]
+impl Outbox for DiscordAdapter {
+    fn platform(&self) -> &str {
+        PLATFORM
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_message_chars: MAX_MESSAGE_CHARS,
+            appends_stream: false,
+            can_edit: true,
+            buttons: true,
+            threads: true,
+            typing: true,
+        }
     }
 
     async fn send(&self, message: Outbound) -> Result<SentMessage, AdapterError> {

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use concierge_adapter::{
-    redact, split_message, Adapter, AdapterError, Capabilities, ChatPacer, Choice, ChoiceKeys,
-    CommandSpec, ConversationRef, EditPacing, InboundSink, Outbound, SentMessage,
+    redact, split_message, AdapterError, Capabilities, ChatPacer, Choice, ChoiceKeys, CommandSpec,
+    ConversationRef, EditPacing, InboundSink, Intake, Outbound, Outbox, SentMessage,
 };
 use teloxide::payloads::{
     GetUpdatesSetters, SendChatActionSetters, SendMessageSetters, SetMyCommandsSetters,
@@ -524,7 +524,23 @@ impl TelegramAdapter {
 }
 
 #[async_trait]
-impl Adapter for TelegramAdapter {
+impl Intake for TelegramAdapter {
+    async fn run(
+        &self,
+        inbound: InboundSink,
+        shutdown: CancellationToken,
+    ) -> Result<(), AdapterError> {
+        let result = self.run_until_error(inbound, shutdown).await;
+        self.inner.connected.store(false, Ordering::Relaxed);
+        result
+    }
+    fn is_connected(&self) -> Option<bool> {
+        Some(self.inner.connected.load(Ordering::Relaxed))
+    }
+}
+
+#[async_trait]
+impl Outbox for TelegramAdapter {
     fn platform(&self) -> &str {
         PLATFORM
     }
@@ -538,20 +554,6 @@ impl Adapter for TelegramAdapter {
             threads: true,
             typing: true,
         }
-    }
-
-    fn is_connected(&self) -> Option<bool> {
-        Some(self.inner.connected.load(Ordering::Relaxed))
-    }
-
-    async fn run(
-        &self,
-        inbound: InboundSink,
-        shutdown: CancellationToken,
-    ) -> Result<(), AdapterError> {
-        let result = self.run_until_error(inbound, shutdown).await;
-        self.inner.connected.store(false, Ordering::Relaxed);
-        result
     }
 
     async fn send(&self, message: Outbound) -> Result<SentMessage, AdapterError> {
