@@ -13,7 +13,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use concierge_adapter::ConversationRef;
+use concierge_adapter::{ConversationRef, Inbound};
 use futures::FutureExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -22,7 +22,6 @@ use tokio_util::task::TaskTracker;
 use crate::config::ModerationConfig;
 use crate::inbox::{Delivery, Inbox};
 use crate::moderation::{Moderation, Verdict};
-use crate::pipeline::Pipeline;
 
 /// One item of a conversation's queue.
 enum Work {
@@ -30,6 +29,36 @@ enum Work {
     Handle(Delivery),
     /// Tell the sender they are over the flood limit.
     Notice(Delivery),
+}
+
+/// What the router hands messages to: the pipeline, or a test's fake.
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Whether `message` comes from where flood limits do not apply (the
+    /// agents' spaces).
+    fn is_exempt(&self, message: &Inbound) -> bool;
+
+    /// Handles one message; false when a stop cut it short, so it stays in
+    /// the inbox for the next start.
+    async fn handle(&self, delivery: &Delivery) -> bool;
+
+    /// Tells a sender over the flood limit to slow down.
+    async fn tell_rate_limited(&self, message: &Inbound);
+}
+
+#[async_trait::async_trait]
+impl Handler for crate::pipeline::Pipeline {
+    fn is_exempt(&self, message: &Inbound) -> bool {
+        self.is_agents_space(message)
+    }
+
+    async fn handle(&self, delivery: &Delivery) -> bool {
+        self.handle_delivery(delivery).await
+    }
+
+    async fn tell_rate_limited(&self, message: &Inbound) {
+        crate::pipeline::Pipeline::tell_rate_limited(self, message).await
+    }
 }
 
 /// Past this many known conversations, queues of exited workers are dropped.
@@ -69,11 +98,23 @@ fn key_of(conversation: &ConversationRef) -> String {
 /// closes, then waits until every queued message is handled. A message is
 /// checked out of `inbox` once it was handled, refused or dropped.
 pub async fn run(
-    mut deliveries: mpsc::Receiver<Delivery>,
+    deliveries: mpsc::Receiver<Delivery>,
     inbox: Inbox,
-    pipeline: Arc<Pipeline>,
+    handler: Arc<dyn Handler>,
     in_flight: InFlight,
     limits: ModerationConfig,
+) {
+    route_all(deliveries, inbox, handler, in_flight, limits, WORKER_IDLE).await
+}
+
+/// `run`, with workers that exit after `idle` without work.
+async fn route_all(
+    mut deliveries: mpsc::Receiver<Delivery>,
+    inbox: Inbox,
+    handler: Arc<dyn Handler>,
+    in_flight: InFlight,
+    limits: ModerationConfig,
+    idle: Duration,
 ) {
     let tracker = TaskTracker::new();
     let queue_size = limits.queue_per_conversation.max(1);
@@ -83,7 +124,7 @@ pub async fn run(
     while let Some(delivery) = deliveries.recv().await {
         let message = &delivery.message;
         // A replay was admitted before the restart.
-        let verdict = if delivery.replayed || pipeline.is_agents_space(message) {
+        let verdict = if delivery.replayed || handler.is_exempt(message) {
             Verdict::Admit
         } else {
             moderation.check(message, tokio::time::Instant::now())
@@ -134,9 +175,10 @@ pub async fn run(
         let handle = tracker.spawn(worker(
             receiver,
             inbox.clone(),
-            Arc::clone(&pipeline),
+            Arc::clone(&handler),
             in_flight.clone(),
             previous,
+            idle,
         ));
         // The worker holds the receiver and the queue is empty, so this succeeds.
         let _ = queue.try_send(work);
@@ -162,9 +204,10 @@ impl Work {
 async fn worker(
     mut queue: mpsc::Receiver<Work>,
     inbox: Inbox,
-    pipeline: Arc<Pipeline>,
+    handler: Arc<dyn Handler>,
     in_flight: InFlight,
     previous: Option<JoinHandle<()>>,
+    idle: Duration,
 ) {
     // Messages that raced into the previous worker's queue go first.
     if let Some(previous) = previous {
@@ -173,7 +216,7 @@ async fn worker(
     loop {
         let message = tokio::select! {
             message = queue.recv() => message,
-            _ = tokio::time::sleep(WORKER_IDLE) => {
+            _ = tokio::time::sleep(idle) => {
                 // Refuse new messages, then finish any that raced in.
                 queue.close();
                 queue.recv().await
@@ -186,13 +229,13 @@ async fn worker(
         in_flight.enter(&key);
         let result = match &work {
             Work::Handle(delivery) => {
-                AssertUnwindSafe(pipeline.handle_delivery(delivery))
+                AssertUnwindSafe(handler.handle(delivery))
                     .catch_unwind()
                     .await
             }
             Work::Notice(delivery) => {
                 AssertUnwindSafe(async {
-                    pipeline.tell_rate_limited(&delivery.message).await;
+                    handler.tell_rate_limited(&delivery.message).await;
                     true
                 })
                 .catch_unwind()
@@ -208,5 +251,184 @@ async fn worker(
         if result.is_err() {
             tracing::error!(conversation = %key, "a message handler panicked; the conversation goes on");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use concierge_adapter::{ChatKind, InboundContent, SenderRef};
+
+    use super::*;
+
+    /// Records which worker task handled which message, in order.
+    #[derive(Default)]
+    struct Recorder {
+        handled: Mutex<Vec<(String, String, tokio::task::Id)>>,
+        done: tokio::sync::Notify,
+        panic_on: Option<&'static str>,
+    }
+
+    #[async_trait::async_trait]
+    impl Handler for Recorder {
+        fn is_exempt(&self, _: &Inbound) -> bool {
+            false
+        }
+        async fn handle(&self, delivery: &Delivery) -> bool {
+            let InboundContent::Text(text) = &delivery.message.content else {
+                return true;
+            };
+            if self.panic_on == Some(text.as_str()) {
+                panic!("handler failure on {text}");
+            }
+            self.handled.lock().unwrap().push((
+                delivery.message.conversation.chat_id.clone(),
+                text.clone(),
+                tokio::task::id(),
+            ));
+            self.done.notify_waiters();
+            true
+        }
+        async fn tell_rate_limited(&self, _: &Inbound) {}
+    }
+
+    impl Recorder {
+        fn texts(&self, chat: &str) -> Vec<String> {
+            let handled = self.handled.lock().unwrap();
+            handled
+                .iter()
+                .filter(|(of, _, _)| of == chat)
+                .map(|(_, text, _)| text.clone())
+                .collect()
+        }
+        fn workers(&self, chat: &str) -> BTreeSet<tokio::task::Id> {
+            let handled = self.handled.lock().unwrap();
+            handled
+                .iter()
+                .filter(|(of, _, _)| of == chat)
+                .map(|(_, _, worker)| *worker)
+                .collect()
+        }
+        async fn wait_for(&self, count: usize) {
+            loop {
+                let notified = self.done.notified();
+                if self.handled.lock().unwrap().len() >= count {
+                    return;
+                }
+                notified.await;
+            }
+        }
+    }
+
+    fn delivery(chat: &str, text: &str) -> Delivery {
+        Delivery::transient(Inbound {
+            conversation: ConversationRef {
+                platform: "test".into(),
+                chat_id: chat.into(),
+            },
+            chat: ChatKind::Private,
+            sender: SenderRef {
+                platform: "test".into(),
+                user_id: chat.into(),
+                display_name: None,
+                language_hint: None,
+            },
+            content: InboundContent::Text(text.into()),
+            message_id: None,
+            in_reply_to: None,
+            thread_parent: None,
+            received_at: std::time::SystemTime::now(),
+        })
+    }
+
+    fn unlimited() -> ModerationConfig {
+        ModerationConfig {
+            enabled: false,
+            queue_per_conversation: 10_000,
+            ..crate::config::Config::defaults().moderation
+        }
+    }
+
+    const IDLE: Duration = Duration::from_millis(20);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_worker_exits_and_the_next_message_gets_a_new_one() {
+        let recorder = Arc::new(Recorder::default());
+        let (sender, deliveries) = mpsc::channel(16);
+        let router = tokio::spawn(route_all(
+            deliveries,
+            Inbox::transient(),
+            recorder.clone(),
+            InFlight::default(),
+            unlimited(),
+            IDLE,
+        ));
+        sender.send(delivery("a", "first")).await.unwrap();
+        recorder.wait_for(1).await;
+        // Long past the idle time: that worker is gone.
+        tokio::time::sleep(IDLE * 10).await;
+        sender.send(delivery("a", "second")).await.unwrap();
+        recorder.wait_for(2).await;
+        assert_eq!(recorder.texts("a"), ["first", "second"]);
+        assert_eq!(recorder.workers("a").len(), 2, "a new worker took over");
+        drop(sender);
+        router.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn messages_racing_a_worker_going_idle_keep_their_order() {
+        let recorder = Arc::new(Recorder::default());
+        let (sender, deliveries) = mpsc::channel(1024);
+        let router = tokio::spawn(route_all(
+            deliveries,
+            Inbox::transient(),
+            recorder.clone(),
+            InFlight::default(),
+            unlimited(),
+            IDLE,
+        ));
+        // Gaps around the idle time: some messages reach a worker that is
+        // closing its queue and must go to the next worker, after it.
+        let mut expected = Vec::new();
+        for n in 0..120u64 {
+            let text = format!("message {n}");
+            sender.send(delivery("a", &text)).await.unwrap();
+            sender.send(delivery("b", &text)).await.unwrap();
+            expected.push(text);
+            let gap = IDLE.as_micros() as u64 * (80 + (n * 37) % 40) / 100;
+            tokio::time::sleep(Duration::from_micros(gap)).await;
+        }
+        drop(sender);
+        router.await.unwrap();
+        assert_eq!(recorder.texts("a"), expected);
+        assert_eq!(recorder.texts("b"), expected);
+        assert!(
+            recorder.workers("a").len() > 1,
+            "workers went idle on the way"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_stops_neither_the_conversation_nor_the_router() {
+        let recorder = Arc::new(Recorder {
+            panic_on: Some("boom"),
+            ..Recorder::default()
+        });
+        let (sender, deliveries) = mpsc::channel(16);
+        let router = tokio::spawn(route_all(
+            deliveries,
+            Inbox::transient(),
+            recorder.clone(),
+            InFlight::default(),
+            unlimited(),
+            IDLE,
+        ));
+        for text in ["before", "boom", "after"] {
+            sender.send(delivery("a", text)).await.unwrap();
+        }
+        drop(sender);
+        router.await.unwrap();
+        assert_eq!(recorder.texts("a"), ["before", "after"]);
     }
 }

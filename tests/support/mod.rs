@@ -200,7 +200,7 @@ pub async fn run_messages(harness: &Harness, messages: Vec<Inbound>) {
     let router = tokio::spawn(concierge::router::run(
         delivered,
         concierge::inbox::Inbox::transient(),
-        Arc::clone(&harness.pipeline),
+        harness.pipeline.clone(),
         Default::default(),
         limits,
     ));
