@@ -211,10 +211,15 @@ async fn tokens_never_reach_the_log_even_when_the_platforms_fail() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Both channels fail and retry for a while; health says they are not up.
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    let (_, health) = support::http_get(operator_port, "/healthz", None).unwrap();
-    let health: serde_json::Value = serde_json::from_str(&health).unwrap();
+    // Both channels fail and retry: Telegram's polls are refused twice,
+    // Discord is reported failed; health says neither is up.
+    let health = support::wait_for(WAIT, || {
+        let (_, health) = support::http_get(operator_port, "/healthz", None).ok()?;
+        let health: serde_json::Value = serde_json::from_str(&health).ok()?;
+        (telegram.dropped_connections() >= 2 && health["channels"]["discord"]["state"] == "failed")
+            .then_some(health)
+    })
+    .expect("both channels fail");
     for channel in ["telegram", "discord"] {
         let state = health["channels"][channel]["state"]
             .as_str()

@@ -183,7 +183,8 @@ async fn an_outage_loses_and_duplicates_no_update_and_a_restart_resumes_after_th
     assert!(eventually(WAIT, || texts_in(&fake, CHAT).len() == 2).await);
 
     fake.outage(Duration::from_secs(4));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The daemon has met the outage: its poll was refused.
+    assert!(eventually(WAIT, || fake.dropped_connections() > 0).await);
     for n in 3..=5 {
         fake.push_message(CHAT, "private", CUSTOMER, &format!("message {n}"));
     }
