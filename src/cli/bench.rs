@@ -1,0 +1,72 @@
+//! `concierge bench engine|recommend|classify|search`: figures as JSON.
+
+use std::path::PathBuf;
+
+use concierge::config::{self, Config};
+use concierge::{bench, models};
+
+use super::block_on;
+
+fn print(figures: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(figures)?);
+    Ok(())
+}
+
+/// `concierge bench engine`.
+pub(super) fn engine(
+    config: &Config,
+    model: Option<PathBuf>,
+    runs: usize,
+    max_tokens: usize,
+    backend: Option<String>,
+    concurrency: &[usize],
+) -> anyhow::Result<()> {
+    let mut engine = config.engine.clone();
+    engine.backend = match backend.as_deref() {
+        Some("cpu") => config::EngineBackend::Cpu,
+        Some("mistralrs") => config::EngineBackend::Mistralrs,
+        Some(_) => config::EngineBackend::Auto,
+        None => engine.backend,
+    };
+    let path = match model {
+        Some(path) => path,
+        None => models::prepare(&engine)?,
+    };
+    let figures = block_on(bench::engine(
+        &path,
+        &engine,
+        runs.max(1),
+        max_tokens,
+        concurrency,
+    ))?;
+    print(&figures)
+}
+
+/// `concierge bench recommend`.
+pub(super) fn recommend(
+    items: usize,
+    users: usize,
+    events: usize,
+    queries: usize,
+) -> anyhow::Result<()> {
+    print(&bench::recommend(
+        items.max(1),
+        users.max(1),
+        events,
+        queries.max(1),
+    )?)
+}
+
+/// `concierge bench classify`.
+pub(super) fn classify(config: &Config, messages: usize, runs: usize) -> anyhow::Result<()> {
+    print(&bench::classify(
+        &config.escalation.intents_dir,
+        messages.max(1),
+        runs,
+    )?)
+}
+
+/// `concierge bench search`.
+pub(super) fn search(passages: usize, queries: usize) -> anyhow::Result<()> {
+    print(&bench::search(passages.max(1), queries.max(1))?)
+}

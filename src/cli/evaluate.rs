@@ -1,0 +1,108 @@
+//! Offline measurement and training: `eval retrieval|intents`, `recommend
+//! eval`, `classify` and `train intents`.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use concierge::config::Config;
+use concierge::{app, eval, intent, recommend};
+
+use super::data::open_store;
+
+/// `concierge eval retrieval DATA [--details]`.
+pub(super) fn retrieval(config: &Config, data: &Path, details: bool) -> anyhow::Result<()> {
+    let questions = eval::read_questions(data)?;
+    let store = open_store(config)?;
+    let kb = app::load_knowledge(config, &store)?;
+    let report = eval::retrieval(&kb, &questions, |outcome| {
+        if details {
+            eprintln!("{}", serde_json::to_string(outcome).unwrap_or_default());
+        }
+    })?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// `concierge eval intents DATA [--folds N]`.
+pub(super) fn intents(
+    config: &Config,
+    data: &Path,
+    text_column: Option<String>,
+    label_column: Option<String>,
+    folds: usize,
+) -> anyhow::Result<()> {
+    let examples = intent::read_examples(data, text_column.as_deref(), label_column.as_deref())?;
+    let shipped = config.escalation.intents_dir.as_path();
+    let base = intent::read_all_examples(&intent::default_training_files(shipped)?, None, None)?;
+    let model = if folds == 0 {
+        Some(intent::load_or_train(&config.store.data_dir, shipped)?)
+    } else {
+        None
+    };
+    let report = intent::evaluate::evaluate(&examples, &base, folds, model.as_ref(), 1);
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// `concierge recommend eval INTERACTIONS [--protocol full|loo100]`.
+pub(super) fn recommendations(
+    interactions: &Path,
+    protocol: &str,
+    seed: Option<u64>,
+    k: usize,
+) -> anyhow::Result<()> {
+    let data = recommend::dataset::Interactions::read(interactions)?;
+    let protocol = if protocol == "full" {
+        recommend::evaluate::Protocol::Full
+    } else {
+        recommend::evaluate::Protocol::Loo100
+    };
+    let seeds = seed.map_or_else(|| vec![1, 2, 3], |seed| vec![seed]);
+    let texts = recommend::dataset::item_texts(interactions, &data.items);
+    let report = recommend::evaluate::run(&data, texts.as_deref(), protocol, &seeds, k.max(1))?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// `concierge classify`: one JSON verdict per line of stdin.
+pub(super) fn classify(config: &Config) -> anyhow::Result<()> {
+    let classifier = intent::load_or_train(&config.store.data_dir, &config.escalation.intents_dir)?;
+    let mut out = std::io::stdout().lock();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.context("reading stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let result = classifier.classify(line.trim());
+        writeln!(out, "{}", serde_json::to_string(&result)?)?;
+    }
+    Ok(())
+}
+
+/// `concierge train intents [DATA…]`: the classifier, saved in the data directory.
+pub(super) fn train_intents(
+    config: &Config,
+    data: Vec<PathBuf>,
+    text_column: Option<String>,
+    label_column: Option<String>,
+) -> anyhow::Result<()> {
+    let files = if data.is_empty() {
+        intent::default_training_files(&config.escalation.intents_dir)?
+    } else {
+        data
+    };
+    let examples =
+        intent::read_all_examples(&files, text_column.as_deref(), label_column.as_deref())?;
+    anyhow::ensure!(!examples.is_empty(), "no labelled messages in {files:?}");
+    let classifier = intent::Classifier::train(&examples, &intent::TrainOptions::default());
+    let path = config.store.data_dir.join(intent::MODEL_FILE);
+    classifier.model().save(&path)?;
+    let report = serde_json::json!({
+        "examples": examples.len(),
+        "files": files,
+        "model": path,
+    });
+    println!("{report}");
+    Ok(())
+}
