@@ -352,10 +352,12 @@ mod tests {
 
     const IDLE: Duration = Duration::from_millis(20);
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_idle_worker_exits_and_the_next_message_gets_a_new_one() {
-        let recorder = Arc::new(Recorder::default());
-        let (sender, deliveries) = mpsc::channel(16);
+    /// A router over `recorder` without flood limits, its workers idle after `IDLE`.
+    fn start(
+        recorder: &Arc<Recorder>,
+        queue: usize,
+    ) -> (mpsc::Sender<Delivery>, tokio::task::JoinHandle<()>) {
+        let (sender, deliveries) = mpsc::channel(queue);
         let router = tokio::spawn(route_all(
             deliveries,
             Inbox::transient(),
@@ -364,6 +366,13 @@ mod tests {
             unlimited(),
             IDLE,
         ));
+        (sender, router)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_worker_exits_and_the_next_message_gets_a_new_one() {
+        let recorder = Arc::new(Recorder::default());
+        let (sender, router) = start(&recorder, 16);
         sender.send(delivery("a", "first")).await.unwrap();
         recorder.wait_for(1).await;
         // Long past the idle time: that worker is gone.
@@ -379,15 +388,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn messages_racing_a_worker_going_idle_keep_their_order() {
         let recorder = Arc::new(Recorder::default());
-        let (sender, deliveries) = mpsc::channel(1024);
-        let router = tokio::spawn(route_all(
-            deliveries,
-            Inbox::transient(),
-            recorder.clone(),
-            InFlight::default(),
-            unlimited(),
-            IDLE,
-        ));
+        let (sender, router) = start(&recorder, 1024);
         // Gaps around the idle time: some messages reach a worker that is
         // closing its queue and must go to the next worker, after it.
         let mut expected = Vec::new();
@@ -415,15 +416,7 @@ mod tests {
             panic_on: Some("boom"),
             ..Recorder::default()
         });
-        let (sender, deliveries) = mpsc::channel(16);
-        let router = tokio::spawn(route_all(
-            deliveries,
-            Inbox::transient(),
-            recorder.clone(),
-            InFlight::default(),
-            unlimited(),
-            IDLE,
-        ));
+        let (sender, router) = start(&recorder, 16);
         for text in ["before", "boom", "after"] {
             sender.send(delivery("a", text)).await.unwrap();
         }

@@ -281,6 +281,21 @@ impl Store {
         customer_id: u64,
         platform: Option<&str>,
     ) -> Result<Vec<Conversation>, StoreError> {
+        Ok(self
+            .indexed_conversations(customer_id)?
+            .into_iter()
+            .map(|(_, conversation)| conversation)
+            .filter(|conversation| {
+                platform.is_none_or(|platform| platform == conversation.platform)
+            })
+            .collect())
+    }
+
+    /// A customer's conversations with their keys in the customer's index.
+    pub(super) fn indexed_conversations(
+        &self,
+        customer_id: u64,
+    ) -> Result<Vec<(Vec<u8>, Conversation)>, StoreError> {
         let mut conversations = Vec::new();
         for entry in self
             .customer_conversations
@@ -297,10 +312,7 @@ impl Store {
             else {
                 continue;
             };
-            let conversation: Conversation = self.decode(TREE_CONVERSATIONS, &bytes)?;
-            if platform.is_none_or(|platform| platform == conversation.platform) {
-                conversations.push(conversation);
-            }
+            conversations.push((key.to_vec(), self.decode(TREE_CONVERSATIONS, &bytes)?));
         }
         Ok(conversations)
     }

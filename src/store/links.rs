@@ -239,26 +239,15 @@ impl Store {
                 plan.identities.push(key.to_vec());
             }
         }
-        for entry in self.customer_conversations.scan_prefix(from.to_be_bytes()) {
-            let (key, _) = entry.map_err(|err| self.err(err))?;
-            let Some(id) = key.get(8..16).and_then(decode_u64) else {
-                continue;
-            };
-            let Some(bytes) = self
-                .conversations
-                .get(id.to_be_bytes())
-                .map_err(|err| self.err(err))?
-            else {
-                continue;
-            };
-            let mut conversation: Conversation = self.decode(TREE_CONVERSATIONS, &bytes)?;
+        for (key, mut conversation) in self.indexed_conversations(from)? {
+            let id = conversation.id;
             conversation.customer_id = into;
             let mut moved = into.to_be_bytes().to_vec();
             moved.extend_from_slice(&id.to_be_bytes());
             plan.conversations.push(MovedConversation {
                 id,
                 record: Self::encode(&conversation),
-                old_index: key.to_vec(),
+                old_index: key,
                 new_index: moved,
             });
         }
