@@ -24,7 +24,9 @@ pub use events::{Event, EventKind};
 pub use inbox::IntakeId;
 pub use knowledge::{KbDoc, KbKind, KbPassage};
 pub use links::{LinkCode, LinkOutcome};
-pub use tickets::{AgentPost, Ticket, TranscriptLine, TranscriptRole, Transition};
+pub use tickets::{
+    AgentPost, Priority, Ticket, TicketState, TranscriptLine, TranscriptRole, Transition,
+};
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -33,7 +35,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 
-use crate::escalation::ticket::{Priority, TicketState};
 use crate::prompts::Locale;
 
 /// Version of the store layout this build reads and writes.

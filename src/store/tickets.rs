@@ -2,6 +2,90 @@
 
 use super::*;
 
+/// Where a ticket stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TicketState {
+    /// Waiting for an agent.
+    Open,
+    /// An agent has it.
+    Assigned,
+    /// The agent asked the customer something.
+    WaitingOnCustomer,
+    /// The agent solved it; the bot is back and asks for a rating.
+    Resolved,
+    /// Done for good.
+    Closed,
+}
+
+impl TicketState {
+    /// The state as written in output and commands.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Assigned => "assigned",
+            Self::WaitingOnCustomer => "waiting_on_customer",
+            Self::Resolved => "resolved",
+            Self::Closed => "closed",
+        }
+    }
+
+    /// Whether a person handles the conversation (the bot stays silent).
+    pub fn with_agents(self) -> bool {
+        matches!(self, Self::Open | Self::Assigned | Self::WaitingOnCustomer)
+    }
+
+    /// Whether moving to `next` is allowed: forward through the workflow,
+    /// back from waiting, and reopening a resolved or closed ticket.
+    pub fn can_move_to(self, next: TicketState) -> bool {
+        use TicketState::*;
+        matches!(
+            (self, next),
+            (Open, Assigned)
+                | (Open, Resolved)
+                | (Assigned, Assigned)
+                | (Assigned, WaitingOnCustomer)
+                | (Assigned, Resolved)
+                | (WaitingOnCustomer, Assigned)
+                | (WaitingOnCustomer, Resolved)
+                | (Resolved, Closed)
+                | (Resolved, Open)
+                | (Closed, Open)
+        )
+    }
+}
+
+/// How urgent a ticket is; higher is more urgent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// A plain request for a person.
+    Normal,
+    /// A complaint.
+    High,
+    /// A complaint with strong language or from a customer who came back.
+    Urgent,
+}
+
+impl Priority {
+    /// The priority as written in output.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::High => "high",
+            Self::Urgent => "urgent",
+        }
+    }
+
+    /// One step more urgent.
+    pub fn raised(self) -> Self {
+        match self {
+            Self::Normal => Self::High,
+            Self::High | Self::Urgent => Self::Urgent,
+        }
+    }
+}
+
 /// Who wrote a line of a ticket's transcript; stored by these names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
