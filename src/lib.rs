@@ -12,6 +12,7 @@ pub mod config;
 pub mod engine;
 pub mod escalation;
 pub mod eval;
+mod handlers;
 pub mod handoff;
 pub mod health;
 pub mod history;

@@ -11,25 +11,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use concierge_adapter::{ChatKind, Choice, DeltaStream, Inbound, InboundContent, Outbound, Outbox};
+use concierge_adapter::{Choice, DeltaStream, Inbound, InboundContent, Outbound, Outbox};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::buttons::{Button, ItemAction};
 use crate::engine::{ChatRequest, EngineError, Llm, Sampling, StreamEvent};
+use crate::handlers;
 use crate::knowledge::{answer, Hit, KnowledgeBase};
 use crate::prompts::{Locale, Prompts, Template};
 use crate::recommend::ranker::{subject, Recommendation, SharedRanker};
 use crate::route::{self, Message, Route};
 use crate::session;
-use crate::store::{
-    Customer, CustomerTurn, Event, EventKind, IntakeId, LinkOutcome, Role, SourceRef, Store,
-};
+use crate::store::{Customer, CustomerTurn, Event, EventKind, IntakeId, Role, SourceRef, Store};
 use crate::telemetry;
-use crate::understand::{
-    as_link_code, understand, Command, Understood, LINK_CODE_ALPHABET, LINK_CODE_LENGTH,
-    LINK_CODE_PREFIX,
-};
+use crate::understand::{understand, Understood};
 
 /// History messages read per reply before the token budget trims them.
 const HISTORY_READ_LIMIT: usize = 64;
@@ -197,18 +193,6 @@ async fn show_typing(adapter: &dyn Outbox, chat: &concierge_adapter::Conversatio
         Err(_) => tracing::debug!("typing indicator timed out"),
         Ok(Ok(())) => {}
     }
-}
-
-/// How long a `/link` code works.
-const LINK_CODE_VALIDITY: Duration = Duration::from_secs(10 * 60);
-/// A fresh random link code.
-fn new_link_code() -> String {
-    use rand::Rng;
-    let mut rng = rand::rng();
-    let body: String = (0..LINK_CODE_LENGTH)
-        .map(|_| LINK_CODE_ALPHABET[rng.random_range(0..LINK_CODE_ALPHABET.len())] as char)
-        .collect();
-    format!("{LINK_CODE_PREFIX}{body}")
 }
 
 /// The key of a chat customer in interaction events.
@@ -486,9 +470,15 @@ impl Pipeline {
                     .await;
             }
             Route::Command(command) => {
-                let reply = self
-                    .run_command(command, &mut customer, inbound, locale)
-                    .await?;
+                let reply = handlers::command::run(
+                    self.context(),
+                    &self.link_guard,
+                    command,
+                    &mut customer,
+                    inbound,
+                    locale,
+                )
+                .await?;
                 adapter
                     .send(Outbound::text(inbound.conversation.clone(), reply))
                     .await?;
@@ -510,206 +500,6 @@ impl Pipeline {
             started,
         )
         .await
-    }
-
-    async fn run_command(
-        &self,
-        command: Command,
-        customer: &mut Customer,
-        inbound: &Inbound,
-        locale: Locale,
-    ) -> anyhow::Result<String> {
-        let conversation = &inbound.conversation;
-        let reply = match command {
-            Command::Start => {
-                customer.registered = true;
-                self.store.update_customer(customer)?;
-                self.store.flush().await?;
-                self.prompts.text(locale, Template::Start).to_string()
-            }
-            Command::Help => self.prompts.text(locale, Template::Help).to_string(),
-            Command::Reset => {
-                self.store.start_conversation(
-                    customer.id,
-                    &conversation.platform,
-                    &conversation.chat_id,
-                )?;
-                self.store.flush().await?;
-                self.prompts.text(locale, Template::Reset).to_string()
-            }
-            // Handled before commands that only reply with text.
-            Command::Recommend(_) => String::new(),
-            Command::Link(None) => {
-                let code = new_link_code();
-                let minutes = (LINK_CODE_VALIDITY.as_secs() / 60).to_string();
-                let text = self.prompts.render(
-                    locale,
-                    Template::LinkCode,
-                    &[("code", &code), ("minutes", &minutes)],
-                );
-                let expires = crate::store::now_ms() + LINK_CODE_VALIDITY.as_millis() as u64;
-                // A code is the key to the customer's history: in a group it
-                // goes to their private chat only.
-                let owner_chat = match inbound.chat {
-                    ChatKind::Private => conversation.clone(),
-                    ChatKind::Group => match self.private_chat(&inbound.sender).await {
-                        Some(private) => private,
-                        None => {
-                            return Ok(self
-                                .prompts
-                                .text(locale, Template::PrivateChatNeeded)
-                                .to_string())
-                        }
-                    },
-                };
-                self.store.create_link_code(
-                    &code,
-                    customer.id,
-                    expires,
-                    (&owner_chat.platform, &owner_chat.chat_id),
-                )?;
-                self.store.flush().await?;
-                let reply = match inbound.chat {
-                    ChatKind::Private => return Ok(text),
-                    ChatKind::Group if self.send_privately(&owner_chat, text).await => {
-                        Template::LinkCodeSentPrivately
-                    }
-                    ChatKind::Group => Template::PrivateChatNeeded,
-                };
-                self.prompts.text(locale, reply).to_string()
-            }
-            Command::Link(Some(code)) => self.link(customer, inbound, &code, locale).await?,
-            // Reached only when hand-off is disabled.
-            Command::Human => {
-                self.prompts
-                    .render(locale, Template::UnknownCommand, &[("command", "/human")])
-            }
-            Command::Unknown(word) => {
-                let name = crate::understand::split_command(&word).map(|(name, _)| name);
-                if name.is_some_and(|name| crate::agents::is_agent_command(&name)) {
-                    // Agent commands work only in the agents' spaces, for agents.
-                    tracing::warn!(platform = %inbound.sender.platform, user = %inbound.sender.user_id, command = %word, "agent command refused in a customer chat");
-                    self.prompts
-                        .render(locale, Template::AgentOnly, &[("command", &word)])
-                } else {
-                    self.prompts
-                        .render(locale, Template::UnknownCommand, &[("command", &word)])
-                }
-            }
-        };
-        Ok(reply)
-    }
-
-    /// Enters a link code: this identity joins the code's customer.
-    async fn link(
-        &self,
-        customer: &mut Customer,
-        inbound: &Inbound,
-        code: &str,
-        locale: Locale,
-    ) -> anyhow::Result<String> {
-        let code = as_link_code(code).unwrap_or_default();
-        let sender = &inbound.sender;
-        let sender_key = format!("{}:{}", sender.platform, sender.user_id);
-        let now = tokio::time::Instant::now();
-        if !self.link_guard.may_try(&sender_key, &code, now) {
-            tracing::warn!(platform = %sender.platform, user = %sender.user_id, "link code refused: too many wrong codes");
-            return Ok(self.prompts.text(locale, Template::LinkLimited).to_string());
-        }
-        let outcome = self.store.redeem_link_code(
-            &code,
-            &sender.platform,
-            &sender.user_id,
-            crate::store::now_ms(),
-        )?;
-        let template = match outcome {
-            LinkOutcome::Linked {
-                from,
-                into,
-                code: origin,
-            } => {
-                if let Some(joined) = self.store.customer(into)? {
-                    *customer = joined;
-                }
-                tracing::info!(platform = %sender.platform, from, into, "identities linked");
-                self.tell_code_owner(&origin, &sender.platform, customer.locale)
-                    .await;
-                Template::LinkDone
-            }
-            LinkOutcome::AlreadyLinked => Template::LinkAlready,
-            LinkOutcome::Unknown | LinkOutcome::Expired => {
-                // A failure changed nothing worth an fsync (at most an
-                // expired code was swept).
-                self.link_guard.failed(&sender_key, &code, now);
-                return Ok(self.prompts.text(locale, Template::LinkInvalid).to_string());
-            }
-        };
-        self.store.flush().await?;
-        Ok(self.prompts.text(locale, template).to_string())
-    }
-
-    /// The private chat of `sender` with the bot, where the platform has one.
-    pub(crate) async fn private_chat(
-        &self,
-        sender: &concierge_adapter::SenderRef,
-    ) -> Option<concierge_adapter::ConversationRef> {
-        let adapter = self.adapters.get(&sender.platform)?;
-        match adapter.private_chat(&sender.user_id).await {
-            Ok(chat) => Some(chat),
-            Err(err) => {
-                tracing::info!(platform = %sender.platform, "no private chat with the customer: {err}");
-                None
-            }
-        }
-    }
-
-    /// Sends `text` into a private chat; false when the platform refused it
-    /// (a Telegram user who never started the bot).
-    pub(crate) async fn send_privately(
-        &self,
-        chat: &concierge_adapter::ConversationRef,
-        text: String,
-    ) -> bool {
-        let Some(adapter) = self.adapters.get(&chat.platform) else {
-            return false;
-        };
-        match adapter.send(Outbound::text(chat.clone(), text)).await {
-            Ok(_) => true,
-            Err(err) => {
-                tracing::info!(platform = %chat.platform, "cannot write to the customer privately: {err}");
-                false
-            }
-        }
-    }
-
-    /// Tells the customer who asked for a link code, in the chat where they
-    /// asked, that another identity (on `platform`) joined them.
-    async fn tell_code_owner(
-        &self,
-        code: &crate::store::LinkCode,
-        platform: &str,
-        locale: Option<Locale>,
-    ) {
-        let Some(adapter) = self.adapters.get(&code.platform) else {
-            return;
-        };
-        let locale = locale.unwrap_or(self.settings.default_locale);
-        let platform_name = match platform {
-            "telegram" => "Telegram",
-            "discord" => "Discord",
-            "console" => "console",
-            other => other,
-        };
-        let text =
-            self.prompts
-                .render(locale, Template::LinkJoined, &[("platform", platform_name)]);
-        let chat = concierge_adapter::ConversationRef {
-            platform: code.platform.clone(),
-            chat_id: code.chat_id.clone(),
-        };
-        if let Err(err) = adapter.send(Outbound::text(chat, text)).await {
-            tracing::warn!(platform = %code.platform, "could not tell the code's owner about the link: {err}");
-        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1173,69 +963,47 @@ impl Pipeline {
         Ok(())
     }
 
-    /// A button under a recommendation: stores the event and answers.
     async fn handle_choice(
         &self,
         inbound: &Inbound,
         adapter: &dyn Outbox,
         button: Button,
     ) -> anyhow::Result<()> {
-        let (action, item_id) = match button {
+        match button {
             Button::Rate { ticket, stars } => {
-                return self.handle_rating(inbound, adapter, ticket, stars).await
+                self.handle_rating(inbound, adapter, ticket, stars).await
             }
-            Button::Item { action, item } => (action, item),
-        };
-        let kind = match action {
-            ItemAction::Like => EventKind::Like,
-            ItemAction::Dislike => EventKind::Dislike,
-            ItemAction::Details => EventKind::Click,
-        };
-        let sender = &inbound.sender;
-        let customer = self.store.customer_for_identity(
-            &sender.platform,
-            &sender.user_id,
-            sender
-                .display_name
-                .as_deref()
-                .and_then(crate::sanitize::display_name)
-                .as_deref(),
-        )?;
-        let locale = customer.locale.unwrap_or(self.settings.default_locale);
-        let Some(item) = self.store.catalog_item(&item_id)? else {
-            return Ok(());
-        };
-        self.store.events_append(&[Event {
-            v: crate::store::RECORD_VERSION,
-            user: event_user(&customer),
-            item: item.id.clone(),
-            kind,
-            ts_ms: crate::store::now_ms(),
-            value: None,
-            id: None,
-        }])?;
-        self.store.flush().await?;
-        let reply = match kind {
-            EventKind::Like => {
-                self.prompts
-                    .render(locale, Template::FeedbackLike, &[("title", &item.title)])
+            Button::Item { action, item } => {
+                handlers::choice::item(self.context(), inbound, adapter, action, &item).await
             }
-            EventKind::Dislike => {
-                self.prompts
-                    .render(locale, Template::FeedbackDislike, &[("title", &item.title)])
-            }
-            _ => self.prompts.render(
-                locale,
-                Template::ItemDetails,
-                &[
-                    ("title", &item.title),
-                    ("description", &item.description),
-                    ("price", &price_text(&item)),
-                    ("url", &item.url),
-                ],
-            ),
-        };
-        send_split(adapter, &inbound.conversation, reply.trim()).await
+        }
+    }
+
+    /// What the handlers without a model may use.
+    fn context(&self) -> handlers::Context<'_> {
+        handlers::Context {
+            store: &self.store,
+            prompts: &self.prompts,
+            outboxes: &self.adapters,
+            default_locale: self.settings.default_locale,
+        }
+    }
+
+    /// The private chat of `sender` with the bot, where the platform has one.
+    pub(crate) async fn private_chat(
+        &self,
+        sender: &concierge_adapter::SenderRef,
+    ) -> Option<concierge_adapter::ConversationRef> {
+        self.context().private_chat(sender).await
+    }
+
+    /// Sends `text` into a private chat; false when the platform refused it.
+    pub(crate) async fn send_privately(
+        &self,
+        chat: &concierge_adapter::ConversationRef,
+        text: String,
+    ) -> bool {
+        self.context().send_privately(chat, text).await
     }
 
     /// Streams a model reply to `prompt` and returns what was delivered.
@@ -1326,7 +1094,7 @@ const RECOMMENDATIONS: usize = 5;
 const REASON_TOKENS: usize = 40;
 
 /// "89.95 EUR", or "-" for an item without a price.
-fn price_text(item: &crate::store::CatalogItem) -> String {
+pub(crate) fn price_text(item: &crate::store::CatalogItem) -> String {
     match item.price {
         Some(price) => format!("{price:.2} {}", item.currency).trim().to_string(),
         None => "-".to_string(),
@@ -1363,7 +1131,7 @@ impl Outbox for BufferedReply {
 }
 
 /// Sends a complete text, split at the channel's limit.
-async fn send_split(
+pub(crate) async fn send_split(
     adapter: &dyn Outbox,
     chat: &concierge_adapter::ConversationRef,
     text: &str,
