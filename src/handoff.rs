@@ -199,6 +199,7 @@ impl Pipeline {
             &[("transcript", &transcript)],
         );
         let written = self
+            .model()
             .complete(ticket.locale, &prompt, SUMMARY_TOKENS)
             .await?;
         let sentence: String = written

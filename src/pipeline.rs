@@ -11,16 +11,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use concierge_adapter::{Choice, DeltaStream, Inbound, InboundContent, Outbound, Outbox};
+use concierge_adapter::{DeltaStream, Inbound, InboundContent, Outbound, Outbox};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::buttons::{Button, ItemAction};
+use crate::buttons::Button;
 use crate::engine::{ChatRequest, EngineError, Llm, Sampling, StreamEvent};
 use crate::handlers;
 use crate::knowledge::{answer, Hit, KnowledgeBase};
 use crate::prompts::{Locale, Prompts, Template};
-use crate::recommend::ranker::{subject, Recommendation, SharedRanker};
+use crate::recommend::ranker::SharedRanker;
 use crate::route::{self, Message, Route};
 use crate::session;
 use crate::store::{Customer, CustomerTurn, Event, EventKind, IntakeId, Role, SourceRef, Store};
@@ -456,18 +456,25 @@ impl Pipeline {
                 return Ok(());
             }
             Route::Recommend(request) => {
-                return self
-                    .recommend(
-                        &customer,
-                        inbound,
-                        intake,
-                        adapter,
-                        text,
-                        Some(&request),
-                        locale,
-                        started,
-                    )
-                    .await;
+                let (conversation, turn) = self
+                    .store_customer_message(&customer, &inbound.conversation, text, intake)
+                    .await?;
+                if turn.replayed.is_some_and(|replayed| replayed.answered) {
+                    return Ok(());
+                }
+                return handlers::recommend::run(
+                    self.context(),
+                    self.model(),
+                    self.recommender.as_deref(),
+                    &customer,
+                    &conversation,
+                    &inbound.conversation,
+                    adapter,
+                    Some(&request),
+                    locale,
+                    started,
+                )
+                .await;
             }
             Route::Command(command) => {
                 let reply = handlers::command::run(
@@ -709,235 +716,6 @@ impl Pipeline {
         Ok((conversation, turn))
     }
 
-    /// Replies with catalog items for the customer, each with a reason and
-    /// buttons (👍, 👎, details) that come back as choices.
-    #[allow(clippy::too_many_arguments)]
-    async fn recommend(
-        &self,
-        customer: &Customer,
-        inbound: &Inbound,
-        intake: Option<IntakeId>,
-        adapter: &dyn Outbox,
-        text: &str,
-        request: Option<&str>,
-        locale: Locale,
-        started: Instant,
-    ) -> anyhow::Result<()> {
-        let chat = &inbound.conversation;
-        let (conversation, turn) = self
-            .store_customer_message(customer, chat, text, intake)
-            .await?;
-        if turn.replayed.is_some_and(|replayed| replayed.answered) {
-            return Ok(());
-        }
-        let Some(recommender) = &self.recommender else {
-            let reply = self
-                .prompts
-                .text(locale, Template::RecommendNone)
-                .to_string();
-            send_split(adapter, chat, &reply).await?;
-            return Ok(());
-        };
-        let history = self.store.user_events(&event_user(customer))?;
-        let request = request.filter(|request| !request.trim().is_empty());
-        let picks = recommender
-            .current()
-            .recommend(&history, RECOMMENDATIONS, request);
-        if picks.is_empty() {
-            let reply = self
-                .prompts
-                .text(locale, Template::RecommendNone)
-                .to_string();
-            send_split(adapter, chat, &reply).await?;
-            self.store
-                .append_message(conversation.id, Role::Assistant, &reply)?;
-            self.store.flush().await?;
-            return Ok(());
-        }
-        let intro = self
-            .prompts
-            .text(locale, Template::RecommendIntro)
-            .to_string();
-        adapter
-            .send(Outbound::text(chat.clone(), intro.clone()))
-            .await?;
-        let mut transcript = vec![intro];
-        for (number, pick) in picks.iter().enumerate() {
-            let reason = self
-                .reason(pick, request.map(subject).as_deref(), locale)
-                .await;
-            let item = &pick.item;
-            let text = format!(
-                "{}. {} — {}\n{}\n{}",
-                number + 1,
-                item.title,
-                price_text(item),
-                item.url,
-                reason
-            );
-            // Channels without buttons (the console) get none to misread.
-            let choices = if adapter.capabilities().buttons {
-                vec![
-                    Choice {
-                        id: Button::Item {
-                            action: ItemAction::Like,
-                            item: item.id.clone(),
-                        }
-                        .id(),
-                        label: "👍".into(),
-                    },
-                    Choice {
-                        id: Button::Item {
-                            action: ItemAction::Dislike,
-                            item: item.id.clone(),
-                        }
-                        .id(),
-                        label: "👎".into(),
-                    },
-                    Choice {
-                        id: Button::Item {
-                            action: ItemAction::Details,
-                            item: item.id.clone(),
-                        }
-                        .id(),
-                        label: "details".into(),
-                    },
-                ]
-            } else {
-                Vec::new()
-            };
-            adapter
-                .send(Outbound {
-                    conversation: chat.clone(),
-                    text: text.clone(),
-                    choices,
-                    reply_to: None,
-                })
-                .await?;
-            transcript.push(text);
-        }
-        self.store
-            .append_message(conversation.id, Role::Assistant, &transcript.join("\n"))?;
-        self.store.flush().await?;
-        telemetry::reply_delivered(&chat.platform, "recommend", started.elapsed());
-        Ok(())
-    }
-
-    /// A one-line reason for a recommendation: written by the model from the
-    /// item's data and the customer's history, kept only if it sticks to
-    /// them; otherwise a template chosen by the strongest signal.
-    async fn reason(&self, pick: &Recommendation, request: Option<&str>, locale: Locale) -> String {
-        let item = &pick.item;
-        let history = pick.because_of.clone().unwrap_or_default();
-        let request_text = request.unwrap_or_default();
-        let prompt = self.prompts.render(
-            locale,
-            Template::RecommendReason,
-            &[
-                ("title", &item.title),
-                ("description", &item.description),
-                ("category", &item.category),
-                ("history", &history),
-                ("request", request_text),
-            ],
-        );
-        let facts = Hit {
-            doc: item.id.clone(),
-            title: item.title.clone(),
-            passage: format!(
-                "{} {} {} {} {} {history} {request_text}",
-                item.description,
-                item.category.replace('-', " "),
-                item.tags.join(" "),
-                price_text(item),
-                item.url
-            ),
-            score: 0.0,
-            passage_index: 0,
-            is_faq: false,
-        };
-        if let Some(written) = self.complete(locale, &prompt, REASON_TOKENS).await {
-            let sentence = written
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_string();
-            if answer::faithful(&sentence, std::slice::from_ref(&facts)) {
-                return sentence;
-            }
-        }
-        let signals = &pick.signals;
-        let template = if let Some(because) = pick
-            .because_of
-            .as_deref()
-            .filter(|_| signals.collaborative > 0.0)
-        {
-            return self
-                .prompts
-                .render(locale, Template::ReasonAlsoBought, &[("item", because)])
-                .trim()
-                .to_string();
-        } else if signals.query > 0.0 {
-            return self
-                .prompts
-                .render(
-                    locale,
-                    Template::ReasonMatches,
-                    &[("request", request_text)],
-                )
-                .trim()
-                .to_string();
-        } else if signals.content > 0.0 {
-            Template::ReasonSimilar
-        } else {
-            Template::ReasonPopular
-        };
-        self.prompts.text(locale, template).trim().to_string()
-    }
-
-    /// Runs the model on one prompt (no history) to the end, or `None`.
-    pub(crate) async fn complete(
-        &self,
-        locale: Locale,
-        prompt: &str,
-        max_tokens: usize,
-    ) -> Option<String> {
-        let request = ChatRequest {
-            messages: vec![
-                crate::engine::ChatMessage::new(
-                    crate::engine::ChatRole::System,
-                    self.prompts.text(locale, Template::System),
-                ),
-                crate::engine::ChatMessage::new(
-                    crate::engine::ChatRole::User,
-                    crate::sanitize::neutralise_control_tokens(prompt, self.llm.special_tokens()),
-                ),
-            ],
-            sampling: Sampling {
-                max_tokens,
-                ..self.settings.sampling
-            },
-        };
-        let mut events = self
-            .llm
-            .stream_chat(request, self.cancel.child_token())
-            .await
-            .ok()?;
-        let mut text = String::new();
-        while let Some(event) = events.recv().await {
-            match event {
-                Ok(StreamEvent::Delta(delta)) => text.push_str(&delta),
-                Ok(StreamEvent::Done(_)) => break,
-                Err(err) => {
-                    tracing::debug!("reason generation failed: {err}");
-                    return None;
-                }
-            }
-        }
-        Some(text)
-    }
-
     /// Stores a `view` event for every catalog item the message names.
     async fn record_mentions(&self, customer: &Customer, text: &str) -> anyhow::Result<()> {
         let Some(recommender) = &self.recommender else {
@@ -976,6 +754,16 @@ impl Pipeline {
             Button::Item { action, item } => {
                 handlers::choice::item(self.context(), inbound, adapter, action, &item).await
             }
+        }
+    }
+
+    /// What the handlers that ask the model may use.
+    pub(crate) fn model(&self) -> handlers::Model<'_> {
+        handlers::Model {
+            llm: self.llm.as_ref(),
+            prompts: &self.prompts,
+            sampling: self.settings.sampling,
+            cancel: &self.cancel,
         }
     }
 
@@ -1087,11 +875,6 @@ impl Pipeline {
         Ok(delivered)
     }
 }
-
-/// Items per recommendation reply.
-const RECOMMENDATIONS: usize = 5;
-/// Tokens for a one-line recommendation reason.
-const REASON_TOKENS: usize = 40;
 
 /// "89.95 EUR", or "-" for an item without a price.
 pub(crate) fn price_text(item: &crate::store::CatalogItem) -> String {

@@ -4,13 +4,17 @@
 
 pub(crate) mod choice;
 pub(crate) mod command;
+pub(crate) mod recommend;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use concierge_adapter::{Outbound, Outbox};
 
-use crate::prompts::{Locale, Prompts};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{ChatRequest, Llm, Sampling, StreamEvent};
+use crate::prompts::{Locale, Prompts, Template};
 use crate::store::Store;
 
 /// What a handler may use.
@@ -57,5 +61,60 @@ impl Context<'_> {
                 false
             }
         }
+    }
+}
+
+/// What a handler that asks the model may use besides the `Context`.
+#[derive(Clone, Copy)]
+pub(crate) struct Model<'a> {
+    pub llm: &'a dyn Llm,
+    pub prompts: &'a Prompts,
+    /// The configured sampling; `max_tokens` is set per request.
+    pub sampling: Sampling,
+    /// Cancelled when the daemon stops past its deadline.
+    pub cancel: &'a CancellationToken,
+}
+
+impl Model<'_> {
+    /// Runs the model on one prompt (no history) to the end, or `None`.
+    pub(crate) async fn complete(
+        self,
+        locale: Locale,
+        prompt: &str,
+        max_tokens: usize,
+    ) -> Option<String> {
+        let request = ChatRequest {
+            messages: vec![
+                crate::engine::ChatMessage::new(
+                    crate::engine::ChatRole::System,
+                    self.prompts.text(locale, Template::System),
+                ),
+                crate::engine::ChatMessage::new(
+                    crate::engine::ChatRole::User,
+                    crate::sanitize::neutralise_control_tokens(prompt, self.llm.special_tokens()),
+                ),
+            ],
+            sampling: Sampling {
+                max_tokens,
+                ..self.sampling
+            },
+        };
+        let mut events = self
+            .llm
+            .stream_chat(request, self.cancel.child_token())
+            .await
+            .ok()?;
+        let mut text = String::new();
+        while let Some(event) = events.recv().await {
+            match event {
+                Ok(StreamEvent::Delta(delta)) => text.push_str(&delta),
+                Ok(StreamEvent::Done(_)) => break,
+                Err(err) => {
+                    tracing::debug!("reason generation failed: {err}");
+                    return None;
+                }
+            }
+        }
+        Some(text)
     }
 }
