@@ -7,30 +7,26 @@
 //! before any reply starts; the reply is stored and flushed once delivered.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use concierge_adapter::{DeltaStream, Inbound, InboundContent, Outbound, Outbox};
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::buttons::Button;
-use crate::engine::{ChatRequest, EngineError, Llm, Sampling, StreamEvent};
+use crate::engine::{Llm, Sampling};
 use crate::handlers;
-use crate::knowledge::{answer, Hit, KnowledgeBase};
+use crate::knowledge::KnowledgeBase;
 use crate::prompts::{Locale, Prompts, Template};
 use crate::recommend::ranker::SharedRanker;
 use crate::route::{self, Message, Route};
-use crate::session;
-use crate::store::{Customer, CustomerTurn, Event, EventKind, IntakeId, Role, SourceRef, Store};
+use crate::store::{Customer, CustomerTurn, Event, EventKind, IntakeId, Store};
 use crate::telemetry;
 use crate::understand::{understand, Understood};
 
 /// History messages read per reply before the token budget trims them.
 const HISTORY_READ_LIMIT: usize = 64;
-/// Longest question put into a grounded prompt, in characters.
-const GROUNDED_QUESTION_CHARS: usize = 1000;
 
 /// Settings of the pipeline, from `[engine]` and `[chat]`.
 #[derive(Clone, Debug)]
@@ -156,58 +152,9 @@ impl Outbox for InReplyTo {
     }
 }
 
-/// Platforms drop a typing indicator after about five seconds.
-const TYPING_REFRESH: Duration = Duration::from_secs(4);
-
-/// Runs `work` while the channel shows that the bot is typing.
-async fn while_typing<T>(
-    adapter: &dyn Outbox,
-    chat: &concierge_adapter::ConversationRef,
-    work: impl std::future::Future<Output = T>,
-) -> T {
-    if !adapter.capabilities().typing {
-        return work.await;
-    }
-    let keep_typing = async {
-        loop {
-            show_typing(adapter, chat).await;
-            tokio::time::sleep(TYPING_REFRESH).await;
-        }
-    };
-    // Both run together: a slow typing call never holds up the work.
-    tokio::pin!(work);
-    tokio::pin!(keep_typing);
-    tokio::select! {
-        result = &mut work => result,
-        _ = &mut keep_typing => work.await,
-    }
-}
-
-/// Longest a typing indicator may take before it is given up.
-const TYPING_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Shows the typing indicator, best effort and briefly.
-async fn show_typing(adapter: &dyn Outbox, chat: &concierge_adapter::ConversationRef) {
-    match tokio::time::timeout(TYPING_TIMEOUT, adapter.typing(chat)).await {
-        Ok(Err(err)) => tracing::debug!("typing indicator failed: {err}"),
-        Err(_) => tracing::debug!("typing indicator timed out"),
-        Ok(Ok(())) => {}
-    }
-}
-
 /// The key of a chat customer in interaction events.
 pub fn event_user(customer: &Customer) -> String {
     Store::event_user(customer.id)
-}
-
-/// How a generated reply ended.
-#[derive(Default)]
-struct Outcome {
-    /// The text streamed so far (kept when a reply times out).
-    text: String,
-    usage: Option<crate::engine::Usage>,
-    error: Option<EngineError>,
-    first_token: Option<Duration>,
 }
 
 impl Pipeline {
@@ -496,10 +443,24 @@ impl Pipeline {
             Route::Agents | Route::Choice(_) | Route::UnknownChoice => return Ok(()),
         }
         self.record_mentions(&customer, text).await?;
-        self.answer(
-            &customer,
-            inbound,
-            intake,
+        let chat = &inbound.conversation;
+        let (conversation, turn) = self
+            .store_customer_message(&customer, chat, text, intake)
+            .await?;
+        if turn.replayed.is_some_and(|replayed| replayed.answered) {
+            return Ok(());
+        }
+        let answering = handlers::answer::Answering {
+            ctx: self.context(),
+            model: self.model(),
+            knowledge: self.knowledge.as_deref(),
+            settings: &self.settings,
+        };
+        handlers::answer::run(
+            &answering,
+            &conversation,
+            &turn.history,
+            chat,
             adapter,
             text,
             understood.was_cut,
@@ -507,189 +468,6 @@ impl Pipeline {
             started,
         )
         .await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn answer(
-        &self,
-        customer: &Customer,
-        inbound: &Inbound,
-        intake: Option<IntakeId>,
-        adapter: &dyn Outbox,
-        text: &str,
-        was_cut: bool,
-        locale: Locale,
-        started: Instant,
-    ) -> anyhow::Result<()> {
-        let chat = &inbound.conversation;
-        let (conversation, turn) = self
-            .store_customer_message(customer, chat, text, intake)
-            .await?;
-        if turn.replayed.is_some_and(|replayed| replayed.answered) {
-            return Ok(());
-        }
-        let history = turn.history;
-        if was_cut {
-            let limit = self.settings.max_message_chars.to_string();
-            let note = self
-                .prompts
-                .render(locale, Template::MessageCut, &[("limit", &limit)]);
-            adapter.send(Outbound::text(chat.clone(), note)).await?;
-        }
-
-        let plan = self.plan_answer(text, locale)?;
-        let (reply, sources) = match plan {
-            AnswerPlan::Fixed {
-                text: reply,
-                sources,
-            } => {
-                adapter
-                    .send(Outbound::text(chat.clone(), reply.clone()))
-                    .await?;
-                (reply, sources)
-            }
-            AnswerPlan::Generate { prompt } => {
-                let reply = self
-                    .generate(adapter, chat, &history, &prompt, locale, started)
-                    .await?;
-                (reply, Vec::new())
-            }
-            AnswerPlan::Grounded {
-                prompt,
-                source_line,
-                passages,
-                sources,
-            } => {
-                let reply = self
-                    .grounded(
-                        adapter, chat, &history, &prompt, text, &passages, locale, started,
-                    )
-                    .await?;
-                let reply = format!("{}\n\n{source_line}", reply.trim());
-                send_split(adapter, chat, &reply).await?;
-                (reply, sources)
-            }
-        };
-        if self.is_stopping() {
-            // Cut short by the stop: the message stays in the inbox and is
-            // answered after the restart.
-            return Ok(());
-        }
-        let reply = reply.trim();
-        if reply.is_empty() {
-            telemetry::reply_failed(&chat.platform);
-            let apology = self.prompts.text(locale, Template::EngineError);
-            adapter.send(Outbound::text(chat.clone(), apology)).await?;
-            return Ok(());
-        }
-        self.store
-            .append_message_with_sources(conversation.id, Role::Assistant, reply, sources)?;
-        self.store.flush().await?;
-        telemetry::reply_delivered(&chat.platform, "answer", started.elapsed());
-        Ok(())
-    }
-
-    /// Decides how to answer: an FAQ entry verbatim, the model grounded in
-    /// retrieved passages, an honest "not found", or (without a knowledge
-    /// base, or for small talk) the model alone.
-    fn plan_answer(&self, text: &str, locale: Locale) -> anyhow::Result<AnswerPlan> {
-        let plain = AnswerPlan::Generate {
-            prompt: text.to_string(),
-        };
-        let Some(knowledge) = self.knowledge.as_ref().filter(|kb| kb.passages() > 0) else {
-            return Ok(plain);
-        };
-        let retrieval = knowledge.retrieve(text, self.settings.top_k)?;
-        if retrieval.query_terms == 0 {
-            return Ok(plain);
-        }
-        let source_of = |hit: &Hit| SourceRef {
-            doc: hit.doc.clone(),
-            title: hit.title.clone(),
-            passage: hit.passage_index,
-        };
-        if let Some(faq) = retrieval.faq_answer() {
-            let reply = self.prompts.render(
-                locale,
-                Template::FaqAnswer,
-                &[("answer", &faq.passage), ("title", &faq.title)],
-            );
-            return Ok(AnswerPlan::Fixed {
-                text: reply,
-                sources: vec![source_of(faq)],
-            });
-        }
-        if !retrieval.found() {
-            return Ok(AnswerPlan::Fixed {
-                text: self.prompts.text(locale, Template::NotFound).to_string(),
-                sources: Vec::new(),
-            });
-        }
-        // Passages close to the best one; weak tail hits only add noise.
-        let best = retrieval.hits[0].score;
-        let used: Vec<&Hit> = retrieval
-            .hits
-            .iter()
-            .take(self.settings.top_k)
-            .filter(|hit| hit.score >= best * 0.5)
-            .collect();
-        let listing = used
-            .iter()
-            .enumerate()
-            .map(|(number, hit)| format!("[{}] {}\n{}", number + 1, hit.title, hit.passage))
-            .collect::<Vec<_>>()
-            .join("\n\n");
-        // The context window cuts an over-long prompt from its start, which
-        // here holds the instructions and sources: bound the question instead.
-        let question: String = text.chars().take(GROUNDED_QUESTION_CHARS).collect();
-        let prompt = self.prompts.render(
-            locale,
-            Template::GroundedQuestion,
-            &[("sources", &listing), ("question", &question)],
-        );
-        let source_line = self.prompts.render(
-            locale,
-            Template::SourceLine,
-            &[("title", &retrieval.hits[0].title)],
-        );
-        Ok(AnswerPlan::Grounded {
-            prompt,
-            source_line,
-            sources: used.iter().map(|hit| source_of(hit)).collect(),
-            passages: used.into_iter().cloned().collect(),
-        })
-    }
-
-    /// The model's answer from the passages when every figure in it occurs in
-    /// them; otherwise the passage's best-matching sentences. The answer is
-    /// checked before the customer sees it, so it is not streamed.
-    #[allow(clippy::too_many_arguments)]
-    async fn grounded(
-        &self,
-        adapter: &dyn Outbox,
-        chat: &concierge_adapter::ConversationRef,
-        history: &[crate::store::StoredMessage],
-        prompt: &str,
-        question: &str,
-        passages: &[Hit],
-        locale: Locale,
-        started: Instant,
-    ) -> anyhow::Result<String> {
-        let buffer = BufferedReply;
-        let generated = while_typing(
-            adapter,
-            chat,
-            self.generate(&buffer, chat, history, prompt, locale, started),
-        )
-        .await?;
-        if answer::faithful(&generated, passages) {
-            return Ok(generated);
-        }
-        tracing::info!("generated answer strays from its sources; quoting the source instead");
-        Ok(passages
-            .first()
-            .map(|best| answer::extract(question, best))
-            .unwrap_or_default())
     }
 
     /// Stores the customer's message in their current conversation and
@@ -793,87 +571,6 @@ impl Pipeline {
     ) -> bool {
         self.context().send_privately(chat, text).await
     }
-
-    /// Streams a model reply to `prompt` and returns what was delivered.
-    async fn generate(
-        &self,
-        adapter: &dyn Outbox,
-        chat: &concierge_adapter::ConversationRef,
-        history: &[crate::store::StoredMessage],
-        prompt: &str,
-        locale: Locale,
-        started: Instant,
-    ) -> anyhow::Result<String> {
-        let system_prompt = self.prompts.text(locale, Template::System);
-        let budget = self
-            .settings
-            .context_tokens
-            .saturating_sub(self.settings.sampling.max_tokens);
-        let window =
-            session::build_window(self.llm.as_ref(), system_prompt, history, prompt, budget);
-        tracing::debug!(
-            prompt_tokens = window.prompt_tokens,
-            dropped = window.dropped_history,
-            "prompt built"
-        );
-        let request = ChatRequest {
-            messages: window.messages,
-            sampling: self.settings.sampling,
-        };
-        show_typing(adapter, chat).await;
-        let cancel = self.cancel.child_token();
-        let outcome = Arc::new(Mutex::new(Outcome::default()));
-        let delivered = match self.llm.stream_chat(request, cancel.clone()).await {
-            Ok(events) => {
-                let deltas = delta_stream(events, Arc::clone(&outcome), started);
-                let delivery = adapter.deliver_stream(chat, deltas);
-                match tokio::time::timeout(self.settings.reply_timeout, delivery).await {
-                    Ok(result) => result?,
-                    Err(_) => {
-                        cancel.cancel();
-                        tracing::warn!("reply timed out after {:?}", self.settings.reply_timeout);
-                        // Keep in history what the customer already saw.
-                        outcome
-                            .lock()
-                            .map(|outcome| outcome.text.clone())
-                            .unwrap_or_default()
-                    }
-                }
-            }
-            Err(err) => {
-                if let Ok(mut outcome) = outcome.lock() {
-                    outcome.error = Some(err);
-                }
-                String::new()
-            }
-        };
-        let (usage, error, first_token) = match outcome.lock() {
-            Ok(mut outcome) => (
-                outcome.usage.take(),
-                outcome.error.take(),
-                outcome.first_token,
-            ),
-            Err(_) => (None, None, None),
-        };
-        if let Some(first_token) = first_token {
-            telemetry::first_token(first_token);
-        }
-        if let Some(usage) = usage {
-            telemetry::tokens_used(usage.prompt_tokens, usage.completion_tokens);
-            tracing::info!(
-                prompt_tokens = usage.prompt_tokens,
-                cached_prompt_tokens = usage.cached_prompt_tokens,
-                completion_tokens = usage.completion_tokens,
-                prompt_tok_per_sec = format!("{:.1}", usage.prompt_tokens_per_sec),
-                decode_tok_per_sec = format!("{:.1}", usage.decode_tokens_per_sec),
-                "reply generated"
-            );
-        }
-        if let Some(err) = &error {
-            tracing::error!("engine error: {err}");
-        }
-        Ok(delivered)
-    }
 }
 
 /// "89.95 EUR", or "-" for an item without a price.
@@ -881,35 +578,6 @@ pub(crate) fn price_text(item: &crate::store::CatalogItem) -> String {
     match item.price {
         Some(price) => format!("{price:.2} {}", item.currency).trim().to_string(),
         None => "-".to_string(),
-    }
-}
-
-/// Collects a generated reply instead of showing it, so it can be checked.
-struct BufferedReply;
-
-#[async_trait::async_trait]
-impl Outbox for BufferedReply {
-    fn platform(&self) -> &str {
-        "buffer"
-    }
-    fn capabilities(&self) -> concierge_adapter::Capabilities {
-        concierge_adapter::Capabilities {
-            max_message_chars: usize::MAX,
-            appends_stream: true,
-            can_edit: false,
-            buttons: false,
-            threads: false,
-            typing: false,
-        }
-    }
-    async fn send(
-        &self,
-        message: Outbound,
-    ) -> Result<concierge_adapter::SentMessage, concierge_adapter::AdapterError> {
-        Ok(concierge_adapter::SentMessage {
-            conversation: message.conversation,
-            message_id: String::new(),
-        })
     }
 }
 
@@ -924,56 +592,4 @@ pub(crate) async fn send_split(
         adapter.send(Outbound::text(chat.clone(), part)).await?;
     }
     Ok(())
-}
-
-/// How a question will be answered.
-enum AnswerPlan {
-    /// A reply that needs no model.
-    Fixed {
-        text: String,
-        sources: Vec<SourceRef>,
-    },
-    /// A model reply to `prompt`, without documents.
-    Generate { prompt: String },
-    /// A model reply from retrieved passages, checked against them.
-    Grounded {
-        prompt: String,
-        source_line: String,
-        passages: Vec<Hit>,
-        sources: Vec<SourceRef>,
-    },
-}
-
-/// Turns engine events into the plain text deltas a channel shows, noting
-/// usage, errors and the first token's latency on the side.
-fn delta_stream(
-    events: crate::engine::ReplyStream,
-    outcome: Arc<Mutex<Outcome>>,
-    started: Instant,
-) -> DeltaStream {
-    futures::stream::unfold(Some(events), move |events| {
-        let outcome = Arc::clone(&outcome);
-        async move {
-            let mut events = events?;
-            let event = events.recv().await;
-            let mut outcome = outcome.lock().ok()?;
-            match event {
-                Some(Ok(StreamEvent::Delta(text))) => {
-                    outcome.first_token.get_or_insert_with(|| started.elapsed());
-                    outcome.text.push_str(&text);
-                    Some((text, Some(events)))
-                }
-                Some(Ok(StreamEvent::Done(usage))) => {
-                    outcome.usage = Some(usage);
-                    None
-                }
-                Some(Err(err)) => {
-                    outcome.error = Some(err);
-                    None
-                }
-                None => None,
-            }
-        }
-    })
-    .boxed()
 }

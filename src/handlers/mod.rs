@@ -1,7 +1,8 @@
-//! Handlers of the routes that need no model: commands (with link codes)
-//! and item buttons. Each receives a small `Context` of what it reads and
-//! writes, not the pipeline.
+//! Route handlers: answers, recommendations, commands (with link codes) and
+//! item buttons. Each receives a small `Context` of what it reads and writes
+//! (and a `Model` when it asks the engine), not the pipeline.
 
+pub(crate) mod answer;
 pub(crate) mod choice;
 pub(crate) mod command;
 pub(crate) mod recommend;
