@@ -80,7 +80,7 @@ async fn link_joins_a_telegram_and_a_discord_identity() {
             .any(|text| text.contains("linked with your Discord account")),
         "{on_telegram_chat:?}"
     );
-    let store = concierge::store::Store::open(&dir.path().join("data")).unwrap();
+    let store = support::reopen_store(&dir.path().join("data"));
     let on_telegram = store
         .find_customer("telegram", &TELEGRAM_USER.to_string())
         .unwrap()

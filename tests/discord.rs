@@ -274,7 +274,7 @@ async fn buttons_arrive_as_choices_and_slash_commands_are_answered() {
     );
     daemon.stop().await;
     assert!(!fake.calls_matching("POST", "/interactions/").is_empty());
-    let store = concierge::store::Store::open(&dir.path().join("data")).unwrap();
+    let store = support::reopen_store(&dir.path().join("data"));
     let customer = store
         .find_customer("discord", &CUSTOMER.to_string())
         .unwrap()
@@ -456,7 +456,7 @@ async fn agents_answer_a_ticket_from_its_thread_in_the_agents_channel() {
         .await
     );
     daemon.stop().await;
-    let store = concierge::store::Store::open(&dir.path().join("data")).unwrap();
+    let store = support::reopen_store(&dir.path().join("data"));
     let ticket = store.ticket(1).unwrap().unwrap();
     assert_eq!(ticket.state.label(), "resolved");
     assert_eq!(ticket.assignee.as_deref(), Some("bo"));
@@ -486,6 +486,6 @@ async fn in_a_guild_channel_a_hand_off_moves_to_the_customers_dm_and_others_are_
         texts_in(&fake, LISTED_CHANNEL)
     );
     daemon.stop().await;
-    let store = concierge::store::Store::open(&dir.path().join("data")).unwrap();
+    let store = support::reopen_store(&dir.path().join("data"));
     assert_eq!(store.ticket(1).unwrap().unwrap().chat_id, dm.to_string());
 }

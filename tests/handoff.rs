@@ -242,7 +242,7 @@ async fn a_complaint_goes_to_a_person_and_comes_back_with_a_rating() {
     daemon.stop().await;
 
     // Everything survived the restart: state, transitions and the rating.
-    let store = concierge::store::Store::open(&dir.path().join("data")).unwrap();
+    let store = support::reopen_store(&dir.path().join("data"));
     let ticket = store.ticket(1).unwrap().unwrap();
     assert_eq!(ticket.rating, Some(5));
     let states: Vec<&str> = ticket.transitions.iter().map(|t| t.to.label()).collect();
@@ -402,7 +402,7 @@ async fn agents_answer_from_a_topic_of_the_telegram_agents_group() {
     );
     daemon.stop().await;
 
-    let store = concierge::store::Store::open(&dir.path().join("data")).unwrap();
+    let store = support::reopen_store(&dir.path().join("data"));
     let ticket = store.ticket(1).unwrap().unwrap();
     assert_eq!(ticket.rating, Some(4));
     let moves: Vec<(&str, &str)> = ticket
@@ -651,7 +651,7 @@ async fn in_a_group_each_customer_has_their_own_ticket_answered_privately() {
     press_rating(&fake, ANN as i64, ANN, 5);
     assert!(eventually(WAIT, || texts_of(&fake, ANN as i64).len() == 4).await);
     daemon.stop().await;
-    let store = concierge::store::Store::open(&dir.path().join("data")).unwrap();
+    let store = support::reopen_store(&dir.path().join("data"));
     let ticket = store.ticket(1).unwrap().unwrap();
     assert_eq!(ticket.rating, Some(5));
     assert_eq!(
@@ -697,7 +697,7 @@ async fn a_group_customer_the_bot_cannot_write_to_keeps_a_ticket_of_their_own_in
     press_rating(&fake, SHARED_GROUP, ANN, 4);
     assert!(eventually(WAIT, || texts_of(&fake, SHARED_GROUP).len() == 4).await);
     daemon.stop().await;
-    let store = concierge::store::Store::open(&dir.path().join("data")).unwrap();
+    let store = support::reopen_store(&dir.path().join("data"));
     let ticket = store.ticket(1).unwrap().unwrap();
     assert_eq!(ticket.rating, Some(4));
     assert_eq!(ticket.chat_id, SHARED_GROUP.to_string());

@@ -324,7 +324,7 @@ async fn inline_buttons_come_back_as_choices() {
     daemon.stop().await;
     assert_eq!(fake.calls_of("answerCallbackQuery").len(), 1);
     let item = data.trim_start_matches("rec:details:");
-    let store = concierge::store::Store::open(&dir.path().join("data")).unwrap();
+    let store = support::reopen_store(&dir.path().join("data"));
     let customer = store
         .find_customer("telegram", &CUSTOMER.to_string())
         .unwrap()

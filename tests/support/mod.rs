@@ -239,6 +239,21 @@ pub fn scripted_config(dir: &Path, script: &str, operator_port: u16) -> PathBuf 
     path
 }
 
+/// Opens the store a daemon of this process used, once that daemon has
+/// stopped: sled's flusher thread can hold the file lock for a moment after
+/// the last handle is dropped.
+pub fn reopen_store(data_dir: &Path) -> Store {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        match Store::open(data_dir) {
+            Err(concierge::store::StoreError::Locked { .. }) if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            other => return other.expect("the store opens"),
+        }
+    }
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
