@@ -36,25 +36,18 @@ impl Pipeline {
             .context("hand-off to people is not enabled")
     }
 
-    /// When the chat's conversation is in people's hands: stores the
-    /// customer's message in the conversation and the ticket, and returns
-    /// true (the bot says nothing).
-    pub(crate) async fn relay_if_handed_off(
+    /// The customer's `ticket` is in people's hands: stores the message in
+    /// the conversation and the ticket, and returns true (the bot says
+    /// nothing); false when the ticket was resolved meanwhile.
+    pub(crate) async fn relay(
         &self,
         customer: &Customer,
         chat: &ConversationRef,
         text: &str,
         intake: Option<IntakeId>,
+        ticket: u64,
     ) -> anyhow::Result<bool> {
-        let Some(escalation) = &self.escalation else {
-            return Ok(false);
-        };
-        let Some(ticket) =
-            self.store
-                .active_ticket_for(&chat.platform, &chat.chat_id, customer.id)?
-        else {
-            return Ok(false);
-        };
+        let escalation = self.escalation()?;
         let conversation =
             self.store
                 .current_conversation(customer.id, &chat.platform, &chat.chat_id)?;
@@ -66,7 +59,7 @@ impl Pipeline {
         if turn.replayed.is_some() {
             return Ok(true);
         }
-        let Some(ticket) = escalation.add_customer_line(ticket.id, text).await? else {
+        let Some(ticket) = escalation.add_customer_line(ticket, text).await? else {
             // Resolved meanwhile: the bot answers the stored message.
             return Ok(false);
         };

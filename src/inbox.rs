@@ -95,10 +95,12 @@ impl Inbox {
         let Some(store) = &self.store else {
             return Ok(messages.into_iter().map(Delivery::transient).collect());
         };
-        let ids = {
+        let (ids, messages) = {
             let store = store.clone();
-            let messages = messages.clone();
-            tokio::task::spawn_blocking(move || store.inbox_put(&messages)).await??
+            tokio::task::spawn_blocking(move || {
+                store.inbox_put(&messages).map(|ids| (ids, messages))
+            })
+            .await??
         };
         store.flush().await?;
         Ok(ids

@@ -273,7 +273,7 @@ impl Pipeline {
         let started = Instant::now();
         let mut state = route::State {
             agents_space: self.desk.is_agents_space(inbound),
-            ticket_with_agents: false,
+            ticket_with_agents: None,
             handoff: self.escalation.is_some(),
             recommender: self.recommender.is_some(),
             auto_handoff_confidence: self.settings.auto_handoff_confidence,
@@ -314,15 +314,16 @@ impl Pipeline {
             let found = self
                 .customer_of(&inbound.sender, understood.language)
                 .await?;
-            state.ticket_with_agents = self.escalation.is_some()
-                && self
+            if self.escalation.is_some() {
+                state.ticket_with_agents = self
                     .store
                     .active_ticket_for(
                         &inbound.conversation.platform,
                         &inbound.conversation.chat_id,
                         found.id,
                     )?
-                    .is_some();
+                    .map(|ticket| ticket.id);
+            }
             customer = Some(found);
         }
         let route = route::route(Message::Text(&understood), &state);
@@ -387,9 +388,9 @@ impl Pipeline {
         let locale = customer.locale.unwrap_or(self.settings.default_locale);
         let platform = &inbound.conversation.platform;
         match route {
-            Route::Relay => {
+            Route::Relay(ticket) => {
                 if self
-                    .relay_if_handed_off(&customer, &inbound.conversation, text, intake)
+                    .relay(&customer, &inbound.conversation, text, intake, ticket)
                     .await?
                 {
                     return Ok(());
@@ -403,12 +404,12 @@ impl Pipeline {
                 return Ok(());
             }
             Route::Recommend(request) => {
-                let (conversation, turn) = self
-                    .store_customer_message(&customer, &inbound.conversation, text, intake)
-                    .await?;
-                if turn.replayed.is_some_and(|replayed| replayed.answered) {
+                let Some((conversation, _)) = self
+                    .store_unless_answered(&customer, &inbound.conversation, text, intake)
+                    .await?
+                else {
                     return Ok(());
-                }
+                };
                 return handlers::recommend::run(
                     self.context(),
                     self.model(),
@@ -444,12 +445,12 @@ impl Pipeline {
         }
         self.record_mentions(&customer, text).await?;
         let chat = &inbound.conversation;
-        let (conversation, turn) = self
-            .store_customer_message(&customer, chat, text, intake)
-            .await?;
-        if turn.replayed.is_some_and(|replayed| replayed.answered) {
+        let Some((conversation, history)) = self
+            .store_unless_answered(&customer, chat, text, intake)
+            .await?
+        else {
             return Ok(());
-        }
+        };
         let answering = handlers::answer::Answering {
             ctx: self.context(),
             model: self.model(),
@@ -459,7 +460,7 @@ impl Pipeline {
         handlers::answer::run(
             &answering,
             &conversation,
-            &turn.history,
+            &history,
             chat,
             adapter,
             text,
@@ -468,6 +469,23 @@ impl Pipeline {
             started,
         )
         .await
+    }
+
+    /// `store_customer_message`, or `None` when a replay finds the message
+    /// answered already.
+    async fn store_unless_answered(
+        &self,
+        customer: &Customer,
+        chat: &concierge_adapter::ConversationRef,
+        text: &str,
+        intake: Option<IntakeId>,
+    ) -> anyhow::Result<Option<(crate::store::Conversation, Vec<crate::store::StoredMessage>)>>
+    {
+        let (conversation, turn) = self
+            .store_customer_message(customer, chat, text, intake)
+            .await?;
+        Ok((!turn.replayed.is_some_and(|replayed| replayed.answered))
+            .then_some((conversation, turn.history)))
     }
 
     /// Stores the customer's message in their current conversation and

@@ -23,8 +23,8 @@ pub enum Message<'a> {
 pub struct State {
     /// The message comes from an agents' space (a group, topic or thread).
     pub agents_space: bool,
-    /// The customer has a ticket with people in this chat.
-    pub ticket_with_agents: bool,
+    /// The customer's ticket with people in this chat, by number.
+    pub ticket_with_agents: Option<u64>,
     /// Hand-off to people is enabled (`[escalation]`).
     pub handoff: bool,
     /// A recommender is loaded.
@@ -42,8 +42,8 @@ pub enum Route {
     Choice(Button),
     /// A button id the bot never makes: ignored.
     UnknownChoice,
-    /// The chat is in people's hands: stored in the ticket, relayed.
-    Relay,
+    /// The chat is in people's hands: stored in this ticket, relayed.
+    Relay(u64),
     /// A person takes over, for this reason.
     HandOff(Intent),
     /// Product suggestions for the request.
@@ -65,8 +65,8 @@ pub fn route(message: Message<'_>, state: &State) -> Route {
         }
         Message::Text(understood) => understood,
     };
-    if state.ticket_with_agents {
-        return Route::Relay;
+    if let Some(ticket) = state.ticket_with_agents {
+        return Route::Relay(ticket);
     }
     if state.handoff {
         if understood.command == Some(Command::Human) {
@@ -116,7 +116,7 @@ mod tests {
 
     const CUSTOMER: State = State {
         agents_space: false,
-        ticket_with_agents: false,
+        ticket_with_agents: None,
         handoff: true,
         recommender: true,
         auto_handoff_confidence: 0.8,
@@ -125,7 +125,7 @@ mod tests {
     #[test]
     fn every_kind_of_message_has_one_route() {
         let relay = State {
-            ticket_with_agents: true,
+            ticket_with_agents: Some(7),
             ..CUSTOMER
         };
         let no_handoff = State {
@@ -184,13 +184,13 @@ mod tests {
                 "with people: text",
                 Message::Text(&question),
                 relay,
-                Route::Relay,
+                Route::Relay(7),
             ),
             (
                 "with people: command",
                 Message::Text(&help),
                 relay,
-                Route::Relay,
+                Route::Relay(7),
             ),
             (
                 "/human",
