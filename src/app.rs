@@ -575,7 +575,11 @@ async fn watch_deadlines(pipeline: Arc<Pipeline>, every: Duration, stop: Cancell
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        if let Err(err) = pipeline.check_deadlines(crate::store::now_ms()).await {
+        let checked = match pipeline.tickets() {
+            Ok(tickets) => tickets.check_deadlines(crate::store::now_ms()).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = checked {
             tracing::warn!("{err:#}");
         }
     }

@@ -13,7 +13,6 @@ pub mod engine;
 pub mod escalation;
 pub mod eval;
 mod handlers;
-pub mod handoff;
 pub mod health;
 pub mod history;
 pub mod inbox;

@@ -321,16 +321,20 @@ async fn ticket_action(
             "the daemon is still starting",
         );
     };
+    let tickets = match desk.tickets() {
+        Ok(tickets) => tickets,
+        Err(err) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("{err:#}")),
+    };
     let text = body.text.as_deref().map(str::trim).unwrap_or_default();
     let result = match action.as_str() {
         "reply" | "note" if text.is_empty() => {
             return error(StatusCode::BAD_REQUEST, "\"text\" is required")
         }
-        "reply" => desk.agent_reply(number, agent, text).await,
-        "note" => desk.agent_note(number, agent, text).await,
-        "assign" => desk.agent_assign(number, agent).await,
-        "resolve" => desk.agent_resolve(number, agent).await,
-        "reopen" => desk.agent_reopen(number, agent).await,
+        "reply" => tickets.agent_reply(number, agent, text).await,
+        "note" => tickets.agent_note(number, agent, text).await,
+        "assign" => tickets.agent_assign(number, agent).await,
+        "resolve" => tickets.agent_resolve(number, agent).await,
+        "reopen" => tickets.agent_reopen(number, agent).await,
         other => return error(StatusCode::NOT_FOUND, format!("no ticket action {other:?}")),
     };
     match result {

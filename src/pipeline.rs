@@ -8,44 +8,28 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use concierge_adapter::{DeltaStream, Inbound, InboundContent, Outbound, Outbox};
 use tokio_util::sync::CancellationToken;
 
 use crate::buttons::Button;
-use crate::engine::{Llm, Sampling};
+use crate::engine::Llm;
 use crate::handlers;
 use crate::knowledge::KnowledgeBase;
 use crate::prompts::{Locale, Prompts, Template};
 use crate::recommend::ranker::SharedRanker;
 use crate::route::{self, Message, Route};
-use crate::store::{Customer, CustomerTurn, Event, EventKind, IntakeId, Store};
+use crate::store::{Customer, Event, EventKind, IntakeId, Store};
 use crate::telemetry;
 use crate::understand::{understand, Understood};
 
-/// History messages read per reply before the token budget trims them.
-const HISTORY_READ_LIMIT: usize = 64;
-
+pub use crate::handlers::event_user;
+/// What the ticket handlers use (`Pipeline::tickets`).
+pub use crate::handlers::handoff::Tickets;
 /// Settings of the pipeline, from `[engine]` and `[chat]`.
-#[derive(Clone, Debug)]
-pub struct PipelineSettings {
-    /// Sampling of replies.
-    pub sampling: Sampling,
-    /// Token budget of a whole prompt plus reply.
-    pub context_tokens: usize,
-    /// Longest customer message accepted, in characters.
-    pub max_message_chars: usize,
-    /// Longest a reply may take.
-    pub reply_timeout: Duration,
-    /// Locale when nothing else tells.
-    pub default_locale: Locale,
-    /// Passages retrieved per question.
-    pub top_k: usize,
-    /// Confidence at or above which an escalation hands off by itself.
-    pub auto_handoff_confidence: f32,
-}
+pub use crate::handlers::Settings as PipelineSettings;
 
 /// Everything a message handler needs. Shared by all conversations.
 pub struct Pipeline {
@@ -153,10 +137,6 @@ impl Outbox for InReplyTo {
 }
 
 /// The key of a chat customer in interaction events.
-pub fn event_user(customer: &Customer) -> String {
-    Store::event_user(customer.id)
-}
-
 impl Pipeline {
     /// Tells the channel a conversation's reply is over (also after a panic,
     /// so an interactive console prompts again).
@@ -281,7 +261,7 @@ impl Pipeline {
         let raw = match &inbound.content {
             InboundContent::Choice { id } => {
                 return match route::route(Message::Pressed(id), &state) {
-                    Route::Agents => self.handle_agent_message(inbound, adapter).await,
+                    Route::Agents => self.tickets()?.handle_agent_message(inbound, adapter).await,
                     Route::Choice(button) => self.handle_choice(inbound, adapter, button).await,
                     _ => {
                         tracing::debug!(%id, "a button the bot never made was pressed");
@@ -328,7 +308,7 @@ impl Pipeline {
         }
         let route = route::route(Message::Text(&understood), &state);
         match (route, customer) {
-            (Route::Agents, _) => self.handle_agent_message(inbound, adapter).await,
+            (Route::Agents, _) => self.tickets()?.handle_agent_message(inbound, adapter).await,
             (route, Some(customer)) => {
                 let turn = Turn {
                     inbound,
@@ -390,6 +370,7 @@ impl Pipeline {
         match route {
             Route::Relay(ticket) => {
                 if self
+                    .tickets()?
                     .relay(&customer, &inbound.conversation, text, intake, ticket)
                     .await?
                 {
@@ -398,13 +379,15 @@ impl Pipeline {
                 // Resolved meanwhile: the bot answers.
             }
             Route::HandOff(intent) => {
-                self.hand_off(&customer, inbound, intake, adapter, text, intent, locale)
+                self.tickets()?
+                    .hand_off(&customer, inbound, intake, adapter, text, intent, locale)
                     .await?;
                 telemetry::reply_delivered(platform, "handoff", started.elapsed());
                 return Ok(());
             }
             Route::Recommend(request) => {
                 let Some((conversation, _)) = self
+                    .context()
                     .store_unless_answered(&customer, &inbound.conversation, text, intake)
                     .await?
                 else {
@@ -446,6 +429,7 @@ impl Pipeline {
         self.record_mentions(&customer, text).await?;
         let chat = &inbound.conversation;
         let Some((conversation, history)) = self
+            .context()
             .store_unless_answered(&customer, chat, text, intake)
             .await?
         else {
@@ -469,47 +453,6 @@ impl Pipeline {
             started,
         )
         .await
-    }
-
-    /// `store_customer_message`, or `None` when a replay finds the message
-    /// answered already.
-    async fn store_unless_answered(
-        &self,
-        customer: &Customer,
-        chat: &concierge_adapter::ConversationRef,
-        text: &str,
-        intake: Option<IntakeId>,
-    ) -> anyhow::Result<Option<(crate::store::Conversation, Vec<crate::store::StoredMessage>)>>
-    {
-        let (conversation, turn) = self
-            .store_customer_message(customer, chat, text, intake)
-            .await?;
-        Ok((!turn.replayed.is_some_and(|replayed| replayed.answered))
-            .then_some((conversation, turn.history)))
-    }
-
-    /// Stores the customer's message in their current conversation and
-    /// flushes it, before any reply; returns the conversation and the recent
-    /// history that preceded the message. A message from the inbox is stored
-    /// once however often its handling is replayed.
-    pub(crate) async fn store_customer_message(
-        &self,
-        customer: &Customer,
-        chat: &concierge_adapter::ConversationRef,
-        text: &str,
-        intake: Option<IntakeId>,
-    ) -> anyhow::Result<(crate::store::Conversation, CustomerTurn)> {
-        let conversation =
-            self.store
-                .current_conversation(customer.id, &chat.platform, &chat.chat_id)?;
-        let turn = self.store.append_customer_message(
-            conversation.id,
-            text,
-            intake,
-            HISTORY_READ_LIMIT,
-        )?;
-        self.store.flush().await?;
-        Ok((conversation, turn))
     }
 
     /// Stores a `view` event for every catalog item the message names.
@@ -545,7 +488,9 @@ impl Pipeline {
     ) -> anyhow::Result<()> {
         match button {
             Button::Rate { ticket, stars } => {
-                self.handle_rating(inbound, adapter, ticket, stars).await
+                self.tickets()?
+                    .handle_rating(inbound, adapter, ticket, stars)
+                    .await
             }
             Button::Item { action, item } => {
                 handlers::choice::item(self.context(), inbound, adapter, action, &item).await
@@ -554,7 +499,7 @@ impl Pipeline {
     }
 
     /// What the handlers that ask the model may use.
-    pub(crate) fn model(&self) -> handlers::Model<'_> {
+    fn model(&self) -> handlers::Model<'_> {
         handlers::Model {
             llm: self.llm.as_ref(),
             prompts: &self.prompts,
@@ -573,41 +518,19 @@ impl Pipeline {
         }
     }
 
-    /// The private chat of `sender` with the bot, where the platform has one.
-    pub(crate) async fn private_chat(
-        &self,
-        sender: &concierge_adapter::SenderRef,
-    ) -> Option<concierge_adapter::ConversationRef> {
-        self.context().private_chat(sender).await
+    /// What the ticket handlers use, when hand-off to people is enabled:
+    /// agents' answers and commands, and the SLA clock.
+    pub fn tickets(&self) -> anyhow::Result<Tickets<'_>> {
+        let escalation = self
+            .escalation
+            .as_ref()
+            .context("hand-off to people is not enabled")?;
+        Ok(Tickets {
+            ctx: self.context(),
+            model: self.model(),
+            escalation,
+            agents: &self.desk,
+            max_message_chars: self.settings.max_message_chars,
+        })
     }
-
-    /// Sends `text` into a private chat; false when the platform refused it.
-    pub(crate) async fn send_privately(
-        &self,
-        chat: &concierge_adapter::ConversationRef,
-        text: String,
-    ) -> bool {
-        self.context().send_privately(chat, text).await
-    }
-}
-
-/// "89.95 EUR", or "-" for an item without a price.
-pub(crate) fn price_text(item: &crate::store::CatalogItem) -> String {
-    match item.price {
-        Some(price) => format!("{price:.2} {}", item.currency).trim().to_string(),
-        None => "-".to_string(),
-    }
-}
-
-/// Sends a complete text, split at the channel's limit.
-pub(crate) async fn send_split(
-    adapter: &dyn Outbox,
-    chat: &concierge_adapter::ConversationRef,
-    text: &str,
-) -> anyhow::Result<()> {
-    let limit = adapter.capabilities().max_message_chars;
-    for part in concierge_adapter::split_message(text, limit) {
-        adapter.send(Outbound::text(chat.clone(), part)).await?;
-    }
-    Ok(())
 }

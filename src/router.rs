@@ -98,23 +98,11 @@ fn key_of(conversation: &ConversationRef) -> String {
 /// closes, then waits until every queued message is handled. A message is
 /// checked out of `inbox` once it was handled, refused or dropped.
 pub async fn run(
-    deliveries: mpsc::Receiver<Delivery>,
-    inbox: Inbox,
-    handler: Arc<dyn Handler>,
-    in_flight: InFlight,
-    limits: ModerationConfig,
-) {
-    route_all(deliveries, inbox, handler, in_flight, limits, WORKER_IDLE).await
-}
-
-/// `run`, with workers that exit after `idle` without work.
-async fn route_all(
     mut deliveries: mpsc::Receiver<Delivery>,
     inbox: Inbox,
     handler: Arc<dyn Handler>,
     in_flight: InFlight,
     limits: ModerationConfig,
-    idle: Duration,
 ) {
     let tracker = TaskTracker::new();
     let queue_size = limits.queue_per_conversation.max(1);
@@ -178,7 +166,6 @@ async fn route_all(
             Arc::clone(&handler),
             in_flight.clone(),
             previous,
-            idle,
         ));
         // The worker holds the receiver and the queue is empty, so this succeeds.
         let _ = queue.try_send(work);
@@ -207,7 +194,6 @@ async fn worker(
     handler: Arc<dyn Handler>,
     in_flight: InFlight,
     previous: Option<JoinHandle<()>>,
-    idle: Duration,
 ) {
     // Messages that raced into the previous worker's queue go first.
     if let Some(previous) = previous {
@@ -216,7 +202,7 @@ async fn worker(
     loop {
         let message = tokio::select! {
             message = queue.recv() => message,
-            _ = tokio::time::sleep(idle) => {
+            _ = tokio::time::sleep(WORKER_IDLE) => {
                 // Refuse new messages, then finish any that raced in.
                 queue.close();
                 queue.recv().await
@@ -350,55 +336,61 @@ mod tests {
         }
     }
 
-    const IDLE: Duration = Duration::from_millis(20);
-
-    /// A router over `recorder` without flood limits, its workers idle after `IDLE`.
+    /// A router over `recorder` without flood limits. The tests run on
+    /// paused time, so workers idle after the real `WORKER_IDLE`.
     fn start(
         recorder: &Arc<Recorder>,
         queue: usize,
     ) -> (mpsc::Sender<Delivery>, tokio::task::JoinHandle<()>) {
         let (sender, deliveries) = mpsc::channel(queue);
-        let router = tokio::spawn(route_all(
+        let router = tokio::spawn(run(
             deliveries,
             Inbox::transient(),
             recorder.clone(),
             InFlight::default(),
             unlimited(),
-            IDLE,
         ));
         (sender, router)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_idle_worker_exits_and_the_next_message_gets_a_new_one() {
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_stays_while_busy_and_exits_once_idle() {
         let recorder = Arc::new(Recorder::default());
         let (sender, router) = start(&recorder, 16);
         sender.send(delivery("a", "first")).await.unwrap();
         recorder.wait_for(1).await;
-        // Long past the idle time: that worker is gone.
-        tokio::time::sleep(IDLE * 10).await;
+        tokio::time::sleep(WORKER_IDLE - Duration::from_secs(1)).await;
         sender.send(delivery("a", "second")).await.unwrap();
         recorder.wait_for(2).await;
-        assert_eq!(recorder.texts("a"), ["first", "second"]);
+        assert_eq!(recorder.workers("a").len(), 1, "not idle yet: same worker");
+        tokio::time::sleep(WORKER_IDLE + Duration::from_secs(1)).await;
+        sender.send(delivery("a", "third")).await.unwrap();
+        recorder.wait_for(3).await;
+        assert_eq!(recorder.texts("a"), ["first", "second", "third"]);
         assert_eq!(recorder.workers("a").len(), 2, "a new worker took over");
         drop(sender);
         router.await.unwrap();
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test(start_paused = true)]
     async fn messages_racing_a_worker_going_idle_keep_their_order() {
         let recorder = Arc::new(Recorder::default());
         let (sender, router) = start(&recorder, 1024);
-        // Gaps around the idle time: some messages reach a worker that is
-        // closing its queue and must go to the next worker, after it.
+        // Gaps around the idle time, many of them exactly it: some messages
+        // reach a worker that is closing its queue and are handed over to
+        // the next worker, which waits for the closing one.
         let mut expected = Vec::new();
-        for n in 0..120u64 {
+        for n in 0..120u32 {
             let text = format!("message {n}");
             sender.send(delivery("a", &text)).await.unwrap();
             sender.send(delivery("b", &text)).await.unwrap();
             expected.push(text);
-            let gap = IDLE.as_micros() as u64 * (80 + (n * 37) % 40) / 100;
-            tokio::time::sleep(Duration::from_micros(gap)).await;
+            let gap = match n % 3 {
+                0 => WORKER_IDLE,
+                1 => WORKER_IDLE - Duration::from_millis(1),
+                _ => WORKER_IDLE + Duration::from_millis(1),
+            };
+            tokio::time::sleep(gap).await;
         }
         drop(sender);
         router.await.unwrap();
@@ -410,7 +402,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_panicking_handler_stops_neither_the_conversation_nor_the_router() {
         let recorder = Arc::new(Recorder {
             panic_on: Some("boom"),

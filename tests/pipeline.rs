@@ -267,9 +267,24 @@ async fn a_missed_deadline_is_posted_to_the_agents_space_once_and_recorded() {
     assert!(posts[0].contains("New ticket T-000001"), "{posts:?}");
 
     let opened = base.store.ticket(1).unwrap().unwrap().created_ms;
-    pipeline.check_deadlines(opened + 50_000).await.unwrap();
-    pipeline.check_deadlines(opened + 61_000).await.unwrap();
-    pipeline.check_deadlines(opened + 90_000).await.unwrap();
+    pipeline
+        .tickets()
+        .unwrap()
+        .check_deadlines(opened + 50_000)
+        .await
+        .unwrap();
+    pipeline
+        .tickets()
+        .unwrap()
+        .check_deadlines(opened + 61_000)
+        .await
+        .unwrap();
+    pipeline
+        .tickets()
+        .unwrap()
+        .check_deadlines(opened + 90_000)
+        .await
+        .unwrap();
     let posts = base.channel.texts("agents");
     assert_eq!(posts.len(), 3, "{posts:?}");
     assert!(posts[1].starts_with("Reminder: T-000001"), "{posts:?}");

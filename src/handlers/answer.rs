@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use concierge_adapter::{ConversationRef, DeltaStream, Outbound, Outbox};
 use futures::StreamExt;
 
+use super::{send_split, Settings};
 use super::{Context, Model};
 use crate::engine::{ChatRequest, EngineError, StreamEvent};
 use crate::knowledge::{answer, Hit, KnowledgeBase};
-use crate::pipeline::{send_split, PipelineSettings};
 use crate::prompts::{Locale, Template};
 use crate::session;
 use crate::store::{Conversation, Role, SourceRef, StoredMessage};
@@ -28,7 +28,7 @@ pub(crate) struct Answering<'a> {
     pub model: Model<'a>,
     /// The knowledge base, when one is loaded.
     pub knowledge: Option<&'a KnowledgeBase>,
-    pub settings: &'a PipelineSettings,
+    pub settings: &'a Settings,
 }
 
 /// Answers a question whose message is stored in `conversation` after

@@ -3,8 +3,8 @@
 use concierge_adapter::{Inbound, Outbox};
 
 use super::Context;
+use super::{event_user, price_text, send_split};
 use crate::buttons::ItemAction;
-use crate::pipeline::{event_user, price_text, send_split};
 use crate::prompts::Template;
 use crate::store::{Event, EventKind};
 

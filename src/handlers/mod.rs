@@ -1,22 +1,76 @@
-//! Route handlers: answers, recommendations, commands (with link codes) and
-//! item buttons. Each receives a small `Context` of what it reads and writes
-//! (and a `Model` when it asks the engine), not the pipeline.
+//! Route handlers: answers, recommendations, commands (with link codes),
+//! item buttons, tickets (hand-off, relay, rating) and the agents' side.
+//! Each receives a small `Context` of what it reads and writes (and a
+//! `Model` when it asks the engine, `Tickets` for tickets), not the pipeline.
 
+pub(crate) mod agents;
 pub(crate) mod answer;
 pub(crate) mod choice;
 pub(crate) mod command;
+pub(crate) mod handoff;
 pub(crate) mod recommend;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use concierge_adapter::{Outbound, Outbox};
+use concierge_adapter::{ConversationRef, Outbound, Outbox};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{ChatRequest, Llm, Sampling, StreamEvent};
 use crate::prompts::{Locale, Prompts, Template};
-use crate::store::Store;
+use crate::store::{
+    CatalogItem, Conversation, Customer, CustomerTurn, IntakeId, Store, StoredMessage,
+};
+
+/// History messages read per reply before the token budget trims them.
+const HISTORY_READ_LIMIT: usize = 64;
+
+/// Settings of the handlers, from `[engine]` and `[chat]`.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Sampling of replies.
+    pub sampling: Sampling,
+    /// Token budget of a whole prompt plus reply.
+    pub context_tokens: usize,
+    /// Longest customer message accepted, in characters.
+    pub max_message_chars: usize,
+    /// Longest a reply may take.
+    pub reply_timeout: Duration,
+    /// Locale when nothing else tells.
+    pub default_locale: Locale,
+    /// Passages retrieved per question.
+    pub top_k: usize,
+    /// Confidence at or above which an escalation hands off by itself.
+    pub auto_handoff_confidence: f32,
+}
+
+/// The user id interaction events of `customer` are stored under.
+pub fn event_user(customer: &Customer) -> String {
+    Store::event_user(customer.id)
+}
+
+/// "89.95 EUR", or "-" for an item without a price.
+pub(crate) fn price_text(item: &CatalogItem) -> String {
+    match item.price {
+        Some(price) => format!("{price:.2} {}", item.currency).trim().to_string(),
+        None => "-".to_string(),
+    }
+}
+
+/// Sends a complete text, split at the channel's limit.
+pub(crate) async fn send_split(
+    adapter: &dyn Outbox,
+    chat: &ConversationRef,
+    text: &str,
+) -> anyhow::Result<()> {
+    let limit = adapter.capabilities().max_message_chars;
+    for part in concierge_adapter::split_message(text, limit) {
+        adapter.send(Outbound::text(chat.clone(), part)).await?;
+    }
+    Ok(())
+}
 
 /// What a handler may use.
 #[derive(Clone, Copy)]
@@ -30,11 +84,51 @@ pub(crate) struct Context<'a> {
 }
 
 impl Context<'_> {
+    /// Stores the customer's message in their current conversation and
+    /// flushes it, before any reply; returns the conversation and the recent
+    /// history that preceded the message. A message from the inbox is stored
+    /// once however often its handling is replayed.
+    pub(crate) async fn store_customer_message(
+        self,
+        customer: &Customer,
+        chat: &ConversationRef,
+        text: &str,
+        intake: Option<IntakeId>,
+    ) -> anyhow::Result<(Conversation, CustomerTurn)> {
+        let conversation =
+            self.store
+                .current_conversation(customer.id, &chat.platform, &chat.chat_id)?;
+        let turn = self.store.append_customer_message(
+            conversation.id,
+            text,
+            intake,
+            HISTORY_READ_LIMIT,
+        )?;
+        self.store.flush().await?;
+        Ok((conversation, turn))
+    }
+
+    /// `store_customer_message`, or `None` when a replay finds the message
+    /// answered already.
+    pub(crate) async fn store_unless_answered(
+        self,
+        customer: &Customer,
+        chat: &ConversationRef,
+        text: &str,
+        intake: Option<IntakeId>,
+    ) -> anyhow::Result<Option<(Conversation, Vec<StoredMessage>)>> {
+        let (conversation, turn) = self
+            .store_customer_message(customer, chat, text, intake)
+            .await?;
+        Ok((!turn.replayed.is_some_and(|replayed| replayed.answered))
+            .then_some((conversation, turn.history)))
+    }
+
     /// The private chat of `sender` with the bot, where the platform has one.
     pub(crate) async fn private_chat(
         self,
         sender: &concierge_adapter::SenderRef,
-    ) -> Option<concierge_adapter::ConversationRef> {
+    ) -> Option<ConversationRef> {
         let adapter = self.outboxes.get(&sender.platform)?;
         match adapter.private_chat(&sender.user_id).await {
             Ok(chat) => Some(chat),
@@ -47,11 +141,7 @@ impl Context<'_> {
 
     /// Sends `text` into a private chat; false when the platform refused it
     /// (a Telegram user who never started the bot).
-    pub(crate) async fn send_privately(
-        self,
-        chat: &concierge_adapter::ConversationRef,
-        text: String,
-    ) -> bool {
+    pub(crate) async fn send_privately(self, chat: &ConversationRef, text: String) -> bool {
         let Some(adapter) = self.outboxes.get(&chat.platform) else {
             return false;
         };

@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use concierge_adapter::{Choice, ConversationRef, Outbound, Outbox};
 
+use super::{event_user, price_text, send_split};
 use super::{Context, Model};
 use crate::buttons::{Button, ItemAction};
 use crate::knowledge::{answer, Hit};
-use crate::pipeline::{event_user, price_text, send_split};
 use crate::prompts::{Locale, Template};
 use crate::recommend::ranker::{subject, Recommendation, SharedRanker};
 use crate::store::{Conversation, Customer, Role};

@@ -2,7 +2,8 @@
 //! ticket, the customer is told (in their language, with the ticket id), and
 //! from then on their messages go to the ticket's transcript while the bot
 //! stays silent. Agents answer through `agent_*` (from the agents' spaces,
-//! see `agents`, the operator API and the `concierge tickets` command);
+//! see `handlers::agents`, the operator API and the `concierge tickets`
+//! command);
 //! resolving brings the bot back, which asks for a 1-5 rating with buttons.
 //!
 //! Architecture invariant: every change to a ticket is stored and flushed
@@ -11,10 +12,11 @@
 use anyhow::Context;
 use concierge_adapter::{ChatKind, Choice, ConversationRef, Inbound, Outbound, Outbox};
 
+use super::Model;
+use crate::agents::AgentDesk;
 use crate::escalation::ticket::{display_id, TicketState};
 use crate::escalation::{Escalation, EscalationError, NewTicket};
 use crate::intent::Intent;
-use crate::pipeline::Pipeline;
 use crate::prompts::{Locale, Template};
 use crate::store::{Customer, IntakeId, Role, Ticket, TranscriptRole};
 
@@ -29,13 +31,19 @@ const SUMMARY_CHARS: usize = 300;
 /// Longest wait for the engine's summary before the ticket goes to the agents.
 const SUMMARY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-impl Pipeline {
-    pub(crate) fn escalation(&self) -> anyhow::Result<&Escalation> {
-        self.escalation
-            .as_ref()
-            .context("hand-off to people is not enabled")
-    }
+/// What the ticket handlers use: hand-off, relay, rating, and the agents'
+/// side (`handlers::agents`).
+#[derive(Clone, Copy)]
+pub struct Tickets<'a> {
+    pub(crate) ctx: super::Context<'a>,
+    pub(crate) model: Model<'a>,
+    pub(crate) escalation: &'a Escalation,
+    pub(crate) agents: &'a AgentDesk,
+    /// Longest message accepted from an agent, in characters.
+    pub(crate) max_message_chars: usize,
+}
 
+impl Tickets<'_> {
     /// The customer's `ticket` is in people's hands: stores the message in
     /// the conversation and the ticket, and returns true (the bot says
     /// nothing); false when the ticket was resolved meanwhile.
@@ -47,13 +55,15 @@ impl Pipeline {
         intake: Option<IntakeId>,
         ticket: u64,
     ) -> anyhow::Result<bool> {
-        let escalation = self.escalation()?;
+        let escalation = self.escalation;
         let conversation =
-            self.store
+            self.ctx
+                .store
                 .current_conversation(customer.id, &chat.platform, &chat.chat_id)?;
         // Stored without a flush of its own: the ticket line's flush makes
         // both durable, so a replay that finds the message finds the relay.
         let turn = self
+            .ctx
             .store
             .append_customer_message(conversation.id, text, intake, 0)?;
         if turn.replayed.is_some() {
@@ -86,9 +96,10 @@ impl Pipeline {
         intent: Intent,
         locale: Locale,
     ) -> anyhow::Result<Ticket> {
-        let escalation = self.escalation()?;
+        let escalation = self.escalation;
         let chat = &inbound.conversation;
         let (conversation, turn) = self
+            .ctx
             .store_customer_message(customer, chat, text, intake)
             .await?;
         let history = turn.history;
@@ -122,7 +133,7 @@ impl Pipeline {
         // In a group, the person answers in the customer's private chat, so
         // that only they read the answers and press the rating.
         let private = match inbound.chat {
-            ChatKind::Group => self.private_chat(&inbound.sender).await,
+            ChatKind::Group => self.ctx.private_chat(&inbound.sender).await,
             ChatKind::Private => None,
         };
         let ticket_chat = private.as_ref().unwrap_or(chat);
@@ -140,13 +151,14 @@ impl Pipeline {
             .await?;
         let id = display_id(ticket.id);
         let notice = self
+            .ctx
             .prompts
             .render(locale, Template::TicketOpened, &[("ticket", &id)]);
         let mut ticket = ticket;
         let mut in_chat = notice.clone();
         if let Some(private) = &private {
-            if self.send_privately(private, notice.clone()).await {
-                in_chat = self.prompts.render(
+            if self.ctx.send_privately(private, notice.clone()).await {
+                in_chat = self.ctx.prompts.render(
                     locale,
                     Template::TicketOpenedPrivately,
                     &[("ticket", &id)],
@@ -157,9 +169,10 @@ impl Pipeline {
                 ticket = escalation.move_to_chat(ticket.id, &chat.chat_id).await?;
             }
         }
-        self.store
+        self.ctx
+            .store
             .append_message(conversation.id, Role::Assistant, &in_chat)?;
-        self.store.flush().await?;
+        self.ctx.store.flush().await?;
         adapter.send(Outbound::text(chat.clone(), in_chat)).await?;
         crate::telemetry::ticket_opened(ticket.category.label(), ticket.priority.label());
         tracing::info!(ticket = %id, priority = ticket.priority.label(), category = ticket.category.label(), "ticket opened");
@@ -186,13 +199,13 @@ impl Pipeline {
             .map(|line| format!("{}: {}", line.role, line.text))
             .collect::<Vec<_>>()
             .join("\n");
-        let prompt = self.prompts.render(
+        let prompt = self.ctx.prompts.render(
             ticket.locale,
             Template::TicketSummary,
             &[("transcript", &transcript)],
         );
         let written = self
-            .model()
+            .model
             .complete(ticket.locale, &prompt, SUMMARY_TOKENS)
             .await?;
         let sentence: String = written
@@ -226,10 +239,11 @@ impl Pipeline {
         ticket: u64,
         rating: u8,
     ) -> anyhow::Result<()> {
-        let escalation = self.escalation()?;
+        let escalation = self.escalation;
         let stored = escalation.get(ticket)?;
         // Only the ticket's own customer rates it, in a group too.
         let presser = self
+            .ctx
             .store
             .find_customer(&inbound.sender.platform, &inbound.sender.user_id)?;
         if stored.platform != inbound.sender.platform
@@ -255,6 +269,7 @@ impl Pipeline {
         )
         .await;
         let thanks = self
+            .ctx
             .prompts
             .text(rated.locale, Template::RatingThanks)
             .to_string();
@@ -269,7 +284,8 @@ impl Pipeline {
         ticket: &Ticket,
     ) -> anyhow::Result<(std::sync::Arc<dyn Outbox>, ConversationRef)> {
         let adapter = self
-            .adapters
+            .ctx
+            .outboxes
             .get(&ticket.platform)
             .cloned()
             .with_context(|| format!("the {} channel is not running", ticket.platform))?;
@@ -297,7 +313,7 @@ impl Pipeline {
         text: &str,
         origin: Option<&ConversationRef>,
     ) -> anyhow::Result<Ticket> {
-        let escalation = self.escalation()?;
+        let escalation = self.escalation;
         let current = escalation.get(id)?;
         if !current.state.with_agents() {
             anyhow::bail!(
@@ -319,12 +335,15 @@ impl Pipeline {
             ));
         }
         let ticket = escalation.add_agent_answer(id, agent, text).await?;
-        let conversation =
-            self.store
-                .current_conversation(ticket.customer_id, &chat.platform, &chat.chat_id)?;
-        self.store
+        let conversation = self.ctx.store.current_conversation(
+            ticket.customer_id,
+            &chat.platform,
+            &chat.chat_id,
+        )?;
+        self.ctx
+            .store
             .append_message(conversation.id, Role::Assistant, text)?;
-        self.store.flush().await?;
+        self.ctx.store.flush().await?;
         self.tell_agents(
             &ticket,
             Template::AgentAnswered,
@@ -340,7 +359,7 @@ impl Pipeline {
     /// the agent sees it was kept.
     pub async fn agent_note(&self, id: u64, agent: &str, text: &str) -> anyhow::Result<Ticket> {
         let ticket = self
-            .escalation()?
+            .escalation
             .add_line(id, TranscriptRole::Note, Some(agent), text)
             .await?;
         self.tell_agents(
@@ -373,7 +392,7 @@ impl Pipeline {
         agent: &str,
         template: Template,
     ) -> anyhow::Result<Ticket> {
-        let ticket = self.escalation()?.transition(id, to, agent).await?;
+        let ticket = self.escalation.transition(id, to, agent).await?;
         self.tell_agents(&ticket, template, &[("agent", agent)], None)
             .await;
         Ok(ticket)
@@ -381,13 +400,13 @@ impl Pipeline {
 
     /// The agent solved it: the bot is back and asks the customer for a rating.
     pub async fn agent_resolve(&self, id: u64, agent: &str) -> anyhow::Result<Ticket> {
-        let escalation = self.escalation()?;
+        let escalation = self.escalation;
         let ticket = escalation
             .transition(id, TicketState::Resolved, agent)
             .await?;
         let (adapter, chat) = self.customer_channel(&ticket)?;
         let ticket_id = display_id(ticket.id);
-        let text = self.prompts.render(
+        let text = self.ctx.prompts.render(
             ticket.locale,
             Template::TicketResolved,
             &[("ticket", &ticket_id)],
