@@ -185,6 +185,7 @@ mod tests {
             sender: sender("telegram", "1"),
             content: InboundContent::Text("hi".into()),
             message_id: None,
+            delivery_id: None,
             in_reply_to: None,
             thread_parent: parent.map(str::to_string),
             received_at: std::time::SystemTime::now(),

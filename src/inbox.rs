@@ -7,6 +7,8 @@
 //! Stage invariant: a message a channel acknowledged is in the store until
 //! its handling is over (`Inbox::done`).
 
+use std::time::Duration;
+
 use concierge_adapter::{Inbound, InboundSource, Receipt};
 use tokio::sync::mpsc;
 
@@ -14,6 +16,12 @@ use crate::store::{IntakeId, Store};
 
 /// At most this many messages are stored with one flush.
 const BATCH: usize = 256;
+/// How long a platform's delivery id is remembered. Telegram delivers an
+/// unacknowledged update again for 24 hours, and restarts its update ids
+/// only after a week without updates.
+const DELIVERY_MEMORY: Duration = Duration::from_secs(48 * 3600);
+/// How often delivery ids older than `DELIVERY_MEMORY` are forgotten.
+const FORGET_EVERY: Duration = Duration::from_secs(3600);
 
 /// A message on its way to a handler.
 #[derive(Clone, Debug)]
@@ -90,7 +98,26 @@ impl Inbox {
             .collect())
     }
 
-    /// Stores `messages`, flushes, and returns their deliveries.
+    /// Forgets the delivery ids taken longer than `DELIVERY_MEMORY` ago.
+    async fn forget_old_deliveries(&self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let store = store.clone();
+        let before = crate::store::now_ms().saturating_sub(DELIVERY_MEMORY.as_millis() as u64);
+        match tokio::task::spawn_blocking(move || store.forget_deliveries_taken_before(before))
+            .await
+        {
+            Ok(Ok(forgotten)) => {
+                tracing::debug!(forgotten, "old delivery ids forgotten")
+            }
+            Ok(Err(err)) => tracing::warn!("cannot forget old delivery ids: {err}"),
+            Err(err) => tracing::warn!("inbox task failed: {err}"),
+        }
+    }
+
+    /// Stores `messages`, flushes, and returns their deliveries; a message
+    /// its platform delivered before is acknowledged but not delivered.
     async fn take(&self, messages: Vec<Inbound>) -> anyhow::Result<Vec<Delivery>> {
         let Some(store) = &self.store else {
             return Ok(messages.into_iter().map(Delivery::transient).collect());
@@ -106,10 +133,19 @@ impl Inbox {
         Ok(ids
             .into_iter()
             .zip(messages)
-            .map(|(id, message)| Delivery {
-                intake: Some(id),
-                message,
-                replayed: false,
+            .filter_map(|(id, message)| match id {
+                Some(id) => Some(Delivery {
+                    intake: Some(id),
+                    message,
+                    replayed: false,
+                }),
+                None => {
+                    tracing::info!(
+                        platform = %message.conversation.platform,
+                        "a message its platform delivered again was taken once"
+                    );
+                    None
+                }
             })
             .collect())
     }
@@ -134,7 +170,13 @@ pub async fn run(
             return;
         }
     }
+    inbox.forget_old_deliveries().await;
+    let mut forgot_at = tokio::time::Instant::now();
     while let Some(first) = source.recv().await {
+        if forgot_at.elapsed() >= FORGET_EVERY {
+            inbox.forget_old_deliveries().await;
+            forgot_at = tokio::time::Instant::now();
+        }
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match source.try_recv() {

@@ -193,6 +193,7 @@ mod tests {
             },
             content,
             message_id: None,
+            delivery_id: None,
             in_reply_to: None,
             thread_parent: None,
             received_at: SystemTime::now(),

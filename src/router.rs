@@ -322,6 +322,7 @@ mod tests {
             },
             content: InboundContent::Text(text.into()),
             message_id: None,
+            delivery_id: None,
             in_reply_to: None,
             thread_parent: None,
             received_at: std::time::SystemTime::now(),

@@ -243,6 +243,54 @@ async fn update_ids_that_restart_lower_are_read_once_each() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_update_delivered_again_after_a_crash_before_its_offset_was_saved_is_answered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeTelegram::start().await;
+    let section = telegram_section(&fake);
+    let daemon = InProcessDaemon::start(dir.path(), SCRIPT, &section);
+    let first = fake.push_message(CHAT, "private", CUSTOMER, "message 1");
+    assert!(eventually(WAIT, || texts_in(&fake, CHAT).len() == 1).await);
+    daemon.stop().await;
+    // The process died after storing the update and before saving its
+    // offset: the file still names the update before it, and Telegram,
+    // never told, delivers the update again.
+    let offset_file = dir.path().join("data/telegram/last_update_id");
+    std::fs::write(&offset_file, format!("{}\n", first - 1)).unwrap();
+    fake.deliver_again(first);
+    let daemon = InProcessDaemon::start(dir.path(), SCRIPT, &section);
+    fake.push_message(CHAT, "private", CUSTOMER, "message 2");
+    assert!(eventually(WAIT, || texts_in(&fake, CHAT).len() >= 2).await);
+    daemon.stop().await;
+    assert_eq!(
+        texts_in(&fake, CHAT),
+        ["You said: message 1", "You said: message 2"]
+    );
+    let store = support::reopen_store(&dir.path().join("data"));
+    let customer = store
+        .find_customer("telegram", &CUSTOMER.to_string())
+        .unwrap()
+        .unwrap();
+    let conversation = store
+        .current_conversation(customer.id, "telegram", &CHAT.to_string())
+        .unwrap();
+    let said: Vec<String> = store
+        .conversation_messages(conversation.id)
+        .unwrap()
+        .into_iter()
+        .map(|message| message.text)
+        .collect();
+    assert_eq!(
+        said,
+        [
+            "message 1",
+            "You said: message 1",
+            "message 2",
+            "You said: message 2"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flood_gets_the_burst_and_one_notice_and_others_are_still_answered() {
     const OTHER: i64 = 556;
     let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,9 @@
 //! The durable inbox: messages the channels handed over, kept from the moment
 //! they are taken until their handling is over, so that a crash or a stop past
 //! its deadline replays them at the next start. Keys are intake ids in arrival
-//! order.
+//! order. The platforms' delivery ids taken lately are remembered, so that a
+//! message its platform delivers again (the process died after storing it
+//! but before acknowledging it) is taken once.
 
 use super::*;
 
@@ -9,32 +11,77 @@ use super::*;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IntakeId(pub u64);
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct InboxRecord {
-    v: u32,
     message: concierge_adapter::Inbound,
 }
 
+/// `InboxRecord` as written, borrowing the message.
+#[derive(Serialize)]
+struct InboxRecordRef<'a> {
+    v: u32,
+    message: &'a concierge_adapter::Inbound,
+}
+
+fn seen_key(message: &concierge_adapter::Inbound) -> Option<Vec<u8>> {
+    let delivery = message.delivery_id.as_deref()?;
+    let mut key = message.conversation.platform.as_bytes().to_vec();
+    key.push(0);
+    key.extend_from_slice(delivery.as_bytes());
+    Some(key)
+}
+
 impl Store {
-    /// Adds messages to the inbox; returns their ids, in order. Call `flush`
-    /// before the channels acknowledge them.
+    /// Adds messages to the inbox; returns their ids, in order, and `None`
+    /// for a delivery taken before (in this batch too). Call `flush` before
+    /// the channels acknowledge them.
     pub fn inbox_put(
         &self,
         messages: &[concierge_adapter::Inbound],
-    ) -> Result<Vec<IntakeId>, StoreError> {
-        let mut batch = sled::Batch::default();
-        let mut ids = Vec::with_capacity(messages.len());
+    ) -> Result<Vec<Option<IntakeId>>, StoreError> {
+        let mut records = Vec::with_capacity(messages.len());
         for message in messages {
-            let id = self.next_id()?;
-            let record = InboxRecord {
+            let record = InboxRecordRef {
                 v: RECORD_VERSION,
-                message: message.clone(),
+                message,
             };
-            batch.insert(&id.to_be_bytes(), Self::encode(&record));
-            ids.push(IntakeId(id));
+            records.push((self.next_id()?, seen_key(message), Self::encode(&record)));
         }
-        self.inbox.apply_batch(batch).map_err(|err| self.err(err))?;
-        Ok(ids)
+        let taken_at = now_ms().to_be_bytes();
+        (&self.inbox, &self.intake_seen)
+            .transaction(|(inbox, seen)| {
+                let mut ids = Vec::with_capacity(records.len());
+                for (id, seen_key, record) in &records {
+                    if let Some(key) = seen_key {
+                        if seen.insert(key.as_slice(), &taken_at)?.is_some() {
+                            ids.push(None);
+                            continue;
+                        }
+                    }
+                    inbox.insert(&id.to_be_bytes(), record.as_slice())?;
+                    ids.push(Some(IntakeId(*id)));
+                }
+                Ok(ids)
+            })
+            .map_err(|err| self.transaction_error(err))
+    }
+
+    /// Forgets the delivery ids taken before `before_ms`: a platform
+    /// delivers a message again only within a day or so.
+    pub fn forget_deliveries_taken_before(&self, before_ms: u64) -> Result<usize, StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut forgotten = 0;
+        for entry in self.intake_seen.iter() {
+            let (key, taken_at) = entry.map_err(|err| self.err(err))?;
+            if decode_u64(&taken_at).is_none_or(|taken_at| taken_at < before_ms) {
+                batch.remove(key);
+                forgotten += 1;
+            }
+        }
+        self.intake_seen
+            .apply_batch(batch)
+            .map_err(|err| self.err(err))?;
+        Ok(forgotten)
     }
 
     /// Every message still in the inbox, oldest first. A record this build

@@ -62,6 +62,8 @@ const TREE_AGENT_POSTS: &str = "agent_posts";
 /// `customer id ++ ticket id` -> (): each customer's tickets (schema 2).
 const TREE_CUSTOMER_TICKETS: &str = "customer_tickets";
 const TREE_INBOX: &str = "inbox";
+/// `platform \0 delivery id` -> when it was taken: repeats are taken once.
+const TREE_INTAKE_SEEN: &str = "intake_seen";
 /// Intake id -> key of the customer message stored for it, until its handling ends.
 const TREE_INTAKE_MESSAGES: &str = "intake_messages";
 const KEY_TICKET_COUNTER: &[u8] = b"ticket_counter";
@@ -135,6 +137,7 @@ pub struct Store {
     agent_posts: sled::Tree,
     customer_tickets: sled::Tree,
     inbox: sled::Tree,
+    intake_seen: sled::Tree,
     intake_messages: sled::Tree,
     /// Held while a ticket is read, changed and written back, by every
     /// clone: two changes at once never overwrite each other.
@@ -183,6 +186,7 @@ impl Store {
             agent_posts: db.open_tree(TREE_AGENT_POSTS).map_err(map)?,
             customer_tickets: db.open_tree(TREE_CUSTOMER_TICKETS).map_err(map)?,
             inbox: db.open_tree(TREE_INBOX).map_err(map)?,
+            intake_seen: db.open_tree(TREE_INTAKE_SEEN).map_err(map)?,
             intake_messages: db.open_tree(TREE_INTAKE_MESSAGES).map_err(map)?,
             ticket_writes: Default::default(),
             flushes: Default::default(),

@@ -337,6 +337,7 @@ fn inbound(text: &str) -> concierge_adapter::Inbound {
         },
         content: concierge_adapter::InboundContent::Text(text.into()),
         message_id: Some("1".into()),
+        delivery_id: None,
         in_reply_to: None,
         thread_parent: None,
         received_at: std::time::SystemTime::now(),
@@ -348,9 +349,12 @@ fn the_inbox_keeps_messages_in_order_across_a_reopen_until_they_are_done() {
     let dir = tempfile::tempdir().unwrap();
     let ids = {
         let store = Store::open(dir.path()).unwrap();
-        let ids = store
+        let ids: Vec<IntakeId> = store
             .inbox_put(&[inbound("one"), inbound("two"), inbound("three")])
-            .unwrap();
+            .unwrap()
+            .into_iter()
+            .map(Option::unwrap)
+            .collect();
         store.inbox_done(ids[1]).unwrap();
         store.flush_blocking().unwrap();
         ids
@@ -373,6 +377,48 @@ fn the_inbox_keeps_messages_in_order_across_a_reopen_until_they_are_done() {
 }
 
 #[test]
+fn a_delivery_taken_before_is_not_put_in_the_inbox_again_until_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let delivered = |text: &str, delivery: &str| concierge_adapter::Inbound {
+        delivery_id: Some(delivery.into()),
+        ..inbound(text)
+    };
+    let first = {
+        let store = Store::open(dir.path()).unwrap();
+        let ids = store
+            .inbox_put(&[
+                delivered("one", "message:7:1"),
+                delivered("one", "message:7:1"),
+            ])
+            .unwrap();
+        assert!(ids[0].is_some());
+        assert_eq!(ids[1], None, "a repeat within one batch");
+        store.flush_blocking().unwrap();
+        ids[0].unwrap()
+    };
+    // After a restart the platform delivers it again, with a new message.
+    let store = reopen(dir.path()).unwrap();
+    let ids = store
+        .inbox_put(&[
+            delivered("one", "message:7:1"),
+            delivered("two", "message:7:2"),
+        ])
+        .unwrap();
+    assert_eq!(ids[0], None);
+    assert!(ids[1].is_some_and(|id| id > first));
+    // The same id on another platform is another delivery.
+    let mut elsewhere = delivered("one", "message:7:1");
+    elsewhere.conversation.platform = "discord".into();
+    assert!(store.inbox_put(&[elsewhere]).unwrap()[0].is_some());
+    // Without a delivery id nothing is recognised.
+    assert!(store.inbox_put(&[inbound("one")]).unwrap()[0].is_some());
+    assert_eq!(store.inbox_len(), 4);
+    assert_eq!(store.forget_deliveries_taken_before(0).unwrap(), 0);
+    assert_eq!(store.forget_deliveries_taken_before(u64::MAX).unwrap(), 3);
+    assert!(store.inbox_put(&[delivered("one", "message:7:1")]).unwrap()[0].is_some());
+}
+
+#[test]
 fn a_replayed_customer_message_is_stored_once_and_knows_whether_it_was_answered() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
@@ -383,7 +429,7 @@ fn a_replayed_customer_message_is_stored_once_and_knows_whether_it_was_answered(
     store
         .append_message(conversation.id, Role::User, "earlier")
         .unwrap();
-    let id = store.inbox_put(&[inbound("question")]).unwrap()[0];
+    let id = store.inbox_put(&[inbound("question")]).unwrap()[0].unwrap();
     let first = store
         .append_customer_message(conversation.id, "question", Some(id), 10)
         .unwrap();

@@ -60,6 +60,10 @@ struct Inner {
     /// Where the ids restarted last (see `restart_update_ids`).
     sequence_start: u64,
     next_message_id: i64,
+    /// Ids of the customers' messages: like Telegram's, never repeated in a chat.
+    next_incoming_id: i64,
+    /// Every update queued so far, for `deliver_again`.
+    issued: Vec<Value>,
     calls: Vec<Call>,
     faults: HashMap<String, VecDeque<Fault>>,
     /// Current text of every message the bot sent, by (chat, message id).
@@ -94,6 +98,7 @@ impl FakeTelegram {
             inner: Arc::new(Mutex::new(Inner {
                 next_update_id: 1000,
                 next_message_id: 1,
+                next_incoming_id: 100_000,
                 ..Inner::default()
             })),
             new_update: Arc::new(Notify::new()),
@@ -126,7 +131,7 @@ impl FakeTelegram {
     ) -> u64 {
         let chat_json = chat_json(chat, chat_type);
         let mut message = json!({
-            "message_id": 100_000 + self.calls().len() as i64,
+            "message_id": self.incoming_id(),
             "date": unix_now(),
             "chat": chat_json,
             "from": user_json(user),
@@ -159,7 +164,7 @@ impl FakeTelegram {
         let mut chat_json = chat_json(chat, "supergroup");
         chat_json["is_forum"] = json!(true);
         let message = json!({
-            "message_id": 100_000 + self.calls().len() as i64,
+            "message_id": self.incoming_id(),
             "message_thread_id": thread,
             "is_topic_message": true,
             "date": unix_now(),
@@ -236,12 +241,35 @@ impl FakeTelegram {
         inner.sequence_start = next;
     }
 
+    fn incoming_id(&self) -> i64 {
+        let mut inner = self.inner.lock().unwrap();
+        inner.next_incoming_id += 1;
+        inner.next_incoming_id
+    }
+
+    /// Queues update `id` once more, unchanged, as Telegram does when the
+    /// bot never confirmed it (it died before its next `getUpdates`).
+    pub fn deliver_again(&self, id: u64) {
+        {
+            let mut inner = self.inner.lock().unwrap();
+            let update = inner
+                .issued
+                .iter()
+                .find(|update| update["update_id"].as_u64() == Some(id))
+                .cloned()
+                .expect("an update issued before");
+            inner.updates.push_back(update);
+        }
+        self.new_update.notify_waiters();
+    }
+
     fn push_update(&self, make: impl FnOnce(u64) -> Value) -> u64 {
         let id = {
             let mut inner = self.inner.lock().unwrap();
             let id = inner.next_update_id;
             inner.next_update_id += 1;
             let update = make(id);
+            inner.issued.push(update.clone());
             inner.updates.push_back(update);
             id
         };

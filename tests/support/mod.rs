@@ -119,6 +119,7 @@ pub fn message(user: &str, text: &str) -> Inbound {
         },
         content: InboundContent::Text(text.into()),
         message_id: None,
+        delivery_id: None,
         in_reply_to: None,
         thread_parent: None,
         received_at: SystemTime::now(),

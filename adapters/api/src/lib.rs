@@ -69,6 +69,12 @@ pub struct Inbound {
     pub content: InboundContent,
     /// The platform's id of the message, when it has one.
     pub message_id: Option<String>,
+    /// The platform's unique id of this delivery (a message, a button
+    /// press), where it has one: a platform that delivers it again (it never
+    /// heard that it was taken) gets it taken once. Never reused by the
+    /// platform, unlike Telegram's update ids.
+    #[serde(default)]
+    pub delivery_id: Option<String>,
     /// The id of the message this one replies to, when it is a reply.
     pub in_reply_to: Option<String>,
     /// The chat id of the group or channel that holds the thread or topic

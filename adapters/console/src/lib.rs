@@ -66,6 +66,7 @@ impl ConsoleAdapter {
             },
             content: InboundContent::Text(text),
             message_id: None,
+            delivery_id: None,
             in_reply_to: None,
             thread_parent: None,
             received_at: SystemTime::now(),

@@ -135,6 +135,7 @@ impl Handler {
                     id: self.inner.choice_id(&interaction.data.custom_id),
                 },
                 message_id: Some(interaction.message.id.get().to_string()),
+                delivery_id: Some(format!("interaction:{}", interaction.id.get())),
                 in_reply_to: None,
                 thread_parent: match self
                     .thread_parent(&interaction.guild_id, interaction.channel_id.get())
@@ -258,6 +259,7 @@ impl EventHandler for Handler {
                 sender: sender(&message.author),
                 content: InboundContent::Text(text),
                 message_id: Some(message.id.get().to_string()),
+                delivery_id: Some(format!("message:{}", message.id.get())),
                 in_reply_to: message
                     .message_reference
                     .as_ref()
@@ -301,6 +303,7 @@ impl EventHandler for Handler {
                         sender: sender(&user),
                         content: InboundContent::Text(format!("/{name}")),
                         message_id: Some(message_id),
+                        delivery_id: Some(format!("interaction:{id}")),
                         in_reply_to: None,
                         thread_parent,
                         received_at: SystemTime::now(),

@@ -63,6 +63,7 @@ impl Inner {
                 id: self.choice_id(data),
             },
             message_id: Some(message.id().0.to_string()),
+            delivery_id: Some(format!("press:{}", query.id)),
             in_reply_to: None,
             thread_parent,
             received_at: SystemTime::now(),
@@ -147,6 +148,7 @@ fn inbound_message(
         sender: sender(from),
         content: InboundContent::Text(text),
         message_id: Some(message.id.0.to_string()),
+        delivery_id: Some(format!("message:{}:{}", message.chat.id.0, message.id.0)),
         in_reply_to: message
             .reply_to_message()
             .map(|original| original.id.0.to_string()),
