@@ -1,7 +1,8 @@
-//! Stage two: checks across keys once every key is read — tokens of enabled
+//! Stage two, across keys: checks once every key is read — tokens of enabled
 //! channels, agents for every agents' space, keys and environment variables
 //! that match nothing (Kubernetes service links excepted).
 
+use super::raw::{env_name, RawConfig};
 use super::*;
 
 impl Reader<'_> {
@@ -48,44 +49,18 @@ impl Reader<'_> {
         }
     }
 
-    /// Records unknown keys of the file as issues, and returns the stray
-    /// environment variables as warnings.
-    pub(super) fn check_unknown(&mut self) -> Vec<ConfigIssue> {
-        let mut unknown = Vec::new();
-        let sections: BTreeSet<String> = self
-            .known
-            .iter()
-            .filter_map(|key| key.split_once('.').map(|(section, _)| section.to_string()))
-            .collect();
-        for (section, value) in &self.table {
-            match value.as_table() {
-                Some(table) if sections.contains(section) => {
-                    for key in table.keys() {
-                        if !self.known.contains(&format!("{section}.{key}")) {
-                            unknown.push(format!("{section}.{key}"));
-                        }
-                    }
-                }
-                Some(_) => unknown.push(section.clone()),
-                None => unknown.push(section.clone()),
-            }
-        }
-        for key in unknown {
+    /// Records unknown keys of the file as issues, and returns the
+    /// `unmatched` environment variables as warnings.
+    pub(super) fn check_unknown(&mut self, unmatched: &[String]) -> Vec<ConfigIssue> {
+        for key in self.raw.unknown_keys() {
             self.issue(
                 &key,
                 "unknown key (see the configuration reference in README.md)",
             );
         }
-        let known_env: BTreeSet<String> = self
-            .known
+        let known_env: BTreeSet<String> = RawConfig::keys().map(env_name).collect();
+        unmatched
             .iter()
-            .filter_map(|key| key.split_once('.'))
-            .map(|(section, key)| Self::env_name(section, key))
-            .collect();
-        self.env
-            .iter()
-            .map(|(name, _)| name)
-            .filter(|name| name.starts_with(ENV_PREFIX) && !known_env.contains(*name))
             .filter(|name| !is_service_link(name))
             .map(|name| {
                 let closest = known_env

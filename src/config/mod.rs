@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::prompts::Locale;
 
 mod check;
+mod raw;
 mod read;
 #[cfg(test)]
 mod tests;
@@ -439,7 +440,9 @@ pub fn load_from_process(source: &ConfigSource) -> Result<Config, ConfigError> {
     load(source, &env)
 }
 
-/// Parses TOML text with environment overrides.
+/// Parses TOML text with environment overrides: stage one reads the raw
+/// values (`raw.rs`), stage two checks them into a `Config` (`read.rs`,
+/// `check.rs`).
 pub fn parse(text: &str, env: &[(String, String)]) -> Result<Config, Vec<ConfigIssue>> {
     let table: toml::Table = match text.parse() {
         Ok(table) => table,
@@ -450,14 +453,21 @@ pub fn parse(text: &str, env: &[(String, String)]) -> Result<Config, Vec<ConfigI
             }])
         }
     };
+    let (raw, unmatched_env) = match raw::RawConfig::read(table, env) {
+        Ok(read) => read,
+        Err(err) => {
+            return Err(vec![ConfigIssue {
+                key: "file".into(),
+                message: format!("cannot read the configuration: {err}"),
+            }])
+        }
+    };
     let mut reader = Reader {
-        table,
-        env,
+        raw: &raw,
         issues: Vec::new(),
-        known: BTreeSet::new(),
     };
     let mut config = reader.read_all();
-    config.warnings = reader.check_unknown();
+    config.warnings = reader.check_unknown(&unmatched_env);
     if reader.issues.is_empty() {
         Ok(config)
     } else {

@@ -183,3 +183,62 @@ fn agents_and_their_spaces_are_read_and_checked() {
     let issues = parse("[escalation]\nagents = [\"alice\"]\n", &[]).unwrap_err();
     assert_eq!(issues[0].key, "escalation.agents");
 }
+
+#[test]
+fn stage_one_keeps_each_value_as_written_and_its_origin() {
+    let text =
+        "[engine]\nmax_tokens = \"many\"\ntemperature = 0.5\n[knowledge]\npaths = [\"a\", 3]\n";
+    let table: toml::Table = text.parse().unwrap();
+    let env = env(&[
+        ("CONCIERGE_ENGINE_TEMPERATURE", "0.7"),
+        ("CONCIERGE_KNOWLEDGE_TOP_K", "5"),
+        ("CONCIERGE_ENGINE_NO_SUCH_KEY", "1"),
+        ("CONCIERGE_engine_top_k", "1"),
+    ]);
+    let (raw, unmatched) = raw::RawConfig::read(table, &env).unwrap();
+    let max_tokens = raw.engine.max_tokens.value.as_ref().unwrap();
+    assert_eq!(raw.engine.max_tokens.key, "engine.max_tokens");
+    assert!(max_tokens.parsed.is_none(), "a string is no number");
+    assert_eq!(max_tokens.shown, "got \"many\"");
+    let temperature = raw.engine.temperature.value.as_ref().unwrap();
+    assert!(temperature.from_env);
+    assert_eq!(temperature.parsed.unwrap().value, 0.7);
+    assert!(raw.knowledge.paths.value.as_ref().unwrap().parsed.is_none());
+    assert!(raw.chat.default_locale.value.is_none(), "unset");
+    assert_eq!(
+        unmatched,
+        ["CONCIERGE_ENGINE_NO_SUCH_KEY", "CONCIERGE_engine_top_k"],
+        "names are upper case"
+    );
+    // Stage two names both problems, with where each value came from.
+    let issues = parse(text, &env).unwrap_err();
+    let keys: Vec<&str> = issues.iter().map(|issue| issue.key.as_str()).collect();
+    assert_eq!(keys, ["engine.max_tokens", "knowledge.paths"]);
+}
+
+#[test]
+fn a_section_that_is_not_a_table_is_one_clear_error() {
+    let issues = parse("engine = 5\n", &[]).unwrap_err();
+    assert_eq!(issues.len(), 1);
+    assert_eq!(issues[0].key, "file");
+    assert!(
+        issues[0].message.contains("engine"),
+        "{}",
+        issues[0].message
+    );
+}
+
+#[test]
+fn every_key_of_the_shipped_configuration_is_known() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/concierge.toml"
+    ))
+    .unwrap();
+    let table: toml::Table = text.parse().unwrap();
+    let (raw, _) = raw::RawConfig::read(table, &[]).unwrap();
+    assert_eq!(raw.unknown_keys(), Vec::<String>::new());
+    let keys: Vec<&str> = raw::RawConfig::keys().collect();
+    assert!(keys.contains(&"telegram.secret_token_file"));
+    assert!(keys.contains(&"escalation.agents"));
+}
