@@ -52,22 +52,7 @@ fn tickets_cli(
 async fn a_complaint_goes_to_a_person_and_comes_back_with_a_rating() {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeTelegram::start().await;
-    let port = free_port();
-    let section = format!(
-        "[telegram]\nenabled = true\ntoken = {TOKEN:?}\napi_url = {:?}\npoll_timeout_secs = 1\n",
-        fake.url
-    );
-    let listen = format!("127.0.0.1:{port}");
-    let daemon = InProcessDaemon::start_with_env(
-        dir.path(),
-        SCRIPT,
-        &section,
-        &[
-            ("CONCIERGE_OPERATOR_ENABLED", "true"),
-            ("CONCIERGE_OPERATOR_LISTEN", &listen),
-            ("CONCIERGE_OPERATOR_TOKEN", OPERATOR_TOKEN),
-        ],
-    );
+    let (daemon, cli) = desk_daemon(dir.path(), &fake);
     fake.push_message(CHAT, "private", 555, "hello");
     assert!(eventually(WAIT, || texts(&fake).len() == 1).await);
     fake.push_message(
@@ -83,15 +68,10 @@ async fn a_complaint_goes_to_a_person_and_comes_back_with_a_rating() {
     // the message is in the ticket, below).
     fake.push_message(CHAT, "private", 555, "hello? anyone there?");
 
-    let dir_path = dir.path().to_path_buf();
-    let cli = move |token: &'static str, args: Vec<&'static str>| {
-        let dir = dir_path.clone();
-        tokio::task::spawn_blocking(move || tickets_cli(&dir, port, token, &args))
-    };
     // Listed until the last message is in the ticket (it was handled).
     let deadline = std::time::Instant::now() + WAIT;
     let ticket: serde_json::Value = loop {
-        let listed = cli(OPERATOR_TOKEN, vec!["list", "--state", "open"])
+        let listed = cli(OPERATOR_TOKEN, args(&["list", "--state", "open"]))
             .await
             .unwrap();
         assert!(
@@ -131,7 +111,7 @@ async fn a_complaint_goes_to_a_person_and_comes_back_with_a_rating() {
 
     let refused = cli(
         "wrong-token",
-        vec!["reply", "T-000001", "--agent", "ann", "hi"],
+        args(&["reply", "T-000001", "--agent", "ann", "hi"]),
     )
     .await
     .unwrap();
@@ -143,7 +123,7 @@ async fn a_complaint_goes_to_a_person_and_comes_back_with_a_rating() {
     fake.fail_next("sendMessage", Fault::Unauthorized, 1);
     let undelivered = cli(
         OPERATOR_TOKEN,
-        vec!["reply", "T-000001", "--agent", "ann", "This one is lost."],
+        args(&["reply", "T-000001", "--agent", "ann", "This one is lost."]),
     )
     .await
     .unwrap();
@@ -154,7 +134,7 @@ async fn a_complaint_goes_to_a_person_and_comes_back_with_a_rating() {
         String::from_utf8_lossy(&undelivered.stderr)
     );
     assert_eq!(texts(&fake).len(), 2, "{:?}", texts(&fake));
-    let listed = cli(OPERATOR_TOKEN, vec!["list", "--state", "open"])
+    let listed = cli(OPERATOR_TOKEN, args(&["list", "--state", "open"]))
         .await
         .unwrap();
     let listed = String::from_utf8_lossy(&listed.stdout).to_string();
@@ -172,13 +152,13 @@ async fn a_complaint_goes_to_a_person_and_comes_back_with_a_rating() {
 
     let replied = cli(
         OPERATOR_TOKEN,
-        vec![
+        args(&[
             "reply",
             "T-000001",
             "--agent",
             "ann",
             "Sorry about that, a new parcel leaves today.",
-        ],
+        ]),
     )
     .await
     .unwrap();
@@ -195,7 +175,7 @@ async fn a_complaint_goes_to_a_person_and_comes_back_with_a_rating() {
 
     let noted = cli(
         OPERATOR_TOKEN,
-        vec!["note", "T-000001", "--agent", "ann", "courier called"],
+        args(&["note", "T-000001", "--agent", "ann", "courier called"]),
     )
     .await
     .unwrap();
@@ -207,7 +187,7 @@ async fn a_complaint_goes_to_a_person_and_comes_back_with_a_rating() {
 
     let resolved = cli(
         OPERATOR_TOKEN,
-        vec!["resolve", "T-000001", "--agent", "ann"],
+        args(&["resolve", "T-000001", "--agent", "ann"]),
     )
     .await
     .unwrap();
@@ -521,13 +501,13 @@ fn texts_of(fake: &FakeTelegram, chat: i64) -> Vec<String> {
         .collect()
 }
 
-/// A daemon with the operator API, and a CLI for its tickets.
+/// A daemon with the operator API, and a CLI for its tickets (with a token).
 fn desk_daemon(
     dir: &std::path::Path,
     fake: &FakeTelegram,
 ) -> (
     InProcessDaemon,
-    impl Fn(Vec<String>) -> tokio::task::JoinHandle<std::process::Output>,
+    impl Fn(&'static str, Vec<String>) -> tokio::task::JoinHandle<std::process::Output>,
 ) {
     let port = free_port();
     let section = format!(
@@ -546,11 +526,11 @@ fn desk_daemon(
         ],
     );
     let dir = dir.to_path_buf();
-    let cli = move |args: Vec<String>| {
+    let cli = move |token: &'static str, args: Vec<String>| {
         let dir = dir.clone();
         tokio::task::spawn_blocking(move || {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            tickets_cli(&dir, port, OPERATOR_TOKEN, &args)
+            tickets_cli(&dir, port, token, &args)
         })
     };
     (daemon, cli)
@@ -610,13 +590,16 @@ async fn in_a_group_each_customer_has_their_own_ticket_answered_privately() {
     );
 
     // The agent's answer reaches Ann alone.
-    let replied = cli(args(&[
-        "reply",
-        "T-000001",
-        "--agent",
-        "ann",
-        "Hello, how can I help?",
-    ]))
+    let replied = cli(
+        OPERATOR_TOKEN,
+        args(&[
+            "reply",
+            "T-000001",
+            "--agent",
+            "ann",
+            "Hello, how can I help?",
+        ]),
+    )
     .await
     .unwrap();
     assert!(replied.status.success(), "{replied:?}");
@@ -641,9 +624,12 @@ async fn in_a_group_each_customer_has_their_own_ticket_answered_privately() {
         .iter()
         .any(|text| text.contains("Hello, how can I help?")));
 
-    let resolved = cli(args(&["resolve", "T-000001", "--agent", "ann"]))
-        .await
-        .unwrap();
+    let resolved = cli(
+        OPERATOR_TOKEN,
+        args(&["resolve", "T-000001", "--agent", "ann"]),
+    )
+    .await
+    .unwrap();
     assert!(resolved.status.success(), "{resolved:?}");
     assert!(eventually(WAIT, || texts_of(&fake, ANN as i64).len() == 3).await);
     // Ben's press of Ann's rating is ignored; Ann's counts.
@@ -688,9 +674,12 @@ async fn a_group_customer_the_bot_cannot_write_to_keeps_a_ticket_of_their_own_in
         "{:?}",
         texts_of(&fake, SHARED_GROUP)
     );
-    let resolved = cli(args(&["resolve", "T-000001", "--agent", "ann"]))
-        .await
-        .unwrap();
+    let resolved = cli(
+        OPERATOR_TOKEN,
+        args(&["resolve", "T-000001", "--agent", "ann"]),
+    )
+    .await
+    .unwrap();
     assert!(resolved.status.success(), "{resolved:?}");
     assert!(eventually(WAIT, || texts_of(&fake, SHARED_GROUP).len() == 3).await);
     press_rating(&fake, SHARED_GROUP, BEN, 1);

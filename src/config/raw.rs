@@ -186,13 +186,7 @@ impl RawValue for IdList {
             .map(Self)
     }
     fn from_env(text: &str) -> Option<Self> {
-        Some(Self(
-            text.split(',')
-                .map(str::trim)
-                .filter(|part| !part.is_empty())
-                .map(str::to_string)
-                .collect(),
-        ))
+        List::from_env(text).map(|List(ids)| Self(ids))
     }
 }
 
