@@ -226,6 +226,75 @@ async fn answers_carry_passages_name_their_source_and_admit_ignorance() {
     assert_eq!(history[5].sources[0].doc, "faq.csv#1");
 }
 
+/// A model that gets the facts wrong on purpose: each lie must be caught,
+/// and the customer gets the shop's own sentence instead.
+#[tokio::test]
+async fn a_model_that_negates_swaps_figures_adds_links_or_echoes_the_customer_never_reaches_them() {
+    let data = tempfile::tempdir().unwrap();
+    let kb_dir = tempfile::tempdir().unwrap();
+    let lies = [
+        (
+            "How many days do I have",
+            "You can return any item within 30 days of delivery.",
+        ),
+        ("refund come", "We do not refund the purchase price."),
+        (
+            "reach you",
+            "Write to refunds@claims.example or see https://claims.example/form.",
+        ),
+        (
+            "I was promised",
+            "Yes, standard delivery is free on every order.",
+        ),
+        ("运费是", "标准配送运费 9.90，需要 2 到 4 个工作日。"),
+        (
+            "delivery take",
+            "Standard delivery takes 2 to 4 working months.",
+        ),
+    ];
+    let script: String = lies
+        .iter()
+        .map(|(asked, lie)| format!("[[rule]]\ncontains = {asked:?}\nreply = {lie:?}\n"))
+        .collect();
+    let harness = grounded_harness(data.path(), kb_dir.path(), &script);
+    let questions = [
+        "How many days do I have to return an item?",
+        "When will my refund come?",
+        "How can I reach you by mail?",
+        "I was promised free delivery on every order, right?",
+        "运费是多少？",
+        "How long does delivery take?",
+    ];
+    run_messages(
+        &harness,
+        questions.iter().map(|text| message("eve", text)).collect(),
+    )
+    .await;
+    assert_eq!(
+        harness.engine.requests().len(),
+        questions.len(),
+        "each was asked"
+    );
+    let texts = harness.channel.texts("eve");
+    assert_eq!(texts.len(), questions.len(), "{texts:?}");
+    for ((_, lie), text) in lies.iter().zip(&texts) {
+        assert!(!text.contains(lie), "the lie reached the customer: {text}");
+        for fragment in [
+            "30 days",
+            "do not refund",
+            "claims.example",
+            "every order",
+            "9.90",
+            "months",
+        ] {
+            assert!(!text.contains(fragment), "{fragment:?} in {text}");
+        }
+    }
+    assert!(texts[0].contains("45 days"), "{}", texts[0]);
+    assert!(texts[1].contains("7 working days"), "{}", texts[1]);
+    assert!(texts[4].contains("3.90"), "{}", texts[4]);
+}
+
 #[tokio::test]
 async fn chinese_questions_get_chinese_sources_and_chinese_not_found() {
     let data = tempfile::tempdir().unwrap();

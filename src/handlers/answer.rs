@@ -12,6 +12,7 @@ use futures::StreamExt;
 use super::{send_split, Settings};
 use super::{Context, Model};
 use crate::engine::{ChatRequest, EngineError, StreamEvent};
+use crate::knowledge::support::Evidence;
 use crate::knowledge::{answer, Hit, KnowledgeBase};
 use crate::prompts::{Locale, Template};
 use crate::session;
@@ -175,8 +176,9 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
     })
 }
 
-/// The model's answer from the passages when every figure in it occurs in
-/// them; otherwise the passage's best-matching sentences. The answer is
+/// The model's answer from the passages when every sentence of it rests on
+/// a sentence of theirs (`knowledge::support`); otherwise the passage's
+/// best-matching sentences. The answer is
 /// checked before the customer sees it, so it is not streamed.
 #[allow(clippy::too_many_arguments)]
 async fn grounded(
@@ -197,10 +199,18 @@ async fn grounded(
         generate(a, &buffer, chat, history, prompt, locale, started),
     )
     .await?;
-    if answer::faithful(&generated, passages) {
-        return Ok(generated);
+    let evidence = Evidence::new(
+        passages
+            .iter()
+            .flat_map(|hit| [hit.title.as_str(), hit.passage.as_str()]),
+    );
+    match evidence.check_answer(&generated) {
+        Ok(()) => return Ok(generated),
+        Err(why) => tracing::info!(
+            ?why,
+            "generated answer strays from its sources; quoting the source instead"
+        ),
     }
-    tracing::info!("generated answer strays from its sources; quoting the source instead");
     Ok(passages
         .first()
         .map(|best| answer::extract(question, best))

@@ -67,7 +67,7 @@ pub fn faithful(answer: &str, passages: &[Hit]) -> bool {
 }
 
 /// Splits text into sentences at Latin and CJK sentence ends and line breaks.
-fn sentences(text: &str) -> Vec<&str> {
+pub(crate) fn sentences(text: &str) -> Vec<&str> {
     let mut sentences = Vec::new();
     let mut start = 0;
     let mut chars = text.char_indices().peekable();

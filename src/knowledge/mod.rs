@@ -8,6 +8,7 @@
 
 pub mod answer;
 pub mod parse;
+pub mod support;
 pub mod text;
 
 use std::collections::{BTreeMap, HashSet};
