@@ -170,7 +170,7 @@ impl Evidence {
         if candidates.is_empty() {
             return Err(Unsupported::NoSupport(clause.to_string()));
         }
-        candidates.sort_by(|a, b| b.0.cmp(&a.0));
+        candidates.sort_by_key(|(covered, _)| std::cmp::Reverse(*covered));
         for (_, sentence) in candidates {
             let coverage: Vec<usize> = sentence
                 .clauses
