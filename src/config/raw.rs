@@ -434,9 +434,24 @@ impl RawConfig {
         table: toml::Table,
         env: &[(String, String)],
     ) -> Result<(Self, Vec<String>), String> {
-        let mut raw: Self = toml::Value::Table(table)
-            .try_into()
-            .map_err(|err: toml::de::Error| err.to_string().trim().to_string())?;
+        let mut raw: Self =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|err: toml::de::Error| {
+                    let text = err.to_string();
+                    // serde names the raw type; a person needs the shape.
+                    match text.find("expected struct Raw") {
+                        Some(at) => {
+                            // "expected struct RawEngine" and what follows it.
+                            let rest: Vec<&str> = text[at..].split_whitespace().skip(3).collect();
+                            format!("{}expected a table of keys {}", &text[..at], rest.join(" "))
+                        }
+                        None => text,
+                    }
+                    .replace('\n', " ")
+                    .trim()
+                    .to_string()
+                })?;
         raw.name_keys();
         let mut unmatched = Vec::new();
         for (name, text) in env {

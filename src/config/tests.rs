@@ -222,7 +222,10 @@ fn a_section_that_is_not_a_table_is_one_clear_error() {
     assert_eq!(issues.len(), 1);
     assert_eq!(issues[0].key, "file");
     assert!(
-        issues[0].message.contains("engine"),
+        issues[0]
+            .message
+            .contains("expected a table of keys in `engine`")
+            && !issues[0].message.contains("Raw"),
         "{}",
         issues[0].message
     );
