@@ -10,16 +10,6 @@ use concierge_adapter::{ConversationRef, Inbound, SenderRef};
 use crate::config::{AgentConfig, Config};
 use crate::escalation::ticket::parse_id;
 
-/// Age after which a ticket missing from an agents' space is posted again.
-pub(crate) const REPOST_AFTER_MS: u64 = 2 * 60 * 1000;
-/// Transcript lines shown in a new ticket's post.
-pub(crate) const POST_TRANSCRIPT_LINES: usize = 10;
-/// Longest transcript line shown in a post, in characters.
-pub(crate) const POST_LINE_CHARS: usize = 300;
-/// Longest transcript part of a post, so the post is one Telegram message
-/// (agents reply to it) with room for the rest.
-pub(crate) const POST_TRANSCRIPT_CHARS: usize = 2500;
-
 /// The agents' spaces and who may act there.
 #[derive(Clone, Debug, Default)]
 pub struct AgentDesk {

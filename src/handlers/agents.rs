@@ -12,14 +12,21 @@ use anyhow::Context;
 use concierge_adapter::{ConversationRef, Inbound, InboundContent, Outbound, Outbox};
 
 use super::handoff::Tickets;
-use crate::agents::{
-    named_ticket, AgentCommand, POST_LINE_CHARS, POST_TRANSCRIPT_CHARS, POST_TRANSCRIPT_LINES,
-    REPOST_AFTER_MS,
-};
+use crate::agents::{named_ticket, AgentCommand};
 use crate::escalation::ticket::display_id;
 use crate::prompts::Template;
 use crate::store::{AgentPost, Ticket};
 use crate::understand::split_command;
+
+/// Age after which a ticket missing from an agents' space is posted again.
+const REPOST_AFTER_MS: u64 = 2 * 60 * 1000;
+/// Transcript lines shown in a new ticket's post.
+const POST_TRANSCRIPT_LINES: usize = 10;
+/// Longest transcript line shown in a post, in characters.
+const POST_LINE_CHARS: usize = 300;
+/// Longest transcript part of a post, so the post is one Telegram message
+/// (agents reply to it) with room for the rest.
+const POST_TRANSCRIPT_CHARS: usize = 2500;
 
 impl Tickets<'_> {
     /// Posts the ticket in every agents' space that has no post of it yet,

@@ -178,8 +178,8 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
 
 /// The model's answer from the passages when every sentence of it rests on
 /// a sentence of theirs (`knowledge::support`); otherwise the passage's
-/// best-matching sentences. The answer is
-/// checked before the customer sees it, so it is not streamed.
+/// best-matching sentences. The answer is checked before the customer sees
+/// it, so it is not streamed.
 #[allow(clippy::too_many_arguments)]
 async fn grounded(
     a: &Answering<'_>,

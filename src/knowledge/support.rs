@@ -120,11 +120,11 @@ impl Evidence {
         let mut verdict = None;
         let mut supports = Vec::new();
         for clause in clauses(sentence) {
-            // Links are checked above; their words say nothing more.
             if let Some(said) = bare_verdict(clause) {
                 verdict = Some(said);
                 continue;
             }
+            // Links are checked above; their words say nothing more.
             let plain = without_links(clause);
             let units = query_units(&plain);
             let clause_figures = figures(&plain);
@@ -134,13 +134,13 @@ impl Evidence {
             if clause_figures.is_empty() && is_courtesy(&units) {
                 continue;
             }
-            let (support, said_not) = self.support_of(clause, &units)?;
+            let support = self.support_of(clause, &units)?;
             for figure in &clause_figures {
                 if !support.figures.iter().any(|known| known.matches(figure)) {
                     return Err(Unsupported::Figure(figure.shown()));
                 }
             }
-            supports.push(said_not);
+            supports.push(negated(clause));
         }
         match verdict {
             None => Ok(()),
@@ -152,13 +152,13 @@ impl Evidence {
     }
 
     /// The evidence sentence that covers `clause` best and says it the
-    /// same way round, and whether it says "not". A sentence's polarity is
-    /// that of its clauses that cover the most of the claim.
+    /// same way round. A sentence's polarity is that of its clauses that
+    /// cover the most of the claim.
     fn support_of(
         &self,
         clause: &str,
         units: &[QueryUnit],
-    ) -> Result<(&EvidenceSentence, bool), Unsupported> {
+    ) -> Result<&EvidenceSentence, Unsupported> {
         let needed = ((units.len() as f32 * MIN_COVERAGE).ceil() as usize).max(1);
         let said_not = negated(clause);
         let mut candidates: Vec<(usize, &EvidenceSentence)> = self
@@ -185,7 +185,7 @@ impl Evidence {
                 .filter(|(_, covered)| **covered == most)
                 .all(|((_, negated), _)| *negated == said_not);
             if agrees {
-                return Ok((sentence, said_not));
+                return Ok(sentence);
             }
         }
         Err(Unsupported::Polarity(clause.to_string()))
@@ -531,9 +531,16 @@ fn unit_before(before: &[char]) -> Option<String> {
     .then_some(word)
 }
 
+/// The words of `text` as links are looked for in it.
+fn link_words(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|ch: char| {
+        ch.is_whitespace() || matches!(ch, '<' | '>' | '(' | ')' | '"' | '，' | '。' | '（' | '）')
+    })
+}
+
 /// `text` without its links.
 fn without_links(text: &str) -> String {
-    text.split_whitespace()
+    link_words(text)
         .filter(|word| link_in(word).is_none())
         .collect::<Vec<_>>()
         .join(" ")
@@ -551,12 +558,10 @@ fn link_in(word: &str) -> Option<String> {
 
 /// Links and e-mail addresses in `text`, normalised.
 fn links(text: &str) -> Vec<String> {
-    text.split(|ch: char| {
-        ch.is_whitespace() || matches!(ch, '<' | '>' | '(' | ')' | '"' | '，' | '。' | '（' | '）')
-    })
-    .filter_map(link_in)
-    .filter(|link| !link.is_empty())
-    .collect()
+    link_words(text)
+        .filter_map(link_in)
+        .filter(|link| !link.is_empty())
+        .collect()
 }
 
 fn normalise_link(link: &str) -> String {
