@@ -297,12 +297,23 @@ pub fn pipeline(
     adapters: &[Arc<dyn Adapter>],
     cancel: CancellationToken,
 ) -> Arc<Pipeline> {
-    let adapters: HashMap<String, Arc<dyn Outbox>> = adapters
+    let outboxes = adapters
         .iter()
-        .map(|adapter| {
-            let outbox: Arc<dyn Outbox> = Arc::clone(adapter) as Arc<dyn Outbox>;
-            (adapter.platform().to_string(), outbox)
-        })
+        .map(|adapter| Arc::clone(adapter) as Arc<dyn Outbox>)
+        .collect();
+    pipeline_for(config, parts, outboxes, cancel)
+}
+
+/// Builds the pipeline that answers through `outboxes`.
+pub fn pipeline_for(
+    config: &Config,
+    parts: Parts,
+    outboxes: Vec<Arc<dyn Outbox>>,
+    cancel: CancellationToken,
+) -> Arc<Pipeline> {
+    let adapters: HashMap<String, Arc<dyn Outbox>> = outboxes
+        .into_iter()
+        .map(|outbox| (outbox.platform().to_string(), outbox))
         .collect();
     Arc::new(Pipeline {
         store: parts.store,
@@ -318,6 +329,53 @@ pub fn pipeline(
         desk: crate::agents::AgentDesk::from_config(config),
         link_guard: Default::default(),
     })
+}
+
+/// `concierge eval answers`: every question through the whole pipeline,
+/// in a store of its own (the configured knowledge, or the demo shop, is
+/// imported into it), so the operator's store is neither needed nor touched.
+pub async fn eval_answers(
+    config: &Config,
+    questions: &[crate::eval::answers::FactQuestion],
+    details: impl FnMut(&crate::eval::answers::AnswerOutcome),
+) -> anyhow::Result<crate::eval::answers::AnswerReport> {
+    let scratch = tempfile::tempdir().context("cannot create a scratch data directory")?;
+    // The operator's retrained classifier, if any, is what their daemon uses.
+    let saved_classifier = config.store.data_dir.join(crate::intent::MODEL_FILE);
+    if saved_classifier.exists() {
+        std::fs::copy(
+            &saved_classifier,
+            scratch.path().join(crate::intent::MODEL_FILE),
+        )
+        .with_context(|| format!("cannot read {}", saved_classifier.display()))?;
+    }
+    let mut config = config.clone();
+    config.store.data_dir = scratch.path().to_path_buf();
+    let classifier = load_classifier(&config).await?;
+    let store = open_store(&config).await?;
+    let prompts = Prompts::load(&config.chat.prompts_dir)?;
+    let knowledge = load_knowledge_async(&config, &store).await?;
+    let recommender = load_ranker_async(&config, &store).await?;
+    let llm = build_engine(&config).await?;
+    let channel = Arc::new(crate::eval::answers::RecordingChannel::default());
+    let pipeline = pipeline_for(
+        &config,
+        Parts {
+            store: store.clone(),
+            llm,
+            prompts,
+            knowledge: Some(knowledge),
+            recommender: Some(recommender),
+            classifier: Some(classifier),
+            escalation: None,
+        },
+        vec![Arc::clone(&channel) as Arc<dyn Outbox>],
+        CancellationToken::new(),
+    );
+    let report = crate::eval::answers::run(&pipeline, &channel, questions, details).await;
+    drop(pipeline);
+    store.flush().await?;
+    Ok(report)
 }
 
 /// `concierge chat`: the console conversation until EOF (or Ctrl-C).

@@ -501,3 +501,59 @@ async fn a_link_code_asked_for_in_a_group_is_sent_only_privately() {
     assert!(texts_in(&fake, 556).is_empty());
     daemon.stop().await;
 }
+
+/// A grounded answer is shown as it is verified: the customer sees its
+/// first checked sentence while the model is still writing the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_grounded_answer_grows_sentence_by_sentence_as_it_is_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeTelegram::start().await;
+    let first = "Standard delivery with DHL takes 1-3 working days and costs €4.95.";
+    let second = "Standard delivery is free for orders of €60 or more.";
+    let script = format!(
+        "[[rule]]\ncontains = \"DHL\"\nreply = {:?}\ntoken_delay_ms = 150\n",
+        format!("{first} {second}")
+    );
+    let daemon = InProcessDaemon::start_with_env(
+        dir.path(),
+        &script,
+        &telegram_section(&fake),
+        &[("CONCIERGE_KNOWLEDGE_DEMO", "true")],
+    );
+    fake.push_message(
+        CHAT,
+        "private",
+        CUSTOMER,
+        "My parcel goes to Hamburg: what does standard DHL delivery cost?",
+    );
+    assert!(
+        eventually(WAIT, || texts_in(&fake, CHAT)
+            .last()
+            .is_some_and(|text| text.contains("Source:")))
+        .await,
+        "reply: {:?}",
+        texts_in(&fake, CHAT)
+    );
+    daemon.stop().await;
+    let final_text = texts_in(&fake, CHAT).pop().unwrap();
+    assert!(
+        final_text.starts_with(&format!("{first} {second}")),
+        "{final_text}"
+    );
+    let shown: Vec<String> = fake
+        .calls_of("sendMessage")
+        .into_iter()
+        .chain(fake.calls_of("editMessageText"))
+        .map(|call| call.body["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        shown.iter().any(|text| text.trim() == first),
+        "the first verified sentence was shown on its own first: {shown:?}"
+    );
+    assert!(
+        shown
+            .iter()
+            .all(|text| first.starts_with(text.trim()) || text.starts_with(first)),
+        "only whole verified sentences were shown: {shown:?}"
+    );
+}

@@ -1,4 +1,4 @@
-//! Offline measurement and training: `eval retrieval|intents`, `recommend
+//! Offline measurement and training: `eval answers|retrieval|intents`, `recommend
 //! eval`, `classify` and `train intents`.
 
 use std::io::{BufRead, Write};
@@ -9,6 +9,28 @@ use concierge::config::Config;
 use concierge::{app, eval, intent, recommend};
 
 use super::data::open_store;
+
+/// `concierge eval answers --data FILE [--details] [--rows all|odd|even]`.
+pub(super) fn answers(
+    config: &Config,
+    data: &Path,
+    details: bool,
+    rows: &str,
+) -> anyhow::Result<()> {
+    let rows = match rows {
+        "odd" => eval::answers::Rows::Odd,
+        "even" => eval::answers::Rows::Even,
+        _ => eval::answers::Rows::All,
+    };
+    let questions = eval::answers::read_questions(data, rows)?;
+    let report = super::block_on(app::eval_answers(config, &questions, |outcome| {
+        if details {
+            eprintln!("{}", serde_json::to_string(outcome).unwrap_or_default());
+        }
+    }))?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
 
 /// `concierge eval retrieval DATA [--details]`.
 pub(super) fn retrieval(config: &Config, data: &Path, details: bool) -> anyhow::Result<()> {

@@ -251,6 +251,19 @@ enum KbAction {
 
 #[derive(Subcommand)]
 enum EvalAction {
+    /// Whole answers on a CSV with question,fact[,expected_doc] (fact: `|`-separated
+    /// acceptable strings, or NONE): each question through the full pipeline
+    Answers {
+        /// The labelled questions
+        #[arg(long)]
+        data: PathBuf,
+        /// Also print each question's outcome as a JSON line on stderr
+        #[arg(long)]
+        details: bool,
+        /// Run only the odd rows (the half tuned on) or the even rows (held out)
+        #[arg(long, value_parser = ["all", "odd", "even"], default_value = "all")]
+        rows: String,
+    },
     /// Retrieval quality on a CSV with question,expected_doc (empty: no document answers)
     Retrieval {
         /// The labelled questions
@@ -503,6 +516,11 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             action: KbAction::Search { query, k },
         } => data::kb_search(config, &query, k),
         Command::Eval { what } => match what {
+            EvalAction::Answers {
+                data,
+                details,
+                rows,
+            } => evaluate::answers(config, &data, details, &rows),
             EvalAction::Retrieval { data, details } => evaluate::retrieval(config, &data, details),
             EvalAction::Intents {
                 data,

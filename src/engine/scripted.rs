@@ -15,6 +15,11 @@
 //! Placeholders: `{last_user}`, `{message_count}` (messages in the prompt),
 //! `{system}` (the system prompt). A rule with `fail = true` returns an
 //! engine error instead.
+//!
+//! `adversary = true` replaces the default reply with a lie made from the
+//! prompt, to prove that the answer checks stop it: in turn it negates a
+//! source sentence, changes its figures, adds a foreign link, or echoes the
+//! customer's question as a fact.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -57,6 +62,9 @@ pub struct Script {
     /// Rules, first match wins.
     #[serde(default, rename = "rule")]
     pub rules: Vec<Rule>,
+    /// Lie when no rule matches (see the module comment).
+    #[serde(default)]
+    pub adversary: bool,
 }
 
 fn default_reply() -> String {
@@ -69,6 +77,7 @@ impl Default for Script {
             token_delay_ms: 0,
             default_reply: default_reply(),
             rules: Vec::new(),
+            adversary: false,
         }
     }
 }
@@ -127,6 +136,10 @@ impl ScriptedEngine {
         if rule.is_some_and(|rule| rule.fail) {
             return Err(EngineError::Generation("scripted failure".into()));
         }
+        if rule.is_none() && self.script.adversary {
+            let turn = self.requests.lock().map_or(0, |requests| requests.len());
+            return Ok((lie(last_user, turn), self.script.token_delay_ms));
+        }
         let template = rule.map_or(self.script.default_reply.as_str(), |rule| {
             rule.reply.as_str()
         });
@@ -139,6 +152,90 @@ impl ScriptedEngine {
             .replace("{system}", system);
         Ok((reply, delay))
     }
+}
+
+/// A lie built from `prompt` (sources first, the question on its last
+/// line), of the kind chosen by `turn`.
+fn lie(prompt: &str, turn: usize) -> String {
+    let lines: Vec<&str> = prompt
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect();
+    let question = lines.last().map_or("", |last| {
+        last.split_once([':', '：'])
+            .map_or(*last, |(_, asked)| asked.trim())
+    });
+    let sources: Vec<&str> = lines
+        .iter()
+        .rev()
+        .skip(1)
+        .rev()
+        .filter(|line| !line.starts_with('[') && !line.ends_with([':', '：']))
+        .copied()
+        .collect();
+    let fact = sources
+        .iter()
+        .find(|line| line.chars().any(|ch| ch.is_ascii_digit()))
+        .or(sources.last())
+        .copied();
+    let chinese = prompt.chars().any(crate::language::is_cjk);
+    match (turn % 4, fact) {
+        (0, Some(fact)) => negated(fact),
+        (1, Some(fact)) if fact.chars().any(|ch| ch.is_ascii_digit()) => other_figures(fact),
+        (2, Some(fact)) => format!("{fact} Details: https://offers.example/claim"),
+        _ if chinese => format!("是的，{question}"),
+        _ => format!("Yes, {question}"),
+    }
+}
+
+/// `sentence` said the other way round.
+fn negated(sentence: &str) -> String {
+    for (said, unsaid) in [
+        (" is not ", " is "),
+        (" are not ", " are "),
+        (" cannot ", " can "),
+        (" is ", " is not "),
+        (" are ", " are not "),
+        (" can ", " cannot "),
+        (" will ", " will not "),
+        (" must ", " need not "),
+        ("不", ""),
+        ("可以", "不可以"),
+        ("会", "不会"),
+        ("是", "不是"),
+    ] {
+        if sentence.contains(said) {
+            return sentence.replacen(said, unsaid, 1);
+        }
+    }
+    if sentence.chars().any(crate::language::is_cjk) {
+        format!("不{sentence}")
+    } else {
+        format!("It is not true that {sentence}")
+    }
+}
+
+/// `sentence` with each of its numbers changed.
+fn other_figures(sentence: &str) -> String {
+    let mut changed = String::new();
+    let mut digits = String::new();
+    let flush = |digits: &mut String, changed: &mut String| {
+        if let Ok(number) = digits.parse::<u64>() {
+            changed.push_str(&(number * 2 + 1).to_string());
+        }
+        digits.clear();
+    };
+    for ch in sentence.chars() {
+        if ch.is_ascii_digit() {
+            digits.push(ch);
+        } else {
+            flush(&mut digits, &mut changed);
+            changed.push(ch);
+        }
+    }
+    flush(&mut digits, &mut changed);
+    changed
 }
 
 /// Splits text into streamable pieces: each word with its following spaces;
@@ -236,6 +333,17 @@ mod tests {
                 seed: None,
             },
         }
+    }
+
+    #[test]
+    fn the_adversary_lies_four_ways_about_its_sources() {
+        let prompt = "Answer from the sources.\n\nSources:\n[1] Returns\nYou can return items within 45 days.\n\nQuestion: Can I send it back?";
+        assert_eq!(lie(prompt, 0), "You cannot return items within 45 days.");
+        assert_eq!(lie(prompt, 1), "You can return items within 91 days.");
+        assert!(lie(prompt, 2).ends_with("https://offers.example/claim"));
+        assert_eq!(lie(prompt, 3), "Yes, Can I send it back?");
+        assert_eq!(negated("礼品卡不可退。"), "礼品卡可退。");
+        assert_eq!(lie("你好", 0), "是的，你好");
     }
 
     async fn collect(mut stream: ReplyStream) -> (String, Option<Usage>) {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use concierge_adapter::{ConversationRef, DeltaStream, Outbound, Outbox};
 use futures::StreamExt;
 
-use super::{send_split, Settings};
+use super::Settings;
 use super::{Context, Model};
 use crate::engine::{ChatRequest, EngineError, StreamEvent};
 use crate::knowledge::support::Evidence;
@@ -21,6 +21,8 @@ use crate::telemetry;
 
 /// Longest question put into a grounded prompt, in characters.
 const GROUNDED_QUESTION_CHARS: usize = 1000;
+/// Most sentences of the passages given to the model to answer from.
+const SELECTED_SENTENCES: usize = 4;
 
 /// What the answer handler may use.
 #[derive(Clone, Copy)]
@@ -70,18 +72,9 @@ pub(crate) async fn run(
             let reply = generate(a, adapter, chat, history, &prompt, locale, started).await?;
             (reply, Vec::new())
         }
-        AnswerPlan::Grounded {
-            prompt,
-            source_line,
-            passages,
-            sources,
-        } => {
-            let reply = grounded(
-                a, adapter, chat, history, &prompt, text, &passages, locale, started,
-            )
-            .await?;
-            let reply = format!("{}\n\n{source_line}", reply.trim());
-            send_split(adapter, chat, &reply).await?;
+        AnswerPlan::Grounded(grounding) => {
+            let sources = grounding.sources.clone();
+            let reply = grounded(a, adapter, chat, history, grounding, locale, started).await?;
             (reply, sources)
         }
     };
@@ -143,18 +136,40 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
     }
     // Passages close to the best one; weak tail hits only add noise.
     let best = retrieval.hits[0].score;
-    let used: Vec<&Hit> = retrieval
+    let used: Vec<Hit> = retrieval
         .hits
         .iter()
         .take(a.settings.top_k)
         .filter(|hit| hit.score >= best * 0.5)
+        .cloned()
         .collect();
-    let listing = used
-        .iter()
-        .enumerate()
-        .map(|(number, hit)| format!("[{}] {}\n{}", number + 1, hit.title, hit.passage))
-        .collect::<Vec<_>>()
-        .join("\n\n");
+    // The facts are chosen before the model writes: it phrases an answer
+    // around these sentences, and each of its sentences must rest on one.
+    let mut selected = answer::select(text, &used, SELECTED_SENTENCES);
+    let fallback = answer::quote(&selected);
+    let answering_hit = selected.first().map_or(0, |first| first.hit);
+    selected.sort_by_key(|sentence| (sentence.hit, sentence.position));
+    let mut listing = String::new();
+    let mut evidence_texts = Vec::new();
+    let mut sources = Vec::new();
+    let mut hits_used: Vec<usize> = selected.iter().map(|sentence| sentence.hit).collect();
+    hits_used.dedup();
+    for (number, &hit_index) in hits_used.iter().enumerate() {
+        let hit = &used[hit_index];
+        let sentences = answer::join_sentences(
+            selected
+                .iter()
+                .filter(|sentence| sentence.hit == hit_index)
+                .map(|sentence| sentence.text.as_str()),
+        );
+        if !listing.is_empty() {
+            listing.push_str("\n\n");
+        }
+        listing.push_str(&format!("[{}] {}\n{sentences}", number + 1, hit.title));
+        evidence_texts.push(hit.title.clone());
+        evidence_texts.push(sentences);
+        sources.push(source_of(hit));
+    }
     // The context window cuts an over-long prompt from its start, which
     // here holds the instructions and sources: bound the question instead.
     let question: String = text.chars().take(GROUNDED_QUESTION_CHARS).collect();
@@ -166,55 +181,240 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
     let source_line = a.ctx.prompts.render(
         locale,
         Template::SourceLine,
-        &[("title", &retrieval.hits[0].title)],
+        &[("title", &used[answering_hit].title)],
     );
-    Ok(AnswerPlan::Grounded {
+    Ok(AnswerPlan::Grounded(Grounding {
         prompt,
         source_line,
-        sources: used.iter().map(|hit| source_of(hit)).collect(),
-        passages: used.into_iter().cloned().collect(),
-    })
+        evidence: Evidence::new(evidence_texts.iter().map(String::as_str)),
+        fallback,
+        sources,
+    }))
 }
 
-/// The model's answer from the passages when every sentence of it rests on
-/// a sentence of theirs (`knowledge::support`); otherwise the passage's
-/// best-matching sentences. The answer is checked before the customer sees
-/// it, so it is not streamed.
-#[allow(clippy::too_many_arguments)]
+/// The model's answer around the selected sentences, streamed sentence by
+/// sentence as each is found to rest on one of them
+/// (`knowledge::support`). At the first sentence that does not, generation
+/// stops and the customer gets the shop's own sentences instead (unless the
+/// model had already stated a verified fact). Ends with the source line.
+/// Returns what the customer was shown.
 async fn grounded(
     a: &Answering<'_>,
     adapter: &dyn Outbox,
-    chat: &concierge_adapter::ConversationRef,
-    history: &[crate::store::StoredMessage],
-    prompt: &str,
-    question: &str,
-    passages: &[Hit],
+    chat: &ConversationRef,
+    history: &[StoredMessage],
+    grounding: Grounding,
     locale: Locale,
     started: Instant,
 ) -> anyhow::Result<String> {
-    let buffer = BufferedReply;
-    let generated = while_typing(
-        adapter,
-        chat,
-        generate(a, &buffer, chat, history, prompt, locale, started),
+    let request = request(a, history, &grounding.prompt, locale);
+    show_typing(adapter, chat).await;
+    let cancel = a.model.cancel.child_token();
+    let outcome = Arc::new(Mutex::new(Outcome::default()));
+    let events = match a.model.llm.stream_chat(request, cancel.clone()).await {
+        Ok(events) => Some(events),
+        Err(err) => {
+            tracing::error!("engine error: {err}");
+            None
+        }
+    };
+    let verified = VerifiedReply {
+        events,
+        pending: String::new(),
+        ready: std::collections::VecDeque::new(),
+        stated_fact: false,
+        finished: false,
+        grounding,
+        cancel: cancel.clone(),
+        outcome: Arc::clone(&outcome),
+        started,
+    };
+    let deltas = futures::stream::unfold(verified, |mut reply| async move {
+        let next = reply.next().await?;
+        Some((next, reply))
+    })
+    .boxed();
+    let delivered = match tokio::time::timeout(
+        a.settings.reply_timeout,
+        adapter.deliver_stream(chat, deltas),
     )
-    .await?;
-    let evidence = Evidence::new(
-        passages
-            .iter()
-            .flat_map(|hit| [hit.title.as_str(), hit.passage.as_str()]),
-    );
-    match evidence.check_answer(&generated) {
-        Ok(()) => return Ok(generated),
-        Err(why) => tracing::info!(
-            ?why,
-            "generated answer strays from its sources; quoting the source instead"
-        ),
+    .await
+    {
+        Ok(result) => result?,
+        Err(_) => {
+            cancel.cancel();
+            tracing::warn!("reply timed out after {:?}", a.settings.reply_timeout);
+            outcome
+                .lock()
+                .map(|outcome| outcome.text.clone())
+                .unwrap_or_default()
+        }
+    };
+    note_outcome(&outcome);
+    Ok(delivered)
+}
+
+/// A grounded reply being generated and verified: what the model wrote
+/// but is not yet checked, and checked text waiting to be shown.
+struct VerifiedReply {
+    events: Option<crate::engine::ReplyStream>,
+    pending: String,
+    ready: std::collections::VecDeque<String>,
+    stated_fact: bool,
+    finished: bool,
+    grounding: Grounding,
+    cancel: tokio_util::sync::CancellationToken,
+    outcome: Arc<Mutex<Outcome>>,
+    started: Instant,
+}
+
+impl VerifiedReply {
+    /// The next piece of verified text, `None` at the end.
+    async fn next(&mut self) -> Option<String> {
+        loop {
+            if let Some(piece) = self.ready.pop_front() {
+                if let Ok(mut outcome) = self.outcome.lock() {
+                    outcome.shown.get_or_insert_with(|| self.started.elapsed());
+                    outcome.text.push_str(&piece);
+                }
+                return Some(piece);
+            }
+            if self.finished {
+                return None;
+            }
+            let event = match self.events.as_mut() {
+                Some(events) => events.recv().await,
+                None => None,
+            };
+            match event {
+                Some(Ok(StreamEvent::Delta(text))) => {
+                    if let Ok(mut outcome) = self.outcome.lock() {
+                        outcome
+                            .first_token
+                            .get_or_insert_with(|| self.started.elapsed());
+                    }
+                    self.pending.push_str(&text);
+                    self.verify_complete_sentences();
+                }
+                Some(Ok(StreamEvent::Done(usage))) => {
+                    if let Ok(mut outcome) = self.outcome.lock() {
+                        outcome.usage = Some(usage);
+                    }
+                    self.verify_rest();
+                }
+                Some(Err(err)) => {
+                    tracing::error!("engine error: {err}");
+                    if let Ok(mut outcome) = self.outcome.lock() {
+                        outcome.error = Some(err);
+                    }
+                    self.finish();
+                }
+                None => self.verify_rest(),
+            }
+        }
     }
-    Ok(passages
-        .first()
-        .map(|best| answer::extract(question, best))
-        .unwrap_or_default())
+
+    /// Checks the sentences the model has finished: all but the last one,
+    /// which may still grow ("costs 3." before "90").
+    fn verify_complete_sentences(&mut self) {
+        self.verify_pending(false);
+    }
+
+    /// The model is done: checks what is left, then ends the reply.
+    fn verify_rest(&mut self) {
+        if self.verify_pending(true) {
+            self.finish();
+        }
+    }
+
+    /// Checks the pending sentences (all, or all but the last); keeps the
+    /// unchecked rest. Returns whether every checked one was accepted.
+    fn verify_pending(&mut self, all: bool) -> bool {
+        let pending = std::mem::take(&mut self.pending);
+        let parts = answer::sentences(&pending);
+        let complete = if all {
+            parts.len()
+        } else {
+            parts.len().saturating_sub(1)
+        };
+        let mut consumed = 0;
+        for sentence in &parts[..complete] {
+            let end = sentence.as_ptr() as usize - pending.as_ptr() as usize + sentence.len();
+            if !self.accept(sentence, &pending[consumed..end]) {
+                return false;
+            }
+            consumed = end;
+        }
+        self.pending = pending[consumed..].to_string();
+        true
+    }
+
+    /// Shows `raw` (the sentence as the model spaced it) if `sentence`
+    /// rests on the shop's sentences; otherwise stops the model and ends
+    /// the reply. Returns whether it was accepted.
+    fn accept(&mut self, sentence: &str, raw: &str) -> bool {
+        match self.grounding.evidence.check_statement(sentence) {
+            Ok(states) => {
+                self.stated_fact |= states;
+                let shown_before = !self.ready.is_empty()
+                    || self
+                        .outcome
+                        .lock()
+                        .map(|outcome| !outcome.text.is_empty())
+                        .unwrap_or(false);
+                let piece = if shown_before {
+                    raw.to_string()
+                } else {
+                    raw.trim_start().to_string()
+                };
+                if !piece.trim().is_empty() {
+                    self.ready.push_back(piece);
+                }
+                true
+            }
+            Err(why) => {
+                tracing::info!(
+                    ?why,
+                    "generated sentence strays from its sources; quoting the source instead"
+                );
+                self.finish();
+                false
+            }
+        }
+    }
+
+    /// Stops the model, adds the shop's sentences unless a verified fact was
+    /// already said, and the source line.
+    fn finish(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        self.cancel.cancel();
+        self.events = None;
+        let mut shown = self
+            .outcome
+            .lock()
+            .map(|outcome| outcome.text.clone())
+            .unwrap_or_default();
+        shown.extend(self.ready.iter().map(String::as_str));
+        let mut text = if self.stated_fact || self.grounding.fallback.is_empty() {
+            String::new()
+        } else if shown.trim().is_empty() {
+            self.grounding.fallback.clone()
+        } else {
+            let joined =
+                answer::join_sentences([shown.trim_end(), self.grounding.fallback.as_str()]);
+            joined[shown.trim_end().len()..].to_string()
+        };
+        if !(shown.trim().is_empty() && text.trim().is_empty()) {
+            text.push_str("\n\n");
+            text.push_str(&self.grounding.source_line);
+        }
+        if !text.is_empty() {
+            self.ready.push_back(text);
+        }
+    }
 }
 
 /// Streams a model reply to `prompt` and returns what was delivered.
@@ -227,21 +427,7 @@ async fn generate(
     locale: Locale,
     started: Instant,
 ) -> anyhow::Result<String> {
-    let system_prompt = a.ctx.prompts.text(locale, Template::System);
-    let budget = a
-        .settings
-        .context_tokens
-        .saturating_sub(a.settings.sampling.max_tokens);
-    let window = session::build_window(a.model.llm, system_prompt, history, prompt, budget);
-    tracing::debug!(
-        prompt_tokens = window.prompt_tokens,
-        dropped = window.dropped_history,
-        "prompt built"
-    );
-    let request = ChatRequest {
-        messages: window.messages,
-        sampling: a.settings.sampling,
-    };
+    let request = request(a, history, prompt, locale);
     show_typing(adapter, chat).await;
     let cancel = a.model.cancel.child_token();
     let outcome = Arc::new(Mutex::new(Outcome::default()));
@@ -269,6 +455,36 @@ async fn generate(
             String::new()
         }
     };
+    note_outcome(&outcome);
+    Ok(delivered)
+}
+
+/// The engine request: system prompt, as much history as fits, `prompt`.
+fn request(
+    a: &Answering<'_>,
+    history: &[StoredMessage],
+    prompt: &str,
+    locale: Locale,
+) -> ChatRequest {
+    let system_prompt = a.ctx.prompts.text(locale, Template::System);
+    let budget = a
+        .settings
+        .context_tokens
+        .saturating_sub(a.settings.sampling.max_tokens);
+    let window = session::build_window(a.model.llm, system_prompt, history, prompt, budget);
+    tracing::debug!(
+        prompt_tokens = window.prompt_tokens,
+        dropped = window.dropped_history,
+        "prompt built"
+    );
+    ChatRequest {
+        messages: window.messages,
+        sampling: a.settings.sampling,
+    }
+}
+
+/// Logs and counts how a reply went: latency, tokens, errors.
+fn note_outcome(outcome: &Mutex<Outcome>) {
     let (usage, error, first_token) = match outcome.lock() {
         Ok(mut outcome) => (
             outcome.usage.take(),
@@ -294,34 +510,6 @@ async fn generate(
     if let Some(err) = &error {
         tracing::error!("engine error: {err}");
     }
-    Ok(delivered)
-}
-
-/// Platforms drop a typing indicator after about five seconds.
-const TYPING_REFRESH: Duration = Duration::from_secs(4);
-
-/// Runs `work` while the channel shows that the bot is typing.
-async fn while_typing<T>(
-    adapter: &dyn Outbox,
-    chat: &concierge_adapter::ConversationRef,
-    work: impl std::future::Future<Output = T>,
-) -> T {
-    if !adapter.capabilities().typing {
-        return work.await;
-    }
-    let keep_typing = async {
-        loop {
-            show_typing(adapter, chat).await;
-            tokio::time::sleep(TYPING_REFRESH).await;
-        }
-    };
-    // Both run together: a slow typing call never holds up the work.
-    tokio::pin!(work);
-    tokio::pin!(keep_typing);
-    tokio::select! {
-        result = &mut work => result,
-        _ = &mut keep_typing => work.await,
-    }
 }
 
 /// Longest a typing indicator may take before it is given up.
@@ -344,6 +532,8 @@ struct Outcome {
     usage: Option<crate::engine::Usage>,
     error: Option<EngineError>,
     first_token: Option<Duration>,
+    /// When the customer first saw verified text.
+    shown: Option<Duration>,
 }
 
 /// How a question will be answered.
@@ -355,42 +545,22 @@ enum AnswerPlan {
     },
     /// A model reply to `prompt`, without documents.
     Generate { prompt: String },
-    /// A model reply from retrieved passages, checked against them.
-    Grounded {
-        prompt: String,
-        source_line: String,
-        passages: Vec<Hit>,
-        sources: Vec<SourceRef>,
-    },
+    /// A model reply around selected sentences, checked against them.
+    Grounded(Grounding),
 }
 
-/// Collects a generated reply instead of showing it, so it can be checked.
-struct BufferedReply;
-
-#[async_trait::async_trait]
-impl Outbox for BufferedReply {
-    fn platform(&self) -> &str {
-        "buffer"
-    }
-    fn capabilities(&self) -> concierge_adapter::Capabilities {
-        concierge_adapter::Capabilities {
-            max_message_chars: usize::MAX,
-            appends_stream: true,
-            can_edit: false,
-            buttons: false,
-            threads: false,
-            typing: false,
-        }
-    }
-    async fn send(
-        &self,
-        message: Outbound,
-    ) -> Result<concierge_adapter::SentMessage, concierge_adapter::AdapterError> {
-        Ok(concierge_adapter::SentMessage {
-            conversation: message.conversation,
-            message_id: String::new(),
-        })
-    }
+/// What a grounded answer is built from.
+struct Grounding {
+    /// The prompt with the selected sentences and the question.
+    prompt: String,
+    /// "Source: …", after the answer.
+    source_line: String,
+    /// The selected sentences with their passages' titles.
+    evidence: Evidence,
+    /// The shop's own sentences, when the model strays.
+    fallback: String,
+    /// The passages the sentences come from.
+    sources: Vec<SourceRef>,
 }
 
 /// Turns engine events into the plain text deltas a channel shows, noting

@@ -108,49 +108,113 @@ pub(crate) fn sentences(text: &str) -> Vec<&str> {
     sentences
 }
 
-/// The sentence of the best passage that matches the question best (two
-/// when they tie), in their original order.
-pub fn extract(question: &str, best: &Hit) -> String {
+/// A sentence of a retrieved passage chosen to answer a question.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Selected {
+    /// Index of the hit it comes from.
+    pub hit: usize,
+    /// Its place among the passage's sentences.
+    pub position: usize,
+    /// The sentence.
+    pub text: String,
+    /// How well it answers: question words it holds, half for those only
+    /// its passage's title holds, less for lower-ranked passages.
+    pub score: f32,
+}
+
+/// Words that ask for an amount, a duration or a count.
+const ASKS_FOR_FIGURE: &[&str] = &[
+    "how much", "how many", "how long", "how soon", "how fast", "how late", "price", "cost",
+    "多少", "几", "多久", "多长", "多快", "价格", "费用",
+];
+
+/// The sentences of `hits` that answer `question` best, best first: at most
+/// `limit`, none scoring under half the best. Sentence-level scoring finds
+/// the answer inside a long passage and across passages.
+pub fn select(question: &str, hits: &[Hit], limit: usize) -> Vec<Selected> {
     let units = query_units(question);
-    let mut analyzer = word_analyzer();
-    let candidates = sentences(&best.passage);
-    let mut scored: Vec<(usize, usize)> = candidates
+    let lowered_question = question.to_lowercase();
+    let wants_figure = ASKS_FOR_FIGURE
         .iter()
-        .enumerate()
-        .map(|(index, sentence)| {
+        .any(|cue| lowered_question.contains(cue));
+    let mut analyzer = word_analyzer();
+    let mut scored = Vec::new();
+    for (rank, hit) in hits.iter().enumerate() {
+        let title_tokens: HashSet<String> =
+            analyze(&mut analyzer, &hit.title).into_iter().collect();
+        let title_lowered = hit.title.to_lowercase();
+        for (position, sentence) in sentences(&hit.passage).into_iter().enumerate() {
             let tokens: HashSet<String> = analyze(&mut analyzer, sentence).into_iter().collect();
             let lowered = sentence.to_lowercase();
-            let score = units
-                .iter()
-                .filter(|unit| unit_covered(unit, &tokens, &lowered))
-                .count();
-            (index, score)
-        })
-        .collect();
-    // Best first; ties keep document order.
-    scored.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    // The best sentence, and a second one only if it matches as well.
-    let best_score = scored.first().map_or(0, |(_, score)| *score);
-    let mut chosen: Vec<usize> = scored
-        .iter()
-        .take(2)
-        .filter(|(_, score)| *score > 0 && *score == best_score)
-        .map(|(index, _)| *index)
-        .collect();
-    if chosen.is_empty() {
-        chosen.push(0);
+            let mut score = 0.0;
+            for unit in &units {
+                if unit_covered(unit, &tokens, &lowered) {
+                    score += 1.0;
+                } else if unit_covered(unit, &title_tokens, &title_lowered) {
+                    score += 0.5;
+                }
+            }
+            if wants_figure && sentence.chars().any(|ch| ch.is_ascii_digit()) {
+                score += 0.5;
+            }
+            score -= 0.25 * rank as f32;
+            scored.push(Selected {
+                hit: rank,
+                position,
+                text: sentence.to_string(),
+                score,
+            });
+        }
     }
-    chosen.sort_unstable();
-    let separator = if best.passage.chars().any(super::text::is_han) {
-        ""
-    } else {
-        " "
-    };
-    chosen
+    // Best first; ties keep the retrieval and document order.
+    scored.sort_by(|a, b| {
+        b.score
+            .total_cmp(&a.score)
+            .then(a.hit.cmp(&b.hit))
+            .then(a.position.cmp(&b.position))
+    });
+    let best = scored.first().map_or(0.0, |first| first.score);
+    scored
         .into_iter()
-        .filter_map(|index| candidates.get(index).copied())
-        .collect::<Vec<_>>()
-        .join(separator)
+        .take(limit.max(1))
+        .enumerate()
+        .filter(|(at, selected)| *at == 0 || (selected.score > 0.0 && selected.score >= best * 0.5))
+        .map(|(_, selected)| selected)
+        .collect()
+}
+
+/// The shop's own words for an answer: the best sentence, and the next one
+/// when it answers almost as well, in document order.
+pub fn quote(selected: &[Selected]) -> String {
+    let Some(best) = selected.first() else {
+        return String::new();
+    };
+    let mut chosen: Vec<&Selected> = vec![best];
+    if let Some(second) = selected.get(1) {
+        if second.score > 0.0 && second.score >= best.score * 0.75 {
+            chosen.push(second);
+        }
+    }
+    chosen.sort_by_key(|selected| (selected.hit, selected.position));
+    join_sentences(chosen.iter().map(|selected| selected.text.as_str()))
+}
+
+/// Sentences joined as their script writes them: Chinese without spaces.
+pub fn join_sentences<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {
+    let mut text = String::new();
+    for part in parts {
+        let han_boundary = text
+            .chars()
+            .last()
+            .is_some_and(super::text::is_han_punctuation)
+            || (text.chars().last().is_some_and(super::text::is_han)
+                && part.chars().next().is_some_and(super::text::is_han));
+        if !text.is_empty() && !han_boundary {
+            text.push(' ');
+        }
+        text.push_str(part);
+    }
+    text
 }
 
 #[cfg(test)]
@@ -190,6 +254,10 @@ mod tests {
         ));
     }
 
+    fn extract(question: &str, best: &Hit) -> String {
+        quote(&select(question, std::slice::from_ref(best), 4))
+    }
+
     #[test]
     fn extraction_picks_the_matching_sentences() {
         let best = hit("Items must be unused. You can return items within 30 days of delivery. Gift cards cannot be returned.");
@@ -200,5 +268,21 @@ mod tests {
         let quoted = hit("在登录页面点击“忘记密码？”，然后输入邮箱。链接 1 小时内有效。");
         assert!(extract("忘记密码怎么办", &quoted)
             .starts_with("在登录页面点击“忘记密码？”，然后输入邮箱。"));
+    }
+
+    #[test]
+    fn selection_looks_across_passages_and_prefers_figures_when_asked() {
+        let mut shipping =
+            hit("We ship from Berlin. Standard delivery costs 3.90 and takes 2 to 4 working days.");
+        shipping.title = "Shipping > Costs".into();
+        let returns = hit("Returns are free within Germany.");
+        let selected = select("how much is delivery", &[returns, shipping], 4);
+        assert_eq!(selected[0].hit, 1);
+        assert!(selected[0].text.contains("3.90"), "{selected:?}");
+        assert_eq!(
+            join_sentences(["商品需未使用。", "收货后可以退货。"]),
+            "商品需未使用。收货后可以退货。"
+        );
+        assert_eq!(join_sentences(["One.", "Two."]), "One. Two.");
     }
 }

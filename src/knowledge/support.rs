@@ -112,6 +112,12 @@ impl Evidence {
 
     /// Checks one sentence.
     pub fn check_sentence(&self, sentence: &str) -> Result<(), Unsupported> {
+        self.check_statement(sentence).map(|_| ())
+    }
+
+    /// Checks one sentence; `Ok(true)` when it states something the shop
+    /// said, `Ok(false)` when it is only courtesy.
+    pub fn check_statement(&self, sentence: &str) -> Result<bool, Unsupported> {
         for link in links(sentence) {
             if !self.links.contains(&link) {
                 return Err(Unsupported::Link(link));
@@ -142,11 +148,12 @@ impl Evidence {
             }
             supports.push(negated(clause));
         }
+        let states = !supports.is_empty();
         match verdict {
-            None => Ok(()),
+            None => Ok(states),
             // "No." alone, or a verdict over nothing the shop said.
-            Some(_) if supports.is_empty() => Err(Unsupported::Verdict(sentence.to_string())),
-            Some(no) if supports.iter().all(|negated| *negated == no) => Ok(()),
+            Some(_) if !states => Err(Unsupported::Verdict(sentence.to_string())),
+            Some(no) if supports.iter().all(|negated| *negated == no) => Ok(states),
             Some(_) => Err(Unsupported::Verdict(sentence.to_string())),
         }
     }

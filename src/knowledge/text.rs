@@ -97,6 +97,11 @@ pub fn is_han(ch: char) -> bool {
         '\u{4E00}'..='\u{9FFF}' | '\u{3400}'..='\u{4DBF}' | '\u{20000}'..='\u{2A6DF}' | '\u{F900}'..='\u{FAFF}')
 }
 
+/// Whether `ch` is full-width punctuation of Chinese text (。，！？ and the like).
+pub fn is_han_punctuation(ch: char) -> bool {
+    matches!(ch, '\u{3000}'..='\u{303F}' | '\u{FF01}'..='\u{FF1F}')
+}
+
 /// A run of text: Han characters, or a word of other letters and digits.
 #[derive(Debug, PartialEq, Eq)]
 enum Run<'a> {

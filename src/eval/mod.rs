@@ -1,6 +1,8 @@
 //! Offline evaluation: retrieval quality of the knowledge base on a labelled
 //! question file (`question,expected_doc`), as hit@1, hit@3, MRR and the
-//! rates of the "not found" decision.
+//! rates of the "not found" decision; whole answers in `answers`.
+
+pub mod answers;
 
 use std::path::Path;
 
