@@ -74,6 +74,11 @@ pub enum Template {
     FaqAnswer,
     /// The documents do not answer; offers a person.
     NotFound,
+    /// A reply to a greeting or other small talk: who the bot is and what
+    /// it can do.
+    Greeting,
+    /// A reply to thanks.
+    Thanks,
     /// Introduces recommended items.
     RecommendIntro,
     /// No catalog item fits the request.
@@ -154,7 +159,7 @@ pub enum Template {
 
 impl Template {
     /// Every template.
-    pub const ALL: [Template; 49] = [
+    pub const ALL: [Template; 51] = [
         Template::System,
         Template::Start,
         Template::Help,
@@ -166,6 +171,8 @@ impl Template {
         Template::SourceLine,
         Template::FaqAnswer,
         Template::NotFound,
+        Template::Greeting,
+        Template::Thanks,
         Template::RecommendIntro,
         Template::RecommendNone,
         Template::ReasonAlsoBought,
@@ -220,6 +227,8 @@ impl Template {
             Self::SourceLine => "source_line.txt",
             Self::FaqAnswer => "faq_answer.txt",
             Self::NotFound => "not_found.txt",
+            Self::Greeting => "greeting.txt",
+            Self::Thanks => "thanks.txt",
             Self::RecommendIntro => "recommend_intro.txt",
             Self::RecommendNone => "recommend_none.txt",
             Self::ReasonAlsoBought => "reason_also_bought.txt",
@@ -282,6 +291,8 @@ impl Template {
             Self::SourceLine => both!("source_line.txt"),
             Self::FaqAnswer => both!("faq_answer.txt"),
             Self::NotFound => both!("not_found.txt"),
+            Self::Greeting => both!("greeting.txt"),
+            Self::Thanks => both!("thanks.txt"),
             Self::RecommendIntro => both!("recommend_intro.txt"),
             Self::RecommendNone => both!("recommend_none.txt"),
             Self::ReasonAlsoBought => both!("reason_also_bought.txt"),

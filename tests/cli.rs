@@ -33,17 +33,24 @@ fn piped_chat_answers_every_line_and_history_shows_them() {
     let config = scripted_config(dir.path(), ECHO, free_port());
     let mut command = concierge(&config);
     command.args(["chat", "--user", "ann"]);
-    let output = run_with_stdin(command, "hello there\n/help\n你好\n");
+    let output = run_with_stdin(
+        command,
+        "hello there\n/help\n你好\nmy parcel is late\n我的包裹呢\n",
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
         "stderr: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("echo: hello there"), "{stdout}");
+    // Small talk is answered in the customer's language and in role.
+    assert!(stdout.contains("this shop's assistant"), "{stdout}");
     assert!(stdout.contains("/reset"), "help text: {stdout}");
-    assert!(stdout.contains("echo: 你好"), "{stdout}");
-    assert!(stdout.find("echo: hello there") < stdout.find("echo: 你好"));
+    assert!(stdout.contains("我是本店的客服助手"), "{stdout}");
+    // Without a knowledge base, questions go to the model.
+    assert!(stdout.contains("echo: my parcel is late"), "{stdout}");
+    assert!(stdout.contains("echo: 我的包裹呢"), "{stdout}");
+    assert!(stdout.find("this shop's assistant") < stdout.find("我是本店的客服助手"));
 
     let output = concierge(&config)
         .args(["history", "--user", "ann"])
@@ -58,9 +65,9 @@ fn piped_chat_answers_every_line_and_history_shows_them() {
         .iter()
         .map(|line| line["role"].as_str().unwrap())
         .collect();
-    assert_eq!(roles, ["user", "assistant", "user", "assistant"]);
+    assert_eq!(roles, ["user", "assistant"].repeat(4));
     assert_eq!(lines[0]["text"], "hello there");
-    assert_eq!(lines[3]["text"], "echo: 你好");
+    assert_eq!(lines[7]["text"], "echo: 我的包裹呢");
     assert!(lines[0]["ts"].as_str().unwrap().ends_with('Z'));
     assert_eq!(
         lines[0].as_object().unwrap().len(),

@@ -459,7 +459,7 @@ async fn a_slow_reply_blocks_no_other_chat_and_one_chat_stays_in_order() {
     let daemon = InProcessDaemon::start(dir.path(), SCRIPT, &telegram_section(&fake));
     const OTHER: i64 = 556;
     fake.push_message(CHAT, "private", CUSTOMER, "please answer slowly");
-    fake.push_message(CHAT, "private", CUSTOMER, "and then this");
+    fake.push_message(CHAT, "private", CUSTOMER, "and then my parcel");
     fake.push_message(OTHER, "private", OTHER as u64, "quick one");
     assert!(eventually(WAIT, || !texts_in(&fake, OTHER).is_empty()).await);
     // The other chat was answered while the slow reply was still growing.
@@ -474,7 +474,7 @@ async fn a_slow_reply_blocks_no_other_chat_and_one_chat_stays_in_order() {
     daemon.stop().await;
     let texts = texts_in(&fake, CHAT);
     assert!(texts[0].ends_with("twenty"), "{texts:?}");
-    assert_eq!(texts[1], "You said: and then this");
+    assert_eq!(texts[1], "You said: and then my parcel");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -508,10 +508,10 @@ async fn a_link_code_asked_for_in_a_group_is_sent_only_privately() {
 async fn a_grounded_answer_grows_sentence_by_sentence_as_it_is_verified() {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeTelegram::start().await;
-    let first = "Standard delivery with DHL takes 1-3 working days and costs €4.95.";
+    let first = "Standard delivery costs €4.95.";
     let second = "Standard delivery is free for orders of €60 or more.";
     let script = format!(
-        "[[rule]]\ncontains = \"DHL\"\nreply = {:?}\ntoken_delay_ms = 150\n",
+        "[[rule]]\ncontains = \"DHL\"\nreply = {:?}\ntoken_delay_ms = 100\n",
         format!("{first} {second}")
     );
     let daemon = InProcessDaemon::start_with_env(

@@ -1,7 +1,8 @@
-//! The answer handler: a strong FAQ match verbatim, a model answer grounded
-//! in retrieved passages and checked against them (else the passage
-//! quoted), an honest "not found", or, without a knowledge base or for small
-//! talk, the model alone, streamed.
+//! The answer handler: a strong FAQ match verbatim; a model answer around
+//! the passages' best sentences, streamed as each of its sentences is
+//! verified against them (else those sentences quoted); an honest "not
+//! found"; small talk from templates; without a knowledge base, the model
+//! alone, streamed.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +22,10 @@ use crate::telemetry;
 
 /// Longest question put into a grounded prompt, in characters.
 const GROUNDED_QUESTION_CHARS: usize = 1000;
+/// How long a grounded reply may go without verified text before the
+/// shop's sentences are shown instead (the customer should see words
+/// within a second).
+const FIRST_TEXT_DEADLINE: Duration = Duration::from_millis(800);
 /// Most sentences of the passages given to the model to answer from.
 const SELECTED_SENTENCES: usize = 4;
 
@@ -98,10 +103,23 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// Decides how to answer: an FAQ entry verbatim, the model grounded in
-/// retrieved passages, an honest "not found", or (without a knowledge
-/// base, or for small talk) the model alone.
+/// Decides how to answer: small talk from a template, an FAQ entry
+/// verbatim, the model grounded in selected sentences, an honest "not
+/// found", or (without a knowledge base) the model alone.
 fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerPlan> {
+    if crate::knowledge::text::query_units(text).is_empty() {
+        // Small talk: the shop's own words, in the customer's language and
+        // in role, at once; a small model would wander off both.
+        let template = if is_thanks(text) {
+            Template::Thanks
+        } else {
+            Template::Greeting
+        };
+        return Ok(AnswerPlan::Fixed {
+            text: a.ctx.prompts.text(locale, template).to_string(),
+            sources: Vec::new(),
+        });
+    }
     let plain = AnswerPlan::Generate {
         prompt: text.to_string(),
     };
@@ -109,9 +127,6 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
         return Ok(plain);
     };
     let retrieval = knowledge.retrieve(text, a.settings.top_k)?;
-    if retrieval.query_terms == 0 {
-        return Ok(plain);
-    }
     let source_of = |hit: &Hit| SourceRef {
         doc: hit.doc.clone(),
         title: hit.title.clone(),
@@ -146,6 +161,13 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
     // The facts are chosen before the model writes: it phrases an answer
     // around these sentences, and each of its sentences must rest on one.
     let mut selected = answer::select(text, &used, SELECTED_SENTENCES);
+    // The passage is about the topic, but no sentence of it answers.
+    if !answer::answers(text, &selected) {
+        return Ok(AnswerPlan::Fixed {
+            text: a.ctx.prompts.text(locale, Template::NotFound).to_string(),
+            sources: Vec::new(),
+        });
+    }
     let fallback = answer::quote(&selected);
     let answering_hit = selected.first().map_or(0, |first| first.hit);
     selected.sort_by_key(|sentence| (sentence.hit, sentence.position));
@@ -192,6 +214,14 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
     }))
 }
 
+/// Whether a message without a question in it thanks the bot.
+fn is_thanks(text: &str) -> bool {
+    let lowered = text.to_lowercase();
+    ["thank", "thx", "cheers", "谢谢", "感谢", "多谢", "谢了"]
+        .iter()
+        .any(|word| lowered.contains(word))
+}
+
 /// The model's answer around the selected sentences, streamed sentence by
 /// sentence as each is found to rest on one of them
 /// (`knowledge::support`). At the first sentence that does not, generation
@@ -228,6 +258,7 @@ async fn grounded(
         cancel: cancel.clone(),
         outcome: Arc::clone(&outcome),
         started,
+        locale,
     };
     let deltas = futures::stream::unfold(verified, |mut reply| async move {
         let next = reply.next().await?;
@@ -266,6 +297,7 @@ struct VerifiedReply {
     cancel: tokio_util::sync::CancellationToken,
     outcome: Arc<Mutex<Outcome>>,
     started: Instant,
+    locale: Locale,
 }
 
 impl VerifiedReply {
@@ -282,7 +314,26 @@ impl VerifiedReply {
             if self.finished {
                 return None;
             }
+            let nothing_shown = !self.stated_fact
+                && self
+                    .outcome
+                    .lock()
+                    .map(|outcome| outcome.text.is_empty())
+                    .unwrap_or(true);
             let event = match self.events.as_mut() {
+                Some(events) if nothing_shown => {
+                    let left = FIRST_TEXT_DEADLINE.saturating_sub(self.started.elapsed());
+                    match tokio::time::timeout(left, events.recv()).await {
+                        Ok(event) => event,
+                        Err(_) => {
+                            // Too slow to be worth waiting for: the customer
+                            // gets the shop's sentences now.
+                            tracing::info!("no verified sentence in time; quoting the source");
+                            self.finish();
+                            continue;
+                        }
+                    }
+                }
                 Some(events) => events.recv().await,
                 None => None,
             };
@@ -353,7 +404,17 @@ impl VerifiedReply {
     /// rests on the shop's sentences; otherwise stops the model and ends
     /// the reply. Returns whether it was accepted.
     fn accept(&mut self, sentence: &str, raw: &str) -> bool {
-        match self.grounding.evidence.check_statement(sentence) {
+        let verdict = if self.locale == Locale::Zh
+            && !sentence.chars().any(crate::knowledge::text::is_han)
+            && sentence.chars().any(char::is_alphabetic)
+        {
+            Err(crate::knowledge::support::Unsupported::Language(
+                sentence.to_string(),
+            ))
+        } else {
+            self.grounding.evidence.check_statement(sentence)
+        };
+        match verdict {
             Ok(states) => {
                 self.stated_fact |= states;
                 let shown_before = !self.ready.is_empty()

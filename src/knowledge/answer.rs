@@ -183,21 +183,40 @@ pub fn select(question: &str, hits: &[Hit], limit: usize) -> Vec<Selected> {
         .collect()
 }
 
-/// The shop's own words for an answer: the best sentence, and the next one
-/// when it answers almost as well, in document order.
+/// The shop's own words for an answer: the best sentences (those that
+/// answer at least half as well as the best), at most `QUOTED_SENTENCES`,
+/// in document order.
 pub fn quote(selected: &[Selected]) -> String {
     let Some(best) = selected.first() else {
         return String::new();
     };
-    let mut chosen: Vec<&Selected> = vec![best];
-    if let Some(second) = selected.get(1) {
-        if second.score > 0.0 && second.score >= best.score * 0.75 {
-            chosen.push(second);
-        }
-    }
+    let mut chosen: Vec<&Selected> = selected
+        .iter()
+        .take(QUOTED_SENTENCES)
+        .filter(|sentence| {
+            std::ptr::eq(*sentence, best)
+                || (sentence.score > 0.0 && sentence.score >= best.score * 0.5)
+        })
+        .collect();
     chosen.sort_by_key(|selected| (selected.hit, selected.position));
     join_sentences(chosen.iter().map(|selected| selected.text.as_str()))
 }
+
+/// Share of a question's words the best selected sentence must hold (its
+/// passage's title counting half) to be an answer. Chosen on the odd rows
+/// of config/demo/eval/answers.csv.
+pub const MIN_SENTENCE_SHARE: f32 = 0.3;
+
+/// Whether the best of `selected` answers `question` at all.
+pub fn answers(question: &str, selected: &[Selected]) -> bool {
+    let units = query_units(question).len().max(1) as f32;
+    selected
+        .first()
+        .is_some_and(|best| best.score / units >= MIN_SENTENCE_SHARE)
+}
+
+/// Most sentences quoted when the model's answer is not used.
+const QUOTED_SENTENCES: usize = 3;
 
 /// Sentences joined as their script writes them: Chinese without spaces.
 pub fn join_sentences<'a>(parts: impl IntoIterator<Item = &'a str>) -> String {

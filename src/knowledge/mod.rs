@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use tantivy::collector::TopDocs;
-use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, TermQuery};
+use tantivy::query::{
+    BooleanQuery, BoostQuery, FuzzyTermQuery, Occur, PhraseQuery, Query, TermQuery,
+};
 use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING,
 };
@@ -33,6 +35,8 @@ use text::{analyze, query_units, unit_covered, QueryUnit, Synonyms};
 pub const MIN_COVERAGE: f32 = 0.4;
 /// Coverage at which an FAQ entry is answered verbatim.
 pub const FAQ_COVERAGE: f32 = 0.75;
+/// Shortest word searched for with one typo allowed.
+const FUZZY_MIN_CHARS: usize = 5;
 /// Top passages whose coverage counts.
 const COVERAGE_HITS: usize = 3;
 const GENERATION_FILE: &str = "generation";
@@ -494,14 +498,20 @@ impl KnowledgeBase {
         let synonyms = Synonyms::built_in();
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         let mut add = |field: Field, term: &str, boost: f32| {
-            let query = TermQuery::new(
-                Term::from_field_text(field, term),
-                IndexRecordOption::WithFreqs,
-            );
-            clauses.push((
-                Occur::Should,
-                Box::new(BoostQuery::new(Box::new(query), boost)),
-            ));
+            // A synonym phrase ("american express") is searched as a phrase.
+            let query: Box<dyn Query> = if term.contains(' ') {
+                let words: Vec<Term> = term
+                    .split(' ')
+                    .map(|word| Term::from_field_text(field, word))
+                    .collect();
+                Box::new(PhraseQuery::new(words))
+            } else {
+                Box::new(TermQuery::new(
+                    Term::from_field_text(field, term),
+                    IndexRecordOption::WithFreqs,
+                ))
+            };
+            clauses.push((Occur::Should, Box::new(BoostQuery::new(query, boost))));
         };
         let mut unique = HashSet::new();
         for term in terms.iter().filter(|term| unique.insert(term.as_str())) {
@@ -522,6 +532,19 @@ impl KnowledgeBase {
         for gram in analyze(&mut grams, question) {
             if unique_grams.insert(gram.clone()) {
                 add(self.fields.ngrams, &gram, 0.2);
+            }
+        }
+        // A misspelt word ("delivry") still finds its passages; the exact
+        // word, when it exists, scores more.
+        for term in terms.iter().filter(|term| {
+            term.chars().count() >= FUZZY_MIN_CHARS && !term.chars().any(text::is_han)
+        }) {
+            for (field, boost) in [(self.fields.title, 0.6), (self.fields.body, 0.4)] {
+                let fuzzy = FuzzyTermQuery::new(Term::from_field_text(field, term), 1, true);
+                clauses.push((
+                    Occur::Should,
+                    Box::new(BoostQuery::new(Box::new(fuzzy), boost)),
+                ));
             }
         }
         Box::new(BooleanQuery::new(clauses))

@@ -28,6 +28,8 @@ pub enum Unsupported {
     Link(String),
     /// A bare yes or no that nothing confirms.
     Verdict(String),
+    /// Written in another language than the customer's.
+    Language(String),
 }
 
 /// Words of a piece of the shop's text, for coverage.
@@ -140,7 +142,12 @@ impl Evidence {
             if clause_figures.is_empty() && is_courtesy(&units) {
                 continue;
             }
-            let support = self.support_of(clause, &units)?;
+            // "See … for": pointing at a link claims nothing.
+            let claimed: Vec<QueryUnit> = units
+                .into_iter()
+                .filter(|unit| !POINTING.contains(&unit.term.as_str()))
+                .collect();
+            let support = self.support_of(clause, &claimed)?;
             for figure in &clause_figures {
                 if !support.figures.iter().any(|known| known.matches(figure)) {
                     return Err(Unsupported::Figure(figure.shown()));
@@ -288,9 +295,8 @@ fn bare_verdict(clause: &str) -> Option<bool> {
     }
 }
 
-/// Words of courtesy, and of pointing at a link, that state nothing about
-/// the shop.
-const COURTESY: &[&str] = &[
+/// Words of pointing at a link or page, that state nothing about the shop.
+const POINTING: &[&str] = &[
     "find",
     "see",
     "here",
@@ -310,6 +316,10 @@ const COURTESY: &[&str] = &[
     "链接",
     "页面",
     "点击",
+];
+
+/// Words of courtesy that state nothing about the shop.
+const COURTESY: &[&str] = &[
     "happi",
     "happy",
     "glad",
@@ -368,9 +378,9 @@ const COURTESY: &[&str] = &[
 
 fn is_courtesy(units: &[QueryUnit]) -> bool {
     !units.is_empty()
-        && units
-            .iter()
-            .all(|unit| COURTESY.contains(&unit.term.as_str()))
+        && units.iter().all(|unit| {
+            COURTESY.contains(&unit.term.as_str()) || POINTING.contains(&unit.term.as_str())
+        })
 }
 
 /// A number with the word or symbol written beside it.
@@ -624,6 +634,7 @@ mod tests {
             "No, rented stoves need a deposit of 100 EUR.",
             "积分可以兑换现金。",
             "积分不会过期。",
+            "Rented stoves are free.",
         ] {
             assert!(shop.check_answer(answer).is_err(), "{answer}");
         }

@@ -330,12 +330,24 @@ impl Synonyms {
             }
             terms.sort();
             terms.dedup();
+            // A phrase stands in the group as its words joined by spaces:
+            // a passage holds it when it holds each of them.
+            let joined: Vec<String> = line_phrases.iter().map(|phrase| phrase.join(" ")).collect();
             for term in &terms {
                 let others = groups.entry(term.clone()).or_default();
                 others.extend(terms.iter().filter(|other| *other != term).cloned());
+                others.extend(joined.iter().cloned());
             }
-            for phrase in line_phrases {
-                phrases.push((phrase, terms.clone()));
+            for (phrase, own) in line_phrases.into_iter().zip(&joined) {
+                let mut group = terms.clone();
+                if group.is_empty() {
+                    group.push(own.clone());
+                }
+                group.extend(joined.iter().filter(|other| *other != own).cloned());
+                if !group.contains(own) {
+                    group.push(own.clone());
+                }
+                phrases.push((phrase, group));
             }
         }
         Synonyms { groups, phrases }
@@ -456,6 +468,9 @@ pub fn unit_covered(
 fn term_covered(term: &str, passage_tokens: &HashSet<String>, passage_text: &str) -> bool {
     if passage_tokens.contains(term) {
         return true;
+    }
+    if term.contains(' ') {
+        return term.split(' ').all(|word| passage_tokens.contains(word));
     }
     if term.chars().any(is_han) {
         if passage_text.contains(term) {
