@@ -378,20 +378,56 @@ pub async fn eval_answers(
     Ok(report)
 }
 
-/// `concierge chat`: the console conversation until EOF (or Ctrl-C).
+/// `concierge chat`: the console conversation until EOF (or Ctrl-C), with
+/// the same pipeline as `serve`: complaints and `/human` open tickets, and
+/// the chat serves the operator API (when `operator.enabled`) so agents can
+/// answer with `concierge tickets` from another terminal.
 pub async fn chat(
     config: &Config,
     user: &str,
     interrupt: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let store = open_store(config).await?;
+    let health = Health::default();
+    health.set_store(ComponentState::Ready);
     let prompts = Prompts::load(&config.chat.prompts_dir)?;
     let knowledge = load_knowledge_async(config, &store).await?;
     let recommender = load_ranker_async(config, &store).await?;
     let classifier = load_classifier(config).await?;
     let llm = build_engine(config).await?;
+    health.set_engine(ComponentState::Ready, Some(llm.model_name().to_string()));
+    let desk: Arc<std::sync::OnceLock<Arc<Pipeline>>> = Arc::default();
+    let api_stop = CancellationToken::new();
+    // This process holds the store, so `concierge tickets` reaches the
+    // desk through this chat, as it would through a daemon.
+    let api_task = if config.operator.enabled {
+        match bind_operator_api(config).await {
+            Ok(listener) => Some(start_operator_api(
+                config,
+                listener,
+                &health,
+                &store,
+                &desk,
+                api_stop.clone(),
+            )),
+            Err(err) => {
+                eprintln!("concierge: {err:#}; `concierge tickets` cannot reach this chat");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let desk_note = if api_task.is_some() {
+        format!(
+            " Agents: `concierge tickets list` (operator API on {}).",
+            config.operator.listen
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "concierge: ready ({}). Type a message; /help for commands.",
+        "concierge: ready ({}). Type a message; /help for commands.{desk_note}",
         llm.model_name()
     );
     let console = channels::console(user)?;
@@ -405,11 +441,23 @@ pub async fn chat(
             knowledge: Some(knowledge),
             recommender: Some(recommender),
             classifier: Some(classifier),
-            escalation: None,
+            escalation: config
+                .escalation
+                .enabled
+                .then(|| crate::escalation::Escalation::new(store.clone(), sla_policy(config))),
         },
         std::slice::from_ref(&console),
         cancel.clone(),
     );
+    let _ = desk.set(Arc::clone(&pipeline));
+    let watch_stop = CancellationToken::new();
+    let sla_watch = config.escalation.enabled.then(|| {
+        tokio::spawn(watch_deadlines(
+            Arc::clone(&pipeline),
+            Duration::from_secs(config.escalation.sla_check_secs),
+            watch_stop.clone(),
+        ))
+    });
     let (sink, source) = concierge_adapter::inbound_queue(INBOUND_BUFFER);
     // One person at their own console: no flood limits, and nothing kept to
     // replay at the next start (they see what was answered).
@@ -444,9 +492,52 @@ pub async fn chat(
     // finishes the queued replies and the store is flushed either way.
     intake_stage.await.context("intake task failed")?;
     router.await.context("router task failed")?;
+    watch_stop.cancel();
+    if let Some(task) = sla_watch {
+        task.abort();
+    }
+    api_stop.cancel();
+    if let Some(task) = api_task {
+        if tokio::time::timeout(CANCEL_GRACE, task).await.is_err() {
+            tracing::warn!("operator API did not stop in time");
+        }
+    }
     store.flush().await?;
     intake_result.context("reading the console failed")?;
     Ok(())
+}
+
+/// The operator API's listening socket.
+async fn bind_operator_api(config: &Config) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(config.operator.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (operator.listen): is another daemon running?",
+                config.operator.listen
+            )
+        })
+}
+
+/// Serves the operator API on `listener` until `stop`.
+fn start_operator_api(
+    config: &Config,
+    listener: tokio::net::TcpListener,
+    health: &Health,
+    store: &Store,
+    desk: &Arc<std::sync::OnceLock<Arc<Pipeline>>>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tracing::info!(listen = %config.operator.listen, "operator API listening");
+    let state = operator::OperatorState {
+        health: health.clone(),
+        store: store.clone(),
+        token: config.operator.token.clone(),
+        desk: Arc::clone(desk),
+    };
+    tokio::spawn(operator::serve(listener, state, async move {
+        stop.cancelled().await
+    }))
 }
 
 /// `concierge serve`: the daemon, until `shutdown` completes.
@@ -476,28 +567,19 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
 
     let api_stop = CancellationToken::new();
     let desk: Arc<std::sync::OnceLock<Arc<Pipeline>>> = Arc::default();
-    let mut api_task = None;
-    if config.operator.enabled {
-        let listener = tokio::net::TcpListener::bind(config.operator.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} (operator.listen): is another daemon running?",
-                    config.operator.listen
-                )
-            })?;
-        tracing::info!(listen = %config.operator.listen, "operator API listening");
-        let state = operator::OperatorState {
-            health: health.clone(),
-            store: store.clone(),
-            token: config.operator.token.clone(),
-            desk: Arc::clone(&desk),
-        };
-        let stop = api_stop.clone();
-        api_task = Some(tokio::spawn(operator::serve(listener, state, async move {
-            stop.cancelled().await
-        })));
-    }
+    let api_task = if config.operator.enabled {
+        let listener = bind_operator_api(config).await?;
+        Some(start_operator_api(
+            config,
+            listener,
+            &health,
+            &store,
+            &desk,
+            api_stop.clone(),
+        ))
+    } else {
+        None
+    };
 
     tokio::pin!(shutdown);
     let llm = tokio::select! {

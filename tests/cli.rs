@@ -436,3 +436,77 @@ fn shutdown_cancels_a_reply_past_the_deadline_and_names_it() {
     let history = String::from_utf8_lossy(&output.stdout);
     assert!(history.contains("slow answer please"), "{history}");
 }
+
+/// The console is the full product: a complaint opens a ticket, the
+/// customer is told its number, an agent answers with `concierge tickets`
+/// from another terminal while the chat runs, and `/human` opens one too.
+#[test]
+#[cfg(feature = "console")]
+fn at_the_console_a_complaint_opens_a_ticket_an_agent_answers_with_concierge_tickets() {
+    const TOKEN: &str = "desk-token";
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = scripted_config(dir.path(), ECHO, port);
+    let mut chat = concierge(&config)
+        .env("CONCIERGE_OPERATOR_TOKEN", TOKEN)
+        .args(["chat", "--user", "ann"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = chat.stdin.take().unwrap();
+    writeln!(stdin, "你们的快递太慢了，我非常生气！").unwrap();
+    wait_ready(port);
+    let tickets = |args: &[&str]| {
+        concierge(&config)
+            .env("CONCIERGE_OPERATOR_TOKEN", TOKEN)
+            .arg("tickets")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let listed = wait_for(Duration::from_secs(30), || {
+        let output = tickets(&["list"]);
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        text.contains("T-000001").then_some(text)
+    })
+    .expect("the complaint opened a ticket");
+    assert!(listed.contains("complaint"), "{listed}");
+    let answered = tickets(&[
+        "reply",
+        "--agent",
+        "mei",
+        "T-000001",
+        "您好，我们已经联系快递公司，明天送达。",
+    ]);
+    assert!(
+        answered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&answered.stderr)
+    );
+    drop(stdin);
+    let output = chat.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("T-000001"), "the ticket notice: {stdout}");
+    assert!(
+        stdout.contains("您好，我们已经联系快递公司，明天送达。"),
+        "the agent's answer reached the console: {stdout}"
+    );
+    assert!(
+        !stdout.contains("echo:"),
+        "no model reply to a complaint: {stdout}"
+    );
+
+    let mut command = concierge(&config);
+    command
+        .env("CONCIERGE_OPERATOR_TOKEN", TOKEN)
+        .args(["chat", "--user", "bob"]);
+    let output = run_with_stdin(command, "/human\n");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("T-000002"),
+        "/human opened a ticket: {stdout}"
+    );
+}
