@@ -463,6 +463,7 @@ pub fn recommend(
                 currency: "EUR".into(),
                 url: String::new(),
                 in_stock: random.next(10) != 0,
+                ..Default::default()
             }
         })
         .collect();

@@ -85,7 +85,7 @@ pub enum Template {
     RecommendNone,
     /// Reason: customers who liked `{item}` chose it.
     ReasonAlsoBought,
-    /// Reason: it matches `{request}`.
+    /// Reason: the item's attributes the request named, `{matched}`.
     ReasonMatches,
     /// Reason: similar to the customer's history.
     ReasonSimilar,

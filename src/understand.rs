@@ -64,7 +64,14 @@ pub fn understand(text: String, was_cut: bool, classifier: Option<&Classifier>) 
             classifier.map(|classifier| classifier.classify(&text)),
         ),
     };
-    let asks_for_recommendation = command.is_none() && asks_for_recommendation(&text);
+    // "I'm looking for a warm jacket" asks for products without saying
+    // "recommend": the classifier knows it.
+    let classified_as_shopping = classification.as_ref().is_some_and(|result| {
+        result.intent == crate::intent::Intent::Recommendation
+            && result.confidence >= MIN_SHOPPING_CONFIDENCE
+    });
+    let asks_for_recommendation =
+        command.is_none() && (classified_as_shopping || asks_for_recommendation(&text));
     Understood {
         text,
         was_cut,
@@ -107,6 +114,10 @@ pub fn parse_command(text: &str) -> Option<Command> {
         _ => Command::Unknown(text.split_whitespace().next().unwrap_or(text).to_string()),
     })
 }
+
+/// Confidence of the "recommendation" intent at which a message is taken
+/// as asking for products.
+const MIN_SHOPPING_CONFIDENCE: f32 = 0.6;
 
 /// Whether free text asks for recommendations ("recommend me …", "推荐").
 fn asks_for_recommendation(text: &str) -> bool {

@@ -289,6 +289,104 @@ async fn chat_recommendations_show_catalog_facts_and_a_dislike_sticks() {
     );
 }
 
+/// Reasons name the item's own attributes in whole words and in the
+/// customer's language, never pieces of the request; a Chinese request
+/// finds items by their Chinese words and shows their Chinese titles.
+#[tokio::test]
+async fn reasons_name_the_matching_attributes_in_the_customers_language() {
+    use std::sync::Arc;
+
+    use concierge::recommend::ranker::{Ranker, SharedRanker};
+    use support::{harness, message, run_messages, settings};
+
+    let data = tempfile::tempdir().unwrap();
+    // A model whose reasons lean on the customer's words only.
+    let mut harness = harness(
+        data.path(),
+        "default_reply = \"Perfect for what you asked: {last_user}\"\n",
+        settings(2048, 256),
+    );
+    let catalog = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo/catalog.csv");
+    concierge::recommend::import::catalog(&harness.store, &catalog).unwrap();
+    let ranker = Ranker::build(harness.store.catalog_items().unwrap(), &[]).unwrap();
+    let intents = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/intents");
+    let classifier = concierge::intent::load_or_train(data.path(), &intents).unwrap();
+    let pipeline = Arc::get_mut(&mut harness.pipeline).unwrap();
+    pipeline.recommender = Some(Arc::new(SharedRanker::new(ranker)));
+    pipeline.classifier = Some(Arc::new(classifier));
+    run_messages(
+        &harness,
+        vec![
+            message(
+                "ada",
+                "I am looking for a warm jacket for hiking, what do you have?",
+            ),
+            message("li", "我想买一个适合徒步的背包"),
+        ],
+    )
+    .await;
+    let delivered = harness.channel.delivered.lock().unwrap().clone();
+    let items_for = |user: &str| -> Vec<(concierge::store::CatalogItem, String)> {
+        delivered
+            .iter()
+            .filter(|shown| shown.chat_id == user && !shown.choices.is_empty())
+            .map(|shown| {
+                let id = shown.choices[0].id.rsplit(':').next().unwrap();
+                (
+                    harness.store.catalog_item(id).unwrap().unwrap(),
+                    shown.text.clone(),
+                )
+            })
+            .collect()
+    };
+    let english = items_for("ada");
+    assert!(!english.is_empty(), "{delivered:?}");
+    for (item, text) in &english {
+        let reason = text.lines().last().unwrap();
+        assert!(!reason.contains("asked:"), "the model's echo: {reason}");
+        let named = reason
+            .strip_prefix("Matches what you asked for: ")
+            .and_then(|rest| rest.strip_suffix('.'))
+            .unwrap_or_else(|| panic!("a matching reason: {reason}"));
+        let attributes: Vec<String> = std::iter::once(item.category.replace('-', " "))
+            .chain(item.tags.iter().map(|tag| tag.replace('-', " ")))
+            .collect();
+        for part in named.split(", ") {
+            assert!(
+                attributes.iter().any(|a| a == part),
+                "{part:?} is not an attribute of {}: {attributes:?}",
+                item.id
+            );
+        }
+    }
+    let chinese = items_for("li");
+    assert!(!chinese.is_empty(), "{delivered:?}");
+    for (item, text) in &chinese {
+        assert!(text.contains(&item.title_zh), "{text}");
+        assert!(
+            item.tags_zh
+                .iter()
+                .any(|tag| tag.contains("背包") || tag.contains("徒步"))
+                || item.title_zh.contains("背包"),
+            "{}: {:?}",
+            item.id,
+            item.tags_zh
+        );
+        let reason = text.lines().last().unwrap();
+        let named = reason
+            .strip_prefix("符合您的要求：")
+            .and_then(|rest| rest.strip_suffix('。'))
+            .unwrap_or_else(|| panic!("a matching reason in Chinese: {reason}"));
+        for part in named.split('、') {
+            assert!(
+                item.tags_zh.iter().any(|tag| tag == part),
+                "{part:?} is not a Chinese tag of {}",
+                item.id
+            );
+        }
+    }
+}
+
 #[test]
 fn the_eval_command_beats_popularity_on_synthetic_tastes() {
     // 300 customers in 10 taste groups of 40 items; each customer touches 20

@@ -47,20 +47,22 @@ pub(crate) async fn item(
     }])?;
     ctx.store.flush().await?;
     let reply = match kind {
-        EventKind::Like => {
-            ctx.prompts
-                .render(locale, Template::FeedbackLike, &[("title", &item.title)])
-        }
-        EventKind::Dislike => {
-            ctx.prompts
-                .render(locale, Template::FeedbackDislike, &[("title", &item.title)])
-        }
+        EventKind::Like => ctx.prompts.render(
+            locale,
+            Template::FeedbackLike,
+            &[("title", item.title_in(locale))],
+        ),
+        EventKind::Dislike => ctx.prompts.render(
+            locale,
+            Template::FeedbackDislike,
+            &[("title", item.title_in(locale))],
+        ),
         _ => ctx.prompts.render(
             locale,
             Template::ItemDetails,
             &[
-                ("title", &item.title),
-                ("description", &item.description),
+                ("title", item.title_in(locale)),
+                ("description", item.description_in(locale)),
                 ("price", &price_text(&item)),
                 ("url", &item.url),
             ],

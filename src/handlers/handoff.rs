@@ -215,19 +215,17 @@ impl Tickets<'_> {
             .chars()
             .take(SUMMARY_CHARS)
             .collect();
-        let facts = crate::knowledge::Hit {
-            doc: crate::escalation::ticket::display_id(ticket.id),
-            title: String::new(),
-            passage: transcript,
-            score: 0.0,
-            passage_index: 0,
-            is_faq: false,
-        };
-        if crate::knowledge::answer::faithful(&sentence, std::slice::from_ref(&facts)) {
-            Some(sentence)
-        } else {
-            tracing::debug!("the engine's ticket summary strays from the transcript; keeping the customer's words");
-            None
+        // Every clause must restate a line of the transcript the same way
+        // round: same polarity, same figures (an order number, a date).
+        let evidence = crate::knowledge::support::Evidence::new(
+            ticket.transcript.iter().map(|line| line.text.as_str()),
+        );
+        match evidence.check_answer(&sentence) {
+            Ok(()) => Some(sentence),
+            Err(why) => {
+                tracing::debug!(?why, "the engine's ticket summary strays from the transcript; keeping the customer's words");
+                None
+            }
         }
     }
 

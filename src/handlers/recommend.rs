@@ -1,6 +1,7 @@
-//! The recommendation handler: catalog items from the ranker, each with a
-//! one-line reason the model writes (kept only when it sticks to the item)
-//! and 👍/👎/details buttons.
+//! The recommendation handler: catalog items from the ranker, in the
+//! customer's language, each with a one-line reason (the model's, kept only
+//! when every sentence rests on the item's own data, else one naming the
+//! attribute that matched) and 👍/👎/details buttons.
 
 use std::time::Instant;
 
@@ -9,11 +10,13 @@ use concierge_adapter::{Choice, ConversationRef, Outbound, Outbox};
 use super::{event_user, price_text, send_split};
 use super::{Context, Model};
 use crate::buttons::{Button, ItemAction};
-use crate::knowledge::{answer, Hit};
+use crate::knowledge::support::Evidence;
+use crate::knowledge::text::{analyze, query_units, unit_covered, word_analyzer};
 use crate::prompts::{Locale, Template};
 use crate::recommend::ranker::{subject, Recommendation, SharedRanker};
-use crate::store::{Conversation, Customer, Role};
+use crate::store::{CatalogItem, Conversation, Customer, Role};
 use crate::telemetry;
+use std::collections::HashSet;
 
 /// Items per recommendation reply.
 const RECOMMENDATIONS: usize = 5;
@@ -69,12 +72,12 @@ pub(crate) async fn run(
         .await?;
     let mut transcript = vec![intro];
     for (number, pick) in picks.iter().enumerate() {
-        let reason = reason(ctx, model, pick, request.map(subject).as_deref(), locale).await;
+        let reason = reason(ctx, model, pick, request, locale).await;
         let item = &pick.item;
         let text = format!(
             "{}. {} — {}\n{}\n{}",
             number + 1,
-            item.title,
+            item.title_in(locale),
             price_text(item),
             item.url,
             reason
@@ -128,8 +131,10 @@ pub(crate) async fn run(
 }
 
 /// A one-line reason for a recommendation: written by the model from the
-/// item's data and the customer's history, kept only if it sticks to
-/// them; otherwise a template chosen by the strongest signal.
+/// item's data, kept only if every sentence rests on that data (never on
+/// the customer's words); otherwise a template naming the strongest
+/// signal: the item's attributes the request named, a liked item, or
+/// similarity and popularity.
 async fn reason(
     ctx: Context<'_>,
     model: Model<'_>,
@@ -138,70 +143,117 @@ async fn reason(
     locale: Locale,
 ) -> String {
     let item = &pick.item;
-    let history = pick.because_of.clone().unwrap_or_default();
-    let request_text = request.unwrap_or_default();
+    let liked = pick
+        .liked
+        .as_ref()
+        .map(|liked| liked.title_in(locale).to_string())
+        .unwrap_or_default();
+    let request_text = request.map(subject).unwrap_or_default();
     let prompt = ctx.prompts.render(
         locale,
         Template::RecommendReason,
         &[
-            ("title", &item.title),
-            ("description", &item.description),
+            ("title", item.title_in(locale)),
+            ("description", item.description_in(locale)),
             ("category", &item.category),
-            ("history", &history),
-            ("request", request_text),
+            ("history", &liked),
+            ("request", &request_text),
         ],
     );
-    let facts = Hit {
-        doc: item.id.clone(),
-        title: item.title.clone(),
-        passage: format!(
-            "{} {} {} {} {} {history} {request_text}",
-            item.description,
-            item.category.replace('-', " "),
-            item.tags.join(" "),
-            price_text(item),
-            item.url
-        ),
-        score: 0.0,
-        passage_index: 0,
-        is_faq: false,
-    };
+    let category = item.category.replace('-', " ");
+    let tags = format!("{} {}", item.tags.join(" "), item.tags_zh.join(" "));
+    let price = price_text(item);
+    let evidence = Evidence::new([
+        item.title.as_str(),
+        item.title_zh.as_str(),
+        item.description.as_str(),
+        item.description_zh.as_str(),
+        category.as_str(),
+        tags.as_str(),
+        price.as_str(),
+        liked.as_str(),
+    ])
+    .allow_links([item.url.clone()]);
     if let Some(written) = model.complete(locale, &prompt, REASON_TOKENS).await {
-        let sentence = written
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        if answer::faithful(&sentence, std::slice::from_ref(&facts)) {
-            return sentence;
+        let sentence = written.lines().next().unwrap_or_default().trim();
+        let in_language =
+            locale != Locale::Zh || sentence.chars().any(crate::knowledge::text::is_han);
+        if in_language && evidence.check_answer(sentence).is_ok() {
+            return sentence.to_string();
         }
     }
     let signals = &pick.signals;
-    let template = if let Some(because) = pick
-        .because_of
-        .as_deref()
-        .filter(|_| signals.collaborative > 0.0)
-    {
-        return ctx
-            .prompts
-            .render(locale, Template::ReasonAlsoBought, &[("item", because)])
-            .trim()
-            .to_string();
-    } else if signals.query > 0.0 {
+    let matched = request
+        .map(|request| matched_attributes(item, request, locale))
+        .unwrap_or_default();
+    if signals.query > 0.0 && !matched.is_empty() {
+        let separator = if locale == Locale::Zh { "、" } else { ", " };
+        let matched = matched.join(separator);
         return ctx
             .prompts
             .render(
                 locale,
                 Template::ReasonMatches,
-                &[("request", request_text)],
+                &[("matched", &matched), ("request", &matched)],
             )
             .trim()
             .to_string();
-    } else if signals.content > 0.0 {
+    }
+    if pick.liked.is_some() && signals.collaborative > 0.0 {
+        return ctx
+            .prompts
+            .render(locale, Template::ReasonAlsoBought, &[("item", &liked)])
+            .trim()
+            .to_string();
+    }
+    let template = if signals.content > 0.0 {
         Template::ReasonSimilar
     } else {
         Template::ReasonPopular
     };
     ctx.prompts.text(locale, template).trim().to_string()
+}
+
+/// The item's category and tags that `request` names, as the shop wrote
+/// them (whole words), in the customer's language where the shop gives it.
+fn matched_attributes(item: &CatalogItem, request: &str, locale: Locale) -> Vec<String> {
+    let units = query_units(request);
+    let mut analyzer = word_analyzer();
+    let mut named = |attribute: &str| {
+        let tokens: HashSet<String> = analyze(&mut analyzer, attribute).into_iter().collect();
+        let lowered = attribute.to_lowercase();
+        units
+            .iter()
+            .any(|unit| unit_covered(unit, &tokens, &lowered))
+    };
+    let mut matched: Vec<String> = Vec::new();
+    let mut add = |attribute: String| {
+        if !attribute.is_empty() && !matched.contains(&attribute) {
+            matched.push(attribute);
+        }
+    };
+    let category = item.category.replace('-', " ");
+    // A Chinese tag stands for the English one in the same place.
+    let shown = |at: usize, english: &str| match (locale, item.tags_zh.get(at)) {
+        (Locale::Zh, Some(chinese)) => chinese.clone(),
+        _ => english.replace('-', " "),
+    };
+    if named(&category) {
+        add(category.clone());
+    }
+    for (at, tag) in item.tags.iter().enumerate() {
+        let chinese = item.tags_zh.get(at).map(String::as_str).unwrap_or_default();
+        if named(&tag.replace('-', " ")) || (!chinese.is_empty() && named(chinese)) {
+            add(shown(at, tag));
+        }
+    }
+    if locale == Locale::Zh {
+        // Tags beyond the English list (a shop may give more in Chinese).
+        for chinese in item.tags_zh.iter().skip(item.tags.len()) {
+            if named(chinese) {
+                add(chinese.clone());
+            }
+        }
+    }
+    matched
 }

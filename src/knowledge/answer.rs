@@ -1,70 +1,11 @@
-//! Keeping generated answers faithful to the documents: a check that every
-//! figure in an answer (amounts, days, percentages, phone numbers) occurs in
-//! the passages it was grounded in, and an extractive answer (the passage's
-//! sentences that best match the question) to fall back on when it does not.
+//! The answering sentences of retrieved passages: sentence splitting,
+//! sentence-level selection for a question (what the model phrases around,
+//! and what is quoted when it strays), and joining sentences per script.
 
 use std::collections::HashSet;
 
 use super::text::{analyze, query_units, unit_covered, word_analyzer};
 use super::Hit;
-
-/// The figures in `text`: runs of digits, with decimal separators kept
-/// between digits ("4.95", "1,000").
-fn figures(text: &str) -> HashSet<String> {
-    let mut found = HashSet::new();
-    let mut current = String::new();
-    let chars: Vec<char> = text.chars().collect();
-    for (at, &ch) in chars.iter().enumerate() {
-        let separator = (ch == '.' || ch == ',')
-            && !current.is_empty()
-            && chars.get(at + 1).is_some_and(char::is_ascii_digit);
-        if ch.is_ascii_digit() || separator {
-            current.push(if ch == ',' { '.' } else { ch });
-        } else if !current.is_empty() {
-            found.insert(std::mem::take(&mut current));
-        }
-    }
-    if !current.is_empty() {
-        found.insert(current);
-    }
-    found
-}
-
-/// Share of an answer's words that must come from its passages.
-const MIN_ANSWER_SUPPORT: f32 = 0.5;
-
-/// Whether an answer keeps to its passages: it says something, every figure
-/// it states occurs in them, and most of its words do. Wording is the
-/// model's; facts must not be.
-pub fn faithful(answer: &str, passages: &[Hit]) -> bool {
-    if answer.trim().is_empty() {
-        return false;
-    }
-    let mut known = HashSet::new();
-    let mut text = String::new();
-    for hit in passages {
-        known.extend(figures(&hit.passage));
-        known.extend(figures(&hit.title));
-        text.push_str(&hit.title);
-        text.push('\n');
-        text.push_str(&hit.passage);
-        text.push('\n');
-    }
-    if !figures(answer).iter().all(|figure| known.contains(figure)) {
-        return false;
-    }
-    let units = query_units(answer);
-    if units.is_empty() {
-        return true;
-    }
-    let tokens: HashSet<String> = analyze(&mut word_analyzer(), &text).into_iter().collect();
-    let lowered = text.to_lowercase();
-    let supported = units
-        .iter()
-        .filter(|unit| unit_covered(unit, &tokens, &lowered))
-        .count();
-    supported as f32 / units.len() as f32 >= MIN_ANSWER_SUPPORT
-}
 
 /// Splits text into sentences at Latin and CJK sentence ends and line breaks.
 pub(crate) fn sentences(text: &str) -> Vec<&str> {
@@ -249,28 +190,6 @@ mod tests {
             passage_index: 0,
             is_faq: false,
         }
-    }
-
-    #[test]
-    fn invented_figures_and_unrelated_text_are_caught() {
-        let passages = [hit(
-            "You can return items within 30 days. Refunds cost €4.95 from abroad.",
-        )];
-        assert!(faithful("You can return items within 30 days.", &passages));
-        assert!(faithful("Returns from abroad cost 4,95.", &passages));
-        assert!(!faithful("You can return items within 45 days.", &passages));
-        assert!(!faithful("Call 876 for help.", &passages));
-        assert!(!faithful("   ", &passages));
-        assert!(!faithful(
-            "Our conference network analytics improve your personal growth.",
-            &passages
-        ));
-        let chinese = [hit("收货后 30 天内可以退货，退款在 5 个工作日内完成。")];
-        assert!(faithful("30 天内可以退货。", &chinese));
-        assert!(!faithful(
-            "这些方式对我们的判断更加强大，网络数据集成图表。",
-            &chinese
-        ));
     }
 
     fn extract(question: &str, best: &Hit) -> String {

@@ -131,18 +131,7 @@ fn catalog_item(row: &Row) -> Result<CatalogItem, String> {
     if price.is_some_and(|price| !price.is_finite() || price < 0.0) {
         return Err("price must be a positive number".into());
     }
-    let tags = match row.get("tags") {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(|item| item.as_str().map(str::to_string))
-            .collect(),
-        Some(Value::String(joined)) => joined
-            .split(['|', ',', ';'])
-            .map(|tag| tag.trim().to_lowercase())
-            .filter(|tag| !tag.is_empty())
-            .collect(),
-        _ => Vec::new(),
-    };
+    let tags = tag_list(row, "tags");
     let in_stock = match row.get("in_stock") {
         None | Some(Value::Null) => true,
         Some(Value::Bool(flag)) => *flag,
@@ -168,7 +157,26 @@ fn catalog_item(row: &Row) -> Result<CatalogItem, String> {
         currency: text(row, "currency").unwrap_or_default(),
         url: text(row, "url").unwrap_or_default(),
         in_stock,
+        title_zh: text(row, "title_zh").unwrap_or_default(),
+        description_zh: text(row, "description_zh").unwrap_or_default(),
+        tags_zh: tag_list(row, "tags_zh"),
     })
+}
+
+/// A list of tags: a JSON array, or text separated by `|`, `,` or `;`.
+fn tag_list(row: &Row, key: &str) -> Vec<String> {
+    match row.get(key) {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|item| item.as_str().map(str::to_string))
+            .collect(),
+        Some(Value::String(joined)) => joined
+            .split(['|', ',', ';', '，', '、'])
+            .map(|tag| tag.trim().to_lowercase())
+            .filter(|tag| !tag.is_empty())
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Parses a timestamp: Unix seconds or milliseconds, or RFC 3339.
@@ -297,16 +305,21 @@ mod tests {
         let jsonl = dir.path().join("update.jsonl");
         std::fs::write(
             &jsonl,
-            "{\"id\":\"A1\",\"title\":\"Trail shoe v2\",\"tags\":[\"trail\"],\"price\":79,\"in_stock\":true}\nnot json\n",
+            "{\"id\":\"A1\",\"title\":\"Trail shoe v2\",\"tags\":[\"trail\"],\"price\":79,\"in_stock\":true,\"title_zh\":\"越野跑鞋\",\"tags_zh\":\"越野|轻量\"}\nnot json\n",
         )
         .unwrap();
         let report = catalog(&store, &jsonl).unwrap();
         assert_eq!((report.added, report.updated), (0, 1));
         assert_eq!(report.errors[0].line, 2);
         assert_eq!(store.catalog_items().unwrap().len(), 2, "no duplicates");
+        let item = store.catalog_item("A1").unwrap().unwrap();
+        assert_eq!(item.title, "Trail shoe v2");
+        assert_eq!(item.title_in(crate::prompts::Locale::Zh), "越野跑鞋");
+        assert_eq!(item.tags_zh, ["越野", "轻量"]);
         assert_eq!(
-            store.catalog_item("A1").unwrap().unwrap().title,
-            "Trail shoe v2"
+            item.description_in(crate::prompts::Locale::Zh),
+            "",
+            "no Chinese description: the main one, empty here"
         );
     }
 

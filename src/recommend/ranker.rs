@@ -208,12 +208,17 @@ impl ContentIndex {
             .iter()
             .map(|item| {
                 // The title and category say most about an item: count them twice.
+                // Both languages, so a Chinese request finds an item by its
+                // Chinese words and an English one by its English words.
                 let text = format!(
-                    "{t} {t} {c} {c} {tags} {d}",
+                    "{t} {t} {c} {c} {tags} {d} {tz} {tz} {tagz} {dz}",
                     t = item.title,
                     c = item.category.replace('-', " "),
                     tags = item.tags.join(" ").replace('-', " "),
-                    d = item.description
+                    d = item.description,
+                    tz = item.title_zh,
+                    tagz = item.tags_zh.join(" "),
+                    dz = item.description_zh,
                 );
                 analyze(&mut analyzer, &text)
             })
@@ -313,6 +318,9 @@ pub struct Recommendation {
     pub signals: Signals,
     /// The history item that contributed most, by title.
     pub because_of: Option<String>,
+    /// That item itself.
+    #[serde(skip)]
+    pub liked: Option<CatalogItem>,
 }
 
 /// The fitted ranker.
@@ -536,16 +544,20 @@ impl Ranker {
         };
         chosen
             .into_iter()
-            .map(|(candidate, score, signals)| Recommendation {
-                item: self.items[candidate as usize].clone(),
-                score,
-                because_of: self.because_of(&weighted, candidate),
-                signals,
+            .map(|(candidate, score, signals)| {
+                let liked = self.because_of(&weighted, candidate);
+                Recommendation {
+                    item: self.items[candidate as usize].clone(),
+                    score,
+                    because_of: liked.map(|item| item.title.clone()),
+                    liked: liked.cloned(),
+                    signals,
+                }
             })
             .collect()
     }
 
-    fn because_of(&self, history: &[(u32, f32)], candidate: u32) -> Option<String> {
+    fn because_of(&self, history: &[(u32, f32)], candidate: u32) -> Option<&CatalogItem> {
         history
             .iter()
             .map(|&(item, weight)| {
@@ -556,7 +568,7 @@ impl Ranker {
             })
             .filter(|(_, contribution)| *contribution > 0.0)
             .max_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|(item, _)| self.items[item as usize].title.clone())
+            .map(|(item, _)| &self.items[item as usize])
     }
 }
 
@@ -632,6 +644,7 @@ mod tests {
             currency: "EUR".into(),
             url: format!("https://shop.example/{id}"),
             in_stock,
+            ..Default::default()
         }
     }
 

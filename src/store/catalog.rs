@@ -3,7 +3,7 @@
 use super::*;
 
 /// One item of the shop's catalog.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Default, Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CatalogItem {
     /// Record schema version.
     pub v: u32,
@@ -25,6 +25,33 @@ pub struct CatalogItem {
     pub url: String,
     /// Whether it can be bought now.
     pub in_stock: bool,
+    /// Chinese title; empty when the shop gives none.
+    #[serde(default)]
+    pub title_zh: String,
+    /// Chinese description.
+    #[serde(default)]
+    pub description_zh: String,
+    /// Chinese tags.
+    #[serde(default)]
+    pub tags_zh: Vec<String>,
+}
+
+impl CatalogItem {
+    /// The title in `locale`, falling back to the shop's main title.
+    pub fn title_in(&self, locale: crate::prompts::Locale) -> &str {
+        match locale {
+            crate::prompts::Locale::Zh if !self.title_zh.is_empty() => &self.title_zh,
+            _ => &self.title,
+        }
+    }
+
+    /// The description in `locale`, falling back to the main one.
+    pub fn description_in(&self, locale: crate::prompts::Locale) -> &str {
+        match locale {
+            crate::prompts::Locale::Zh if !self.description_zh.is_empty() => &self.description_zh,
+            _ => &self.description,
+        }
+    }
 }
 
 impl Store {
