@@ -385,6 +385,20 @@ impl Pipeline {
                 telemetry::reply_delivered(platform, "handoff", started.elapsed());
                 return Ok(());
             }
+            // A guess that the customer is shopping is a question for the
+            // knowledge base when the documents answer it ("how long is the
+            // reset link good for") or the catalog knows no word of it ("a
+            // co-branded credit card").
+            Route::Recommend(request)
+                if understood.shopping
+                    && !understood.asks_for_recommendation
+                    && (!self
+                        .recommender
+                        .as_deref()
+                        .is_some_and(|ranker| ranker.current().knows_words_of(&request))
+                        || self.knowledge.as_deref().is_some_and(|knowledge| {
+                            handlers::answer::documents_answer(knowledge, text, self.settings.top_k)
+                        })) => {}
             Route::Recommend(request) => {
                 let Some((conversation, _)) = self
                     .context()

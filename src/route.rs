@@ -83,7 +83,9 @@ pub fn route(message: Message<'_>, state: &State) -> Route {
     match &understood.command {
         Some(Command::Recommend(request)) => Route::Recommend(request.clone()),
         Some(command) => Route::Command(command.clone()),
-        None if state.recommender && understood.asks_for_recommendation => {
+        None if state.recommender
+            && (understood.asks_for_recommendation || understood.shopping) =>
+        {
             Route::Recommend(understood.text.clone())
         }
         None => Route::Answer,
@@ -111,6 +113,7 @@ mod tests {
                 confidence,
             }),
             asks_for_recommendation: asks,
+            shopping: false,
         }
     }
 

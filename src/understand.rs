@@ -48,6 +48,10 @@ pub struct Understood {
     pub classification: Option<Classification>,
     /// Free text asking for product suggestions ("recommend me …", "推荐").
     pub asks_for_recommendation: bool,
+    /// Free text the classifier takes for shopping ("I'm looking for a warm
+    /// jacket"); recommended from only when it names something the catalog
+    /// holds.
+    pub shopping: bool,
 }
 
 /// Understands `text` (already sanitised); `classifier` is asked only when
@@ -70,8 +74,8 @@ pub fn understand(text: String, was_cut: bool, classifier: Option<&Classifier>) 
         result.intent == crate::intent::Intent::Recommendation
             && result.confidence >= MIN_SHOPPING_CONFIDENCE
     });
-    let asks_for_recommendation =
-        command.is_none() && (classified_as_shopping || asks_for_recommendation(&text));
+    let asks_for_recommendation = command.is_none() && asks_for_recommendation(&text);
+    let shopping = command.is_none() && classified_as_shopping;
     Understood {
         text,
         was_cut,
@@ -79,6 +83,7 @@ pub fn understand(text: String, was_cut: bool, classifier: Option<&Classifier>) 
         language,
         classification,
         asks_for_recommendation,
+        shopping,
     }
 }
 

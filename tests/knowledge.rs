@@ -385,3 +385,71 @@ fn the_cli_imports_searches_and_evaluates() {
     assert_eq!(report["mrr"], 1.0);
     assert_eq!(report["not_found_accuracy"], 1.0);
 }
+
+/// The CI floor for the adversarial engine on the held-out half of the demo
+/// evaluation: whatever it writes (negated facts, changed figures, foreign
+/// links, the question echoed), every sentence a customer sees is the shop's
+/// own, and the answer rates stay above the floor.
+#[test]
+fn on_the_demo_evaluation_no_lie_of_the_adversarial_engine_reaches_a_customer() {
+    let (report, outcomes) = support::eval_demo_answers(
+        "even",
+        &[
+            ("CONCIERGE_ENGINE_BACKEND", "scripted"),
+            (
+                "CONCIERGE_ENGINE_SCRIPT_FILE",
+                "config/demo/eval/adversary.toml",
+            ),
+        ],
+    );
+    assert_eq!(
+        outcomes.len(),
+        report["questions"].as_u64().unwrap() as usize
+    );
+    // The shop's own sentences: the demo's passages and titles.
+    let data = tempfile::tempdir().unwrap();
+    let store = Store::open(data.path()).unwrap();
+    let kb = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo/kb");
+    knowledge::import(&store, &[kb]).unwrap();
+    let squeeze = |text: &str| -> String { text.split_whitespace().collect() };
+    let shop: Vec<String> = store
+        .kb_docs()
+        .unwrap()
+        .iter()
+        .flat_map(|doc| &doc.passages)
+        .flat_map(|passage| [squeeze(&passage.title), squeeze(&passage.text)])
+        .collect();
+    let prompts =
+        concierge::prompts::Prompts::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts"))
+            .unwrap();
+    for outcome in &outcomes {
+        let reply = outcome["reply"].as_str().unwrap();
+        let said = reply
+            .rsplit_once("\n\n")
+            .map_or(reply, |(answer, _source)| answer);
+        let is_template = concierge::prompts::Locale::ALL.iter().any(|&locale| {
+            [
+                concierge::prompts::Template::NotFound,
+                concierge::prompts::Template::Greeting,
+                concierge::prompts::Template::Thanks,
+            ]
+            .iter()
+            .any(|&template| prompts.text(locale, template).trim() == reply.trim())
+        });
+        if is_template {
+            continue;
+        }
+        for sentence in concierge::knowledge::answer::sentences(said) {
+            let sentence = squeeze(sentence);
+            assert!(
+                shop.iter().any(|text| text.contains(&sentence)),
+                "not the shop's words: {sentence:?} in {outcome}"
+            );
+        }
+    }
+    let share = |key: &str| report[key].as_f64().unwrap();
+    // Measured 0.544 correct, 0.30 invented on these rows (README); the
+    // floor leaves room for the timing of the first-text deadline.
+    assert!(share("correct") >= 0.45, "{report}");
+    assert!(share("invented") <= 0.40, "{report}");
+}

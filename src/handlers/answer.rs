@@ -208,10 +208,26 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
     Ok(AnswerPlan::Grounded(Grounding {
         prompt,
         source_line,
-        evidence: Evidence::new(evidence_texts.iter().map(String::as_str)),
+        evidence: Evidence::new(evidence_texts.iter().map(String::as_str)).asked(text),
         fallback,
         sources,
     }))
+}
+
+/// Whether the documents answer `text`: retrieval finds passages and one
+/// of their sentences answers (the test `plan` makes before the model).
+pub(crate) fn documents_answer(knowledge: &KnowledgeBase, text: &str, top_k: usize) -> bool {
+    let Ok(retrieval) = knowledge.retrieve(text, top_k) else {
+        return false;
+    };
+    if retrieval.faq_answer().is_some() {
+        return true;
+    }
+    retrieval.found()
+        && answer::answers(
+            text,
+            &answer::select(text, &retrieval.hits, SELECTED_SENTENCES),
+        )
 }
 
 /// Whether a message without a question in it thanks the bot.

@@ -8,7 +8,7 @@ use super::text::{analyze, query_units, unit_covered, word_analyzer};
 use super::Hit;
 
 /// Splits text into sentences at Latin and CJK sentence ends and line breaks.
-pub(crate) fn sentences(text: &str) -> Vec<&str> {
+pub fn sentences(text: &str) -> Vec<&str> {
     let mut sentences = Vec::new();
     let mut start = 0;
     let mut chars = text.char_indices().peekable();

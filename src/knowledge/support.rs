@@ -30,6 +30,8 @@ pub enum Unsupported {
     Verdict(String),
     /// Written in another language than the customer's.
     Language(String),
+    /// Only the customer's own question again.
+    Echo(String),
 }
 
 /// Words of a piece of the shop's text, for coverage.
@@ -67,6 +69,9 @@ struct EvidenceSentence {
 pub struct Evidence {
     sentences: Vec<EvidenceSentence>,
     links: HashSet<String>,
+    /// The customer's question: never support, and a sentence that only
+    /// repeats it says nothing.
+    asked: Option<(Words, Vec<Figure>)>,
 }
 
 impl Evidence {
@@ -76,6 +81,7 @@ impl Evidence {
         let mut evidence = Self {
             sentences: Vec::new(),
             links: HashSet::new(),
+            asked: None,
         };
         for text in texts {
             evidence.links.extend(links(text));
@@ -101,6 +107,17 @@ impl Evidence {
         self
     }
 
+    /// Refuses sentences that only repeat `question` ("Yes, what's the
+    /// email of …"): an answer must add something the shop said.
+    pub fn asked(mut self, question: &str) -> Self {
+        let mut analyzer = word_analyzer();
+        self.asked = Some((
+            Words::of(&mut analyzer, question),
+            figures(&without_links(question)),
+        ));
+        self
+    }
+
     /// Checks every sentence of `answer`; the first refused one, with why.
     pub fn check_answer(&self, answer: &str) -> Result<(), Unsupported> {
         if answer.trim().is_empty() {
@@ -123,6 +140,28 @@ impl Evidence {
         for link in links(sentence) {
             if !self.links.contains(&link) {
                 return Err(Unsupported::Link(link));
+            }
+        }
+        if let Some((question, asked_figures)) = &self.asked {
+            let said: Vec<&str> = clauses(sentence)
+                .into_iter()
+                .filter(|clause| bare_verdict(clause).is_none())
+                .collect();
+            let plain = without_links(&said.join(" "));
+            let claimed: Vec<QueryUnit> = query_units(&plain)
+                .into_iter()
+                .filter(|unit| {
+                    !COURTESY.contains(&unit.term.as_str())
+                        && !POINTING.contains(&unit.term.as_str())
+                })
+                .collect();
+            let new_figure = figures(&plain).iter().any(|figure| {
+                !asked_figures
+                    .iter()
+                    .any(|asked| asked.value == figure.value)
+            });
+            if !claimed.is_empty() && !new_figure && question.covered(&claimed) == claimed.len() {
+                return Err(Unsupported::Echo(sentence.to_string()));
             }
         }
         let mut verdict = None;
@@ -660,6 +699,25 @@ mod tests {
             .check_answer("Loyalty points expire after 45 months.")
             .is_err());
         assert!(shop.check_answer("收货后30天内可以退货。").is_err());
+    }
+
+    #[test]
+    fn repeating_the_question_is_no_answer() {
+        let asked = shop().asked("Do my loyalty points expire?");
+        assert!(matches!(
+            asked.check_answer("Yes, my loyalty points expire."),
+            Err(Unsupported::Echo(_))
+        ));
+        assert_eq!(
+            asked.check_answer("Loyalty points expire after 24 months."),
+            Ok(())
+        );
+        let chinese = shop().asked("积分会过期吗");
+        assert!(matches!(
+            chinese.check_answer("是的，积分会过期。"),
+            Err(Unsupported::Echo(_))
+        ));
+        assert_eq!(chinese.check_answer("积分24个月后过期。"), Ok(()));
     }
 
     #[test]

@@ -557,6 +557,11 @@ impl Ranker {
             .collect()
     }
 
+    /// Whether `request` holds a word some catalog item is described by.
+    pub fn knows_words_of(&self, request: &str) -> bool {
+        !self.content.query(&Wish::parse(request).text).is_empty()
+    }
+
     fn because_of(&self, history: &[(u32, f32)], candidate: u32) -> Option<&CatalogItem> {
         history
             .iter()

@@ -472,3 +472,36 @@ pub fn assert_split_on_sentences(texts: &[String], reply: &str, limit: usize) {
         .collect();
     assert_eq!(words, reply.split_whitespace().collect::<Vec<_>>());
 }
+
+/// Runs `concierge eval answers` on the demo shop's evaluation file (the
+/// rows `rows`: all, odd or even) with `env` set, as an operator would from
+/// the repository; returns the report and each question's outcome.
+pub fn eval_demo_answers(
+    rows: &str,
+    env: &[(&str, &str)],
+) -> (serde_json::Value, Vec<serde_json::Value>) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut command = std::process::Command::new(binary());
+    command
+        .current_dir(repo)
+        .args([
+            "eval",
+            "answers",
+            "--data",
+            "config/demo/eval/answers.csv",
+            "--rows",
+            rows,
+            "--details",
+        ])
+        .envs(env.iter().copied());
+    let output = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "eval answers failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let outcomes = stderr
+        .lines()
+        .filter(|line| line.starts_with('{'))
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    (report, outcomes)
+}
