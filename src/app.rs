@@ -328,6 +328,7 @@ pub fn pipeline_for(
         escalation: parts.escalation,
         desk: crate::agents::AgentDesk::from_config(config),
         link_guard: Default::default(),
+        fluency: Default::default(),
     })
 }
 

@@ -57,6 +57,8 @@ pub struct Pipeline {
     pub desk: crate::agents::AgentDesk,
     /// Failed link-code redemptions, limited per sender and per code.
     pub link_guard: crate::link_guard::LinkGuard,
+    /// How often the model's grounded sentences pass the check, per language.
+    pub fluency: handlers::answer::Fluency,
 }
 
 /// One message being handled: what a handler needs besides the customer.
@@ -454,6 +456,7 @@ impl Pipeline {
             model: self.model(),
             knowledge: self.knowledge.as_deref(),
             settings: &self.settings,
+            fluency: &self.fluency,
         };
         handlers::answer::run(
             &answering,

@@ -259,6 +259,7 @@ async fn a_missed_deadline_is_posted_to_the_agents_space_once_and_recorded() {
             Vec::new(),
         ),
         link_guard: Default::default(),
+        fluency: Default::default(),
     });
     pipeline.handle(message("ann", "/human")).await;
     assert!(base.channel.texts("ann")[0].contains("T-000001"));

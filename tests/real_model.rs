@@ -310,3 +310,32 @@ async fn the_cpu_engine_matches_mistral_rs_on_the_default_model() {
 fn answer_tokens(engine: &concierge::engine::cpu::CpuEngine, text: &str) -> Vec<u32> {
     engine.encode(text).unwrap()
 }
+
+/// The CI floor for the default model on the held-out half of the demo
+/// evaluation (`concierge eval answers`, the figures in README.md).
+#[test]
+fn the_default_model_keeps_the_answer_floor_on_the_demo_evaluation() {
+    prepared_model();
+    let (report, outcomes) = support::eval_demo_answers("even", &[]);
+    assert_eq!(
+        outcomes.len(),
+        report["questions"].as_u64().unwrap() as usize
+    );
+    let share = |key: &str| report[key].as_f64().unwrap();
+    assert!(share("correct") >= CORRECT_FLOOR, "{report}");
+    assert!(share("wrong") <= WRONG_CEILING, "{report}");
+    assert!(share("invented") <= INVENTED_CEILING, "{report}");
+    for language in ["en", "zh"] {
+        assert!(
+            report[language]["correct"].as_f64().unwrap() >= CORRECT_FLOOR - 0.1,
+            "{language}: {report}"
+        );
+    }
+}
+
+// Measured on these rows with the default model (README.md): correct 0.633,
+// wrong 0.177, invented 0.30. The floors leave room for a slower machine,
+// where more replies reach the first-text deadline and are quoted.
+const CORRECT_FLOOR: f64 = 0.55;
+const WRONG_CEILING: f64 = 0.30;
+const INVENTED_CEILING: f64 = 0.45;

@@ -37,6 +37,53 @@ pub(crate) struct Answering<'a> {
     /// The knowledge base, when one is loaded.
     pub knowledge: Option<&'a KnowledgeBase>,
     pub settings: &'a Settings,
+    /// Whether the model's answers in a language are worth waiting for.
+    pub fluency: &'a Fluency,
+}
+
+/// Grounded answers remembered per language for `Fluency`.
+const FLUENCY_WINDOW: usize = 20;
+/// While the model has had no sentence accepted in the window, one answer
+/// in this many still asks it, to notice when it does better.
+const FLUENCY_PROBE_EVERY: usize = 10;
+
+/// Whether the model's grounded answers in each language pass the check
+/// at all: a model that cannot write Chinese (or misstates every fact) is
+/// not asked, and the customer gets the shop's sentences at once instead of
+/// after the first-text deadline.
+#[derive(Default)]
+pub struct Fluency {
+    recent: Mutex<std::collections::HashMap<Locale, std::collections::VecDeque<bool>>>,
+    skipped: std::sync::atomic::AtomicUsize,
+}
+
+impl Fluency {
+    /// Whether to ask the model for a grounded answer in `locale`.
+    fn worth_asking(&self, locale: Locale) -> bool {
+        let hopeless = self.recent.lock().is_ok_and(|recent| {
+            recent.get(&locale).is_some_and(|outcomes| {
+                outcomes.len() >= FLUENCY_WINDOW && !outcomes.iter().any(|accepted| *accepted)
+            })
+        });
+        if !hopeless {
+            return true;
+        }
+        let skipped = self
+            .skipped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (skipped + 1).is_multiple_of(FLUENCY_PROBE_EVERY)
+    }
+
+    /// Records whether the model's reply had a sentence accepted.
+    fn record(&self, locale: Locale, accepted: bool) {
+        if let Ok(mut recent) = self.recent.lock() {
+            let outcomes = recent.entry(locale).or_default();
+            outcomes.push_back(accepted);
+            while outcomes.len() > FLUENCY_WINDOW {
+                outcomes.pop_front();
+            }
+        }
+    }
 }
 
 /// Answers a question whose message is stored in `conversation` after
@@ -79,7 +126,7 @@ pub(crate) async fn run(
         }
         AnswerPlan::Grounded(grounding) => {
             let sources = grounding.sources.clone();
-            let reply = grounded(a, adapter, chat, history, grounding, locale, started).await?;
+            let reply = grounded(a, adapter, chat, history, *grounding, locale, started).await?;
             (reply, sources)
         }
     };
@@ -205,13 +252,13 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
         Template::SourceLine,
         &[("title", &used[answering_hit].title)],
     );
-    Ok(AnswerPlan::Grounded(Grounding {
+    Ok(AnswerPlan::Grounded(Box::new(Grounding {
         prompt,
         source_line,
         evidence: Evidence::new(evidence_texts.iter().map(String::as_str)).asked(text),
         fallback,
         sources,
-    }))
+    })))
 }
 
 /// Whether the documents answer `text`: retrieval finds passages and one
@@ -253,16 +300,25 @@ async fn grounded(
     locale: Locale,
     started: Instant,
 ) -> anyhow::Result<String> {
-    let request = request(a, history, &grounding.prompt, locale);
-    show_typing(adapter, chat).await;
     let cancel = a.model.cancel.child_token();
     let outcome = Arc::new(Mutex::new(Outcome::default()));
-    let events = match a.model.llm.stream_chat(request, cancel.clone()).await {
-        Ok(events) => Some(events),
-        Err(err) => {
-            tracing::error!("engine error: {err}");
-            None
+    let asked = a.fluency.worth_asking(locale);
+    let events = if asked {
+        let request = request(a, history, &grounding.prompt, locale);
+        show_typing(adapter, chat).await;
+        match a.model.llm.stream_chat(request, cancel.clone()).await {
+            Ok(events) => Some(events),
+            Err(err) => {
+                tracing::error!("engine error: {err}");
+                None
+            }
         }
+    } else {
+        tracing::debug!(
+            ?locale,
+            "the model's recent answers all failed the check; quoting at once"
+        );
+        None
     };
     let verified = VerifiedReply {
         events,
@@ -297,6 +353,13 @@ async fn grounded(
                 .unwrap_or_default()
         }
     };
+    let model_accepted = outcome
+        .lock()
+        .map(|outcome| outcome.model_sentences_accepted > 0)
+        .unwrap_or(false);
+    if asked && !a.model.cancel.is_cancelled() {
+        a.fluency.record(locale, model_accepted);
+    }
     note_outcome(&outcome);
     Ok(delivered)
 }
@@ -433,6 +496,9 @@ impl VerifiedReply {
         match verdict {
             Ok(states) => {
                 self.stated_fact |= states;
+                if let Ok(mut outcome) = self.outcome.lock() {
+                    outcome.model_sentences_accepted += usize::from(states);
+                }
                 let shown_before = !self.ready.is_empty()
                     || self
                         .outcome
@@ -611,6 +677,8 @@ struct Outcome {
     first_token: Option<Duration>,
     /// When the customer first saw verified text.
     shown: Option<Duration>,
+    /// The model's sentences that stated a verified fact.
+    model_sentences_accepted: usize,
 }
 
 /// How a question will be answered.
@@ -623,7 +691,7 @@ enum AnswerPlan {
     /// A model reply to `prompt`, without documents.
     Generate { prompt: String },
     /// A model reply around selected sentences, checked against them.
-    Grounded(Grounding),
+    Grounded(Box<Grounding>),
 }
 
 /// What a grounded answer is built from.
@@ -672,4 +740,25 @@ fn delta_stream(
         }
     })
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_model_whose_answers_all_fail_in_a_language_is_asked_only_now_and_then() {
+        let fluency = Fluency::default();
+        for _ in 0..FLUENCY_WINDOW {
+            assert!(fluency.worth_asking(Locale::Zh));
+            fluency.record(Locale::Zh, false);
+        }
+        let asked = (0..FLUENCY_PROBE_EVERY * 3)
+            .filter(|_| fluency.worth_asking(Locale::Zh))
+            .count();
+        assert_eq!(asked, 3, "one probe in {FLUENCY_PROBE_EVERY}");
+        assert!(fluency.worth_asking(Locale::En), "English is judged apart");
+        fluency.record(Locale::Zh, true);
+        assert!(fluency.worth_asking(Locale::Zh), "one success is enough");
+    }
 }

@@ -179,6 +179,7 @@ pub fn harness(data_dir: &Path, script: &str, settings: PipelineSettings) -> Har
         escalation: None,
         desk: Default::default(),
         link_guard: Default::default(),
+        fluency: Default::default(),
     });
     Harness {
         pipeline,
