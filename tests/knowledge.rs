@@ -439,6 +439,17 @@ fn on_the_demo_evaluation_no_lie_of_the_adversarial_engine_reaches_a_customer() 
         if is_template {
             continue;
         }
+        // The customer's language where the shop wrote in it: never the
+        // same fact again in the other language beside it.
+        let han = |text: &str| {
+            text.chars()
+                .any(|ch| ('\u{4E00}'..='\u{9FFF}').contains(&ch))
+        };
+        let parts = concierge::knowledge::answer::sentences(said);
+        assert!(
+            !(parts.iter().any(|part| han(part)) && parts.iter().any(|part| !han(part))),
+            "a reply in two languages: {outcome}"
+        );
         for sentence in concierge::knowledge::answer::sentences(said) {
             let sentence = squeeze(sentence);
             assert!(

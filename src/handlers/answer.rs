@@ -205,6 +205,17 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
         .filter(|hit| hit.score >= best * 0.5)
         .cloned()
         .collect();
+    // The customer's language where the shop wrote in it: a bilingual shop's
+    // other-language passage says the same, in words they may not read.
+    let in_language = |hit: &Hit| {
+        let chinese = crate::language::detect(&hit.passage) == Some(Locale::Zh);
+        chinese == (locale == Locale::Zh)
+    };
+    let used: Vec<Hit> = if used.iter().any(in_language) {
+        used.into_iter().filter(in_language).collect()
+    } else {
+        used
+    };
     // The facts are chosen before the model writes: it phrases an answer
     // around these sentences, and each of its sentences must rest on one.
     let mut selected = answer::select(text, &used, SELECTED_SENTENCES);
