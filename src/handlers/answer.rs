@@ -207,9 +207,15 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
         .collect();
     // The customer's language where the shop wrote in it: a bilingual shop's
     // other-language passage says the same, in words they may not read.
+    // Counted by Han characters: a Chinese passage may hold more Latin
+    // letters (brand names) than Han ones.
     let in_language = |hit: &Hit| {
-        let chinese = crate::language::detect(&hit.passage) == Some(Locale::Zh);
-        chinese == (locale == Locale::Zh)
+        let han = hit
+            .passage
+            .chars()
+            .filter(|&ch| crate::knowledge::text::is_han(ch))
+            .count();
+        (han >= 2) == (locale == Locale::Zh)
     };
     let used: Vec<Hit> = if used.iter().any(in_language) {
         used.into_iter().filter(in_language).collect()
