@@ -459,7 +459,7 @@ fn on_the_demo_evaluation_no_lie_of_the_adversarial_engine_reaches_a_customer() 
         }
     }
     let share = |key: &str| report[key].as_f64().unwrap();
-    // Measured 0.544 correct, 0.30 invented on these rows (README); the
+    // Measured 0.494 correct, 0.30 invented on these rows (README); the
     // floor leaves room for the timing of the first-text deadline.
     assert!(share("correct") >= 0.45, "{report}");
     assert!(share("invented") <= 0.40, "{report}");
