@@ -49,16 +49,8 @@ pub enum Rows {
 /// Reads `question,fact[,expected_doc]` rows (header required, any column
 /// order); `fact` is `|`-separated, or `NONE`.
 pub fn read_questions(path: &Path, rows: Rows) -> anyhow::Result<Vec<FactQuestion>> {
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_path(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let headers = reader.headers()?.clone();
-    let column = |name: &str| {
-        headers
-            .iter()
-            .position(|header| header.eq_ignore_ascii_case(name))
-    };
+    let (mut reader, headers) = super::open_labelled(path)?;
+    let column = |name: &str| super::column_of(&headers, name);
     let (Some(question_at), Some(fact_at)) = (column("question"), column("fact")) else {
         bail!(
             "{} needs the columns question,fact[,expected_doc]",

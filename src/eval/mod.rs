@@ -57,18 +57,29 @@ pub struct RetrievalReport {
     pub zh: RetrievalFigures,
 }
 
-/// Reads `question,expected_doc` rows (header required, any column order).
-pub fn read_questions(path: &Path) -> anyhow::Result<Vec<LabelledQuestion>> {
+/// A labelled CSV file with its header row (trimmed fields).
+pub(crate) fn open_labelled(
+    path: &Path,
+) -> anyhow::Result<(csv::Reader<std::fs::File>, csv::StringRecord)> {
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
         .from_path(path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     let headers = reader.headers()?.clone();
-    let column = |name: &str| {
-        headers
-            .iter()
-            .position(|header| header.eq_ignore_ascii_case(name))
-    };
+    Ok((reader, headers))
+}
+
+/// Where the column `name` is, in any case.
+pub(crate) fn column_of(headers: &csv::StringRecord, name: &str) -> Option<usize> {
+    headers
+        .iter()
+        .position(|header| header.eq_ignore_ascii_case(name))
+}
+
+/// Reads `question,expected_doc` rows (header required, any column order).
+pub fn read_questions(path: &Path) -> anyhow::Result<Vec<LabelledQuestion>> {
+    let (mut reader, headers) = open_labelled(path)?;
+    let column = |name: &str| column_of(&headers, name);
     let (Some(question_at), Some(expected_at)) = (column("question"), column("expected_doc"))
     else {
         bail!("{} needs the columns question,expected_doc", path.display());

@@ -354,22 +354,7 @@ async fn grounded(
         Some((next, reply))
     })
     .boxed();
-    let delivered = match tokio::time::timeout(
-        a.settings.reply_timeout,
-        adapter.deliver_stream(chat, deltas),
-    )
-    .await
-    {
-        Ok(result) => result?,
-        Err(_) => {
-            cancel.cancel();
-            tracing::warn!("reply timed out after {:?}", a.settings.reply_timeout);
-            outcome
-                .lock()
-                .map(|outcome| outcome.text.clone())
-                .unwrap_or_default()
-        }
-    };
+    let delivered = deliver_in_time(a, adapter, chat, deltas, &cancel, &outcome).await?;
     let model_accepted = outcome
         .lock()
         .map(|outcome| outcome.model_sentences_accepted > 0)
@@ -594,19 +579,7 @@ async fn generate(
     let delivered = match a.model.llm.stream_chat(request, cancel.clone()).await {
         Ok(events) => {
             let deltas = delta_stream(events, Arc::clone(&outcome), started);
-            let delivery = adapter.deliver_stream(chat, deltas);
-            match tokio::time::timeout(a.settings.reply_timeout, delivery).await {
-                Ok(result) => result?,
-                Err(_) => {
-                    cancel.cancel();
-                    tracing::warn!("reply timed out after {:?}", a.settings.reply_timeout);
-                    // Keep in history what the customer already saw.
-                    outcome
-                        .lock()
-                        .map(|outcome| outcome.text.clone())
-                        .unwrap_or_default()
-                }
-            }
+            deliver_in_time(a, adapter, chat, deltas, &cancel, &outcome).await?
         }
         Err(err) => {
             if let Ok(mut outcome) = outcome.lock() {
@@ -617,6 +590,35 @@ async fn generate(
     };
     note_outcome(&outcome);
     Ok(delivered)
+}
+
+/// Streams `deltas` to the customer within `chat.reply_timeout`; past it,
+/// stops the engine and returns what the customer already saw (kept in
+/// history).
+async fn deliver_in_time(
+    a: &Answering<'_>,
+    adapter: &dyn Outbox,
+    chat: &ConversationRef,
+    deltas: DeltaStream,
+    cancel: &tokio_util::sync::CancellationToken,
+    outcome: &Mutex<Outcome>,
+) -> anyhow::Result<String> {
+    match tokio::time::timeout(
+        a.settings.reply_timeout,
+        adapter.deliver_stream(chat, deltas),
+    )
+    .await
+    {
+        Ok(result) => Ok(result?),
+        Err(_) => {
+            cancel.cancel();
+            tracing::warn!("reply timed out after {:?}", a.settings.reply_timeout);
+            Ok(outcome
+                .lock()
+                .map(|outcome| outcome.text.clone())
+                .unwrap_or_default())
+        }
+    }
 }
 
 /// The engine request: system prompt, as much history as fits, `prompt`.
