@@ -46,13 +46,14 @@ pub(super) fn retrieval(config: &Config, data: &Path, details: bool) -> anyhow::
     Ok(())
 }
 
-/// `concierge eval intents DATA [--folds N]`.
+/// `concierge eval intents --data FILE [--folds N] [--details]`.
 pub(super) fn intents(
     config: &Config,
     data: &Path,
     text_column: Option<String>,
     label_column: Option<String>,
     folds: usize,
+    details: bool,
 ) -> anyhow::Result<()> {
     let examples = intent::read_examples(data, text_column.as_deref(), label_column.as_deref())?;
     let shipped = config.escalation.intents_dir.as_path();
@@ -62,7 +63,19 @@ pub(super) fn intents(
     } else {
         None
     };
-    let report = intent::evaluate::evaluate(&examples, &base, folds, model.as_ref(), 1);
+    let report = intent::evaluate::evaluate(
+        &examples,
+        &base,
+        folds,
+        model.as_ref(),
+        config.escalation.auto_min_confidence,
+        1,
+        |judged| {
+            if details {
+                eprintln!("{}", serde_json::to_string(judged).unwrap_or_default());
+            }
+        },
+    );
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

@@ -273,8 +273,10 @@ enum EvalAction {
         #[arg(long)]
         details: bool,
     },
-    /// Escalation precision/recall/F1 and a confusion table per label, by
-    /// stratified cross-validation on a labelled CSV (ours or Bitext's intents)
+    /// Escalation precision/recall/F1, a confusion table per label, the
+    /// calibration table and the automatic hand-off figures, for all rows and
+    /// per language, by stratified cross-validation on a labelled CSV (ours
+    /// or Bitext's intents)
     Intents {
         /// The labelled messages
         #[arg(long)]
@@ -288,6 +290,9 @@ enum EvalAction {
         /// Folds; 0 judges the saved model on every row instead
         #[arg(long, default_value_t = 5)]
         folds: usize,
+        /// Also print each message's verdict as a JSON line on stderr
+        #[arg(long)]
+        details: bool,
     },
 }
 
@@ -527,7 +532,8 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
                 text_column,
                 label_column,
                 folds,
-            } => evaluate::intents(config, &data, text_column, label_column, folds),
+                details,
+            } => evaluate::intents(config, &data, text_column, label_column, folds, details),
         },
         Command::Recommend(RecommendArgs {
             action: None,

@@ -1,6 +1,9 @@
 //! `concierge eval intents`: the escalation decision's precision, recall and
-//! F1 and a confusion table per label, measured by stratified k-fold
-//! cross-validation so no message is judged by a model that trained on it.
+//! F1, a confusion table per label, the reliability of its confidence (a
+//! calibration table in 10 bins with its expected calibration error) and what
+//! the automatic hand-off threshold does, for all messages and per language,
+//! measured by stratified k-fold cross-validation so no message is judged by
+//! a model that trained on it (or, with no folds, on the model as it is).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -8,12 +11,17 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 
-use super::{Classifier, Example, Intent, TrainOptions};
+use super::calibration::{self, Reliability};
+use super::{Classifier, Example, Intent, TrainOptions, ESCALATION_THRESHOLD};
+use crate::language;
+use crate::prompts::Locale;
 
 /// Escalation recall the project promises.
 pub const TARGET_RECALL: f64 = 0.95;
 /// Escalation precision the project promises.
-pub const TARGET_PRECISION: f64 = 0.90;
+pub const TARGET_PRECISION: f64 = 0.93;
+/// Bins of the calibration table.
+pub const CALIBRATION_BINS: usize = 10;
 
 /// The escalation decision's quality.
 #[derive(Debug, Serialize)]
@@ -24,6 +32,8 @@ pub struct EscalationReport {
     pub recall: f64,
     /// Harmonic mean of the two.
     pub f1: f64,
+    /// Of the messages that should not be flagged, the share that were.
+    pub false_escalation_rate: f64,
     /// Flagged and should be.
     pub true_positives: usize,
     /// Flagged and should not be.
@@ -34,21 +44,53 @@ pub struct EscalationReport {
     pub true_negatives: usize,
 }
 
-/// The whole report.
+/// What the automatic hand-off (`escalation.auto_min_confidence`) does: only
+/// an escalation at least this confident hands the chat to a person at once.
 #[derive(Debug, Serialize)]
-pub struct IntentReport {
+pub struct AutoHandoff {
+    /// The threshold.
+    pub min_confidence: f64,
+    /// Messages handed off.
+    pub handed_off: usize,
+    /// Of those, the share that should have been.
+    pub precision: f64,
+    /// Of the messages that should escalate, the share handed off at once.
+    pub recall: f64,
+    /// Of the messages that should not escalate, the share handed off.
+    pub false_handoff_rate: f64,
+}
+
+/// The figures of one group of messages (all, or one language).
+#[derive(Debug, Serialize)]
+pub struct Breakdown {
     /// Messages evaluated.
     pub rows: usize,
-    /// Folds of the cross-validation (0: the model as it is).
-    pub folds: usize,
     /// The escalation decision.
     pub escalation: EscalationReport,
     /// Share of messages whose predicted intent equals the label's intent.
     pub intent_accuracy: f64,
     /// Per label of the file: how often each intent was predicted.
     pub confusion: BTreeMap<String, BTreeMap<&'static str, usize>>,
+    /// Predicted probability of escalation against what the labels say.
+    pub calibration: Reliability,
+    /// The automatic hand-off threshold at work.
+    pub auto_handoff: AutoHandoff,
     /// The promised targets and whether they are met.
     pub targets: Targets,
+}
+
+/// The whole report: every message, then each language found in the file.
+#[derive(Debug, Serialize)]
+pub struct IntentReport {
+    /// Folds of the cross-validation (0: the model as it is).
+    pub folds: usize,
+    /// Probability of escalation at or above which a message escalates.
+    pub threshold: f32,
+    /// Every message.
+    #[serde(flatten)]
+    pub all: Breakdown,
+    /// Per language (`en`, `zh`), for those present.
+    pub languages: BTreeMap<String, Breakdown>,
 }
 
 /// The promised targets.
@@ -62,26 +104,66 @@ pub struct Targets {
     pub met: bool,
 }
 
+/// How one message was judged.
+#[derive(Clone, Debug, Serialize)]
+pub struct Judged {
+    /// The message.
+    pub text: String,
+    /// Its label in the file.
+    pub label: String,
+    /// Its language.
+    pub lang: Locale,
+    /// The predicted intent.
+    pub intent: Intent,
+    /// Whether it was escalated.
+    pub escalate: bool,
+    /// The predicted probability of escalation.
+    pub probability: f32,
+    /// Whether the escalation decision matches the label.
+    pub right: bool,
+}
+
 fn normalised(text: &str) -> String {
     text.trim().to_lowercase()
+}
+
+fn judge(classifier: &Classifier, example: &Example) -> Judged {
+    let result = classifier.classify(&example.text);
+    let probability = if result.escalate {
+        result.confidence
+    } else {
+        1.0 - result.confidence
+    };
+    Judged {
+        text: example.text.clone(),
+        label: example.label.clone(),
+        lang: language::detect(&example.text).unwrap_or(Locale::En),
+        intent: result.intent,
+        escalate: result.escalate,
+        probability,
+        right: result.escalate == example.intent.escalates(),
+    }
 }
 
 /// Cross-validates on `examples` with `folds` stratified folds; every fold
 /// trains on the other folds plus those `base` examples whose text is not in
 /// `examples`. With `folds == 0`, `model` is judged on every example.
+/// `auto_min_confidence` is the automatic hand-off threshold; `each` sees
+/// every judged message.
 pub fn evaluate(
     examples: &[Example],
     base: &[Example],
     folds: usize,
     model: Option<&Classifier>,
+    auto_min_confidence: f64,
     seed: u64,
+    mut each: impl FnMut(&Judged),
 ) -> IntentReport {
-    let mut predictions: Vec<Option<(Intent, bool)>> = vec![None; examples.len()];
+    let mut judged: Vec<Option<Judged>> = vec![None; examples.len()];
     if folds == 0 {
         if let Some(model) = model {
-            for (slot, example) in predictions.iter_mut().zip(examples) {
-                let result = model.classify(&example.text);
-                *slot = Some((result.intent, result.escalate));
+            for (slot, example) in judged.iter_mut().zip(examples) {
+                *slot = Some(judge(model, example));
             }
         }
     } else {
@@ -104,13 +186,33 @@ pub fn evaluate(
             let classifier = Classifier::train(&training, &TrainOptions::default());
             for (index, example) in examples.iter().enumerate() {
                 if fold_of[index] == fold {
-                    let result = classifier.classify(&example.text);
-                    predictions[index] = Some((result.intent, result.escalate));
+                    judged[index] = Some(judge(&classifier, example));
                 }
             }
         }
     }
-    report(examples, &predictions, folds)
+    let judged: Vec<(&Example, Judged)> = examples
+        .iter()
+        .zip(judged)
+        .filter_map(|(example, judged)| judged.map(|judged| (example, judged)))
+        .collect();
+    for (_, one) in &judged {
+        each(one);
+    }
+    let mut languages = BTreeMap::new();
+    for lang in Locale::ALL {
+        let group: Vec<&(&Example, Judged)> =
+            judged.iter().filter(|(_, one)| one.lang == lang).collect();
+        if !group.is_empty() {
+            languages.insert(lang.to_string(), breakdown(&group, auto_min_confidence));
+        }
+    }
+    IntentReport {
+        folds,
+        threshold: ESCALATION_THRESHOLD,
+        all: breakdown(&judged.iter().collect::<Vec<_>>(), auto_min_confidence),
+        languages,
+    }
 }
 
 /// Fold numbers, balanced within each label.
@@ -138,31 +240,32 @@ fn ratio(numerator: usize, denominator: usize) -> f64 {
     }
 }
 
-fn report(
-    examples: &[Example],
-    predictions: &[Option<(Intent, bool)>],
-    folds: usize,
-) -> IntentReport {
+fn breakdown(judged: &[&(&Example, Judged)], auto_min_confidence: f64) -> Breakdown {
     let (mut tp, mut fp, mut false_negatives, mut tn, mut correct) = (0, 0, 0, 0, 0);
+    let (mut handed_off, mut handed_off_rightly) = (0, 0);
     let mut confusion: BTreeMap<String, BTreeMap<&'static str, usize>> = BTreeMap::new();
-    for (example, prediction) in examples.iter().zip(predictions) {
-        let Some((intent, escalate)) = prediction else {
-            continue;
-        };
-        match (example.intent.escalates(), *escalate) {
+    let mut pairs = Vec::with_capacity(judged.len());
+    for (example, one) in judged {
+        let should = example.intent.escalates();
+        match (should, one.escalate) {
             (true, true) => tp += 1,
             (false, true) => fp += 1,
             (true, false) => false_negatives += 1,
             (false, false) => tn += 1,
         }
-        if *intent == example.intent {
+        if one.escalate && f64::from(one.probability) >= auto_min_confidence {
+            handed_off += 1;
+            handed_off_rightly += usize::from(should);
+        }
+        if one.intent == example.intent {
             correct += 1;
         }
         *confusion
             .entry(example.label.clone())
             .or_default()
-            .entry(intent.label())
+            .entry(one.intent.label())
             .or_default() += 1;
+        pairs.push((one.probability, should));
     }
     let precision = ratio(tp, tp + fp);
     let recall = ratio(tp, tp + false_negatives);
@@ -171,20 +274,28 @@ fn report(
     } else {
         2.0 * precision * recall / (precision + recall)
     };
-    IntentReport {
-        rows: examples.len(),
-        folds,
+    Breakdown {
+        rows: judged.len(),
         escalation: EscalationReport {
             precision,
             recall,
             f1,
+            false_escalation_rate: ratio(fp, fp + tn),
             true_positives: tp,
             false_positives: fp,
             false_negatives,
             true_negatives: tn,
         },
-        intent_accuracy: ratio(correct, examples.len()),
+        intent_accuracy: ratio(correct, judged.len()),
         confusion,
+        calibration: calibration::reliability(&pairs, CALIBRATION_BINS),
+        auto_handoff: AutoHandoff {
+            min_confidence: auto_min_confidence,
+            handed_off,
+            precision: ratio(handed_off_rightly, handed_off),
+            recall: ratio(handed_off_rightly, tp + false_negatives),
+            false_handoff_rate: ratio(handed_off - handed_off_rightly, fp + tn),
+        },
         targets: Targets {
             recall: TARGET_RECALL,
             precision: TARGET_PRECISION,
@@ -235,12 +346,33 @@ mod tests {
             example("b", "track_order"),
             example("c", "contact_human_agent"),
         ];
-        let predictions = vec![
-            Some((Intent::Complaint, true)),
-            Some((Intent::Complaint, true)),
-            Some((Intent::Question, false)),
+        let predictions = [
+            (Intent::Complaint, true, 0.95),
+            (Intent::Complaint, true, 0.7),
+            (Intent::Question, false, 0.2),
         ];
-        let report = report(&examples, &predictions, 0);
+        let judged: Vec<(&Example, Judged)> = examples
+            .iter()
+            .zip(predictions)
+            .map(|(example, (intent, escalate, probability))| {
+                let one = Judged {
+                    text: example.text.clone(),
+                    label: example.label.clone(),
+                    lang: Locale::En,
+                    intent,
+                    escalate,
+                    probability,
+                    right: escalate == example.intent.escalates(),
+                };
+                (example, one)
+            })
+            .collect();
+        let report = breakdown(&judged.iter().collect::<Vec<_>>(), 0.9);
+        assert_eq!(report.auto_handoff.handed_off, 1);
+        assert_eq!(report.auto_handoff.precision, 1.0);
+        assert_eq!(report.auto_handoff.recall, 0.5);
+        assert_eq!(report.escalation.false_escalation_rate, 1.0);
+        assert_eq!(report.calibration.bins[9].count, 1);
         assert_eq!(report.escalation.true_positives, 1);
         assert_eq!(report.escalation.false_positives, 1);
         assert_eq!(report.escalation.false_negatives, 1);

@@ -1,7 +1,16 @@
 //! Text to hashed features: character 1-4-grams within each word (padded with
 //! spaces, so prefixes and suffixes count) and over runs of Han characters,
-//! plus word unigrams and bigrams. Hashing keeps the model a fixed size for
-//! any vocabulary, in any language.
+//! word unigrams and bigrams, and the sentiment cues of the lexicon (how much
+//! displeasure, praise, negated praise, small wishes). Hashing keeps the model
+//! a fixed size for any vocabulary, in any language.
+
+use super::sentiment;
+
+/// Times each sentiment cue is counted: a cue stands for many words the
+/// training data may never have shown, so it weighs more than one n-gram.
+const CUE_WEIGHT: usize = 4;
+/// Cues of one kind counted at most this many times.
+const MAX_CUES: usize = 3;
 
 /// Number of hash buckets (a power of two).
 pub const DIMENSIONS: usize = 1 << 18;
@@ -72,7 +81,30 @@ pub fn extract(text: &str) -> Vec<usize> {
             }
         }
     }
+    push_cues(&mut features, sentiment::cues(text));
     features
+}
+
+fn push_cues(features: &mut Vec<usize>, cues: sentiment::Cues) {
+    let mut push = |name: &str, count: usize| {
+        for _ in 0..count.min(MAX_CUES) * CUE_WEIGHT {
+            features.push(hash(4, name));
+        }
+    };
+    push("negative", cues.negative);
+    push("positive", cues.positive);
+    push("negated positive", cues.negated_positive);
+    push("wish", cues.wish);
+    push("intensifier", cues.intensifier);
+    let (negative, positive) = (cues.negative > 0, cues.positive > 0);
+    push("only negative", usize::from(negative && !positive));
+    push("only positive", usize::from(positive && !negative));
+    push("mixed", usize::from(positive && negative));
+    push("praise with a wish", usize::from(positive && cues.wish > 0));
+    push(
+        "intense displeasure",
+        usize::from(negative && cues.intensifier > 0),
+    );
 }
 
 #[cfg(test)]

@@ -7,14 +7,18 @@
 //! segmentation; English word unigrams and bigrams), trained from labelled
 //! CSV files, plus a short lexicon of unmistakable phrases ("real person",
 //! "转人工") that force escalation. It needs no GPU and no model download.
+//! The escalation probability is calibrated per language (Platt scaling on
+//! held-out examples), so a confidence of 0.9 is right about nine times in ten.
 //!
 //! Architecture invariant: classification is a pure function of the text and
 //! the trained weights; nothing here does IO except `load`/`save`/`read_examples`.
 
+pub mod calibration;
 pub mod evaluate;
 mod features;
 mod lexicon;
 mod model;
+mod sentiment;
 
 use std::path::{Path, PathBuf};
 
@@ -150,7 +154,8 @@ impl Classifier {
     pub fn classify(&self, text: &str) -> Classification {
         let lang = language::detect(text).unwrap_or(Locale::En);
         let mut probabilities = self.model.probabilities(text);
-        if let Some(forced) = lexicon::forced_intent(text) {
+        let forced = lexicon::forced_intent(text);
+        if let Some(forced) = forced {
             // An unmistakable phrase outweighs the model.
             for (index, probability) in probabilities.iter_mut().enumerate() {
                 *probability = if index == forced.index() { 0.97 } else { 0.006 };
@@ -161,11 +166,16 @@ impl Classifier {
             .enumerate()
             .max_by(|a, b| a.1.total_cmp(b.1))
             .map_or(0, |(index, _)| index);
-        let escalation: f32 = Intent::ALL
+        let raw: f32 = Intent::ALL
             .iter()
             .filter(|intent| intent.escalates())
             .map(|intent| probabilities[intent.index()])
             .sum();
+        let escalation = if forced.is_some() {
+            raw
+        } else {
+            self.model.calibrate(lang, raw)
+        };
         let escalate = escalation >= ESCALATION_THRESHOLD;
         let mut intent = Intent::ALL[best];
         // Keep the intent consistent with the decision.
@@ -214,6 +224,14 @@ pub enum IntentError {
         path: PathBuf,
         /// What went wrong.
         detail: String,
+    },
+    /// A model saved by an earlier version, without calibration.
+    #[error(
+        "{path}: an intent model of an earlier version; retrain it with `concierge train intents`"
+    )]
+    Outdated {
+        /// The file.
+        path: PathBuf,
     },
     /// A CSV file lacks a column or a row is malformed.
     #[error("{path}: {detail}")]
@@ -334,7 +352,15 @@ pub fn train_from_files(files: &[PathBuf]) -> Result<Classifier, IntentError> {
 pub fn load_or_train(data_dir: &Path, shipped_dir: &Path) -> Result<Classifier, IntentError> {
     let path = data_dir.join(MODEL_FILE);
     if path.exists() {
-        return IntentModel::load(&path).map(Classifier::new);
+        match IntentModel::load(&path) {
+            Err(IntentError::Outdated { .. }) => tracing::warn!(
+                "{}: an intent model of an earlier version, without calibration; \
+                 retraining it from {} (run `concierge train intents` again for your own data)",
+                path.display(),
+                shipped_dir.display()
+            ),
+            loaded => return loaded.map(Classifier::new),
+        }
     }
     let classifier = train_from_files(&default_training_files(shipped_dir)?)?;
     if let Err(err) = classifier.model().save(&path) {

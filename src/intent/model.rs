@@ -1,7 +1,9 @@
 //! The intent model: multinomial logistic regression over hashed features,
-//! trained by stochastic gradient descent with class weights (escalations are
-//! rare in real traffic and must not be drowned out), saved in a small
-//! binary file.
+//! trained by stochastic gradient descent with class weights per language
+//! (escalations are rare in real traffic and must not be drowned out, and
+//! thousands of Chinese reviews must not drown the English complaints), its
+//! escalation probability calibrated per language on a tenth of the data it
+//! did not train on, saved in a small binary file.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -9,13 +11,21 @@ use std::path::Path;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
+use super::calibration::Platt;
 use super::features::{self, DIMENSIONS};
 use super::{Example, Intent, IntentError};
+use crate::language;
+use crate::prompts::Locale;
 
 const LABELS: usize = Intent::ALL.len();
-const MAGIC: &[u8; 8] = b"CNCINT01";
+const MAGIC: &[u8; 8] = b"CNCINT02";
+/// Files of the first format: weights without calibration.
+const MAGIC_UNCALIBRATED: &[u8; 8] = b"CNCINT01";
 /// How far class weights go towards balancing (0: none, 1: fully).
 const CLASS_WEIGHT_POWER: f32 = 0.65;
+/// One example in this many (by a hash of its text) fits the calibration
+/// instead of the weights.
+const CALIBRATION_SHARE: u64 = 10;
 
 /// How the model is trained.
 #[derive(Clone, Debug)]
@@ -47,6 +57,25 @@ pub struct IntentModel {
     /// `DIMENSIONS × LABELS`, row-major by feature.
     weights: Vec<f32>,
     bias: [f32; LABELS],
+    /// Of the escalation probability, in `Locale::ALL` order.
+    calibration: [Platt; 2],
+}
+
+fn locale_index(lang: Locale) -> usize {
+    Locale::ALL
+        .iter()
+        .position(|locale| *locale == lang)
+        .unwrap_or(0)
+}
+
+/// Whether `text` fits the calibration rather than the weights.
+fn for_calibration(text: &str) -> bool {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.trim().to_lowercase().bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash % CALIBRATION_SHARE == 0
 }
 
 /// Features of a text with their weights (counts, L2-normalised).
@@ -103,24 +132,92 @@ impl IntentModel {
         scores
     }
 
-    /// Trains on `examples`.
+    /// The calibrated probability that a message in `lang` goes to a person,
+    /// from the model's raw one.
+    pub fn calibrate(&self, lang: Locale, raw: f32) -> f32 {
+        self.calibration[locale_index(lang)].apply(raw)
+    }
+
+    /// The calibration of each language, in `Locale::ALL` order.
+    pub fn calibration(&self) -> [Platt; 2] {
+        self.calibration
+    }
+
+    /// Trains on `examples`: the weights on nine in ten of them, the
+    /// calibration of each language on the rest. A set too small to spare
+    /// a tenth trains on everything and stays uncalibrated.
     pub fn train(examples: &[Example], options: &TrainOptions) -> Self {
+        let (held, fitted): (Vec<&Example>, Vec<&Example>) = examples
+            .iter()
+            .partition(|example| for_calibration(&example.text));
+        let sparing = Locale::ALL.iter().all(|&lang| {
+            let pairs: Vec<bool> = held
+                .iter()
+                .filter(|example| language::detect(&example.text).unwrap_or(Locale::En) == lang)
+                .map(|example| example.intent.escalates())
+                .collect();
+            let positives = pairs.iter().filter(|yes| **yes).count();
+            // A language absent from the data needs no calibration.
+            pairs.is_empty()
+                || (positives >= super::calibration::MIN_PER_CLASS
+                    && pairs.len() - positives >= super::calibration::MIN_PER_CLASS)
+        });
+        if !sparing {
+            let everything: Vec<&Example> = examples.iter().collect();
+            return Self::fit_weights(&everything, options);
+        }
+        let mut model = Self::fit_weights(&fitted, options);
+        for lang in Locale::ALL {
+            let pairs: Vec<(f32, bool)> = held
+                .iter()
+                .filter(|example| language::detect(&example.text).unwrap_or(Locale::En) == lang)
+                .map(|example| {
+                    (
+                        model.raw_escalation(&example.text),
+                        example.intent.escalates(),
+                    )
+                })
+                .collect();
+            model.calibration[locale_index(lang)] = Platt::fit(&pairs);
+        }
+        model
+    }
+
+    /// The model's uncalibrated probability of escalation.
+    pub fn raw_escalation(&self, text: &str) -> f32 {
+        let probabilities = self.probabilities(text);
+        Intent::ALL
+            .iter()
+            .filter(|intent| intent.escalates())
+            .map(|intent| probabilities[intent.index()])
+            .sum()
+    }
+
+    fn fit_weights(examples: &[&Example], options: &TrainOptions) -> Self {
         let mut model = Self {
             weights: vec![0.0; DIMENSIONS * LABELS],
             bias: [0.0; LABELS],
+            calibration: [Platt::IDENTITY; 2],
         };
-        let mut per_class = [0usize; LABELS];
-        let data: Vec<(Vec<(usize, f32)>, usize)> = examples
+        // Classes are balanced within each language, then the languages
+        // against each other, softened so tiny classes do not dominate.
+        let stratum = |lang: Locale, label: usize| locale_index(lang) * LABELS + label;
+        let mut per_stratum = [0usize; 2 * LABELS];
+        let data: Vec<(Vec<(usize, f32)>, usize, usize)> = examples
             .iter()
             .map(|example| {
                 let label = example.intent.index();
-                per_class[label] += 1;
-                (vectorise(&example.text), label)
+                let lang = language::detect(&example.text).unwrap_or(Locale::En);
+                per_stratum[stratum(lang, label)] += 1;
+                (vectorise(&example.text), label, stratum(lang, label))
             })
             .collect();
-        let present = per_class.iter().filter(|count| **count > 0).count().max(1);
-        // Balanced class weights, softened so tiny classes do not dominate.
-        let class_weight: Vec<f32> = per_class
+        let present = per_stratum
+            .iter()
+            .filter(|count| **count > 0)
+            .count()
+            .max(1);
+        let class_weight: Vec<f32> = per_stratum
             .iter()
             .map(|&count| {
                 if count == 0 {
@@ -136,10 +233,10 @@ impl IntentModel {
             order.shuffle(&mut rng);
             let rate = options.learning_rate / (1.0 + epoch as f32 * 0.3);
             for &index in &order {
-                let (vector, label) = &data[index];
+                let (vector, label, stratum) = &data[index];
                 let mut probabilities = model.scores(vector);
                 softmax(&mut probabilities);
-                let weight = class_weight[*label];
+                let weight = class_weight[*stratum];
                 let mut gradient = probabilities;
                 gradient[*label] -= 1.0;
                 for (bias, grad) in model.bias.iter_mut().zip(gradient) {
@@ -171,6 +268,10 @@ impl IntentModel {
         bytes.extend_from_slice(&(LABELS as u32).to_le_bytes());
         for bias in self.bias {
             bytes.extend_from_slice(&bias.to_le_bytes());
+        }
+        for platt in self.calibration {
+            bytes.extend_from_slice(&platt.slope.to_le_bytes());
+            bytes.extend_from_slice(&platt.offset.to_le_bytes());
         }
         let rows: Vec<usize> = (0..DIMENSIONS)
             .filter(|row| {
@@ -210,8 +311,14 @@ impl IntentModel {
             bytes: &bytes,
             at: 0,
         };
-        if reader.take(8) != Some(MAGIC.as_slice()) {
-            return Err(invalid("not an intent model"));
+        match reader.take(8) {
+            Some(magic) if magic == MAGIC.as_slice() => {}
+            Some(magic) if magic == MAGIC_UNCALIBRATED.as_slice() => {
+                return Err(IntentError::Outdated {
+                    path: path.to_path_buf(),
+                })
+            }
+            _ => return Err(invalid("not an intent model")),
         }
         if reader.u32() != Some(DIMENSIONS as u32) || reader.u32() != Some(LABELS as u32) {
             return Err(invalid("an intent model of another shape"));
@@ -219,9 +326,18 @@ impl IntentModel {
         let mut model = Self {
             weights: vec![0.0; DIMENSIONS * LABELS],
             bias: [0.0; LABELS],
+            calibration: [Platt::IDENTITY; 2],
         };
         for bias in &mut model.bias {
             *bias = reader.f32().ok_or_else(|| invalid("truncated"))?;
+        }
+        for platt in &mut model.calibration {
+            let slope = reader.f32().ok_or_else(|| invalid("truncated"))?;
+            let offset = reader.f32().ok_or_else(|| invalid("truncated"))?;
+            if !(slope.is_finite() && offset.is_finite() && slope > 0.0) {
+                return Err(invalid("a calibration out of range"));
+            }
+            *platt = Platt { slope, offset };
         }
         let rows = reader.u32().ok_or_else(|| invalid("truncated"))?;
         for _ in 0..rows {

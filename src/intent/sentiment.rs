@@ -1,0 +1,287 @@
+//! Sentiment cues from a lexicon of our own (`sentiment-en.txt`,
+//! `sentiment-zh.txt`, compiled in): words of displeasure and of praise,
+//! markers of a small wish inside praise, negators and intensifiers. They give
+//! the classifier features that reach past its training vocabulary: a
+//! "pathetic" or a "垃圾" counts as displeasure even when no training message
+//! used that word, and "不太好吃" as a negated praise.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+
+/// What a lexicon entry signals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Negative,
+    Positive,
+    Wish,
+    Negator,
+    Intensifier,
+    /// Matched so that a cue inside it does not count ("不好意思", "good morning").
+    Neutral,
+}
+
+impl Kind {
+    fn of_section(name: &str) -> Option<Self> {
+        match name {
+            "negative" => Some(Self::Negative),
+            "positive" => Some(Self::Positive),
+            "wish" => Some(Self::Wish),
+            "negator" => Some(Self::Negator),
+            "intensifier" => Some(Self::Intensifier),
+            "neutral" => Some(Self::Neutral),
+            _ => None,
+        }
+    }
+}
+
+/// How many cues of each kind a message holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cues {
+    /// Words of displeasure, negated praise included.
+    pub negative: usize,
+    /// Words of praise, not negated.
+    pub positive: usize,
+    /// Praise under a negator ("not great", "不太好吃").
+    pub negated_positive: usize,
+    /// Markers of a small wish ("a bit", "就是有点").
+    pub wish: usize,
+    /// Intensifiers ("so", "太").
+    pub intensifier: usize,
+}
+
+/// English words within this many words before praise negate it.
+const NEGATION_REACH_WORDS: usize = 3;
+/// Chinese characters between a negator and the praise it negates.
+const NEGATION_REACH_CHARS: usize = 1;
+
+struct English {
+    /// Whole words and phrases (words joined by one space).
+    phrases: HashMap<String, Kind>,
+    /// Stems that match any ending (`disappoint*`).
+    stems: HashMap<String, Kind>,
+    /// Entries without letters, matched as they are (`!!`).
+    marks: Vec<(String, Kind)>,
+    longest_phrase: usize,
+}
+
+struct Chinese {
+    matcher: AhoCorasick,
+    kinds: Vec<Kind>,
+}
+
+struct Lexicon {
+    english: English,
+    chinese: Chinese,
+}
+
+/// Entries of a lexicon file, by section; unknown sections are a build-time
+/// mistake caught by the tests.
+fn entries(text: &str) -> Vec<(String, Kind)> {
+    let mut kind = None;
+    let mut entries = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            kind = Kind::of_section(section.trim());
+            continue;
+        }
+        if let Some(kind) = kind {
+            entries.push((line.to_lowercase(), kind));
+        }
+    }
+    entries
+}
+
+/// Lowercased runs of letters, digits and apostrophes (curly ones too).
+fn english_words(text: &str) -> Vec<String> {
+    text.to_lowercase()
+        .replace('\u{2019}', "'")
+        .split(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '\''))
+        .filter(|word| !word.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn build() -> Lexicon {
+    let mut english = English {
+        phrases: HashMap::new(),
+        stems: HashMap::new(),
+        marks: Vec::new(),
+        longest_phrase: 1,
+    };
+    for (entry, kind) in entries(include_str!("sentiment-en.txt")) {
+        if let Some(stem) = entry.strip_suffix('*') {
+            english.stems.insert(stem.to_string(), kind);
+            continue;
+        }
+        let words = english_words(&entry);
+        if words.is_empty() {
+            english.marks.push((entry, kind));
+        } else {
+            english.longest_phrase = english.longest_phrase.max(words.len());
+            english.phrases.insert(words.join(" "), kind);
+        }
+    }
+    let (patterns, kinds): (Vec<String>, Vec<Kind>) = entries(include_str!("sentiment-zh.txt"))
+        .into_iter()
+        .unzip();
+    let matcher = AhoCorasick::builder()
+        .match_kind(MatchKind::LeftmostLongest)
+        .build(&patterns)
+        .expect("the Chinese lexicon builds");
+    Lexicon {
+        english,
+        chinese: Chinese { matcher, kinds },
+    }
+}
+
+static LEXICON: LazyLock<Lexicon> = LazyLock::new(build);
+
+impl Cues {
+    fn count(&mut self, kind: Kind, negated: bool) {
+        match kind {
+            Kind::Positive if negated => {
+                self.negated_positive += 1;
+                self.negative += 1;
+            }
+            Kind::Positive => self.positive += 1,
+            Kind::Negative => self.negative += 1,
+            Kind::Wish => self.wish += 1,
+            Kind::Intensifier => self.intensifier += 1,
+            Kind::Negator | Kind::Neutral => {}
+        }
+    }
+}
+
+impl English {
+    fn kind_of_word(&self, word: &str) -> Option<Kind> {
+        if let Some(kind) = self.phrases.get(word) {
+            return Some(*kind);
+        }
+        // The longest stem that starts the word.
+        (3..word.len())
+            .rev()
+            .filter(|end| word.is_char_boundary(*end))
+            .find_map(|end| self.stems.get(&word[..end]).copied())
+            .or_else(|| self.stems.get(word).copied())
+    }
+
+    fn add_cues(&self, text: &str, cues: &mut Cues) {
+        let words = english_words(text);
+        let mut last_negator: Option<usize> = None;
+        let mut at = 0;
+        while at < words.len() {
+            let longest = self.longest_phrase.min(words.len() - at);
+            let found = (2..=longest).rev().find_map(|length| {
+                let phrase = words[at..at + length].join(" ");
+                self.phrases.get(&phrase).map(|kind| (*kind, length))
+            });
+            let (kind, length) = match found {
+                Some(found) => (Some(found.0), found.1),
+                None => (self.kind_of_word(&words[at]), 1),
+            };
+            if let Some(kind) = kind {
+                let negated = last_negator.is_some_and(|n| at - n <= NEGATION_REACH_WORDS);
+                if kind == Kind::Negator {
+                    last_negator = Some(at);
+                }
+                cues.count(kind, negated);
+            }
+            at += length;
+        }
+        for (mark, kind) in &self.marks {
+            if text.contains(mark.as_str()) {
+                cues.count(*kind, false);
+            }
+        }
+    }
+}
+
+impl Chinese {
+    fn add_cues(&self, text: &str, cues: &mut Cues) {
+        let text = text.to_lowercase();
+        let text = text.as_str();
+        let mut negator_end: Option<usize> = None;
+        for found in self.matcher.find_iter(text) {
+            let kind = self.kinds[found.pattern().as_usize()];
+            let negated = negator_end.is_some_and(|end| {
+                end <= found.start()
+                    && text[end..found.start()].chars().count() <= NEGATION_REACH_CHARS
+            });
+            if kind == Kind::Negator {
+                negator_end = Some(found.end());
+            }
+            cues.count(kind, negated);
+        }
+    }
+}
+
+/// The sentiment cues of `text`, in either language or both.
+pub fn cues(text: &str) -> Cues {
+    let lexicon = &*LEXICON;
+    let mut cues = Cues::default();
+    if text.is_ascii() {
+        lexicon.english.add_cues(text, &mut cues);
+        return cues;
+    }
+    lexicon.english.add_cues(text, &mut cues);
+    lexicon.chinese.add_cues(text, &mut cues);
+    cues
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_lexicon_line_is_in_a_known_section() {
+        for text in [
+            include_str!("sentiment-en.txt"),
+            include_str!("sentiment-zh.txt"),
+        ] {
+            let mut section = None;
+            for line in text.lines().map(str::trim) {
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                    section = Kind::of_section(name.trim());
+                    assert!(section.is_some(), "unknown section {line}");
+                    continue;
+                }
+                assert!(section.is_some(), "{line} is outside any section");
+            }
+        }
+    }
+
+    #[test]
+    fn english_cues_follow_words_stems_and_negation() {
+        let pathetic = cues("Pathetic.");
+        assert_eq!(pathetic.negative, 1, "{pathetic:?}");
+        let negated = cues("the food was not great");
+        assert_eq!(negated.negated_positive, 1, "{negated:?}");
+        assert_eq!(negated.positive, 0);
+        let praise = cues("Loved it, delicious, just a bit salty");
+        assert!(praise.positive >= 2 && praise.wish >= 1, "{praise:?}");
+        assert!(cues("so disappointed").negative >= 1);
+        assert_eq!(cues("where is my order?"), Cues::default());
+    }
+
+    #[test]
+    fn chinese_cues_follow_the_longest_entry_and_negation() {
+        let bad = cues("难吃，不给发票");
+        assert!(bad.negative >= 1, "{bad:?}");
+        let negated = cues("这次不太好吃");
+        assert!(
+            negated.negative >= 1 && negated.positive == 0,
+            "{negated:?}"
+        );
+        let mixed = cues("太好吃了，就是有点咸");
+        assert!(mixed.positive >= 1 && mixed.wish >= 1, "{mixed:?}");
+        assert_eq!(cues("请问运费多少？").negative, 0);
+    }
+}
