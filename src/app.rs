@@ -145,7 +145,19 @@ fn pipeline_settings(config: &Config) -> PipelineSettings {
         default_locale: config.chat.default_locale,
         top_k: config.knowledge.top_k,
         auto_handoff_confidence: config.escalation.auto_min_confidence as f32,
+        tiebreak: config
+            .escalation
+            .model_tiebreak
+            .then_some(crate::escalation::tiebreak::Band {
+                from: config.escalation.tiebreak_from as f32,
+                to: config.escalation.auto_min_confidence as f32,
+            }),
     }
+}
+
+/// The pipeline's settings from `config` (sampling, limits, thresholds).
+pub fn settings(config: &Config) -> PipelineSettings {
+    pipeline_settings(config)
 }
 
 /// Directory of the derived search index.

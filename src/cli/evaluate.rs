@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use concierge::config::Config;
+use concierge::escalation::tiebreak;
 use concierge::{app, eval, intent, recommend};
 
 use super::data::open_store;
@@ -46,14 +47,14 @@ pub(super) fn retrieval(config: &Config, data: &Path, details: bool) -> anyhow::
     Ok(())
 }
 
-/// `concierge eval intents --data FILE [--folds N] [--details]`.
+/// `concierge eval intents --data FILE [--folds N] [--details] [--tiebreak]`.
 pub(super) fn intents(
     config: &Config,
     data: &Path,
-    text_column: Option<String>,
-    label_column: Option<String>,
+    (text_column, label_column): (Option<String>, Option<String>),
     folds: usize,
     details: bool,
+    tiebreak: bool,
 ) -> anyhow::Result<()> {
     let examples = intent::read_examples(data, text_column.as_deref(), label_column.as_deref())?;
     let shipped = config.escalation.intents_dir.as_path();
@@ -63,20 +64,36 @@ pub(super) fn intents(
     } else {
         None
     };
-    let report = intent::evaluate::evaluate(
-        &examples,
-        &base,
-        folds,
-        model.as_ref(),
-        config.escalation.auto_min_confidence,
-        1,
-        |judged| {
+    let auto = config.escalation.auto_min_confidence;
+    let mut judged = Vec::new();
+    let report =
+        intent::evaluate::evaluate(&examples, &base, folds, model.as_ref(), auto, 1, |one| {
             if details {
-                eprintln!("{}", serde_json::to_string(judged).unwrap_or_default());
+                eprintln!("{}", serde_json::to_string(one).unwrap_or_default());
             }
-        },
-    );
-    println!("{}", serde_json::to_string_pretty(&report)?);
+            judged.push(one.clone());
+        });
+    if !tiebreak {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let band = tiebreak::Band {
+        from: config.escalation.tiebreak_from as f32,
+        to: auto as f32,
+    };
+    let measured = super::block_on(async {
+        let llm = app::build_engine(config).await?;
+        let prompts = concierge::prompts::Prompts::load(&config.chat.prompts_dir)?;
+        let sampling = app::settings(config).sampling;
+        Ok(tiebreak::measure(llm.as_ref(), &prompts, sampling, &mut judged, band).await)
+    })?;
+    let with_model = intent::evaluate::summarise(&judged, folds, auto);
+    let combined = serde_json::json!({
+        "classifier": report,
+        "tiebreak": measured,
+        "with_tiebreak": with_model,
+    });
+    println!("{}", serde_json::to_string_pretty(&combined)?);
     Ok(())
 }
 

@@ -293,6 +293,11 @@ enum EvalAction {
         /// Also print each message's verdict as a JSON line on stderr
         #[arg(long)]
         details: bool,
+        /// Also ask the configured engine about the uncertain band
+        /// (`escalation.tiebreak_from` up to `auto_min_confidence`) and
+        /// report the figures with its verdicts beside those without
+        #[arg(long)]
+        tiebreak: bool,
     },
 }
 
@@ -533,7 +538,15 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
                 label_column,
                 folds,
                 details,
-            } => evaluate::intents(config, &data, text_column, label_column, folds, details),
+                tiebreak,
+            } => evaluate::intents(
+                config,
+                &data,
+                (text_column, label_column),
+                folds,
+                details,
+                tiebreak,
+            ),
         },
         Command::Recommend(RecommendArgs {
             action: None,

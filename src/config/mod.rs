@@ -69,6 +69,11 @@ pub struct EscalationConfig {
     /// Confidence at or above which an escalation decision hands the chat
     /// to people without the customer asking (`/human` always does).
     pub auto_min_confidence: f64,
+    /// Ask the generative model about messages whose escalation probability
+    /// lies between `tiebreak_from` and `auto_min_confidence`.
+    pub model_tiebreak: bool,
+    /// Lower edge of that uncertain band.
+    pub tiebreak_from: f64,
     /// Minutes for an agent's first answer to an urgent ticket.
     pub sla_urgent_minutes: u64,
     /// The same for high priority.

@@ -350,6 +350,8 @@ raw_section!(RawEscalation, "escalation" {
     enabled: bool,
     intents_dir: String,
     auto_min_confidence: Number,
+    model_tiebreak: bool,
+    tiebreak_from: Number,
     sla_urgent_minutes: Number,
     sla_high_minutes: Number,
     sla_normal_minutes: Number,

@@ -87,6 +87,8 @@ impl Reader<'_> {
             enabled: self.boolean(&raw.escalation.enabled, true),
             intents_dir: self.path(&raw.escalation.intents_dir, crate::intent::DEFAULT_DATA_DIR),
             auto_min_confidence: self.float(&raw.escalation.auto_min_confidence, 0.9, 0.5..=1.0),
+            model_tiebreak: self.boolean(&raw.escalation.model_tiebreak, false),
+            tiebreak_from: self.float(&raw.escalation.tiebreak_from, 0.3, 0.0..=1.0),
             sla_urgent_minutes: self.integer(&raw.escalation.sla_urgent_minutes, 15, 1..=10_080)
                 as u64,
             sla_high_minutes: self.integer(&raw.escalation.sla_high_minutes, 60, 1..=10_080) as u64,

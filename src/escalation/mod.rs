@@ -7,6 +7,7 @@
 //! pipeline's `Outbound` messages; knows no adapter crate.
 
 pub mod ticket;
+pub mod tiebreak;
 
 use std::time::Duration;
 

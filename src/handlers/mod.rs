@@ -44,6 +44,8 @@ pub struct Settings {
     pub top_k: usize,
     /// Confidence at or above which an escalation hands off by itself.
     pub auto_handoff_confidence: f32,
+    /// Escalation probabilities the model is asked about (`None`: never).
+    pub tiebreak: Option<crate::escalation::tiebreak::Band>,
 }
 
 /// The user id interaction events of `customer` are stored under.

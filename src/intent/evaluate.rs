@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use serde::Serialize;
 
 use super::calibration::{self, Reliability};
-use super::{Classifier, Example, Intent, TrainOptions, ESCALATION_THRESHOLD};
+use super::{escalation_threshold, Classifier, Example, Intent, TrainOptions};
 use crate::language;
 use crate::prompts::Locale;
 
@@ -84,8 +84,8 @@ pub struct Breakdown {
 pub struct IntentReport {
     /// Folds of the cross-validation (0: the model as it is).
     pub folds: usize,
-    /// Probability of escalation at or above which a message escalates.
-    pub threshold: f32,
+    /// Probability of escalation at or above which a message escalates, per language.
+    pub thresholds: BTreeMap<String, f32>,
     /// Every message.
     #[serde(flatten)]
     pub all: Breakdown,
@@ -191,25 +191,28 @@ pub fn evaluate(
             }
         }
     }
-    let judged: Vec<(&Example, Judged)> = examples
-        .iter()
-        .zip(judged)
-        .filter_map(|(example, judged)| judged.map(|judged| (example, judged)))
-        .collect();
-    for (_, one) in &judged {
+    let judged: Vec<Judged> = judged.into_iter().flatten().collect();
+    for one in &judged {
         each(one);
     }
+    summarise(&judged, folds, auto_min_confidence)
+}
+
+/// The report of messages judged (by `evaluate`, or changed afterwards).
+pub fn summarise(judged: &[Judged], folds: usize, auto_min_confidence: f64) -> IntentReport {
     let mut languages = BTreeMap::new();
     for lang in Locale::ALL {
-        let group: Vec<&(&Example, Judged)> =
-            judged.iter().filter(|(_, one)| one.lang == lang).collect();
+        let group: Vec<&Judged> = judged.iter().filter(|one| one.lang == lang).collect();
         if !group.is_empty() {
             languages.insert(lang.to_string(), breakdown(&group, auto_min_confidence));
         }
     }
     IntentReport {
         folds,
-        threshold: ESCALATION_THRESHOLD,
+        thresholds: Locale::ALL
+            .iter()
+            .map(|lang| (lang.to_string(), escalation_threshold(*lang)))
+            .collect(),
         all: breakdown(&judged.iter().collect::<Vec<_>>(), auto_min_confidence),
         languages,
     }
@@ -240,13 +243,14 @@ fn ratio(numerator: usize, denominator: usize) -> f64 {
     }
 }
 
-fn breakdown(judged: &[&(&Example, Judged)], auto_min_confidence: f64) -> Breakdown {
+fn breakdown(judged: &[&Judged], auto_min_confidence: f64) -> Breakdown {
     let (mut tp, mut fp, mut false_negatives, mut tn, mut correct) = (0, 0, 0, 0, 0);
     let (mut handed_off, mut handed_off_rightly) = (0, 0);
     let mut confusion: BTreeMap<String, BTreeMap<&'static str, usize>> = BTreeMap::new();
     let mut pairs = Vec::with_capacity(judged.len());
-    for (example, one) in judged {
-        let should = example.intent.escalates();
+    for one in judged {
+        let labelled = Intent::from_label(&one.label).unwrap_or(Intent::Other);
+        let should = labelled.escalates();
         match (should, one.escalate) {
             (true, true) => tp += 1,
             (false, true) => fp += 1,
@@ -257,11 +261,11 @@ fn breakdown(judged: &[&(&Example, Judged)], auto_min_confidence: f64) -> Breakd
             handed_off += 1;
             handed_off_rightly += usize::from(should);
         }
-        if one.intent == example.intent {
+        if one.intent == labelled {
             correct += 1;
         }
         *confusion
-            .entry(example.label.clone())
+            .entry(one.label.clone())
             .or_default()
             .entry(one.intent.label())
             .or_default() += 1;
@@ -341,7 +345,7 @@ mod tests {
 
     #[test]
     fn the_report_counts_the_escalation_decision() {
-        let examples = vec![
+        let examples = [
             example("a", "complaint"),
             example("b", "track_order"),
             example("c", "contact_human_agent"),
@@ -351,20 +355,17 @@ mod tests {
             (Intent::Complaint, true, 0.7),
             (Intent::Question, false, 0.2),
         ];
-        let judged: Vec<(&Example, Judged)> = examples
+        let judged: Vec<Judged> = examples
             .iter()
             .zip(predictions)
-            .map(|(example, (intent, escalate, probability))| {
-                let one = Judged {
-                    text: example.text.clone(),
-                    label: example.label.clone(),
-                    lang: Locale::En,
-                    intent,
-                    escalate,
-                    probability,
-                    right: escalate == example.intent.escalates(),
-                };
-                (example, one)
+            .map(|(example, (intent, escalate, probability))| Judged {
+                text: example.text.clone(),
+                label: example.label.clone(),
+                lang: Locale::En,
+                intent,
+                escalate,
+                probability,
+                right: escalate == example.intent.escalates(),
             })
             .collect();
         let report = breakdown(&judged.iter().collect::<Vec<_>>(), 0.9);

@@ -15,14 +15,39 @@ const MAX_CUES: usize = 3;
 /// Number of hash buckets (a power of two).
 pub const DIMENSIONS: usize = 1 << 18;
 
-/// FNV-1a: fast, stable across runs and platforms (models are saved).
-fn hash(kind: u8, text: &str) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in std::iter::once(kind).chain(text.bytes()) {
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &byte in bytes {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
+    hash
+}
+
+fn bucket(hash: u64) -> usize {
     (hash as usize) & (DIMENSIONS - 1)
+}
+
+/// FNV-1a: fast, stable across runs and platforms (models are saved).
+fn hash(kind: u8, text: &str) -> usize {
+    bucket(fnv(fnv(FNV_OFFSET, &[kind]), text.as_bytes()))
+}
+
+/// The same hash as `hash(kind, a + " " + b)`, without building the string.
+fn hash_pair(kind: u8, first: &str, second: &str) -> usize {
+    let hash = fnv(fnv(FNV_OFFSET, &[kind]), first.as_bytes());
+    bucket(fnv(fnv(hash, b" "), second.as_bytes()))
+}
+
+/// The same hash as `hash(kind, chars as a string)`.
+fn hash_chars(kind: u8, chars: &[char]) -> usize {
+    let mut hash = fnv(FNV_OFFSET, &[kind]);
+    let mut buffer = [0u8; 4];
+    for ch in chars {
+        hash = fnv(hash, ch.encode_utf8(&mut buffer).as_bytes());
+    }
+    bucket(hash)
 }
 
 fn is_han(ch: char) -> bool {
@@ -61,7 +86,7 @@ pub fn extract(text: &str) -> Vec<usize> {
     for (index, word) in words.iter().enumerate() {
         features.push(hash(1, word));
         if let Some(next) = words.get(index + 1) {
-            features.push(hash(2, &format!("{word} {next}")));
+            features.push(hash_pair(2, word, next));
         }
         let chars: Vec<char> = if word.chars().next().is_some_and(is_han) {
             word.chars().collect()
@@ -76,8 +101,7 @@ pub fn extract(text: &str) -> Vec<usize> {
                 if n == 1 && gram[0] == ' ' {
                     continue;
                 }
-                let gram: String = gram.iter().collect();
-                features.push(hash(3, &gram));
+                features.push(hash_chars(3, gram));
             }
         }
     }
@@ -118,6 +142,13 @@ mod tests {
             ["order", "00000", "我要投诉"]
         );
         assert_eq!(words("don't"), ["don't"]);
+    }
+
+    #[test]
+    fn hashes_without_strings_equal_those_with() {
+        assert_eq!(hash_pair(2, "my", "parcel"), hash(2, "my parcel"));
+        let chars: Vec<char> = " 包裹x".chars().collect();
+        assert_eq!(hash_chars(3, &chars), hash(3, " 包裹x"));
     }
 
     #[test]

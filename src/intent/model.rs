@@ -75,8 +75,11 @@ fn for_calibration(text: &str) -> bool {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
-    hash % CALIBRATION_SHARE == 0
+    hash.is_multiple_of(CALIBRATION_SHARE)
 }
+
+/// A training example: its features, its label and its (language, label) stratum.
+type Prepared = (Vec<(usize, f32)>, usize, usize);
 
 /// Features of a text with their weights (counts, L2-normalised).
 fn vectorise(text: &str) -> Vec<(usize, f32)> {
@@ -203,7 +206,7 @@ impl IntentModel {
         // against each other, softened so tiny classes do not dominate.
         let stratum = |lang: Locale, label: usize| locale_index(lang) * LABELS + label;
         let mut per_stratum = [0usize; 2 * LABELS];
-        let data: Vec<(Vec<(usize, f32)>, usize, usize)> = examples
+        let data: Vec<Prepared> = examples
             .iter()
             .map(|example| {
                 let label = example.intent.index();

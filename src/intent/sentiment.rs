@@ -63,6 +63,8 @@ struct English {
     stems: HashMap<String, Kind>,
     /// Entries without letters, matched as they are (`!!`).
     marks: Vec<(String, Kind)>,
+    /// First words of the phrases of two words or more.
+    phrase_starts: std::collections::HashSet<String>,
     longest_phrase: usize,
 }
 
@@ -111,6 +113,7 @@ fn build() -> Lexicon {
         phrases: HashMap::new(),
         stems: HashMap::new(),
         marks: Vec::new(),
+        phrase_starts: std::collections::HashSet::new(),
         longest_phrase: 1,
     };
     for (entry, kind) in entries(include_str!("sentiment-en.txt")) {
@@ -123,6 +126,9 @@ fn build() -> Lexicon {
             english.marks.push((entry, kind));
         } else {
             english.longest_phrase = english.longest_phrase.max(words.len());
+            if words.len() > 1 {
+                english.phrase_starts.insert(words[0].clone());
+            }
             english.phrases.insert(words.join(" "), kind);
         }
     }
@@ -175,7 +181,11 @@ impl English {
         let mut last_negator: Option<usize> = None;
         let mut at = 0;
         while at < words.len() {
-            let longest = self.longest_phrase.min(words.len() - at);
+            let longest = if self.phrase_starts.contains(&words[at]) {
+                self.longest_phrase.min(words.len() - at)
+            } else {
+                1
+            };
             let found = (2..=longest).rev().find_map(|length| {
                 let phrase = words[at..at + length].join(" ");
                 self.phrases.get(&phrase).map(|kind| (*kind, length))
@@ -203,8 +213,13 @@ impl English {
 
 impl Chinese {
     fn add_cues(&self, text: &str, cues: &mut Cues) {
-        let text = text.to_lowercase();
-        let text = text.as_str();
+        let lowered;
+        let text = if text.chars().any(char::is_uppercase) {
+            lowered = text.to_lowercase();
+            lowered.as_str()
+        } else {
+            text
+        };
         let mut negator_end: Option<usize> = None;
         for found in self.matcher.find_iter(text) {
             let kind = self.kinds[found.pattern().as_usize()];

@@ -157,6 +157,7 @@ pub fn settings(context_tokens: usize, max_tokens: usize) -> PipelineSettings {
         default_locale: Locale::En,
         top_k: 3,
         auto_handoff_confidence: 0.75,
+        tiebreak: None,
     }
 }
 
