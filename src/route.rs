@@ -72,11 +72,9 @@ pub fn route(message: Message<'_>, state: &State) -> Route {
         if understood.command == Some(Command::Human) {
             return Route::HandOff(Intent::HumanRequest);
         }
-        if let Some(result) = understood
-            .classification
-            .as_ref()
-            .filter(|result| result.escalate && result.confidence >= state.auto_handoff_confidence)
-        {
+        if let Some(result) = understood.classification.as_ref().filter(|result| {
+            result.escalate && result.evident && result.confidence >= state.auto_handoff_confidence
+        }) {
             return Route::HandOff(result.intent);
         }
     }
@@ -111,6 +109,7 @@ mod tests {
                 intent,
                 escalate: matches!(intent, Intent::Complaint | Intent::HumanRequest),
                 confidence,
+                evident: true,
             }),
             asks_for_recommendation: asks,
             shopping: false,
@@ -147,6 +146,10 @@ mod tests {
         let human = text(Some(Command::Human), None, false);
         let angry = text(None, Some((Intent::Complaint, 0.95)), false);
         let unsure = text(None, Some((Intent::Complaint, 0.6)), false);
+        let mut without_evidence = text(None, Some((Intent::Complaint, 0.95)), false);
+        if let Some(result) = without_evidence.classification.as_mut() {
+            result.evident = false;
+        }
         let question = text(None, Some((Intent::Question, 0.9)), false);
         let wants_items = text(None, Some((Intent::Recommendation, 0.9)), true);
         let recommend = text(Some(Command::Recommend("tents".into())), None, false);
@@ -222,6 +225,12 @@ mod tests {
             (
                 "unsure complaint",
                 Message::Text(&unsure),
+                CUSTOMER,
+                Route::Answer,
+            ),
+            (
+                "sure, but no displeasure in the words",
+                Message::Text(&without_evidence),
                 CUSTOMER,
                 Route::Answer,
             ),

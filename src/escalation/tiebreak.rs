@@ -84,6 +84,7 @@ pub(crate) async fn ask(model: Model<'_>, locale: Locale, text: &str) -> Option<
 pub fn settle(result: &mut Classification, needs_person: bool, band: Band) {
     if needs_person {
         result.escalate = true;
+        result.evident = true;
         result.confidence = result.confidence.max(band.to);
         if !result.intent.escalates() {
             result.intent = Intent::Complaint;
@@ -141,6 +142,7 @@ pub async fn measure(
             } else {
                 1.0 - one.probability
             },
+            evident: one.evident,
         };
         if !band.holds(&result) {
             continue;
@@ -165,6 +167,7 @@ pub async fn measure(
         one.escalate = result.escalate;
         one.probability = escalation_probability(&result);
         one.right = right;
+        one.evident = result.evident;
     }
     times.sort_by(f64::total_cmp);
     measured.median_ms = times.get(times.len() / 2).copied().unwrap_or(0.0);
@@ -195,6 +198,7 @@ mod tests {
             intent: Intent::Other,
             escalate: false,
             confidence: 0.55,
+            evident: false,
         };
         assert!(band.holds(&unsure));
         let mut yes = unsure.clone();

@@ -45,7 +45,8 @@ pub struct EscalationReport {
 }
 
 /// What the automatic hand-off (`escalation.auto_min_confidence`) does: only
-/// an escalation at least this confident hands the chat to a person at once.
+/// an escalation at least this confident, whose text shows displeasure or
+/// asks for a person, hands the chat to a person at once.
 #[derive(Debug, Serialize)]
 pub struct AutoHandoff {
     /// The threshold.
@@ -121,6 +122,8 @@ pub struct Judged {
     pub probability: f32,
     /// Whether the escalation decision matches the label.
     pub right: bool,
+    /// Whether the text shows the evidence an automatic hand-off needs.
+    pub evident: bool,
 }
 
 fn normalised(text: &str) -> String {
@@ -142,6 +145,7 @@ fn judge(classifier: &Classifier, example: &Example) -> Judged {
         escalate: result.escalate,
         probability,
         right: result.escalate == example.intent.escalates(),
+        evident: result.evident,
     }
 }
 
@@ -257,7 +261,7 @@ fn breakdown(judged: &[&Judged], auto_min_confidence: f64) -> Breakdown {
             (true, false) => false_negatives += 1,
             (false, false) => tn += 1,
         }
-        if one.escalate && f64::from(one.probability) >= auto_min_confidence {
+        if one.escalate && one.evident && f64::from(one.probability) >= auto_min_confidence {
             handed_off += 1;
             handed_off_rightly += usize::from(should);
         }
@@ -366,6 +370,7 @@ mod tests {
                 escalate,
                 probability,
                 right: escalate == example.intent.escalates(),
+                evident: true,
             })
             .collect();
         let report = breakdown(&judged.iter().collect::<Vec<_>>(), 0.9);

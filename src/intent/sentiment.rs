@@ -59,8 +59,8 @@ const NEGATION_REACH_CHARS: usize = 1;
 struct English {
     /// Whole words and phrases (words joined by one space).
     phrases: HashMap<String, Kind>,
-    /// Stems that match any ending (`disappoint*`).
-    stems: HashMap<String, Kind>,
+    /// Stems that match any ending (`disappoint*`), longest first.
+    stems: Vec<(String, Kind)>,
     /// Entries without letters, matched as they are (`!!`).
     marks: Vec<(String, Kind)>,
     /// First words of the phrases of two words or more.
@@ -111,14 +111,14 @@ fn english_words(text: &str) -> Vec<String> {
 fn build() -> Lexicon {
     let mut english = English {
         phrases: HashMap::new(),
-        stems: HashMap::new(),
+        stems: Vec::new(),
         marks: Vec::new(),
         phrase_starts: std::collections::HashSet::new(),
         longest_phrase: 1,
     };
     for (entry, kind) in entries(include_str!("sentiment-en.txt")) {
         if let Some(stem) = entry.strip_suffix('*') {
-            english.stems.insert(stem.to_string(), kind);
+            english.stems.push((stem.to_string(), kind));
             continue;
         }
         let words = english_words(&entry);
@@ -132,6 +132,9 @@ fn build() -> Lexicon {
             english.phrases.insert(words.join(" "), kind);
         }
     }
+    english
+        .stems
+        .sort_by_key(|(stem, _)| std::cmp::Reverse(stem.len()));
     let (patterns, kinds): (Vec<String>, Vec<Kind>) = entries(include_str!("sentiment-zh.txt"))
         .into_iter()
         .unzip();
@@ -169,11 +172,10 @@ impl English {
             return Some(*kind);
         }
         // The longest stem that starts the word.
-        (3..word.len())
-            .rev()
-            .filter(|end| word.is_char_boundary(*end))
-            .find_map(|end| self.stems.get(&word[..end]).copied())
-            .or_else(|| self.stems.get(word).copied())
+        self.stems
+            .iter()
+            .find(|(stem, _)| word.starts_with(stem.as_str()))
+            .map(|(_, kind)| *kind)
     }
 
     fn add_cues(&self, text: &str, cues: &mut Cues) {
