@@ -458,6 +458,10 @@ impl Pipeline {
             knowledge: self.knowledge.as_deref(),
             settings: &self.settings,
             fluency: &self.fluency,
+            praise: understood
+                .classification
+                .as_ref()
+                .is_some_and(|result| result.praise),
         };
         handlers::answer::run(
             &answering,

@@ -79,6 +79,8 @@ pub enum Template {
     Greeting,
     /// A reply to thanks.
     Thanks,
+    /// A reply to praise the knowledge base has nothing to add to.
+    Praise,
     /// Introduces recommended items.
     RecommendIntro,
     /// No catalog item fits the request.
@@ -161,7 +163,7 @@ pub enum Template {
 
 impl Template {
     /// Every template.
-    pub const ALL: [Template; 52] = [
+    pub const ALL: [Template; 53] = [
         Template::System,
         Template::Start,
         Template::Help,
@@ -175,6 +177,7 @@ impl Template {
         Template::NotFound,
         Template::Greeting,
         Template::Thanks,
+        Template::Praise,
         Template::RecommendIntro,
         Template::RecommendNone,
         Template::ReasonAlsoBought,
@@ -232,6 +235,7 @@ impl Template {
             Self::NotFound => "not_found.txt",
             Self::Greeting => "greeting.txt",
             Self::Thanks => "thanks.txt",
+            Self::Praise => "praise.txt",
             Self::RecommendIntro => "recommend_intro.txt",
             Self::RecommendNone => "recommend_none.txt",
             Self::ReasonAlsoBought => "reason_also_bought.txt",
@@ -297,6 +301,7 @@ impl Template {
             Self::NotFound => both!("not_found.txt"),
             Self::Greeting => both!("greeting.txt"),
             Self::Thanks => both!("thanks.txt"),
+            Self::Praise => both!("praise.txt"),
             Self::RecommendIntro => both!("recommend_intro.txt"),
             Self::RecommendNone => both!("recommend_none.txt"),
             Self::ReasonAlsoBought => both!("reason_also_bought.txt"),

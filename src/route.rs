@@ -110,6 +110,7 @@ mod tests {
                 escalate: matches!(intent, Intent::Complaint | Intent::HumanRequest),
                 confidence,
                 evident: true,
+                praise: false,
             }),
             asks_for_recommendation: asks,
             shopping: false,

@@ -464,3 +464,40 @@ fn on_the_demo_evaluation_no_lie_of_the_adversarial_engine_reaches_a_customer() 
     assert!(share("correct") >= 0.45, "{report}");
     assert!(share("invented") <= 0.40, "{report}");
 }
+
+#[tokio::test]
+async fn praise_is_thanked_for_in_both_languages_and_questions_still_get_not_found() {
+    let data = tempfile::tempdir().unwrap();
+    let kb_dir = tempfile::tempdir().unwrap();
+    let mut harness = grounded_harness(data.path(), kb_dir.path(), "default_reply = \"x\"\n");
+    let classifier = concierge::intent::load_or_train(
+        data.path(),
+        Path::new(concierge::intent::DEFAULT_DATA_DIR),
+    )
+    .unwrap();
+    Arc::get_mut(&mut harness.pipeline).unwrap().classifier = Some(Arc::new(classifier));
+    run_messages(
+        &harness,
+        vec![
+            message("ann", "The rider was lovely and the pizza was delicious!"),
+            message(
+                "ann",
+                "Delivery was quick, the costs were fair, great service",
+            ),
+            message("ann", "Can you recommend a good pizza recipe?"),
+            message("li", "送餐小哥很贴心，菜也很好吃，超级赞！"),
+        ],
+    )
+    .await;
+    let english = harness.channel.texts("ann");
+    assert!(english[0].contains("kind words"), "{}", english[0]);
+    // Praise that names what the documents cover gets no passage either.
+    assert!(english[1].contains("kind words"), "{}", english[1]);
+    assert!(english[2].contains("/human"), "{}", english[2]);
+    let chinese = harness.channel.texts("li");
+    assert!(chinese[0].contains("好评"), "{}", chinese[0]);
+    assert!(
+        harness.engine.requests().is_empty(),
+        "no model call for praise"
+    );
+}

@@ -143,6 +143,7 @@ pub async fn measure(
                 1.0 - one.probability
             },
             evident: one.evident,
+            praise: false,
         };
         if !band.holds(&result) {
             continue;
@@ -199,6 +200,7 @@ mod tests {
             escalate: false,
             confidence: 0.55,
             evident: false,
+            praise: false,
         };
         assert!(band.holds(&unsure));
         let mut yes = unsure.clone();

@@ -39,6 +39,9 @@ pub(crate) struct Answering<'a> {
     pub settings: &'a Settings,
     /// Whether the model's answers in a language are worth waiting for.
     pub fluency: &'a Fluency,
+    /// The message is praise (the classifier's cues): thanked for, without
+    /// passages or the model.
+    pub praise: bool,
 }
 
 /// Grounded answers remembered per language for `Fluency`.
@@ -164,6 +167,13 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
         };
         return Ok(AnswerPlan::Fixed {
             text: a.ctx.prompts.text(locale, template).to_string(),
+            sources: Vec::new(),
+        });
+    }
+    if a.praise {
+        // Feedback, not a question: thanked for, not answered with passages.
+        return Ok(AnswerPlan::Fixed {
+            text: a.ctx.prompts.text(locale, Template::Praise).to_string(),
             sources: Vec::new(),
         });
     }

@@ -119,6 +119,10 @@ pub struct Classification {
     /// people.
     #[serde(skip)]
     pub evident: bool,
+    /// Praise: feedback (`other`, so no question and no escalation) with
+    /// words of praise and none of displeasure.
+    #[serde(skip)]
+    pub praise: bool,
 }
 
 /// Calibrated probability of escalation at or above which a message is
@@ -174,6 +178,7 @@ impl Classifier {
         let lang = language::detect(text).unwrap_or(Locale::En);
         let mut probabilities = self.model.probabilities(text);
         let forced = lexicon::forced_intent(text);
+        let cues = sentiment::cues(text);
         if let Some(forced) = forced {
             // An unmistakable phrase outweighs the model.
             for (index, probability) in probabilities.iter_mut().enumerate() {
@@ -218,9 +223,8 @@ impl Classifier {
             text: text.to_string(),
             lang,
             intent,
-            evident: forced.is_some()
-                || intent == Intent::HumanRequest
-                || sentiment::cues(text).negative > 0,
+            evident: forced.is_some() || intent == Intent::HumanRequest || cues.negative > 0,
+            praise: intent == Intent::Other && cues.positive > 0 && cues.negative == 0,
             escalate,
             confidence: if escalate {
                 escalation
@@ -482,6 +486,22 @@ mod tests {
         }
         std::fs::write(&path, b"not a model").unwrap();
         assert!(IntentModel::load(&path).is_err());
+    }
+
+    #[test]
+    fn praise_is_marked_and_displeasure_is_evident() {
+        let classifier = shipped();
+        for text in [
+            "The rider was lovely and the pizza was delicious!",
+            "送餐小哥很贴心，菜也很好吃，超级赞！",
+        ] {
+            let result = classifier.classify(text);
+            assert!(result.praise && !result.escalate, "{text}: {result:?}");
+        }
+        let complaint = classifier.classify("the soup was cold and the rider was rude");
+        assert!(complaint.evident && !complaint.praise, "{complaint:?}");
+        let question = classifier.classify("Can you recommend a good pizza recipe?");
+        assert!(!question.praise, "{question:?}");
     }
 
     #[test]
