@@ -30,17 +30,8 @@ pub struct Band {
 impl Band {
     /// Whether `result` lies in the band.
     pub fn holds(&self, result: &Classification) -> bool {
-        let probability = escalation_probability(result);
+        let probability = result.escalation_probability();
         probability >= self.from && probability < self.to
-    }
-}
-
-/// The probability of escalation behind a classification.
-pub fn escalation_probability(result: &Classification) -> f32 {
-    if result.escalate {
-        result.confidence
-    } else {
-        1.0 - result.confidence
     }
 }
 
@@ -166,7 +157,7 @@ pub async fn measure(
         }
         one.intent = result.intent;
         one.escalate = result.escalate;
-        one.probability = escalation_probability(&result);
+        one.probability = result.escalation_probability();
         one.right = right;
         one.evident = result.evident;
     }

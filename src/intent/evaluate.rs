@@ -132,11 +132,7 @@ fn normalised(text: &str) -> String {
 
 fn judge(classifier: &Classifier, example: &Example) -> Judged {
     let result = classifier.classify(&example.text);
-    let probability = if result.escalate {
-        result.confidence
-    } else {
-        1.0 - result.confidence
-    };
+    let probability = result.escalation_probability();
     Judged {
         text: example.text.clone(),
         label: example.label.clone(),

@@ -15,9 +15,11 @@ const MAX_CUES: usize = 3;
 /// Number of hash buckets (a power of two).
 pub const DIMENSIONS: usize = 1 << 18;
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+/// FNV-1a's starting value.
+pub(super) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 
-fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
+/// FNV-1a over `bytes`, continuing from `hash`.
+pub(super) fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
     for &byte in bytes {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0100_0000_01b3);
@@ -80,6 +82,11 @@ fn words(text: &str) -> Vec<String> {
 /// The hashed features of `text`, each with weight 1, L2-normalised weights
 /// are applied by the caller. Duplicates are kept (counts).
 pub fn extract(text: &str) -> Vec<usize> {
+    extract_with(text, sentiment::cues(text))
+}
+
+/// `extract`, with the sentiment cues of `text` already found.
+pub fn extract_with(text: &str, cues: sentiment::Cues) -> Vec<usize> {
     let words = words(text);
     let mut features = Vec::with_capacity(text.len() * 4);
     features.push(hash(0, "<bias>"));
@@ -105,7 +112,7 @@ pub fn extract(text: &str) -> Vec<usize> {
             }
         }
     }
-    push_cues(&mut features, sentiment::cues(text));
+    push_cues(&mut features, cues);
     features
 }
 

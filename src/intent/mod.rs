@@ -125,6 +125,17 @@ pub struct Classification {
     pub praise: bool,
 }
 
+impl Classification {
+    /// The calibrated probability of escalation behind the decision.
+    pub fn escalation_probability(&self) -> f32 {
+        if self.escalate {
+            self.confidence
+        } else {
+            1.0 - self.confidence
+        }
+    }
+}
+
 /// Calibrated probability of escalation at or above which a message is
 /// judged an escalation, per language, chosen under 5-fold cross-validation
 /// over the training files in steps of 0.05: among the thresholds that
@@ -176,9 +187,9 @@ impl Classifier {
     /// Labels one message.
     pub fn classify(&self, text: &str) -> Classification {
         let lang = language::detect(text).unwrap_or(Locale::En);
-        let mut probabilities = self.model.probabilities(text);
-        let forced = lexicon::forced_intent(text);
         let cues = sentiment::cues(text);
+        let mut probabilities = self.model.probabilities_with(text, cues);
+        let forced = lexicon::forced_intent(text);
         if let Some(forced) = forced {
             // An unmistakable phrase outweighs the model.
             for (index, probability) in probabilities.iter_mut().enumerate() {
@@ -190,11 +201,7 @@ impl Classifier {
             .enumerate()
             .max_by(|a, b| a.1.total_cmp(b.1))
             .map_or(0, |(index, _)| index);
-        let raw: f32 = Intent::ALL
-            .iter()
-            .filter(|intent| intent.escalates())
-            .map(|intent| probabilities[intent.index()])
-            .sum();
+        let raw = model::escalation_share(&probabilities);
         let escalation = if forced.is_some() {
             raw
         } else {

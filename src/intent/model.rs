@@ -13,6 +13,7 @@ use rand::SeedableRng;
 
 use super::calibration::Platt;
 use super::features::{self, DIMENSIONS};
+use super::sentiment;
 use super::{Example, Intent, IntentError};
 use crate::language;
 use crate::prompts::Locale;
@@ -61,6 +62,15 @@ pub struct IntentModel {
     calibration: [Platt; 2],
 }
 
+/// The probability mass of the intents that escalate.
+pub(super) fn escalation_share(probabilities: &[f32; LABELS]) -> f32 {
+    Intent::ALL
+        .iter()
+        .filter(|intent| intent.escalates())
+        .map(|intent| probabilities[intent.index()])
+        .sum()
+}
+
 fn locale_index(lang: Locale) -> usize {
     Locale::ALL
         .iter()
@@ -70,20 +80,19 @@ fn locale_index(lang: Locale) -> usize {
 
 /// Whether `text` fits the calibration rather than the weights.
 fn for_calibration(text: &str) -> bool {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in text.trim().to_lowercase().bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash.is_multiple_of(CALIBRATION_SHARE)
+    features::fnv(features::FNV_OFFSET, text.trim().to_lowercase().as_bytes())
+        .is_multiple_of(CALIBRATION_SHARE)
+}
+
+fn language_of(example: &Example) -> Locale {
+    language::detect(&example.text).unwrap_or(Locale::En)
 }
 
 /// A training example: its features, its label and its (language, label) stratum.
 type Prepared = (Vec<(usize, f32)>, usize, usize);
 
-/// Features of a text with their weights (counts, L2-normalised).
-fn vectorise(text: &str) -> Vec<(usize, f32)> {
-    let mut features = features::extract(text);
+/// Hashed features with their weights (counts, L2-normalised).
+fn vectorise(mut features: Vec<usize>) -> Vec<(usize, f32)> {
     features.sort_unstable();
     let mut counted: Vec<(usize, f32)> = Vec::with_capacity(features.len());
     for feature in features {
@@ -130,7 +139,12 @@ impl IntentModel {
 
     /// The probability of each intent, in `Intent::ALL` order.
     pub fn probabilities(&self, text: &str) -> [f32; LABELS] {
-        let mut scores = self.scores(&vectorise(text));
+        self.probabilities_with(text, sentiment::cues(text))
+    }
+
+    /// `probabilities`, with the sentiment cues of `text` already found.
+    pub fn probabilities_with(&self, text: &str, cues: sentiment::Cues) -> [f32; LABELS] {
+        let mut scores = self.scores(&vectorise(features::extract_with(text, cues)));
         softmax(&mut scores);
         scores
     }
@@ -141,11 +155,6 @@ impl IntentModel {
         self.calibration[locale_index(lang)].apply(raw)
     }
 
-    /// The calibration of each language, in `Locale::ALL` order.
-    pub fn calibration(&self) -> [Platt; 2] {
-        self.calibration
-    }
-
     /// Trains on `examples`: the weights on nine in ten of them, the
     /// calibration of each language on the rest. A set too small to spare
     /// a tenth trains on everything and stays uncalibrated.
@@ -153,27 +162,25 @@ impl IntentModel {
         let (held, fitted): (Vec<&Example>, Vec<&Example>) = examples
             .iter()
             .partition(|example| for_calibration(&example.text));
-        let sparing = Locale::ALL.iter().all(|&lang| {
-            let pairs: Vec<bool> = held
-                .iter()
-                .filter(|example| language::detect(&example.text).unwrap_or(Locale::En) == lang)
-                .map(|example| example.intent.escalates())
-                .collect();
-            let positives = pairs.iter().filter(|yes| **yes).count();
+        let mut held_by_language: [Vec<&Example>; 2] = [Vec::new(), Vec::new()];
+        for example in held {
+            held_by_language[locale_index(language_of(example))].push(example);
+        }
+        let sparing = held_by_language.iter().all(|group| {
+            let positives = group.iter().filter(|e| e.intent.escalates()).count();
             // A language absent from the data needs no calibration.
-            pairs.is_empty()
+            group.is_empty()
                 || (positives >= super::calibration::MIN_PER_CLASS
-                    && pairs.len() - positives >= super::calibration::MIN_PER_CLASS)
+                    && group.len() - positives >= super::calibration::MIN_PER_CLASS)
         });
         if !sparing {
             let everything: Vec<&Example> = examples.iter().collect();
             return Self::fit_weights(&everything, options);
         }
         let mut model = Self::fit_weights(&fitted, options);
-        for lang in Locale::ALL {
-            let pairs: Vec<(f32, bool)> = held
+        for (at, group) in held_by_language.iter().enumerate() {
+            let pairs: Vec<(f32, bool)> = group
                 .iter()
-                .filter(|example| language::detect(&example.text).unwrap_or(Locale::En) == lang)
                 .map(|example| {
                     (
                         model.raw_escalation(&example.text),
@@ -181,19 +188,14 @@ impl IntentModel {
                     )
                 })
                 .collect();
-            model.calibration[locale_index(lang)] = Platt::fit(&pairs);
+            model.calibration[at] = Platt::fit(&pairs);
         }
         model
     }
 
     /// The model's uncalibrated probability of escalation.
     pub fn raw_escalation(&self, text: &str) -> f32 {
-        let probabilities = self.probabilities(text);
-        Intent::ALL
-            .iter()
-            .filter(|intent| intent.escalates())
-            .map(|intent| probabilities[intent.index()])
-            .sum()
+        escalation_share(&self.probabilities(text))
     }
 
     fn fit_weights(examples: &[&Example], options: &TrainOptions) -> Self {
@@ -210,9 +212,13 @@ impl IntentModel {
             .iter()
             .map(|example| {
                 let label = example.intent.index();
-                let lang = language::detect(&example.text).unwrap_or(Locale::En);
+                let lang = language_of(example);
                 per_stratum[stratum(lang, label)] += 1;
-                (vectorise(&example.text), label, stratum(lang, label))
+                (
+                    vectorise(features::extract(&example.text)),
+                    label,
+                    stratum(lang, label),
+                )
             })
             .collect();
         let present = per_stratum
