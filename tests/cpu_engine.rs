@@ -129,11 +129,13 @@ async fn tiny_llama_and_qwen2_match_mistral_rs_under_teacher_forcing() {
             ..TinyShape::qwen2()
         },
     ));
+    // A Mistral-class file: SentencePiece vocabulary, no system role.
+    shapes.push(("mistral-q8", TinyShape::mistral()));
     for (name, shape) in shapes {
         let path = tiny(dir.path(), shape, name);
         let ours = CpuEngine::load(&path, &engine_config()).unwrap();
         let reference = MistralEngine::load(&path, &engine_config()).await.unwrap();
-        let vocab = tiny_gguf::vocabulary().0.len();
+        let vocab = shape.vocab_size();
         let mut positions = 0;
         let mut agreeing = 0.0;
         for tokens in token_sequences(vocab) {
@@ -294,6 +296,49 @@ async fn seeded_sampling_repeats_and_temperature_zero_is_greedy() {
     let c = collect(&engine, chat("the hen", sampled(8))).await.0;
     assert_eq!(a, b);
     assert_ne!(a, c);
+}
+
+#[tokio::test]
+async fn a_mistral_class_file_chats_with_its_sentencepiece_vocabulary_and_strict_template() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny(dir.path(), TinyShape::mistral(), "mistral");
+    assert_eq!(
+        concierge::app::choose_engine(EngineBackend::Auto, &path),
+        if concierge::app::GPU_BUILD {
+            concierge::app::EngineChoice::Mistralrs
+        } else {
+            concierge::app::EngineChoice::Cpu
+        }
+    );
+    let engine = CpuEngine::load(&path, &engine_config()).unwrap();
+    let (tokens, _, _) = tiny_gguf::sentencepiece_vocabulary();
+    let id = |piece: &str| {
+        let piece = piece.replace('_', &tiny_gguf::SPACE_MARK.to_string());
+        tokens.iter().position(|token| *token == piece).unwrap() as u32
+    };
+    // The template refuses a system role; the instructions go ahead of the
+    // user's turn. BOS comes from the template, once; "[INST]" is plain
+    // text here, spelled with byte pieces and letters.
+    let prompt = engine
+        .prompt_tokens(&[
+            ChatMessage::new(ChatRole::System, "hi"),
+            ChatMessage::new(ChatRole::User, "the hell"),
+        ])
+        .unwrap();
+    assert_eq!(prompt[0], 1, "{prompt:?}");
+    assert_eq!(prompt.iter().filter(|&&token| token == 1).count(), 1);
+    let inst = engine.encode("[INST] hi").unwrap();
+    assert_eq!(&prompt[1..1 + inst.len()], inst.as_slice());
+    assert_eq!(
+        engine.encode("the hell").unwrap(),
+        [id("_the"), id("_hell")]
+    );
+    // A whole reply streams, and decodes back to text with spaces.
+    let (text, usage) = collect(&engine, chat("the hen", greedy(12))).await;
+    assert!((1..=12).contains(&usage.completion_tokens), "{text:?}");
+    assert!(!text.contains(tiny_gguf::SPACE_MARK), "{text:?}");
+    let reencoded = engine.encode(&text).unwrap();
+    assert!(!reencoded.is_empty());
 }
 
 #[tokio::test]

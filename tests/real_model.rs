@@ -151,12 +151,13 @@ async fn our_tokenizer_counts_like_the_engine() {
     }
 }
 
+/// A top-2 margin of the exact logits below which a position is a tie
+/// that an error of the CPU engine's size (0.01 measured) may decide
+/// either way.
+const TIE_MARGIN: f32 = 0.05;
+
 /// Eight customer messages in English and Chinese, each with a plausible
 /// reply to teacher-force after the prompt.
-/// A top-2 margin of the exact logits below which a position is a near-tie
-/// that activation quantisation may decide either way.
-const DECISIVE_MARGIN: f32 = 0.5;
-
 const TEACHER_FORCED: [(&str, &str); 8] = [
     (
         "How long does delivery usually take?",
@@ -186,129 +187,224 @@ const TEACHER_FORCED: [(&str, &str); 8] = [
     ("我想和人工客服说话。", "好的，我会为您转接人工客服。"),
 ];
 
-#[tokio::test]
-async fn the_cpu_engine_matches_mistral_rs_on_the_default_model() {
-    use concierge::engine::cpu::sampler::argmax;
-    use concierge::engine::cpu::CpuEngine;
-    use concierge::engine::{ChatMessage, ChatRole};
-
-    let path = prepared_model();
-    let config = Config::defaults().engine;
-    let ours = CpuEngine::load(&path, &config).unwrap();
-    let reference = MistralEngine::load(&path, &config).await.unwrap();
-    let exact = CpuEngine::load_exact(&path, &config).unwrap();
-    let system = "You are the assistant of an online shop. Answer briefly and politely.";
-    let (mut positions, mut agreeing) = (0usize, 0usize);
-    let (mut decisive, mut decisive_agreeing) = (0usize, 0usize);
-    let mut failures = Vec::new();
-    for (question, answer) in TEACHER_FORCED {
-        let messages = [
-            ChatMessage::new(ChatRole::System, system),
-            ChatMessage::new(ChatRole::User, question),
-        ];
-        let mut tokens = ours.prompt_tokens(&messages).unwrap();
-        // Both engines build the same prompt from the file's template.
-        assert_eq!(
-            tokens,
-            reference.prompt_tokens(&messages).await.unwrap(),
-            "{question}"
-        );
-        let prompt_len = tokens.len();
-        tokens.extend(answer_tokens(&ours, answer));
-        let a = ours.logits(&tokens).unwrap();
-        let b = reference.logits(&tokens).await.unwrap();
-        let truth = exact.logits(&tokens).unwrap();
-        let largest = |x: &[Vec<f32>], y: &[Vec<f32>]| {
-            x.iter()
-                .zip(y)
-                .flat_map(|(p, q)| p.iter().zip(q).map(|(u, v)| (u - v).abs()))
-                .fold(0.0f32, f32::max)
-        };
-        let agree = |x: &[Vec<f32>], y: &[Vec<f32>]| {
-            x.iter()
-                .zip(y)
-                .filter(|(p, q)| argmax(p) == argmax(q))
-                .count()
-        };
-        eprintln!(
-            "{question}: vs exact f32: ours {:.4} (argmax {}/{}), mistral.rs {:.4} (argmax {}/{})",
-            largest(&a, &truth),
-            agree(&a, &truth),
-            a.len(),
-            largest(&b, &truth),
-            agree(&b, &truth),
-            b.len()
-        );
-        assert_eq!(a.len(), b.len());
-        let mut max_diff = 0.0f32;
-        let mut spread = 0.0f32;
-        for ((x, y), t) in a.iter().zip(&b).zip(&truth) {
-            let mut sorted = t.clone();
-            sorted.sort_by(|p, q| q.total_cmp(p));
-            if sorted[0] - sorted[1] >= DECISIVE_MARGIN {
-                decisive += 1;
-                decisive_agreeing += usize::from(argmax(x) == argmax(y));
-            }
-            for (p, q) in x.iter().zip(y) {
-                max_diff = max_diff.max((p - q).abs());
-            }
-            let (lo, hi) = y
-                .iter()
-                .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-            spread = spread.max(hi - lo);
-            agreeing += usize::from(argmax(x) == argmax(y));
-
-            positions += 1;
-        }
-        eprintln!(
-            "{question}: {} tokens ({prompt_len} prompt), max |diff| {max_diff:.4}, logit spread {spread:.2}",
-            tokens.len()
-        );
-        // Both engines quantise activations to Q8_0 per 32 values (their
-        // matmuls agree to 1e-5: weights.rs tests), and the outlier
-        // activations of the first positions make that cost 2.1-3.4% of the
-        // logit spread against the exact f32 computation (printed above;
-        // the range is over our kernel variants, mistral.rs 2.3-2.8%);
-        // mistral.rs rounds other steps to bf16 too, so the two can differ
-        // by about the sum of their errors.
-        if largest(&a, &truth) > 0.04 * spread {
-            failures.push(format!("{question}: ours vs exact {}", largest(&a, &truth)));
-        }
-        if max_diff > 0.05 * spread {
-            failures.push(format!(
-                "{question}: ours vs mistral.rs {max_diff} of {spread}"
-            ));
-        }
-    }
-    let agreement = agreeing as f64 / positions as f64;
-    eprintln!("argmax agreement {agreement:.4} over {positions} positions");
-    eprintln!(
-        "argmax agreement {decisive_agreeing}/{decisive} where the exact top-2 margin is at least {DECISIVE_MARGIN}"
-    );
-    assert!(failures.is_empty(), "{failures:#?}");
-    // Where the exact computation has a clear winner, the engines must
-    // agree. The near-ties (a quarter of these teacher-forced positions) are
-    // at the noise floor: our own kernel variants, which differ only in
-    // float summation order, agree with each other at 97.3-98.2% of
-    // positions on this model, because re-quantising activations at every
-    // layer turns last-bit differences into whole quantisation steps.
-    // Overall agreement measured 0.965-0.984 as summation orders changed
-    // (BENCHMARKS.md); the 98% goal is not robust on this set.
-    let decisive_agreement = decisive_agreeing as f64 / decisive as f64;
-    assert!(
-        decisive_agreement >= 0.99,
-        "argmax agreement {decisive_agreement} at decisive positions ({})",
-        ours.isa().name()
-    );
-    assert!(
-        agreement >= 0.95,
-        "argmax agreement {agreement} ({})",
-        ours.isa().name()
-    );
+/// The logits of four computations of one model on the same token
+/// sequences: the CPU engine, its exact f32 twin, and mistral.rs with its
+/// default activations (bf16 on CPUs) and with f32 activations.
+struct TeacherForced {
+    ours: Vec<Vec<f32>>,
+    exact: Vec<Vec<f32>>,
+    mistral: Vec<Vec<f32>>,
+    mistral_f32: Vec<Vec<f32>>,
+    /// The largest logit spread (max - min) of any exact position.
+    spread: f32,
+    isa: &'static str,
 }
 
-fn answer_tokens(engine: &concierge::engine::cpu::CpuEngine, text: &str) -> Vec<u32> {
-    engine.encode(text).unwrap()
+impl TeacherForced {
+    async fn measure(path: &Path) -> Self {
+        use concierge::engine::cpu::CpuEngine;
+        use concierge::engine::{ChatMessage, ChatRole};
+
+        let config = Config::defaults().engine;
+        let system = "You are the assistant of an online shop. Answer briefly and politely.";
+        let ours = CpuEngine::load(path, &config).unwrap();
+        let reference = MistralEngine::load(path, &config).await.unwrap();
+        let mut sequences = Vec::new();
+        for (question, answer) in TEACHER_FORCED {
+            let messages = [
+                ChatMessage::new(ChatRole::System, system),
+                ChatMessage::new(ChatRole::User, question),
+            ];
+            let mut tokens = ours.prompt_tokens(&messages).unwrap();
+            // Both engines build the same prompt from the file's template.
+            assert_eq!(
+                tokens,
+                reference.prompt_tokens(&messages).await.unwrap(),
+                "{question}"
+            );
+            tokens.extend(ours.encode(answer).unwrap());
+            sequences.push(tokens);
+        }
+        let mut result = Self {
+            ours: Vec::new(),
+            exact: Vec::new(),
+            mistral: Vec::new(),
+            mistral_f32: Vec::new(),
+            spread: 0.0,
+            isa: ours.isa().name(),
+        };
+        for tokens in &sequences {
+            result.ours.extend(ours.logits(tokens).unwrap());
+            result
+                .mistral
+                .extend(reference.logits(tokens).await.unwrap());
+        }
+        drop((ours, reference));
+        let exact = CpuEngine::load_exact(path, &config).unwrap();
+        for tokens in &sequences {
+            result.exact.extend(exact.logits(tokens).unwrap());
+        }
+        drop(exact);
+        let reference = MistralEngine::load_f32(path, &config).await.unwrap();
+        for tokens in &sequences {
+            result
+                .mistral_f32
+                .extend(reference.logits(tokens).await.unwrap());
+        }
+        result.spread = result
+            .exact
+            .iter()
+            .map(|row| {
+                let (lo, hi) = row
+                    .iter()
+                    .fold((f32::MAX, f32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+                hi - lo
+            })
+            .fold(0.0, f32::max);
+        result
+    }
+
+    fn positions(&self) -> usize {
+        self.exact.len()
+    }
+
+    /// Positions whose argmax agrees.
+    fn agreeing(x: &[Vec<f32>], y: &[Vec<f32>]) -> usize {
+        use concierge::engine::cpu::sampler::argmax;
+        x.iter()
+            .zip(y)
+            .filter(|(p, q)| argmax(p) == argmax(q))
+            .count()
+    }
+
+    fn largest_difference(x: &[Vec<f32>], y: &[Vec<f32>]) -> f32 {
+        x.iter()
+            .zip(y)
+            .flat_map(|(p, q)| p.iter().zip(q).map(|(u, v)| (u - v).abs()))
+            .fold(0.0f32, f32::max)
+    }
+
+    /// The exact top-2 margin at `position`.
+    fn margin(&self, position: usize) -> f32 {
+        let mut sorted = self.exact[position].clone();
+        sorted.sort_by(|p, q| q.total_cmp(p));
+        sorted[0] - sorted[1]
+    }
+
+    fn report(&self) {
+        let n = self.positions();
+        let pairs = [
+            ("ours vs exact", &self.ours, &self.exact),
+            ("ours vs mistral.rs", &self.ours, &self.mistral),
+            ("ours vs mistral.rs f32", &self.ours, &self.mistral_f32),
+            ("mistral.rs vs exact", &self.mistral, &self.exact),
+            ("mistral.rs f32 vs exact", &self.mistral_f32, &self.exact),
+            (
+                "mistral.rs vs mistral.rs f32",
+                &self.mistral,
+                &self.mistral_f32,
+            ),
+        ];
+        for (name, x, y) in pairs {
+            eprintln!(
+                "{name} ({}): argmax {}/{n}, max |diff| {:.4} of spread {:.2}",
+                self.isa,
+                Self::agreeing(x, y),
+                Self::largest_difference(x, y),
+                self.spread
+            );
+        }
+    }
+
+    /// Positions where the CPU engine and `reference` disagree although the
+    /// exact computation agrees with the reference and is no tie: the
+    /// disagreements that are the CPU engine's fault.
+    fn our_faults(&self, reference: &[Vec<f32>]) -> Vec<usize> {
+        use concierge::engine::cpu::sampler::argmax;
+        (0..self.positions())
+            .filter(|&i| {
+                argmax(&self.ours[i]) != argmax(&reference[i])
+                    && argmax(&self.exact[i]) == argmax(&reference[i])
+                    && self.margin(i) >= TIE_MARGIN
+            })
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn the_cpu_engine_matches_mistral_rs_on_the_default_model() {
+    let measured = TeacherForced::measure(&prepared_model()).await;
+    measured.report();
+    assert_teacher_forced_agreement(&measured);
+}
+
+/// The same comparison on the GGUF file named by `CONCIERGE_TEST_MODEL`
+/// (any llama-family or qwen2 model an operator wants to check):
+/// `CONCIERGE_TEST_MODEL=/path/model.gguf cargo test --release --test
+/// real_model -- --ignored`.
+#[tokio::test]
+#[ignore = "needs CONCIERGE_TEST_MODEL"]
+async fn the_cpu_engine_matches_mistral_rs_on_the_model_in_concierge_test_model() {
+    let path = std::env::var_os("CONCIERGE_TEST_MODEL").expect("CONCIERGE_TEST_MODEL is set");
+    let measured = TeacherForced::measure(Path::new(&path)).await;
+    measured.report();
+    assert_teacher_forced_agreement(&measured);
+}
+
+fn assert_teacher_forced_agreement(measured: &TeacherForced) {
+    let n = measured.positions() as f64;
+    let spread = measured.spread;
+    // The CPU engine multiplies Q8_0 weights with activations in two int8
+    // terms (a value and its residual, about 15 bits), so it differs from
+    // the f32 computation on the same weights only by rounding: 0.01 on a
+    // spread of 60 measured, bounded here at 0.2% of the spread. Ties
+    // closer than that may fall either way.
+    let ours_vs_exact = TeacherForced::largest_difference(&measured.ours, &measured.exact);
+    assert!(
+        ours_vs_exact <= 0.002 * spread,
+        "ours vs exact: {ours_vs_exact} of spread {spread}"
+    );
+    let clear_flips: Vec<usize> = (0..measured.positions())
+        .filter(|&i| {
+            measured.margin(i) >= TIE_MARGIN
+                && concierge::engine::cpu::sampler::argmax(&measured.ours[i])
+                    != concierge::engine::cpu::sampler::argmax(&measured.exact[i])
+        })
+        .collect();
+    assert!(clear_flips.is_empty(), "ours vs exact at {clear_flips:?}");
+    // mistral.rs rounds activations to Q8_0 in one int8 term before every
+    // quantised matmul (candle's kernels), and with its default dtype each
+    // other step to bf16: it differs from the exact computation by up to
+    // 2.7% of the spread (1.64 of 60 measured), and it is that error that
+    // separates it from the CPU engine; 4% bounds it.
+    for (name, reference) in [
+        ("mistral.rs", &measured.mistral),
+        ("mistral.rs f32", &measured.mistral_f32),
+    ] {
+        let difference = TeacherForced::largest_difference(&measured.ours, reference);
+        assert!(
+            difference <= 0.04 * spread,
+            "ours vs {name}: {difference} of spread {spread}"
+        );
+        // Every position where the engines disagree is one where mistral.rs
+        // also departs from the exact computation, or an exact tie.
+        let faults = measured.our_faults(reference);
+        assert!(faults.is_empty(), "ours vs {name} at {faults:?}");
+    }
+    let with_f32 = TeacherForced::agreeing(&measured.ours, &measured.mistral_f32) as f64 / n;
+    assert!(
+        with_f32 >= 0.98,
+        "argmax agreement with mistral.rs f32: {with_f32}"
+    );
+    // With bf16 activations mistral.rs agrees with itself in f32 at only
+    // 97.3% of these positions, and with the exact computation at 98.2%;
+    // the CPU engine, itself within ties of exact, can do no better than
+    // the latter and lands on 98.2% or 97.9% as one tie falls.
+    let with_default = TeacherForced::agreeing(&measured.ours, &measured.mistral) as f64 / n;
+    assert!(
+        with_default >= 0.975,
+        "argmax agreement with mistral.rs: {with_default}"
+    );
 }
 
 /// The CI floor for the default model on the held-out half of the demo
@@ -339,3 +435,73 @@ fn the_default_model_keeps_the_answer_floor_on_the_demo_evaluation() {
 const CORRECT_FLOOR: f64 = 0.55;
 const WRONG_CEILING: f64 = 0.30;
 const INVENTED_CEILING: f64 = 0.45;
+
+/// A Telegram customer's question goes through `concierge serve` (the fake
+/// Bot API, the demo shop, the default model on the default engine) and is
+/// answered with the shop's fact. Prints how long the customer waited for
+/// the first text and for the whole answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg(feature = "telegram")]
+async fn a_telegram_customer_gets_the_shops_answer_from_the_default_model() {
+    use std::time::{Duration, Instant};
+    use support::fake_telegram::{FakeTelegram, TOKEN};
+
+    let model = prepared_model();
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeTelegram::start().await;
+    let config = format!(
+        "[store]\ndata_dir = {data:?}\n[engine]\nmodel_path = {model:?}\n[operator]\nenabled = false\n\
+         [chat]\nprompts_dir = {prompts:?}\n[telegram]\nenabled = true\ntoken = {TOKEN:?}\n\
+         api_url = {url:?}\npoll_timeout_secs = 1\n",
+        data = dir.path().join("data").display().to_string(),
+        model = model.display().to_string(),
+        prompts = repo().join("prompts").display().to_string(),
+        url = fake.url,
+    );
+    std::env::set_current_dir(repo()).unwrap();
+    let daemon = support::InProcessDaemon::start_with_config(&config, &[]);
+    // Wait until the daemon polls, so the clock measures the answer only.
+    assert!(
+        support::eventually(Duration::from_secs(120), || !fake
+            .calls_of("getUpdates")
+            .is_empty())
+        .await
+    );
+    let asked = Instant::now();
+    fake.push_message(
+        901,
+        "private",
+        901,
+        "How many days do I have to return an item?",
+    );
+    let mut first_text = None;
+    let answered = support::eventually(Duration::from_secs(120), || {
+        let texts: Vec<String> = fake
+            .messages_in(901)
+            .into_iter()
+            .map(|(_, text)| text)
+            .collect();
+        if first_text.is_none() && !texts.is_empty() {
+            first_text = Some(asked.elapsed());
+        }
+        texts.iter().any(|text| text.contains("Source:"))
+    })
+    .await;
+    let whole = asked.elapsed();
+    let texts: Vec<String> = fake
+        .messages_in(901)
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect();
+    daemon.stop().await;
+    assert!(answered, "{texts:?}");
+    eprintln!(
+        "telegram: first text after {:?}, the whole answer after {whole:?}",
+        first_text.unwrap_or(whole)
+    );
+    // config/demo/kb/en/returns.md: "within 30 days of the delivery date".
+    assert!(
+        texts.iter().any(|text| text.contains("30 days")),
+        "{texts:?}"
+    );
+}

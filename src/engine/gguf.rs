@@ -405,18 +405,12 @@ pub fn tokenizer_from_header(header: &GgufHeader) -> Option<tokenizers::Tokenize
     use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 
     let kind = header.metadata.get("tokenizer.ggml.model")?.as_str()?;
-    if kind != "gpt2" {
-        return None;
+    match kind {
+        "gpt2" => {}
+        "llama" => return sentencepiece_tokenizer(header),
+        _ => return None,
     }
-    let strings = |key: &str| -> Option<Vec<String>> {
-        match header.metadata.get(key)? {
-            MetaValue::Array(values) => values
-                .iter()
-                .map(|value| value.as_str().map(str::to_string))
-                .collect(),
-            _ => None,
-        }
-    };
+    let strings = |key: &str| string_array(header, key);
     let tokens = strings("tokenizer.ggml.tokens")?;
     let merges: Vec<(String, String)> = strings("tokenizer.ggml.merges")?
         .into_iter()
@@ -431,21 +425,28 @@ pub fn tokenizer_from_header(header: &GgufHeader) -> Option<tokenizers::Tokenize
         .enumerate()
         .map(|(id, token)| (token.clone(), id as u32))
         .collect();
+    let llama3 = matches!(
+        header
+            .metadata
+            .get("tokenizer.ggml.pre")
+            .and_then(MetaValue::as_str),
+        Some("llama-bpe" | "llama3")
+    );
+    // Llama 3 takes a word that is itself in the vocabulary whole, before
+    // any merge (as its own tokenizer and llama.cpp do).
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
+        .ignore_merges(llama3)
         .build()
         .ok()?;
     let mut tokenizer = tokenizers::Tokenizer::new(bpe);
     // The pre-tokenisation regex of the vocabulary's family: Llama 3 groups
     // up to three digits; the others split digits one by one (the regex
     // mistral.rs uses for every gpt2 GGUF vocabulary).
-    let pattern = match header
-        .metadata
-        .get("tokenizer.ggml.pre")
-        .and_then(MetaValue::as_str)
-    {
-        Some("llama-bpe" | "llama3") => LLAMA3_SPLIT,
-        _ => SINGLE_DIGIT_SPLIT,
+    let pattern = if llama3 {
+        LLAMA3_SPLIT
+    } else {
+        SINGLE_DIGIT_SPLIT
     };
     let split = Split::new(
         SplitPattern::Regex(pattern.to_string()),
@@ -471,9 +472,284 @@ pub fn tokenizer_from_header(header: &GgufHeader) -> Option<tokenizers::Tokenize
     Some(tokenizer)
 }
 
+fn string_array(header: &GgufHeader, key: &str) -> Option<Vec<String>> {
+    match header.metadata.get(key)? {
+        MetaValue::Array(values) => values
+            .iter()
+            .map(|value| value.as_str().map(str::to_string))
+            .collect(),
+        _ => None,
+    }
+}
+
+/// GGUF token types (`tokenizer.ggml.token_type`).
+const TOKEN_NORMAL: i128 = 1;
+const TOKEN_UNKNOWN: i128 = 2;
+const TOKEN_CONTROL: i128 = 3;
+const TOKEN_USER_DEFINED: i128 = 4;
+
+/// SentencePiece's word-boundary mark, which stands for a space.
+const SPACE_MARK: &str = "\u{2581}";
+
+/// A SentencePiece BPE vocabulary (`tokenizer.ggml.model = "llama"`: Llama 2,
+/// Mistral, TinyLlama): pieces are merged pairwise, the pair whose merged
+/// piece scores highest first, as llama.cpp tokenises these files. The
+/// score order becomes a BPE merge list; characters outside the vocabulary
+/// fall back to the `<0xXX>` byte pieces.
+fn sentencepiece_tokenizer(header: &GgufHeader) -> Option<tokenizers::Tokenizer> {
+    use tokenizers::decoders::byte_fallback::ByteFallback;
+    use tokenizers::decoders::fuse::Fuse;
+    use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+    use tokenizers::decoders::strip::Strip;
+    use tokenizers::models::bpe::{Vocab, BPE};
+    use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
+    use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper};
+
+    let tokens = string_array(header, "tokenizer.ggml.tokens")?;
+    let scores: Vec<f64> = match header.metadata.get("tokenizer.ggml.scores") {
+        Some(MetaValue::Array(values)) => values
+            .iter()
+            .map(|value| match value {
+                MetaValue::Float(score) => Some(*score),
+                MetaValue::Int(score) => Some(*score as f64),
+                _ => None,
+            })
+            .collect::<Option<_>>()?,
+        _ => return None,
+    };
+    let types = token_types(header).unwrap_or_else(|| vec![TOKEN_NORMAL; tokens.len()]);
+    if scores.len() != tokens.len() || types.len() != tokens.len() {
+        return None;
+    }
+    let vocab: Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(id, token)| (token.clone(), id as u32))
+        .collect();
+    let normal = |id: u32| types[id as usize] == TOKEN_NORMAL;
+    // Every split of a normal piece into two normal pieces is a merge,
+    // ranked by the merged piece's score (ties by id, as the file orders).
+    let mut ranked: Vec<(f64, u32, u32, u32)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        let id = id as u32;
+        if !normal(id) {
+            continue;
+        }
+        for (cut, _) in piece.char_indices().skip(1) {
+            let (left, right) = piece.split_at(cut);
+            if let (Some(&l), Some(&r)) = (vocab.get(left), vocab.get(right)) {
+                if normal(l) && normal(r) {
+                    ranked.push((scores[id as usize], id, l, r));
+                }
+            }
+        }
+    }
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let merges: Vec<(String, String)> = ranked
+        .into_iter()
+        .map(|(_, _, l, r)| (tokens[l as usize].clone(), tokens[r as usize].clone()))
+        .collect();
+    let unknown = header
+        .metadata
+        .get("tokenizer.ggml.unknown_token_id")
+        .and_then(MetaValue::as_u64)
+        .map(|id| id as usize)
+        .or_else(|| types.iter().position(|&kind| kind == TOKEN_UNKNOWN))
+        .and_then(|id| tokens.get(id).cloned());
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true)
+        .fuse_unk(true);
+    if let Some(unknown) = unknown {
+        builder = builder.unk_token(unknown);
+    }
+    let mut tokenizer = tokenizers::Tokenizer::new(builder.build().ok()?);
+    // Text between special tokens gets a leading space mark when the file
+    // asks for one (the default), and every space becomes the mark.
+    let space_prefix = !matches!(
+        header.metadata.get("tokenizer.ggml.add_space_prefix"),
+        Some(MetaValue::Bool(false))
+    );
+    let mut normalizers = Vec::new();
+    if space_prefix {
+        normalizers.push(NormalizerWrapper::Prepend(Prepend::new(SPACE_MARK.into())));
+    }
+    normalizers.push(NormalizerWrapper::Replace(
+        Replace::new(" ", SPACE_MARK).ok()?,
+    ));
+    tokenizer.with_normalizer(Some(NormalizerSequence::new(normalizers)));
+    let mut decoders = vec![
+        DecoderWrapper::Replace(Replace::new(SPACE_MARK, " ").ok()?),
+        DecoderWrapper::ByteFallback(ByteFallback::new()),
+        DecoderWrapper::Fuse(Fuse::new()),
+    ];
+    if space_prefix {
+        decoders.push(DecoderWrapper::Strip(Strip::new(' ', 1, 0)));
+    }
+    tokenizer.with_decoder(Some(DecoderSequence::new(decoders)));
+    // Control, user-defined and unknown pieces are matched whole in the
+    // text (llama.cpp's special-token pass); byte pieces are not.
+    let special: Vec<AddedToken> = tokens
+        .iter()
+        .zip(&types)
+        .filter(|(_, kind)| matches!(**kind, TOKEN_UNKNOWN | TOKEN_CONTROL | TOKEN_USER_DEFINED))
+        .map(|(token, _)| AddedToken::from(token.clone(), true))
+        .collect();
+    tokenizer.add_special_tokens(&special);
+    Some(tokenizer)
+}
+
+fn token_types(header: &GgufHeader) -> Option<Vec<i128>> {
+    match header.metadata.get("tokenizer.ggml.token_type")? {
+        MetaValue::Array(values) => values
+            .iter()
+            .map(|value| match value {
+                MetaValue::Int(kind) => Some(*kind),
+                _ => None,
+            })
+            .collect(),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A SentencePiece header: `<unk>`, `<s>`, `</s>`, the 256 byte pieces,
+    /// then `pieces` with their scores.
+    fn sentencepiece_header(pieces: &[(&str, f64)], space_prefix: bool) -> GgufHeader {
+        let mut tokens = vec!["<unk>".to_string(), "<s>".into(), "</s>".into()];
+        let mut types = vec![TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_CONTROL];
+        let mut scores = vec![0.0, 0.0, 0.0];
+        for byte in 0..=255u8 {
+            tokens.push(format!("<0x{byte:02X}>"));
+            types.push(6);
+            scores.push(0.0);
+        }
+        for (piece, score) in pieces {
+            tokens.push(piece.replace(' ', SPACE_MARK));
+            types.push(TOKEN_NORMAL);
+            scores.push(*score);
+        }
+        let array = |values: Vec<MetaValue>| MetaValue::Array(values);
+        let metadata = HashMap::from([
+            (
+                "tokenizer.ggml.model".to_string(),
+                MetaValue::Str("llama".into()),
+            ),
+            (
+                "tokenizer.ggml.tokens".into(),
+                array(tokens.into_iter().map(MetaValue::Str).collect()),
+            ),
+            (
+                "tokenizer.ggml.token_type".into(),
+                array(types.into_iter().map(MetaValue::Int).collect()),
+            ),
+            (
+                "tokenizer.ggml.scores".into(),
+                array(scores.into_iter().map(MetaValue::Float).collect()),
+            ),
+            (
+                "tokenizer.ggml.add_space_prefix".into(),
+                MetaValue::Bool(space_prefix),
+            ),
+        ]);
+        GgufHeader {
+            version: 3,
+            metadata,
+            tensors: Vec::new(),
+            data_start: 0,
+        }
+    }
+
+    fn pieces_of(tokenizer: &tokenizers::Tokenizer, text: &str) -> Vec<String> {
+        tokenizer
+            .encode(text, false)
+            .unwrap()
+            .get_tokens()
+            .iter()
+            .map(|token| token.replace(SPACE_MARK, " "))
+            .collect()
+    }
+
+    #[test]
+    fn sentencepiece_merges_the_best_scoring_pair_first_not_the_longest_match() {
+        let header = sentencepiece_header(
+            &[
+                ("a", -10.0),
+                ("b", -11.0),
+                ("c", -12.0),
+                ("ab", -5.0),
+                ("bc", -1.0),
+            ],
+            false,
+        );
+        let tokenizer = tokenizer_from_header(&header).unwrap();
+        // "bc" outscores "ab", so it is merged first, although a left-to-right
+        // longest match would take "ab".
+        assert_eq!(pieces_of(&tokenizer, "abc"), ["a", "bc"]);
+        assert_eq!(pieces_of(&tokenizer, "abab"), ["ab", "ab"]);
+    }
+
+    #[test]
+    fn sentencepiece_marks_spaces_falls_back_to_bytes_and_matches_control_pieces() {
+        let words = [
+            (" ", -100.0),
+            ("h", -101.0),
+            ("e", -102.0),
+            ("l", -103.0),
+            ("o", -104.0),
+            ("w", -105.0),
+            ("r", -106.0),
+            ("d", -107.0),
+            ("ll", -1.0),
+            (" h", -2.0),
+            (" he", -3.0),
+            (" hell", -4.0),
+            (" hello", -5.0),
+            ("or", -6.0),
+            (" w", -7.0),
+            (" wor", -8.0),
+            ("ld", -9.0),
+            (" world", -10.0),
+        ];
+        let header = sentencepiece_header(&words, true);
+        let tokenizer = tokenizer_from_header(&header).unwrap();
+        assert_eq!(pieces_of(&tokenizer, "hello world"), [" hello", " world"]);
+        // A character outside the vocabulary becomes its UTF-8 bytes.
+        assert_eq!(
+            pieces_of(&tokenizer, "hello 你"),
+            [" hello", " ", "<0xE4>", "<0xBD>", "<0xA0>"]
+        );
+        assert_eq!(pieces_of(&tokenizer, "\n"), [" ", "<0x0A>"]);
+        // Control pieces are matched whole; the text after one starts a
+        // new word.
+        let ids = tokenizer
+            .encode("<s>hello</s>", false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
+        let hello = tokenizer
+            .token_to_id(&format!("{SPACE_MARK}hello"))
+            .unwrap();
+        assert_eq!(ids, [1, hello, 2]);
+        // Decoding restores the text: marks become spaces, bytes characters,
+        // and the added leading space goes.
+        let ids = tokenizer
+            .encode("hello world 你", false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
+        assert_eq!(tokenizer.decode(&ids, true).unwrap(), "hello world 你");
+    }
+
+    #[test]
+    fn a_vocabulary_without_scores_is_not_read_as_sentencepiece() {
+        let mut header = sentencepiece_header(&[("a", -1.0)], true);
+        header.metadata.remove("tokenizer.ggml.scores");
+        assert!(tokenizer_from_header(&header).is_none());
+    }
 
     /// A minimal valid GGUF file with one F32 tensor.
     fn tiny_gguf(architecture: &str) -> Vec<u8> {

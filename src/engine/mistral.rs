@@ -27,6 +27,22 @@ pub struct MistralEngine {
 impl MistralEngine {
     /// Checks and loads the GGUF file at `path`.
     pub async fn load(path: &Path, config: &EngineConfig) -> Result<Self, EngineError> {
+        Self::load_with(path, config, Activations::Automatic).await
+    }
+
+    /// The same engine with its activations in f32 instead of the automatic
+    /// dtype (bf16 on CPUs): quantised matmuls still round their inputs to
+    /// Q8_0, as the CPU engine does, but nothing else is rounded. Slower;
+    /// the reference that accuracy tests compare the CPU engine with.
+    pub async fn load_f32(path: &Path, config: &EngineConfig) -> Result<Self, EngineError> {
+        Self::load_with(path, config, Activations::F32).await
+    }
+
+    async fn load_with(
+        path: &Path,
+        config: &EngineConfig,
+        activations: Activations,
+    ) -> Result<Self, EngineError> {
         let header = gguf::read_header(path)?;
         gguf::check_supported(path, &header)?;
         let tokenizer = gguf::tokenizer_from_header(&header);
@@ -47,18 +63,26 @@ impl MistralEngine {
                 detail: "not a file path".into(),
             });
         };
-        let builder = GgufModelBuilder::new(
-            dir.to_string_lossy().into_owned(),
-            vec![file.to_string_lossy().into_owned()],
-        )
-        .with_token_source(TokenSource::None)
-        .with_max_num_seqs(config.max_num_seqs)
-        .with_prefix_cache_n((config.prefix_cache > 0).then_some(config.prefix_cache));
+        let dir = dir.to_string_lossy().into_owned();
+        let file = file.to_string_lossy().into_owned();
         // The loader may panic on inputs the header check cannot foresee;
         // a panic must become an error, not take the daemon down.
-        let loaded = std::panic::AssertUnwindSafe(builder.build())
-            .catch_unwind()
-            .await;
+        let loaded = match activations {
+            Activations::Automatic => {
+                let builder = GgufModelBuilder::new(dir, vec![file])
+                    .with_token_source(TokenSource::None)
+                    .with_max_num_seqs(config.max_num_seqs)
+                    .with_prefix_cache_n((config.prefix_cache > 0).then_some(config.prefix_cache));
+                std::panic::AssertUnwindSafe(builder.build())
+                    .catch_unwind()
+                    .await
+            }
+            Activations::F32 => {
+                std::panic::AssertUnwindSafe(build_f32(dir, file, config))
+                    .catch_unwind()
+                    .await
+            }
+        };
         let model = match loaded {
             Ok(Ok(model)) => model,
             Ok(Err(err)) => return Err(EngineError::Load(format!("{err:#}"))),
@@ -75,6 +99,59 @@ impl MistralEngine {
             name,
         })
     }
+}
+
+/// The dtype mistral.rs computes activations in.
+#[derive(Clone, Copy)]
+enum Activations {
+    /// mistral.rs's choice for the device (bf16 on CPUs).
+    Automatic,
+    /// f32 everywhere.
+    F32,
+}
+
+/// What `GgufModelBuilder::build` does, with the dtype set to f32 (the
+/// builder always asks for the automatic one).
+async fn build_f32(dir: String, file: String, config: &EngineConfig) -> anyhow::Result<Model> {
+    use mistralrs::core::{
+        AddModelConfig, AutoDeviceMapParams, DefaultSchedulerMethod, DeviceMapSetting,
+        GGUFLoaderBuilder, GGUFSpecificConfig, ModelDType, SchedulerConfig,
+    };
+    let loader = GGUFLoaderBuilder::new(
+        None,
+        None,
+        dir,
+        vec![file],
+        GGUFSpecificConfig::default(),
+        false,
+        None,
+    )
+    .build();
+    let pipeline = loader.load_model_from_hf(
+        None,
+        TokenSource::None,
+        &ModelDType::F32,
+        &mistralrs::Device::Cpu,
+        true,
+        DeviceMapSetting::Auto(AutoDeviceMapParams::default_text()),
+        None,
+        None,
+    )?;
+    let scheduler = SchedulerConfig::DefaultScheduler {
+        method: DefaultSchedulerMethod::Fixed(config.max_num_seqs.max(1).try_into()?),
+    };
+    let engine = mistralrs::core::EngineConfig {
+        throughput_logging_enabled: false,
+        no_prefix_cache: config.prefix_cache == 0,
+        prefix_cache_n: config.prefix_cache.max(1),
+        ..Default::default()
+    };
+    Ok(mistralrs::model_builder_trait::build_model_from_pipeline(
+        pipeline,
+        scheduler,
+        AddModelConfig::new(engine),
+    )
+    .await)
 }
 
 impl MistralEngine {

@@ -387,11 +387,17 @@ impl InProcessDaemon {
             script = script_path.display().to_string(),
             prompts = Path::new(env!("CARGO_MANIFEST_DIR")).join("prompts").display().to_string(),
         );
+        Self::start_with_config(&text, env)
+    }
+
+    /// The daemon with the whole configuration `text` and the `CONCIERGE_*`
+    /// overrides in `env`.
+    pub fn start_with_config(text: &str, env: &[(&str, &str)]) -> Self {
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(name, value)| (name.to_string(), value.to_string()))
             .collect();
-        let config = concierge::config::parse(&text, &env).expect("test configuration is valid");
+        let config = concierge::config::parse(text, &env).expect("test configuration is valid");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn({
             let config = config.clone();

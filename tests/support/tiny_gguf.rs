@@ -1,7 +1,8 @@
 //! Writes tiny GGUF models with random weights (llama or qwen2, GQA, biases
-//! for qwen2, odd block counts), a byte-level BPE vocabulary with a few
-//! merges and ChatML markers, and a ChatML template, so both engines can be
-//! compared without a download.
+//! for qwen2, odd block counts) and either a byte-level BPE vocabulary with
+//! a few merges, ChatML markers and a ChatML template, or a SentencePiece
+//! vocabulary with an instruction template of the Llama 2 / Mistral kind,
+//! so both engines can be compared without a download.
 
 use std::fs::File;
 use std::path::Path;
@@ -21,6 +22,9 @@ pub struct TinyShape {
     pub weights: GgmlDType,
     pub tied_output: bool,
     pub seed: u64,
+    /// A SentencePiece vocabulary (`tokenizer.ggml.model = "llama"`)
+    /// instead of byte-level BPE.
+    pub sentencepiece: bool,
 }
 
 impl TinyShape {
@@ -36,6 +40,33 @@ impl TinyShape {
             weights: GgmlDType::Q8_0,
             tied_output: true,
             seed: 1,
+            sentencepiece: false,
+        }
+    }
+
+    /// A Mistral-class llama model: SentencePiece vocabulary, GQA 4:1,
+    /// separate output, a template without a system role.
+    pub fn mistral() -> Self {
+        Self {
+            architecture: "llama",
+            layers: 2,
+            embedding: 128,
+            feed_forward: 192,
+            heads: 4,
+            kv_heads: 1,
+            weights: GgmlDType::Q8_0,
+            tied_output: false,
+            seed: 9,
+            sentencepiece: true,
+        }
+    }
+
+    /// Tokens in this shape's vocabulary.
+    pub fn vocab_size(&self) -> usize {
+        if self.sentencepiece {
+            sentencepiece_vocabulary().0.len()
+        } else {
+            vocabulary().0.len()
         }
     }
 
@@ -51,6 +82,7 @@ impl TinyShape {
             weights: GgmlDType::Q8_0,
             tied_output: false,
             seed: 2,
+            sentencepiece: false,
         }
     }
 }
@@ -102,6 +134,37 @@ pub fn vocabulary() -> (Vec<String>, Vec<String>, Vec<i32>) {
     (tokens, merges, types)
 }
 
+/// SentencePiece's word-boundary mark.
+pub const SPACE_MARK: char = '\u{2581}';
+
+/// A SentencePiece vocabulary: `<unk>`, `<s>`, `</s>`, the 256 byte pieces,
+/// the mark and the letters, and merged pieces scoring above them. Returns
+/// the pieces, their scores and their GGUF token types.
+pub fn sentencepiece_vocabulary() -> (Vec<String>, Vec<f32>, Vec<i32>) {
+    let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
+    let mut types = vec![2, 3, 3];
+    for byte in 0..=255u8 {
+        tokens.push(format!("<0x{byte:02X}>"));
+        types.push(6);
+    }
+    let mut scores = vec![0.0; tokens.len()];
+    let merged = [
+        "he", "_t", "_the", "in", "er", "_a", "_i", "_in", "ll", "_he", "_hell", "o_",
+    ];
+    for (rank, piece) in merged.iter().enumerate() {
+        tokens.push(piece.replace('_', &SPACE_MARK.to_string()));
+        scores.push(-(rank as f32) - 1.0);
+        types.push(1);
+    }
+    let singles = std::iter::once(SPACE_MARK).chain('a'..='z');
+    for (rank, ch) in singles.enumerate() {
+        tokens.push(ch.to_string());
+        scores.push(-100.0 - rank as f32);
+        types.push(1);
+    }
+    (tokens, scores, types)
+}
+
 struct Rng(u64);
 
 impl Rng {
@@ -115,8 +178,7 @@ impl Rng {
 
 /// Writes the model to `path`.
 pub fn write(path: &Path, shape: TinyShape) {
-    let (tokens, merges, types) = vocabulary();
-    let vocab = tokens.len();
+    let vocab = shape.vocab_size();
     let d = shape.embedding;
     let head_dim = d / shape.heads;
     let kv_dim = head_dim * shape.kv_heads;
@@ -193,11 +255,8 @@ pub fn write(path: &Path, shape: TinyShape) {
         ));
     }
     use gguf_file::Value;
-    let strings =
-        |values: &[String]| Value::Array(values.iter().map(|v| Value::String(v.clone())).collect());
     let key = |name: &str| format!("{arch}.{name}");
-    let template = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
-    let metadata: Vec<(String, Value)> = vec![
+    let mut metadata: Vec<(String, Value)> = vec![
         ("general.architecture".into(), Value::String(arch.into())),
         ("general.name".into(), Value::String(format!("tiny {arch}"))),
         (key("block_count"), Value::U32(shape.layers as u32)),
@@ -222,6 +281,34 @@ pub fn write(path: &Path, shape: TinyShape) {
                 10_000.0
             }),
         ),
+    ];
+    metadata.extend(if shape.sentencepiece {
+        sentencepiece_metadata()
+    } else {
+        byte_level_metadata()
+    });
+    let metadata_refs: Vec<(&str, &Value)> =
+        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut file = File::create(path).unwrap();
+    gguf_file::write(&mut file, &metadata_refs, &tensor_refs).unwrap();
+}
+
+fn strings(values: &[String]) -> gguf_file::Value {
+    gguf_file::Value::Array(
+        values
+            .iter()
+            .map(|v| gguf_file::Value::String(v.clone()))
+            .collect(),
+    )
+}
+
+fn byte_level_metadata() -> Vec<(String, gguf_file::Value)> {
+    use gguf_file::Value;
+    let (tokens, merges, types) = vocabulary();
+    let vocab = tokens.len();
+    let template = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+    vec![
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Value::String("qwen2".into())),
         ("tokenizer.ggml.tokens".into(), strings(&tokens)),
@@ -247,12 +334,34 @@ pub fn write(path: &Path, shape: TinyShape) {
             "tokenizer.chat_template".into(),
             Value::String(template.into()),
         ),
-    ];
-    let metadata_refs: Vec<(&str, &Value)> =
-        metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut file = File::create(path).unwrap();
-    gguf_file::write(&mut file, &metadata_refs, &tensor_refs).unwrap();
+    ]
+}
+
+fn sentencepiece_metadata() -> Vec<(String, gguf_file::Value)> {
+    use gguf_file::Value;
+    let (tokens, scores, types) = sentencepiece_vocabulary();
+    // Strict user/assistant turns, no system role, as Mistral's and Llama
+    // 2's instruction templates.
+    let template = "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant') }}{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}{% else %}{{ raise_exception('Only user and assistant roles are supported') }}{% endif %}{% endfor %}";
+    vec![
+        ("tokenizer.ggml.model".into(), Value::String("llama".into())),
+        ("tokenizer.ggml.tokens".into(), strings(&tokens)),
+        (
+            "tokenizer.ggml.scores".into(),
+            Value::Array(scores.iter().map(|&s| Value::F32(s)).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(types.iter().map(|&t| Value::I32(t)).collect()),
+        ),
+        ("tokenizer.ggml.unknown_token_id".into(), Value::U32(0)),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
+        (
+            "tokenizer.chat_template".into(),
+            Value::String(template.into()),
+        ),
+    ]
 }
 
 fn norm(len: usize, value: f32) -> QTensor {

@@ -61,7 +61,7 @@ fn tokenizer_for(
         EngineError::Unsupported {
             path: path.to_path_buf(),
             detail: format!(
-                "tokenizer.ggml.model = {kind:?} (the cpu backend reads gpt2-style BPE vocabularies)"
+                "tokenizer.ggml.model = {kind:?} (the cpu backend reads gpt2-style BPE and SentencePiece (llama) vocabularies)"
             ),
         }
     })
@@ -100,10 +100,18 @@ impl CpuEngine {
         let tokenizer = Arc::new(tokenizer_for(path, &header)?);
         let template = ChatTemplate::from_header(path, &header)?;
         let stops = template::stop_tokens(&header);
-        let add_bos = header
-            .metadata
-            .get("tokenizer.ggml.add_bos_token")
-            .is_some_and(|value| matches!(value, gguf::MetaValue::Bool(true)));
+        // Without the key, SentencePiece vocabularies start with BOS and
+        // byte-level ones do not (llama.cpp's defaults).
+        let add_bos = match header.metadata.get("tokenizer.ggml.add_bos_token") {
+            Some(gguf::MetaValue::Bool(add)) => *add,
+            _ => {
+                header
+                    .metadata
+                    .get("tokenizer.ggml.model")
+                    .and_then(gguf::MetaValue::as_str)
+                    == Some("llama")
+            }
+        };
         let bos = header
             .metadata
             .get("tokenizer.ggml.bos_token_id")

@@ -567,6 +567,7 @@ impl Model {
                 &scratch.normed,
                 d,
                 &mut scratch.quant,
+                &[&layer.q, &layer.k, &layer.v],
                 &mut [
                     MatmulJob {
                         weights: layer.q.view(),
@@ -614,6 +615,7 @@ impl Model {
                 &scratch.attention,
                 q_dim,
                 &mut scratch.quant,
+                &[&layer.attn_output],
                 &mut [MatmulJob {
                     weights: layer.attn_output.view(),
                     bias: None,
@@ -633,6 +635,7 @@ impl Model {
                 &scratch.normed,
                 d,
                 &mut scratch.quant,
+                &[&layer.gate, &layer.up],
                 &mut [
                     MatmulJob {
                         weights: layer.gate.view(),
@@ -660,6 +663,7 @@ impl Model {
                 &scratch.gate,
                 ff,
                 &mut scratch.quant,
+                &[&layer.down],
                 &mut [MatmulJob {
                     weights: layer.down.view(),
                     bias: None,
@@ -692,6 +696,7 @@ impl Model {
             &normed,
             d,
             &mut scratch.quant,
+            &[output],
             &mut [MatmulJob {
                 weights: output.view(),
                 bias: None,
@@ -775,23 +780,31 @@ fn check_batch(
 }
 
 /// Runs `jobs` over the rows of `input` (each `cols` wide), quantising the
-/// rows first when a job's weights read quantised activations.
+/// rows first when a job's weights read quantised activations, in the
+/// largest number of terms any of the `matrices` asks for.
 fn project(
     pool: &ThreadPool,
     isa: Isa,
     input: &[f32],
     cols: usize,
     quant: &mut Vec<QuantRow>,
+    matrices: &[&Matrix],
     jobs: &mut [MatmulJob<'_>],
 ) {
     let rows = input.len() / cols;
     let quantized = jobs.iter().any(|job| job.weights.is_quantized());
+    let terms = matrices
+        .iter()
+        .map(|matrix| matrix.activation_terms())
+        .max()
+        .unwrap_or(1);
     if quantized {
-        kernels::quantize_rows(pool, isa, input, rows, cols, quant);
+        kernels::quantize_rows(pool, isa, input, rows, cols, terms, quant);
     }
     let activations = Activations {
         float: input,
         quant: if quantized { quant } else { &[] },
+        terms,
         rows,
         cols,
     };

@@ -84,8 +84,26 @@ impl ChatTemplate {
         })
     }
 
-    /// The prompt text for `messages`, ending where the assistant's reply starts.
+    /// The prompt text for `messages`, ending where the assistant's reply
+    /// starts. A template that refuses a system message or two turns of one
+    /// role in a row (Mistral's and Llama 2's raise an exception) gets the
+    /// system prompt at the head of the first user turn and each run of
+    /// turns of one role joined.
     pub fn render(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
+        let first = self.render_as_given(messages);
+        if first.is_ok() {
+            return first;
+        }
+        let folded = fold_for_alternating_templates(messages);
+        if folded.as_slice() == messages || folded.is_empty() {
+            return first;
+        }
+        // When the folded turns fail too, the template's own complaint
+        // about what was asked is the clearer error.
+        self.render_as_given(&folded).or(first)
+    }
+
+    fn render_as_given(&self, messages: &[ChatMessage]) -> Result<String, EngineError> {
         let messages: Vec<_> = messages
             .iter()
             .map(|message| {
@@ -110,6 +128,45 @@ impl ChatTemplate {
             })
             .map_err(|err| EngineError::Generation(format!("chat template: {err:#}")))
     }
+}
+
+/// `messages` as strictly alternating user and assistant turns: system text
+/// goes ahead of the first user turn, and consecutive turns of one role are
+/// joined with a blank line.
+fn fold_for_alternating_templates(messages: &[ChatMessage]) -> Vec<ChatMessage> {
+    let system: Vec<&str> = messages
+        .iter()
+        .filter(|message| message.role == ChatRole::System)
+        .map(|message| message.content.as_str())
+        .collect();
+    let mut folded: Vec<ChatMessage> = Vec::new();
+    for message in messages.iter().filter(|m| m.role != ChatRole::System) {
+        match folded.last_mut() {
+            Some(last) if last.role == message.role => {
+                last.content.push_str("\n\n");
+                last.content.push_str(&message.content);
+            }
+            _ => folded.push(message.clone()),
+        }
+    }
+    if !system.is_empty() {
+        let instructions = system.join("\n\n");
+        match folded
+            .iter_mut()
+            .find(|message| message.role == ChatRole::User)
+        {
+            Some(user) => user.content = format!("{instructions}\n\n{}", user.content),
+            None => folded.insert(0, ChatMessage::new(ChatRole::User, instructions)),
+        }
+    }
+    // Alternating templates expect the user to speak first.
+    if folded
+        .first()
+        .is_some_and(|m| m.role == ChatRole::Assistant)
+    {
+        folded.remove(0);
+    }
+    folded
 }
 
 /// Token ids that end a reply: the declared end-of-sequence, end-of-turn and
@@ -142,6 +199,47 @@ mod tests {
     use super::*;
 
     const CHATML: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nDefault<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    /// An instruction template of the Llama 2 / Mistral kind: strictly
+    /// alternating user and assistant turns, no system role.
+    const ALTERNATING: &str = "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('roles must alternate') }}{% endif %}{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}{% else %}{{ raise_exception('no such role') }}{% endif %}{% endfor %}";
+
+    #[test]
+    fn a_template_without_a_system_role_gets_the_instructions_in_the_first_turn() {
+        let template = ChatTemplate::new(ALTERNATING, "<s>".into(), "</s>".into()).unwrap();
+        let text = template
+            .render(&[
+                ChatMessage::new(ChatRole::System, "Be brief."),
+                ChatMessage::new(ChatRole::User, "Hi"),
+                ChatMessage::new(ChatRole::Assistant, "Hello!"),
+                ChatMessage::new(ChatRole::User, "Where is my parcel?"),
+                ChatMessage::new(ChatRole::User, "It is late."),
+            ])
+            .unwrap();
+        assert_eq!(
+            text,
+            "<s>[INST] Be brief.\n\nHi [/INST]Hello!</s>[INST] Where is my parcel?\n\nIt is late. [/INST]"
+        );
+        // What the template accepts as it is is not rewritten.
+        let plain = template
+            .render(&[ChatMessage::new(ChatRole::User, "Hi")])
+            .unwrap();
+        assert_eq!(plain, "<s>[INST] Hi [/INST]");
+    }
+
+    #[test]
+    fn a_template_that_refuses_even_the_folded_turns_is_an_error() {
+        let template = ChatTemplate::new(
+            "{{ raise_exception('never') }}",
+            String::new(),
+            String::new(),
+        )
+        .unwrap();
+        let err = template
+            .render(&[ChatMessage::new(ChatRole::User, "Hi")])
+            .unwrap_err();
+        assert!(err.to_string().contains("never"), "{err}");
+    }
 
     #[test]
     fn renders_chatml_with_the_generation_prompt() {

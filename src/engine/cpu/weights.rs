@@ -54,9 +54,19 @@ pub struct Matrix {
     rows: usize,
     cols: usize,
     data: Data,
+    activation_terms: usize,
 }
 
 impl Matrix {
+    /// Quantised activation rows per token this matrix is multiplied with:
+    /// 2 (a value and its residual, about 15 bits) for weights stored as
+    /// Q8_0 in the file, whose own rounding is as fine as one 8-bit
+    /// activation term's would be; 1 for coarser weights (Q4_0, and types
+    /// re-quantised from 4 to 6 bits), where the weights' error dominates.
+    pub fn activation_terms(&self) -> usize {
+        self.activation_terms
+    }
+
     /// The kernels' view of it.
     pub fn view(&self) -> WeightView<'_> {
         let (rows, cols) = (self.rows, self.cols);
@@ -355,7 +365,17 @@ impl<'a> TensorReader<'a> {
                 }
             }
         };
-        let matrix = Matrix { rows, cols, data };
+        let activation_terms = if entry.ggml_type == GGML_Q8_0 && !self.exact {
+            2
+        } else {
+            1
+        };
+        let matrix = Matrix {
+            rows,
+            cols,
+            data,
+            activation_terms,
+        };
         matrix
             .view()
             .check()
@@ -442,6 +462,7 @@ mod tests {
                 &Activations {
                     float: &input,
                     quant: &quant,
+                    terms: 1,
                     rows: tokens,
                     cols,
                 },
