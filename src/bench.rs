@@ -27,6 +27,10 @@ pub struct EngineFigures {
     pub kernels: String,
     /// Compute threads.
     pub threads: usize,
+    /// Quantised activation rows per token that Q8_0 weights are multiplied
+    /// with: 2 on the CPU engine with `engine.precise_activations` (a value
+    /// and its residual), 1 otherwise (mistral.rs, llama.cpp).
+    pub activation_terms_q8_0: usize,
     /// The file measured.
     pub model: String,
     /// Runs measured (after one warm-up).
@@ -231,6 +235,10 @@ pub async fn engine(
     }
     Ok(EngineFigures {
         engine: name.to_string(),
+        activation_terms_q8_0: match choice {
+            crate::app::EngineChoice::Cpu if config.precise_activations => 2,
+            _ => 1,
+        },
         kernels,
         threads,
         model: path.display().to_string(),

@@ -299,6 +299,34 @@ async fn seeded_sampling_repeats_and_temperature_zero_is_greedy() {
 }
 
 #[tokio::test]
+async fn precise_activations_bring_a_q8_0_file_to_the_exact_computation() {
+    let dir = tempfile::tempdir().unwrap();
+    let shape = TinyShape::llama();
+    let path = tiny(dir.path(), shape, "llama");
+    let exact = CpuEngine::load_exact(&path, &engine_config()).unwrap();
+    let precise = CpuEngine::load(&path, &engine_config()).unwrap();
+    let mut one_term = engine_config();
+    one_term.precise_activations = false;
+    let fast = CpuEngine::load(&path, &one_term).unwrap();
+    for tokens in token_sequences(shape.vocab_size()) {
+        let truth = exact.logits(&tokens).unwrap();
+        let (precise_diff, precise_agreement, spread) =
+            compare(&precise.logits(&tokens).unwrap(), &truth);
+        let (fast_diff, _, _) = compare(&fast.logits(&tokens).unwrap(), &truth);
+        eprintln!(
+            "{} tokens: two terms {precise_diff:.5}, one term {fast_diff:.5}, spread {spread:.1}",
+            tokens.len()
+        );
+        assert!(precise_diff <= 0.002 * spread, "{precise_diff} of {spread}");
+        assert_eq!(precise_agreement, 1.0);
+        assert!(
+            precise_diff * 10.0 < fast_diff,
+            "{precise_diff} vs {fast_diff}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_mistral_class_file_chats_with_its_sentencepiece_vocabulary_and_strict_template() {
     let dir = tempfile::tempdir().unwrap();
     let path = tiny(dir.path(), TinyShape::mistral(), "mistral");

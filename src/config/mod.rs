@@ -249,6 +249,9 @@ pub struct EngineConfig {
     pub prefix_cache: usize,
     /// Memory the CPU engine's KV caches may hold together, in MiB.
     pub kv_cache_mb: usize,
+    /// Whether the CPU engine multiplies Q8_0 weights with activations in
+    /// two int8 terms (exact up to rounding) rather than one.
+    pub precise_activations: bool,
     /// Compute threads; 0 means one per available core.
     pub threads: usize,
     /// Script of the scripted backend.

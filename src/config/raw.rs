@@ -283,6 +283,7 @@ raw_section!(RawEngine, "engine" {
     max_num_seqs: Number,
     prefix_cache: Number,
     kv_cache_mb: Number,
+    precise_activations: bool,
     threads: Number,
     script_file: String,
 });

@@ -417,6 +417,7 @@ impl Reader<'_> {
             max_num_seqs: self.integer(&raw.engine.max_num_seqs, 4, 1..=256),
             prefix_cache: self.integer(&raw.engine.prefix_cache, 16, 0..=4096),
             kv_cache_mb: self.integer(&raw.engine.kv_cache_mb, 1024, 16..=1_048_576),
+            precise_activations: self.boolean(&raw.engine.precise_activations, true),
             threads: self.integer(&raw.engine.threads, 0, 0..=1024),
             script_file: self.optional_path(&raw.engine.script_file),
         };

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use self::kernels::{Isa, ThreadPool};
-use self::model::Model;
+use self::model::{LoadOptions, Model};
 use self::sampler::SamplerSettings;
 use self::scheduler::{Job, Request, SchedulerSettings};
 use self::template::ChatTemplate;
@@ -119,7 +119,12 @@ impl CpuEngine {
             .filter(|_| add_bos)
             .map(|id| id as u32);
         let isa = Isa::detect();
-        let model = Model::load(path, &header, exact, isa.reads_packed_weights())?;
+        let options = LoadOptions {
+            exact,
+            pack: isa.reads_packed_weights(),
+            precise_activations: config.precise_activations,
+        };
+        let model = Model::load(path, &header, options)?;
         let threads = match config.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,

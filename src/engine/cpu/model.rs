@@ -17,6 +17,17 @@ use super::weights::{Matrix, TensorReader};
 use crate::engine::gguf::{GgufHeader, MetaValue};
 use crate::engine::EngineError;
 
+/// How [`Model::load`] lays out the weights.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Every matrix expanded to f32: the exact reference of the tests.
+    pub exact: bool,
+    /// Q8_0 and Q4_0 regrouped for the AVX-512 kernels.
+    pub pack: bool,
+    /// Q8_0 matrices multiplied with two activation terms.
+    pub precise_activations: bool,
+}
+
 /// Architectures this engine runs.
 pub const CPU_ARCHITECTURES: &[&str] = &["llama", "qwen2"];
 
@@ -400,8 +411,7 @@ impl Model {
     pub fn load(
         path: &Path,
         header: &GgufHeader,
-        exact: bool,
-        pack: bool,
+        options: LoadOptions,
     ) -> Result<Self, EngineError> {
         let config = ModelConfig::from_header(path, header)?;
         let mut known: HashSet<String> = [
@@ -432,8 +442,9 @@ impl Model {
             });
         }
         let mut reader = TensorReader::open(path, header)?;
-        reader.exact = exact;
-        reader.pack = pack;
+        reader.exact = options.exact;
+        reader.pack = options.pack;
+        reader.precise_activations = options.precise_activations;
         let (d, ff, q_dim, kv_dim) = (
             config.embedding,
             config.feed_forward,

@@ -137,6 +137,9 @@ pub struct TensorReader<'a> {
     /// AVX-512 kernels read (copied out of the mapping, whose pages are then
     /// released, so resident memory stays one copy).
     pub pack: bool,
+    /// Multiply Q8_0 matrices with two activation terms (see
+    /// [`Matrix::activation_terms`]); otherwise one.
+    pub precise_activations: bool,
 }
 
 impl<'a> TensorReader<'a> {
@@ -159,6 +162,7 @@ impl<'a> TensorReader<'a> {
             converted: Vec::new(),
             exact: false,
             pack: false,
+            precise_activations: true,
         })
     }
 
@@ -253,28 +257,67 @@ impl<'a> TensorReader<'a> {
                 }
                 values
             }
-            other => {
-                let dtype = candle_dtype(other).ok_or_else(|| {
-                    self.corrupt(format!(
-                        "tensor {} has unsupported type {other}",
-                        entry.name
-                    ))
-                })?;
-                let elements = entry.elements as usize;
-                let tensor =
-                    ggml_file::qtensor_from_ggml(dtype, bytes, vec![elements], &Device::Cpu)
-                        .and_then(|tensor| tensor.dequantize(&Device::Cpu))
-                        .and_then(|tensor| tensor.to_vec1::<f32>())
-                        .map_err(|err| {
-                            self.corrupt(format!(
-                                "tensor {} cannot be dequantised: {err}",
-                                entry.name
-                            ))
-                        })?;
-                tensor
-            }
+            _ => self.dequantize_with_candle(entry, bytes, entry.elements as usize)?,
         };
+        // The tensor now lives in `values`; its pages of the mapping need not
+        // stay resident beside it.
+        self.file.release(start, len);
         Ok(values)
+    }
+
+    /// `elements` values of `entry`'s type in `bytes` (whole blocks), as f32.
+    fn dequantize_with_candle(
+        &self,
+        entry: &TensorEntry,
+        bytes: &[u8],
+        elements: usize,
+    ) -> Result<Vec<f32>, EngineError> {
+        let dtype = candle_dtype(entry.ggml_type).ok_or_else(|| {
+            self.corrupt(format!(
+                "tensor {} has unsupported type {}",
+                entry.name, entry.ggml_type
+            ))
+        })?;
+        ggml_file::qtensor_from_ggml(dtype, bytes, vec![elements], &Device::Cpu)
+            .and_then(|tensor| tensor.dequantize(&Device::Cpu))
+            .and_then(|tensor| tensor.to_vec1::<f32>())
+            .map_err(|err| {
+                self.corrupt(format!(
+                    "tensor {} cannot be dequantised: {err}",
+                    entry.name
+                ))
+            })
+    }
+
+    /// A quantised type without native kernels re-quantised to Q8_0 blocks,
+    /// a slice of rows at a time so that the f32 copy of a large matrix (a
+    /// vocabulary of 150,000 rows is 0.5 GB) never exists whole.
+    fn convert_to_q8_0(
+        &self,
+        entry: &TensorEntry,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Vec<u8>, EngineError> {
+        const ROWS_PER_SLICE: usize = 512;
+        let (start, len) = self.raw(entry)?;
+        let block_elements =
+            ggml_type_layout(entry.ggml_type).map_or(0, |layout| layout.1 as usize);
+        let mut out = Vec::with_capacity(rows * cols / kernels::BLOCK * kernels::Q8_0_BLOCK_BYTES);
+        // Rows made of whole blocks can be sliced; others are converted whole.
+        if block_elements == 0 || !cols.is_multiple_of(block_elements) || len % rows != 0 {
+            kernels::quantize_q8_0(&self.dequantize(entry)?, &mut out);
+            return Ok(out);
+        }
+        let row_bytes = len / rows;
+        let bytes = &self.file.bytes()[start..start + len];
+        for first in (0..rows).step_by(ROWS_PER_SLICE) {
+            let count = ROWS_PER_SLICE.min(rows - first);
+            let slice = &bytes[first * row_bytes..(first + count) * row_bytes];
+            let values = self.dequantize_with_candle(entry, slice, count * cols)?;
+            kernels::quantize_q8_0(&values, &mut out);
+        }
+        self.file.release(start, len);
+        Ok(out)
     }
 
     /// A vector (norm weight, bias) of length `len`, as f32.
@@ -353,10 +396,7 @@ impl<'a> TensorReader<'a> {
                         "tensor {name}: rows of {cols} cannot be re-quantised to Q8_0"
                     )));
                 }
-                let values = self.dequantize(entry)?;
-                let mut bytes =
-                    Vec::with_capacity(values.len() / kernels::BLOCK * kernels::Q8_0_BLOCK_BYTES);
-                kernels::quantize_q8_0(&values, &mut bytes);
+                let bytes = self.convert_to_q8_0(entry, rows, cols)?;
                 self.note_conversion(entry, bytes.len());
                 if self.pack {
                     Data::PackedQ8_0(packed::pack_q8_0(&bytes, rows, cols))
@@ -365,11 +405,12 @@ impl<'a> TensorReader<'a> {
                 }
             }
         };
-        let activation_terms = if entry.ggml_type == GGML_Q8_0 && !self.exact {
-            2
-        } else {
-            1
-        };
+        let activation_terms =
+            if entry.ggml_type == GGML_Q8_0 && self.precise_activations && !self.exact {
+                2
+            } else {
+                1
+            };
         let matrix = Matrix {
             rows,
             cols,
