@@ -798,6 +798,58 @@ mod tests {
         data
     }
 
+    /// One random matrix in Q8_0 and one in Q4_0, each row-major and packed.
+    struct RandomWeights {
+        rows: usize,
+        cols: usize,
+        q8: Vec<u8>,
+        q4: Vec<u8>,
+        packed_q8: Vec<u8>,
+        packed_q4: Vec<u8>,
+    }
+
+    impl RandomWeights {
+        fn new(rng: &mut Rng, rows: usize, cols: usize) -> Self {
+            let q8 = random_q8_0(rng, rows, cols);
+            let q4 = random_q4_0(rng, rows, cols);
+            Self {
+                rows,
+                cols,
+                packed_q8: packed::pack_q8_0(&q8, rows, cols),
+                packed_q4: packed::pack_q4_0(&q4, rows, cols),
+                q8,
+                q4,
+            }
+        }
+
+        /// Q8_0, Q4_0, packed Q8_0, packed Q4_0.
+        fn views(&self) -> [WeightView<'_>; 4] {
+            let (rows, cols) = (self.rows, self.cols);
+            [
+                WeightView::Q8_0 {
+                    rows,
+                    cols,
+                    data: &self.q8,
+                },
+                WeightView::Q4_0 {
+                    rows,
+                    cols,
+                    data: &self.q4,
+                },
+                WeightView::PackedQ8_0 {
+                    rows,
+                    cols,
+                    data: &self.packed_q8,
+                },
+                WeightView::PackedQ4_0 {
+                    rows,
+                    cols,
+                    data: &self.packed_q4,
+                },
+            ]
+        }
+    }
+
     fn activations(rng: &mut Rng, tokens: usize, cols: usize) -> (Vec<f32>, Vec<QuantRow>) {
         let float: Vec<f32> = (0..tokens * cols).map(|_| rng.uniform() * 3.0).collect();
         let quant = float
@@ -850,10 +902,7 @@ mod tests {
             (64, 1536, 7),
             (13, 32, 13),
         ] {
-            let q8 = random_q8_0(&mut rng, rows, cols);
-            let q4 = random_q4_0(&mut rng, rows, cols);
-            let packed_q8 = packed::pack_q8_0(&q8, rows, cols);
-            let packed_q4 = packed::pack_q4_0(&q4, rows, cols);
+            let weights = RandomWeights::new(&mut rng, rows, cols);
             let f32s: Vec<f32> = (0..rows * cols).map(|_| rng.uniform()).collect();
             let (float, quant) = activations(&mut rng, tokens, cols);
             let input = Activations {
@@ -863,32 +912,17 @@ mod tests {
                 rows: tokens,
                 cols,
             };
+            let [q8, q4, packed_q8, packed_q4] = weights.views();
             let views = [
-                WeightView::Q8_0 {
-                    rows,
-                    cols,
-                    data: &q8,
-                },
-                WeightView::Q4_0 {
-                    rows,
-                    cols,
-                    data: &q4,
-                },
+                q8,
+                q4,
                 WeightView::F32 {
                     rows,
                     cols,
                     data: &f32s,
                 },
-                WeightView::PackedQ8_0 {
-                    rows,
-                    cols,
-                    data: &packed_q8,
-                },
-                WeightView::PackedQ4_0 {
-                    rows,
-                    cols,
-                    data: &packed_q4,
-                },
+                packed_q8,
+                packed_q4,
             ];
             // The packed layouts hold the same matrices as the row-major ones.
             let (row_major_q8, row_major_q4) = (
@@ -996,10 +1030,7 @@ mod tests {
         let mut rng = Rng::new(23);
         let pool = ThreadPool::new(2).unwrap();
         for &(rows, cols, tokens) in &[(1, 32, 1), (19, 96, 1), (33, 160, 2), (40, 256, 9)] {
-            let q8 = random_q8_0(&mut rng, rows, cols);
-            let q4 = random_q4_0(&mut rng, rows, cols);
-            let packed_q8 = packed::pack_q8_0(&q8, rows, cols);
-            let packed_q4 = packed::pack_q4_0(&q4, rows, cols);
+            let random = RandomWeights::new(&mut rng, rows, cols);
             // Outliers, as trained models' activations have: one large value
             // per block costs the others most of a single term's precision.
             let float: Vec<f32> = (0..tokens * cols)
@@ -1007,28 +1038,7 @@ mod tests {
                 .collect();
             let mut quant = Vec::new();
             quantize_rows(&pool, Isa::SCALAR, &float, tokens, cols, 2, &mut quant);
-            let views = [
-                WeightView::Q8_0 {
-                    rows,
-                    cols,
-                    data: &q8,
-                },
-                WeightView::Q4_0 {
-                    rows,
-                    cols,
-                    data: &q4,
-                },
-                WeightView::PackedQ8_0 {
-                    rows,
-                    cols,
-                    data: &packed_q8,
-                },
-                WeightView::PackedQ4_0 {
-                    rows,
-                    cols,
-                    data: &packed_q4,
-                },
-            ];
+            let views = random.views();
             for weights in views {
                 let mut dense = vec![0.0; rows * cols];
                 for row in 0..rows {
