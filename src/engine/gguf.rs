@@ -368,21 +368,12 @@ pub fn special_token_strings(header: &GgufHeader) -> Vec<String> {
         Some(MetaValue::Array(values)) => values.iter().filter_map(MetaValue::as_str).collect(),
         _ => return Vec::new(),
     };
-    let types: Vec<i128> = match header.metadata.get("tokenizer.ggml.token_type") {
-        Some(MetaValue::Array(values)) => values
-            .iter()
-            .map(|value| match value {
-                MetaValue::Int(kind) => *kind,
-                _ => 1,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
+    let types = token_types(header).unwrap_or_default();
     if types.len() == tokens.len() {
         tokens
             .iter()
             .zip(&types)
-            .filter(|(_, kind)| **kind != 1)
+            .filter(|(_, kind)| **kind != TOKEN_NORMAL)
             .map(|(token, _)| token.to_string())
             .collect()
     } else {

@@ -236,7 +236,10 @@ mod tests {
         )
         .unwrap();
         let err = template
-            .render(&[ChatMessage::new(ChatRole::User, "Hi")])
+            .render(&[
+                ChatMessage::new(ChatRole::System, "Be brief."),
+                ChatMessage::new(ChatRole::User, "Hi"),
+            ])
             .unwrap_err();
         assert!(err.to_string().contains("never"), "{err}");
     }

@@ -202,6 +202,9 @@ pub struct QuantRow {
     pub neg8_lane_sums: Vec<i32>,
     /// Sum of the signed values of each block.
     pub block_sums: Vec<i32>,
+    /// The f32 residual a second term is quantised from, kept so that every
+    /// step reuses its memory.
+    residual: Vec<f32>,
 }
 
 impl QuantRow {
@@ -236,18 +239,22 @@ impl QuantRow {
     /// same `values`) left out: `values - main`, so that the two terms
     /// together carry about 15 bits per value instead of 8.
     pub fn quantize_residual(&mut self, isa: Isa, values: &[f32], main: &QuantRow) {
-        let residual: Vec<f32> = values
-            .chunks_exact(BLOCK)
-            .zip(main.signed.chunks_exact(BLOCK))
-            .zip(&main.scales)
-            .flat_map(|((chunk, quants), &scale)| {
-                chunk
-                    .iter()
-                    .zip(quants)
-                    .map(move |(&value, &quant)| value - scale * f32::from(quant))
-            })
-            .collect();
+        let mut residual = std::mem::take(&mut self.residual);
+        residual.clear();
+        residual.extend(
+            values
+                .chunks_exact(BLOCK)
+                .zip(main.signed.chunks_exact(BLOCK))
+                .zip(&main.scales)
+                .flat_map(|((chunk, quants), &scale)| {
+                    chunk
+                        .iter()
+                        .zip(quants)
+                        .map(move |(&value, &quant)| value - scale * f32::from(quant))
+                }),
+        );
         self.quantize(isa, &residual);
+        self.residual = residual;
     }
 
     /// The scale of a block whose largest magnitude is `amax`, and its
