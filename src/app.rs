@@ -152,6 +152,7 @@ fn pipeline_settings(config: &Config) -> PipelineSettings {
                 from: config.escalation.tiebreak_from as f32,
                 to: config.escalation.auto_min_confidence as f32,
             }),
+        privacy: config.privacy.clone(),
     }
 }
 
@@ -481,7 +482,7 @@ pub async fn chat(
     let (deliveries, delivered) = mpsc::channel(INBOUND_BUFFER);
     let intake_stage = tokio::spawn(inbox::run(
         source,
-        Inbox::transient(),
+        Inbox::transient().with_masking(config.privacy.redact.clone()),
         Vec::new(),
         deliveries,
     ));
@@ -649,7 +650,7 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
         intake_stop.clone(),
     ));
     let (sink, source) = concierge_adapter::inbound_queue(INBOUND_BUFFER);
-    let inbox = Inbox::durable(store.clone());
+    let inbox = Inbox::durable(store.clone()).with_masking(config.privacy.redact.clone());
     let replay = inbox.pending()?;
     let (deliveries, delivered) = mpsc::channel(INBOUND_BUFFER);
     let intake_task = tokio::spawn(inbox::run(source, inbox.clone(), replay, deliveries));

@@ -32,6 +32,8 @@ pub struct Delivery {
     pub message: Inbound,
     /// Delivered again after a crash or an interrupted stop.
     pub replayed: bool,
+    /// A card number or IBAN was masked out of it at intake.
+    pub payment_data_masked: bool,
 }
 
 impl Delivery {
@@ -41,6 +43,7 @@ impl Delivery {
             intake: None,
             message,
             replayed: false,
+            payment_data_masked: false,
         }
     }
 }
@@ -49,18 +52,32 @@ impl Delivery {
 #[derive(Clone)]
 pub struct Inbox {
     store: Option<Store>,
+    /// What `[privacy] redact` masks before a message is stored.
+    masking: Vec<crate::privacy::redact::Kind>,
 }
 
 impl Inbox {
     /// An inbox in the store: messages survive a crash.
     pub fn durable(store: Store) -> Self {
-        Self { store: Some(store) }
+        Self {
+            store: Some(store),
+            masking: Vec::new(),
+        }
+    }
+
+    /// Masks what `kinds` name in every message before it is stored.
+    pub fn with_masking(mut self, kinds: Vec<crate::privacy::redact::Kind>) -> Self {
+        self.masking = kinds;
+        self
     }
 
     /// No inbox: messages are passed on at once and lost with the process.
     /// For one person at a console, who sees what was answered.
     pub fn transient() -> Self {
-        Self { store: None }
+        Self {
+            store: None,
+            masking: Vec::new(),
+        }
     }
 
     /// The message's handling is over (answered, refused or dropped).
@@ -94,6 +111,7 @@ impl Inbox {
                 intake: Some(id),
                 message,
                 replayed: true,
+                payment_data_masked: false,
             })
             .collect())
     }
@@ -118,9 +136,20 @@ impl Inbox {
 
     /// Stores `messages`, flushes, and returns their deliveries; a message
     /// its platform delivered before is acknowledged but not delivered.
-    async fn take(&self, messages: Vec<Inbound>) -> anyhow::Result<Vec<Delivery>> {
+    async fn take(&self, mut messages: Vec<Inbound>) -> anyhow::Result<Vec<Delivery>> {
+        let masked: Vec<bool> = messages
+            .iter_mut()
+            .map(|message| crate::privacy::mask_inbound(message, &self.masking))
+            .collect();
         let Some(store) = &self.store else {
-            return Ok(messages.into_iter().map(Delivery::transient).collect());
+            return Ok(messages
+                .into_iter()
+                .zip(masked)
+                .map(|(message, masked)| Delivery {
+                    payment_data_masked: masked,
+                    ..Delivery::transient(message)
+                })
+                .collect());
         };
         let (ids, messages) = {
             let store = store.clone();
@@ -132,12 +161,13 @@ impl Inbox {
         store.flush().await?;
         Ok(ids
             .into_iter()
-            .zip(messages)
-            .filter_map(|(id, message)| match id {
+            .zip(messages.into_iter().zip(masked))
+            .filter_map(|(id, (message, masked))| match id {
                 Some(id) => Some(Delivery {
                     intake: Some(id),
                     message,
                     replayed: false,
+                    payment_data_masked: masked,
                 }),
                 None => {
                     tracing::info!(

@@ -24,6 +24,7 @@ pub mod models;
 pub mod moderation;
 pub mod operator;
 pub mod pipeline;
+pub mod privacy;
 pub mod prompts;
 pub mod recommend;
 pub mod route;

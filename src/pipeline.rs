@@ -94,6 +94,15 @@ impl Outbox for InReplyTo {
         }
         self.adapter.send(message).await
     }
+    async fn send_document(
+        &self,
+        mut document: concierge_adapter::Document,
+    ) -> Result<concierge_adapter::SentMessage, concierge_adapter::AdapterError> {
+        if document.reply_to.is_none() {
+            document.reply_to = self.reply_to.clone();
+        }
+        self.adapter.send_document(document).await
+    }
     async fn edit(
         &self,
         message: &concierge_adapter::SentMessage,

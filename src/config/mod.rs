@@ -54,9 +54,23 @@ pub struct Config {
     pub escalation: EscalationConfig,
     /// `[moderation]`: flood limits per sender.
     pub moderation: ModerationConfig,
+    /// `[privacy]`: retention, consent before storing, what is masked.
+    pub privacy: PrivacyConfig,
     /// Findings that do not stop the program (a `CONCIERGE_` variable that
     /// matches no key); logged at start, errors under `config check --strict`.
     pub warnings: Vec<ConfigIssue>,
+}
+
+/// `[privacy]`
+#[derive(Clone, Debug, PartialEq)]
+pub struct PrivacyConfig {
+    /// Messages and events older than this many days are deleted, and
+    /// tickets closed before then anonymised; 0 keeps everything.
+    pub retention_days: u32,
+    /// Nothing a customer writes is stored before they sent `/start`.
+    pub require_start: bool,
+    /// What is masked before it is stored, sent to the model or to agents.
+    pub redact: Vec<crate::privacy::redact::Kind>,
 }
 
 /// `[escalation]`

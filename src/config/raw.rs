@@ -310,6 +310,11 @@ raw_section!(RawModeration, "moderation" {
     queue_per_conversation: Number,
 });
 raw_section!(RawConsole, "console" { enabled: bool, user: String });
+raw_section!(RawPrivacy, "privacy" {
+    retention_days: Number,
+    require_start: bool,
+    redact: List,
+});
 raw_section!(RawLog, "log" { level: String, format: String });
 raw_section!(RawKnowledge, "knowledge" {
     paths: List,
@@ -422,6 +427,7 @@ raw_config!(
     telegram: RawTelegram,
     discord: RawDiscord,
     escalation: RawEscalation,
+    privacy: RawPrivacy,
 );
 
 /// The environment variable of `section.key`.

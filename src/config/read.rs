@@ -98,6 +98,19 @@ impl Reader<'_> {
             sla_check_secs: self.integer(&raw.escalation.sla_check_secs, 30, 1..=3600) as u64,
             agents: self.agents(&raw.escalation.agents),
         };
+        let privacy = PrivacyConfig {
+            retention_days: self.integer(&raw.privacy.retention_days, 0, 0..=36_500) as u32,
+            require_start: self.boolean(&raw.privacy.require_start, false),
+            redact: self
+                .choice_list(
+                    &raw.privacy.redact,
+                    &["card", "iban", "email", "phone"],
+                    &["card", "iban"],
+                )
+                .iter()
+                .filter_map(|name| crate::privacy::redact::Kind::parse(name))
+                .collect(),
+        };
         self.check_agent_spaces(&telegram, &discord, &escalation);
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&log.level) {
             self.issue("log.level", format!("not a valid filter: {err}"));
@@ -116,6 +129,7 @@ impl Reader<'_> {
             discord,
             escalation,
             moderation,
+            privacy,
             warnings: Vec::new(),
         }
     }

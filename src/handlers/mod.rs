@@ -46,6 +46,8 @@ pub struct Settings {
     pub auto_handoff_confidence: f32,
     /// Escalation probabilities the model is asked about (`None`: never).
     pub tiebreak: Option<crate::escalation::tiebreak::Band>,
+    /// `[privacy]`: what is masked, whether `/start` comes first.
+    pub privacy: crate::config::PrivacyConfig,
 }
 
 /// The user id interaction events of `customer` are stored under.

@@ -193,6 +193,7 @@ impl Store {
             }
         }
         let history = self.recent_messages(conversation_id, history_limit)?;
+        let sealed_by = self.conversation_key(conversation_id)?;
         let message = StoredMessage {
             v: RECORD_VERSION,
             ts_ms: now_ms(),
@@ -202,7 +203,7 @@ impl Store {
         };
         let mut key = prefix.to_vec();
         key.extend_from_slice(&self.next_id()?.to_be_bytes());
-        let record = Self::encode(&message);
+        let record = self.seal(sealed_by, &message)?;
         (&self.messages, &self.intake_messages)
             .transaction(|(messages, stored)| {
                 messages.insert(key.as_slice(), record.as_slice())?;
@@ -235,10 +236,25 @@ impl Store {
         };
         let mut key = conversation_id.to_be_bytes().to_vec();
         key.extend_from_slice(&self.next_id()?.to_be_bytes());
+        let record = self.seal(self.conversation_key(conversation_id)?, &message)?;
         self.messages
-            .insert(key, Self::encode(&message))
+            .insert(key, record)
             .map_err(|err| self.err(err))?;
         Ok(message)
+    }
+
+    /// A conversation by id.
+    pub fn conversation(&self, id: u64) -> Result<Option<Conversation>, StoreError> {
+        self.record(&self.conversations, TREE_CONVERSATIONS, &id.to_be_bytes())
+    }
+
+    /// The data key a conversation's messages are sealed with: its
+    /// customer's.
+    fn conversation_key(&self, conversation_id: u64) -> Result<KeyId, StoreError> {
+        let conversation = self
+            .conversation(conversation_id)?
+            .ok_or_else(|| StoreError::NotFound(format!("conversation {conversation_id}")))?;
+        Ok(KeyId::Customer(conversation.customer_id))
     }
 
     /// Messages of one conversation, oldest first.

@@ -17,6 +17,20 @@ pub struct Customer {
     pub locale: Option<Locale>,
     /// A display name from the platform, if any.
     pub display_name: Option<String>,
+    /// Data keys of customers joined into this one by `/link`: their
+    /// messages stay sealed under them, and erasure destroys them too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inherited_keys: Vec<u64>,
+}
+
+impl Customer {
+    /// Every data key this customer's records are sealed with.
+    pub fn data_keys(&self) -> Vec<KeyId> {
+        std::iter::once(self.id)
+            .chain(self.inherited_keys.iter().copied())
+            .map(KeyId::Customer)
+            .collect()
+    }
 }
 
 impl Store {
@@ -66,9 +80,10 @@ impl Store {
             registered: false,
             locale: None,
             display_name: display_name.map(str::to_string),
+            inherited_keys: Vec::new(),
         };
         let key = Self::identity_key(platform, user_id);
-        let customer_bytes = Self::encode(&customer);
+        let customer_bytes = self.seal(KeyId::Customer(customer.id), &customer)?;
         let result = (&self.customers, &self.identities).transaction(|(customers, identities)| {
             if let Some(existing) = identities.get(&key)? {
                 return Ok(Some(existing));
@@ -88,8 +103,9 @@ impl Store {
 
     /// Saves a changed customer profile.
     pub fn update_customer(&self, customer: &Customer) -> Result<(), StoreError> {
+        let record = self.seal(KeyId::Customer(customer.id), customer)?;
         self.customers
-            .insert(customer.id.to_be_bytes(), Self::encode(customer))
+            .insert(customer.id.to_be_bytes(), record)
             .map_err(|err| self.err(err))?;
         Ok(())
     }

@@ -40,12 +40,14 @@ impl Store {
         messages: &[concierge_adapter::Inbound],
     ) -> Result<Vec<Option<IntakeId>>, StoreError> {
         let mut records = Vec::with_capacity(messages.len());
+        let _sealing = self.lock_inbox_sealing();
+        let key = self.inbox_key()?;
         for message in messages {
             let record = InboxRecordRef {
                 v: RECORD_VERSION,
                 message,
             };
-            records.push((self.next_id()?, seen_key(message), Self::encode(&record)));
+            records.push((self.next_id()?, seen_key(message), self.seal(key, &record)?));
         }
         let taken_at = now_ms().to_be_bytes();
         (&self.inbox, &self.intake_seen)
@@ -93,7 +95,7 @@ impl Store {
             let Some(id) = decode_u64(&key) else {
                 continue;
             };
-            match serde_json::from_slice::<InboxRecord>(&bytes) {
+            match self.decode::<InboxRecord>(TREE_INBOX, &bytes) {
                 Ok(record) => pending.push((IntakeId(id), record.message)),
                 Err(err) => tracing::warn!(
                     intake = id,
@@ -114,6 +116,52 @@ impl Store {
                 Ok(())
             })
             .map_err(|err| self.transaction_error(err))
+    }
+
+    fn lock_inbox_sealing(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inbox_sealing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The key new inbox records are sealed with.
+    pub(super) fn inbox_key(&self) -> Result<KeyId, StoreError> {
+        let generation = self
+            .meta
+            .get(KEY_INBOX_KEY)
+            .map_err(|err| self.err(err))?
+            .and_then(|bytes| decode_u64(&bytes))
+            .unwrap_or(1);
+        Ok(KeyId::Inbox(generation))
+    }
+
+    /// Seals the inbox under a new key and destroys the old ones, so that no
+    /// copy of a message that passed through it (sled keeps old segments for
+    /// a while) can be read any more. Records are resealed in place first.
+    pub fn rotate_inbox_key(&self) -> Result<(), StoreError> {
+        let _sealing = self.lock_inbox_sealing();
+        let KeyId::Inbox(old) = self.inbox_key()? else {
+            return Ok(());
+        };
+        let next = KeyId::Inbox(old + 1);
+        self.keys.ensure(next)?;
+        let mut batch = sled::Batch::default();
+        for entry in self.inbox.iter() {
+            let (key, bytes) = entry.map_err(|err| self.err(err))?;
+            let record: serde_json::Value = self.decode(TREE_INBOX, &bytes)?;
+            batch.insert(key, self.seal(next, &record)?);
+        }
+        self.inbox.apply_batch(batch).map_err(|err| self.err(err))?;
+        self.meta
+            .insert(KEY_INBOX_KEY, &(old + 1).to_be_bytes())
+            .map_err(|err| self.err(err))?;
+        self.db.flush().map_err(|err| self.err(err))?;
+        for id in self.keys.list()? {
+            if matches!(id, KeyId::Inbox(generation) if generation <= old) {
+                self.keys.destroy(id)?;
+            }
+        }
+        Ok(())
     }
 
     /// Messages in the inbox now.

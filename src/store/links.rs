@@ -12,6 +12,8 @@ struct JoinPlan {
     tickets: Vec<MovedTicket>,
     old_events: Vec<Vec<u8>>,
     new_events: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The joined customer, holding the data keys of both.
+    into_record: Vec<u8>,
 }
 
 /// A conversation that follows its customer into another.
@@ -214,6 +216,7 @@ impl Store {
                         events.insert(key.as_slice(), record.as_slice())?;
                     }
                     customers.remove(&from.to_be_bytes())?;
+                    customers.insert(&into_bytes, plan.into_record.as_slice())?;
                     Ok(())
                 },
             );
@@ -232,6 +235,20 @@ impl Store {
     /// before the transaction (sled's transactions cannot scan).
     fn plan_join(&self, from: u64, into: u64) -> Result<JoinPlan, StoreError> {
         let mut plan = JoinPlan::default();
+        let (Some(from_customer), Some(mut into_customer)) =
+            (self.customer(from)?, self.customer(into)?)
+        else {
+            return Err(StoreError::NotFound(format!("customer {from} or {into}")));
+        };
+        // `from`'s messages stay sealed under its keys, which `into` now holds.
+        for key in from_customer.data_keys() {
+            if let KeyId::Customer(id) = key {
+                if !into_customer.inherited_keys.contains(&id) {
+                    into_customer.inherited_keys.push(id);
+                }
+            }
+        }
+        plan.into_record = self.seal(KeyId::Customer(into), &into_customer)?;
         // Every identity of `from` moves, so no identity points at a removed customer.
         for entry in self.identities.iter() {
             let (key, value) = entry.map_err(|err| self.err(err))?;
@@ -274,7 +291,7 @@ impl Store {
                 .then(|| Self::active_ticket_key(&ticket.platform, &ticket.chat_id, into));
             plan.tickets.push(MovedTicket {
                 id,
-                record: Self::encode(&ticket),
+                record: self.encode_ticket(&ticket)?,
                 old_active,
                 new_active,
                 old_index: key.to_vec(),

@@ -11,8 +11,10 @@ mod conversations;
 mod customers;
 mod events;
 mod inbox;
+mod keyring;
 mod knowledge;
 mod links;
+mod privacy;
 #[cfg(test)]
 pub(crate) mod tests;
 mod tickets;
@@ -22,8 +24,13 @@ pub use conversations::{Conversation, CustomerTurn, Replayed, Role, SourceRef, S
 pub use customers::Customer;
 pub use events::{Event, EventKind};
 pub use inbox::IntakeId;
+pub use keyring::{KeyId, Keyring};
 pub use knowledge::{KbDoc, KbKind, KbPassage};
 pub use links::{LinkCode, LinkOutcome};
+pub use privacy::{
+    export_file_prefix, AuditAction, AuditEntry, CustomerExport, CustomerSummary, Erasure,
+    ExportIdentity, Sweep,
+};
 pub use tickets::{
     AgentPost, Priority, Ticket, TicketState, TranscriptLine, TranscriptRole, Transition,
 };
@@ -66,7 +73,11 @@ const TREE_INBOX: &str = "inbox";
 const TREE_INTAKE_SEEN: &str = "intake_seen";
 /// Intake id -> key of the customer message stored for it, until its handling ends.
 const TREE_INTAKE_MESSAGES: &str = "intake_messages";
+/// Erasures and exports: who, when, which customer; never content.
+const TREE_AUDIT: &str = "audit";
 const KEY_TICKET_COUNTER: &[u8] = b"ticket_counter";
+/// The generation of the key the inbox is sealed with.
+const KEY_INBOX_KEY: &[u8] = b"inbox_key_generation";
 const KEY_KB_GENERATION: &[u8] = b"kb_generation";
 const KEY_SCHEMA: &[u8] = b"schema_version";
 /// A file beside the database that records that it was initialised. sled
@@ -139,6 +150,12 @@ pub struct Store {
     inbox: sled::Tree,
     intake_seen: sled::Tree,
     intake_messages: sled::Tree,
+    audit: sled::Tree,
+    /// The data keys customers' records are sealed with.
+    keys: Keyring,
+    /// Held from choosing the inbox key to writing with it, and while it
+    /// rotates: nothing is sealed under a key that is being destroyed.
+    inbox_sealing: std::sync::Arc<std::sync::Mutex<()>>,
     /// Held while a ticket is read, changed and written back, by every
     /// clone: two changes at once never overwrite each other.
     ticket_writes: std::sync::Arc<std::sync::Mutex<()>>,
@@ -188,13 +205,17 @@ impl Store {
             inbox: db.open_tree(TREE_INBOX).map_err(map)?,
             intake_seen: db.open_tree(TREE_INTAKE_SEEN).map_err(map)?,
             intake_messages: db.open_tree(TREE_INTAKE_MESSAGES).map_err(map)?,
+            audit: db.open_tree(TREE_AUDIT).map_err(map)?,
+            keys: Keyring::open(&data_dir.join("keys"))?,
             ticket_writes: Default::default(),
+            inbox_sealing: Default::default(),
             flushes: Default::default(),
             meta: db.open_tree(TREE_META).map_err(map)?,
             path,
             db,
         };
         store.migrate(&marker)?;
+        store.destroy_orphan_keys()?;
         Ok(store)
     }
 
@@ -258,8 +279,23 @@ impl Store {
         Ok(())
     }
 
+    /// Where the data directory is (the parent of the database).
+    pub fn data_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(&self.path)
+    }
+
+    /// A record's JSON, opened with its data key when it is sealed.
     fn decode<T: DeserializeOwned>(&self, tree: &str, bytes: &[u8]) -> Result<T, StoreError> {
-        serde_json::from_slice(bytes).map_err(|err| StoreError::Corrupt {
+        let Some(plain) = self.keys.open_record(bytes)? else {
+            return Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                detail: format!(
+                    "a record in {tree} is sealed with a data key that is missing from {} (restore keys/ together with store/ from the same backup)",
+                    self.keys.dir().display()
+                ),
+            });
+        };
+        serde_json::from_slice(&plain).map_err(|err| StoreError::Corrupt {
             path: self.path.clone(),
             detail: format!("undecodable record in {tree}: {err}"),
         })
@@ -295,6 +331,11 @@ impl Store {
     fn encode<T: Serialize>(value: &T) -> Vec<u8> {
         // Serialising plain structs of strings and numbers cannot fail.
         serde_json::to_vec(value).unwrap_or_default()
+    }
+
+    /// A record sealed under `key`.
+    fn seal<T: Serialize>(&self, key: KeyId, value: &T) -> Result<Vec<u8>, StoreError> {
+        self.keys.seal(key, &Self::encode(value))
     }
 
     fn next_id(&self) -> Result<u64, StoreError> {

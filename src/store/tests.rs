@@ -136,7 +136,7 @@ fn a_store_from_a_newer_build_is_refused() {
     }
 }
 
-fn plain_ticket(id: u64, customer_id: u64) -> Ticket {
+pub(crate) fn plain_ticket(id: u64, customer_id: u64) -> Ticket {
     Ticket {
         v: RECORD_VERSION,
         id,
@@ -322,7 +322,7 @@ fn a_link_code_joins_identities_once_and_moves_conversations_and_events() {
     );
 }
 
-fn inbound(text: &str) -> concierge_adapter::Inbound {
+pub(crate) fn inbound(text: &str) -> concierge_adapter::Inbound {
     concierge_adapter::Inbound {
         conversation: concierge_adapter::ConversationRef {
             platform: "telegram".into(),

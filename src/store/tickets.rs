@@ -209,7 +209,63 @@ pub struct Ticket {
     pub rating: Option<u8>,
 }
 
+/// A ticket as stored: what the customer and the agents wrote (summary and
+/// transcript) sealed under the customer's data key, the rest in the clear
+/// for reporting. An anonymised ticket has nothing sealed.
+#[derive(Serialize, Deserialize)]
+struct StoredTicket {
+    #[serde(flatten)]
+    ticket: Ticket,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed: Option<String>,
+}
+
+/// The sealed part of a ticket.
+#[derive(Serialize, Deserialize)]
+struct TicketText {
+    summary: String,
+    transcript: Vec<TranscriptLine>,
+}
+
 impl Store {
+    /// A ticket's record, its text sealed under its customer's key.
+    pub(super) fn encode_ticket(&self, ticket: &Ticket) -> Result<Vec<u8>, StoreError> {
+        use base64::Engine;
+        let mut clear = ticket.clone();
+        let text = TicketText {
+            summary: std::mem::take(&mut clear.summary),
+            transcript: std::mem::take(&mut clear.transcript),
+        };
+        let sealed = if text.summary.is_empty() && text.transcript.is_empty() {
+            None
+        } else {
+            let sealed = self.seal(KeyId::Customer(ticket.customer_id), &text)?;
+            Some(base64::engine::general_purpose::STANDARD.encode(sealed))
+        };
+        Ok(Self::encode(&StoredTicket {
+            ticket: clear,
+            sealed,
+        }))
+    }
+
+    fn decode_ticket(&self, bytes: &[u8]) -> Result<Ticket, StoreError> {
+        use base64::Engine;
+        let stored: StoredTicket = self.decode(TREE_TICKETS, bytes)?;
+        let mut ticket = stored.ticket;
+        if let Some(sealed) = stored.sealed {
+            let sealed = base64::engine::general_purpose::STANDARD
+                .decode(sealed)
+                .map_err(|err| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!("ticket {} has a damaged sealed part: {err}", ticket.id),
+                })?;
+            let text: TicketText = self.decode(TREE_TICKETS, &sealed)?;
+            ticket.summary = text.summary;
+            ticket.transcript = text.transcript;
+        }
+        Ok(ticket)
+    }
+
     /// Schema 2: the index of each customer's tickets, from the tickets.
     pub(super) fn index_customer_tickets(&self) -> Result<(), StoreError> {
         for ticket in self.tickets()? {
@@ -249,7 +305,7 @@ impl Store {
         let chat_key =
             Self::active_ticket_key(&ticket.platform, &ticket.chat_id, ticket.customer_id);
         let id = ticket.id.to_be_bytes();
-        let record = Self::encode(ticket);
+        let record = self.encode_ticket(ticket)?;
         let active = ticket.state.with_agents();
         let customer_key = Self::customer_ticket_key(ticket.customer_id, ticket.id);
         (&self.tickets, &self.active_tickets, &self.customer_tickets)
@@ -303,12 +359,25 @@ impl Store {
 
     /// A ticket by number.
     pub fn ticket(&self, id: u64) -> Result<Option<Ticket>, StoreError> {
-        self.record(&self.tickets, TREE_TICKETS, &id.to_be_bytes())
+        match self
+            .tickets
+            .get(id.to_be_bytes())
+            .map_err(|err| self.err(err))?
+        {
+            Some(bytes) => self.decode_ticket(&bytes).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Every ticket, oldest first.
     pub fn tickets(&self) -> Result<Vec<Ticket>, StoreError> {
-        self.records(&self.tickets, TREE_TICKETS)
+        self.tickets
+            .iter()
+            .map(|entry| {
+                let (_, bytes) = entry.map_err(|err| self.err(err))?;
+                self.decode_ticket(&bytes)
+            })
+            .collect()
     }
 
     /// The ticket write lock: hold it from reading a ticket to writing it

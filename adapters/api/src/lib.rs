@@ -131,6 +131,21 @@ impl Outbound {
     }
 }
 
+/// A file the bot sends (a customer's data export).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Document {
+    /// Where to send it.
+    pub conversation: ConversationRef,
+    /// The file's name as the customer sees it.
+    pub file_name: String,
+    /// Its content.
+    pub bytes: Vec<u8>,
+    /// Text shown with it.
+    pub caption: String,
+    /// The `Inbound::message_id` this answers, where the channel threads replies.
+    pub reply_to: Option<String>,
+}
+
 /// A message the platform accepted, so it can be edited later.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SentMessage {
@@ -337,6 +352,13 @@ pub trait Outbox: Send + Sync + 'static {
 
     /// Sends one complete message (at most `max_message_chars`).
     async fn send(&self, message: Outbound) -> Result<SentMessage, AdapterError>;
+
+    /// Sends a file with a caption. Channels without files (the console)
+    /// answer `Unsupported`, and the core writes the file where the
+    /// operator's machine keeps it instead.
+    async fn send_document(&self, _document: Document) -> Result<SentMessage, AdapterError> {
+        Err(AdapterError::Unsupported("files"))
+    }
 
     /// Opens a thread (or topic) under `parent` named `name`, posts `first`
     /// there, and returns the thread as a conversation to send into.

@@ -18,12 +18,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use concierge_adapter::{
     redact, split_message, AdapterError, Capabilities, ChatPacer, Choice, ChoiceKeys, CommandSpec,
-    ConversationRef, EditPacing, InboundSink, Intake, Outbound, Outbox, SentMessage,
+    ConversationRef, Document, EditPacing, InboundSink, Intake, Outbound, Outbox, SentMessage,
 };
 use serenity::all::{
     ButtonStyle, ChannelId, ChannelType, ClientBuilder, CommandInteraction, CreateActionRow,
-    CreateAllowedMentions, CreateButton, CreateMessage, CreateThread, EditInteractionResponse,
-    EditMessage, GatewayIntents, Http, HttpBuilder, MessageId,
+    CreateAllowedMentions, CreateAttachment, CreateButton, CreateMessage, CreateThread,
+    EditInteractionResponse, EditMessage, GatewayIntents, Http, HttpBuilder, MessageId,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -418,6 +418,41 @@ impl Outbox for DiscordAdapter {
             });
         }
         sent.ok_or(AdapterError::Platform("nothing to send".into()))
+    }
+
+    async fn send_document(&self, document: Document) -> Result<SentMessage, AdapterError> {
+        let channel = channel_id(&document.conversation)?;
+        let caption: String = document.caption.chars().take(MAX_MESSAGE_CHARS).collect();
+        let attachment = CreateAttachment::bytes(document.bytes, document.file_name);
+        let inner = &self.inner;
+        let id = if let Some(interaction) = inner.take_pending_command(document.reply_to.as_deref())
+        {
+            let builder = EditInteractionResponse::new()
+                .content(caption)
+                .new_attachment(attachment)
+                .allowed_mentions(no_pings());
+            inner
+                .with_retry("edit interaction response", || {
+                    interaction.edit_response(inner.http.as_ref(), builder.clone())
+                })
+                .await?
+                .id
+        } else {
+            let builder = CreateMessage::new()
+                .content(caption)
+                .add_file(attachment)
+                .allowed_mentions(no_pings());
+            inner
+                .with_retry("create message", || {
+                    channel.send_message(inner.http.as_ref(), builder.clone())
+                })
+                .await?
+                .id
+        };
+        Ok(SentMessage {
+            conversation: document.conversation,
+            message_id: id.get().to_string(),
+        })
     }
 
     async fn edit(&self, message: &SentMessage, text: &str) -> Result<(), AdapterError> {

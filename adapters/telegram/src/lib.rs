@@ -23,11 +23,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use concierge_adapter::{
     redact, split_message, AdapterError, Capabilities, ChatPacer, Choice, ChoiceKeys, CommandSpec,
-    ConversationRef, EditPacing, InboundSink, Intake, Outbound, Outbox, SentMessage,
+    ConversationRef, Document, EditPacing, InboundSink, Intake, Outbound, Outbox, SentMessage,
 };
 use teloxide::payloads::{
-    GetUpdatesSetters, SendChatActionSetters, SendMessageSetters, SetMyCommandsSetters,
-    SetWebhookSetters,
+    GetUpdatesSetters, SendChatActionSetters, SendDocumentSetters, SendMessageSetters,
+    SetMyCommandsSetters, SetWebhookSetters,
 };
 use teloxide::requests::{Output, Request, Requester};
 use teloxide::types::{
@@ -590,6 +590,25 @@ impl Outbox for TelegramAdapter {
             });
         }
         sent.ok_or(AdapterError::Platform("nothing to send".into()))
+    }
+
+    async fn send_document(&self, document: Document) -> Result<SentMessage, AdapterError> {
+        let inner = &self.inner;
+        let (chat, topic) = chat_target(&document.conversation)?;
+        let file = teloxide::types::InputFile::memory(document.bytes).file_name(document.file_name);
+        let mut request = inner.bot.send_document(chat, file);
+        if !document.caption.is_empty() {
+            // A caption holds at most 1,024 characters.
+            request = request.caption(document.caption.chars().take(1024).collect::<String>());
+        }
+        if let Some(topic) = topic {
+            request = request.message_thread_id(topic);
+        }
+        let reply = inner.call("sendDocument", request).await?;
+        Ok(SentMessage {
+            conversation: document.conversation,
+            message_id: reply.id.0.to_string(),
+        })
     }
 
     async fn edit(&self, message: &SentMessage, text: &str) -> Result<(), AdapterError> {

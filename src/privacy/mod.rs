@@ -1,0 +1,149 @@
+//! Customers' data rights while Concierge runs: payment data masked at
+//! intake (`redact`), logs masked (`log`), exports written as files, the
+//! retention sweep on a timer, and the one place the audit log is written
+//! from. The store does the erasing itself (`store::privacy`).
+
+pub mod log;
+pub mod redact;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use concierge_adapter::{Inbound, InboundContent};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::PrivacyConfig;
+use crate::store::{AuditAction, AuditEntry, CustomerExport, Store};
+
+/// How often `serve` sweeps by `retention_days`.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// Masks what `[privacy] redact` names in a customer's message, before it
+/// is stored anywhere. Returns whether payment data (a card or an IBAN) was
+/// masked.
+pub fn mask_inbound(message: &mut Inbound, kinds: &[redact::Kind]) -> bool {
+    let InboundContent::Text(text) = &mut message.content else {
+        return false;
+    };
+    let (masked, found) = redact::mask_text(text, kinds);
+    if found.is_empty() {
+        return false;
+    }
+    *text = masked;
+    found
+        .iter()
+        .any(|kind| matches!(kind, redact::Kind::Card | redact::Kind::Iban))
+}
+
+/// The JSON of an export, as the customer downloads it.
+pub fn export_json(export: &CustomerExport) -> Vec<u8> {
+    let mut json = serde_json::to_vec_pretty(export).unwrap_or_default();
+    json.push(b'\n');
+    json
+}
+
+/// The file name of an export; erasure removes files by its prefix.
+pub fn export_file_name(export: &CustomerExport) -> String {
+    format!(
+        "{}{}.json",
+        crate::store::export_file_prefix(export.profile.id),
+        export.exported_ms
+    )
+}
+
+/// Writes an export under `<data_dir>/exports/` (owner-only where the
+/// system allows) and returns its path.
+pub fn write_export(data_dir: &Path, export: &CustomerExport) -> std::io::Result<PathBuf> {
+    let dir = data_dir.join("exports");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(export_file_name(export));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&path)?;
+    std::io::Write::write_all(&mut file, &export_json(export))?;
+    file.sync_all()?;
+    Ok(path)
+}
+
+/// Records an export or erasure in the audit log; a failure is logged, the
+/// action itself already happened.
+pub fn audit(
+    store: &Store,
+    action: AuditAction,
+    actor: &str,
+    customer_id: u64,
+    account: Option<(&str, &str)>,
+    detail: String,
+) {
+    let entry = AuditEntry {
+        v: crate::store::RECORD_VERSION,
+        ts_ms: crate::store::now_ms(),
+        action,
+        actor: actor.to_string(),
+        customer_id: Some(customer_id),
+        platform: account.map(|(platform, _)| platform.to_string()),
+        user: account.map(|(_, user)| user.to_string()),
+        detail,
+    };
+    if let Err(err) = store.audit(entry) {
+        tracing::error!(
+            customer = customer_id,
+            "could not write the audit log: {err}"
+        );
+    }
+}
+
+/// One retention sweep by `retention_days` (nothing when it is 0), audited.
+pub fn sweep_once(
+    store: &Store,
+    config: &PrivacyConfig,
+) -> Result<Option<crate::store::Sweep>, crate::store::StoreError> {
+    if config.retention_days == 0 {
+        return Ok(None);
+    }
+    let days = u64::from(config.retention_days);
+    let cutoff = crate::store::now_ms().saturating_sub(days * 86_400_000);
+    let sweep = store.sweep_retention(cutoff)?;
+    let entry = AuditEntry {
+        v: crate::store::RECORD_VERSION,
+        ts_ms: crate::store::now_ms(),
+        action: AuditAction::RetentionSweep,
+        actor: "retention".into(),
+        customer_id: None,
+        platform: None,
+        user: None,
+        detail: format!(
+            "{} messages, {} events, {} tickets anonymised (older than {days} days)",
+            sweep.messages, sweep.events, sweep.tickets_anonymised
+        ),
+    };
+    store.audit(entry)?;
+    Ok(Some(sweep))
+}
+
+/// Sweeps at start and then hourly until `stop`, when `retention_days` is set.
+pub async fn run_sweeps(store: Store, config: PrivacyConfig, stop: CancellationToken) {
+    if config.retention_days == 0 {
+        return;
+    }
+    loop {
+        let (store_now, config_now) = (store.clone(), config.clone());
+        match tokio::task::spawn_blocking(move || sweep_once(&store_now, &config_now)).await {
+            Ok(Ok(Some(sweep))) => tracing::info!(
+                messages = sweep.messages,
+                events = sweep.events,
+                tickets_anonymised = sweep.tickets_anonymised,
+                "retention sweep done"
+            ),
+            Ok(Ok(None)) => {}
+            Ok(Err(err)) => tracing::error!("the retention sweep failed: {err}"),
+            Err(err) => tracing::error!("the retention sweep task failed: {err}"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(SWEEP_INTERVAL) => {}
+        }
+    }
+}
