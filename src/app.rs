@@ -548,6 +548,7 @@ fn start_operator_api(
         store: store.clone(),
         token: config.operator.token.clone(),
         desk: Arc::clone(desk),
+        privacy: config.privacy.clone(),
     };
     tokio::spawn(operator::serve(listener, state, async move {
         stop.cancelled().await
@@ -643,6 +644,11 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
             intake_stop.clone(),
         ))
     });
+    let retention = tokio::spawn(crate::privacy::run_sweeps(
+        store.clone(),
+        config.privacy.clone(),
+        intake_stop.clone(),
+    ));
     let refit = tokio::spawn(refit_periodically(
         config.clone(),
         store.clone(),
@@ -701,6 +707,7 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
     // Whatever was taken but not handled stays in the inbox for the next start.
     intake_task.abort();
     refit.abort();
+    retention.abort();
     if let Some(task) = sla_watch {
         task.abort();
     }

@@ -1,6 +1,7 @@
 //! The ids of the buttons the bot puts under its messages, written and read
 //! back in one place: `rate:<ticket>:<stars>` under a resolved ticket, and
-//! `rec:<like|dislike|details>:<item>` under a recommended item.
+//! `rec:<like|dislike|details>:<item>` under a recommended item, and
+//! `forget:<yes|no>:<customer>` under the question `/forget` asks.
 
 use crate::escalation::ticket::{display_id, parse_id};
 
@@ -13,6 +14,13 @@ pub enum Button {
         ticket: u64,
         /// 1-5.
         stars: u8,
+    },
+    /// The answer to `/forget`'s question, for one customer.
+    Forget {
+        /// The customer who asked (only they may answer).
+        customer: u64,
+        /// Erase (`yes`) or keep (`no`).
+        erase: bool,
     },
     /// A reaction to a recommended catalog item.
     Item {
@@ -50,6 +58,9 @@ impl Button {
         match self {
             Self::Rate { ticket, stars } => format!("rate:{}:{stars}", display_id(*ticket)),
             Self::Item { action, item } => format!("rec:{}:{item}", action.name()),
+            Self::Forget { customer, erase } => {
+                format!("forget:{}:{customer}", if *erase { "yes" } else { "no" })
+            }
         }
     }
 
@@ -64,6 +75,18 @@ impl Button {
                 Some(Self::Rate {
                     ticket: parse_id(ticket)?,
                     stars,
+                })
+            }
+            "forget" => {
+                let (answer, customer) = rest.split_once(':')?;
+                let erase = match answer {
+                    "yes" => true,
+                    "no" => false,
+                    _ => return None,
+                };
+                Some(Self::Forget {
+                    customer: customer.parse().ok()?,
+                    erase,
                 })
             }
             "rec" => {
@@ -103,6 +126,14 @@ mod tests {
                 action: ItemAction::Details,
                 item: "a:b".into(),
             },
+            Button::Forget {
+                customer: 7,
+                erase: true,
+            },
+            Button::Forget {
+                customer: 7,
+                erase: false,
+            },
         ];
         for button in buttons {
             assert_eq!(
@@ -126,6 +157,8 @@ mod tests {
             "rate:nonsense:3",
             "rec:buy:tent",
             "rec:like:",
+            "forget:maybe:7",
+            "forget:yes:x",
             "other:x",
             "",
         ] {

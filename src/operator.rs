@@ -1,6 +1,8 @@
 //! The operator HTTP API that `serve` starts: `GET /healthz` (readiness) and
 //! `GET /metrics` (Prometheus) open to the local network, and every other route
-//! behind `Authorization: Bearer <operator.token>`.
+//! behind `Authorization: Bearer <operator.token>`: history, events, tickets,
+//! and customers' data rights (`/v1/customers…`, `/v1/audit`,
+//! `/v1/privacy/sweep`).
 //!
 //! Architecture invariant: handlers read shared state (`Health`, `Store`);
 //! they never block the runtime on the store's disk I/O for long.
@@ -8,6 +10,7 @@
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
+use axum::extract::Path;
 use axum::extract::{Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -35,6 +38,8 @@ pub struct OperatorState {
     pub token: Option<Secret>,
     /// The pipeline agents act through, once the engine is loaded.
     pub desk: Arc<OnceLock<Arc<Pipeline>>>,
+    /// `[privacy]`, for sweeps on request.
+    pub privacy: crate::config::PrivacyConfig,
 }
 
 /// The API's routes.
@@ -45,6 +50,17 @@ pub fn router(state: OperatorState) -> Router {
         .route("/v1/tickets", get(tickets))
         .route("/v1/tickets/{id}", get(ticket))
         .route("/v1/tickets/{id}/{action}", post(ticket_action))
+        .route("/v1/customers", get(customers))
+        .route(
+            "/v1/customers/{platform}/{user}",
+            get(customer).delete(forget_customer),
+        )
+        .route(
+            "/v1/customers/{platform}/{user}/export",
+            get(export_customer),
+        )
+        .route("/v1/audit", get(audit_log))
+        .route("/v1/privacy/sweep", post(sweep))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
@@ -223,6 +239,75 @@ async fn history(
         Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "history task failed"),
     }
+}
+
+/// Runs a store task off the runtime and answers with its JSON, 404 for
+/// what does not exist.
+async fn store_json<T: serde::Serialize + Send + 'static>(
+    store: &Store,
+    task: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Response {
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || task(&store)).await {
+        Ok(Ok(value)) => Json(value).into_response(),
+        Ok(Err(StoreError::NotFound(what))) => {
+            error(StatusCode::NOT_FOUND, format!("{what} not found"))
+        }
+        Ok(Err(err)) => error(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "store task failed"),
+    }
+}
+
+/// `GET /v1/customers`: every customer, with their accounts and counts.
+async fn customers(State(state): State<OperatorState>) -> Response {
+    store_json(&state.store, |store| store.customer_summaries()).await
+}
+
+/// `GET /v1/customers/{platform}/{user}`.
+async fn customer(
+    State(state): State<OperatorState>,
+    Path((platform, user)): Path<(String, String)>,
+) -> Response {
+    store_json(&state.store, move |store| {
+        crate::privacy::show_customer(store, &platform, &user)
+    })
+    .await
+}
+
+/// `GET /v1/customers/{platform}/{user}/export`: everything stored about them.
+async fn export_customer(
+    State(state): State<OperatorState>,
+    Path((platform, user)): Path<(String, String)>,
+) -> Response {
+    store_json(&state.store, move |store| {
+        crate::privacy::export_for_operator(store, &platform, &user, crate::privacy::OPERATOR_API)
+    })
+    .await
+}
+
+/// `DELETE /v1/customers/{platform}/{user}`: erases them.
+async fn forget_customer(
+    State(state): State<OperatorState>,
+    Path((platform, user)): Path<(String, String)>,
+) -> Response {
+    store_json(&state.store, move |store| {
+        crate::privacy::forget_for_operator(store, &platform, &user, crate::privacy::OPERATOR_API)
+    })
+    .await
+}
+
+/// `GET /v1/audit`: exports, erasures and sweeps, oldest first.
+async fn audit_log(State(state): State<OperatorState>) -> Response {
+    store_json(&state.store, |store| store.audit_log()).await
+}
+
+/// `POST /v1/privacy/sweep`: one retention sweep now.
+async fn sweep(State(state): State<OperatorState>) -> Response {
+    let config = state.privacy.clone();
+    store_json(&state.store, move |store| {
+        crate::privacy::sweep_report(store, &config)
+    })
+    .await
 }
 
 #[cfg(test)]

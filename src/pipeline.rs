@@ -23,7 +23,7 @@ use crate::recommend::ranker::SharedRanker;
 use crate::route::{self, Message, Route};
 use crate::store::{Customer, Event, EventKind, IntakeId, Store};
 use crate::telemetry;
-use crate::understand::{understand, Understood};
+use crate::understand::{understand, Command, Understood};
 
 pub use crate::handlers::event_user;
 /// What the ticket handlers use (`Pipeline::tickets`).
@@ -236,7 +236,14 @@ impl Pipeline {
             adapter,
             reply_to: inbound.message_id.clone(),
         };
-        let result = self.handle_with(inbound, delivery.intake, &adapter).await;
+        let result = self
+            .handle_with(
+                inbound,
+                delivery.intake,
+                delivery.payment_data_masked,
+                &adapter,
+            )
+            .await;
         if self.is_stopping() {
             return false;
         }
@@ -259,6 +266,7 @@ impl Pipeline {
         &self,
         inbound: &Inbound,
         intake: Option<IntakeId>,
+        payment_data_masked: bool,
         adapter: &dyn Outbox,
     ) -> anyhow::Result<()> {
         let started = Instant::now();
@@ -286,6 +294,16 @@ impl Pipeline {
         if text.is_empty() {
             return Ok(());
         }
+        // Masked at intake already; again here for messages no inbox took.
+        let (text, masked) =
+            crate::privacy::redact::mask_text(&text, &self.settings.privacy.redact);
+        let payment_data_masked = payment_data_masked
+            || masked.iter().any(|kind| {
+                matches!(
+                    kind,
+                    crate::privacy::redact::Kind::Card | crate::privacy::redact::Kind::Iban
+                )
+            });
         let mut understood = understand(
             text,
             was_cut,
@@ -303,7 +321,7 @@ impl Pipeline {
         // Agents are no customers: nothing of them is looked up or stored.
         let mut customer = None;
         if !state.agents_space {
-            let found = self
+            let mut found = self
                 .customer_of(&inbound.sender, understood.language)
                 .await?;
             if self.escalation.is_some() {
@@ -315,6 +333,11 @@ impl Pipeline {
                         found.id,
                     )?
                     .map(|ticket| ticket.id);
+            }
+            if payment_data_masked && !state.agents_space {
+                found = self
+                    .warn_about_payment_data(found, inbound, adapter)
+                    .await?;
             }
             customer = Some(found);
         }
@@ -348,6 +371,7 @@ impl Pipeline {
         let display_name = sender
             .display_name
             .as_deref()
+            .filter(|_| !self.settings.privacy.require_start)
             .and_then(crate::sanitize::display_name);
         let mut customer = tokio::task::spawn_blocking(move || {
             store.customer_for_identity(&platform, &user_id, display_name.as_deref())
@@ -359,6 +383,27 @@ impl Pipeline {
             customer.locale = Some(locale);
             self.store.update_customer(&customer)?;
         }
+        Ok(customer)
+    }
+
+    /// Tells a customer once not to send card or bank details, after some
+    /// were masked out of their message.
+    async fn warn_about_payment_data(
+        &self,
+        mut customer: Customer,
+        inbound: &Inbound,
+        adapter: &dyn Outbox,
+    ) -> anyhow::Result<Customer> {
+        if customer.warned_payment_data {
+            return Ok(customer);
+        }
+        let locale = customer.locale.unwrap_or(self.settings.default_locale);
+        let warning = self.prompts.text(locale, Template::PaymentDataWarning);
+        adapter
+            .send(Outbound::text(inbound.conversation.clone(), warning.trim()))
+            .await?;
+        customer.warned_payment_data = true;
+        self.store.update_customer(&customer)?;
         Ok(customer)
     }
 
@@ -379,6 +424,21 @@ impl Pipeline {
         let text = understood.text.as_str();
         let locale = customer.locale.unwrap_or(self.settings.default_locale);
         let platform = &inbound.conversation.platform;
+        if self.settings.privacy.require_start
+            && !customer.registered
+            && !matches!(
+                route,
+                Route::Command(Command::Start | Command::Help | Command::Export | Command::Forget)
+            )
+        {
+            // Nothing of theirs is stored before they agreed.
+            let note = self.prompts.text(locale, Template::StartRequired);
+            adapter
+                .send(Outbound::text(inbound.conversation.clone(), note.trim()))
+                .await?;
+            telemetry::reply_delivered(platform, "command", started.elapsed());
+            return Ok(());
+        }
         match route {
             Route::Relay(ticket) => {
                 if self
@@ -432,6 +492,24 @@ impl Pipeline {
                     started,
                 )
                 .await;
+            }
+            Route::Command(Command::Export) => {
+                handlers::privacy::export(self.context(), inbound, adapter, &customer, locale)
+                    .await?;
+                telemetry::reply_delivered(platform, "command", started.elapsed());
+                return Ok(());
+            }
+            Route::Command(Command::Forget) => {
+                handlers::privacy::ask_to_forget(
+                    self.context(),
+                    inbound,
+                    adapter,
+                    &customer,
+                    locale,
+                )
+                .await?;
+                telemetry::reply_delivered(platform, "command", started.elapsed());
+                return Ok(());
             }
             Route::Command(command) => {
                 let reply = handlers::command::run(
@@ -525,6 +603,10 @@ impl Pipeline {
             }
             Button::Item { action, item } => {
                 handlers::choice::item(self.context(), inbound, adapter, action, &item).await
+            }
+            Button::Forget { customer, erase } => {
+                handlers::privacy::answer_forget(self.context(), inbound, adapter, customer, erase)
+                    .await
             }
         }
     }

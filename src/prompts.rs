@@ -159,11 +159,31 @@ pub enum Template {
     LinkCodeSentPrivately,
     /// In a group: the bot cannot write to the customer privately yet.
     PrivateChatNeeded,
+    /// Sent with a customer's data export as a file.
+    ExportReady,
+    /// At the console, where the export was written; `{path}`.
+    ExportWritten,
+    /// In a group: the export went to the customer's private chat.
+    ExportSentPrivately,
+    /// `/forget`: what erasure removes, asks to confirm with the buttons.
+    ForgetConfirm,
+    /// Button: confirm the erasure.
+    ForgetYes,
+    /// Button: keep the data.
+    ForgetNo,
+    /// After an erasure; `{messages}`, `{conversations}`, `{events}`, `{accounts}`, `{tickets}`.
+    Forgotten,
+    /// The customer chose to keep their data.
+    ForgetCancelled,
+    /// Once per customer, after card or bank details were masked out of a message.
+    PaymentDataWarning,
+    /// With `privacy.require_start`: nothing is stored before `/start`.
+    StartRequired,
 }
 
 impl Template {
     /// Every template.
-    pub const ALL: [Template; 53] = [
+    pub const ALL: [Template; 63] = [
         Template::System,
         Template::Start,
         Template::Help,
@@ -217,6 +237,16 @@ impl Template {
         Template::TicketOpenedPrivately,
         Template::LinkCodeSentPrivately,
         Template::PrivateChatNeeded,
+        Template::ExportReady,
+        Template::ExportWritten,
+        Template::ExportSentPrivately,
+        Template::ForgetConfirm,
+        Template::ForgetYes,
+        Template::ForgetNo,
+        Template::Forgotten,
+        Template::ForgetCancelled,
+        Template::PaymentDataWarning,
+        Template::StartRequired,
     ];
 
     /// File name under the locale directory.
@@ -275,6 +305,16 @@ impl Template {
             Self::TicketOpenedPrivately => "ticket_opened_private.txt",
             Self::LinkCodeSentPrivately => "link_code_private.txt",
             Self::PrivateChatNeeded => "private_chat_needed.txt",
+            Self::ExportReady => "export_ready.txt",
+            Self::ExportWritten => "export_written.txt",
+            Self::ExportSentPrivately => "export_private.txt",
+            Self::ForgetConfirm => "forget_confirm.txt",
+            Self::ForgetYes => "forget_yes.txt",
+            Self::ForgetNo => "forget_no.txt",
+            Self::Forgotten => "forgotten.txt",
+            Self::ForgetCancelled => "forget_cancelled.txt",
+            Self::PaymentDataWarning => "payment_data_warning.txt",
+            Self::StartRequired => "start_required.txt",
         }
     }
 
@@ -341,6 +381,16 @@ impl Template {
             Self::TicketOpenedPrivately => both!("ticket_opened_private.txt"),
             Self::LinkCodeSentPrivately => both!("link_code_private.txt"),
             Self::PrivateChatNeeded => both!("private_chat_needed.txt"),
+            Self::ExportReady => both!("export_ready.txt"),
+            Self::ExportWritten => both!("export_written.txt"),
+            Self::ExportSentPrivately => both!("export_private.txt"),
+            Self::ForgetConfirm => both!("forget_confirm.txt"),
+            Self::ForgetYes => both!("forget_yes.txt"),
+            Self::ForgetNo => both!("forget_no.txt"),
+            Self::Forgotten => both!("forgotten.txt"),
+            Self::ForgetCancelled => both!("forget_cancelled.txt"),
+            Self::PaymentDataWarning => both!("payment_data_warning.txt"),
+            Self::StartRequired => both!("start_required.txt"),
         }
     }
 }

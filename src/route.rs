@@ -65,6 +65,10 @@ pub fn route(message: Message<'_>, state: &State) -> Route {
         }
         Message::Text(understood) => understood,
     };
+    // Data rights work whoever has the chat.
+    if let Some(command @ (Command::Export | Command::Forget)) = &understood.command {
+        return Route::Command(command.clone());
+    }
     if let Some(ticket) = state.ticket_with_agents {
         return Route::Relay(ticket);
     }

@@ -22,6 +22,10 @@ pub enum Command {
     Link(Option<String>),
     /// `/human`: hand the conversation to a person.
     Human,
+    /// `/export`: everything stored about the customer, as a file.
+    Export,
+    /// `/forget`: erase the customer, once they confirm.
+    Forget,
     /// Any other `/word`.
     Unknown(String),
 }
@@ -115,6 +119,8 @@ pub fn parse_command(text: &str) -> Option<Command> {
         "reset" => Command::Reset,
         "recommend" => Command::Recommend(rest.to_string()),
         "human" => Command::Human,
+        "export" => Command::Export,
+        "forget" => Command::Forget,
         "link" => Command::Link(Some(rest.to_string()).filter(|rest| !rest.is_empty())),
         _ => Command::Unknown(text.split_whitespace().next().unwrap_or(text).to_string()),
     })

@@ -3,6 +3,7 @@
 //! function per command in the modules below.
 
 mod bench;
+mod customers;
 mod daemon;
 mod data;
 mod evaluate;
@@ -102,6 +103,63 @@ enum Command {
         #[command(subcommand)]
         what: TrainAction,
     },
+    /// Customers' data: list, show, export and erase (directly on the store,
+    /// or through the running daemon's operator API when it holds the store)
+    Customers {
+        #[command(subcommand)]
+        action: CustomersAction,
+    },
+    /// Retention sweeps and the audit log of exports and erasures
+    Privacy {
+        #[command(subcommand)]
+        action: PrivacyAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CustomersAction {
+    /// Every customer with their accounts and counts, as JSON lines
+    List,
+    /// One customer's accounts and counts, as JSON
+    Show {
+        /// The customer's id on the platform
+        #[arg(long)]
+        user: String,
+        /// The platform the id belongs to (console, telegram, discord)
+        #[arg(long)]
+        platform: String,
+    },
+    /// Everything stored about a customer, as JSON on stdout (audited)
+    Export {
+        /// The customer's id on the platform
+        #[arg(long)]
+        user: String,
+        /// The platform the id belongs to (console, telegram, discord)
+        #[arg(long)]
+        platform: String,
+    },
+    /// Erase a customer: profile, accounts, conversations, events and link
+    /// codes removed, tickets anonymised, data keys destroyed (audited)
+    Forget {
+        /// The customer's id on the platform
+        #[arg(long)]
+        user: String,
+        /// The platform the id belongs to (console, telegram, discord)
+        #[arg(long)]
+        platform: String,
+        /// Confirm: erasure cannot be undone
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PrivacyAction {
+    /// Delete messages and events older than privacy.retention_days and
+    /// anonymise tickets closed before then, once; prints what was removed
+    Sweep,
+    /// The audit log (exports, erasures, sweeps: who, when, which customer), as JSON lines
+    Audit,
 }
 
 #[derive(Subcommand)]
@@ -574,6 +632,8 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
                 },
         } => evaluate::train_intents(config, data, text_column, label_column),
         Command::Tickets { action } => tickets::run(config, action),
+        Command::Customers { action } => customers::customers(config, action),
+        Command::Privacy { action } => customers::privacy(config, action),
         Command::Config { .. } => Ok(()),
     }
 }

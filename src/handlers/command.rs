@@ -37,6 +37,13 @@ pub(crate) async fn run(
     let reply = match command {
         Command::Start => {
             customer.registered = true;
+            if customer.display_name.is_none() {
+                customer.display_name = inbound
+                    .sender
+                    .display_name
+                    .as_deref()
+                    .and_then(crate::sanitize::display_name);
+            }
             ctx.store.update_customer(customer)?;
             ctx.store.flush().await?;
             ctx.prompts.text(locale, Template::Start).to_string()
@@ -52,7 +59,7 @@ pub(crate) async fn run(
             ctx.prompts.text(locale, Template::Reset).to_string()
         }
         // Handled before commands that only reply with text.
-        Command::Recommend(_) => String::new(),
+        Command::Recommend(_) | Command::Export | Command::Forget => String::new(),
         Command::Link(None) => {
             let code = new_link_code();
             let minutes = (LINK_CODE_VALIDITY.as_secs() / 60).to_string();

@@ -8,6 +8,7 @@ pub(crate) mod answer;
 pub(crate) mod choice;
 pub(crate) mod command;
 pub(crate) mod handoff;
+pub(crate) mod privacy;
 pub(crate) mod recommend;
 
 use std::collections::HashMap;

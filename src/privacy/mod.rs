@@ -147,3 +147,109 @@ pub async fn run_sweeps(store: Store, config: PrivacyConfig, stop: CancellationT
         }
     }
 }
+
+/// Who asks for an export or an erasure outside the chat, as the audit log
+/// writes it.
+pub const OPERATOR_CLI: &str = "operator (cli)";
+/// The same, through the operator API.
+pub const OPERATOR_API: &str = "operator (api)";
+
+/// The customer behind a platform account, or `NotFound`.
+pub fn customer_of_account(
+    store: &Store,
+    platform: &str,
+    user: &str,
+) -> Result<crate::store::Customer, crate::store::StoreError> {
+    store
+        .find_customer(platform, user)?
+        .ok_or_else(|| crate::store::StoreError::NotFound(format!("customer {platform}:{user}")))
+}
+
+/// One customer as operators see them.
+pub fn show_customer(
+    store: &Store,
+    platform: &str,
+    user: &str,
+) -> Result<crate::store::CustomerSummary, crate::store::StoreError> {
+    let customer = customer_of_account(store, platform, user)?;
+    store
+        .customer_summaries()?
+        .into_iter()
+        .find(|summary| summary.id == customer.id)
+        .ok_or_else(|| crate::store::StoreError::NotFound(format!("customer {platform}:{user}")))
+}
+
+/// An operator's export of a customer, audited.
+pub fn export_for_operator(
+    store: &Store,
+    platform: &str,
+    user: &str,
+    actor: &str,
+) -> Result<CustomerExport, crate::store::StoreError> {
+    let customer = customer_of_account(store, platform, user)?;
+    let export = store.export_customer(customer.id)?;
+    audit(
+        store,
+        AuditAction::Export,
+        actor,
+        customer.id,
+        Some((platform, user)),
+        format!(
+            "{} conversations, {} events, {} tickets",
+            export.conversations.len(),
+            export.events.len(),
+            export.tickets.len()
+        ),
+    );
+    Ok(export)
+}
+
+/// An operator's erasure of a customer, audited.
+pub fn forget_for_operator(
+    store: &Store,
+    platform: &str,
+    user: &str,
+    actor: &str,
+) -> Result<crate::store::Erasure, crate::store::StoreError> {
+    let customer = customer_of_account(store, platform, user)?;
+    let erasure = store.forget_customer(customer.id)?;
+    audit(
+        store,
+        AuditAction::Forget,
+        actor,
+        customer.id,
+        Some((platform, user)),
+        format!(
+            "{} accounts, {} conversations, {} messages, {} events, {} tickets anonymised, {} keys destroyed, {} exports removed",
+            erasure.identities,
+            erasure.conversations,
+            erasure.messages,
+            erasure.events,
+            erasure.tickets_anonymised,
+            erasure.keys_destroyed,
+            erasure.exports_removed
+        ),
+    );
+    tracing::info!(platform, customer = customer.id, actor, "customer erased");
+    Ok(erasure)
+}
+
+/// What `concierge privacy sweep` and `POST /v1/privacy/sweep` print.
+pub fn sweep_report(
+    store: &Store,
+    config: &PrivacyConfig,
+) -> Result<serde_json::Value, crate::store::StoreError> {
+    Ok(match sweep_once(store, config)? {
+        Some(sweep) => serde_json::json!({
+            "retention_days": config.retention_days,
+            "cutoff_ms": sweep.cutoff_ms,
+            "messages_removed": sweep.messages,
+            "events_removed": sweep.events,
+            "tickets_anonymised": sweep.tickets_anonymised,
+        }),
+        None => serde_json::json!({
+            "retention_days": 0,
+            "note": "privacy.retention_days is 0: everything is kept, nothing was removed",
+        }),
+    })
+}

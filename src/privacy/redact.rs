@@ -78,7 +78,7 @@ fn luhn_valid(digits: &[u8]) -> bool {
         }
         sum += value;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Card numbers: within each run of digit groups, the longest span of whole
@@ -108,8 +108,8 @@ fn cards(text: &str, found: &mut Vec<Finding>) {
         while first < groups.len() {
             let mut best = None;
             let mut digits = Vec::new();
-            for last in first..groups.len() {
-                digits.extend_from_slice(&groups[last].2);
+            for (last, group) in groups.iter().enumerate().skip(first) {
+                digits.extend_from_slice(&group.2);
                 if digits.len() > 19 {
                     break;
                 }

@@ -21,6 +21,9 @@ pub struct Customer {
     /// messages stay sealed under them, and erasure destroys them too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inherited_keys: Vec<u64>,
+    /// Told once not to send card or bank details.
+    #[serde(default)]
+    pub warned_payment_data: bool,
 }
 
 impl Customer {
@@ -81,6 +84,7 @@ impl Store {
             locale: None,
             display_name: display_name.map(str::to_string),
             inherited_keys: Vec::new(),
+            warned_payment_data: false,
         };
         let key = Self::identity_key(platform, user_id);
         let customer_bytes = self.seal(KeyId::Customer(customer.id), &customer)?;

@@ -73,6 +73,19 @@ struct Inner {
     threads: Vec<(u64, u64, String)>,
     /// The DM channel opened with each user.
     dm_channels: HashMap<u64, u64>,
+    /// Files the bot attached to messages, in order.
+    attachments: Vec<SentAttachment>,
+}
+
+/// A file the bot attached to a message.
+#[derive(Clone, Debug)]
+pub struct SentAttachment {
+    /// The channel.
+    pub channel: u64,
+    /// The file's name.
+    pub file_name: String,
+    /// Its content.
+    pub bytes: Vec<u8>,
 }
 
 enum Control {
@@ -227,6 +240,11 @@ impl FakeDiscord {
             path_prefix.to_string(),
             count,
         ));
+    }
+
+    /// The files the bot attached, in order.
+    pub fn attachments(&self) -> Vec<SentAttachment> {
+        self.inner.lock().unwrap().attachments.clone()
     }
 
     /// Every REST call so far.
@@ -410,7 +428,30 @@ async fn handle(
 ) -> Response {
     let _ = uri;
     let path = format!("/{path}");
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    // Messages with files come as a form: `payload_json` and `files[n]`.
+    let content_type = headers
+        .get("content-type")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let (body, files): (Value, Vec<super::multipart::Part>) =
+        match super::multipart::parse(content_type, &body) {
+            Some(parts) => {
+                let payload = parts
+                    .iter()
+                    .find(|part| part.name == "payload_json")
+                    .and_then(|part| serde_json::from_slice(&part.bytes).ok())
+                    .unwrap_or(Value::Null);
+                let files = parts
+                    .into_iter()
+                    .filter(|part| part.name.starts_with("files[") && part.file_name.is_some())
+                    .collect();
+                (payload, files)
+            }
+            None => (
+                serde_json::from_slice(&body).unwrap_or(Value::Null),
+                Vec::new(),
+            ),
+        };
     let authorization = headers
         .get("authorization")
         .and_then(|value| value.to_str().ok())
@@ -478,7 +519,7 @@ async fn handle(
         }
         ("POST", ["channels", channel, "messages"]) => {
             let channel: u64 = channel.parse().unwrap_or(0);
-            create_message(&fake, channel, &body)
+            create_message(&fake, channel, &body, &files)
         }
         ("PATCH", ["channels", channel, "messages", id]) => {
             let channel: u64 = channel.parse().unwrap_or(0);
@@ -549,13 +590,18 @@ async fn handle(
                 .get(*token)
                 .copied()
                 .unwrap_or(0);
-            create_message(&fake, channel, &body)
+            create_message(&fake, channel, &body, &files)
         }
         _ => json_error(StatusCode::NOT_FOUND, json!({"message": "404: Not Found", "code": 0})),
     }
 }
 
-fn create_message(fake: &FakeDiscord, channel: u64, body: &Value) -> Response {
+fn create_message(
+    fake: &FakeDiscord,
+    channel: u64,
+    body: &Value,
+    files: &[super::multipart::Part],
+) -> Response {
     let content = body["content"].as_str().unwrap_or_default().to_string();
     if content.chars().count() > MAX_CHARS {
         return json_error(
@@ -564,12 +610,29 @@ fn create_message(fake: &FakeDiscord, channel: u64, body: &Value) -> Response {
         );
     }
     let id = fake.next_id();
+    let mut attachments = Vec::new();
     {
         let mut inner = fake.inner.lock().unwrap();
         inner.texts.insert((channel, id), content.clone());
         inner.sent_order.push((channel, id));
+        for file in files {
+            let name = file.file_name.clone().unwrap_or_default();
+            inner.attachments.push(SentAttachment {
+                channel,
+                file_name: name.clone(),
+                bytes: file.bytes.clone(),
+            });
+            attachments.push(json!({
+                "id": (id + attachments.len() as u64 + 1).to_string(),
+                "filename": name,
+                "size": file.bytes.len(),
+                "url": format!("https://cdn.example.invalid/{id}/{name}"),
+                "proxy_url": format!("https://media.example.invalid/{id}/{name}"),
+            }));
+        }
     }
     let mut message = message_json(id, channel, &user_json(BOT_ID, true), &content);
+    message["attachments"] = Value::Array(attachments);
     if let Some(components) = body.get("components") {
         message["components"] = components.clone();
     }

@@ -32,7 +32,7 @@ pub const MAX_CHARS: usize = 4096;
 pub struct Call {
     /// Method name, lowercased (`sendmessage`).
     pub method: String,
-    /// The JSON body (`Null` for multipart bodies).
+    /// The JSON body; for multipart bodies, their text fields as strings.
     pub body: Value,
     /// When it arrived.
     pub at: Instant,
@@ -78,6 +78,21 @@ struct Inner {
     topics: Vec<(i64, i64, String)>,
     outage_until: Option<Instant>,
     dropped_connections: usize,
+    /// Files the bot sent, in order.
+    documents: Vec<SentDocument>,
+}
+
+/// A file the bot sent with `sendDocument`.
+#[derive(Clone, Debug)]
+pub struct SentDocument {
+    /// The chat.
+    pub chat: i64,
+    /// The file's name.
+    pub file_name: String,
+    /// Its content.
+    pub bytes: Vec<u8>,
+    /// The caption.
+    pub caption: String,
 }
 
 /// The fake server.
@@ -314,6 +329,11 @@ impl FakeTelegram {
         })
     }
 
+    /// The files the bot sent, in order.
+    pub fn documents(&self) -> Vec<SentDocument> {
+        self.inner.lock().unwrap().documents.clone()
+    }
+
     pub fn calls_of(&self, method: &str) -> Vec<Call> {
         let method = method.to_lowercase();
         self.calls()
@@ -428,10 +448,26 @@ async fn handle(
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.starts_with("application/json"));
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let parts = super::multipart::parse(content_type, &body).unwrap_or_default();
     let body: Value = if is_json {
         serde_json::from_slice(&body).unwrap_or(Value::Null)
     } else {
-        Value::Null
+        Value::Object(
+            parts
+                .iter()
+                .filter(|part| part.file_name.is_none())
+                .map(|part| {
+                    (
+                        part.name.clone(),
+                        Value::String(String::from_utf8_lossy(&part.bytes).into_owned()),
+                    )
+                })
+                .collect(),
+        )
     };
     let fault = {
         let mut inner = fake.inner.lock().unwrap();
@@ -495,6 +531,7 @@ async fn handle(
         "getchat" => get_chat(&fake, &body),
         "createforumtopic" => create_forum_topic(&fake, &body),
         "sendmessage" => send_message(&fake, &body),
+        "senddocument" => send_document(&fake, &body, &parts),
         "editmessagetext" => edit_message(&fake, &body),
         _ => error(StatusCode::NOT_FOUND, "Not Found: method not found", None),
     }
@@ -631,6 +668,62 @@ fn send_message(fake: &FakeTelegram, body: &Value) -> Response {
         message["is_topic_message"] = json!(true);
     }
     ok(message)
+}
+
+fn send_document(fake: &FakeTelegram, body: &Value, parts: &[super::multipart::Part]) -> Response {
+    let chat = body["chat_id"]
+        .as_str()
+        .and_then(|chat| chat.parse::<i64>().ok())
+        .unwrap_or(0);
+    // The file is the part named `document`, or the part that
+    // `document = "attach://<name>"` names.
+    let wanted = body["document"]
+        .as_str()
+        .and_then(|value| value.strip_prefix("attach://"))
+        .unwrap_or("document");
+    let Some(file) = parts
+        .iter()
+        .find(|part| part.name == wanted && part.file_name.is_some())
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Bad Request: there is no document in the request",
+            None,
+        );
+    };
+    let caption = body["caption"].as_str().unwrap_or_default().to_string();
+    if caption.chars().count() > 1024 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Bad Request: message caption is too long",
+            None,
+        );
+    }
+    let file_name = file.file_name.clone().unwrap_or_default();
+    let mut inner = fake.inner.lock().unwrap();
+    let id = inner.next_message_id;
+    inner.next_message_id += 1;
+    inner.sent_order.push((chat, id));
+    inner.documents.push(SentDocument {
+        chat,
+        file_name: file_name.clone(),
+        bytes: file.bytes.clone(),
+        caption: caption.clone(),
+    });
+    ok(json!({
+        "message_id": id,
+        "date": unix_now(),
+        "chat": chat_json(chat, if chat > 0 { "private" } else { "group" }),
+        "from": bot_json(),
+        "caption": caption,
+        "document": {
+            "file_id": format!("doc{id}"),
+            "file_unique_id": format!("unique{id}"),
+            "file_name": file_name,
+            "mime_type": "application/json",
+            "file_size": file.bytes.len(),
+        },
+    }))
 }
 
 fn edit_message(fake: &FakeTelegram, body: &Value) -> Response {

@@ -7,6 +7,7 @@
 
 pub mod fake_discord;
 pub mod fake_telegram;
+pub mod multipart;
 pub mod tiny_gguf;
 
 use std::io::{Read, Write};
@@ -158,6 +159,7 @@ pub fn settings(context_tokens: usize, max_tokens: usize) -> PipelineSettings {
         top_k: 3,
         auto_handoff_confidence: 0.75,
         tiebreak: None,
+        privacy: concierge::config::Config::defaults().privacy,
     }
 }
 
@@ -267,7 +269,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A minimal HTTP/1.1 request; returns status and body.
-fn http_request(
+pub fn http_request(
     port: u16,
     method: &str,
     path: &str,

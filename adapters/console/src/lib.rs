@@ -1,6 +1,7 @@
 //! The console channel: one customer at a terminal or behind a pipe. Reads
 //! stdin line by line and streams replies to stdout; prompts and diagnostics
-//! go to stderr so stdout carries only the conversation's replies.
+//! go to stderr so stdout carries only the conversation's replies. Buttons
+//! are printed numbered; typing a number presses one.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub struct ConsoleAdapter {
     reply_done: Arc<Notify>,
     /// Whether stdin is a terminal (then prompts are shown).
     interactive: bool,
+    /// The ids of the buttons printed since the last line was read, by number.
+    offered: std::sync::Mutex<Vec<String>>,
 }
 
 impl ConsoleAdapter {
@@ -43,6 +46,7 @@ impl ConsoleAdapter {
             stdout: Mutex::new(tokio::io::stdout()),
             reply_done: Arc::new(Notify::new()),
             interactive: std::io::stdin().is_terminal(),
+            offered: Default::default(),
         }
     }
 
@@ -54,7 +58,29 @@ impl ConsoleAdapter {
         }
     }
 
+    /// A line as the customer meant it: the number of a button printed
+    /// since their last line presses it; anything else is text.
+    fn content(&self, text: String) -> InboundContent {
+        let offered = std::mem::take(
+            &mut *self
+                .offered
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        let pressed = text
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .and_then(|number| number.checked_sub(1))
+            .and_then(|index| offered.get(index));
+        match pressed {
+            Some(id) => InboundContent::Choice { id: id.clone() },
+            None => InboundContent::Text(text),
+        }
+    }
+
     fn inbound(&self, text: String) -> Inbound {
+        let content = self.content(text);
         Inbound {
             conversation: self.conversation(),
             chat: ChatKind::Private,
@@ -64,7 +90,7 @@ impl ConsoleAdapter {
                 display_name: None,
                 language_hint: None,
             },
-            content: InboundContent::Text(text),
+            content,
             message_id: None,
             delivery_id: None,
             in_reply_to: None,
@@ -152,11 +178,11 @@ impl Intake for ConsoleAdapter {
             if inbound.send(self.inbound(text)).await.is_err() {
                 return Ok(());
             }
-            if self.interactive {
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = notified => {}
-                }
+            // Piped input waits too, so a number answers the buttons of the
+            // reply before it.
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = notified => {}
             }
         }
     }
@@ -181,8 +207,15 @@ impl Outbox for ConsoleAdapter {
 
     async fn send(&self, message: Outbound) -> Result<SentMessage, AdapterError> {
         let mut text = message.text;
-        for (index, choice) in message.choices.iter().enumerate() {
-            text.push_str(&format!("\n  [{}] {}", index + 1, choice.label));
+        {
+            let mut offered = self
+                .offered
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for choice in &message.choices {
+                offered.push(choice.id.clone());
+                text.push_str(&format!("\n  [{}] {}", offered.len(), choice.label));
+            }
         }
         text.push('\n');
         self.write_stdout(&text).await?;
