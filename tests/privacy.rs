@@ -506,10 +506,11 @@ fn operators_list_show_export_and_erase_customers_and_read_the_audit_log() {
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
-    assert_eq!(lines.len(), 2);
-    assert_eq!(lines[0]["action"], "export");
-    assert_eq!(lines[1]["action"], "forget");
-    assert_eq!(lines[1]["actor"], "operator (cli)");
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["action"], "key_rotation");
+    assert_eq!(lines[1]["action"], "export");
+    assert_eq!(lines[2]["action"], "forget");
+    assert_eq!(lines[2]["actor"], "operator (cli)");
     assert!(!String::from_utf8_lossy(&audit.stdout).contains("parcel"));
 
     let sweep = run(&["privacy", "sweep"]);

@@ -138,8 +138,34 @@ pub(super) fn customers(config: &Config, action: CustomersAction) -> anyhow::Res
     Ok(())
 }
 
-/// `concierge privacy sweep|audit`.
+/// `concierge privacy sweep|audit|rotate-keys`.
 pub(super) fn privacy(config: &Config, action: PrivacyAction) -> anyhow::Result<()> {
+    if let PrivacyAction::RotateKeys = action {
+        // Resealing while a daemon writes could seal a record under a key
+        // that is then destroyed: only with the store to itself.
+        let store = match Store::open(&config.store.data_dir) {
+            Err(StoreError::Locked { path }) => anyhow::bail!(
+                "the store at {} is held by a running daemon; stop it first: keys are rotated with the store closed to everyone else",
+                path.display()
+            ),
+            other => other?,
+        };
+        let rotation = store.rotate_keys()?;
+        store.audit(concierge::store::AuditEntry {
+            v: concierge::store::RECORD_VERSION,
+            ts_ms: concierge::store::now_ms(),
+            action: concierge::store::AuditAction::KeyRotation,
+            actor: privacy::OPERATOR_CLI.into(),
+            customer_id: None,
+            platform: None,
+            user: None,
+            detail: format!(
+                "{} customers, {} records resealed, {} keys destroyed",
+                rotation.customers, rotation.records_resealed, rotation.keys_destroyed
+            ),
+        })?;
+        return print_pretty(&rotation);
+    }
     match (access(config)?, action) {
         (Access::Store(store), PrivacyAction::Sweep) => {
             print_pretty(&privacy::sweep_report(&store, &config.privacy)?)?;
@@ -159,6 +185,7 @@ pub(super) fn privacy(config: &Config, action: PrivacyAction) -> anyhow::Result<
             let body = api.call(reqwest::Method::GET, &["v1", "audit"])?;
             print_lines(body.as_array().map(Vec::as_slice).unwrap_or_default());
         }
+        (_, PrivacyAction::RotateKeys) => {}
     }
     Ok(())
 }

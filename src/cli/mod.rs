@@ -160,6 +160,9 @@ enum PrivacyAction {
     Sweep,
     /// The audit log (exports, erasures, sweeps: who, when, which customer), as JSON lines
     Audit,
+    /// Give every customer a fresh data key, reseal their records and destroy
+    /// the old keys (needs the store alone: stop the daemon first)
+    RotateKeys,
 }
 
 #[derive(Subcommand)]

@@ -254,7 +254,7 @@ impl Store {
         let conversation = self
             .conversation(conversation_id)?
             .ok_or_else(|| StoreError::NotFound(format!("conversation {conversation_id}")))?;
-        Ok(KeyId::Customer(conversation.customer_id))
+        self.sealing_key_of(conversation.customer_id)
     }
 
     /// Messages of one conversation, oldest first.

@@ -24,15 +24,28 @@ pub struct Customer {
     /// Told once not to send card or bank details.
     #[serde(default)]
     pub warned_payment_data: bool,
+    /// The data key new records are sealed with, after a rotation (else
+    /// the key numbered like the customer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<u64>,
 }
 
 impl Customer {
-    /// Every data key this customer's records are sealed with.
+    /// The key this customer's new records are sealed with.
+    pub fn sealing_key(&self) -> KeyId {
+        KeyId::Customer(self.key.unwrap_or(self.id))
+    }
+
+    /// Every data key this customer's records may be sealed with.
     pub fn data_keys(&self) -> Vec<KeyId> {
-        std::iter::once(self.id)
+        let mut keys: Vec<KeyId> = std::iter::once(self.id)
+            .chain(self.key)
             .chain(self.inherited_keys.iter().copied())
             .map(KeyId::Customer)
-            .collect()
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
     }
 }
 
@@ -85,9 +98,10 @@ impl Store {
             display_name: display_name.map(str::to_string),
             inherited_keys: Vec::new(),
             warned_payment_data: false,
+            key: None,
         };
         let key = Self::identity_key(platform, user_id);
-        let customer_bytes = self.seal(KeyId::Customer(customer.id), &customer)?;
+        let customer_bytes = self.seal(customer.sealing_key(), &customer)?;
         let result = (&self.customers, &self.identities).transaction(|(customers, identities)| {
             if let Some(existing) = identities.get(&key)? {
                 return Ok(Some(existing));
@@ -105,9 +119,19 @@ impl Store {
         }
     }
 
+    /// The key records of `customer_id` are sealed with now; the one
+    /// numbered like them when they have no profile.
+    pub(super) fn sealing_key_of(&self, customer_id: u64) -> Result<KeyId, StoreError> {
+        Ok(self
+            .customer(customer_id)?
+            .map_or(KeyId::Customer(customer_id), |customer| {
+                customer.sealing_key()
+            }))
+    }
+
     /// Saves a changed customer profile.
     pub fn update_customer(&self, customer: &Customer) -> Result<(), StoreError> {
-        let record = self.seal(KeyId::Customer(customer.id), customer)?;
+        let record = self.seal(customer.sealing_key(), customer)?;
         self.customers
             .insert(customer.id.to_be_bytes(), record)
             .map_err(|err| self.err(err))?;

@@ -248,7 +248,7 @@ impl Store {
                 }
             }
         }
-        plan.into_record = self.seal(KeyId::Customer(into), &into_customer)?;
+        plan.into_record = self.seal(into_customer.sealing_key(), &into_customer)?;
         // Every identity of `from` moves, so no identity points at a removed customer.
         for entry in self.identities.iter() {
             let (key, value) = entry.map_err(|err| self.err(err))?;

@@ -29,7 +29,7 @@ pub use knowledge::{KbDoc, KbKind, KbPassage};
 pub use links::{LinkCode, LinkOutcome};
 pub use privacy::{
     export_file_prefix, AuditAction, AuditEntry, CustomerExport, CustomerSummary, Erasure,
-    ExportIdentity, Sweep,
+    ExportIdentity, Rotation, Sweep,
 };
 pub use tickets::{
     AgentPost, Priority, Ticket, TicketState, TranscriptLine, TranscriptRole, Transition,
@@ -75,6 +75,8 @@ const TREE_INTAKE_SEEN: &str = "intake_seen";
 const TREE_INTAKE_MESSAGES: &str = "intake_messages";
 /// Erasures and exports: who, when, which customer; never content.
 const TREE_AUDIT: &str = "audit";
+/// Customer id -> the data keys of an erasure under way, until it is done.
+const TREE_PENDING_ERASURES: &str = "pending_erasures";
 const KEY_TICKET_COUNTER: &[u8] = b"ticket_counter";
 /// The generation of the key the inbox is sealed with.
 const KEY_INBOX_KEY: &[u8] = b"inbox_key_generation";
@@ -151,6 +153,7 @@ pub struct Store {
     intake_seen: sled::Tree,
     intake_messages: sled::Tree,
     audit: sled::Tree,
+    pending_erasures: sled::Tree,
     /// The data keys customers' records are sealed with.
     keys: Keyring,
     /// Held from choosing the inbox key to writing with it, and while it
@@ -206,6 +209,7 @@ impl Store {
             intake_seen: db.open_tree(TREE_INTAKE_SEEN).map_err(map)?,
             intake_messages: db.open_tree(TREE_INTAKE_MESSAGES).map_err(map)?,
             audit: db.open_tree(TREE_AUDIT).map_err(map)?,
+            pending_erasures: db.open_tree(TREE_PENDING_ERASURES).map_err(map)?,
             keys: Keyring::open(&data_dir.join("keys"))?,
             ticket_writes: Default::default(),
             inbox_sealing: Default::default(),
@@ -215,7 +219,7 @@ impl Store {
             db,
         };
         store.migrate(&marker)?;
-        store.destroy_orphan_keys()?;
+        store.finish_interrupted_erasures()?;
         Ok(store)
     }
 

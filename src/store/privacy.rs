@@ -135,6 +135,8 @@ pub enum AuditAction {
     Forget,
     /// A retention sweep ran.
     RetentionSweep,
+    /// Every customer got a fresh data key.
+    KeyRotation,
 }
 
 /// One line of the audit log: never any content.
@@ -160,6 +162,17 @@ pub struct AuditEntry {
     /// Counts of what was removed or exported.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
+}
+
+/// What a key rotation did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Rotation {
+    /// Customers given a fresh data key.
+    pub customers: usize,
+    /// Records sealed again under the fresh keys.
+    pub records_resealed: usize,
+    /// Old keys destroyed.
+    pub keys_destroyed: usize,
 }
 
 /// A customer as listed for operators.
@@ -334,6 +347,19 @@ impl Store {
             ..Erasure::default()
         };
         let _tickets = self.lock_tickets();
+        // Recorded first, so a crash midway is finished at the next open.
+        let key_ids: Vec<u64> = customer
+            .data_keys()
+            .into_iter()
+            .filter_map(|key| match key {
+                KeyId::Customer(id) => Some(id),
+                KeyId::Inbox(_) => None,
+            })
+            .collect();
+        self.pending_erasures
+            .insert(customer_id.to_be_bytes(), Self::encode(&key_ids))
+            .map_err(|err| self.err(err))?;
+        self.db.flush().map_err(|err| self.err(err))?;
         // Unlinked first: from here on a message of theirs starts afresh.
         let mut identities = sled::Batch::default();
         for entry in self.identities.iter() {
@@ -434,6 +460,10 @@ impl Store {
         }
         self.rotate_inbox_key()?;
         erasure.exports_removed = self.remove_exports(customer_id)?;
+        self.pending_erasures
+            .remove(customer_id.to_be_bytes())
+            .map_err(|err| self.err(err))?;
+        self.db.flush().map_err(|err| self.err(err))?;
         Ok(erasure)
     }
 
@@ -531,32 +561,93 @@ impl Store {
         self.records(&self.audit, TREE_AUDIT)
     }
 
-    /// Destroys data keys that no record can need: a customer key whose
-    /// customer is gone (an erasure or a first contact cut short by a crash)
-    /// and inbox keys older than the current one.
-    pub(super) fn destroy_orphan_keys(&self) -> Result<(), StoreError> {
-        let keys = self.keys.list()?;
-        if keys.is_empty() {
-            return Ok(());
+    /// Gives every customer a fresh data key: their profile, messages and
+    /// tickets are sealed again under it, then their old keys are destroyed
+    /// (the inbox's too). For a key directory that may have leaked, or as a
+    /// routine. The caller must hold the store alone (no daemon running):
+    /// a record sealed under an old key meanwhile would be lost.
+    pub fn rotate_keys(&self) -> Result<Rotation, StoreError> {
+        let mut rotation = Rotation::default();
+        let _tickets = self.lock_tickets();
+        for mut customer in self.records::<Customer>(&self.customers, TREE_CUSTOMERS)? {
+            let old_keys = customer.data_keys();
+            let fresh = self.next_id()?;
+            self.keys.ensure(KeyId::Customer(fresh))?;
+            customer.key = Some(fresh);
+            customer.inherited_keys.clear();
+            self.customers
+                .insert(
+                    customer.id.to_be_bytes(),
+                    self.seal(customer.sealing_key(), &customer)?,
+                )
+                .map_err(|err| self.err(err))?;
+            let mut messages = sled::Batch::default();
+            for conversation in self.customer_conversations(customer.id, None)? {
+                for entry in self.messages.scan_prefix(conversation.id.to_be_bytes()) {
+                    let (key, bytes) = entry.map_err(|err| self.err(err))?;
+                    let message: StoredMessage = self.decode(TREE_MESSAGES, &bytes)?;
+                    messages.insert(key, self.seal(customer.sealing_key(), &message)?);
+                    rotation.records_resealed += 1;
+                }
+            }
+            self.messages
+                .apply_batch(messages)
+                .map_err(|err| self.err(err))?;
+            for id in self.customer_ticket_ids(customer.id)? {
+                if let Some(ticket) = self.ticket(id)? {
+                    let record = self.encode_ticket(&ticket)?;
+                    self.tickets
+                        .insert(id.to_be_bytes(), record)
+                        .map_err(|err| self.err(err))?;
+                    rotation.records_resealed += 1;
+                }
+            }
+            rotation.records_resealed += 1;
+            self.db.flush().map_err(|err| self.err(err))?;
+            for key in old_keys {
+                if self.keys.destroy(key)? {
+                    rotation.keys_destroyed += 1;
+                }
+            }
+            rotation.customers += 1;
         }
-        let mut needed = std::collections::HashSet::new();
-        for customer in self.records::<Customer>(&self.customers, TREE_CUSTOMERS)? {
-            needed.extend(customer.data_keys());
-        }
-        needed.insert(self.inbox_key()?);
-        let KeyId::Inbox(current) = self.inbox_key()? else {
-            return Ok(());
-        };
-        for key in keys {
-            let orphan = match key {
-                KeyId::Customer(_) => !needed.contains(&key),
-                KeyId::Inbox(generation) => generation < current,
+        self.rotate_inbox_key()?;
+        Ok(rotation)
+    }
+
+    /// Finishes erasures that a crash cut short (recorded in
+    /// `pending_erasures` before they start), and destroys inbox keys older
+    /// than the current one.
+    pub(super) fn finish_interrupted_erasures(&self) -> Result<(), StoreError> {
+        for entry in self.pending_erasures.iter() {
+            let (key, keys) = entry.map_err(|err| self.err(err))?;
+            let Some(customer_id) = decode_u64(&key) else {
+                continue;
             };
-            if orphan {
-                tracing::info!(key = ?key, "a data key no record needs was destroyed");
-                self.keys.destroy(key)?;
+            if self.customer(customer_id)?.is_some() {
+                tracing::warn!(
+                    customer = customer_id,
+                    "finishing an erasure a stop cut short"
+                );
+                self.forget_customer(customer_id)?;
+                continue;
+            }
+            let keys: Vec<u64> = serde_json::from_slice(&keys).unwrap_or_default();
+            for id in keys {
+                self.keys.destroy(KeyId::Customer(id))?;
+            }
+            self.pending_erasures
+                .remove(key)
+                .map_err(|err| self.err(err))?;
+        }
+        if let KeyId::Inbox(current) = self.inbox_key()? {
+            for key in self.keys.list()? {
+                if matches!(key, KeyId::Inbox(generation) if generation < current) {
+                    self.keys.destroy(key)?;
+                }
             }
         }
+        self.db.flush().map_err(|err| self.err(err))?;
         Ok(())
     }
 }
@@ -798,6 +889,82 @@ mod tests {
         assert_eq!(export.tickets.len(), 2);
         let erasure = store.forget_customer(first.id).unwrap();
         assert_eq!((erasure.identities, erasure.keys_destroyed), (2, 2));
+        assert!(store
+            .keys
+            .list()
+            .unwrap()
+            .iter()
+            .all(|key| matches!(key, KeyId::Inbox(_))));
+    }
+
+    #[test]
+    fn an_erasure_cut_short_by_a_crash_is_finished_at_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (erased, kept) = {
+            let store = Store::open(dir.path()).unwrap();
+            let (erased, _) = customer_with_history(&store, "1", "cut-short");
+            let (kept, _) = customer_with_history(&store, "2", "kept");
+            // What `forget_customer` records before it removes anything.
+            store
+                .pending_erasures
+                .insert(erased.id.to_be_bytes(), Store::encode(&vec![erased.id]))
+                .unwrap();
+            store.flush_blocking().unwrap();
+            (erased.id, kept.id)
+        };
+        let store = reopen(dir.path()).unwrap();
+        assert!(store.customer(erased).unwrap().is_none());
+        assert!(store.find_customer("telegram", "1").unwrap().is_none());
+        assert!(!store.keys.has(KeyId::Customer(erased)));
+        assert!(store.keys.has(KeyId::Customer(kept)));
+        assert_eq!(store.pending_erasures.len(), 0);
+        // Tickets whose customer has no profile keep their key.
+        let mut orphan = plain_ticket(99, 4242);
+        orphan.summary = "no profile".into();
+        store.put_ticket(&orphan).unwrap();
+        drop(store);
+        let store = reopen(dir.path()).unwrap();
+        assert_eq!(store.ticket(99).unwrap().unwrap().summary, "no profile");
+    }
+
+    #[test]
+    fn rotating_the_keys_reseals_everything_and_the_old_keys_open_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (customer, ticket_id) = customer_with_history(&store, "1", "rotated");
+        let conversation = store.customer_conversations(customer.id, None).unwrap()[0].id;
+        let before = store
+            .messages
+            .scan_prefix(conversation.to_be_bytes())
+            .next()
+            .unwrap()
+            .unwrap()
+            .1
+            .to_vec();
+        let rotation = store.rotate_keys().unwrap();
+        assert_eq!(
+            (
+                rotation.customers,
+                rotation.records_resealed,
+                rotation.keys_destroyed
+            ),
+            (1, 4, 1)
+        );
+        assert!(store.keys.open_record(&before).unwrap().is_none());
+        drop(store);
+        let store = reopen(dir.path()).unwrap();
+        let export = store.export_customer(customer.id).unwrap();
+        assert_eq!(export.conversations[0].messages.len(), 2);
+        assert_eq!(
+            store.ticket(ticket_id).unwrap().unwrap().summary,
+            "summary rotated"
+        );
+        // New records go under the fresh key, and erasure destroys it.
+        store
+            .append_message(conversation, Role::User, "after the rotation")
+            .unwrap();
+        let erasure = store.forget_customer(customer.id).unwrap();
+        assert_eq!(erasure.keys_destroyed, 1);
         assert!(store
             .keys
             .list()

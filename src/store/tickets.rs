@@ -239,7 +239,7 @@ impl Store {
         let sealed = if text.summary.is_empty() && text.transcript.is_empty() {
             None
         } else {
-            let sealed = self.seal(KeyId::Customer(ticket.customer_id), &text)?;
+            let sealed = self.seal(self.sealing_key_of(ticket.customer_id)?, &text)?;
             Some(base64::engine::general_purpose::STANDARD.encode(sealed))
         };
         Ok(Self::encode(&StoredTicket {
