@@ -449,6 +449,16 @@ fn operators_list_show_export_and_erase_customers_and_read_the_audit_log() {
     let shown: Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(shown["id"], listed["id"]);
 
+    // Fresh keys change nothing that can be read.
+    let rotate = run(&["privacy", "rotate-keys"]);
+    assert!(
+        rotate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotate.stderr)
+    );
+    let rotation: Value = serde_json::from_slice(&rotate.stdout).unwrap();
+    assert_eq!(rotation["customers"], 1);
+
     let export = run(&[
         "customers",
         "export",
@@ -506,7 +516,7 @@ fn operators_list_show_export_and_erase_customers_and_read_the_audit_log() {
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())
         .collect();
-    assert_eq!(lines.len(), 3);
+    assert_eq!(lines.len(), 3, "{lines:?}");
     assert_eq!(lines[0]["action"], "key_rotation");
     assert_eq!(lines[1]["action"], "export");
     assert_eq!(lines[2]["action"], "forget");

@@ -250,7 +250,7 @@ impl Store {
 
     /// The data key a conversation's messages are sealed with: its
     /// customer's.
-    fn conversation_key(&self, conversation_id: u64) -> Result<KeyId, StoreError> {
+    pub(super) fn conversation_key(&self, conversation_id: u64) -> Result<KeyId, StoreError> {
         let conversation = self
             .conversation(conversation_id)?
             .ok_or_else(|| StoreError::NotFound(format!("conversation {conversation_id}")))?;

@@ -45,7 +45,7 @@ use sled::Transactional;
 use crate::prompts::Locale;
 
 /// Version of the store layout this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 /// Version written into every record.
 pub const RECORD_VERSION: u32 = 1;
 
@@ -267,6 +267,9 @@ impl Store {
             }
             if (1..3).contains(&found) {
                 self.index_active_tickets_per_customer()?;
+            }
+            if (1..4).contains(&found) {
+                self.seal_plain_records()?;
             }
             meta.insert(KEY_SCHEMA, &SCHEMA_VERSION.to_be_bytes())
                 .map_err(|err| self.err(err))?;

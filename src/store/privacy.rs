@@ -615,6 +615,68 @@ impl Store {
         Ok(rotation)
     }
 
+    /// Schema 4: records written in the clear by earlier versions are sealed
+    /// under their customer's key (the inbox's under its key).
+    pub(super) fn seal_plain_records(&self) -> Result<(), StoreError> {
+        let plain = |bytes: &[u8]| keyring::sealed_by(bytes).is_none();
+        let mut customers = sled::Batch::default();
+        for entry in self.customers.iter() {
+            let (key, bytes) = entry.map_err(|err| self.err(err))?;
+            if plain(&bytes) {
+                let customer: Customer = self.decode(TREE_CUSTOMERS, &bytes)?;
+                customers.insert(key, self.seal(customer.sealing_key(), &customer)?);
+            }
+        }
+        self.customers
+            .apply_batch(customers)
+            .map_err(|err| self.err(err))?;
+        let mut owners = std::collections::HashMap::new();
+        let mut messages = sled::Batch::default();
+        for entry in self.messages.iter() {
+            let (key, bytes) = entry.map_err(|err| self.err(err))?;
+            let Some(conversation) = key.get(..8).and_then(decode_u64) else {
+                continue;
+            };
+            if !plain(&bytes) {
+                continue;
+            }
+            let sealing_key = match owners.get(&conversation) {
+                Some(key) => *key,
+                None => {
+                    let key = self.conversation_key(conversation)?;
+                    owners.insert(conversation, key);
+                    key
+                }
+            };
+            let message: StoredMessage = self.decode(TREE_MESSAGES, &bytes)?;
+            messages.insert(key, self.seal(sealing_key, &message)?);
+        }
+        self.messages
+            .apply_batch(messages)
+            .map_err(|err| self.err(err))?;
+        for entry in self.tickets.iter() {
+            let (key, bytes) = entry.map_err(|err| self.err(err))?;
+            let stored: serde_json::Value = self.decode(TREE_TICKETS, &bytes)?;
+            if stored.get("sealed").is_none() {
+                let ticket = self.decode_ticket(&bytes)?;
+                self.tickets
+                    .insert(key, self.encode_ticket(&ticket)?)
+                    .map_err(|err| self.err(err))?;
+            }
+        }
+        let inbox_key = self.inbox_key()?;
+        for entry in self.inbox.iter() {
+            let (key, bytes) = entry.map_err(|err| self.err(err))?;
+            if plain(&bytes) {
+                let record: serde_json::Value = self.decode(TREE_INBOX, &bytes)?;
+                self.inbox
+                    .insert(key, self.seal(inbox_key, &record)?)
+                    .map_err(|err| self.err(err))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Finishes erasures that a crash cut short (recorded in
     /// `pending_erasures` before they start), and destroys inbox keys older
     /// than the current one.
@@ -971,6 +1033,51 @@ mod tests {
             .unwrap()
             .iter()
             .all(|key| matches!(key, KeyId::Inbox(_))));
+    }
+
+    #[test]
+    fn a_schema_3_store_has_its_plain_records_sealed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (customer, conversation) = {
+            let store = Store::open(dir.path()).unwrap();
+            let (customer, ticket_id) = customer_with_history(&store, "1", "was-plain");
+            let conversation = store.customer_conversations(customer.id, None).unwrap()[0].id;
+            // Rewrite everything as schema 3 wrote it: plain JSON.
+            store
+                .customers
+                .insert(customer.id.to_be_bytes(), Store::encode(&customer))
+                .unwrap();
+            for entry in store.messages.iter() {
+                let (key, bytes) = entry.unwrap();
+                let message: StoredMessage = store.decode(TREE_MESSAGES, &bytes).unwrap();
+                store.messages.insert(key, Store::encode(&message)).unwrap();
+            }
+            let ticket = store.ticket(ticket_id).unwrap().unwrap();
+            store
+                .tickets
+                .insert(ticket_id.to_be_bytes(), Store::encode(&ticket))
+                .unwrap();
+            store.inbox_put(&[inbound("waiting was-plain")]).unwrap();
+            for entry in store.inbox.iter() {
+                let (key, bytes) = entry.unwrap();
+                let record: serde_json::Value = store.decode(TREE_INBOX, &bytes).unwrap();
+                store.inbox.insert(key, Store::encode(&record)).unwrap();
+            }
+            store.meta.insert(KEY_SCHEMA, &3u32.to_be_bytes()).unwrap();
+            store.flush_blocking().unwrap();
+            (customer, conversation)
+        };
+        let store = reopen(dir.path()).unwrap();
+        let sealed = |tree: &sled::Tree| {
+            tree.iter()
+                .all(|entry| keyring::sealed_by(&entry.unwrap().1).is_some())
+        };
+        assert!(sealed(&store.customers) && sealed(&store.messages) && sealed(&store.inbox));
+        assert_eq!(store.conversation_messages(conversation).unwrap().len(), 2);
+        let ticket = store.tickets().unwrap().remove(0);
+        assert_eq!(ticket.summary, "summary was-plain");
+        assert_eq!(store.customer(customer.id).unwrap().unwrap(), customer);
+        assert_eq!(store.inbox_pending().unwrap().len(), 1);
     }
 
     #[test]

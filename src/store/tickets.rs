@@ -248,7 +248,7 @@ impl Store {
         }))
     }
 
-    fn decode_ticket(&self, bytes: &[u8]) -> Result<Ticket, StoreError> {
+    pub(super) fn decode_ticket(&self, bytes: &[u8]) -> Result<Ticket, StoreError> {
         use base64::Engine;
         let stored: StoredTicket = self.decode(TREE_TICKETS, bytes)?;
         let mut ticket = stored.ticket;
