@@ -605,8 +605,23 @@ impl Pipeline {
                 handlers::choice::item(self.context(), inbound, adapter, action, &item).await
             }
             Button::Forget { customer, erase } => {
-                handlers::privacy::answer_forget(self.context(), inbound, adapter, customer, erase)
-                    .await
+                let erased = handlers::privacy::answer_forget(
+                    self.context(),
+                    inbound,
+                    adapter,
+                    customer,
+                    erase,
+                )
+                .await?;
+                if let (Some(_), false) = (&self.escalation, erased.is_empty()) {
+                    let tickets = self.tickets()?;
+                    for ticket in &erased {
+                        tickets
+                            .tell_agents(ticket, Template::AgentTicketErased, &[], None)
+                            .await;
+                    }
+                }
+                Ok(())
             }
         }
     }

@@ -179,11 +179,13 @@ pub enum Template {
     PaymentDataWarning,
     /// With `privacy.require_start`: nothing is stored before `/start`.
     StartRequired,
+    /// Told to the agents' spaces of `{ticket}` when its customer erased their data.
+    AgentTicketErased,
 }
 
 impl Template {
     /// Every template.
-    pub const ALL: [Template; 63] = [
+    pub const ALL: [Template; 64] = [
         Template::System,
         Template::Start,
         Template::Help,
@@ -247,6 +249,7 @@ impl Template {
         Template::ForgetCancelled,
         Template::PaymentDataWarning,
         Template::StartRequired,
+        Template::AgentTicketErased,
     ];
 
     /// File name under the locale directory.
@@ -315,6 +318,7 @@ impl Template {
             Self::ForgetCancelled => "forget_cancelled.txt",
             Self::PaymentDataWarning => "payment_data_warning.txt",
             Self::StartRequired => "start_required.txt",
+            Self::AgentTicketErased => "agent_ticket_erased.txt",
         }
     }
 
@@ -391,6 +395,7 @@ impl Template {
             Self::ForgetCancelled => both!("forget_cancelled.txt"),
             Self::PaymentDataWarning => both!("payment_data_warning.txt"),
             Self::StartRequired => both!("start_required.txt"),
+            Self::AgentTicketErased => both!("agent_ticket_erased.txt"),
         }
     }
 }

@@ -123,6 +123,20 @@ mod telegram {
             .iter()
             .any(|message| message["text"].as_str().unwrap().contains(marker)));
 
+        // In a group the file goes to the customer's private chat.
+        const GROUP: i64 = -100_777;
+        fake.push_message(GROUP, "group", CUSTOMER, "/export@shop_bot");
+        assert!(eventually(WAIT, || fake.documents().len() == 2).await);
+        assert_eq!(fake.documents()[1].chat, CHAT);
+        assert!(
+            eventually(WAIT, || texts(&fake, GROUP)
+                .iter()
+                .any(|text| text.contains("private chat")))
+            .await,
+            "{:?}",
+            texts(&fake, GROUP)
+        );
+
         fake.push_message(CHAT, "private", CUSTOMER, "/forget");
         assert!(eventually(WAIT, || button(&fake, "Yes, erase my data").is_some()).await);
         let yes = button(&fake, "Yes, erase my data").unwrap();
@@ -168,9 +182,53 @@ mod telegram {
             audit_actions(&data_dir),
             [
                 (AuditAction::Export, "customer".to_string()),
+                (AuditAction::Export, "customer".to_string()),
                 (AuditAction::Forget, "customer".to_string())
             ]
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn erasing_a_customer_closes_their_ticket_and_tells_the_agents() {
+        const AGENTS: i64 = -1_002_000;
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeTelegram::start().await;
+        let daemon = InProcessDaemon::start(
+            dir.path(),
+            ECHO,
+            &format!(
+                "{}agents_chat_id = {AGENTS}\n[escalation.agents]\nalice = [\"telegram:7001\"]\n",
+                section(&fake)
+            ),
+        );
+        fake.push_message(CHAT, "private", CUSTOMER, "/human");
+        assert!(eventually(WAIT, || !texts(&fake, AGENTS).is_empty()).await);
+        // With people on the chat, /forget still reaches the bot.
+        fake.push_message(CHAT, "private", CUSTOMER, "/forget");
+        assert!(eventually(WAIT, || button(&fake, "Yes, erase my data").is_some()).await);
+        let (question, _) = fake.messages_in(CHAT).last().cloned().unwrap();
+        fake.push_callback(
+            CHAT,
+            CUSTOMER,
+            question,
+            &button(&fake, "Yes, erase my data").unwrap(),
+        );
+        assert!(
+            eventually(WAIT, || texts(&fake, AGENTS).iter().any(
+                |text| text.starts_with("T-000001: the customer erased their data")
+            ))
+            .await,
+            "{:?}",
+            texts(&fake, AGENTS)
+        );
+        let done = texts(&fake, CHAT).last().cloned().unwrap();
+        assert!(done.contains("1 support ticket(s) were kept"), "{done}");
+        daemon.stop().await;
+        let store = reopen_store(&dir.path().join("data"));
+        let ticket = store.ticket(1).unwrap().unwrap();
+        assert_eq!(ticket.state, concierge::store::TicketState::Closed);
+        assert!(ticket.transcript.is_empty() && ticket.summary.is_empty());
+        assert!(store.active_tickets().unwrap().is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -383,7 +441,9 @@ fn at_the_console_the_export_is_a_file_and_a_number_confirms_the_erasure() {
     command.args(["chat", "--user", "kim"]);
     let output = support::run_with_stdin(
         command,
-        &format!("hello {marker}\n/export\n/forget\n2\n/export\n/forget\n1\n"),
+        &format!(
+            "hello {marker}\nmy card 4111-1111-1111-1111 expires soon\n/export\n/forget\n2\n/export\n/forget\n1\n"
+        ),
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -392,6 +452,12 @@ fn at_the_console_the_export_is_a_file_and_a_number_confirms_the_erasure() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("[1] Yes, erase my data"), "{stdout}");
+    assert!(stdout.contains("never send card numbers"), "{stdout}");
+    assert!(
+        stdout.contains("You said: my card •••• 1111 expires soon"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("4111-1111"), "{stdout}");
     assert!(stdout.contains("[2] No, keep it"), "{stdout}");
     assert!(stdout.contains("Nothing was erased."), "{stdout}");
     let written: Vec<&str> = stdout
@@ -618,6 +684,51 @@ async fn while_a_daemon_holds_the_store_the_commands_go_through_its_api() {
 }
 
 #[tokio::test]
+async fn a_chinese_customer_is_asked_and_answered_in_chinese() {
+    let dir = tempfile::tempdir().unwrap();
+    let harness = support::harness(dir.path(), ECHO, support::settings(4096, 256));
+    support::run_messages(
+        &harness,
+        vec![
+            support::message("li", "你好，我想问一下"),
+            support::message("li", "/forget"),
+        ],
+    )
+    .await;
+    let customer = harness
+        .store
+        .find_customer(support::PLATFORM, "li")
+        .unwrap()
+        .unwrap();
+    let question = harness.channel.texts("li").last().cloned().unwrap();
+    assert!(question.contains("确定要删除您的数据吗"), "{question}");
+    support::run_messages(
+        &harness,
+        vec![support::choice("li", &format!("forget:no:{}", customer.id))],
+    )
+    .await;
+    assert_eq!(
+        harness.channel.texts("li").last().unwrap(),
+        "没有删除任何数据。"
+    );
+    support::run_messages(
+        &harness,
+        vec![support::choice(
+            "li",
+            &format!("forget:yes:{}", customer.id),
+        )],
+    )
+    .await;
+    let done = harness.channel.texts("li").last().cloned().unwrap();
+    assert!(done.starts_with("已完成"), "{done}");
+    assert!(harness
+        .store
+        .find_customer(support::PLATFORM, "li")
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
 async fn with_require_start_nothing_is_stored_before_start() {
     let dir = tempfile::tempdir().unwrap();
     let mut settings = support::settings(4096, 256);
@@ -649,4 +760,28 @@ async fn with_require_start_nothing_is_stored_before_start() {
         .map(|message| message.text.as_str())
         .collect();
     assert_eq!(texts, ["what now", "You said: what now"]);
+}
+
+#[cfg(feature = "console")]
+#[test]
+fn at_the_console_require_start_holds_everything_until_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = support::scripted_config(dir.path(), ECHO, free_port());
+    let mut command = concierge(&config);
+    command
+        .args(["chat", "--user", "sam"])
+        .env("CONCIERGE_PRIVACY_REQUIRE_START", "true");
+    let output = support::run_with_stdin(command, "is it stored?\n/start\nnow it is\n");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success());
+    assert!(stdout.contains("Send /start to agree"), "{stdout}");
+    assert!(!stdout.contains("You said: is it stored?"), "{stdout}");
+    assert!(stdout.contains("You said: now it is"), "{stdout}");
+    let history = concierge(&config)
+        .args(["history", "--user", "sam"])
+        .output()
+        .unwrap();
+    let history = String::from_utf8_lossy(&history.stdout);
+    assert!(!history.contains("is it stored?"), "{history}");
+    assert!(history.contains("now it is"), "{history}");
 }

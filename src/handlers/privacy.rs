@@ -146,22 +146,31 @@ pub(crate) async fn ask_to_forget(
 }
 
 /// The answer to `/forget`'s question. Only the customer who asked may
-/// answer it; anyone else's press is ignored.
+/// answer it; anyone else's press is ignored. Returns the erased customer's
+/// tickets that agents saw (now anonymised), so their spaces can be told.
 pub(crate) async fn answer_forget(
     ctx: Context<'_>,
     inbound: &Inbound,
     outbox: &dyn Outbox,
     customer_id: u64,
     erase: bool,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<crate::store::Ticket>> {
     let sender = &inbound.sender;
     let presser = ctx.store.find_customer(&sender.platform, &sender.user_id)?;
     let Some(presser) = presser.filter(|presser| presser.id == customer_id) else {
         tracing::info!(platform = %sender.platform, "an erasure button pressed by someone else, or after the erasure, was ignored");
-        return Ok(());
+        return Ok(Vec::new());
     };
+    let mut seen_by_agents = Vec::new();
     let locale = presser.locale.unwrap_or(ctx.default_locale);
     let reply = if erase {
+        let tickets: Vec<u64> = ctx
+            .store
+            .tickets_of_customer(customer_id)?
+            .into_iter()
+            .filter(|ticket| !ticket.agent_posts.is_empty())
+            .map(|ticket| ticket.id)
+            .collect();
         let store = ctx.store.clone();
         let erasure =
             tokio::task::spawn_blocking(move || store.forget_customer(customer_id)).await??;
@@ -190,6 +199,9 @@ pub(crate) async fn answer_forget(
             ),
         );
         tracing::info!(platform = %sender.platform, customer = customer_id, "customer erased at their request");
+        for id in tickets {
+            seen_by_agents.extend(ctx.store.ticket(id)?);
+        }
         let pairs: Vec<(&str, &str)> = counts
             .iter()
             .map(|(name, value)| (*name, value.as_str()))
@@ -203,5 +215,5 @@ pub(crate) async fn answer_forget(
     outbox
         .send(Outbound::text(inbound.conversation.clone(), reply.trim()))
         .await?;
-    Ok(())
+    Ok(seen_by_agents)
 }

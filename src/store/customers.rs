@@ -129,11 +129,19 @@ impl Store {
             }))
     }
 
-    /// Saves a changed customer profile.
+    /// Saves a changed customer profile; a customer erased meanwhile stays
+    /// erased.
     pub fn update_customer(&self, customer: &Customer) -> Result<(), StoreError> {
+        if !self
+            .customers
+            .contains_key(customer.id.to_be_bytes())
+            .map_err(|err| self.err(err))?
+        {
+            return Ok(());
+        }
         let record = self.seal(customer.sealing_key(), customer)?;
         self.customers
-            .insert(customer.id.to_be_bytes(), record)
+            .update_and_fetch(customer.id.to_be_bytes(), |old| old.map(|_| record.clone()))
             .map_err(|err| self.err(err))?;
         Ok(())
     }

@@ -302,6 +302,15 @@ impl Store {
         })
     }
 
+    /// A customer's tickets, oldest first.
+    pub fn tickets_of_customer(&self, customer_id: u64) -> Result<Vec<Ticket>, StoreError> {
+        let mut tickets = Vec::new();
+        for id in self.customer_ticket_ids(customer_id)? {
+            tickets.extend(self.ticket(id)?);
+        }
+        Ok(tickets)
+    }
+
     fn customer_ticket_ids(&self, customer_id: u64) -> Result<Vec<u64>, StoreError> {
         let mut ids = Vec::new();
         for entry in self.customer_tickets.scan_prefix(customer_id.to_be_bytes()) {
@@ -496,7 +505,14 @@ impl Store {
         let mut messages = sled::Batch::default();
         for entry in self.messages.iter() {
             let (key, bytes) = entry.map_err(|err| self.err(err))?;
-            let message: StoredMessage = self.decode(TREE_MESSAGES, &bytes)?;
+            // A message written for a customer while they were erased is
+            // sealed under a destroyed key: unreadable, so it goes too.
+            let Some(plain) = self.keys.open_record(&bytes)? else {
+                messages.remove(key);
+                sweep.messages += 1;
+                continue;
+            };
+            let message: StoredMessage = self.decode(TREE_MESSAGES, &plain)?;
             if message.ts_ms < cutoff_ms {
                 messages.remove(key);
                 sweep.messages += 1;
