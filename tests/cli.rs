@@ -7,6 +7,8 @@
 
 mod support;
 
+use support::concierge_with as concierge;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -15,16 +17,6 @@ use std::time::Duration;
 use support::{binary, free_port, http_get, run_with_stdin, scripted_config, wait_for, wait_ready};
 
 const ECHO: &str = "default_reply = \"echo: {last_user}\"\n";
-
-fn concierge(config: &Path) -> Command {
-    let mut command = Command::new(binary());
-    command
-        .arg("--config")
-        .arg(config)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("CONCIERGE_OPERATOR_TOKEN");
-    command
-}
 
 #[test]
 #[cfg(feature = "console")]

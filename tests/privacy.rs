@@ -7,6 +7,8 @@
 
 mod support;
 
+use support::concierge_with as concierge;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -418,16 +420,6 @@ async fn a_discord_customer_gets_their_export_as_an_attachment_and_can_erase_it(
         .find_customer("discord", &CUSTOMER.to_string())
         .unwrap()
         .is_none());
-}
-
-fn concierge(config: &Path) -> Command {
-    let mut command = Command::new(binary());
-    command
-        .arg("--config")
-        .arg(config)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env_remove("CONCIERGE_OPERATOR_TOKEN");
-    command
 }
 
 #[cfg(feature = "console")]

@@ -7,6 +7,7 @@ use concierge::config::Config;
 use concierge::privacy;
 use concierge::store::{Store, StoreError};
 
+use super::operator_client::OperatorClient;
 use super::{CustomersAction, PrivacyAction};
 
 /// How this command reaches the data.
@@ -17,11 +18,7 @@ enum Access {
     Api(Api),
 }
 
-struct Api {
-    client: reqwest::blocking::Client,
-    base: url::Url,
-    token: String,
-}
+struct Api(OperatorClient);
 
 impl Api {
     fn call(
@@ -29,28 +26,10 @@ impl Api {
         method: reqwest::Method,
         segments: &[&str],
     ) -> anyhow::Result<serde_json::Value> {
-        let mut url = self.base.clone();
-        url.path_segments_mut()
-            .map_err(|_| anyhow::anyhow!("operator.listen is not an address"))?
-            .extend(segments);
-        let response = self
-            .client
-            .request(method, url)
-            .bearer_auth(&self.token)
-            .send()
-            .with_context(|| {
-                format!(
-                    "the store is held by a running daemon, but its operator API at {} does not answer",
-                    self.base
-                )
-            })?;
-        let status = response.status();
-        let body: serde_json::Value = response.json().context("the daemon's answer is not JSON")?;
-        if !status.is_success() {
-            let message = body["error"].as_str().unwrap_or("unknown error");
-            anyhow::bail!("{message} (HTTP {status})");
-        }
-        Ok(body)
+        self.0.send(
+            self.0.request(method, segments)?,
+            "the store is held by a running daemon, but it does not answer",
+        )
     }
 }
 
@@ -64,13 +43,10 @@ fn access(config: &Config) -> anyhow::Result<Access> {
                     path.display()
                 )
             })?;
-            Ok(Access::Api(Api {
-                client: reqwest::blocking::Client::builder()
-                    .timeout(std::time::Duration::from_secs(60))
-                    .build()?,
-                base: url::Url::parse(&format!("http://{}/", config.operator.listen))?,
-                token: token.expose().to_string(),
-            }))
+            Ok(Access::Api(Api(OperatorClient::new(
+                config,
+                token.expose(),
+            )?)))
         }
         Err(err) => Err(err.into()),
     }

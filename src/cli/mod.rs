@@ -8,6 +8,7 @@ mod daemon;
 mod data;
 mod evaluate;
 mod models;
+mod operator_client;
 mod tickets;
 
 use std::io::IsTerminal;

@@ -11,59 +11,63 @@ pub(super) fn run(config: &Config, action: TicketsAction) -> anyhow::Result<()> 
     let token = config.operator.token.as_ref().context(
         "operator.token is not set: set CONCIERGE_OPERATOR_TOKEN or operator.token_file (the same as the daemon's)",
     )?;
-    let base = format!("http://{}", config.operator.listen);
-    let client = reqwest::blocking::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()?;
+    let api = super::operator_client::OperatorClient::new(config, token.expose())?;
+    let post = |segments: &[&str], body: serde_json::Value| {
+        api.request(reqwest::Method::POST, segments)
+            .map(|request| request.json(&body))
+    };
     let (request, lines) = match &action {
         TicketsAction::List { state } => {
-            let mut request = client.get(format!("{base}/v1/tickets"));
+            let mut request = api.request(reqwest::Method::GET, &["v1", "tickets"])?;
             if let Some(state) = state {
                 request = request.query(&[("state", state)]);
             }
             (request, true)
         }
-        TicketsAction::Show { id } => (client.get(format!("{base}/v1/tickets/{id}")), false),
+        TicketsAction::Show { id } => (
+            api.request(reqwest::Method::GET, &["v1", "tickets", id])?,
+            false,
+        ),
         TicketsAction::Reply { id, agent, text } => (
-            client
-                .post(format!("{base}/v1/tickets/{id}/reply"))
-                .json(&serde_json::json!({"agent": agent, "text": text})),
+            post(
+                &["v1", "tickets", id, "reply"],
+                serde_json::json!({"agent": agent, "text": text}),
+            )?,
             false,
         ),
         TicketsAction::Assign { id, agent } => (
-            client
-                .post(format!("{base}/v1/tickets/{id}/assign"))
-                .json(&serde_json::json!({"agent": agent})),
+            post(
+                &["v1", "tickets", id, "assign"],
+                serde_json::json!({"agent": agent}),
+            )?,
             false,
         ),
         TicketsAction::Resolve { id, agent } => (
-            client
-                .post(format!("{base}/v1/tickets/{id}/resolve"))
-                .json(&serde_json::json!({"agent": agent})),
+            post(
+                &["v1", "tickets", id, "resolve"],
+                serde_json::json!({"agent": agent}),
+            )?,
             false,
         ),
         TicketsAction::Note { id, agent, text } => (
-            client
-                .post(format!("{base}/v1/tickets/{id}/note"))
-                .json(&serde_json::json!({"agent": agent, "text": text})),
+            post(
+                &["v1", "tickets", id, "note"],
+                serde_json::json!({"agent": agent, "text": text}),
+            )?,
             false,
         ),
         TicketsAction::Reopen { id, agent } => (
-            client
-                .post(format!("{base}/v1/tickets/{id}/reopen"))
-                .json(&serde_json::json!({"agent": agent})),
+            post(
+                &["v1", "tickets", id, "reopen"],
+                serde_json::json!({"agent": agent}),
+            )?,
             false,
         ),
     };
-    let response = request.bearer_auth(token.expose()).send().with_context(|| {
-        format!("cannot reach the daemon at {base} (operator.listen): is `concierge serve` running?")
-    })?;
-    let status = response.status();
-    let body: serde_json::Value = response.json().context("the daemon's answer is not JSON")?;
-    if !status.is_success() {
-        let message = body["error"].as_str().unwrap_or("unknown error");
-        anyhow::bail!("{message} (HTTP {status})");
-    }
+    let body = api.send(
+        request,
+        "cannot reach the daemon: is `concierge serve` running?",
+    )?;
     match (lines, body.as_array()) {
         (true, Some(tickets)) => {
             for ticket in tickets {

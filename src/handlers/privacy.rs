@@ -10,7 +10,7 @@ use concierge_adapter::{
 use super::Context;
 use crate::buttons::Button;
 use crate::prompts::{Locale, Template};
-use crate::store::{AuditAction, Customer};
+use crate::store::Customer;
 
 /// `/export`: the customer's data as a file.
 pub(crate) async fn export(
@@ -20,20 +20,6 @@ pub(crate) async fn export(
     customer: &Customer,
     locale: Locale,
 ) -> anyhow::Result<()> {
-    let store = ctx.store.clone();
-    let id = customer.id;
-    let export = tokio::task::spawn_blocking(move || store.export_customer(id)).await??;
-    let messages: usize = export
-        .conversations
-        .iter()
-        .map(|conversation| conversation.messages.len())
-        .sum();
-    let detail = format!(
-        "{} conversations, {messages} messages, {} events, {} tickets",
-        export.conversations.len(),
-        export.events.len(),
-        export.tickets.len()
-    );
     let sender = &inbound.sender;
     // Only the customer may read it: in a group it goes to their private chat.
     let (target, target_outbox): (ConversationRef, &dyn Outbox) = match inbound.chat {
@@ -53,6 +39,12 @@ pub(crate) async fn export(
             }
         }
     };
+    let store = ctx.store.clone();
+    let (id, platform, user) = (customer.id, sender.platform.clone(), sender.user_id.clone());
+    let export = tokio::task::spawn_blocking(move || {
+        crate::privacy::export_audited(&store, id, "customer", (&platform, &user))
+    })
+    .await??;
     let document = Document {
         conversation: target.clone(),
         file_name: crate::privacy::export_file_name(&export),
@@ -95,15 +87,6 @@ pub(crate) async fn export(
         }
         Err(err) => return Err(err.into()),
     };
-    crate::privacy::audit(
-        ctx.store,
-        AuditAction::Export,
-        "customer",
-        customer.id,
-        Some((&sender.platform, &sender.user_id)),
-        detail,
-    );
-    tracing::info!(platform = %sender.platform, customer = customer.id, "customer data exported");
     if let Some(reply) = reply {
         outbox
             .send(Outbound::text(inbound.conversation.clone(), reply.trim()))
@@ -172,8 +155,11 @@ pub(crate) async fn answer_forget(
             .map(|ticket| ticket.id)
             .collect();
         let store = ctx.store.clone();
-        let erasure =
-            tokio::task::spawn_blocking(move || store.forget_customer(customer_id)).await??;
+        let (platform, user) = (sender.platform.clone(), sender.user_id.clone());
+        let erasure = tokio::task::spawn_blocking(move || {
+            crate::privacy::erase_audited(&store, customer_id, "customer", (&platform, &user))
+        })
+        .await??;
         let counts = [
             ("accounts", erasure.identities.to_string()),
             ("conversations", erasure.conversations.to_string()),
@@ -181,24 +167,6 @@ pub(crate) async fn answer_forget(
             ("events", erasure.events.to_string()),
             ("tickets", erasure.tickets_anonymised.to_string()),
         ];
-        crate::privacy::audit(
-            ctx.store,
-            AuditAction::Forget,
-            "customer",
-            customer_id,
-            Some((&sender.platform, &sender.user_id)),
-            format!(
-                "{} accounts, {} conversations, {} messages, {} events, {} tickets anonymised, {} keys destroyed, {} exports removed",
-                erasure.identities,
-                erasure.conversations,
-                erasure.messages,
-                erasure.events,
-                erasure.tickets_anonymised,
-                erasure.keys_destroyed,
-                erasure.exports_removed
-            ),
-        );
-        tracing::info!(platform = %sender.platform, customer = customer_id, "customer erased at their request");
         for id in tickets {
             seen_by_agents.extend(ctx.store.ticket(id)?);
         }

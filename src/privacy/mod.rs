@@ -179,46 +179,57 @@ pub fn show_customer(
         .ok_or_else(|| crate::store::StoreError::NotFound(format!("customer {platform}:{user}")))
 }
 
-/// An operator's export of a customer, audited.
-pub fn export_for_operator(
+/// Everything stored about a customer, audited as asked by `actor` from (or
+/// naming) the platform account `account`.
+pub fn export_audited(
     store: &Store,
-    platform: &str,
-    user: &str,
+    customer_id: u64,
     actor: &str,
+    account: (&str, &str),
 ) -> Result<CustomerExport, crate::store::StoreError> {
-    let customer = customer_of_account(store, platform, user)?;
-    let export = store.export_customer(customer.id)?;
+    let export = store.export_customer(customer_id)?;
+    let messages: usize = export
+        .conversations
+        .iter()
+        .map(|conversation| conversation.messages.len())
+        .sum();
     audit(
         store,
         AuditAction::Export,
         actor,
-        customer.id,
-        Some((platform, user)),
+        customer_id,
+        Some(account),
         format!(
-            "{} conversations, {} events, {} tickets",
+            "{} conversations, {messages} messages, {} events, {} tickets",
             export.conversations.len(),
             export.events.len(),
             export.tickets.len()
         ),
     );
+    tracing::info!(
+        platform = account.0,
+        customer = customer_id,
+        actor,
+        "customer data exported"
+    );
     Ok(export)
 }
 
-/// An operator's erasure of a customer, audited.
-pub fn forget_for_operator(
+/// Erases a customer, audited as asked by `actor` from (or naming) the
+/// platform account `account`.
+pub fn erase_audited(
     store: &Store,
-    platform: &str,
-    user: &str,
+    customer_id: u64,
     actor: &str,
+    account: (&str, &str),
 ) -> Result<crate::store::Erasure, crate::store::StoreError> {
-    let customer = customer_of_account(store, platform, user)?;
-    let erasure = store.forget_customer(customer.id)?;
+    let erasure = store.forget_customer(customer_id)?;
     audit(
         store,
         AuditAction::Forget,
         actor,
-        customer.id,
-        Some((platform, user)),
+        customer_id,
+        Some(account),
         format!(
             "{} accounts, {} conversations, {} messages, {} events, {} tickets anonymised, {} keys destroyed, {} exports removed",
             erasure.identities,
@@ -230,8 +241,35 @@ pub fn forget_for_operator(
             erasure.exports_removed
         ),
     );
-    tracing::info!(platform, customer = customer.id, actor, "customer erased");
+    tracing::info!(
+        platform = account.0,
+        customer = customer_id,
+        actor,
+        "customer erased"
+    );
     Ok(erasure)
+}
+
+/// An operator's export of the customer behind a platform account.
+pub fn export_for_operator(
+    store: &Store,
+    platform: &str,
+    user: &str,
+    actor: &str,
+) -> Result<CustomerExport, crate::store::StoreError> {
+    let customer = customer_of_account(store, platform, user)?;
+    export_audited(store, customer.id, actor, (platform, user))
+}
+
+/// An operator's erasure of the customer behind a platform account.
+pub fn forget_for_operator(
+    store: &Store,
+    platform: &str,
+    user: &str,
+    actor: &str,
+) -> Result<crate::store::Erasure, crate::store::StoreError> {
+    let customer = customer_of_account(store, platform, user)?;
+    erase_audited(store, customer.id, actor, (platform, user))
 }
 
 /// What `concierge privacy sweep` and `POST /v1/privacy/sweep` print.

@@ -226,6 +226,18 @@ pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_concierge"))
 }
 
+/// The binary with `--config config`, run from the repository root, without
+/// an operator token from the environment.
+pub fn concierge_with(config: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new(binary());
+    command
+        .arg("--config")
+        .arg(config)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("CONCIERGE_OPERATOR_TOKEN");
+    command
+}
+
 /// Writes a configuration that uses the scripted engine with `script`, the
 /// data directory `dir/data`, and the operator API on `operator_port`.
 pub fn scripted_config(dir: &Path, script: &str, operator_port: u16) -> PathBuf {
