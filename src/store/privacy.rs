@@ -756,6 +756,15 @@ mod tests {
         found
     }
 
+    fn no_customer_keys_left(store: &Store) -> bool {
+        store
+            .keys
+            .list()
+            .unwrap()
+            .iter()
+            .all(|key| matches!(key, KeyId::Inbox(_)))
+    }
+
     fn line(role: TranscriptRole, text: &str) -> TranscriptLine {
         TranscriptLine {
             ts_ms: now_ms(),
@@ -967,12 +976,7 @@ mod tests {
         assert_eq!(export.tickets.len(), 2);
         let erasure = store.forget_customer(first.id).unwrap();
         assert_eq!((erasure.identities, erasure.keys_destroyed), (2, 2));
-        assert!(store
-            .keys
-            .list()
-            .unwrap()
-            .iter()
-            .all(|key| matches!(key, KeyId::Inbox(_))));
+        assert!(no_customer_keys_left(&store));
     }
 
     #[test]
@@ -1043,12 +1047,7 @@ mod tests {
             .unwrap();
         let erasure = store.forget_customer(customer.id).unwrap();
         assert_eq!(erasure.keys_destroyed, 1);
-        assert!(store
-            .keys
-            .list()
-            .unwrap()
-            .iter()
-            .all(|key| matches!(key, KeyId::Inbox(_))));
+        assert!(no_customer_keys_left(&store));
     }
 
     #[test]
