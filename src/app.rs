@@ -54,6 +54,24 @@ pub async fn build_engine(config: &Config) -> anyhow::Result<Arc<dyn Llm>> {
                 .context("engine.script_file is required for the scripted engine")?;
             Ok(Arc::new(ScriptedEngine::from_file(path)?))
         }
+        // Nothing is fetched or converted: the servers hold the model.
+        EngineBackend::Openai => {
+            let settings = crate::engine::remote::RemoteSettings {
+                base_urls: config.engine.base_urls.clone(),
+                api_key: config.engine.api_key.clone(),
+                model: config.engine.model.clone(),
+                request_timeout: Duration::from_secs(config.engine.request_timeout_secs),
+                tokenizer: config.engine.tokenizer.clone(),
+            };
+            eprintln!(
+                "concierge: using {} on {} inference endpoint(s)",
+                settings.model,
+                settings.base_urls.len()
+            );
+            Ok(Arc::new(crate::engine::remote::RemoteEngine::new(
+                settings,
+            )?))
+        }
         EngineBackend::Auto | EngineBackend::Cpu | EngineBackend::Mistralrs => {
             let engine_config = config.engine.clone();
             let path = tokio::task::spawn_blocking(move || models::prepare(&engine_config))
@@ -81,7 +99,9 @@ pub const GPU_BUILD: bool = cfg!(any(feature = "cuda", feature = "metal"));
 pub fn choose_engine(backend: EngineBackend, path: &Path) -> EngineChoice {
     match backend {
         EngineBackend::Cpu => EngineChoice::Cpu,
-        EngineBackend::Mistralrs | EngineBackend::Scripted => EngineChoice::Mistralrs,
+        EngineBackend::Mistralrs | EngineBackend::Scripted | EngineBackend::Openai => {
+            EngineChoice::Mistralrs
+        }
         EngineBackend::Auto if GPU_BUILD => EngineChoice::Mistralrs,
         EngineBackend::Auto => match crate::engine::cpu::check_file(path) {
             Ok(()) => EngineChoice::Cpu,
@@ -117,6 +137,16 @@ pub async fn load_engine(
             Ok(Arc::new(loaded))
         }
         EngineChoice::Mistralrs => Ok(Arc::new(MistralEngine::load(path, engine).await?)),
+    }
+}
+
+/// Marks the engine ready, and lets `/healthz` read its inference
+/// endpoints when it calls servers.
+fn engine_ready(health: &Health, llm: &Arc<dyn Llm>) {
+    health.set_engine(ComponentState::Ready, Some(llm.model_name().to_string()));
+    if llm.remote_endpoints().is_some() {
+        let llm = Arc::clone(llm);
+        health.watch_endpoints(Arc::new(move || llm.remote_endpoints().unwrap_or_default()));
     }
 }
 
@@ -409,7 +439,7 @@ pub async fn chat(
     let recommender = load_ranker_async(config, &store).await?;
     let classifier = load_classifier(config).await?;
     let llm = build_engine(config).await?;
-    health.set_engine(ComponentState::Ready, Some(llm.model_name().to_string()));
+    engine_ready(&health, &llm);
     let desk: Arc<std::sync::OnceLock<Arc<Pipeline>>> = Arc::default();
     let api_stop = CancellationToken::new();
     // This process holds the store, so `concierge tickets` reaches the
@@ -614,7 +644,7 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
             return Err(err);
         }
     };
-    health.set_engine(ComponentState::Ready, Some(llm.model_name().to_string()));
+    engine_ready(&health, &llm);
     tracing::info!(model = llm.model_name(), "engine ready");
 
     let intake_stop = CancellationToken::new();

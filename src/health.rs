@@ -1,5 +1,6 @@
-//! Readiness of the daemon's parts (store, engine, channels), shared between
-//! the components that change it and `GET /healthz` that reports it.
+//! Readiness of the daemon's parts (store, engine and its inference
+//! endpoints, channels), shared between the components that change it and
+//! `GET /healthz` that reports it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -26,19 +27,24 @@ struct Snapshot {
     store: ComponentState,
     engine: ComponentState,
     model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoints: Option<Vec<crate::engine::remote::EndpointHealth>>,
     channels: BTreeMap<String, ComponentState>,
 }
 
-#[derive(Debug)]
+/// Reads the state of a remote engine's endpoints when asked.
+pub type EndpointProbe = Arc<dyn Fn() -> Vec<crate::engine::remote::EndpointHealth> + Send + Sync>;
+
 struct State {
     store: ComponentState,
     engine: ComponentState,
     model: Option<String>,
     channels: BTreeMap<String, ComponentState>,
+    endpoints: Option<EndpointProbe>,
 }
 
 /// Shared readiness. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Health {
     state: Arc<RwLock<State>>,
 }
@@ -51,6 +57,7 @@ impl Default for Health {
                 engine: ComponentState::Starting,
                 model: None,
                 channels: BTreeMap::new(),
+                endpoints: None,
             })),
         }
     }
@@ -76,6 +83,12 @@ impl Health {
                 s.model = model;
             }
         });
+    }
+
+    /// Lets the report read the engine's inference endpoints: the daemon is
+    /// not ready while none of them is up.
+    pub fn watch_endpoints(&self, probe: EndpointProbe) {
+        self.update(|s| s.endpoints = Some(probe));
     }
 
     /// Sets one channel's state.
@@ -112,8 +125,13 @@ impl Health {
                 serde_json::json!({"ready": false, "error": "health state poisoned"}),
             );
         };
+        let endpoints = state.endpoints.as_ref().map(|probe| probe());
+        let some_endpoint_up = endpoints
+            .as_ref()
+            .is_none_or(|endpoints| endpoints.iter().any(|endpoint| endpoint.state == "up"));
         let ready = state.store == ComponentState::Ready
             && state.engine == ComponentState::Ready
+            && some_endpoint_up
             && !state
                 .channels
                 .values()
@@ -123,6 +141,7 @@ impl Health {
             store: state.store.clone(),
             engine: state.engine.clone(),
             model: state.model.clone(),
+            endpoints,
             channels: state.channels.clone(),
         };
         (ready, serde_json::to_value(snapshot).unwrap_or_default())
@@ -155,5 +174,34 @@ mod tests {
             health.report().1["channels"]["telegram"]["state"],
             "starting"
         );
+    }
+
+    #[test]
+    fn with_inference_endpoints_ready_needs_one_of_them_up() {
+        use crate::engine::remote::EndpointHealth;
+        let health = Health::default();
+        health.set_store(ComponentState::Ready);
+        health.set_engine(ComponentState::Ready, Some("m".into()));
+        let states = Arc::new(std::sync::Mutex::new(vec!["down", "up"]));
+        let probe_states = Arc::clone(&states);
+        health.watch_endpoints(Arc::new(move || {
+            probe_states
+                .lock()
+                .unwrap()
+                .iter()
+                .enumerate()
+                .map(|(index, state)| EndpointHealth {
+                    url: format!("http://gpu{index}:8000/v1"),
+                    state,
+                    in_flight: 0,
+                    last_error: None,
+                })
+                .collect()
+        }));
+        let (ready, json) = health.report();
+        assert!(ready);
+        assert_eq!(json["endpoints"][0]["state"], "down");
+        *states.lock().unwrap() = vec!["down", "down"];
+        assert!(!health.is_ready());
     }
 }

@@ -60,6 +60,22 @@ fn describe() {
         "concierge_first_token_seconds",
         "Time from message to first streamed token"
     );
+    metrics::describe_counter!(
+        "concierge_engine_requests_total",
+        "Requests to each inference endpoint (engine.backend = openai)"
+    );
+    metrics::describe_counter!(
+        "concierge_engine_errors_total",
+        "Failed requests to each inference endpoint"
+    );
+    metrics::describe_counter!(
+        "concierge_engine_tokens_total",
+        "Tokens each inference endpoint generated"
+    );
+    metrics::describe_histogram!(
+        "concierge_engine_first_token_seconds",
+        "Time from a request to an inference endpoint to its first token"
+    );
 }
 
 /// A message or press was over the flood limits.
@@ -102,6 +118,30 @@ pub fn tokens_used(prompt: usize, completion: usize) {
 pub fn ticket_opened(category: &str, priority: &'static str) {
     metrics::counter!("concierge_tickets_opened_total", "category" => category.to_string(), "priority" => priority)
         .increment(1);
+}
+
+/// A request went to an inference endpoint.
+pub fn remote_request(endpoint: &str) {
+    metrics::counter!("concierge_engine_requests_total", "endpoint" => endpoint.to_string())
+        .increment(1);
+}
+
+/// A request to an inference endpoint failed.
+pub fn remote_error(endpoint: &str) {
+    metrics::counter!("concierge_engine_errors_total", "endpoint" => endpoint.to_string())
+        .increment(1);
+}
+
+/// Tokens an inference endpoint generated.
+pub fn remote_tokens(endpoint: &str, tokens: usize) {
+    metrics::counter!("concierge_engine_tokens_total", "endpoint" => endpoint.to_string())
+        .increment(tokens as u64);
+}
+
+/// Time from sending a request to an inference endpoint to its first token.
+pub fn remote_first_token(endpoint: &str, elapsed: Duration) {
+    metrics::histogram!("concierge_engine_first_token_seconds", "endpoint" => endpoint.to_string())
+        .record(elapsed.as_secs_f64());
 }
 
 /// A ticket's first-answer deadline passed.

@@ -221,6 +221,8 @@ pub enum EngineBackend {
     /// The scripted test double (`engine.script_file`); for tests and demos
     /// of the pipeline without a model. Never the default.
     Scripted,
+    /// A pool of OpenAI-compatible servers (`engine.base_url`).
+    Openai,
 }
 
 /// Quantisation that the model is converted to before loading.
@@ -270,6 +272,16 @@ pub struct EngineConfig {
     pub threads: usize,
     /// Script of the scripted backend.
     pub script_file: Option<PathBuf>,
+    /// `openai`: the servers' API roots (`http://gpu1:8000/v1`).
+    pub base_urls: Vec<url::Url>,
+    /// `openai`: the servers' bearer key.
+    pub api_key: Option<Secret>,
+    /// `openai`: the model name sent with each request.
+    pub model: String,
+    /// `openai`: longest wait for an answer, and between two tokens.
+    pub request_timeout_secs: u64,
+    /// `openai`: a `tokenizer.json` or GGUF for the token budget.
+    pub tokenizer: Option<PathBuf>,
 }
 
 /// `[chat]`

@@ -153,6 +153,23 @@ impl RawValue for List {
     }
 }
 
+/// One string or a list of them: a TOML string or array, or
+/// comma-separated in the environment.
+#[derive(Clone, Debug, Default)]
+pub(super) struct OneOrList(pub(super) Vec<String>);
+
+impl RawValue for OneOrList {
+    fn from_toml(value: &toml::Value) -> Option<Self> {
+        match value {
+            toml::Value::String(text) => Some(Self(vec![text.trim().to_string()])),
+            other => List::from_toml(other).map(|List(items)| Self(items)),
+        }
+    }
+    fn from_env(text: &str) -> Option<Self> {
+        List::from_env(text).map(|List(items)| Self(items))
+    }
+}
+
 /// A platform id written as a TOML integer or string (ids may exceed what
 /// some tools keep exact as numbers).
 #[derive(Clone, Debug)]
@@ -286,6 +303,12 @@ raw_section!(RawEngine, "engine" {
     precise_activations: bool,
     threads: Number,
     script_file: String,
+    base_url: OneOrList,
+    api_key: String,
+    api_key_file: String,
+    model: String,
+    request_timeout_secs: Number,
+    tokenizer: String,
 });
 raw_section!(RawChat, "chat" {
     default_locale: String,

@@ -3,7 +3,7 @@
 //! their defaults, each problem recorded against its key; the checks across
 //! keys are in `check.rs`.
 
-use super::raw::{Agents, Given, IdList, IdText, List, Number, RawConfig, Written};
+use super::raw::{Agents, Given, IdList, IdText, List, Number, OneOrList, RawConfig, Written};
 use super::*;
 
 /// Turns a `RawConfig` into a `Config`, collecting issues.
@@ -404,8 +404,13 @@ impl Reader<'_> {
             "cpu" => Ok(EngineBackend::Cpu),
             "mistralrs" => Ok(EngineBackend::Mistralrs),
             "scripted" => Ok(EngineBackend::Scripted),
-            _ => Err("expected \"auto\", \"cpu\", \"mistralrs\" or \"scripted\"".into()),
+            "openai" => Ok(EngineBackend::Openai),
+            _ => {
+                Err("expected \"auto\", \"cpu\", \"mistralrs\", \"openai\" or \"scripted\"".into())
+            }
         });
+        let base_urls = self.base_urls(&raw.engine.base_url);
+        let api_key = self.secret(&raw.engine.api_key, &raw.engine.api_key_file);
         let engine = EngineConfig {
             backend,
             model_path: self.path(
@@ -434,7 +439,27 @@ impl Reader<'_> {
             precise_activations: self.boolean(&raw.engine.precise_activations, true),
             threads: self.integer(&raw.engine.threads, 0, 0..=1024),
             script_file: self.optional_path(&raw.engine.script_file),
+            base_urls,
+            api_key,
+            model: self.string(&raw.engine.model, ""),
+            request_timeout_secs: self.integer(&raw.engine.request_timeout_secs, 120, 1..=3600)
+                as u64,
+            tokenizer: self.optional_path(&raw.engine.tokenizer),
         };
+        if backend == EngineBackend::Openai {
+            if engine.base_urls.is_empty() {
+                self.issue(
+                    "engine.base_url",
+                    "required when engine.backend = \"openai\": the server's API root, e.g. \"http://gpu1:8000/v1\" (CONCIERGE_ENGINE_BASE_URL takes several, comma-separated)",
+                );
+            }
+            if engine.model.trim().is_empty() {
+                self.issue(
+                    "engine.model",
+                    "required when engine.backend = \"openai\": the model name the server knows",
+                );
+            }
+        }
         if engine.max_tokens * 2 > engine.context_tokens {
             self.issue(
                 "engine.max_tokens",
@@ -451,6 +476,28 @@ impl Reader<'_> {
             );
         }
         engine
+    }
+
+    /// `engine.base_url`: http or https URLs, without a query.
+    fn base_urls(&mut self, given: &Given<OneOrList>) -> Vec<url::Url> {
+        let urls = match self.value(given, "expected a URL or a list of URLs") {
+            Some((OneOrList(urls), _)) => urls.clone(),
+            None => return Vec::new(),
+        };
+        let mut parsed = Vec::new();
+        for text in urls {
+            match url::Url::parse(&text) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.query().is_none() => {
+                    parsed.push(url)
+                }
+                Ok(_) => self.issue(
+                    given.key,
+                    format!("{text:?} is not an http(s) URL without a query"),
+                ),
+                Err(err) => self.issue(given.key, format!("{text:?} is not a URL: {err}")),
+            }
+        }
+        parsed
     }
 
     pub(super) fn issue(&mut self, key: &str, message: impl Into<String>) {

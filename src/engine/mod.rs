@@ -2,8 +2,8 @@
 //! cancellation, and token counting with the model's own tokenizer. `cpu` is
 //! Concierge's own quantised CPU path (llama family, qwen2); `mistral` runs
 //! everything else and the GPU builds, and is the only importer of
-//! `mistralrs`; the scripted implementation is a test double driven by a
-//! script file.
+//! `mistralrs`; `remote` talks to a pool of OpenAI-compatible servers; the
+//! scripted implementation is a test double driven by a script file.
 //!
 //! Architecture invariant: callers see `Llm` only, never a mistral.rs type, so
 //! a remote OpenAI-compatible engine can replace the in-process one.
@@ -12,6 +12,7 @@ pub mod convert;
 pub mod cpu;
 pub mod gguf;
 pub mod mistral;
+pub mod remote;
 pub mod scripted;
 
 use std::path::PathBuf;
@@ -178,6 +179,12 @@ pub trait Llm: Send + Sync + 'static {
     /// customer text is cleared of before it reaches the model.
     fn special_tokens(&self) -> &[String] {
         &[]
+    }
+
+    /// The state of each inference endpoint, for engines that call servers
+    /// (`None` for engines in process).
+    fn remote_endpoints(&self) -> Option<Vec<remote::EndpointHealth>> {
+        None
     }
 
     /// Starts generating a reply. Events arrive on the returned stream until

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod fake_discord;
+pub mod fake_openai;
 pub mod fake_telegram;
 pub mod multipart;
 pub mod tiny_gguf;

@@ -1,0 +1,832 @@
+//! The remote engine (`engine.backend = "openai"`): a pool of
+//! OpenAI-compatible servers (llama.cpp's `llama-server`, vLLM, Ollama,
+//! `mistralrs serve`) spoken to over the chat-completions API with streaming
+//! (server-sent events), behind the same `Llm` trait as the in-process
+//! engines. Requests go to the endpoint with the fewest in flight; an
+//! endpoint that fails is taken out with back-off and probed back in; a
+//! request that failed before its first token is retried once elsewhere.
+//! Dropping a reply stream drops its HTTP request, so the server stops.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    ChatMessage, ChatRequest, ChatRole, EngineError, Llm, ReplyStream, StreamEvent, Usage,
+};
+
+/// The first back-off of an endpoint that failed; it doubles per failure.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest back-off.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest an SSE line may grow before the stream is refused.
+const MAX_EVENT_BYTES: usize = 1 << 20;
+
+/// What the remote engine needs, from `[engine]`.
+#[derive(Clone, Debug)]
+pub struct RemoteSettings {
+    /// Base URLs, each ending in the API root (`http://gpu1:8000/v1`).
+    pub base_urls: Vec<url::Url>,
+    /// Bearer key, if the servers want one.
+    pub api_key: Option<crate::config::Secret>,
+    /// The model name sent with each request.
+    pub model: String,
+    /// Longest a request may take to its first token, and between two.
+    pub request_timeout: Duration,
+    /// A `tokenizer.json` or GGUF file for the token budget.
+    pub tokenizer: Option<PathBuf>,
+}
+
+/// How one endpoint stands, for `/healthz`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EndpointHealth {
+    /// Its base URL.
+    pub url: String,
+    /// `up`, or `down` while it backs off.
+    pub state: &'static str,
+    /// Requests in flight now.
+    pub in_flight: usize,
+    /// Why it went down, when it is down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+struct Endpoint {
+    url: url::Url,
+    /// `url` without credentials or query, for logs and metrics.
+    label: String,
+    in_flight: AtomicUsize,
+    state: Mutex<EndpointState>,
+}
+
+#[derive(Default)]
+struct EndpointState {
+    failures: u32,
+    /// While set and in the future, the endpoint is out; past it, one probe
+    /// may go.
+    down_until: Option<Instant>,
+    last_error: Option<String>,
+}
+
+impl Endpoint {
+    fn is_up(&self, now: Instant) -> bool {
+        let state = self.lock();
+        state.down_until.is_none_or(|until| until <= now)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, EndpointState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn succeeded(&self) {
+        let mut state = self.lock();
+        if state.down_until.is_some() {
+            tracing::info!(endpoint = %self.label, "inference endpoint is back");
+        }
+        *state = EndpointState::default();
+    }
+
+    fn failed(&self, why: &str) {
+        let mut state = self.lock();
+        state.failures = state.failures.saturating_add(1);
+        let backoff = FIRST_BACKOFF
+            .saturating_mul(1 << state.failures.saturating_sub(1).min(5))
+            .min(MAX_BACKOFF);
+        state.down_until = Some(Instant::now() + backoff);
+        state.last_error = Some(why.to_string());
+        tracing::warn!(endpoint = %self.label, backoff_secs = backoff.as_secs(), "inference endpoint taken out: {why}");
+    }
+}
+
+/// Counts a request in flight on an endpoint until dropped.
+struct InFlight(Arc<Endpoint>);
+
+impl InFlight {
+    fn new(endpoint: Arc<Endpoint>) -> Self {
+        endpoint.in_flight.fetch_add(1, Ordering::SeqCst);
+        Self(endpoint)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The endpoints, chosen by load.
+struct Pool {
+    endpoints: Vec<Arc<Endpoint>>,
+}
+
+impl Pool {
+    /// The endpoint to send to: among those up, the one with the fewest
+    /// requests in flight, never `avoid`. When none is up, the one whose
+    /// back-off ends first (a probe).
+    fn pick(&self, avoid: Option<&Arc<Endpoint>>) -> Option<Arc<Endpoint>> {
+        let now = Instant::now();
+        let candidates = self
+            .endpoints
+            .iter()
+            .filter(|endpoint| avoid.is_none_or(|avoid| !Arc::ptr_eq(avoid, endpoint)));
+        let up = candidates
+            .clone()
+            .filter(|endpoint| endpoint.is_up(now))
+            .min_by_key(|endpoint| endpoint.in_flight.load(Ordering::SeqCst));
+        up.or_else(|| candidates.min_by_key(|endpoint| endpoint.lock().down_until.unwrap_or(now)))
+            .cloned()
+    }
+}
+
+/// Why one attempt on one endpoint failed.
+enum Failure {
+    /// The endpoint is at fault (unreachable, 5xx, timeout) and no text was
+    /// streamed yet: another endpoint may serve the request.
+    Retryable(String),
+    /// The prompt is longer than the server's context.
+    ContextTooLong(String),
+    /// Anything else; the error says what to do.
+    Fatal(EngineError),
+}
+
+/// The remote engine.
+pub struct RemoteEngine {
+    settings: RemoteSettings,
+    client: reqwest::Client,
+    pool: Arc<Pool>,
+    tokenizer: Option<Arc<tokenizers::Tokenizer>>,
+    name: String,
+}
+
+impl RemoteEngine {
+    /// The engine over `settings.base_urls`. Nothing is fetched or loaded;
+    /// the tokenizer file, when given, is read now.
+    pub fn new(settings: RemoteSettings) -> Result<Self, EngineError> {
+        if settings.base_urls.is_empty() {
+            return Err(EngineError::Load(
+                "engine.backend = \"openai\" needs engine.base_url (or CONCIERGE_ENGINE_BASE_URL)"
+                    .into(),
+            ));
+        }
+        let tokenizer = match &settings.tokenizer {
+            Some(path) => Some(Arc::new(load_tokenizer(path)?)),
+            None => {
+                tracing::info!("no engine.tokenizer: the token budget is estimated from characters (conservatively)");
+                None
+            }
+        };
+        let client = reqwest::Client::builder()
+            .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
+            .build()
+            .map_err(|err| EngineError::Load(format!("cannot build the HTTP client: {err}")))?;
+        let endpoints = settings
+            .base_urls
+            .iter()
+            .map(|url| {
+                let mut label = url.clone();
+                let _ = label.set_username("");
+                let _ = label.set_password(None);
+                label.set_query(None);
+                Arc::new(Endpoint {
+                    url: url.clone(),
+                    label: label.to_string(),
+                    in_flight: AtomicUsize::new(0),
+                    state: Mutex::new(EndpointState::default()),
+                })
+            })
+            .collect();
+        Ok(Self {
+            name: format!("{} (openai)", settings.model),
+            settings,
+            client,
+            pool: Arc::new(Pool { endpoints }),
+            tokenizer,
+        })
+    }
+
+    /// Each endpoint's state.
+    pub fn endpoints(&self) -> Vec<EndpointHealth> {
+        let now = Instant::now();
+        self.pool
+            .endpoints
+            .iter()
+            .map(|endpoint| {
+                let up = endpoint.is_up(now);
+                EndpointHealth {
+                    url: endpoint.label.clone(),
+                    state: if up { "up" } else { "down" },
+                    in_flight: endpoint.in_flight.load(Ordering::SeqCst),
+                    last_error: if up {
+                        None
+                    } else {
+                        endpoint.lock().last_error.clone()
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+fn load_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer, EngineError> {
+    let is_gguf = path
+        .extension()
+        .is_some_and(|extension| extension.eq_ignore_ascii_case("gguf"));
+    if is_gguf {
+        let header = super::gguf::read_header(path)?;
+        return super::gguf::tokenizer_from_header(&header).ok_or_else(|| {
+            EngineError::ModelUnreadable {
+                path: path.to_path_buf(),
+                detail: "engine.tokenizer: this GGUF file holds no vocabulary Concierge can read"
+                    .into(),
+            }
+        });
+    }
+    tokenizers::Tokenizer::from_file(path).map_err(|err| EngineError::ModelUnreadable {
+        path: path.to_path_buf(),
+        detail: format!("engine.tokenizer is not a tokenizer.json: {err}"),
+    })
+}
+
+/// The request body of the chat-completions API.
+#[derive(Serialize)]
+struct Body<'a> {
+    model: &'a str,
+    messages: Vec<WireMessage<'a>>,
+    stream: bool,
+    stream_options: StreamOptions,
+    max_tokens: usize,
+    temperature: f64,
+    top_p: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+#[derive(Serialize)]
+struct WireMessage<'a> {
+    role: &'static str,
+    content: &'a str,
+}
+
+fn wire_role(role: ChatRole) -> &'static str {
+    match role {
+        ChatRole::System => "system",
+        ChatRole::User => "user",
+        ChatRole::Assistant => "assistant",
+    }
+}
+
+/// The request without its oldest turns: the system prompt and the newest
+/// half of the rest (at least the last message) stay.
+fn trimmed(request: &ChatRequest) -> ChatRequest {
+    let (system, rest): (Vec<&ChatMessage>, Vec<&ChatMessage>) = request
+        .messages
+        .iter()
+        .partition(|message| message.role == ChatRole::System);
+    let keep = (rest.len() / 2).max(1);
+    let mut messages: Vec<ChatMessage> = system.into_iter().cloned().collect();
+    messages.extend(
+        rest[rest.len().saturating_sub(keep)..]
+            .iter()
+            .cloned()
+            .cloned(),
+    );
+    ChatRequest {
+        messages,
+        sampling: request.sampling,
+    }
+}
+
+/// Whether a 400 (or 413) answer says the prompt is too long.
+fn is_context_error(status: u16, body: &str) -> bool {
+    let lower = body.to_ascii_lowercase();
+    (status == 400 || status == 413)
+        && (lower.contains("context_length_exceeded")
+            || lower.contains("context length")
+            || lower.contains("context window")
+            || lower.contains("maximum context")
+            || lower.contains("exceeds the available context")
+            || lower.contains("too many tokens"))
+}
+
+/// The server's error message in an error body, else the body.
+fn error_message(body: &str) -> String {
+    let message = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|value| {
+            value["error"]["message"]
+                .as_str()
+                .or_else(|| value["error"].as_str())
+                .or_else(|| value["message"].as_str())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| body.trim().to_string());
+    message.chars().take(300).collect()
+}
+
+/// What one SSE `data:` payload carried.
+enum Event {
+    Text(String),
+    Usage(usize, usize),
+    Error(String),
+    Done,
+    Nothing,
+}
+
+fn parse_event(data: &str) -> Event {
+    let data = data.trim();
+    if data == "[DONE]" {
+        return Event::Done;
+    }
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(data) else {
+        return Event::Error(format!(
+            "the server sent an event that is not JSON: {}",
+            error_message(data)
+        ));
+    };
+    if !value["error"].is_null() {
+        return Event::Error(error_message(data));
+    }
+    if let Some(text) = value["choices"][0]["delta"]["content"].as_str() {
+        if !text.is_empty() {
+            return Event::Text(text.to_string());
+        }
+    }
+    if let (Some(prompt), Some(completion)) = (
+        value["usage"]["prompt_tokens"].as_u64(),
+        value["usage"]["completion_tokens"].as_u64(),
+    ) {
+        return Event::Usage(prompt as usize, completion as usize);
+    }
+    Event::Nothing
+}
+
+/// Splits server-sent events out of a byte stream.
+#[derive(Default)]
+struct SseReader {
+    buffer: Vec<u8>,
+}
+
+impl SseReader {
+    /// Adds bytes; returns the `data:` payloads of the events completed.
+    fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, String> {
+        self.buffer.extend_from_slice(bytes);
+        let mut payloads = Vec::new();
+        while let Some(end) = self.line_end() {
+            let line: Vec<u8> = self.buffer.drain(..end.0).collect();
+            self.buffer.drain(..end.1);
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim_end_matches('\r');
+            if let Some(data) = line.strip_prefix("data:") {
+                payloads.push(data.trim_start().to_string());
+            }
+        }
+        if self.buffer.len() > MAX_EVENT_BYTES {
+            return Err("the server sent an event line over 1 MiB".into());
+        }
+        Ok(payloads)
+    }
+
+    /// Where the next line ends: (its length, the newline's length).
+    fn line_end(&self) -> Option<(usize, usize)> {
+        self.buffer
+            .iter()
+            .position(|byte| *byte == b'\n')
+            .map(|at| (at, 1))
+    }
+}
+
+impl RemoteEngine {
+    fn body<'a>(&'a self, request: &'a ChatRequest) -> Body<'a> {
+        Body {
+            model: &self.settings.model,
+            messages: request
+                .messages
+                .iter()
+                .map(|message| WireMessage {
+                    role: wire_role(message.role),
+                    content: &message.content,
+                })
+                .collect(),
+            stream: true,
+            stream_options: StreamOptions {
+                include_usage: true,
+            },
+            max_tokens: request.sampling.max_tokens,
+            temperature: request.sampling.temperature,
+            top_p: request.sampling.top_p,
+            seed: request.sampling.seed,
+        }
+    }
+
+    /// One attempt on `endpoint`, streaming into `events`. Returns whether
+    /// any text was sent.
+    async fn attempt(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        request: &ChatRequest,
+        events: &mpsc::Sender<Result<StreamEvent, EngineError>>,
+        cancel: &CancellationToken,
+    ) -> Result<(), Failure> {
+        let _in_flight = InFlight::new(Arc::clone(endpoint));
+        let started = Instant::now();
+        crate::telemetry::remote_request(&endpoint.label);
+        let mut url = endpoint.url.clone();
+        url.path_segments_mut()
+            .map_err(|_| {
+                Failure::Fatal(EngineError::Load(format!(
+                    "engine.base_url {} cannot take a path",
+                    endpoint.label
+                )))
+            })?
+            .pop_if_empty()
+            .extend(["chat", "completions"]);
+        let mut call = self.client.post(url).json(&self.body(request));
+        if let Some(key) = &self.settings.api_key {
+            call = call.bearer_auth(key.expose());
+        }
+        let timeout = self.settings.request_timeout;
+        let response = tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = events.closed() => return Ok(()),
+            answer = tokio::time::timeout(timeout, call.send()) => answer,
+        };
+        let response = match response {
+            Err(_) => {
+                return Err(Failure::Retryable(format!(
+                    "no answer within {} s (engine.request_timeout_secs)",
+                    timeout.as_secs()
+                )))
+            }
+            Ok(Err(err)) => {
+                return Err(Failure::Retryable(format!(
+                    "unreachable: {}",
+                    without_url(&err)
+                )))
+            }
+            Ok(Ok(response)) => response,
+        };
+        let status = response.status().as_u16();
+        if !response.status().is_success() {
+            let body = response.text().await.unwrap_or_default();
+            let message = error_message(&body);
+            return Err(match status {
+                401 | 403 => Failure::Fatal(EngineError::Generation(format!(
+                    "{} refused the request ({status}: {message}): check engine.api_key",
+                    endpoint.label
+                ))),
+                404 => Failure::Fatal(EngineError::Generation(format!(
+                    "{} answered 404, it knows no model {:?} or no path /chat/completions ({message}): check engine.model and engine.base_url (it should end in /v1)",
+                    endpoint.label, self.settings.model
+                ))),
+                _ if is_context_error(status, &body) => Failure::ContextTooLong(message),
+                500.. => Failure::Retryable(format!("HTTP {status}: {message}")),
+                _ => Failure::Fatal(EngineError::Generation(format!(
+                    "{} answered {status}: {message}",
+                    endpoint.label
+                ))),
+            });
+        }
+        let mut response = response;
+        let mut reader = SseReader::default();
+        let mut sent_text = false;
+        let mut usage = Usage::default();
+        let mut completion_chunks = 0usize;
+        loop {
+            let chunk = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = events.closed() => return Ok(()),
+                chunk = tokio::time::timeout(timeout, response.chunk()) => chunk,
+            };
+            let chunk = match chunk {
+                Err(_) if !sent_text => {
+                    return Err(Failure::Retryable(format!(
+                        "no token within {} s",
+                        timeout.as_secs()
+                    )))
+                }
+                Err(_) => {
+                    return Err(Failure::Fatal(EngineError::Generation(format!(
+                        "{} stopped streaming for {} s",
+                        endpoint.label,
+                        timeout.as_secs()
+                    ))))
+                }
+                Ok(Err(err)) if !sent_text => {
+                    return Err(Failure::Retryable(format!(
+                        "the stream broke: {}",
+                        without_url(&err)
+                    )))
+                }
+                Ok(Err(err)) => {
+                    return Err(Failure::Fatal(EngineError::Generation(format!(
+                        "{} broke the stream: {}",
+                        endpoint.label,
+                        without_url(&err)
+                    ))))
+                }
+                // The server closed the stream without `[DONE]`.
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(chunk))) => chunk,
+            };
+            let payloads = reader
+                .push(&chunk)
+                .map_err(|why| Failure::Fatal(EngineError::Generation(why)))?;
+            for payload in payloads {
+                match parse_event(&payload) {
+                    Event::Text(text) => {
+                        if !sent_text {
+                            crate::telemetry::remote_first_token(
+                                &endpoint.label,
+                                started.elapsed(),
+                            );
+                        }
+                        sent_text = true;
+                        completion_chunks += 1;
+                        if events.send(Ok(StreamEvent::Delta(text))).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Event::Usage(prompt, completion) => {
+                        usage.prompt_tokens = prompt;
+                        usage.completion_tokens = completion;
+                    }
+                    Event::Error(message) if !sent_text && is_context_error(400, &message) => {
+                        return Err(Failure::ContextTooLong(message))
+                    }
+                    Event::Error(message) => {
+                        return Err(Failure::Fatal(EngineError::Generation(format!(
+                            "{}: {message}",
+                            endpoint.label
+                        ))))
+                    }
+                    Event::Done => {
+                        return self
+                            .finish(endpoint, events, usage, completion_chunks, started)
+                            .await;
+                    }
+                    Event::Nothing => {}
+                }
+            }
+        }
+        self.finish(endpoint, events, usage, completion_chunks, started)
+            .await
+    }
+
+    async fn finish(
+        &self,
+        endpoint: &Arc<Endpoint>,
+        events: &mpsc::Sender<Result<StreamEvent, EngineError>>,
+        mut usage: Usage,
+        completion_chunks: usize,
+        started: Instant,
+    ) -> Result<(), Failure> {
+        endpoint.succeeded();
+        if usage.completion_tokens == 0 {
+            // A server without usage reports: each streamed piece is about a token.
+            usage.completion_tokens = completion_chunks;
+        }
+        let seconds = started.elapsed().as_secs_f64().max(1e-6);
+        usage.decode_tokens_per_sec = usage.completion_tokens as f64 / seconds;
+        crate::telemetry::remote_tokens(&endpoint.label, usage.completion_tokens);
+        let _ = events.send(Ok(StreamEvent::Done(usage))).await;
+        Ok(())
+    }
+
+    /// The whole request: an endpoint, a second one if the first failed
+    /// before any text, and a trimmed history if the prompt was too long.
+    async fn run(
+        &self,
+        request: ChatRequest,
+        events: mpsc::Sender<Result<StreamEvent, EngineError>>,
+        cancel: CancellationToken,
+    ) {
+        let mut request = request;
+        let mut retried_elsewhere = false;
+        let mut trimmed_once = false;
+        let mut avoid: Option<Arc<Endpoint>> = None;
+        loop {
+            let Some(endpoint) = self.pool.pick(avoid.as_ref()) else {
+                let _ = events
+                    .send(Err(EngineError::Generation(
+                        "no inference endpoint is configured".into(),
+                    )))
+                    .await;
+                return;
+            };
+            let failure = match self.attempt(&endpoint, &request, &events, &cancel).await {
+                Ok(()) => return,
+                Err(failure) => failure,
+            };
+            crate::telemetry::remote_error(&endpoint.label);
+            match failure {
+                Failure::Retryable(why) => {
+                    endpoint.failed(&why);
+                    if retried_elsewhere || self.pool.endpoints.len() < 2 {
+                        let _ = events
+                            .send(Err(EngineError::Generation(format!(
+                                "the inference server {} failed: {why}",
+                                endpoint.label
+                            ))))
+                            .await;
+                        return;
+                    }
+                    retried_elsewhere = true;
+                    avoid = Some(endpoint);
+                }
+                Failure::ContextTooLong(why) if !trimmed_once => {
+                    tracing::info!(endpoint = %endpoint.label, "the prompt exceeds the server's context ({why}); retrying with the older half of the history left out");
+                    trimmed_once = true;
+                    request = trimmed(&request);
+                }
+                Failure::ContextTooLong(why) => {
+                    let _ = events
+                        .send(Err(EngineError::Generation(format!(
+                            "the prompt is longer than {}'s context even without the older history ({why}): lower engine.context_tokens",
+                            endpoint.label
+                        ))))
+                        .await;
+                    return;
+                }
+                Failure::Fatal(err) => {
+                    let _ = events.send(Err(err)).await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// An HTTP error's text without its URL, which may carry credentials.
+fn without_url(err: &reqwest::Error) -> String {
+    let kind = if err.is_connect() {
+        "connection refused or unreachable"
+    } else if err.is_timeout() {
+        "timed out"
+    } else if err.is_body() || err.is_decode() {
+        "the body broke off"
+    } else {
+        "request failed"
+    };
+    let mut source = std::error::Error::source(err);
+    let mut detail = String::new();
+    while let Some(cause) = source {
+        detail = cause.to_string();
+        source = cause.source();
+    }
+    if detail.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind} ({detail})")
+    }
+}
+
+#[async_trait]
+impl Llm for RemoteEngine {
+    fn model_name(&self) -> &str {
+        &self.name
+    }
+
+    fn count_tokens(&self, text: &str) -> usize {
+        match &self.tokenizer {
+            Some(tokenizer) => tokenizer
+                .encode(text, false)
+                .map(|encoding| encoding.len())
+                .unwrap_or_else(|_| super::estimate_tokens(text)),
+            // Without the server's tokenizer, err on the long side.
+            None => super::estimate_tokens(text) + super::estimate_tokens(text) / 4 + 1,
+        }
+    }
+
+    async fn stream_chat(
+        &self,
+        request: ChatRequest,
+        cancel: CancellationToken,
+    ) -> Result<ReplyStream, EngineError> {
+        let (events, stream) = mpsc::channel(64);
+        let engine = self.clone_for_request();
+        tokio::spawn(async move { engine.run(request, events, cancel).await });
+        Ok(stream)
+    }
+
+    fn remote_endpoints(&self) -> Option<Vec<EndpointHealth>> {
+        Some(self.endpoints())
+    }
+}
+
+impl RemoteEngine {
+    /// A handle sharing the pool and client, for one request's task.
+    fn clone_for_request(&self) -> Self {
+        Self {
+            settings: self.settings.clone(),
+            client: self.client.clone(),
+            pool: Arc::clone(&self.pool),
+            tokenizer: self.tokenizer.clone(),
+            name: self.name.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_sent_events_are_split_across_chunks() {
+        let mut reader = SseReader::default();
+        assert!(reader.push(b"data: {\"a\"").unwrap().is_empty());
+        let payloads = reader.push(b":1}\r\n\r\ndata: [DONE]\n\n").unwrap();
+        assert_eq!(payloads, ["{\"a\":1}", "[DONE]"]);
+        assert!(matches!(parse_event("[DONE]"), Event::Done));
+        assert!(matches!(
+            parse_event(r#"{"choices":[{"delta":{"content":"hi"}}]}"#),
+            Event::Text(text) if text == "hi"
+        ));
+        assert!(matches!(
+            parse_event(r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2}}"#),
+            Event::Usage(5, 2)
+        ));
+        assert!(
+            matches!(parse_event(r#"{"error":{"message":"boom"}}"#), Event::Error(message) if message == "boom")
+        );
+    }
+
+    #[test]
+    fn context_errors_are_told_apart_and_trimming_keeps_the_system_and_newest() {
+        assert!(is_context_error(
+            400,
+            r#"{"error":{"message":"This model's maximum context length is 4096 tokens","code":"context_length_exceeded"}}"#
+        ));
+        assert!(!is_context_error(
+            400,
+            r#"{"error":{"message":"bad temperature"}}"#
+        ));
+        let sampling = crate::engine::Sampling {
+            temperature: 0.0,
+            top_p: 1.0,
+            max_tokens: 8,
+            repetition_penalty: 1.0,
+            top_k: 0,
+            seed: None,
+        };
+        let request = ChatRequest {
+            messages: vec![
+                ChatMessage::new(ChatRole::System, "rules"),
+                ChatMessage::new(ChatRole::User, "1"),
+                ChatMessage::new(ChatRole::Assistant, "2"),
+                ChatMessage::new(ChatRole::User, "3"),
+                ChatMessage::new(ChatRole::Assistant, "4"),
+                ChatMessage::new(ChatRole::User, "5"),
+            ],
+            sampling,
+        };
+        let contents: Vec<String> = trimmed(&request)
+            .messages
+            .into_iter()
+            .map(|message| message.content)
+            .collect();
+        assert_eq!(contents, ["rules", "4", "5"]);
+    }
+
+    #[test]
+    fn the_pool_prefers_the_least_loaded_endpoint_that_is_up() {
+        let endpoint = |url: &str| {
+            Arc::new(Endpoint {
+                url: url::Url::parse(url).unwrap(),
+                label: url.into(),
+                in_flight: AtomicUsize::new(0),
+                state: Mutex::new(EndpointState::default()),
+            })
+        };
+        let pool = Pool {
+            endpoints: vec![endpoint("http://a/v1"), endpoint("http://b/v1")],
+        };
+        let busy = InFlight::new(Arc::clone(&pool.endpoints[0]));
+        assert_eq!(pool.pick(None).unwrap().label, "http://b/v1");
+        pool.endpoints[1].failed("refused");
+        assert_eq!(pool.pick(None).unwrap().label, "http://a/v1");
+        assert_eq!(
+            pool.pick(Some(&pool.endpoints[0])).unwrap().label,
+            "http://b/v1",
+            "with nothing else up, the one backing off is probed"
+        );
+        drop(busy);
+        pool.endpoints[1].succeeded();
+        assert_eq!(
+            pool.pick(Some(&pool.endpoints[0])).unwrap().label,
+            "http://b/v1"
+        );
+    }
+}

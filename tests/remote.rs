@@ -1,0 +1,351 @@
+//! The remote engine (`engine.backend = "openai"`) against the fake
+//! OpenAI-compatible server in tests/support/fake_openai.rs: streamed
+//! replies at the console and over the fake Telegram, a pool that loses an
+//! endpoint mid-run, the errors a person can act on (401, 404, context
+//! length), cancellation reaching the server, and the key kept out of logs.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use concierge::engine::remote::{RemoteEngine, RemoteSettings};
+use concierge::engine::{ChatMessage, ChatRequest, ChatRole, Llm, Sampling, StreamEvent};
+use support::fake_openai::FakeOpenAi;
+use support::{concierge_with as concierge, eventually, free_port, run_with_stdin};
+use tokio_util::sync::CancellationToken;
+
+const MODEL: &str = "qwen2.5-0.5b-instruct";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn settings(urls: &[&str]) -> RemoteSettings {
+    RemoteSettings {
+        base_urls: urls
+            .iter()
+            .map(|url| url::Url::parse(url).unwrap())
+            .collect(),
+        api_key: None,
+        model: MODEL.into(),
+        request_timeout: Duration::from_secs(10),
+        tokenizer: None,
+    }
+}
+
+fn request(messages: &[(ChatRole, &str)]) -> ChatRequest {
+    ChatRequest {
+        messages: messages
+            .iter()
+            .map(|(role, text)| ChatMessage::new(*role, *text))
+            .collect(),
+        sampling: Sampling {
+            temperature: 0.0,
+            top_p: 1.0,
+            max_tokens: 64,
+            repetition_penalty: 1.0,
+            top_k: 0,
+            seed: Some(7),
+        },
+    }
+}
+
+/// The whole reply, or the error's text.
+async fn reply(engine: &RemoteEngine, request: ChatRequest) -> Result<String, String> {
+    let mut stream = engine
+        .stream_chat(request, CancellationToken::new())
+        .await
+        .map_err(|err| err.to_string())?;
+    let mut text = String::new();
+    while let Some(event) = stream.recv().await {
+        match event.map_err(|err| err.to_string())? {
+            StreamEvent::Delta(delta) => text.push_str(&delta),
+            StreamEvent::Done(_) => return Ok(text),
+        }
+    }
+    Err(format!("the stream ended without Done after {text:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reply_streams_with_the_servers_usage_and_the_sampling_sent() {
+    let fake = FakeOpenAi::start(MODEL).await;
+    fake.set_reply("Returns are free within 45 days.");
+    let engine = RemoteEngine::new(settings(&[&fake.url])).unwrap();
+    let mut stream = engine
+        .stream_chat(
+            request(&[(ChatRole::System, "be brief"), (ChatRole::User, "returns?")]),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    let mut deltas = Vec::new();
+    let mut usage = None;
+    while let Some(event) = stream.recv().await {
+        match event.unwrap() {
+            StreamEvent::Delta(delta) => deltas.push(delta),
+            StreamEvent::Done(done) => usage = Some(done),
+        }
+    }
+    assert_eq!(deltas.concat(), "Returns are free within 45 days.");
+    assert!(deltas.len() > 1, "streamed in pieces: {deltas:?}");
+    let usage = usage.unwrap();
+    assert_eq!(usage.completion_tokens, 6);
+    assert_eq!(usage.prompt_tokens, 3);
+    let sent = &fake.requests()[0];
+    assert_eq!(sent["model"], MODEL);
+    assert_eq!(sent["stream"], true);
+    assert_eq!(sent["max_tokens"], 64);
+    assert_eq!(sent["seed"], 7);
+    assert_eq!(sent["messages"][0]["role"], "system");
+    assert_eq!(sent["messages"][1]["content"], "returns?");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_pool_that_loses_an_endpoint_mid_run_fails_no_request_that_could_be_retried() {
+    let first = FakeOpenAi::start(MODEL).await;
+    let second = FakeOpenAi::start(MODEL).await;
+    for fake in [&first, &second] {
+        fake.set_latency(Duration::from_millis(400), Duration::from_millis(5));
+    }
+    let engine = Arc::new(RemoteEngine::new(settings(&[&first.url, &second.url])).unwrap());
+    let mut requests = Vec::new();
+    for index in 0..12 {
+        let engine = Arc::clone(&engine);
+        requests.push(tokio::spawn(async move {
+            reply(
+                &engine,
+                request(&[(ChatRole::User, &format!("question {index}"))]),
+            )
+            .await
+        }));
+    }
+    // Both endpoints share the load, then one dies before any first token.
+    assert!(
+        eventually(WAIT, || first.requests().len() >= 3
+            && second.requests().len() >= 3)
+        .await
+    );
+    first.kill();
+    for request in requests {
+        assert_eq!(
+            request.await.unwrap().as_deref(),
+            Ok("Hello from the fake server.")
+        );
+    }
+    let health = engine.endpoints();
+    assert_eq!(health[0].state, "down", "{health:?}");
+    assert_eq!(health[1].state, "up", "{health:?}");
+    // Later requests go to the endpoint that is up.
+    let before = second.requests().len();
+    assert!(reply(&engine, request(&[(ChatRole::User, "again")]))
+        .await
+        .is_ok());
+    assert_eq!(second.requests().len(), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_error_before_the_first_token_is_retried_on_another_endpoint() {
+    let first = FakeOpenAi::start(MODEL).await;
+    let second = FakeOpenAi::start(MODEL).await;
+    first.fail_next(503, 1);
+    second.fail_next(503, 1);
+    let engine = RemoteEngine::new(settings(&[&first.url, &second.url])).unwrap();
+    // One endpoint failing is retried on the other; both failing is an error.
+    let outcome = reply(&engine, request(&[(ChatRole::User, "hi")])).await;
+    assert!(outcome.is_err(), "{outcome:?}");
+    assert!(outcome.unwrap_err().contains("503"));
+    let outcome = reply(&engine, request(&[(ChatRole::User, "hi")])).await;
+    assert_eq!(outcome.as_deref(), Ok("Hello from the fake server."));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn wrong_keys_unknown_models_and_long_prompts_get_errors_a_person_can_act_on() {
+    let fake = FakeOpenAi::start(MODEL).await;
+    fake.require_key("sk-right-key-123");
+    let mut wrong_key = settings(&[&fake.url]);
+    wrong_key.api_key = Some(concierge::config::Secret::new("sk-wrong-key-456"));
+    let error = reply(
+        &RemoteEngine::new(wrong_key).unwrap(),
+        request(&[(ChatRole::User, "hi")]),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        error.contains("401") && error.contains("engine.api_key"),
+        "{error}"
+    );
+
+    let mut unknown_model = settings(&[&fake.url]);
+    unknown_model.api_key = Some(concierge::config::Secret::new("sk-right-key-123"));
+    unknown_model.model = "no-such-model".into();
+    let error = reply(
+        &RemoteEngine::new(unknown_model).unwrap(),
+        request(&[(ChatRole::User, "hi")]),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        error.contains("404") && error.contains("engine.model"),
+        "{error}"
+    );
+    assert!(error.contains("no-such-model"), "{error}");
+
+    // Over the context: the older half of the history goes, once.
+    let mut right = settings(&[&fake.url]);
+    right.api_key = Some(concierge::config::Secret::new("sk-right-key-123"));
+    let engine = RemoteEngine::new(right).unwrap();
+    fake.set_context_chars(100);
+    let long = "x".repeat(50);
+    let history = [
+        (ChatRole::System, "rules"),
+        (ChatRole::User, long.as_str()),
+        (ChatRole::Assistant, long.as_str()),
+        (ChatRole::User, "and now?"),
+    ];
+    let before = fake.requests().len();
+    assert_eq!(
+        reply(&engine, request(&history)).await.as_deref(),
+        Ok("Hello from the fake server.")
+    );
+    let sent = fake.requests();
+    assert_eq!(sent.len(), before + 2);
+    let retried = sent.last().unwrap()["messages"].as_array().unwrap().clone();
+    assert_eq!(retried.first().unwrap()["content"], "rules");
+    assert_eq!(retried.last().unwrap()["content"], "and now?");
+    assert!(retried.len() < history.len());
+    // A prompt that stays too long is an error naming the setting.
+    let huge = "y".repeat(500);
+    let error = reply(&engine, request(&[(ChatRole::User, huge.as_str())]))
+        .await
+        .unwrap_err();
+    assert!(error.contains("context"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dropping_a_reply_closes_the_request_on_the_server() {
+    let fake = FakeOpenAi::start(MODEL).await;
+    fake.set_reply(&"word ".repeat(200));
+    fake.set_latency(Duration::ZERO, Duration::from_millis(20));
+    let engine = RemoteEngine::new(settings(&[&fake.url])).unwrap();
+    let cancel = CancellationToken::new();
+    let mut stream = engine
+        .stream_chat(request(&[(ChatRole::User, "talk")]), cancel.clone())
+        .await
+        .unwrap();
+    assert!(matches!(
+        stream.recv().await,
+        Some(Ok(StreamEvent::Delta(_)))
+    ));
+    drop(stream);
+    assert!(
+        eventually(WAIT, || fake.dropped() == 1).await,
+        "the server saw the request closed"
+    );
+    // The cancellation token does the same.
+    let mut stream = engine
+        .stream_chat(request(&[(ChatRole::User, "talk")]), cancel.clone())
+        .await
+        .unwrap();
+    assert!(matches!(
+        stream.recv().await,
+        Some(Ok(StreamEvent::Delta(_)))
+    ));
+    cancel.cancel();
+    assert!(eventually(WAIT, || fake.dropped() == 2).await);
+    assert_eq!(fake.completed(), 0);
+}
+
+fn remote_config(dir: &std::path::Path, urls: &[&str], extra: &str) -> std::path::PathBuf {
+    let config = dir.join("concierge.toml");
+    let list = urls
+        .iter()
+        .map(|url| format!("{url:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\ndata_dir = {data:?}\n[engine]\nbackend = \"openai\"\nbase_url = [{list}]\nmodel = {MODEL:?}\n\
+             [operator]\nlisten = \"127.0.0.1:{port}\"\n[knowledge]\ndemo = false\n{extra}",
+            data = dir.join("data").display().to_string(),
+            port = free_port(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[cfg(feature = "console")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn at_the_console_the_remote_reply_streams_and_the_key_stays_out_of_the_log() {
+    let fake = FakeOpenAi::start(MODEL).await;
+    fake.require_key("sk-secret-key-789");
+    fake.set_reply("Our shop opens at nine.");
+    let dir = tempfile::tempdir().unwrap();
+    let config = remote_config(dir.path(), &[&fake.url], "[log]\nlevel = \"trace\"\n");
+    let mut command = concierge(&config);
+    command
+        .args(["chat", "--user", "ann"])
+        .env("CONCIERGE_ENGINE_API_KEY", "sk-secret-key-789");
+    let output =
+        tokio::task::spawn_blocking(move || run_with_stdin(command, "when do you open?\n"))
+            .await
+            .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stdout.contains("Our shop opens at nine."), "{stdout}");
+    assert!(stderr.contains("estimated from characters"), "{stderr}");
+    assert!(!stderr.contains("sk-secret-key-789"), "the key was logged");
+    assert_eq!(fake.authorizations()[0], "Bearer sk-secret-key-789");
+    // No model file was fetched or converted.
+    assert!(!dir.path().join("data").join("models").exists());
+
+    // A wrong key: the customer gets the apology, the log says what to fix.
+    let mut command = concierge(&config);
+    command
+        .args(["chat", "--user", "ann"])
+        .env("CONCIERGE_ENGINE_API_KEY", "sk-wrong-key-000");
+    let output =
+        tokio::task::spawn_blocking(move || run_with_stdin(command, "when do you open?\n"))
+            .await
+            .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("engine.api_key"), "{stderr}");
+    assert!(!stderr.contains("sk-wrong-key-000"), "{stderr}");
+}
+
+#[cfg(feature = "telegram")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_telegram_customer_gets_the_remote_reply_growing_by_edits() {
+    use support::fake_telegram::{FakeTelegram, TOKEN};
+    let fake = FakeOpenAi::start(MODEL).await;
+    let words = "one two three four five six seven eight nine ten eleven twelve";
+    fake.set_reply(words);
+    fake.set_latency(Duration::from_millis(50), Duration::from_millis(150));
+    let telegram = FakeTelegram::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = support::InProcessDaemon::start_with_config(
+        &format!(
+            "[store]\ndata_dir = {data:?}\n[engine]\nbackend = \"openai\"\nmodel = {MODEL:?}\n\
+             [operator]\nenabled = false\n[knowledge]\ndemo = false\n\
+             [telegram]\nenabled = true\ntoken = {TOKEN:?}\napi_url = {url:?}\npoll_timeout_secs = 1\n",
+            data = dir.path().join("data").display().to_string(),
+            url = telegram.url,
+        ),
+        &[("CONCIERGE_ENGINE_BASE_URL", fake.url.as_str())],
+    );
+    telegram.push_message(555, "private", 555, "tell me a long story please");
+    assert!(
+        eventually(WAIT, || telegram
+            .messages_in(555)
+            .last()
+            .is_some_and(|(_, text)| text == words))
+        .await,
+        "{:?}",
+        telegram.messages_in(555)
+    );
+    daemon.stop().await;
+    assert!(
+        !telegram.calls_of("editMessageText").is_empty(),
+        "it grew by edits"
+    );
+}
