@@ -153,6 +153,7 @@ fn discord(config: &Config, commands: Vec<CommandSpec>) -> anyhow::Result<Arc<dy
         agents_channel: section
             .agents_channel_id
             .filter(|_| config.escalation.enabled),
+        shards: (section.shard_ids.clone(), section.shards),
     };
     Ok(Arc::new(DiscordAdapter::new(settings)))
 }

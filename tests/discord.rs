@@ -302,6 +302,7 @@ async fn the_adapter_opens_a_thread_and_posts_into_it() {
         edit_interval: Duration::from_secs(1),
         commands: Vec::new(),
         agents_channel: None,
+        shards: (0..1, 1),
     });
     let parent = ConversationRef {
         platform: "discord".into(),
@@ -488,4 +489,73 @@ async fn in_a_guild_channel_a_hand_off_moves_to_the_customers_dm_and_others_are_
     daemon.stop().await;
     let store = support::reopen_store(&dir.path().join("data"));
     assert_eq!(store.ticket(1).unwrap().unwrap().chat_id, dm.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_daemons_of_two_shards_each_get_only_their_own_guilds_messages() {
+    // Discord sends a guild's events to shard (guild id >> 22) % shards.
+    const GUILD_ON_SHARD_0: u64 = 2 << 22;
+    const GUILD_ON_SHARD_1: u64 = 3 << 22;
+    const CHANNEL_0: u64 = 800_000_000_000_000_010;
+    const CHANNEL_1: u64 = 800_000_000_000_000_011;
+    const DM_CHANNEL: u64 = 800_000_000_000_000_012;
+    const USER_0: u64 = 700_000_000_000_000_010;
+    const USER_1: u64 = 700_000_000_000_000_011;
+    const USER_DM: u64 = 700_000_000_000_000_012;
+    let fake = FakeDiscord::start().await;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let mut daemons = Vec::new();
+    for (shard, dir) in dirs.iter().enumerate() {
+        daemons.push(InProcessDaemon::start(
+            dir.path(),
+            SCRIPT,
+            &format!(
+                "{}shards = 2\nshard_ids = [{shard}]\n",
+                discord_section(&fake)
+            ),
+        ));
+    }
+    let shards = || -> Vec<(u64, u64)> {
+        let mut shards: Vec<(u64, u64)> = fake
+            .sessions()
+            .into_iter()
+            .filter_map(|session| session.shard)
+            .collect();
+        shards.sort();
+        shards
+    };
+    assert!(
+        eventually(WAIT, || shards() == [(0, 2), (1, 2)]).await,
+        "{:?}",
+        shards()
+    );
+    fake.push_guild_message(GUILD_ON_SHARD_0, CHANNEL_0, USER_0, "hello from guild zero");
+    fake.push_guild_message(GUILD_ON_SHARD_1, CHANNEL_1, USER_1, "hello from guild one");
+    fake.push_message(DM_CHANNEL, USER_DM, "hello in a DM", false, false);
+    for (channel, text) in [
+        (CHANNEL_0, "You said: hello from guild zero"),
+        (CHANNEL_1, "You said: hello from guild one"),
+        (DM_CHANNEL, "You said: hello in a DM"),
+    ] {
+        assert!(
+            eventually(WAIT, || texts_in(&fake, channel)
+                .iter()
+                .any(|reply| reply == text))
+            .await,
+            "{channel}: {:?}",
+            texts_in(&fake, channel)
+        );
+    }
+    for daemon in daemons {
+        daemon.stop().await;
+    }
+    // Each daemon stored only the customers of its own shard; DMs are shard 0's.
+    let knows = |dir: &tempfile::TempDir, user: u64| {
+        support::reopen_store(&dir.path().join("data"))
+            .find_customer("discord", &user.to_string())
+            .unwrap()
+            .is_some()
+    };
+    assert!(knows(&dirs[0], USER_0) && knows(&dirs[0], USER_DM) && !knows(&dirs[0], USER_1));
+    assert!(knows(&dirs[1], USER_1) && !knows(&dirs[1], USER_0) && !knows(&dirs[1], USER_DM));
 }

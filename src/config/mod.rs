@@ -175,6 +175,10 @@ pub struct DiscordConfig {
     pub edit_interval_ms: u64,
     /// The agents' channel: one thread per ticket, agents answer there.
     pub agents_channel_id: Option<u64>,
+    /// Gateway shards of the bot in all daemons together.
+    pub shards: u32,
+    /// The shards this daemon runs, consecutive (all of them by default).
+    pub shard_ids: std::ops::Range<u32>,
 }
 
 /// `[recommend]`

@@ -374,6 +374,8 @@ raw_section!(RawDiscord, "discord" {
     respond_to: List,
     edit_interval_ms: Number,
     agents_channel_id: IdText,
+    shards: Number,
+    shard_ids: IdList,
 });
 raw_section!(RawEscalation, "escalation" {
     enabled: bool,

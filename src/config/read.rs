@@ -239,6 +239,8 @@ impl Reader<'_> {
             }
         });
         let channels = self.id_list(&raw.discord.channels);
+        let shards = self.integer(&raw.discord.shards, 1, 1..=10_000) as u32;
+        let shard_ids = self.shard_ids(&raw.discord.shard_ids, shards);
         let respond_to = self.choice_list(
             &raw.discord.respond_to,
             &["mentions", "dms", "channels"],
@@ -257,7 +259,46 @@ impl Reader<'_> {
             agents_channel_id: self
                 .chat_id(&raw.discord.agents_channel_id, false)
                 .map(|id| id as u64),
+            shards,
+            shard_ids,
         }
+    }
+
+    /// `discord.shard_ids`: consecutive shard numbers below `shards`; all of
+    /// them when not given.
+    fn shard_ids(&mut self, given: &Given<IdList>, shards: u32) -> std::ops::Range<u32> {
+        let Some(written) = &given.value else {
+            return 0..shards;
+        };
+        let ids: Option<Vec<u32>> = written
+            .parsed
+            .as_ref()
+            .and_then(|IdList(ids)| ids.iter().map(|id| id.parse::<u32>().ok()).collect());
+        let Some(mut ids) = ids.filter(|ids| !ids.is_empty()) else {
+            self.issue(
+                given.key,
+                "expected a non-empty list of shard numbers, e.g. [0] or [2, 3]",
+            );
+            return 0..shards;
+        };
+        ids.sort_unstable();
+        ids.dedup();
+        let (first, last) = (ids[0], ids[ids.len() - 1]);
+        if last >= shards {
+            self.issue(
+                given.key,
+                format!("shard {last} does not exist: discord.shards is {shards}, so shards are 0 to {}", shards - 1),
+            );
+            return 0..shards;
+        }
+        if (last - first) as usize + 1 != ids.len() {
+            self.issue(
+                given.key,
+                "the shards one daemon runs must be consecutive, e.g. [2, 3]; give the others to other daemons",
+            );
+            return 0..shards;
+        }
+        first..last + 1
     }
 
     /// One chat or channel id. Telegram groups have negative ids; Discord's

@@ -245,3 +245,57 @@ fn every_key_of_the_shipped_configuration_is_known() {
     assert!(keys.contains(&"telegram.secret_token_file"));
     assert!(keys.contains(&"escalation.agents"));
 }
+
+#[test]
+fn the_remote_engine_needs_its_urls_and_model_and_takes_a_url_list_from_the_environment() {
+    let issues = parse("[engine]\nbackend = \"openai\"\n", &[]).unwrap_err();
+    let keys: Vec<&str> = issues.iter().map(|issue| issue.key.as_str()).collect();
+    assert!(
+        keys.contains(&"engine.base_url") && keys.contains(&"engine.model"),
+        "{keys:?}"
+    );
+    let issues = parse(
+        "[engine]\nbackend = \"openai\"\nmodel = \"m\"\nbase_url = \"ftp://gpu1/v1\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert_eq!(issues[0].key, "engine.base_url");
+
+    let text =
+        "[engine]\nbackend = \"openai\"\nmodel = \"m\"\nbase_url = \"http://gpu1:8000/v1\"\n";
+    let config = parse(text, &[]).unwrap();
+    assert_eq!(config.engine.base_urls.len(), 1);
+    let config = parse(
+        text,
+        &env(&[
+            (
+                "CONCIERGE_ENGINE_BASE_URL",
+                "http://gpu1:8000/v1, http://gpu2:8000/v1",
+            ),
+            ("CONCIERGE_ENGINE_API_KEY", "sk-123456"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.engine.base_urls[1].as_str(), "http://gpu2:8000/v1");
+    assert_eq!(config.engine.api_key.unwrap().expose(), "sk-123456");
+    assert_eq!(config.engine.request_timeout_secs, 120);
+}
+
+#[test]
+fn discord_shards_are_checked() {
+    let config = parse("[discord]\nshards = 4\nshard_ids = [3, 2]\n", &[]).unwrap();
+    assert_eq!((config.discord.shards, config.discord.shard_ids), (4, 2..4));
+    let config = parse("[discord]\nshards = 3\n", &[]).unwrap();
+    assert_eq!(config.discord.shard_ids, 0..3);
+    for text in [
+        "[discord]\nshards = 2\nshard_ids = [2]\n",
+        "[discord]\nshards = 3\nshard_ids = [0, 2]\n",
+        "[discord]\nshards = 0\n",
+    ] {
+        let issues = parse(text, &[]).unwrap_err();
+        assert!(
+            issues[0].key.starts_with("discord.shard"),
+            "{text}: {issues:?}"
+        );
+    }
+}

@@ -51,6 +51,8 @@ pub struct GatewaySession {
     pub resumed: bool,
     /// Whether the client closed the connection itself.
     pub closed_by_client: bool,
+    /// The shard it runs and of how many (`[0, 1]` when it did not say).
+    pub shard: Option<(u64, u64)>,
 }
 
 #[derive(Default)]
@@ -63,9 +65,9 @@ struct Inner {
     texts: HashMap<(u64, u64), String>,
     sent_order: Vec<(u64, u64)>,
     sessions: Vec<GatewaySession>,
-    /// Sender to the live gateway connection.
-    live: Option<mpsc::UnboundedSender<Control>>,
-    /// Dispatches waiting for a live connection.
+    /// The live gateway connections, one per shard.
+    live: Vec<LiveShard>,
+    /// Dispatches waiting for their shard's connection.
     backlog: VecDeque<(String, Value)>,
     /// The channel of each interaction, by its token.
     interaction_channels: HashMap<String, u64>,
@@ -86,6 +88,21 @@ pub struct SentAttachment {
     pub file_name: String,
     /// Its content.
     pub bytes: Vec<u8>,
+}
+
+/// A live connection and the shard it runs.
+struct LiveShard {
+    shard: u64,
+    of: u64,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+/// The shard Discord sends an event to: a guild's by its id, DMs to shard 0.
+fn shard_of(data: &Value, shards: u64) -> u64 {
+    data["guild_id"]
+        .as_str()
+        .and_then(|id| id.parse::<u64>().ok())
+        .map_or(0, |guild| (guild >> 22) % shards.max(1))
 }
 
 enum Control {
@@ -134,20 +151,27 @@ impl FakeDiscord {
         inner.next_id
     }
 
-    /// Sends a dispatch to the live gateway connection (or when one is up).
+    /// Sends a dispatch to the live connection of its shard (or when one is
+    /// up): a guild's events by the guild id, everything else to shard 0.
     pub fn dispatch(&self, event: &str, data: Value) {
         let mut inner = self.inner.lock().unwrap();
-        let live = inner
-            .live
-            .as_ref()
-            .filter(|live| !live.is_closed())
-            .cloned();
-        match live {
+        inner.live.retain(|live| !live.control.is_closed());
+        let shards = inner.live.first().map_or(1, |live| live.of);
+        let shard = shard_of(&data, shards);
+        match inner.live.iter().find(|live| live.shard == shard) {
             Some(live) => {
-                let _ = live.send(Control::Dispatch(event.into(), data));
+                let _ = live.control.send(Control::Dispatch(event.into(), data));
             }
             None => inner.backlog.push_back((event.into(), data)),
         }
+    }
+
+    /// A message in a channel of the guild `guild` that mentions the bot.
+    pub fn push_guild_message(&self, guild: u64, channel: u64, user: u64, content: &str) {
+        let mut message = message_json(self.next_id(), channel, &user_json(user, false), content);
+        message["guild_id"] = json!(guild.to_string());
+        message["mentions"] = json!([user_json(BOT_ID, true)]);
+        self.dispatch("MESSAGE_CREATE", message);
     }
 
     /// A customer's message: a DM when `guild` is false.
@@ -225,10 +249,10 @@ impl FakeDiscord {
         self.dispatch("INTERACTION_CREATE", data);
     }
 
-    /// Drops the live gateway connection without a close frame.
+    /// Drops the live gateway connections without a close frame.
     pub fn drop_gateway(&self) {
-        if let Some(live) = self.inner.lock().unwrap().live.take() {
-            let _ = live.send(Control::Drop);
+        for live in self.inner.lock().unwrap().live.drain(..) {
+            let _ = live.control.send(Control::Drop);
         }
     }
 
@@ -271,8 +295,8 @@ impl FakeDiscord {
             .lock()
             .unwrap()
             .live
-            .as_ref()
-            .is_some_and(|live| !live.is_closed())
+            .iter()
+            .any(|live| !live.control.is_closed())
     }
 
     /// The current text of every message the bot sent to `channel`, in order.
@@ -330,13 +354,17 @@ impl FakeDiscord {
                                 "application": {"id": APPLICATION_ID.to_string(), "flags": 0},
                             }});
                             if write.send(Frame::text(ready.to_string())).await.is_err() { return; }
-                            self.go_live(index, Some(payload["d"].clone()), false, &control);
+                            self.go_live(index, Some(payload["d"].clone()), false, None, &control);
                         }
                         Some(6) => {
                             sequence = payload["d"]["seq"].as_u64().unwrap_or(sequence) + 1;
                             let resumed = json!({"op": 0, "s": sequence, "t": "RESUMED", "d": {}});
                             if write.send(Frame::text(resumed.to_string())).await.is_err() { return; }
-                            self.go_live(index, None, true, &control);
+                            let earlier = payload["d"]["session_id"]
+                                .as_str()
+                                .and_then(|id| id.strip_prefix("session-"))
+                                .and_then(|index| index.parse().ok());
+                            self.go_live(index, None, true, earlier, &control);
                         }
                         _ => {}
                     }
@@ -358,14 +386,37 @@ impl FakeDiscord {
         index: usize,
         identify: Option<Value>,
         resumed: bool,
+        resumed_from: Option<usize>,
         control: &mpsc::UnboundedSender<Control>,
     ) {
         let mut inner = self.inner.lock().unwrap();
+        // A resumed session runs the shard of the session it resumes.
+        let shard = match &identify {
+            Some(identify) => {
+                let pair = &identify["shard"];
+                Some((pair[0].as_u64().unwrap_or(0), pair[1].as_u64().unwrap_or(1)))
+            }
+            None => resumed_from.and_then(|earlier| inner.sessions[earlier].shard),
+        }
+        .unwrap_or((0, 1));
         inner.sessions[index].identify = identify;
         inner.sessions[index].resumed = resumed;
-        inner.live = Some(control.clone());
-        while let Some((event, data)) = inner.backlog.pop_front() {
-            let _ = control.send(Control::Dispatch(event, data));
+        inner.sessions[index].shard = Some(shard);
+        inner
+            .live
+            .retain(|live| live.shard != shard.0 && !live.control.is_closed());
+        inner.live.push(LiveShard {
+            shard: shard.0,
+            of: shard.1,
+            control: control.clone(),
+        });
+        let waiting: Vec<(String, Value)> = inner.backlog.drain(..).collect();
+        for (event, data) in waiting {
+            if shard_of(&data, shard.1) == shard.0 {
+                let _ = control.send(Control::Dispatch(event, data));
+            } else {
+                inner.backlog.push_back((event, data));
+            }
         }
     }
 }

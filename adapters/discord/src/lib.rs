@@ -71,6 +71,8 @@ pub struct DiscordSettings {
     pub commands: Vec<CommandSpec>,
     /// The agents' channel: every message there and in its threads is taken.
     pub agents_channel: Option<u64>,
+    /// The gateway shards this process runs, of how many in all daemons.
+    pub shards: (std::ops::Range<u32>, u32),
 }
 
 impl std::fmt::Debug for DiscordSettings {
@@ -80,6 +82,7 @@ impl std::fmt::Debug for DiscordSettings {
             .field("channels", &self.channels)
             .field("respond_to", &self.respond_to)
             .field("agents_channel", &self.agents_channel)
+            .field("shards", &self.shards)
             .finish_non_exhaustive()
     }
 }
@@ -359,8 +362,9 @@ impl Intake for DiscordAdapter {
             .await
             .map_err(|err| inner.error(err))?;
         let shards = Arc::clone(&client.shard_manager);
+        let (range, total) = inner.settings.shards.clone();
         let result = tokio::select! {
-            result = client.start() => result.map_err(|err| inner.error(err)),
+            result = client.start_shard_range(range, total) => result.map_err(|err| inner.error(err)),
             _ = shutdown.cancelled() => {
                 shards.shutdown_all().await;
                 Ok(())
@@ -565,6 +569,7 @@ mod tests {
             edit_interval: Duration::from_secs(1),
             commands: Vec::new(),
             agents_channel: None,
+            shards: (0..1, 1),
         };
         assert!(!format!("{settings:?}").contains("SECRET"));
         let adapter = DiscordAdapter::new(settings);
