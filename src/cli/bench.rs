@@ -70,3 +70,19 @@ pub(super) fn classify(config: &Config, messages: usize, runs: usize) -> anyhow:
 pub(super) fn search(passages: usize, queries: usize) -> anyhow::Result<()> {
     print(&bench::search(passages.max(1), queries.max(1))?)
 }
+
+/// `concierge bench remote`.
+pub(super) fn remote(
+    config: &Config,
+    first_token_ms: u64,
+    tokens_per_sec: u64,
+    tokens: usize,
+    concurrency: &[usize],
+) -> anyhow::Result<()> {
+    let pace = bench::remote::ServerPace {
+        first_token_ms,
+        tokens_per_sec: tokens_per_sec.max(1),
+        tokens: tokens.max(1),
+    };
+    print(&block_on(bench::remote::run(config, pace, concurrency))?)
+}

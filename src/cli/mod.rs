@@ -447,6 +447,22 @@ enum BenchAction {
         #[arg(long, default_value_t = 20)]
         runs: usize,
     },
+    /// The daemon's overhead per reply and the conversations it sustains in
+    /// front of an OpenAI-compatible server (a local stand-in at a fixed pace) (JSON)
+    Remote {
+        /// The stand-in server's time to first token
+        #[arg(long, default_value_t = 50)]
+        first_token_ms: u64,
+        /// Its tokens per second per stream
+        #[arg(long, default_value_t = 100)]
+        tokens_per_sec: u64,
+        /// Tokens per reply
+        #[arg(long, default_value_t = 20)]
+        tokens: usize,
+        /// Conversations at once, per level
+        #[arg(long, value_delimiter = ',', default_value = "1,50,100,250,500")]
+        concurrency: Vec<usize>,
+    },
     /// Knowledge-base search latency on a synthetic corpus (JSON)
     Search {
         /// Passages to index
@@ -578,6 +594,12 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             } => bench::recommend(items, users, events, queries),
             BenchAction::Classify { messages, runs } => bench::classify(config, messages, runs),
             BenchAction::Search { passages, queries } => bench::search(passages, queries),
+            BenchAction::Remote {
+                first_token_ms,
+                tokens_per_sec,
+                tokens,
+                concurrency,
+            } => bench::remote(config, first_token_ms, tokens_per_sec, tokens, &concurrency),
         },
         Command::Import { what } => match what {
             ImportAction::Kb { paths } => data::import_kb(config, &paths),

@@ -124,6 +124,7 @@ impl Store {
         let mut index_key = customer_id.to_be_bytes().to_vec();
         index_key.extend_from_slice(&id_bytes);
         let record = Self::encode(&conversation);
+        let _one = self.one_transaction();
         (
             &self.conversations,
             &self.active,
@@ -204,6 +205,7 @@ impl Store {
         let mut key = prefix.to_vec();
         key.extend_from_slice(&self.next_id()?.to_be_bytes());
         let record = self.seal(sealed_by, &message)?;
+        let _one = self.one_transaction();
         (&self.messages, &self.intake_messages)
             .transaction(|(messages, stored)| {
                 messages.insert(key.as_slice(), record.as_slice())?;

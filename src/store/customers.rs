@@ -102,6 +102,7 @@ impl Store {
         };
         let key = Self::identity_key(platform, user_id);
         let customer_bytes = self.seal(customer.sealing_key(), &customer)?;
+        let _one = self.one_transaction();
         let result = (&self.customers, &self.identities).transaction(|(customers, identities)| {
             if let Some(existing) = identities.get(&key)? {
                 return Ok(Some(existing));

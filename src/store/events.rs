@@ -78,6 +78,7 @@ impl Store {
             .iter()
             .map(|event| Ok((self.event_key(&event.user)?, Self::encode(event), event)))
             .collect::<Result<Vec<_>, StoreError>>()?;
+        let _one = self.one_transaction();
         let stored = (&self.events, &self.event_ids)
             .transaction(|(tree, ids)| {
                 let mut stored = 0;

@@ -50,6 +50,7 @@ impl Store {
             records.push((self.next_id()?, seen_key(message), self.seal(key, &record)?));
         }
         let taken_at = now_ms().to_be_bytes();
+        let _one = self.one_transaction();
         (&self.inbox, &self.intake_seen)
             .transaction(|(inbox, seen)| {
                 let mut ids = Vec::with_capacity(records.len());
@@ -109,6 +110,7 @@ impl Store {
     /// The message's handling is over: it leaves the inbox.
     pub fn inbox_done(&self, id: IntakeId) -> Result<(), StoreError> {
         let key = id.0.to_be_bytes();
+        let _one = self.one_transaction();
         (&self.inbox, &self.intake_messages)
             .transaction(|(inbox, stored)| {
                 inbox.remove(&key)?;
@@ -155,7 +157,7 @@ impl Store {
         self.meta
             .insert(KEY_INBOX_KEY, &(old + 1).to_be_bytes())
             .map_err(|err| self.err(err))?;
-        self.db.flush().map_err(|err| self.err(err))?;
+        self.flush_coalesced()?;
         for id in self.keys.list()? {
             if matches!(id, KeyId::Inbox(generation) if generation <= old) {
                 self.keys.destroy(id)?;

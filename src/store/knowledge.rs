@@ -62,6 +62,7 @@ impl Store {
             .iter()
             .map(|doc| (doc.id.as_bytes().to_vec(), Self::encode(doc)))
             .collect();
+        let _one = self.one_transaction();
         let generation = (&self.kb_docs, &self.meta)
             .transaction(|(docs, meta)| {
                 for (key, value) in &encoded {

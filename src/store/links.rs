@@ -150,6 +150,7 @@ impl Store {
         // Held from the plan to the commit, so no ticket changes in between.
         let _tickets = self.lock_tickets();
         let plan = self.plan_join(from, into)?;
+        let _one = self.one_transaction();
         let joined = (
             &self.link_codes,
             &self.identities,

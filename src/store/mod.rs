@@ -156,6 +156,13 @@ pub struct Store {
     pending_erasures: sled::Tree,
     /// The data keys customers' records are sealed with.
     keys: Keyring,
+    /// Held across every sled transaction: with several at once, sled 0.34
+    /// deadlocked (a transaction waiting for readers while a reader waited
+    /// on the log flush, seen with 64 new conversations at once).
+    transactions: std::sync::Arc<std::sync::Mutex<()>>,
+    /// Flushes asked for, and the last request a finished flush covered.
+    flush_requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    flushed_through: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Held from choosing the inbox key to writing with it, and while it
     /// rotates: nothing is sealed under a key that is being destroyed.
     inbox_sealing: std::sync::Arc<std::sync::Mutex<()>>,
@@ -184,8 +191,11 @@ impl Store {
             path: path.clone(),
             detail: err.to_string(),
         })?;
+        // Every acknowledged write is flushed by us; sled's own background
+        // flush could meet a transaction the way ours did (see `transactions`).
         let db = sled::Config::new()
             .path(&path)
+            .flush_every_ms(None)
             .open()
             .map_err(|err| classify_open_error(&path, err))?;
         let map = |err: sled::Error| store_error(&path, err);
@@ -213,6 +223,9 @@ impl Store {
             keys: Keyring::open(&data_dir.join("keys"))?,
             ticket_writes: Default::default(),
             inbox_sealing: Default::default(),
+            transactions: Default::default(),
+            flush_requests: Default::default(),
+            flushed_through: Default::default(),
             flushes: Default::default(),
             meta: db.open_tree(TREE_META).map_err(map)?,
             path,
@@ -273,7 +286,7 @@ impl Store {
             }
             meta.insert(KEY_SCHEMA, &SCHEMA_VERSION.to_be_bytes())
                 .map_err(|err| self.err(err))?;
-            self.db.flush().map_err(|err| self.err(err))?;
+            self.flush_coalesced()?;
         }
         if !marker.exists() {
             std::fs::write(marker, format!("schema_version = {SCHEMA_VERSION}\n")).map_err(
@@ -357,7 +370,13 @@ impl Store {
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.flushes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.db.flush_async().await.map_err(|err| self.err(err))?;
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.flush_coalesced())
+            .await
+            .map_err(|err| StoreError::Io {
+                path: self.path.clone(),
+                detail: format!("flush task failed: {err}"),
+            })??;
         Ok(())
     }
 
@@ -370,8 +389,30 @@ impl Store {
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
         self.flushes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.flush_coalesced()
+    }
+
+    /// One flush for every caller that asked before it began: a caller
+    /// whose writes a flush started after its request already made durable
+    /// returns at once. Never beside a transaction (see `transactions`).
+    pub(super) fn flush_coalesced(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let ticket = self.flush_requests.fetch_add(1, Ordering::SeqCst) + 1;
+        let _one = self.one_transaction();
+        if self.flushed_through.load(Ordering::SeqCst) >= ticket {
+            return Ok(());
+        }
+        let covers = self.flush_requests.load(Ordering::SeqCst);
         self.db.flush().map_err(|err| self.err(err))?;
+        self.flushed_through.store(covers, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Taken before a sled transaction: one runs at a time.
+    fn one_transaction(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.transactions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn transaction_error(&self, err: sled::transaction::TransactionError<()>) -> StoreError {

@@ -368,7 +368,7 @@ impl Store {
         self.pending_erasures
             .insert(customer_id.to_be_bytes(), Self::encode(&key_ids))
             .map_err(|err| self.err(err))?;
-        self.db.flush().map_err(|err| self.err(err))?;
+        self.flush_coalesced()?;
         // Unlinked first: from here on a message of theirs starts afresh.
         let mut identities = sled::Batch::default();
         for entry in self.identities.iter() {
@@ -461,7 +461,7 @@ impl Store {
         self.customers
             .remove(customer_id.to_be_bytes())
             .map_err(|err| self.err(err))?;
-        self.db.flush().map_err(|err| self.err(err))?;
+        self.flush_coalesced()?;
         for key in customer.data_keys() {
             if self.keys.destroy(key)? {
                 erasure.keys_destroyed += 1;
@@ -472,7 +472,7 @@ impl Store {
         self.pending_erasures
             .remove(customer_id.to_be_bytes())
             .map_err(|err| self.err(err))?;
-        self.db.flush().map_err(|err| self.err(err))?;
+        self.flush_coalesced()?;
         Ok(erasure)
     }
 
@@ -556,7 +556,7 @@ impl Store {
                 }
             }
         }
-        self.db.flush().map_err(|err| self.err(err))?;
+        self.flush_coalesced()?;
         self.rotate_inbox_key()?;
         Ok(sweep)
     }
@@ -568,7 +568,7 @@ impl Store {
         self.audit
             .insert(key, Self::encode(&entry))
             .map_err(|err| self.err(err))?;
-        self.db.flush().map_err(|err| self.err(err))?;
+        self.flush_coalesced()?;
         Ok(())
     }
 
@@ -619,7 +619,7 @@ impl Store {
                 }
             }
             rotation.records_resealed += 1;
-            self.db.flush().map_err(|err| self.err(err))?;
+            self.flush_coalesced()?;
             for key in old_keys {
                 if self.keys.destroy(key)? {
                     rotation.keys_destroyed += 1;
@@ -725,7 +725,7 @@ impl Store {
                 }
             }
         }
-        self.db.flush().map_err(|err| self.err(err))?;
+        self.flush_coalesced()?;
         Ok(())
     }
 }

@@ -308,6 +308,7 @@ impl Store {
         let record = self.encode_ticket(ticket)?;
         let active = ticket.state.with_agents();
         let customer_key = Self::customer_ticket_key(ticket.customer_id, ticket.id);
+        let _one = self.one_transaction();
         (&self.tickets, &self.active_tickets, &self.customer_tickets)
             .transaction(|(tickets, index, by_customer)| {
                 // A link moves a ticket to another customer: its old key goes.

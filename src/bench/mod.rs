@@ -1,7 +1,10 @@
 //! `concierge bench engine`: measures an engine's prompt and decode speed,
 //! first-token latency, peak memory and aggregate decode speed under
 //! concurrent requests on a fixed prompt, and prints the figures as JSON
-//! (medians of several runs).
+//! (medians of several runs). `remote` measures the daemon's own cost in
+//! front of an OpenAI-compatible server.
+
+pub mod remote;
 
 use std::path::Path;
 use std::time::Instant;
