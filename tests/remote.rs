@@ -4,6 +4,12 @@
 //! endpoint mid-run, the errors a person can act on (401, 404, context
 //! length), cancellation reaching the server, and the key kept out of logs.
 
+// The console and Telegram tests need their channels; builds without them skip them.
+#![cfg_attr(
+    not(all(feature = "console", feature = "telegram")),
+    allow(unused_imports, dead_code)
+)]
+
 mod support;
 
 use std::sync::Arc;
