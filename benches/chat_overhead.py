@@ -31,7 +31,9 @@ QUESTIONS = [
 
 
 def one_reply(binary, env, question):
-    """Runs one chat with one question; returns (delivered, engine) tok/s."""
+    """Runs one chat with one question; returns the delivered and the
+    engine's tok/s, the prompt tokens, and the seconds from sending the
+    question to the first text on stdout."""
     data = tempfile.mkdtemp()
     child = subprocess.Popen([binary, "--data-dir", data, "chat", "--user", "bench"], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
@@ -41,6 +43,9 @@ def one_reply(binary, env, question):
     while b"ready" not in log:
         select.select([child.stderr], [], [], 1.0)
         log += child.stderr.read() or b""
+        if child.poll() is not None:
+            sys.exit("concierge chat stopped before it was ready:\n" + log.decode(errors="replace"))
+    sent = time.perf_counter()
     child.stdin.write((question + "\n").encode())
     child.stdin.close()
     chunks = []
@@ -58,11 +63,13 @@ def one_reply(binary, env, question):
         if child.poll() is not None and not got:
             break
     log += child.stderr.read() or b""
-    line = [l for l in log.splitlines() if b"reply generated" in l][-1]
-    fields = json.loads(line).get("fields", {})
+    lines = [line for line in log.splitlines() if b"reply generated" in line]
+    if not lines or not chunks:
+        sys.exit("no reply:\n" + log.decode(errors="replace")[-2000:])
+    fields = json.loads(lines[-1]).get("fields", {})
     tokens = int(fields["completion_tokens"])
     delivered = (tokens - 1) / (chunks[-1] - chunks[0]) if len(chunks) > 1 and tokens > 1 else 0.0
-    return delivered, float(fields["decode_tok_per_sec"]), int(fields["prompt_tokens"])
+    return delivered, float(fields["decode_tok_per_sec"]), int(fields["prompt_tokens"]), chunks[0] - sent
 
 
 def main():
@@ -72,7 +79,7 @@ def main():
                CONCIERGE_ENGINE_MAX_TOKENS="64", CONCIERGE_LOG_FORMAT="json", RUST_LOG="concierge=info")
     delivered, engine, prompts = [], [], []
     for question in QUESTIONS[:count]:
-        shown, measured, prompt = one_reply(binary, env, question)
+        shown, measured, prompt, _ = one_reply(binary, env, question)
         delivered.append(shown)
         engine.append(measured)
         prompts.append(prompt)

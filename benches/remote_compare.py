@@ -16,23 +16,15 @@ first chunk)).
 """
 import json
 import os
-import select
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
-QUESTIONS = [
-    "How long does delivery usually take?",
-    "Can I change the address of my order?",
-    "What is your return policy for shoes?",
-    "Do you sell gift cards?",
-    "How do I reset my password?",
-    "Which payment methods do you accept?",
-]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from chat_overhead import QUESTIONS, one_reply  # noqa: E402
 
 
 def argument(name, default):
@@ -43,44 +35,6 @@ def free_port():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def one_reply(binary, env, question):
-    """One chat with one question: (seconds to first text, delivered tok/s)."""
-    data = tempfile.mkdtemp()
-    child = subprocess.Popen([binary, "--data-dir", data, "chat", "--user", "bench"], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    os.set_blocking(child.stdout.fileno(), False)
-    os.set_blocking(child.stderr.fileno(), False)
-    log = b""
-    while b"ready" not in log:
-        select.select([child.stderr], [], [], 1.0)
-        log += child.stderr.read() or b""
-        if child.poll() is not None:
-            sys.exit("concierge chat stopped before it was ready:\n" + log.decode(errors="replace"))
-    sent = time.perf_counter()
-    child.stdin.write((question + "\n").encode())
-    child.stdin.close()
-    chunks = []
-    while True:
-        ready, _, _ = select.select([child.stdout, child.stderr], [], [], 0.5)
-        got = False
-        if child.stdout in ready and child.stdout.read():
-            chunks.append(time.perf_counter())
-            got = True
-        if child.stderr in ready:
-            more = child.stderr.read() or b""
-            log += more
-            got = got or bool(more)
-        if child.poll() is not None and not got:
-            break
-    log += child.stderr.read() or b""
-    lines = [line for line in log.splitlines() if b"reply generated" in line]
-    if not lines or not chunks:
-        sys.exit("no reply:\n" + log.decode(errors="replace")[-2000:])
-    tokens = int(json.loads(lines[-1]).get("fields", {})["completion_tokens"])
-    delivered = (tokens - 1) / (chunks[-1] - chunks[0]) if len(chunks) > 1 and tokens > 1 else 0.0
-    return chunks[0] - sent, delivered
 
 
 def main():
@@ -119,7 +73,7 @@ def main():
         for name, env in engines.items():
             first, rates = [], []
             for question in QUESTIONS[:count]:
-                seconds, rate = one_reply(binary, env, question)
+                rate, _, _, seconds = one_reply(binary, env, question)
                 first.append(seconds * 1000)
                 rates.append(rate)
             figures[name] = {

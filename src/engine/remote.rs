@@ -157,12 +157,15 @@ enum Failure {
     Fatal(EngineError),
 }
 
-/// The remote engine.
-pub struct RemoteEngine {
+/// The remote engine; every request's task shares one `Remote`.
+pub struct RemoteEngine(Arc<Remote>);
+
+/// The settings, HTTP client, pool and tokenizer of the remote engine.
+struct Remote {
     settings: RemoteSettings,
     client: reqwest::Client,
-    pool: Arc<Pool>,
-    tokenizer: Option<Arc<tokenizers::Tokenizer>>,
+    pool: Pool,
+    tokenizer: Option<tokenizers::Tokenizer>,
     name: String,
 }
 
@@ -177,7 +180,7 @@ impl RemoteEngine {
             ));
         }
         let tokenizer = match &settings.tokenizer {
-            Some(path) => Some(Arc::new(load_tokenizer(path)?)),
+            Some(path) => Some(load_tokenizer(path)?),
             None => {
                 tracing::info!("no engine.tokenizer: the token budget is estimated from characters (conservatively)");
                 None
@@ -203,19 +206,20 @@ impl RemoteEngine {
                 })
             })
             .collect();
-        Ok(Self {
+        Ok(Self(Arc::new(Remote {
             name: format!("{} (openai)", settings.model),
             settings,
             client,
-            pool: Arc::new(Pool { endpoints }),
+            pool: Pool { endpoints },
             tokenizer,
-        })
+        })))
     }
 
     /// Each endpoint's state.
     pub fn endpoints(&self) -> Vec<EndpointHealth> {
         let now = Instant::now();
-        self.pool
+        self.0
+            .pool
             .endpoints
             .iter()
             .map(|endpoint| {
@@ -408,7 +412,7 @@ impl SseReader {
     }
 }
 
-impl RemoteEngine {
+impl Remote {
     fn body<'a>(&'a self, request: &'a ChatRequest) -> Body<'a> {
         Body {
             model: &self.settings.model,
@@ -696,11 +700,11 @@ fn without_url(err: &reqwest::Error) -> String {
 #[async_trait]
 impl Llm for RemoteEngine {
     fn model_name(&self) -> &str {
-        &self.name
+        &self.0.name
     }
 
     fn count_tokens(&self, text: &str) -> usize {
-        match &self.tokenizer {
+        match &self.0.tokenizer {
             Some(tokenizer) => tokenizer
                 .encode(text, false)
                 .map(|encoding| encoding.len())
@@ -716,26 +720,13 @@ impl Llm for RemoteEngine {
         cancel: CancellationToken,
     ) -> Result<ReplyStream, EngineError> {
         let (events, stream) = mpsc::channel(64);
-        let engine = self.clone_for_request();
-        tokio::spawn(async move { engine.run(request, events, cancel).await });
+        let remote = Arc::clone(&self.0);
+        tokio::spawn(async move { remote.run(request, events, cancel).await });
         Ok(stream)
     }
 
     fn remote_endpoints(&self) -> Option<Vec<EndpointHealth>> {
         Some(self.endpoints())
-    }
-}
-
-impl RemoteEngine {
-    /// A handle sharing the pool and client, for one request's task.
-    fn clone_for_request(&self) -> Self {
-        Self {
-            settings: self.settings.clone(),
-            client: self.client.clone(),
-            pool: Arc::clone(&self.pool),
-            tokenizer: self.tokenizer.clone(),
-            name: self.name.clone(),
-        }
     }
 }
 

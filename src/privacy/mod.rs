@@ -171,12 +171,7 @@ pub fn show_customer(
     platform: &str,
     user: &str,
 ) -> Result<crate::store::CustomerSummary, crate::store::StoreError> {
-    let customer = customer_of_account(store, platform, user)?;
-    store
-        .customer_summaries()?
-        .into_iter()
-        .find(|summary| summary.id == customer.id)
-        .ok_or_else(|| crate::store::StoreError::NotFound(format!("customer {platform}:{user}")))
+    store.customer_summary(customer_of_account(store, platform, user)?)
 }
 
 /// Everything stored about a customer, audited as asked by `actor` from (or

@@ -232,20 +232,35 @@ impl Store {
         let mut identities = self.identities_by_customer()?;
         let mut summaries = Vec::new();
         for customer in self.records::<Customer>(&self.customers, TREE_CUSTOMERS)? {
-            summaries.push(CustomerSummary {
-                id: customer.id,
-                identities: identities.remove(&customer.id).unwrap_or_default(),
-                created_ms: customer.created_ms,
-                display_name: customer.display_name.clone(),
-                locale: customer.locale.map(|locale| locale.code().to_string()),
-                conversations: self
-                    .customer_conversations
-                    .scan_prefix(customer.id.to_be_bytes())
-                    .count(),
-                tickets: self.customer_ticket_count(customer.id)?,
-            });
+            let accounts = identities.remove(&customer.id).unwrap_or_default();
+            summaries.push(self.summary_of(customer, accounts)?);
         }
         Ok(summaries)
+    }
+
+    /// One customer as listed for operators.
+    pub fn customer_summary(&self, customer: Customer) -> Result<CustomerSummary, StoreError> {
+        let accounts = self.customer_identities(customer.id)?;
+        self.summary_of(customer, accounts)
+    }
+
+    fn summary_of(
+        &self,
+        customer: Customer,
+        identities: Vec<ExportIdentity>,
+    ) -> Result<CustomerSummary, StoreError> {
+        Ok(CustomerSummary {
+            id: customer.id,
+            identities,
+            created_ms: customer.created_ms,
+            locale: customer.locale.map(|locale| locale.code().to_string()),
+            conversations: self
+                .customer_conversations
+                .scan_prefix(customer.id.to_be_bytes())
+                .count(),
+            tickets: self.customer_ticket_count(customer.id)?,
+            display_name: customer.display_name,
+        })
     }
 
     /// Everything stored about a customer.
@@ -507,13 +522,13 @@ impl Store {
             let (key, bytes) = entry.map_err(|err| self.err(err))?;
             // A message written for a customer while they were erased is
             // sealed under a destroyed key: unreadable, so it goes too.
-            let Some(plain) = self.keys.open_record(&bytes)? else {
-                messages.remove(key);
-                sweep.messages += 1;
-                continue;
+            let expired = match self.keys.open_record(&bytes)? {
+                None => true,
+                Some(plain) => {
+                    self.decode::<StoredMessage>(TREE_MESSAGES, &plain)?.ts_ms < cutoff_ms
+                }
             };
-            let message: StoredMessage = self.decode(TREE_MESSAGES, &plain)?;
-            if message.ts_ms < cutoff_ms {
+            if expired {
                 messages.remove(key);
                 sweep.messages += 1;
             }

@@ -170,6 +170,15 @@ fn error(status: StatusCode, message: &str, kind: &str, code: &str) -> Response 
         .into_response()
 }
 
+/// The text of each message of a chat request.
+fn contents(request: &Value) -> impl Iterator<Item = &str> {
+    request["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|message| message["content"].as_str().unwrap_or_default())
+}
+
 fn chunk(model: &str, delta: Value, finish: Option<&str>) -> Bytes {
     let event = json!({
         "id": "chatcmpl-fake",
@@ -220,21 +229,9 @@ async fn chat(State(fake): State<FakeOpenAi>, headers: HeaderMap, body: Bytes) -
                 "model_not_found",
             );
         }
-        let prompt_chars: usize = request["messages"]
-            .as_array()
-            .map(|messages| {
-                messages
-                    .iter()
-                    .map(|message| {
-                        message["content"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .chars()
-                            .count()
-                    })
-                    .sum()
-            })
-            .unwrap_or(0);
+        let prompt_chars: usize = contents(&request)
+            .map(|content| content.chars().count())
+            .sum();
         if inner
             .context_chars
             .is_some_and(|limit| prompt_chars > limit)
@@ -264,21 +261,9 @@ async fn chat(State(fake): State<FakeOpenAi>, headers: HeaderMap, body: Bytes) -
             "injected",
         );
     }
-    let prompt_tokens = request["messages"]
-        .as_array()
-        .map(|messages| {
-            messages
-                .iter()
-                .map(|message| {
-                    message["content"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .split_whitespace()
-                        .count()
-                })
-                .sum::<usize>()
-        })
-        .unwrap_or(0);
+    let prompt_tokens: usize = contents(&request)
+        .map(|content| content.split_whitespace().count())
+        .sum();
     let words: Vec<String> = reply.split_inclusive(' ').map(str::to_string).collect();
     let guard = StreamGuard {
         inner: Arc::clone(&fake.inner),
