@@ -56,12 +56,25 @@ pub fn export_file_name(export: &CustomerExport) -> String {
 pub fn write_export(data_dir: &Path, export: &CustomerExport) -> std::io::Result<PathBuf> {
     let dir = data_dir.join("exports");
     std::fs::create_dir_all(&dir)?;
-    let path = dir.join(export_file_name(export));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&path)?;
+    // Two exports in one millisecond get the same name: the second is
+    // numbered, keeping the prefix erasure removes them by.
+    let name = export_file_name(export);
+    let mut path = dir.join(&name);
+    let mut copy = 1;
+    let mut file = loop {
+        match options.open(&path) {
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && copy < 100 => {
+                copy += 1;
+                let stem = name.trim_end_matches(".json");
+                path = dir.join(format!("{stem}-{copy}.json"));
+            }
+            other => break other?,
+        }
+    };
     std::io::Write::write_all(&mut file, &export_json(export))?;
     file.sync_all()?;
     Ok(path)
@@ -285,4 +298,24 @@ pub fn sweep_report(
             "note": "privacy.retention_days is 0: everything is kept, nothing was removed",
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_exports_in_one_millisecond_get_two_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let customer = store.customer_for_identity("console", "kim", None).unwrap();
+        let export = store.export_customer(customer.id).unwrap();
+        let first = write_export(dir.path(), &export).unwrap();
+        let second = write_export(dir.path(), &export).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(
+            store.forget_customer(customer.id).unwrap().exports_removed,
+            2
+        );
+    }
 }
