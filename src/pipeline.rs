@@ -3,8 +3,10 @@
 //! answer with the engine, streaming the reply through the channel, and
 //! record both sides durably.
 //!
-//! Architecture invariant: the customer's message is in the store and flushed
-//! before any reply starts; the reply is stored and flushed once delivered.
+//! Architecture invariant: the customer's message is in the store before the
+//! engine is asked, and flushed before any reply reaches the channel (the
+//! flush runs while the engine starts); the reply is stored once delivered
+//! and flushed right after the channel is told the reply is over.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -68,6 +70,9 @@ struct Turn<'a> {
     intake: Option<IntakeId>,
     adapter: &'a dyn Outbox,
     started: Instant,
+    /// Set when a reply was stored that the pipeline flushes once the
+    /// channel was told the reply is over.
+    reply_to_flush: &'a std::sync::atomic::AtomicBool,
 }
 
 /// The channel as seen while answering one inbound message: every message
@@ -236,12 +241,14 @@ impl Pipeline {
             adapter,
             reply_to: inbound.message_id.clone(),
         };
+        let reply_to_flush = std::sync::atomic::AtomicBool::new(false);
         let result = self
             .handle_with(
                 inbound,
                 delivery.intake,
                 delivery.payment_data_masked,
                 &adapter,
+                &reply_to_flush,
             )
             .await;
         if self.is_stopping() {
@@ -258,6 +265,12 @@ impl Pipeline {
             }
         }
         adapter.reply_finished(&inbound.conversation).await;
+        // After the channel was told, so the customer does not wait for it.
+        if reply_to_flush.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Err(err) = self.store.flush().await {
+                tracing::error!(%platform, "the reply could not be made durable: {err}");
+            }
+        }
         true
     }
 
@@ -268,6 +281,7 @@ impl Pipeline {
         intake: Option<IntakeId>,
         payment_data_masked: bool,
         adapter: &dyn Outbox,
+        reply_to_flush: &std::sync::atomic::AtomicBool,
     ) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut state = route::State {
@@ -350,6 +364,7 @@ impl Pipeline {
                     intake,
                     adapter,
                     started,
+                    reply_to_flush,
                 };
                 self.handle_customer(route, customer, &understood, &turn)
                     .await
@@ -420,6 +435,7 @@ impl Pipeline {
             intake,
             adapter,
             started,
+            reply_to_flush,
         } = *turn;
         let text = understood.text.as_str();
         let locale = customer.locale.unwrap_or(self.settings.default_locale);
@@ -472,13 +488,16 @@ impl Pipeline {
                             handlers::answer::documents_answer(knowledge, text, self.settings.top_k)
                         })) => {}
             Route::Recommend(request) => {
-                let Some((conversation, _)) = self
-                    .context()
-                    .store_unless_answered(&customer, &inbound.conversation, text, intake)
-                    .await?
+                let Some((conversation, _, mut flush)) = self.context().store_unless_answered(
+                    &customer,
+                    &inbound.conversation,
+                    text,
+                    intake,
+                )?
                 else {
                     return Ok(());
                 };
+                flush.wait().await?;
                 return handlers::recommend::run(
                     self.context(),
                     self.model(),
@@ -532,10 +551,9 @@ impl Pipeline {
         }
         self.record_mentions(&customer, text).await?;
         let chat = &inbound.conversation;
-        let Some((conversation, history)) = self
+        let Some((conversation, history, flush)) = self
             .context()
-            .store_unless_answered(&customer, chat, text, intake)
-            .await?
+            .store_unless_answered(&customer, chat, text, intake)?
         else {
             return Ok(());
         };
@@ -550,14 +568,18 @@ impl Pipeline {
                 .as_ref()
                 .is_some_and(|result| result.praise),
         };
+        reply_to_flush.store(true, std::sync::atomic::Ordering::Relaxed);
         handlers::answer::run(
             &answering,
-            &conversation,
-            &history,
+            handlers::answer::Question {
+                conversation: &conversation,
+                history: &history,
+                flush,
+                text,
+                was_cut: understood.was_cut,
+            },
             chat,
             adapter,
-            text,
-            understood.was_cut,
             locale,
             started,
         )

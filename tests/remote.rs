@@ -2,7 +2,8 @@
 //! OpenAI-compatible server in tests/support/fake_openai.rs: streamed
 //! replies at the console and over the fake Telegram, a pool that loses an
 //! endpoint mid-run, the errors a person can act on (401, 404, context
-//! length), cancellation reaching the server, and the key kept out of logs.
+//! length), cancellation reaching the server, the key kept out of logs, and
+//! each endpoint in `/healthz` and `/metrics` of `serve`.
 
 // The console and Telegram tests need their channels; builds without them skip them.
 #![cfg_attr(
@@ -354,4 +355,127 @@ async fn a_telegram_customer_gets_the_remote_reply_growing_by_edits() {
         !telegram.calls_of("editMessageText").is_empty(),
         "it grew by edits"
     );
+}
+
+#[cfg(feature = "telegram")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_shows_each_endpoint_in_healthz_and_metrics_and_is_unready_when_none_is_up() {
+    use support::fake_telegram::{FakeTelegram, TOKEN};
+    let fake = FakeOpenAi::start(MODEL).await;
+    fake.set_reply("We open at nine.");
+    let dead = format!("http://127.0.0.1:{}/v1", free_port());
+    let telegram = FakeTelegram::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = remote_config(
+        dir.path(),
+        &[&fake.url, &dead],
+        &format!(
+            "[telegram]\nenabled = true\napi_url = {url:?}\npoll_timeout_secs = 1\n",
+            url = telegram.url
+        ),
+    );
+    let port: u16 = std::fs::read_to_string(&config)
+        .unwrap()
+        .split("listen = \"127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .and_then(|port| port.parse().ok())
+        .unwrap();
+    let mut daemon = concierge(&config)
+        .arg("serve")
+        .env("CONCIERGE_TELEGRAM_TOKEN", TOKEN)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let health = move || {
+        support::http_get(port, "/healthz", None)
+            .ok()
+            .and_then(|(status, body)| {
+                Some((
+                    status,
+                    serde_json::from_str::<serde_json::Value>(&body).ok()?,
+                ))
+            })
+    };
+    // Two customers' messages: whichever endpoint the first goes to, the
+    // dead one is tried once and taken out, and both are answered.
+    telegram.push_message(601, "private", 601, "when do you open?");
+    telegram.push_message(602, "private", 602, "and on sundays?");
+    assert!(
+        eventually(WAIT, || [601, 602].iter().all(|chat| telegram
+            .messages_in(*chat)
+            .iter()
+            .any(|(_, text)| text.contains("We open at nine."))))
+        .await,
+        "{:?} {:?}",
+        telegram.messages_in(601),
+        telegram.messages_in(602)
+    );
+    let (status, report) = tokio::task::spawn_blocking(move || {
+        support::wait_for(WAIT, || {
+            health().filter(|(_, report)| {
+                report["endpoints"]
+                    .as_array()
+                    .is_some_and(|endpoints| endpoints.len() == 2)
+            })
+        })
+    })
+    .await
+    .unwrap()
+    .expect("healthz answers with the endpoints");
+    assert_eq!(status, 200, "{report}");
+    let endpoints = report["endpoints"].as_array().unwrap();
+    let state_of = |url: &str| {
+        endpoints
+            .iter()
+            .find(|endpoint| {
+                endpoint["url"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with(url.trim_end_matches("/v1"))
+            })
+            .map(|endpoint| endpoint["state"].clone())
+    };
+    assert_eq!(state_of(&fake.url), Some("up".into()), "{report}");
+    let (_, metrics) = support::http_get(port, "/metrics", None).unwrap();
+    // The endpoint label is its URL without credentials.
+    let label = fake.url.trim_end_matches("/v1");
+    for series in [
+        format!("concierge_engine_requests_total{{endpoint=\"{label}"),
+        format!("concierge_engine_tokens_total{{endpoint=\"{label}"),
+        format!("concierge_engine_first_token_seconds_count{{endpoint=\"{label}"),
+    ] {
+        assert!(metrics.contains(&series), "{series} missing in\n{metrics}");
+    }
+
+    // The only live server dies: the next message fails, and the daemon
+    // reports itself unready until an endpoint is back.
+    fake.kill();
+    telegram.push_message(603, "private", 603, "how long does delivery take?");
+    let unready = tokio::task::spawn_blocking(move || {
+        support::wait_for(WAIT, || health().filter(|(status, _)| *status == 503))
+    })
+    .await
+    .unwrap();
+    let (_, report) = unready.expect("503 once no endpoint is up");
+    assert!(
+        report["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|endpoint| endpoint["state"] == "down"),
+        "{report}"
+    );
+    let (_, metrics) = support::http_get(port, "/metrics", None).unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "concierge_engine_errors_total{{endpoint=\"{label}"
+        )),
+        "{metrics}"
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    let _ = daemon.wait();
 }

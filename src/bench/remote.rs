@@ -4,6 +4,10 @@
 //! through the router and pipeline to the remote engine and back, and the
 //! bench reports how much each reply took beyond the server's own time, and
 //! how many conversations at once complete without an error.
+//!
+//! Each level keeps that many conversations going at once: they start
+//! spread over one server reply time (as conversations already under way
+//! are), and each sends its next message when its last reply is complete.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -45,16 +49,28 @@ impl ServerPace {
 /// Figures at one level of concurrency.
 #[derive(Debug, Serialize)]
 pub struct LevelFigures {
-    /// Conversations sending one message each at the same moment.
+    /// Conversations going on at once.
     pub concurrent: usize,
+    /// Replies measured (conversations times messages each).
+    pub replies: usize,
     /// Replies that did not arrive whole.
     pub errors: usize,
     /// Time beyond the server's own, per reply: median.
     pub overhead_p50_ms: f64,
     /// The same, 99th percentile.
     pub overhead_p99_ms: f64,
+    /// 99th percentile over each conversation's first reply only: a new
+    /// customer, whose data key is written and synced and profile created.
+    pub first_reply_overhead_p99_ms: f64,
     /// From the first message to the last reply.
     pub wall_ms: f64,
+    /// CPU time of this process (daemon and stand-in server together) per
+    /// reply, user and system; 0 where /proc is missing.
+    pub cpu_ms_per_reply: f64,
+    /// The same without the stand-in server's thread: the daemon's own.
+    pub daemon_cpu_ms_per_reply: f64,
+    /// Connections the stand-in server accepted at this level.
+    pub server_connections: usize,
 }
 
 /// What the bench prints.
@@ -65,94 +81,141 @@ pub struct RemoteFigures {
     /// The server's own time per reply as scheduled (overheads are taken
     /// above the time it really spent on each request).
     pub server_reply_ms: f64,
+    /// Messages each conversation sends, one after the other's reply.
+    pub messages_per_conversation: usize,
     /// Each level measured.
     pub levels: Vec<LevelFigures>,
     /// The most conversations at once that completed without an error.
     pub sustained_concurrent: usize,
 }
 
-/// How long the stand-in server spent on each conversation's request, from
-/// its first byte received to its last byte sent.
-type ServerTimes = Arc<Mutex<HashMap<String, Duration>>>;
+/// How long the stand-in server spent on each request (by its marker),
+/// from its first byte received to its last byte sent, and how many
+/// connections it accepted.
+#[derive(Default)]
+struct ServerLog {
+    times: Mutex<HashMap<String, Duration>>,
+    connections: std::sync::atomic::AtomicUsize,
+}
 
-/// Answers chat completions at `pace`, one connection per request.
-async fn stand_in_server(pace: ServerPace, times: ServerTimes) -> anyhow::Result<String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("cannot listen on 127.0.0.1")?;
+/// Answers chat completions at `pace`, keeping connections open between
+/// requests as inference servers do. It runs on a thread and runtime of its
+/// own, as a server in another process would, so that its tasks do not
+/// queue in front of the daemon's.
+fn stand_in_server(pace: ServerPace, log: Arc<ServerLog>) -> anyhow::Result<String> {
+    let listener =
+        std::net::TcpListener::bind("127.0.0.1:0").context("cannot listen on 127.0.0.1")?;
+    listener.set_nonblocking(true)?;
     let url = format!("http://{}/v1", listener.local_addr()?);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(answer(stream, pace, Arc::clone(&times)));
-        }
-    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the stand-in server's runtime")?;
+    std::thread::Builder::new()
+        .name(SERVER_THREAD.into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                while let Ok((stream, _)) = listener.accept().await {
+                    log.connections
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tokio::spawn(serve_connection(stream, pace, Arc::clone(&log)));
+                }
+            })
+        })
+        .context("cannot start the stand-in server's thread")?;
     Ok(url)
 }
 
-async fn answer(
+/// One HTTP/1.1 chunk.
+fn chunk(bytes: &[u8]) -> Vec<u8> {
+    let mut framed = format!("{:x}\r\n", bytes.len()).into_bytes();
+    framed.extend_from_slice(bytes);
+    framed.extend_from_slice(b"\r\n");
+    framed
+}
+
+/// Requests on one connection, one after the other, each answered with an
+/// event stream in chunked encoding.
+async fn serve_connection(
     mut stream: tokio::net::TcpStream,
     pace: ServerPace,
-    times: ServerTimes,
+    log: Arc<ServerLog>,
 ) -> std::io::Result<()> {
-    // The request: headers, then as many body bytes as they announce.
-    let mut request = Vec::new();
-    let mut buffer = [0u8; 8192];
-    let mut received = None;
-    let body_start = loop {
-        let read = stream.read(&mut buffer).await?;
-        if read == 0 {
-            return Ok(());
-        }
-        received.get_or_insert_with(Instant::now);
-        request.extend_from_slice(&buffer[..read]);
-        if let Some(at) = request.windows(4).position(|window| window == b"\r\n\r\n") {
-            break at + 4;
-        }
-    };
-    let headers = String::from_utf8_lossy(&request[..body_start]).to_ascii_lowercase();
-    let length: usize = headers
-        .lines()
-        .find_map(|line| line.strip_prefix("content-length:"))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or(0);
-    while request.len() < body_start + length {
-        let read = stream.read(&mut buffer).await?;
-        if read == 0 {
-            return Ok(());
-        }
-        request.extend_from_slice(&buffer[..read]);
-    }
-    stream
-        .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n")
-        .await?;
+    let token = chunk(
+        format!(
+            "data: {}\n\n",
+            serde_json::json!({
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {"content": "word "}, "finish_reason": null}],
+            })
+        )
+        .as_bytes(),
+    );
+    let mut end = chunk(
+        format!(
+            "data: {}\n\ndata: [DONE]\n\n",
+            serde_json::json!({
+                "object": "chat.completion.chunk", "choices": [],
+                "usage": {"prompt_tokens": 40, "completion_tokens": pace.tokens},
+            })
+        )
+        .as_bytes(),
+    );
+    end.extend_from_slice(b"0\r\n\r\n");
     let per_token = Duration::from_secs(1) / pace.tokens_per_sec.max(1) as u32;
-    tokio::time::sleep(Duration::from_millis(pace.first_token_ms)).await;
-    for index in 0..pace.tokens {
-        if index > 0 {
-            tokio::time::sleep(per_token).await;
+    let mut pending = Vec::new();
+    let mut buffer = [0u8; 8192];
+    loop {
+        // The request: headers, then as many body bytes as they announce.
+        let mut received = (!pending.is_empty()).then(Instant::now);
+        let body_start = loop {
+            if let Some(at) = pending.windows(4).position(|window| window == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let read = stream.read(&mut buffer).await?;
+            if read == 0 {
+                return Ok(());
+            }
+            received.get_or_insert_with(Instant::now);
+            pending.extend_from_slice(&buffer[..read]);
+        };
+        let headers = String::from_utf8_lossy(&pending[..body_start]).to_ascii_lowercase();
+        let length: usize = headers
+            .lines()
+            .find_map(|line| line.strip_prefix("content-length:"))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0);
+        while pending.len() < body_start + length {
+            let read = stream.read(&mut buffer).await?;
+            if read == 0 {
+                return Ok(());
+            }
+            pending.extend_from_slice(&buffer[..read]);
         }
-        let event = serde_json::json!({
-            "object": "chat.completion.chunk",
-            "choices": [{"index": 0, "delta": {"content": "word "}, "finish_reason": null}],
-        });
+        let mark = marked_chat(&String::from_utf8_lossy(
+            &pending[body_start..body_start + length],
+        ));
+        pending.drain(..body_start + length);
         stream
-            .write_all(format!("data: {event}\n\n").as_bytes())
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n")
             .await?;
-    }
-    let usage = serde_json::json!({
-        "object": "chat.completion.chunk", "choices": [],
-        "usage": {"prompt_tokens": 40, "completion_tokens": pace.tokens},
-    });
-    stream
-        .write_all(format!("data: {usage}\n\ndata: [DONE]\n\n").as_bytes())
-        .await?;
-    let body = String::from_utf8_lossy(&request[body_start..]);
-    if let (Some(chat), Some(received)) = (marked_chat(&body), received) {
-        if let Ok(mut times) = times.lock() {
-            times.insert(chat, received.elapsed());
+        tokio::time::sleep(Duration::from_millis(pace.first_token_ms)).await;
+        for index in 0..pace.tokens {
+            if index > 0 {
+                tokio::time::sleep(per_token).await;
+            }
+            stream.write_all(&token).await?;
+        }
+        stream.write_all(&end).await?;
+        if let (Some(mark), Some(received)) = (mark, received) {
+            if let Ok(mut times) = log.times.lock() {
+                times.insert(mark, received.elapsed());
+            }
         }
     }
-    stream.shutdown().await
 }
 
 /// The conversation a request belongs to, from the marker in its message.
@@ -165,12 +228,32 @@ fn marked_chat(text: &str) -> Option<String> {
 /// Marks each message with its conversation, so the server can time it.
 const MARKER: &str = "[bench:";
 
-/// The channel of the bench: it keeps each conversation's reply and when
-/// its handling ended.
+/// A finished reply: its text and when its handling ended.
+type Finished = (String, Instant);
+
+/// The channel of the bench: it gathers each conversation's reply and hands
+/// it to the conversation waiting for it once the handling has ended.
 #[derive(Default)]
 struct BenchChannel {
-    replies: Mutex<HashMap<String, (String, Option<Instant>)>>,
-    done: tokio::sync::Notify,
+    texts: Mutex<HashMap<String, String>>,
+    waiting: Mutex<HashMap<String, tokio::sync::oneshot::Sender<Finished>>>,
+}
+
+impl BenchChannel {
+    fn append(&self, chat: &str, text: &str) {
+        if let Ok(mut texts) = self.texts.lock() {
+            texts.entry(chat.to_string()).or_default().push_str(text);
+        }
+    }
+
+    /// Where the next reply in `chat` will be handed.
+    fn expect(&self, chat: &str) -> tokio::sync::oneshot::Receiver<Finished> {
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        if let Ok(mut waiting) = self.waiting.lock() {
+            waiting.insert(chat.to_string(), sender);
+        }
+        receiver
+    }
 }
 
 #[async_trait]
@@ -191,13 +274,7 @@ impl Outbox for BenchChannel {
     }
 
     async fn send(&self, message: Outbound) -> Result<SentMessage, AdapterError> {
-        if let Ok(mut replies) = self.replies.lock() {
-            replies
-                .entry(message.conversation.chat_id.clone())
-                .or_default()
-                .0
-                .push_str(&message.text);
-        }
+        self.append(&message.conversation.chat_id, &message.text);
         Ok(SentMessage {
             conversation: message.conversation,
             message_id: String::new(),
@@ -210,26 +287,68 @@ impl Outbox for BenchChannel {
         deltas: DeltaStream,
     ) -> Result<String, AdapterError> {
         let text = collect_stream(deltas).await;
-        if let Ok(mut replies) = self.replies.lock() {
-            replies
-                .entry(conversation.chat_id.clone())
-                .or_default()
-                .0
-                .push_str(&text);
-        }
+        self.append(&conversation.chat_id, &text);
         Ok(text)
     }
 
     async fn reply_finished(&self, conversation: &ConversationRef) {
-        if let Ok(mut replies) = self.replies.lock() {
-            replies.entry(conversation.chat_id.clone()).or_default().1 = Some(Instant::now());
+        let ended = Instant::now();
+        let text = self
+            .texts
+            .lock()
+            .ok()
+            .and_then(|mut texts| texts.remove(&conversation.chat_id))
+            .unwrap_or_default();
+        let waiter = self
+            .waiting
+            .lock()
+            .ok()
+            .and_then(|mut waiting| waiting.remove(&conversation.chat_id));
+        if let Some(waiter) = waiter {
+            let _ = waiter.send((text, ended));
         }
-        self.done.notify_one();
     }
 }
 
-fn message(chat: &str) -> Inbound {
-    let text = format!("Could you tell me more about the warranty? {MARKER}{chat}]");
+/// One conversation of a level: `messages` messages, each sent when the
+/// reply to the one before is complete. Returns, per message, when it was
+/// sent and its reply (`None` when none came within a minute).
+async fn converse(
+    chat: String,
+    messages: usize,
+    start_after: Duration,
+    channel: Arc<BenchChannel>,
+    sink: tokio::sync::mpsc::Sender<crate::inbox::Delivery>,
+) -> Vec<(String, Instant, Option<Finished>)> {
+    tokio::time::sleep(start_after).await;
+    let mut outcomes = Vec::with_capacity(messages);
+    for index in 0..messages {
+        let mark = format!("{chat}#{index}");
+        let reply = channel.expect(&chat);
+        let sent = Instant::now();
+        if sink
+            .send(crate::inbox::Delivery::transient(message(&chat, &mark)))
+            .await
+            .is_err()
+        {
+            outcomes.push((mark, sent, None));
+            break;
+        }
+        let finished = tokio::time::timeout(Duration::from_secs(60), reply)
+            .await
+            .ok()
+            .and_then(Result::ok);
+        let gave_up = finished.is_none();
+        outcomes.push((mark, sent, finished));
+        if gave_up {
+            break;
+        }
+    }
+    outcomes
+}
+
+fn message(chat: &str, mark: &str) -> Inbound {
+    let text = format!("Could you tell me more about the warranty? {MARKER}{mark}]");
     Inbound {
         conversation: ConversationRef {
             platform: PLATFORM.into(),
@@ -251,6 +370,50 @@ fn message(chat: &str) -> Inbound {
     }
 }
 
+/// CPU time this process has used, user and system; zero where it cannot
+/// be read.
+fn process_cpu() -> Duration {
+    cpu_of_stat(std::path::Path::new("/proc/self/stat"))
+}
+
+/// CPU time of the stand-in server's thread (named `bench-server`).
+fn server_thread_cpu() -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Duration::ZERO;
+    };
+    tasks
+        .flatten()
+        .filter(|task| {
+            std::fs::read_to_string(task.path().join("comm"))
+                .is_ok_and(|name| name.trim() == SERVER_THREAD)
+        })
+        .map(|task| cpu_of_stat(&task.path().join("stat")))
+        .sum()
+}
+
+/// utime + stime of a `/proc` stat file, in the kernel's fixed 100 ticks
+/// per second.
+fn cpu_of_stat(path: &std::path::Path) -> Duration {
+    let ticks = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name, which is in parentheses.
+            let fields: Vec<u64> = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .map(|field| field.parse().unwrap_or(0))
+                .collect();
+            // utime and stime are fields 14 and 15; 12 and 13 here.
+            Some(fields.get(11)? + fields.get(12)?)
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+/// The name of the stand-in server's thread.
+const SERVER_THREAD: &str = "bench-server";
+
 fn percentile(sorted: &[f64], share: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -264,9 +427,11 @@ pub async fn run(
     config: &Config,
     pace: ServerPace,
     concurrency: &[usize],
+    messages_per_conversation: usize,
 ) -> anyhow::Result<RemoteFigures> {
-    let server_times = ServerTimes::default();
-    let url = stand_in_server(pace, Arc::clone(&server_times)).await?;
+    let messages = messages_per_conversation.max(1);
+    let server_log = Arc::new(ServerLog::default());
+    let url = stand_in_server(pace, Arc::clone(&server_log))?;
     let scratch = tempfile::tempdir().context("cannot create a scratch data directory")?;
     let mut config = config.clone();
     config.store.data_dir = scratch.path().to_path_buf();
@@ -311,52 +476,76 @@ pub async fn run(
             Default::default(),
             limits,
         ));
-        let chats: Vec<String> = (0..count)
-            .map(|index| format!("r{round}-c{index}"))
-            .collect();
+        let spread = pace.reply_time() / count.max(1) as u32;
         let started = Instant::now();
-        let mut sent_at = HashMap::new();
-        for chat in &chats {
-            sent_at.insert(chat.clone(), Instant::now());
-            sink.send(crate::inbox::Delivery::transient(message(chat)))
-                .await
-                .map_err(|_| anyhow::anyhow!("the router stopped"))?;
-        }
+        let cpu_before = process_cpu();
+        let server_cpu_before = server_thread_cpu();
+        let connections_before = server_log
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let conversations: Vec<_> = (0..count)
+            .map(|index| {
+                tokio::spawn(converse(
+                    format!("r{round}-c{index}"),
+                    messages,
+                    spread * index as u32,
+                    Arc::clone(&channel),
+                    sink.clone(),
+                ))
+            })
+            .collect();
         drop(sink);
-        tokio::time::timeout(Duration::from_secs(600), router)
+        let mut outcomes = Vec::with_capacity(count * messages);
+        for conversation in conversations {
+            outcomes.extend(conversation.await.context("a bench conversation failed")?);
+        }
+        tokio::time::timeout(Duration::from_secs(60), router)
             .await
-            .context("replies took longer than 10 minutes")?
+            .context("the router did not stop")?
             .context("the router failed")?;
         let wall = started.elapsed();
-        let replies = std::mem::take(
-            &mut *channel
-                .replies
-                .lock()
-                .map_err(|_| anyhow::anyhow!("bench channel poisoned"))?,
-        );
+        let cpu = process_cpu().saturating_sub(cpu_before);
+        let server_cpu = server_thread_cpu().saturating_sub(server_cpu_before);
+        let connections = server_log
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+            - connections_before;
         let served = std::mem::take(
-            &mut *server_times
+            &mut *server_log
+                .times
                 .lock()
                 .map_err(|_| anyhow::anyhow!("bench server times poisoned"))?,
         );
         let mut overheads = Vec::new();
-        let mut errors = 0;
-        for chat in &chats {
-            match (replies.get(chat), served.get(chat)) {
-                (Some((text, Some(finished))), Some(served)) if text.trim() == expected.trim() => {
-                    let took = finished.duration_since(sent_at[chat]);
-                    overheads.push(took.saturating_sub(*served).as_secs_f64() * 1000.0);
+        let mut first_overheads = Vec::new();
+        let mut errors = count * messages - outcomes.len();
+        for (mark, sent, finished) in &outcomes {
+            match (finished, served.get(mark)) {
+                (Some((text, ended)), Some(served)) if text.trim() == expected.trim() => {
+                    let took = ended.duration_since(*sent);
+                    let overhead = took.saturating_sub(*served).as_secs_f64() * 1000.0;
+                    overheads.push(overhead);
+                    if mark.ends_with("#0") {
+                        first_overheads.push(overhead);
+                    }
                 }
                 _ => errors += 1,
             }
         }
+        first_overheads.sort_by(f64::total_cmp);
         overheads.sort_by(f64::total_cmp);
         levels.push(LevelFigures {
             concurrent: count,
+            replies: count * messages,
             errors,
             overhead_p50_ms: percentile(&overheads, 0.5),
             overhead_p99_ms: percentile(&overheads, 0.99),
+            first_reply_overhead_p99_ms: percentile(&first_overheads, 0.99),
             wall_ms: wall.as_secs_f64() * 1000.0,
+            cpu_ms_per_reply: cpu.as_secs_f64() * 1000.0 / (count * messages).max(1) as f64,
+            daemon_cpu_ms_per_reply: cpu.saturating_sub(server_cpu).as_secs_f64() * 1000.0
+                / (count * messages).max(1) as f64,
+            server_connections: connections,
         });
     }
     let sustained_concurrent = levels
@@ -368,6 +557,7 @@ pub async fn run(
     Ok(RemoteFigures {
         server: pace,
         server_reply_ms: pace.reply_time().as_secs_f64() * 1000.0,
+        messages_per_conversation: messages,
         levels,
         sustained_concurrent,
     })
@@ -387,8 +577,8 @@ mod tests {
         assert_eq!(pace.reply_time(), Duration::from_millis(250));
         assert_eq!(percentile(&[1.0, 2.0, 3.0], 0.5), 2.0);
         assert_eq!(
-            marked_chat(r#"{"content":"warranty? [bench:r0-c7]"}"#).as_deref(),
-            Some("r0-c7")
+            marked_chat(r#"{"content":"warranty? [bench:r0-c7#2]"}"#).as_deref(),
+            Some("r0-c7#2")
         );
     }
 }

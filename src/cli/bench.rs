@@ -78,11 +78,17 @@ pub(super) fn remote(
     tokens_per_sec: u64,
     tokens: usize,
     concurrency: &[usize],
+    messages: usize,
 ) -> anyhow::Result<()> {
     let pace = bench::remote::ServerPace {
         first_token_ms,
         tokens_per_sec: tokens_per_sec.max(1),
         tokens: tokens.max(1),
     };
-    print(&block_on(bench::remote::run(config, pace, concurrency))?)
+    print(&block_on(bench::remote::run(
+        config,
+        pace,
+        concurrency,
+        messages,
+    ))?)
 }

@@ -462,6 +462,9 @@ enum BenchAction {
         /// Conversations at once, per level
         #[arg(long, value_delimiter = ',', default_value = "1,50,100,250,500")]
         concurrency: Vec<usize>,
+        /// Messages each conversation sends, each after the last reply
+        #[arg(long, default_value_t = 10)]
+        messages: usize,
     },
     /// Knowledge-base search latency on a synthetic corpus (JSON)
     Search {
@@ -599,7 +602,15 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
                 tokens_per_sec,
                 tokens,
                 concurrency,
-            } => bench::remote(config, first_token_ms, tokens_per_sec, tokens, &concurrency),
+                messages,
+            } => bench::remote(
+                config,
+                first_token_ms,
+                tokens_per_sec,
+                tokens,
+                &concurrency,
+                messages,
+            ),
         },
         Command::Import { what } => match what {
             ImportAction::Kb { paths } => data::import_kb(config, &paths),

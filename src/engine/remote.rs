@@ -349,29 +349,67 @@ enum Event {
     Nothing,
 }
 
+/// One streamed chunk, read without building a JSON tree (it runs for
+/// every token).
+#[derive(serde::Deserialize)]
+struct WireChunk<'a> {
+    #[serde(default, borrow)]
+    choices: Option<Vec<WireChoice<'a>>>,
+    #[serde(default)]
+    usage: Option<WireUsage>,
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireChoice<'a> {
+    #[serde(default, borrow)]
+    delta: Option<WireDelta<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireDelta<'a> {
+    #[serde(default, borrow)]
+    content: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+}
+
 fn parse_event(data: &str) -> Event {
     let data = data.trim();
     if data == "[DONE]" {
         return Event::Done;
     }
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(data) else {
+    let Ok(chunk) = serde_json::from_str::<WireChunk>(data) else {
         return Event::Error(format!(
             "the server sent an event that is not JSON: {}",
             error_message(data)
         ));
     };
-    if !value["error"].is_null() {
+    if chunk.error.is_some() {
         return Event::Error(error_message(data));
     }
-    if let Some(text) = value["choices"][0]["delta"]["content"].as_str() {
+    if let Some(text) = chunk
+        .choices
+        .into_iter()
+        .flatten()
+        .next()
+        .and_then(|choice| choice.delta)
+        .and_then(|delta| delta.content)
+    {
         if !text.is_empty() {
-            return Event::Text(text.to_string());
+            return Event::Text(text.into_owned());
         }
     }
-    if let (Some(prompt), Some(completion)) = (
-        value["usage"]["prompt_tokens"].as_u64(),
-        value["usage"]["completion_tokens"].as_u64(),
-    ) {
+    if let Some(WireUsage {
+        prompt_tokens: Some(prompt),
+        completion_tokens: Some(completion),
+    }) = chunk.usage
+    {
         return Event::Usage(prompt as usize, completion as usize);
     }
     Event::Nothing
@@ -388,28 +426,35 @@ impl SseReader {
     fn push(&mut self, bytes: &[u8]) -> Result<Vec<String>, String> {
         self.buffer.extend_from_slice(bytes);
         let mut payloads = Vec::new();
-        while let Some(end) = self.line_end() {
-            let line: Vec<u8> = self.buffer.drain(..end.0).collect();
-            self.buffer.drain(..end.1);
-            let line = String::from_utf8_lossy(&line);
+        let mut consumed = 0;
+        while let Some(length) = self.buffer[consumed..]
+            .iter()
+            .position(|byte| *byte == b'\n')
+        {
+            let line = String::from_utf8_lossy(&self.buffer[consumed..consumed + length]);
             let line = line.trim_end_matches('\r');
             if let Some(data) = line.strip_prefix("data:") {
                 payloads.push(data.trim_start().to_string());
             }
+            consumed += length + 1;
         }
+        self.buffer.drain(..consumed);
         if self.buffer.len() > MAX_EVENT_BYTES {
             return Err("the server sent an event line over 1 MiB".into());
         }
         Ok(payloads)
     }
+}
 
-    /// Where the next line ends: (its length, the newline's length).
-    fn line_end(&self) -> Option<(usize, usize)> {
-        self.buffer
-            .iter()
-            .position(|byte| *byte == b'\n')
-            .map(|at| (at, 1))
-    }
+/// How long the rest of a finished stream is read for.
+const DRAIN_LIMIT: Duration = Duration::from_secs(1);
+
+/// Reads what follows `[DONE]` (the end of the chunked body), so the
+/// connection goes back to the client's pool: the next reply then skips the
+/// TCP (and TLS) handshake.
+async fn drain(response: &mut reqwest::Response) {
+    let deadline = tokio::time::Instant::now() + DRAIN_LIMIT;
+    while let Ok(Ok(Some(_))) = tokio::time::timeout_at(deadline, response.chunk()).await {}
 }
 
 impl Remote {
@@ -577,9 +622,10 @@ impl Remote {
                         ))))
                     }
                     Event::Done => {
-                        return self
-                            .finish(endpoint, events, usage, completion_chunks, started)
-                            .await;
+                        self.finish(endpoint, events, usage, completion_chunks, started)
+                            .await?;
+                        drain(&mut response).await;
+                        return Ok(());
                     }
                     Event::Nothing => {}
                 }
@@ -752,6 +798,22 @@ mod tests {
         assert!(
             matches!(parse_event(r#"{"error":{"message":"boom"}}"#), Event::Error(message) if message == "boom")
         );
+        // What servers vary in: escapes, nulls, a role-only first chunk.
+        assert!(matches!(
+            parse_event(r#"{"choices":[{"delta":{"content":"a \"b\"\n\u4f60"}}],"error":null}"#),
+            Event::Text(text) if text == "a \"b\"\n你"
+        ));
+        assert!(matches!(
+            parse_event(
+                r#"{"choices":[{"delta":{"role":"assistant","content":null}}],"usage":null}"#
+            ),
+            Event::Nothing
+        ));
+        assert!(matches!(
+            parse_event(r#"{"choices":null,"usage":{"prompt_tokens":1,"completion_tokens":1}}"#),
+            Event::Usage(1, 1)
+        ));
+        assert!(matches!(parse_event("not json"), Event::Error(_)));
     }
 
     #[test]

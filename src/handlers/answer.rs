@@ -17,7 +17,7 @@ use crate::knowledge::support::Evidence;
 use crate::knowledge::{answer, Hit, KnowledgeBase};
 use crate::prompts::{Locale, Template};
 use crate::session;
-use crate::store::{Conversation, Role, SourceRef, StoredMessage};
+use crate::store::{Conversation, PendingFlush, Role, SourceRef, StoredMessage};
 use crate::telemetry;
 
 /// Longest question put into a grounded prompt, in characters.
@@ -89,21 +89,37 @@ impl Fluency {
     }
 }
 
-/// Answers a question whose message is stored in `conversation` after
-/// `history`, and stores the answer with its sources.
-#[allow(clippy::too_many_arguments)]
+/// The customer's question as stored.
+pub(crate) struct Question<'q> {
+    /// Where it is stored, after `history`.
+    pub conversation: &'q Conversation,
+    pub history: &'q [StoredMessage],
+    /// Its flush, waited for before anything reaches the channel.
+    pub flush: PendingFlush,
+    pub text: &'q str,
+    /// It was cut to the longest message taken.
+    pub was_cut: bool,
+}
+
+/// Answers `question` and stores the answer with its sources (flushed by
+/// the pipeline once the reply is over).
 pub(crate) async fn run(
     a: &Answering<'_>,
-    conversation: &Conversation,
-    history: &[StoredMessage],
+    question: Question<'_>,
     chat: &ConversationRef,
     adapter: &dyn Outbox,
-    text: &str,
-    was_cut: bool,
     locale: Locale,
     started: Instant,
 ) -> anyhow::Result<()> {
+    let Question {
+        conversation,
+        history,
+        mut flush,
+        text,
+        was_cut,
+    } = question;
     if was_cut {
+        flush.wait().await?;
         let limit = a.settings.max_message_chars.to_string();
         let note = a
             .ctx
@@ -118,18 +134,37 @@ pub(crate) async fn run(
             text: reply,
             sources,
         } => {
+            flush.wait().await?;
             adapter
                 .send(Outbound::text(chat.clone(), reply.clone()))
                 .await?;
             (reply, sources)
         }
         AnswerPlan::Generate { prompt } => {
-            let reply = generate(a, adapter, chat, history, &prompt, locale, started).await?;
+            let reply = generate(
+                a,
+                adapter,
+                chat,
+                (history, &mut flush),
+                &prompt,
+                locale,
+                started,
+            )
+            .await?;
             (reply, Vec::new())
         }
         AnswerPlan::Grounded(grounding) => {
             let sources = grounding.sources.clone();
-            let reply = grounded(a, adapter, chat, history, *grounding, locale, started).await?;
+            let reply = grounded(
+                a,
+                adapter,
+                chat,
+                (history, &mut flush),
+                *grounding,
+                locale,
+                started,
+            )
+            .await?;
             (reply, sources)
         }
     };
@@ -148,7 +183,6 @@ pub(crate) async fn run(
     a.ctx
         .store
         .append_message_with_sources(conversation.id, Role::Assistant, reply, sources)?;
-    a.ctx.store.flush().await?;
     telemetry::reply_delivered(&chat.platform, "answer", started.elapsed());
     Ok(())
 }
@@ -322,7 +356,7 @@ async fn grounded(
     a: &Answering<'_>,
     adapter: &dyn Outbox,
     chat: &ConversationRef,
-    history: &[StoredMessage],
+    (history, flush): (&[StoredMessage], &mut PendingFlush),
     grounding: Grounding,
     locale: Locale,
     started: Instant,
@@ -347,6 +381,8 @@ async fn grounded(
         );
         None
     };
+    // The engine starts while the customer's message is flushed.
+    flush.wait().await?;
     let verified = VerifiedReply {
         events,
         pending: String::new(),
@@ -577,7 +613,7 @@ async fn generate(
     a: &Answering<'_>,
     adapter: &dyn Outbox,
     chat: &concierge_adapter::ConversationRef,
-    history: &[crate::store::StoredMessage],
+    (history, flush): (&[StoredMessage], &mut PendingFlush),
     prompt: &str,
     locale: Locale,
     started: Instant,
@@ -586,7 +622,10 @@ async fn generate(
     show_typing(adapter, chat).await;
     let cancel = a.model.cancel.child_token();
     let outcome = Arc::new(Mutex::new(Outcome::default()));
-    let delivered = match a.model.llm.stream_chat(request, cancel.clone()).await {
+    let started_engine = a.model.llm.stream_chat(request, cancel.clone()).await;
+    // The engine starts while the customer's message is flushed.
+    flush.wait().await?;
+    let delivered = match started_engine {
         Ok(events) => {
             let deltas = delta_stream(events, Arc::clone(&outcome), started);
             deliver_in_time(a, adapter, chat, deltas, &cancel, &outcome).await?

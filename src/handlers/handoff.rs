@@ -98,10 +98,10 @@ impl Tickets<'_> {
     ) -> anyhow::Result<Ticket> {
         let escalation = self.escalation;
         let chat = &inbound.conversation;
-        let (conversation, turn) = self
+        let (conversation, turn, mut flush) = self
             .ctx
-            .store_customer_message(customer, chat, text, intake)
-            .await?;
+            .store_customer_message(customer, chat, text, intake)?;
+        flush.wait().await?;
         let history = turn.history;
         // The new message ends the transcript (`Escalation::open` adds it).
         let recent: Vec<(TranscriptRole, String)> = history

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::{ChatRequest, Llm, Sampling, StreamEvent};
 use crate::prompts::{Locale, Prompts, Template};
 use crate::store::{
-    CatalogItem, Conversation, Customer, CustomerTurn, IntakeId, Store, StoredMessage,
+    CatalogItem, Conversation, Customer, CustomerTurn, IntakeId, PendingFlush, Store, StoredMessage,
 };
 
 /// History messages read per reply before the token budget trims them.
@@ -90,16 +90,17 @@ pub(crate) struct Context<'a> {
 
 impl Context<'_> {
     /// Stores the customer's message in their current conversation and
-    /// flushes it, before any reply; returns the conversation and the recent
-    /// history that preceded the message. A message from the inbox is stored
-    /// once however often its handling is replayed.
-    pub(crate) async fn store_customer_message(
+    /// starts its flush, which the caller waits for before any reply reaches
+    /// the channel; returns the conversation, the recent history that
+    /// preceded the message, and the flush. A message from the inbox is
+    /// stored once however often its handling is replayed.
+    pub(crate) fn store_customer_message(
         self,
         customer: &Customer,
         chat: &ConversationRef,
         text: &str,
         intake: Option<IntakeId>,
-    ) -> anyhow::Result<(Conversation, CustomerTurn)> {
+    ) -> anyhow::Result<(Conversation, CustomerTurn, PendingFlush)> {
         let conversation =
             self.store
                 .current_conversation(customer.id, &chat.platform, &chat.chat_id)?;
@@ -109,24 +110,28 @@ impl Context<'_> {
             intake,
             HISTORY_READ_LIMIT,
         )?;
-        self.store.flush().await?;
-        Ok((conversation, turn))
+        Ok((conversation, turn, self.store.flush_soon()))
     }
 
     /// `store_customer_message`, or `None` when a replay finds the message
     /// answered already.
-    pub(crate) async fn store_unless_answered(
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn store_unless_answered(
         self,
         customer: &Customer,
         chat: &ConversationRef,
         text: &str,
         intake: Option<IntakeId>,
-    ) -> anyhow::Result<Option<(Conversation, Vec<StoredMessage>)>> {
-        let (conversation, turn) = self
-            .store_customer_message(customer, chat, text, intake)
-            .await?;
-        Ok((!turn.replayed.is_some_and(|replayed| replayed.answered))
-            .then_some((conversation, turn.history)))
+    ) -> anyhow::Result<Option<(Conversation, Vec<StoredMessage>, PendingFlush)>> {
+        let (conversation, turn, flush) =
+            self.store_customer_message(customer, chat, text, intake)?;
+        Ok(
+            (!turn.replayed.is_some_and(|replayed| replayed.answered)).then_some((
+                conversation,
+                turn.history,
+                flush,
+            )),
+        )
     }
 
     /// The private chat of `sender` with the bot, where the platform has one.

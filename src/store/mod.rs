@@ -380,6 +380,18 @@ impl Store {
         Ok(())
     }
 
+    /// Starts a flush that the caller waits for later (before the reply it
+    /// must precede), so the disk works while other work goes on.
+    pub fn flush_soon(&self) -> PendingFlush {
+        self.flushes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let store = self.clone();
+        PendingFlush {
+            path: self.path.clone(),
+            task: Some(tokio::task::spawn_blocking(move || store.flush_coalesced())),
+        }
+    }
+
     /// Durable flushes made so far through this store and its clones.
     pub fn flush_count(&self) -> u64 {
         self.flushes.load(std::sync::atomic::Ordering::Relaxed)
@@ -423,6 +435,27 @@ impl Store {
                 detail: "transaction aborted".into(),
             },
         }
+    }
+}
+
+/// A flush under way (`Store::flush_soon`). Dropped unwaited, it still
+/// completes.
+#[must_use = "wait for the flush before what it must precede"]
+pub struct PendingFlush {
+    path: PathBuf,
+    task: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
+}
+
+impl PendingFlush {
+    /// Waits until the flush is done; at once when it was waited for before.
+    pub async fn wait(&mut self) -> Result<(), StoreError> {
+        let Some(task) = self.task.take() else {
+            return Ok(());
+        };
+        task.await.map_err(|err| StoreError::Io {
+            path: self.path.clone(),
+            detail: format!("flush task failed: {err}"),
+        })?
     }
 }
 
