@@ -106,6 +106,33 @@ async fn a_reply_streams_with_the_servers_usage_and_the_sampling_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_that_streams_no_usage_gets_the_tokens_counted_here() {
+    let fake = FakeOpenAi::start(MODEL).await;
+    fake.set_reply("Returns are free within 45 days.");
+    fake.without_usage();
+    let engine = RemoteEngine::new(settings(&[&fake.url])).unwrap();
+    let mut stream = engine
+        .stream_chat(
+            request(&[(ChatRole::System, "be brief"), (ChatRole::User, "returns?")]),
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
+    let mut usage = None;
+    while let Some(event) = stream.recv().await {
+        if let StreamEvent::Done(done) = event.unwrap() {
+            usage = Some(done);
+        }
+    }
+    let usage = usage.expect("the stream ends with Done");
+    // One streamed piece per word; the prompt estimated from its characters.
+    assert_eq!(usage.completion_tokens, 6);
+    let estimated = engine.count_tokens("be brief") + engine.count_tokens("returns?");
+    assert_eq!(usage.prompt_tokens, estimated);
+    assert!(estimated > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_pool_that_loses_an_endpoint_mid_run_fails_no_request_that_could_be_retried() {
     let first = FakeOpenAi::start(MODEL).await;
     let second = FakeOpenAi::start(MODEL).await;

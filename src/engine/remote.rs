@@ -458,6 +458,17 @@ async fn drain(response: &mut reqwest::Response) {
 }
 
 impl Remote {
+    fn count_tokens(&self, text: &str) -> usize {
+        match &self.tokenizer {
+            Some(tokenizer) => tokenizer
+                .encode(text, false)
+                .map(|encoding| encoding.len())
+                .unwrap_or_else(|_| super::estimate_tokens(text)),
+            // Without the server's tokenizer, err on the long side.
+            None => super::estimate_tokens(text) + super::estimate_tokens(text) / 4 + 1,
+        }
+    }
+
     fn body<'a>(&'a self, request: &'a ChatRequest) -> Body<'a> {
         Body {
             model: &self.settings.model,
@@ -622,8 +633,14 @@ impl Remote {
                         ))))
                     }
                     Event::Done => {
-                        self.finish(endpoint, events, usage, completion_chunks, started)
-                            .await?;
+                        self.finish(
+                            endpoint,
+                            request,
+                            events,
+                            (usage, completion_chunks),
+                            started,
+                        )
+                        .await?;
                         drain(&mut response).await;
                         return Ok(());
                     }
@@ -631,19 +648,33 @@ impl Remote {
                 }
             }
         }
-        self.finish(endpoint, events, usage, completion_chunks, started)
-            .await
+        self.finish(
+            endpoint,
+            request,
+            events,
+            (usage, completion_chunks),
+            started,
+        )
+        .await
     }
 
     async fn finish(
         &self,
         endpoint: &Arc<Endpoint>,
+        request: &ChatRequest,
         events: &mpsc::Sender<Result<StreamEvent, EngineError>>,
-        mut usage: Usage,
-        completion_chunks: usize,
+        (mut usage, completion_chunks): (Usage, usize),
         started: Instant,
     ) -> Result<(), Failure> {
         endpoint.succeeded();
+        if usage.prompt_tokens == 0 {
+            // Some servers (llama-cpp-python's) send no usage when streaming.
+            usage.prompt_tokens = request
+                .messages
+                .iter()
+                .map(|message| self.count_tokens(&message.content))
+                .sum();
+        }
         if usage.completion_tokens == 0 {
             // A server without usage reports: each streamed piece is about a token.
             usage.completion_tokens = completion_chunks;
@@ -750,14 +781,7 @@ impl Llm for RemoteEngine {
     }
 
     fn count_tokens(&self, text: &str) -> usize {
-        match &self.0.tokenizer {
-            Some(tokenizer) => tokenizer
-                .encode(text, false)
-                .map(|encoding| encoding.len())
-                .unwrap_or_else(|_| super::estimate_tokens(text)),
-            // Without the server's tokenizer, err on the long side.
-            None => super::estimate_tokens(text) + super::estimate_tokens(text) / 4 + 1,
-        }
+        self.0.count_tokens(text)
     }
 
     async fn stream_chat(
