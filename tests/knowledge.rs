@@ -501,3 +501,40 @@ async fn praise_is_thanked_for_in_both_languages_and_questions_still_get_not_fou
         "no model call for praise"
     );
 }
+
+#[tokio::test]
+async fn greetings_and_thanks_of_any_wording_get_the_templates_and_no_passage() {
+    let data = tempfile::tempdir().unwrap();
+    let kb_dir = tempfile::tempdir().unwrap();
+    let harness = grounded_harness(data.path(), kb_dir.path(), "default_reply = \"x\"\n");
+    run_messages(
+        &harness,
+        vec![
+            message("ann", "hello again"),
+            message("ann", "Good morning!"),
+            message("ann", "thanks a lot!"),
+            message("li", "早上好"),
+            message("li", "非常感谢，辛苦了"),
+        ],
+    )
+    .await;
+    let prompts = concierge::prompts::Prompts::built_in();
+    let text = |locale, template| prompts.text(locale, template).trim().to_string();
+    use concierge::prompts::{Locale, Template};
+    assert_eq!(
+        harness.channel.texts("ann"),
+        [
+            text(Locale::En, Template::Greeting),
+            text(Locale::En, Template::Greeting),
+            text(Locale::En, Template::Thanks),
+        ]
+    );
+    assert_eq!(
+        harness.channel.texts("li"),
+        [
+            text(Locale::Zh, Template::Greeting),
+            text(Locale::Zh, Template::Thanks),
+        ]
+    );
+    assert!(harness.engine.requests().is_empty(), "no model call");
+}

@@ -191,13 +191,17 @@ pub(crate) async fn run(
 /// verbatim, the model grounded in selected sentences, an honest "not
 /// found", or (without a knowledge base) the model alone.
 fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerPlan> {
-    if crate::knowledge::text::query_units(text).is_empty() {
+    let small_talk = super::small_talk::recognise(text).or_else(|| {
+        crate::knowledge::text::query_units(text)
+            .is_empty()
+            .then(|| super::small_talk::kind_of(text))
+    });
+    if let Some(kind) = small_talk {
         // Small talk: the shop's own words, in the customer's language and
         // in role, at once; a small model would wander off both.
-        let template = if is_thanks(text) {
-            Template::Thanks
-        } else {
-            Template::Greeting
+        let template = match kind {
+            super::small_talk::SmallTalk::Thanks => Template::Thanks,
+            super::small_talk::SmallTalk::Greeting => Template::Greeting,
         };
         return Ok(AnswerPlan::Fixed {
             text: a.ctx.prompts.text(locale, template).to_string(),
@@ -336,14 +340,6 @@ pub(crate) fn documents_answer(knowledge: &KnowledgeBase, text: &str, top_k: usi
             text,
             &answer::select(text, &retrieval.hits, SELECTED_SENTENCES),
         )
-}
-
-/// Whether a message without a question in it thanks the bot.
-fn is_thanks(text: &str) -> bool {
-    let lowered = text.to_lowercase();
-    ["thank", "thx", "cheers", "谢谢", "感谢", "多谢", "谢了"]
-        .iter()
-        .any(|word| lowered.contains(word))
 }
 
 /// The model's answer around the selected sentences, streamed sentence by

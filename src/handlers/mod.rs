@@ -10,6 +10,7 @@ pub(crate) mod command;
 pub(crate) mod handoff;
 pub(crate) mod privacy;
 pub(crate) mod recommend;
+pub(crate) mod small_talk;
 
 use std::collections::HashMap;
 use std::sync::Arc;
