@@ -221,6 +221,8 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
     let Some(knowledge) = a.knowledge.filter(|kb| kb.passages() > 0) else {
         return Ok(plain);
     };
+    // The documents are searched for the request alone.
+    let text = super::small_talk::without_social_clauses(text);
     let retrieval = knowledge.retrieve(text, a.settings.top_k)?;
     let source_of = |hit: &Hit| SourceRef {
         doc: hit.doc.clone(),
@@ -329,6 +331,7 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
 /// Whether the documents answer `text`: retrieval finds passages and one
 /// of their sentences answers (the test `plan` makes before the model).
 pub(crate) fn documents_answer(knowledge: &KnowledgeBase, text: &str, top_k: usize) -> bool {
+    let text = super::small_talk::without_social_clauses(text);
     let Ok(retrieval) = knowledge.retrieve(text, top_k) else {
         return false;
     };

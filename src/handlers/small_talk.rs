@@ -177,6 +177,34 @@ pub(crate) fn recognise(text: &str) -> Option<SmallTalk> {
     Some(kind_of(text))
 }
 
+/// `text` without the greeting before its request and the thanks after it
+/// ("Good morning, where is my parcel? Thanks!" -> "where is my parcel?"):
+/// a passage that happens to say "morning" is no answer. Clauses end at
+/// punctuation; only whole social clauses at either end go.
+pub(crate) fn without_social_clauses(text: &str) -> &str {
+    let is_break = |ch: char| ",.!?;~，。！？；、～…".contains(ch);
+    let mut clauses = Vec::new();
+    let mut start = 0;
+    for (at, ch) in text.char_indices() {
+        if is_break(ch) {
+            clauses.push(start..at + ch.len_utf8());
+            start = at + ch.len_utf8();
+        }
+    }
+    if start < text.len() {
+        clauses.push(start..text.len());
+    }
+    let social = |range: &std::ops::Range<usize>| recognise(&text[range.clone()]).is_some();
+    let Some(first) = clauses.iter().position(|clause| !social(clause)) else {
+        return text;
+    };
+    let last = clauses
+        .iter()
+        .rposition(|clause| !social(clause))
+        .unwrap_or(first);
+    text[clauses[first].start..clauses[last].end].trim()
+}
+
 /// Thanks when a word of thanks is in `text`, else a greeting.
 pub(crate) fn kind_of(text: &str) -> SmallTalk {
     let lowered = text.to_lowercase();
@@ -220,6 +248,27 @@ mod tests {
         }
         // "ty" is a word of thanks, not a part of one.
         assert_eq!(kind_of("pretty city"), SmallTalk::Greeting);
+    }
+
+    #[test]
+    fn greetings_and_thanks_around_a_request_are_left_out() {
+        for (message, request) in [
+            (
+                "Good morning, where is my parcel? Thanks!",
+                "where is my parcel?",
+            ),
+            ("早上好，我的包裹到哪里了？谢谢", "我的包裹到哪里了？"),
+            ("hello again! can I pay with Amex", "can I pay with Amex"),
+            ("where is my parcel", "where is my parcel"),
+            // Only whole clauses at the ends: this "good" is part of the request.
+            (
+                "is the jacket good for hiking?",
+                "is the jacket good for hiking?",
+            ),
+            ("hi, good day", "hi, good day"),
+        ] {
+            assert_eq!(without_social_clauses(message), request, "{message}");
+        }
     }
 
     #[test]
