@@ -283,7 +283,17 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
         });
     }
     let fallback = answer::quote(&selected);
-    let answering_hit = selected.first().map_or(0, |first| first.hit);
+    // Every passage a quoted sentence comes from, in the order quoted.
+    let mut quoted_hits: Vec<usize> = answer::quoted(&selected)
+        .iter()
+        .map(|sentence| sentence.hit)
+        .collect();
+    quoted_hits.dedup();
+    let quoted_titles = quoted_hits
+        .iter()
+        .map(|&hit| used[hit].title.as_str())
+        .collect::<Vec<_>>()
+        .join(if locale == Locale::Zh { "；" } else { "; " });
     selected.sort_by_key(|sentence| (sentence.hit, sentence.position));
     let mut listing = String::new();
     let mut evidence_texts = Vec::new();
@@ -314,11 +324,10 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
         Template::GroundedQuestion,
         &[("sources", &listing), ("question", &question)],
     );
-    let source_line = a.ctx.prompts.render(
-        locale,
-        Template::SourceLine,
-        &[("title", &used[answering_hit].title)],
-    );
+    let source_line =
+        a.ctx
+            .prompts
+            .render(locale, Template::SourceLine, &[("title", &quoted_titles)]);
     Ok(AnswerPlan::Grounded(Box::new(Grounding {
         prompt,
         source_line,

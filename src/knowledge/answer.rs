@@ -128,8 +128,17 @@ pub fn select(question: &str, hits: &[Hit], limit: usize) -> Vec<Selected> {
 /// answer at least half as well as the best), at most `QUOTED_SENTENCES`,
 /// in document order.
 pub fn quote(selected: &[Selected]) -> String {
+    join_sentences(
+        quoted(selected)
+            .iter()
+            .map(|selected| selected.text.as_str()),
+    )
+}
+
+/// The sentences `quote` shows, in the order shown.
+pub fn quoted(selected: &[Selected]) -> Vec<&Selected> {
     let Some(best) = selected.first() else {
-        return String::new();
+        return Vec::new();
     };
     let mut chosen: Vec<&Selected> = selected
         .iter()
@@ -140,7 +149,7 @@ pub fn quote(selected: &[Selected]) -> String {
         })
         .collect();
     chosen.sort_by_key(|selected| (selected.hit, selected.position));
-    join_sentences(chosen.iter().map(|selected| selected.text.as_str()))
+    chosen
 }
 
 /// Share of a question's words the best selected sentence must hold (its
