@@ -166,11 +166,11 @@ mod telegram {
             "{done}"
         );
         // A later message starts afresh.
-        fake.push_message(CHAT, "private", CUSTOMER, "hello again");
+        fake.push_message(CHAT, "private", CUSTOMER, "tell me something new");
         assert!(
             eventually(WAIT, || texts(&fake, CHAT)
                 .last()
-                .is_some_and(|text| text.contains("hello again")))
+                .is_some_and(|text| text.contains("tell me something new")))
             .await
         );
         daemon.stop().await;
@@ -184,7 +184,10 @@ mod telegram {
             .iter()
             .map(|message| message.text.as_str())
             .collect();
-        assert_eq!(texts, ["hello again", "You said: hello again"]);
+        assert_eq!(
+            texts,
+            ["tell me something new", "You said: tell me something new"]
+        );
         drop(store);
         assert_eq!(
             audit_actions(&data_dir),
