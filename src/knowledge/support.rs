@@ -4,8 +4,9 @@
 //! polarity (a "not", "never", 不, 没 on one side only is a contradiction),
 //! its figures in that evidence sentence with the same unit beside them, and
 //! its links among the shop's own. A bare "yes" or "no" must agree with the
-//! polarity of what supports the rest of the sentence. Courtesy ("Happy to
-//! help!") needs no support. What the customer wrote is never evidence: only
+//! polarity of what supports the rest of the sentence. A claim resting on a
+//! sentence that states a condition ("once", "only", 一旦) must state one
+//! too. Courtesy ("Happy to help!") needs no support. What the customer wrote is never evidence: only
 //! the shop's text goes into an `Evidence`.
 
 use std::collections::HashSet;
@@ -32,6 +33,9 @@ pub enum Unsupported {
     Language(String),
     /// Only the customer's own question again.
     Echo(String),
+    /// The shop's sentence holds only under a condition ("once shipped",
+    /// "only before it is packed") that the claim leaves out.
+    Condition(String),
 }
 
 /// Words of a piece of the shop's text, for coverage.
@@ -61,6 +65,8 @@ struct EvidenceSentence {
     words: Words,
     /// Its clauses, each with whether it says "not".
     clauses: Vec<(Words, bool)>,
+    /// Whether it states a condition (`conditional`).
+    conditional: bool,
     /// Its figures, with the units beside them.
     figures: Vec<Figure>,
 }
@@ -93,6 +99,7 @@ impl Evidence {
                 evidence.sentences.push(EvidenceSentence {
                     words: Words::of(&mut analyzer, sentence),
                     clauses,
+                    conditional: conditional(sentence),
                     figures: figures(&without_links(sentence)),
                 });
             }
@@ -187,6 +194,12 @@ impl Evidence {
                 .filter(|unit| !POINTING.contains(&unit.term.as_str()))
                 .collect();
             let support = self.support_of(clause, &claimed)?;
+            // A condition the shop states must not be dropped: "Once the
+            // parcel has been shipped, we can no longer change the address"
+            // does not support "You cannot change your address".
+            if support.conditional && !conditional(sentence) {
+                return Err(Unsupported::Condition(clause.to_string()));
+            }
             for figure in &clause_figures {
                 if !support.figures.iter().any(|known| known.matches(figure)) {
                     return Err(Unsupported::Figure(figure.shown()));
@@ -283,6 +296,24 @@ fn split_at_but(part: &str) -> Vec<&str> {
     }
     pieces.push(&part[start..]);
     pieces
+}
+
+/// Words that make a statement hold only sometimes. "After" and "before"
+/// are left out: they mostly measure time ("expire after 24 months").
+const ENGLISH_CONDITIONS: &[&str] = &["once", "if", "until", "unless", "only", "provided"];
+const CHINESE_CONDITIONS: &[&str] = &["如果", "一旦", "只要", "只有", "除非", "只能", "假如"];
+
+/// Whether `text` states a condition: "once", "only", "unless", "as long
+/// as", 如果, 一旦, 只有 and the like.
+fn conditional(text: &str) -> bool {
+    let lowered = text.to_lowercase();
+    lowered
+        .split(|ch: char| !ch.is_alphanumeric() && ch != '\'')
+        .any(|word| ENGLISH_CONDITIONS.contains(&word))
+        || lowered.contains("as long as")
+        || CHINESE_CONDITIONS
+            .iter()
+            .any(|marker| lowered.contains(marker))
 }
 
 const ENGLISH_NEGATIONS: &[&str] = &[
@@ -659,6 +690,31 @@ mod tests {
             "积分不能兑换现金。",
         ] {
             assert_eq!(shop.check_answer(answer), Ok(()), "{answer}");
+        }
+    }
+
+    #[test]
+    fn a_condition_the_shop_states_must_not_be_dropped() {
+        let shop = Evidence::new([
+            "The delivery address can only be changed before the order is packed. Once the parcel has been shipped, we can no longer change the address.",
+            "一旦发货，就不能再修改地址了。",
+        ]);
+        for dropped in [
+            "No, you cannot change your shipping address.",
+            "You can change the delivery address.",
+            "不能修改地址。",
+        ] {
+            assert!(
+                matches!(shop.check_answer(dropped), Err(Unsupported::Condition(_))),
+                "{dropped}"
+            );
+        }
+        for kept in [
+            "You can change the delivery address only before the order is packed.",
+            "Once the parcel has been shipped, we can no longer change the address.",
+            "一旦发货，就不能修改地址。",
+        ] {
+            assert!(shop.check_answer(kept).is_ok(), "{kept}");
         }
     }
 
