@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use concierge::engine::remote::{RemoteEngine, RemoteSettings};
-use concierge::engine::{ChatMessage, ChatRequest, ChatRole, Llm, Sampling, StreamEvent};
+use concierge::engine::{ChatMessage, ChatRequest, ChatRole, Llm, Sampling, StreamEvent, Usage};
 use support::fake_openai::FakeOpenAi;
 use support::{concierge_with as concierge, eventually, free_port, run_with_stdin};
 use tokio_util::sync::CancellationToken;
@@ -71,11 +71,9 @@ async fn reply(engine: &RemoteEngine, request: ChatRequest) -> Result<String, St
     Err(format!("the stream ended without Done after {text:?}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_reply_streams_with_the_servers_usage_and_the_sampling_sent() {
-    let fake = FakeOpenAi::start(MODEL).await;
-    fake.set_reply("Returns are free within 45 days.");
-    let engine = RemoteEngine::new(settings(&[&fake.url])).unwrap();
+/// The streamed pieces of the reply to "be brief" / "returns?", and the
+/// usage its `Done` carried.
+async fn pieces_and_usage(engine: &RemoteEngine) -> (Vec<String>, Option<Usage>) {
     let mut stream = engine
         .stream_chat(
             request(&[(ChatRole::System, "be brief"), (ChatRole::User, "returns?")]),
@@ -91,6 +89,15 @@ async fn a_reply_streams_with_the_servers_usage_and_the_sampling_sent() {
             StreamEvent::Done(done) => usage = Some(done),
         }
     }
+    (deltas, usage)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reply_streams_with_the_servers_usage_and_the_sampling_sent() {
+    let fake = FakeOpenAi::start(MODEL).await;
+    fake.set_reply("Returns are free within 45 days.");
+    let engine = RemoteEngine::new(settings(&[&fake.url])).unwrap();
+    let (deltas, usage) = pieces_and_usage(&engine).await;
     assert_eq!(deltas.concat(), "Returns are free within 45 days.");
     assert!(deltas.len() > 1, "streamed in pieces: {deltas:?}");
     let usage = usage.unwrap();
@@ -111,19 +118,7 @@ async fn a_server_that_streams_no_usage_gets_the_tokens_counted_here() {
     fake.set_reply("Returns are free within 45 days.");
     fake.without_usage();
     let engine = RemoteEngine::new(settings(&[&fake.url])).unwrap();
-    let mut stream = engine
-        .stream_chat(
-            request(&[(ChatRole::System, "be brief"), (ChatRole::User, "returns?")]),
-            CancellationToken::new(),
-        )
-        .await
-        .unwrap();
-    let mut usage = None;
-    while let Some(event) = stream.recv().await {
-        if let StreamEvent::Done(done) = event.unwrap() {
-            usage = Some(done);
-        }
-    }
+    let (_, usage) = pieces_and_usage(&engine).await;
     let usage = usage.expect("the stream ends with Done");
     // One streamed piece per word; the prompt estimated from its characters.
     assert_eq!(usage.completion_tokens, 6);

@@ -403,13 +403,16 @@ pub struct RecommendFigures {
     pub event_to_next_query_p99_ms: f64,
 }
 
+/// Median and 99th percentile (nearest rank).
 fn percentiles(mut values: Vec<f64>) -> (f64, f64) {
     values.sort_by(f64::total_cmp);
-    let at = |share: f64| {
-        let index = ((values.len() as f64 - 1.0) * share).round() as usize;
-        values.get(index).copied().unwrap_or_default()
-    };
-    (at(0.5), at(0.99))
+    (percentile(&values, 0.5), percentile(&values, 0.99))
+}
+
+/// The value at `share` of sorted `values` (nearest rank); 0 when empty.
+fn percentile(sorted: &[f64], share: f64) -> f64 {
+    let index = ((sorted.len() as f64 - 1.0) * share).round() as usize;
+    sorted.get(index).copied().unwrap_or_default()
 }
 
 /// A synthetic shop: `items` items in 1,000 taste groups, `users` customers

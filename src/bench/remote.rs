@@ -23,6 +23,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use super::percentile;
 use crate::config::{Config, EngineBackend};
 
 const PLATFORM: &str = "bench";
@@ -413,14 +414,6 @@ fn cpu_of_stat(path: &std::path::Path) -> Duration {
 
 /// The name of the stand-in server's thread.
 const SERVER_THREAD: &str = "bench-server";
-
-fn percentile(sorted: &[f64], share: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let index = ((sorted.len() - 1) as f64 * share).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
 
 /// Runs the bench at each level of `concurrency`.
 pub async fn run(

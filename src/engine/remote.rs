@@ -564,7 +564,8 @@ impl Remote {
         let mut sent_text = false;
         let mut usage = Usage::default();
         let mut completion_chunks = 0usize;
-        loop {
+        let mut done = false;
+        'stream: loop {
             let chunk = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
                 _ = events.closed() => return Ok(()),
@@ -598,7 +599,7 @@ impl Remote {
                     ))))
                 }
                 // The server closed the stream without `[DONE]`.
-                Ok(Ok(None)) => break,
+                Ok(Ok(None)) => break 'stream,
                 Ok(Ok(Some(chunk))) => chunk,
             };
             let payloads = reader
@@ -633,16 +634,8 @@ impl Remote {
                         ))))
                     }
                     Event::Done => {
-                        self.finish(
-                            endpoint,
-                            request,
-                            events,
-                            (usage, completion_chunks),
-                            started,
-                        )
-                        .await?;
-                        drain(&mut response).await;
-                        return Ok(());
+                        done = true;
+                        break 'stream;
                     }
                     Event::Nothing => {}
                 }
@@ -655,7 +648,11 @@ impl Remote {
             (usage, completion_chunks),
             started,
         )
-        .await
+        .await?;
+        if done {
+            drain(&mut response).await;
+        }
+        Ok(())
     }
 
     async fn finish(

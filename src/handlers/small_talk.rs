@@ -144,34 +144,20 @@ pub(crate) enum SmallTalk {
 /// Whether `text` is only social words (and punctuation or emoji), and
 /// which kind. `None` for anything that asks or tells something.
 pub(crate) fn recognise(text: &str) -> Option<SmallTalk> {
+    use crate::knowledge::text::{runs, Run};
     let lowered = text.to_lowercase();
-    let mut han = String::new();
-    let mut word = String::new();
-    let mut words = Vec::new();
-    for ch in lowered.chars() {
-        if crate::knowledge::text::is_han(ch) {
-            han.push(ch);
-        }
-        if ch.is_alphanumeric() && !crate::knowledge::text::is_han(ch) || ch == '\'' {
-            word.push(ch);
-        } else if !word.is_empty() {
-            words.push(std::mem::take(&mut word));
-        }
-    }
-    if !word.is_empty() {
-        words.push(word);
-    }
-    if words.is_empty() && han.is_empty() {
+    let runs = runs(&lowered);
+    if runs.is_empty() {
         return None;
     }
-    if !words.iter().all(|word| ENGLISH.contains(&word.as_str())) {
-        return None;
-    }
-    let mut rest = han;
-    for phrase in CHINESE {
-        rest = rest.replace(phrase, "");
-    }
-    if !rest.is_empty() {
+    let social = |run: &Run| match run {
+        Run::Word(word, _) => ENGLISH.contains(word),
+        Run::Han(piece, _) => CHINESE
+            .iter()
+            .fold(piece.to_string(), |rest, phrase| rest.replace(phrase, ""))
+            .is_empty(),
+    };
+    if !runs.iter().all(social) {
         return None;
     }
     Some(kind_of(text))

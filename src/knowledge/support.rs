@@ -6,8 +6,8 @@
 //! its links among the shop's own. A bare "yes" or "no" must agree with the
 //! polarity of what supports the rest of the sentence. A claim resting on a
 //! sentence that states a condition ("once", "only", 一旦) must state one
-//! too. Courtesy ("Happy to help!") needs no support. What the customer wrote is never evidence: only
-//! the shop's text goes into an `Evidence`.
+//! too. Courtesy ("Happy to help!") needs no support. What the customer
+//! wrote is never evidence: only the shop's text goes into an `Evidence`.
 
 use std::collections::HashSet;
 

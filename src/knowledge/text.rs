@@ -104,12 +104,12 @@ pub fn is_han_punctuation(ch: char) -> bool {
 
 /// A run of text: Han characters, or a word of other letters and digits.
 #[derive(Debug, PartialEq, Eq)]
-enum Run<'a> {
+pub(crate) enum Run<'a> {
     Han(&'a str, usize),
     Word(&'a str, usize),
 }
 
-fn runs<'a>(text: &'a str) -> Vec<Run<'a>> {
+pub(crate) fn runs<'a>(text: &'a str) -> Vec<Run<'a>> {
     let mut runs = Vec::new();
     // Start offset of the current run and whether it is Han.
     let mut current: Option<(usize, bool)> = None;

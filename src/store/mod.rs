@@ -368,16 +368,7 @@ impl Store {
 
     /// Makes everything written so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.flushes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || store.flush_coalesced())
-            .await
-            .map_err(|err| StoreError::Io {
-                path: self.path.clone(),
-                detail: format!("flush task failed: {err}"),
-            })??;
-        Ok(())
+        self.flush_soon().wait().await
     }
 
     /// Starts a flush that the caller waits for later (before the reply it
