@@ -295,6 +295,41 @@ async fn a_model_that_negates_swaps_figures_adds_links_or_echoes_the_customer_ne
     assert!(texts[4].contains("3.90"), "{}", texts[4]);
 }
 
+/// A true sentence beside the point, then a lie: the lie is cut, and the
+/// customer still gets the sentence that answers.
+#[tokio::test]
+async fn a_true_sentence_beside_the_point_does_not_stand_in_for_the_answer() {
+    let data = tempfile::tempdir().unwrap();
+    let kb_dir = tempfile::tempdir().unwrap();
+    write(
+        kb_dir.path(),
+        "en/club.md",
+        "# Club\n\n## Points\nMembers collect one point per euro spent. Points can be redeemed at checkout. Points expire 24 months after the last purchase. Points are not transferable.\n",
+    );
+    let harness = grounded_harness(
+        data.path(),
+        kb_dir.path(),
+        "default_reply = \"Points are not transferable. Points never expire.\"\n",
+    );
+    run_messages(&harness, vec![message("kim", "Do my points ever expire?")]).await;
+    assert_eq!(harness.engine.requests().len(), 1, "the model was asked");
+    let texts = harness.channel.texts("kim");
+    let reply = &texts[0];
+    assert!(reply.starts_with("Points are not transferable."), "{reply}");
+    assert!(
+        !reply.contains("never"),
+        "the lie reached the customer: {reply}"
+    );
+    assert!(
+        reply.contains("Points expire 24 months after the last purchase."),
+        "the answer is missing: {reply}"
+    );
+    assert!(
+        reply.trim_end().ends_with("Source: Club > Points"),
+        "{reply}"
+    );
+}
+
 #[tokio::test]
 async fn chinese_questions_get_chinese_sources_and_chinese_not_found() {
     let data = tempfile::tempdir().unwrap();

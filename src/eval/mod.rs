@@ -151,6 +151,8 @@ pub struct QuestionOutcome<'a> {
     pub found: bool,
     /// Coverage of the question by the best passage.
     pub coverage: f32,
+    /// The question's units: passages holding each, and which top passages do.
+    pub units: &'a [crate::knowledge::UnitStat],
 }
 
 /// Runs every question through retrieval and the "not found" decision;
@@ -185,6 +187,7 @@ pub fn retrieval(
             top_docs: docs.iter().take(3).cloned().collect(),
             found,
             coverage: retrieval.coverage,
+            units: &retrieval.units,
         });
         let locale = crate::language::detect(&labelled.question).unwrap_or(Locale::En);
         let by_language = if locale == Locale::Zh {

@@ -4,6 +4,7 @@
 //! found"; small talk from templates; without a knowledge base, the model
 //! alone, streamed.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -283,6 +284,10 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
         });
     }
     let fallback = answer::quote(&selected);
+    let answering: Vec<String> = answer::quoted(&selected)
+        .iter()
+        .map(|sentence| sentence.text.clone())
+        .collect();
     // Every passage a quoted sentence comes from, in the order quoted.
     let mut quoted_hits: Vec<usize> = answer::quoted(&selected)
         .iter()
@@ -331,8 +336,11 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
     Ok(AnswerPlan::Grounded(Box::new(Grounding {
         prompt,
         source_line,
-        evidence: Evidence::new(evidence_texts.iter().map(String::as_str)).asked(text),
+        evidence: Evidence::new(evidence_texts.iter().map(String::as_str))
+            .asked(text)
+            .answering(answering.iter().map(String::as_str)),
         fallback,
+        answering,
         sources,
     })))
 }
@@ -396,6 +404,7 @@ async fn grounded(
         pending: String::new(),
         ready: std::collections::VecDeque::new(),
         stated_fact: false,
+        answered: HashSet::new(),
         finished: false,
         grounding,
         cancel: cancel.clone(),
@@ -427,6 +436,8 @@ struct VerifiedReply {
     pending: String,
     ready: std::collections::VecDeque<String>,
     stated_fact: bool,
+    /// The answering sentences that shown sentences rest on.
+    answered: HashSet<String>,
     finished: bool,
     grounding: Grounding,
     cancel: tokio_util::sync::CancellationToken,
@@ -509,7 +520,7 @@ impl VerifiedReply {
     /// The model is done: checks what is left, then ends the reply.
     fn verify_rest(&mut self) {
         if self.verify_pending(true) {
-            self.finish();
+            self.finish_complete();
         }
     }
 
@@ -547,11 +558,13 @@ impl VerifiedReply {
                 sentence.to_string(),
             ))
         } else {
-            self.grounding.evidence.check_statement(sentence)
+            self.grounding.evidence.check_statement_answering(sentence)
         };
         match verdict {
-            Ok(states) => {
+            Ok(statement) => {
+                let states = statement.states;
                 self.stated_fact |= states;
+                self.answered.extend(statement.answering);
                 if let Ok(mut outcome) = self.outcome.lock() {
                     outcome.model_sentences_accepted += usize::from(states);
                 }
@@ -582,9 +595,22 @@ impl VerifiedReply {
         }
     }
 
-    /// Stops the model, adds the shop's sentences unless a verified fact was
-    /// already said, and the source line.
+    /// The model ended with every sentence verified: what it said stands
+    /// alone if it rests on an answering sentence.
+    fn finish_complete(&mut self) {
+        let answered = !self.answered.is_empty();
+        self.finish_with(answered);
+    }
+
+    /// The model was cut short (it strayed, was too slow or failed).
     fn finish(&mut self) {
+        self.finish_with(false);
+    }
+
+    /// Stops the model, adds the shop's answering sentences that the model
+    /// did not already restate, unless `answered` (a true sentence beside
+    /// the point answers nothing), and the source line.
+    fn finish_with(&mut self, answered: bool) {
         if self.finished {
             return;
         }
@@ -597,13 +623,25 @@ impl VerifiedReply {
             .map(|outcome| outcome.text.clone())
             .unwrap_or_default();
         shown.extend(self.ready.iter().map(String::as_str));
-        let mut text = if self.stated_fact || self.grounding.fallback.is_empty() {
+        let untold = if answered {
             String::new()
-        } else if shown.trim().is_empty() {
+        } else if self.answered.is_empty() {
             self.grounding.fallback.clone()
         } else {
-            let joined =
-                answer::join_sentences([shown.trim_end(), self.grounding.fallback.as_str()]);
+            answer::join_sentences(
+                self.grounding
+                    .answering
+                    .iter()
+                    .filter(|sentence| !self.answered.contains(sentence.trim()))
+                    .map(String::as_str),
+            )
+        };
+        let mut text = if untold.is_empty() {
+            String::new()
+        } else if shown.trim().is_empty() {
+            untold
+        } else {
+            let joined = answer::join_sentences([shown.trim_end(), untold.as_str()]);
             joined[shown.trim_end().len()..].to_string()
         };
         if !(shown.trim().is_empty() && text.trim().is_empty()) {
@@ -780,6 +818,8 @@ struct Grounding {
     evidence: Evidence,
     /// The shop's own sentences, when the model strays.
     fallback: String,
+    /// Those sentences one by one, in the order quoted.
+    answering: Vec<String>,
     /// The passages the sentences come from.
     sources: Vec<SourceRef>,
 }

@@ -27,7 +27,7 @@ use tantivy::{doc, Index, IndexReader, TantivyDocument, Term};
 
 use crate::store::{KbDoc, KbKind, Store, StoreError};
 use parse::SourceError;
-use text::{analyze, query_units, unit_covered, QueryUnit, Synonyms};
+use text::{analyze, topic_units, unit_covered, QueryUnit, Synonyms};
 
 /// Share of a question's words a passage must contain to count as an answer.
 /// Chosen on one half of config/demo/eval/retrieval.csv (odd rows); the other
@@ -324,6 +324,20 @@ pub struct Retrieval {
     pub first_coverage: f32,
     /// Content words in the question (0: small talk, no KB question).
     pub query_terms: usize,
+    /// Each unit of the question: how many passages hold it, and whether
+    /// each of the top passages does.
+    pub units: Vec<UnitStat>,
+}
+
+/// How one unit of a question occurs in the knowledge base.
+#[derive(Clone, Debug, Serialize)]
+pub struct UnitStat {
+    /// The unit's word or phrase.
+    pub term: String,
+    /// Passages holding it or one of its synonyms (the most of them).
+    pub passages: u64,
+    /// Whether each of the top passages (best first) holds it.
+    pub in_top: Vec<bool>,
 }
 
 impl Retrieval {
@@ -592,37 +606,77 @@ impl KnowledgeBase {
                 is_faq: text_of(self.fields.kind) == "faq",
             });
         }
-        let units = query_units(question);
+        let units = topic_units(question);
         // The best of the top passages: a question may be answered by the
         // second passage of a document as well as by the first.
         let mut words = text::word_analyzer();
-        let coverages: Vec<f32> = hits
+        let in_top: Vec<Vec<bool>> = hits
             .iter()
             .take(COVERAGE_HITS)
-            .map(|hit| coverage(&units, hit, &mut words))
+            .map(|hit| covered_units(&units, hit, &mut words))
             .collect();
+        let coverages: Vec<f32> = in_top
+            .iter()
+            .map(|covered| share_covered(covered))
+            .collect();
+        let units = units
+            .iter()
+            .enumerate()
+            .map(|(at, unit)| UnitStat {
+                term: unit.term.clone(),
+                passages: self.passages_holding(&searcher, unit),
+                in_top: in_top.iter().map(|covered| covered[at]).collect(),
+            })
+            .collect::<Vec<_>>();
         Ok(Retrieval {
             hits,
             coverage: coverages.iter().copied().fold(0.0, f32::max),
             first_coverage: coverages.first().copied().unwrap_or(0.0),
             query_terms: units.len(),
+            units,
         })
+    }
+
+    /// Passages holding a unit's word or one of its synonyms, for the form
+    /// held most often (a phrase counts by its rarest word).
+    fn passages_holding(&self, searcher: &tantivy::Searcher, unit: &QueryUnit) -> u64 {
+        let frequency = |field: Field, word: &str| {
+            searcher
+                .doc_freq(&Term::from_field_text(field, word))
+                .unwrap_or(0)
+        };
+        std::iter::once(&unit.term)
+            .chain(&unit.alternatives)
+            .map(|term| {
+                term.split(' ')
+                    .map(|word| {
+                        frequency(self.fields.body, word).max(frequency(self.fields.title, word))
+                    })
+                    .min()
+                    .unwrap_or(0)
+            })
+            .max()
+            .unwrap_or(0)
     }
 }
 
-/// Share of the question's units present in the hit's title and text.
-fn coverage(units: &[QueryUnit], hit: &Hit, words: &mut TextAnalyzer) -> f32 {
-    if units.is_empty() {
-        return 0.0;
-    }
+/// Which of the question's units the hit's title and text hold.
+fn covered_units(units: &[QueryUnit], hit: &Hit, words: &mut TextAnalyzer) -> Vec<bool> {
     let text = format!("{}\n{}", hit.title, hit.passage);
     let passage_tokens: HashSet<String> = analyze(words, &text).into_iter().collect();
     let lowered = text.to_lowercase();
-    let covered = units
+    units
         .iter()
-        .filter(|unit| unit_covered(unit, &passage_tokens, &lowered))
-        .count();
-    covered as f32 / units.len() as f32
+        .map(|unit| unit_covered(unit, &passage_tokens, &lowered))
+        .collect()
+}
+
+/// Share of the question's units held.
+fn share_covered(covered: &[bool]) -> f32 {
+    if covered.is_empty() {
+        return 0.0;
+    }
+    covered.iter().filter(|&&held| held).count() as f32 / covered.len() as f32
 }
 
 fn index_error(path: &Path, err: impl std::fmt::Display) -> KbError {

@@ -69,6 +69,18 @@ struct EvidenceSentence {
     conditional: bool,
     /// Its figures, with the units beside them.
     figures: Vec<Figure>,
+    /// Whether it is one of the sentences that answer the question.
+    answering: bool,
+    text: String,
+}
+
+/// What a checked sentence says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Statement {
+    /// It states something the shop said (not only courtesy).
+    pub states: bool,
+    /// The sentences marked as answering that it rests on.
+    pub answering: Vec<String>,
 }
 
 /// The shop's sentences a model's answer may rest on.
@@ -101,6 +113,8 @@ impl Evidence {
                     clauses,
                     conditional: conditional(sentence),
                     figures: figures(&without_links(sentence)),
+                    answering: false,
+                    text: sentence.trim().to_string(),
                 });
             }
         }
@@ -125,6 +139,17 @@ impl Evidence {
         self
     }
 
+    /// Marks the shop's sentences that answer the question (those quoted
+    /// when the model strays), so that `check_statement_answering` tells
+    /// a relevant statement from a true but beside-the-point one.
+    pub fn answering<'a>(mut self, answers: impl IntoIterator<Item = &'a str>) -> Self {
+        let answers: HashSet<&str> = answers.into_iter().map(str::trim).collect();
+        for sentence in &mut self.sentences {
+            sentence.answering |= answers.contains(sentence.text.as_str());
+        }
+        self
+    }
+
     /// Checks every sentence of `answer`; the first refused one, with why.
     pub fn check_answer(&self, answer: &str) -> Result<(), Unsupported> {
         if answer.trim().is_empty() {
@@ -144,6 +169,13 @@ impl Evidence {
     /// Checks one sentence; `Ok(true)` when it states something the shop
     /// said, `Ok(false)` when it is only courtesy.
     pub fn check_statement(&self, sentence: &str) -> Result<bool, Unsupported> {
+        self.check_statement_answering(sentence)
+            .map(|statement| statement.states)
+    }
+
+    /// Checks one sentence, and says whether it states something and
+    /// which of the sentences marked as answering it rests on.
+    pub fn check_statement_answering(&self, sentence: &str) -> Result<Statement, Unsupported> {
         for link in links(sentence) {
             if !self.links.contains(&link) {
                 return Err(Unsupported::Link(link));
@@ -173,6 +205,7 @@ impl Evidence {
         }
         let mut verdict = None;
         let mut supports = Vec::new();
+        let mut answering = Vec::new();
         for clause in clauses(sentence) {
             if let Some(said) = bare_verdict(clause) {
                 verdict = Some(said);
@@ -205,14 +238,20 @@ impl Evidence {
                     return Err(Unsupported::Figure(figure.shown()));
                 }
             }
+            if support.answering {
+                answering.push(support.text.clone());
+            }
             supports.push(negated(clause));
         }
-        let states = !supports.is_empty();
+        let statement = Statement {
+            states: !supports.is_empty(),
+            answering,
+        };
         match verdict {
-            None => Ok(states),
+            None => Ok(statement),
             // "No." alone, or a verdict over nothing the shop said.
-            Some(_) if !states => Err(Unsupported::Verdict(sentence.to_string())),
-            Some(no) if supports.iter().all(|negated| *negated == no) => Ok(states),
+            Some(_) if !statement.states => Err(Unsupported::Verdict(sentence.to_string())),
+            Some(no) if supports.iter().all(|negated| *negated == no) => Ok(statement),
             Some(_) => Err(Unsupported::Verdict(sentence.to_string())),
         }
     }

@@ -86,6 +86,154 @@ const CHINESE_STOP_WORDS: &[&str] = &[
 /// Synonym groups, one per line, comma-separated; see synonyms.txt.
 const SYNONYMS: &str = include_str!("synonyms.txt");
 
+/// Words that carry how a question asks, not what it is about ("how
+/// long", "after", 多久, 以后, 自己): searched for, and they help pick the
+/// answering sentence, but a passage need not hold them to answer.
+/// English words are stemmed at first use.
+const ASKING_WORDS: &[&str] = &[
+    "long",
+    "much",
+    "many",
+    "soon",
+    "often",
+    "after",
+    "before",
+    "still",
+    "already",
+    "also",
+    "again",
+    "ever",
+    "even",
+    "yet",
+    "one",
+    "anything",
+    "something",
+    "anyone",
+    "someone",
+    "everything",
+    "out",
+    "up",
+    "off",
+    "down",
+    "away",
+    "way",
+    "go",
+    "goes",
+    "going",
+    "went",
+    "gone",
+    "let",
+    "make",
+    "made",
+    "really",
+    "very",
+    "too",
+    "more",
+    "most",
+    "now",
+    "same",
+    "other",
+    "another",
+    "all",
+    "each",
+    "every",
+    "no",
+    "not",
+    "don't",
+    "doesn't",
+    "didn't",
+    "can't",
+    "cannot",
+    "won't",
+    "i've",
+    "i'd",
+    "you're",
+    "since",
+    "while",
+    "only",
+    "多久",
+    "多少",
+    "多少钱",
+    "几",
+    "几天",
+    "几个",
+    "什么时候",
+    "时候",
+    "以后",
+    "之后",
+    "的话",
+    "哪个",
+    "哪些",
+    "哪里",
+    "哪儿",
+    "一般",
+    "大概",
+    "自己",
+    "有没有",
+    "是不是",
+    "还是",
+    "已经",
+    "过",
+    "才",
+    "把",
+    "被",
+    "让",
+    "从",
+    "到",
+    "上",
+    "里",
+    "多",
+    "最",
+    "等",
+    "再",
+    "又",
+    "现在",
+    "直接",
+    "马上",
+    "一直",
+    "为什么",
+    "怎么办",
+    "能否",
+    "是否",
+    "得",
+    "着",
+    "么",
+    "啥",
+    "咋",
+    "哪",
+    "呗",
+    "啦",
+    "哦",
+    "嗯",
+    "没",
+    "没有",
+    "给",
+    "去",
+    "找",
+    "算",
+    "一",
+    "下",
+    "后",
+    "前",
+    "时",
+    "先",
+];
+
+fn asking_words() -> &'static HashSet<String> {
+    static WORDS: OnceLock<HashSet<String>> = OnceLock::new();
+    WORDS.get_or_init(|| {
+        let mut analyzer = word_analyzer();
+        ASKING_WORDS
+            .iter()
+            .flat_map(|word| {
+                let mut forms = analyze(&mut analyzer, word);
+                forms.push(word.to_string());
+                forms
+            })
+            .collect()
+    })
+}
+
 fn jieba() -> &'static jieba_rs::Jieba {
     static JIEBA: OnceLock<jieba_rs::Jieba> = OnceLock::new();
     JIEBA.get_or_init(jieba_rs::Jieba::new)
@@ -403,6 +551,7 @@ pub fn query_units(question: &str) -> Vec<QueryUnit> {
             Run::Word(piece, _) => tokens.extend(analyze(&mut words, piece)),
         }
     }
+
     let synonyms = Synonyms::built_in();
     let phrases = synonyms.phrases_in(&tokens);
     let mut units = Vec::new();
@@ -427,6 +576,15 @@ pub fn query_units(question: &str) -> Vec<QueryUnit> {
             term: token,
         });
     }
+    units
+}
+
+/// The units of a question that say what it is about: `query_units`
+/// without the words of asking. A passage that answers holds most of them.
+pub fn topic_units(question: &str) -> Vec<QueryUnit> {
+    let asking = asking_words();
+    let mut units = query_units(question);
+    units.retain(|unit| !asking.contains(&unit.term));
     units
 }
 
@@ -536,6 +694,27 @@ mod tests {
         assert!(!covered("laptop"));
         assert!(within_edits("shiping", "ship", 3));
         assert!(!within_edits("delivery", "warranty", 2));
+    }
+
+    #[test]
+    fn words_of_asking_are_not_topic_units_but_phrases_keep_them() {
+        let terms = |units: Vec<QueryUnit>| -> Vec<String> {
+            units.into_iter().map(|unit| unit.term).collect()
+        };
+        assert_eq!(
+            terms(topic_units("how long after delivery can I still return it")),
+            ["deliveri", "return"]
+        );
+        let all = terms(query_units("how long after delivery can I still return it"));
+        assert!(all.contains(&"long".to_string()), "{all:?}");
+        let chinese = terms(topic_units("退货以后多久能收到退款"));
+        assert!(
+            !chinese.iter().any(|term| term == "多久" || term == "以后"),
+            "{chinese:?}"
+        );
+        assert!(chinese.iter().any(|term| term == "退货"), "{chinese:?}");
+        // "sign up" is a phrase of the lexicon although "up" alone asks.
+        assert_eq!(terms(topic_units("how do I sign up")), ["regist"]);
     }
 
     #[test]
