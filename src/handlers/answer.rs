@@ -275,9 +275,10 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
     };
     // The facts are chosen before the model writes: it phrases an answer
     // around these sentences, and each of its sentences must rest on one.
-    let mut selected = answer::select(text, &used, SELECTED_SENTENCES);
+    let weight = |unit: &crate::knowledge::text::QueryUnit| knowledge.unit_weight(unit);
+    let mut selected = answer::select_weighted(text, &used, SELECTED_SENTENCES, weight);
     // The passage is about the topic, but no sentence of it answers.
-    if !answer::answers(text, &selected) {
+    if !answer::answers_weighted(text, &selected, weight) {
         return Ok(AnswerPlan::Fixed {
             text: a.ctx.prompts.text(locale, Template::NotFound).to_string(),
             sources: Vec::new(),
@@ -355,10 +356,12 @@ pub(crate) fn documents_answer(knowledge: &KnowledgeBase, text: &str, top_k: usi
     if retrieval.faq_answer().is_some() {
         return true;
     }
+    let weight = |unit: &crate::knowledge::text::QueryUnit| knowledge.unit_weight(unit);
     retrieval.found()
-        && answer::answers(
+        && answer::answers_weighted(
             text,
-            &answer::select(text, &retrieval.hits, SELECTED_SENTENCES),
+            &answer::select_weighted(text, &retrieval.hits, SELECTED_SENTENCES, weight),
+            weight,
         )
 }
 

@@ -297,6 +297,17 @@ mod tests {
             negated.negative >= 1 && negated.positive == 0,
             "{negated:?}"
         );
+        for plain in [
+            "你们赞助马拉松比赛吗",
+            "有棒球帽吗",
+            "出差的时候能寄到酒店吗",
+        ] {
+            let found = cues(plain);
+            assert!(
+                found.positive == 0 && found.negative == 0,
+                "{plain}: {found:?}"
+            );
+        }
         let mixed = cues("太好吃了，就是有点咸");
         assert!(mixed.positive >= 1 && mixed.wish >= 1, "{mixed:?}");
         assert_eq!(cues("请问运费多少？").negative, 0);

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use super::text::{analyze, query_units, unit_covered, word_analyzer};
+use super::text::{analyze, query_units, unit_covered, word_analyzer, QueryUnit};
 use super::Hit;
 
 /// Splits text into sentences at Latin and CJK sentence ends and line breaks.
@@ -73,7 +73,24 @@ const ASKS_FOR_FIGURE: &[&str] = &[
 /// `limit`, none scoring under half the best. Sentence-level scoring finds
 /// the answer inside a long passage and across passages.
 pub fn select(question: &str, hits: &[Hit], limit: usize) -> Vec<Selected> {
+    select_weighted(question, hits, limit, |_| 1.0)
+}
+
+/// `select`, with each question unit counting `weight(unit)` (rare words
+/// tell the answering sentence apart better than common ones).
+pub fn select_weighted(
+    question: &str,
+    hits: &[Hit],
+    limit: usize,
+    weight: impl Fn(&QueryUnit) -> f32,
+) -> Vec<Selected> {
     let units = query_units(question);
+    let weights: Vec<f32> = units.iter().map(&weight).collect();
+    let mean_weight = if weights.is_empty() {
+        1.0
+    } else {
+        weights.iter().sum::<f32>() / weights.len() as f32
+    };
     let lowered_question = question.to_lowercase();
     let wants_figure = ASKS_FOR_FIGURE
         .iter()
@@ -88,17 +105,17 @@ pub fn select(question: &str, hits: &[Hit], limit: usize) -> Vec<Selected> {
             let tokens: HashSet<String> = analyze(&mut analyzer, sentence).into_iter().collect();
             let lowered = sentence.to_lowercase();
             let mut score = 0.0;
-            for unit in &units {
+            for (unit, weight) in units.iter().zip(&weights) {
                 if unit_covered(unit, &tokens, &lowered) {
-                    score += 1.0;
+                    score += weight;
                 } else if unit_covered(unit, &title_tokens, &title_lowered) {
-                    score += 0.5;
+                    score += 0.5 * weight;
                 }
             }
             if wants_figure && sentence.chars().any(|ch| ch.is_ascii_digit()) {
-                score += 0.5;
+                score += 0.5 * mean_weight;
             }
-            score -= 0.25 * rank as f32;
+            score -= 0.25 * mean_weight * rank as f32;
             scored.push(Selected {
                 hit: rank,
                 position,
@@ -152,17 +169,26 @@ pub fn quoted(selected: &[Selected]) -> Vec<&Selected> {
     chosen
 }
 
-/// Share of a question's words the best selected sentence must hold (its
-/// passage's title counting half) to be an answer. Chosen on the odd rows
-/// of config/demo/eval/answers.csv.
-pub const MIN_SENTENCE_SHARE: f32 = 0.3;
+/// Share of a question's words, weighted as in `select_weighted`, the best
+/// selected sentence must hold (its passage's title counting half) to be
+/// an answer. Chosen on the odd rows of config/demo/eval/answers.csv.
+pub const MIN_SENTENCE_SHARE: f32 = 0.25;
 
 /// Whether the best of `selected` answers `question` at all.
 pub fn answers(question: &str, selected: &[Selected]) -> bool {
-    let units = query_units(question).len().max(1) as f32;
+    answers_weighted(question, selected, |_| 1.0)
+}
+
+/// `answers` for a selection made with `select_weighted`.
+pub fn answers_weighted(
+    question: &str,
+    selected: &[Selected],
+    weight: impl Fn(&QueryUnit) -> f32,
+) -> bool {
+    let total: f32 = query_units(question).iter().map(weight).sum();
     selected
         .first()
-        .is_some_and(|best| best.score / units >= MIN_SENTENCE_SHARE)
+        .is_some_and(|best| best.score / total.max(f32::EPSILON) >= MIN_SENTENCE_SHARE)
 }
 
 /// Most sentences quoted when the model's answer is not used.
@@ -215,6 +241,26 @@ mod tests {
         let quoted = hit("在登录页面点击“忘记密码？”，然后输入邮箱。链接 1 小时内有效。");
         assert!(extract("忘记密码怎么办", &quoted)
             .starts_with("在登录页面点击“忘记密码？”，然后输入邮箱。"));
+    }
+
+    #[test]
+    fn a_rare_word_outweighs_common_ones() {
+        let returns =
+            hit("Our courier collects your return parcel at home. Hand it to DHL yourself.");
+        let question = "which courier do I hand my return parcel to";
+        let common = ["courier", "return", "parcel"];
+        let weight = |unit: &QueryUnit| {
+            if common.contains(&unit.term.as_str()) {
+                0.5
+            } else {
+                3.0
+            }
+        };
+        let plain = select(question, std::slice::from_ref(&returns), 4);
+        assert!(plain[0].text.starts_with("Our courier"), "{plain:?}");
+        let weighted = select_weighted(question, std::slice::from_ref(&returns), 4, weight);
+        assert!(weighted[0].text.starts_with("Hand it"), "{weighted:?}");
+        assert!(answers_weighted(question, &weighted, weight));
     }
 
     #[test]

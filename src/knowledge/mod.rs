@@ -637,6 +637,15 @@ impl KnowledgeBase {
         })
     }
 
+    /// How much a question unit tells passages apart: its inverse
+    /// document frequency over the passages (a word no passage holds
+    /// counts as one held once).
+    pub fn unit_weight(&self, unit: &QueryUnit) -> f32 {
+        let searcher = self.reader.searcher();
+        let holding = self.passages_holding(&searcher, unit).max(1) as f32;
+        (1.0 + self.passages as f32 / holding).ln()
+    }
+
     /// Passages holding a unit's word or one of its synonyms, for the form
     /// held most often (a phrase counts by its rarest word).
     fn passages_holding(&self, searcher: &tantivy::Searcher, unit: &QueryUnit) -> u64 {
