@@ -7,6 +7,7 @@
 //! it is rebuilt whenever its recorded generation differs from the store's.
 
 pub mod answer;
+pub mod embed;
 pub mod parse;
 pub mod support;
 pub mod text;

