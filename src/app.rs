@@ -226,7 +226,60 @@ pub fn load_knowledge(config: &Config, store: &Store) -> anyhow::Result<Knowledg
             "knowledge base imported"
         );
     }
-    Ok(KnowledgeBase::open(store, &kb_index_dir(config))?)
+    let index_dir = kb_index_dir(config);
+    let knowledge = KnowledgeBase::open(store, &index_dir)?;
+    if !config.knowledge.semantic || knowledge.passages() == 0 {
+        return Ok(knowledge);
+    }
+    match load_embedder(&config.knowledge.embedder_path) {
+        Ok(embedder) => {
+            let path = &config.knowledge.embedder_path;
+            let cache = path
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .join(".cache")
+                .join(format!(
+                    "{}.vectors",
+                    path.file_name().unwrap_or_default().to_string_lossy()
+                ));
+            Ok(knowledge.with_semantic(Arc::new(embedder), &cache)?)
+        }
+        Err(err) => {
+            // Searching by words alone still answers; say why meaning is off.
+            tracing::warn!("semantic search is off: {err:#}");
+            Ok(knowledge)
+        }
+    }
+}
+
+/// The embedding model of `knowledge.embedder_path`, fetched by
+/// models/fetch-embedder into its directory when missing.
+fn load_embedder(path: &std::path::Path) -> anyhow::Result<knowledge::embed::Embedder> {
+    if !path.exists() {
+        let script = std::path::Path::new("models/fetch-embedder");
+        if !script.exists() {
+            anyhow::bail!(
+                "{} is missing and models/fetch-embedder was not found (run from the repository root, or fetch it and set knowledge.embedder_path)",
+                path.display()
+            );
+        }
+        let dir = path.parent().unwrap_or(std::path::Path::new("."));
+        let status = std::process::Command::new("bash")
+            .arg(script)
+            .arg(dir)
+            .status()
+            .context("cannot run models/fetch-embedder")?;
+        let fetched = dir.join(knowledge::embed::MODEL_FILE);
+        if !status.success() {
+            anyhow::bail!("models/fetch-embedder failed ({status}); see its messages above");
+        }
+        if fetched != path {
+            std::fs::rename(&fetched, path).with_context(|| {
+                format!("cannot move {} to {}", fetched.display(), path.display())
+            })?;
+        }
+    }
+    Ok(knowledge::embed::Embedder::load(path, 0)?)
 }
 
 /// Fits the recommender on the stored catalog and events, importing the demo

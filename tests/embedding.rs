@@ -109,3 +109,66 @@ fn a_question_finds_the_passage_that_means_the_same_in_either_language() {
         assert!(wanted.contains(&top), "{question}: {scores:?}");
     }
 }
+
+/// A question that shares no word with the passage that answers it: words
+/// alone rank it nowhere, words and meaning rank it first; an unrelated
+/// question stays "not found".
+#[test]
+fn semantic_search_finds_a_paraphrase_that_shares_no_word() {
+    use concierge::knowledge::{self, KnowledgeBase};
+    use concierge::store::Store;
+    use std::sync::Arc;
+
+    embedder_ready();
+    let data = tempfile::tempdir().unwrap();
+    let docs = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(docs.path().join(name), text).unwrap();
+    write(
+        "boots.md",
+        "# Boots\n\n## Waterproofing\nOur hiking boots are waterproof up to a depth of 10 cm.\n",
+    );
+    write(
+        "delivery.md",
+        "# Delivery\n\n## Times\nStandard delivery takes 2 to 4 working days.\n",
+    );
+    write(
+        "wrapping.md",
+        "# Gift wrapping\n\n## Price\nGift wrapping costs 3 euros per order.\n",
+    );
+    let store = Store::open(&data.path().join("store")).unwrap();
+    knowledge::import(&store, &[docs.path().to_path_buf()]).unwrap();
+    let index = data.path().join("index");
+    let question = "will my feet stay dry when I walk through a stream";
+
+    let words_only = KnowledgeBase::open(&store, &index).unwrap();
+    let lexical = words_only.retrieve(question, 3).unwrap();
+    assert!(
+        lexical.hits.first().is_none_or(|hit| hit.doc != "boots.md"),
+        "words alone already find it: {:?}",
+        lexical.hits
+    );
+
+    let embedder = Arc::new(Embedder::load(&repo().join("models").join(MODEL_FILE), 2).unwrap());
+    let with_meaning = KnowledgeBase::open(&store, &index)
+        .unwrap()
+        .with_semantic(embedder, &data.path().join("vectors"))
+        .unwrap();
+    let found = with_meaning.retrieve(question, 3).unwrap();
+    assert_eq!(found.hits[0].doc, "boots.md", "{:?}", found.hits);
+    // Closeness in meaning alone does not make an answer: with no word of
+    // the question in it, the passage must be very close (see found()).
+    assert!(found.similarity.is_some_and(|s| s > 0.8), "{found:?}");
+    let unrelated = with_meaning
+        .retrieve("do you sponsor marathon runners", 3)
+        .unwrap();
+    assert!(!unrelated.found(), "{unrelated:?}");
+    assert!(
+        data.path().join("vectors").exists(),
+        "the vectors are cached"
+    );
+}
+
+/// Fetches the model once for the tests that load it themselves.
+fn embedder_ready() {
+    embedder();
+}

@@ -128,9 +128,10 @@ fn a_demo_shop_question_is_answered_with_the_fact_from_its_document() {
         String::from_utf8_lossy(&output.stderr)
     );
     let answer = String::from_utf8_lossy(&output.stdout);
-    // config/demo/kb/en/returns.md: "within 30 days of the delivery date".
+    // config/demo/kb/en/returns.md and the FAQ: "30 days from the delivery date".
     assert!(answer.contains("30 days"), "{answer}");
-    assert!(answer.contains("Source: Returns and Refunds"), "{answer}");
+    let source = answer.split("Source: ").nth(1).unwrap_or_default();
+    assert!(source.to_lowercase().contains("return"), "{answer}");
 }
 
 #[tokio::test]
@@ -436,12 +437,12 @@ fn the_default_model_keeps_the_answer_floor_on_the_demo_evaluation() {
     }
 }
 
-// Measured on these rows with the default model (README.md): correct 0.684,
-// wrong 0.165, invented 0.30. The floors leave room for a slower machine,
+// Measured on these rows with the default model (README.md): correct 0.722,
+// wrong 0.152, invented 0.10. The floors leave room for a slower machine,
 // where more replies reach the first-text deadline and are quoted.
-const CORRECT_FLOOR: f64 = 0.62;
-const WRONG_CEILING: f64 = 0.22;
-const INVENTED_CEILING: f64 = 0.40;
+const CORRECT_FLOOR: f64 = 0.65;
+const WRONG_CEILING: f64 = 0.21;
+const INVENTED_CEILING: f64 = 0.25;
 
 /// A Telegram customer's question goes through `concierge serve` (the fake
 /// Bot API, the demo shop, the default model on the default engine) and is

@@ -203,6 +203,11 @@ pub struct KnowledgeConfig {
     pub demo_dir: PathBuf,
     /// Passages given to the model per answer.
     pub top_k: usize,
+    /// Semantic search beside the words: passages and questions compared
+    /// by meaning (multilingual-e5-small), in either language.
+    pub semantic: bool,
+    /// The embedding model; fetched by models/fetch-embedder when missing.
+    pub embedder_path: PathBuf,
 }
 
 /// `[store]`

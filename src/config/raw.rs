@@ -344,6 +344,8 @@ raw_section!(RawKnowledge, "knowledge" {
     demo: bool,
     demo_dir: String,
     top_k: Number,
+    semantic: bool,
+    embedder_path: String,
 });
 raw_section!(RawRecommend, "recommend" {
     demo: bool,

@@ -75,6 +75,11 @@ impl Reader<'_> {
             demo: self.boolean(&raw.knowledge.demo, true),
             demo_dir: self.path(&raw.knowledge.demo_dir, "config/demo/kb"),
             top_k: self.integer(&raw.knowledge.top_k, 3, 1..=20),
+            semantic: self.boolean(&raw.knowledge.semantic, true),
+            embedder_path: self.path(
+                &raw.knowledge.embedder_path,
+                "models/multilingual-e5-small.q4.bin",
+            ),
         };
         let recommend = RecommendConfig {
             demo: self.boolean(&raw.recommend.demo, true),

@@ -9,10 +9,11 @@
 pub mod answer;
 pub mod embed;
 pub mod parse;
+pub mod semantic;
 pub mod support;
 pub mod text;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -24,7 +25,7 @@ use tantivy::schema::{
     Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING,
 };
 use tantivy::tokenizer::TextAnalyzer;
-use tantivy::{doc, Index, IndexReader, TantivyDocument, Term};
+use tantivy::{doc, DocAddress, Index, IndexReader, TantivyDocument, Term};
 
 use crate::store::{KbDoc, KbKind, Store, StoreError};
 use parse::SourceError;
@@ -40,6 +41,13 @@ pub const FAQ_COVERAGE: f32 = 0.75;
 const FUZZY_MIN_CHARS: usize = 5;
 /// Top passages whose coverage counts.
 const COVERAGE_HITS: usize = 3;
+/// Passages each search (words, meaning) proposes before they are merged.
+const CANDIDATES: usize = 10;
+/// How much the question's closeness in meaning to the best passage adds to
+/// its coverage when deciding "not found": `SEMANTIC_WEIGHT × (similarity −
+/// SEMANTIC_PIVOT)`. Chosen on the odd rows of the demo evaluations.
+const SEMANTIC_WEIGHT: f32 = 8.0;
+const SEMANTIC_PIVOT: f32 = 0.86;
 const GENERATION_FILE: &str = "generation";
 const WRITER_MEMORY: usize = 50_000_000;
 
@@ -314,6 +322,10 @@ pub struct Hit {
     pub is_faq: bool,
 }
 
+/// Passages with their scores, best first, and the best similarity in
+/// meaning when semantic search is on.
+type Ranked = (Vec<(f32, DocAddress)>, Option<f32>);
+
 /// What retrieval concluded for a question.
 #[derive(Clone, Debug)]
 pub struct Retrieval {
@@ -325,6 +337,9 @@ pub struct Retrieval {
     pub first_coverage: f32,
     /// Content words in the question (0: small talk, no KB question).
     pub query_terms: usize,
+    /// With semantic search: the question's closeness in meaning (cosine)
+    /// to the closest passage.
+    pub similarity: Option<f32>,
     /// Each unit of the question: how many passages hold it, and whether
     /// each of the top passages does.
     pub units: Vec<UnitStat>,
@@ -344,7 +359,10 @@ pub struct UnitStat {
 impl Retrieval {
     /// Whether the documents answer the question.
     pub fn found(&self) -> bool {
-        !self.hits.is_empty() && self.coverage >= MIN_COVERAGE
+        let meaning = self.similarity.map_or(0.0, |similarity| {
+            SEMANTIC_WEIGHT * (similarity - SEMANTIC_PIVOT)
+        });
+        !self.hits.is_empty() && self.coverage + meaning >= MIN_COVERAGE
     }
 
     /// The FAQ entry to answer with verbatim, if one matches strongly.
@@ -403,6 +421,8 @@ pub struct KnowledgeBase {
     reader: IndexReader,
     fields: Fields,
     passages: usize,
+    /// Semantic search, when on: vectors in the order of `addresses`.
+    semantic: Option<(semantic::Semantic, Vec<DocAddress>)>,
 }
 
 impl KnowledgeBase {
@@ -447,6 +467,7 @@ impl KnowledgeBase {
             reader,
             fields,
             passages,
+            semantic: None,
         })
     }
 
@@ -495,12 +516,126 @@ impl KnowledgeBase {
             reader,
             fields,
             passages,
+            semantic: None,
         })
     }
 
     /// Number of passages indexed.
     pub fn passages(&self) -> usize {
         self.passages
+    }
+
+    /// Turns on semantic search with `embedder`: every passage is embedded
+    /// (or its vector read from the cache file `cache`).
+    pub fn with_semantic(
+        mut self,
+        embedder: std::sync::Arc<embed::Embedder>,
+        cache: &Path,
+    ) -> Result<Self, KbError> {
+        let searcher = self.reader.searcher();
+        let path = PathBuf::from("(index)");
+        let mut addresses = Vec::with_capacity(self.passages);
+        let mut texts = Vec::with_capacity(self.passages);
+        for (segment, reader) in searcher.segment_readers().iter().enumerate() {
+            for doc_id in 0..reader.max_doc() {
+                if reader.is_deleted(doc_id) {
+                    continue;
+                }
+                let address = DocAddress::new(segment as u32, doc_id);
+                let hit = self.hit_at(&searcher, address, 0.0, &path)?;
+                texts.push(format!("{}\n{}", hit.title, hit.passage));
+                addresses.push(address);
+            }
+        }
+        let semantic = semantic::Semantic::build(embedder, &texts, cache);
+        self.semantic = Some((semantic, addresses));
+        Ok(self)
+    }
+
+    fn hit_at(
+        &self,
+        searcher: &tantivy::Searcher,
+        address: DocAddress,
+        score: f32,
+        path: &Path,
+    ) -> Result<Hit, KbError> {
+        let document: TantivyDocument = searcher
+            .doc(address)
+            .map_err(|err| index_error(path, err))?;
+        let text_of = |field: Field| {
+            document
+                .get_first(field)
+                .and_then(|value| value.as_str().map(str::to_string))
+                .unwrap_or_default()
+        };
+        Ok(Hit {
+            doc: text_of(self.fields.doc),
+            title: text_of(self.fields.title),
+            passage: text_of(self.fields.body),
+            score,
+            passage_index: document
+                .get_first(self.fields.passage)
+                .and_then(|value| value.as_u64())
+                .unwrap_or(0) as usize,
+            is_faq: text_of(self.fields.kind) == "faq",
+        })
+    }
+
+    /// The best passages by words (BM25) alone, or, with semantic search,
+    /// by words and meaning together: each list's scores scaled to its best
+    /// (1.0) and added. Returns them with the best similarity in meaning.
+    fn ranked(
+        &self,
+        searcher: &tantivy::Searcher,
+        question: &str,
+        limit: usize,
+    ) -> Result<Ranked, KbError> {
+        let path = PathBuf::from("(index)");
+        let query = self.query(question);
+        let Some((semantic, addresses)) = &self.semantic else {
+            let top = searcher
+                .search(&*query, &TopDocs::with_limit(limit).order_by_score())
+                .map_err(|err| index_error(&path, err))?;
+            return Ok((top, None));
+        };
+        let lexical = searcher
+            .search(
+                &*query,
+                &TopDocs::with_limit(limit.max(CANDIDATES)).order_by_score(),
+            )
+            .map_err(|err| index_error(&path, err))?;
+        let similarities = semantic.similarities(question);
+        let mut by_meaning: Vec<(f32, DocAddress)> = similarities
+            .iter()
+            .copied()
+            .zip(addresses.iter().copied())
+            .collect();
+        by_meaning.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let best_similarity = by_meaning.first().map(|(similarity, _)| *similarity);
+        // Meaning is scaled between the last candidate (0) and the best (1).
+        let floor = by_meaning
+            .get(CANDIDATES.min(by_meaning.len().saturating_sub(1)))
+            .map_or(0.0, |(similarity, _)| *similarity);
+        let top_similarity = best_similarity.unwrap_or(1.0);
+        let lexical_best = lexical
+            .first()
+            .map_or(1.0, |(score, _)| *score)
+            .max(f32::EPSILON);
+        let mut fused: HashMap<DocAddress, f32> = HashMap::new();
+        for (score, address) in &lexical {
+            *fused.entry(*address).or_default() += score / lexical_best;
+        }
+        for (similarity, address) in by_meaning.iter().take(CANDIDATES) {
+            let scaled = (similarity - floor) / (top_similarity - floor).max(f32::EPSILON);
+            *fused.entry(*address).or_default() += scaled.max(0.0);
+        }
+        let mut ranked: Vec<(f32, DocAddress)> = fused
+            .into_iter()
+            .map(|(address, score)| (score, address))
+            .collect();
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        ranked.truncate(limit);
+        Ok((ranked, best_similarity))
     }
 
     fn query(&self, question: &str) -> Box<dyn Query> {
@@ -574,38 +709,13 @@ impl KnowledgeBase {
 
     /// Searches and judges whether the best hit answers the question.
     pub fn retrieve(&self, question: &str, k: usize) -> Result<Retrieval, KbError> {
-        let query = self.query(question);
         let searcher = self.reader.searcher();
         let path = PathBuf::from("(index)");
         // At least the passages the "not found" decision looks at.
-        let top = searcher
-            .search(
-                &*query,
-                &TopDocs::with_limit(k.max(COVERAGE_HITS)).order_by_score(),
-            )
-            .map_err(|err| index_error(&path, err))?;
+        let (top, similarity) = self.ranked(&searcher, question, k.max(COVERAGE_HITS))?;
         let mut hits = Vec::with_capacity(top.len());
         for (score, address) in top {
-            let document: TantivyDocument = searcher
-                .doc(address)
-                .map_err(|err| index_error(&path, err))?;
-            let text_of = |field: Field| {
-                document
-                    .get_first(field)
-                    .and_then(|value| value.as_str().map(str::to_string))
-                    .unwrap_or_default()
-            };
-            hits.push(Hit {
-                doc: text_of(self.fields.doc),
-                title: text_of(self.fields.title),
-                passage: text_of(self.fields.body),
-                score,
-                passage_index: document
-                    .get_first(self.fields.passage)
-                    .and_then(|value| value.as_u64())
-                    .unwrap_or(0) as usize,
-                is_faq: text_of(self.fields.kind) == "faq",
-            });
+            hits.push(self.hit_at(&searcher, address, score, &path)?);
         }
         let units = topic_units(question);
         // The best of the top passages: a question may be answered by the
@@ -635,6 +745,7 @@ impl KnowledgeBase {
             first_coverage: coverages.first().copied().unwrap_or(0.0),
             query_terms: units.len(),
             units,
+            similarity,
         })
     }
 

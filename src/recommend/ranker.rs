@@ -559,7 +559,12 @@ impl Ranker {
 
     /// Whether `request` holds a word some catalog item is described by.
     pub fn knows_words_of(&self, request: &str) -> bool {
-        !self.content.query(&Wish::parse(request).text).is_empty()
+        // A word most items hold (the shop's brand) names nothing to find.
+        let telling = (1.0f32 + 2.0).ln();
+        self.content
+            .query(&Wish::parse(request).text)
+            .keys()
+            .any(|term| self.content.idf.get(term).is_some_and(|&idf| idf > telling))
     }
 
     fn because_of(&self, history: &[(u32, f32)], candidate: u32) -> Option<&CatalogItem> {
@@ -735,6 +740,20 @@ mod tests {
             picks.iter().all(|pick| pick.item.id != "S4"),
             "out of stock"
         );
+    }
+
+    #[test]
+    fn the_brand_that_most_items_carry_names_nothing_to_find() {
+        let branded: Vec<CatalogItem> = catalog()
+            .into_iter()
+            .map(|mut item| {
+                item.title = format!("Northwind {}", item.title);
+                item
+            })
+            .collect();
+        let ranker = Ranker::build(branded, &[]).unwrap();
+        assert!(!ranker.knows_words_of("who founded Northwind and in what year"));
+        assert!(ranker.knows_words_of("a Northwind headlamp"));
     }
 
     #[test]
