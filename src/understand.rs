@@ -130,12 +130,23 @@ pub fn parse_command(text: &str) -> Option<Command> {
 /// as asking for products.
 const MIN_SHOPPING_CONFIDENCE: f32 = 0.6;
 
-/// Whether free text asks for recommendations ("recommend me …", "推荐").
+/// Whether free text asks for recommendations ("recommend me …", "推荐",
+/// "I want to buy …", "我想买…").
 fn asks_for_recommendation(text: &str) -> bool {
     let lowered = text.to_lowercase();
-    ["recommend", "suggest", "推荐", "建议买"]
-        .iter()
-        .any(|marker| lowered.contains(marker))
+    [
+        "recommend",
+        "suggest",
+        "want to buy",
+        "wanna buy",
+        "like to buy",
+        "推荐",
+        "建议买",
+        "想买",
+        "要买",
+    ]
+    .iter()
+    .any(|marker| lowered.contains(marker))
 }
 
 #[cfg(test)]
@@ -170,6 +181,15 @@ mod tests {
         assert_eq!(words.command, None);
         assert_eq!(words.language, Some(Locale::Zh));
         assert!(words.asks_for_recommendation);
+        for buying in [
+            "I want to buy a hiking backpack",
+            "我想买一个适合徒步的背包",
+        ] {
+            assert!(understand(buying.into(), false, None).asks_for_recommendation);
+        }
+        assert!(
+            !understand("I want to return my backpack".into(), false, None).asks_for_recommendation
+        );
         // Look-alike characters are no code.
         assert_eq!(as_link_code("LINK-ABC0I1"), None);
     }

@@ -346,8 +346,10 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
     })))
 }
 
-/// Whether the documents answer `text`: retrieval finds passages and one
-/// of their sentences answers (the test `plan` makes before the model).
+/// Whether the documents answer `text` by its words: retrieval finds
+/// passages and one of their sentences answers (the test `plan` makes
+/// before the model, without the help of closeness in meaning, which would
+/// turn "I want to buy a hiking backpack" into a warranty question).
 pub(crate) fn documents_answer(knowledge: &KnowledgeBase, text: &str, top_k: usize) -> bool {
     let text = super::small_talk::without_social_clauses(text);
     let Ok(retrieval) = knowledge.retrieve(text, top_k) else {
@@ -357,7 +359,7 @@ pub(crate) fn documents_answer(knowledge: &KnowledgeBase, text: &str, top_k: usi
         return true;
     }
     let weight = |unit: &crate::knowledge::text::QueryUnit| knowledge.unit_weight(unit);
-    retrieval.found()
+    retrieval.found_by_words()
         && answer::answers_weighted(
             text,
             &answer::select_weighted(text, &retrieval.hits, SELECTED_SENTENCES, weight),

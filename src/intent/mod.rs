@@ -231,7 +231,11 @@ impl Classifier {
             lang,
             intent,
             evident: forced.is_some() || intent == Intent::HumanRequest || cues.negative > 0,
-            praise: intent == Intent::Other && cues.positive > 0 && cues.negative == 0,
+            // A question is not feedback: "how long is the link good for?"
+            praise: intent == Intent::Other
+                && cues.positive > 0
+                && cues.negative == 0
+                && !asks_something(text),
             escalate,
             confidence: if escalate {
                 escalation
@@ -374,6 +378,38 @@ pub fn read_all_examples(
     Ok(examples)
 }
 
+/// Whether `text` asks a question: a question mark, or an English question
+/// word first, or a Chinese question particle or word.
+fn asks_something(text: &str) -> bool {
+    let trimmed = text.trim();
+    if trimmed.contains('?') || trimmed.contains('？') {
+        return true;
+    }
+    let first = trimmed
+        .split(|ch: char| !ch.is_alphanumeric() && ch != '\'')
+        .next()
+        .unwrap_or_default()
+        .to_lowercase();
+    const ENGLISH: &[&str] = &[
+        "how", "what", "when", "where", "which", "who", "why", "can", "could", "do", "does", "is",
+        "are", "will", "would", "should",
+    ];
+    const CHINESE: &[&str] = &[
+        "吗",
+        "怎么",
+        "如何",
+        "多少",
+        "多久",
+        "是否",
+        "能否",
+        "哪里",
+        "哪个",
+        "为什么",
+        "什么时候",
+    ];
+    ENGLISH.contains(&first.as_str()) || CHINESE.iter().any(|word| trimmed.contains(word))
+}
+
 /// Trains on every file in `files`.
 pub fn train_from_files(files: &[PathBuf]) -> Result<Classifier, IntentError> {
     let examples = read_all_examples(files, None, None)?;
@@ -509,6 +545,12 @@ mod tests {
         assert!(complaint.evident && !complaint.praise, "{complaint:?}");
         let question = classifier.classify("Can you recommend a good pizza recipe?");
         assert!(!question.praise, "{question:?}");
+        for asked in [
+            "how long is the password reset link good for?",
+            "这个背包质量好吗",
+        ] {
+            assert!(!classifier.classify(asked).praise, "{asked}");
+        }
     }
 
     #[test]

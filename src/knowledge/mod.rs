@@ -365,6 +365,13 @@ impl Retrieval {
         !self.hits.is_empty() && self.coverage + meaning >= MIN_COVERAGE
     }
 
+    /// Whether the documents answer the question by its words alone, without
+    /// closeness in meaning: the stricter test for overriding another
+    /// reading of the message (a shopping request).
+    pub fn found_by_words(&self) -> bool {
+        !self.hits.is_empty() && self.coverage >= MIN_COVERAGE
+    }
+
     /// The FAQ entry to answer with verbatim, if one matches strongly.
     pub fn faq_answer(&self) -> Option<&Hit> {
         self.hits
