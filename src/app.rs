@@ -254,7 +254,7 @@ pub fn load_knowledge(config: &Config, store: &Store) -> anyhow::Result<Knowledg
 
 /// The embedding model of `knowledge.embedder_path`, fetched by
 /// models/fetch-embedder into its directory when missing.
-fn load_embedder(path: &std::path::Path) -> anyhow::Result<knowledge::embed::Embedder> {
+pub fn load_embedder(path: &std::path::Path) -> anyhow::Result<knowledge::embed::Embedder> {
     if !path.exists() {
         let script = std::path::Path::new("models/fetch-embedder");
         if !script.exists() {

@@ -172,3 +172,27 @@ fn semantic_search_finds_a_paraphrase_that_shares_no_word() {
 fn embedder_ready() {
     embedder();
 }
+
+/// `concierge bench embed` times every passage and question it is given.
+#[test]
+fn the_embedding_benchmark_times_each_passage_and_question() {
+    embedder_ready();
+    let docs = tempfile::tempdir().unwrap();
+    std::fs::write(
+        docs.path().join("returns.md"),
+        "# Returns\n\n## Time limit\nYou can return items within 30 days.\n\n## Refunds\nRefunds take 5 days.\n",
+    )
+    .unwrap();
+    let questions = docs.path().join("questions.csv");
+    std::fs::write(
+        &questions,
+        "question,fact\nhow long to return,30 days\n退货要多久,30 天\n",
+    )
+    .unwrap();
+    let figures = concierge::bench::embed(embedder(), 2, docs.path(), &questions)
+        .expect("the benchmark runs");
+    assert_eq!(figures.passages, 2);
+    assert_eq!(figures.questions, 2);
+    assert!(figures.passage_p50_ms > 0.0 && figures.question_p50_ms > 0.0);
+    assert!(figures.passage_p99_ms >= figures.passage_p50_ms);
+}

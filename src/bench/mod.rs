@@ -373,6 +373,74 @@ pub fn search(passages: usize, queries: usize) -> anyhow::Result<SearchFigures> 
     })
 }
 
+/// Figures of the embedding benchmark.
+#[derive(Debug, Serialize)]
+pub struct EmbedFigures {
+    /// Compute threads.
+    pub threads: usize,
+    /// Passages embedded.
+    pub passages: usize,
+    /// Per passage, median milliseconds.
+    pub passage_p50_ms: f64,
+    /// 99th percentile, milliseconds.
+    pub passage_p99_ms: f64,
+    /// Questions embedded.
+    pub questions: usize,
+    /// Per question, median milliseconds.
+    pub question_p50_ms: f64,
+    /// 99th percentile, milliseconds.
+    pub question_p99_ms: f64,
+}
+
+/// Times `embedder` on every passage of the documents in `kb_dir` and on
+/// the questions of `questions_csv` (its first column), one at a time as
+/// the knowledge base and the answer path embed them.
+pub fn embed(
+    embedder: &crate::knowledge::embed::Embedder,
+    threads: usize,
+    kb_dir: &std::path::Path,
+    questions_csv: &std::path::Path,
+) -> anyhow::Result<EmbedFigures> {
+    let scratch = tempfile::tempdir()?;
+    let store = crate::store::Store::open(&scratch.path().join("store"))?;
+    crate::knowledge::import(&store, &[kb_dir.to_path_buf()])?;
+    let passages: Vec<String> = store
+        .kb_docs()?
+        .iter()
+        .flat_map(|doc| &doc.passages)
+        .map(|passage| format!("{}\n{}", passage.title, passage.text))
+        .collect();
+    let mut reader = csv::Reader::from_path(questions_csv)?;
+    let questions: Vec<String> = reader
+        .records()
+        .filter_map(Result::ok)
+        .filter_map(|record| record.get(0).map(str::to_string))
+        .collect();
+    let time = |texts: &[String], embed: &dyn Fn(&str) -> Vec<f32>| -> Vec<f64> {
+        texts
+            .iter()
+            .map(|text| {
+                let started = Instant::now();
+                embed(text);
+                started.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect()
+    };
+    // One warm-up, so page faults of the mapped weights are not timed.
+    embedder.query("warm up");
+    let (passage_p50_ms, passage_p99_ms) = percentiles(time(&passages, &|t| embedder.passage(t)));
+    let (question_p50_ms, question_p99_ms) = percentiles(time(&questions, &|t| embedder.query(t)));
+    Ok(EmbedFigures {
+        threads,
+        passages: passages.len(),
+        passage_p50_ms,
+        passage_p99_ms,
+        questions: questions.len(),
+        question_p50_ms,
+        question_p99_ms,
+    })
+}
+
 /// Figures of the recommendation benchmark.
 #[derive(Debug, Serialize)]
 pub struct RecommendFigures {

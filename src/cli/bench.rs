@@ -1,6 +1,6 @@
 //! `concierge bench engine|recommend|classify|search`: figures as JSON.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use concierge::config::{self, Config};
 use concierge::{bench, models};
@@ -69,6 +69,24 @@ pub(super) fn classify(config: &Config, messages: usize, runs: usize) -> anyhow:
 /// `concierge bench search`.
 pub(super) fn search(passages: usize, queries: usize) -> anyhow::Result<()> {
     print(&bench::search(passages.max(1), queries.max(1))?)
+}
+
+/// `concierge bench embed`.
+pub(super) fn embed(config: &Config, threads: usize, questions: &Path) -> anyhow::Result<()> {
+    let path = &config.knowledge.embedder_path;
+    concierge::app::load_embedder(path)?;
+    let embedder = concierge::knowledge::embed::Embedder::load(path, threads)?;
+    let threads = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        threads
+    };
+    print(&bench::embed(
+        &embedder,
+        threads,
+        &config.knowledge.demo_dir,
+        questions,
+    )?)
 }
 
 /// `concierge bench remote`.

@@ -466,6 +466,16 @@ enum BenchAction {
         #[arg(long, default_value_t = 10)]
         messages: usize,
     },
+    /// Embedding speed of the semantic-search model on the demo shop's
+    /// passages and evaluation questions (JSON)
+    Embed {
+        /// Compute threads (0: all cores)
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Questions to embed (first column of a CSV)
+        #[arg(long, default_value = "config/demo/eval/answers.csv")]
+        questions: PathBuf,
+    },
     /// Knowledge-base search latency on a synthetic corpus (JSON)
     Search {
         /// Passages to index
@@ -597,6 +607,7 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
             } => bench::recommend(items, users, events, queries),
             BenchAction::Classify { messages, runs } => bench::classify(config, messages, runs),
             BenchAction::Search { passages, queries } => bench::search(passages, queries),
+            BenchAction::Embed { threads, questions } => bench::embed(config, threads, &questions),
             BenchAction::Remote {
                 first_token_ms,
                 tokens_per_sec,
