@@ -231,7 +231,7 @@ pub fn load_knowledge(config: &Config, store: &Store) -> anyhow::Result<Knowledg
     if !config.knowledge.semantic || knowledge.passages() == 0 {
         return Ok(knowledge);
     }
-    match load_embedder(&config.knowledge.embedder_path) {
+    match load_embedder(&config.knowledge.embedder_path, 0) {
         Ok(embedder) => {
             let path = &config.knowledge.embedder_path;
             let cache = path
@@ -253,33 +253,23 @@ pub fn load_knowledge(config: &Config, store: &Store) -> anyhow::Result<Knowledg
 }
 
 /// The embedding model of `knowledge.embedder_path`, fetched by
-/// models/fetch-embedder into its directory when missing.
-pub fn load_embedder(path: &std::path::Path) -> anyhow::Result<knowledge::embed::Embedder> {
+/// models/fetch-embedder into its directory when missing; `threads` compute
+/// threads (0: all cores).
+pub fn load_embedder(
+    path: &std::path::Path,
+    threads: usize,
+) -> anyhow::Result<knowledge::embed::Embedder> {
     if !path.exists() {
-        let script = std::path::Path::new("models/fetch-embedder");
-        if !script.exists() {
-            anyhow::bail!(
-                "{} is missing and models/fetch-embedder was not found (run from the repository root, or fetch it and set knowledge.embedder_path)",
-                path.display()
-            );
-        }
         let dir = path.parent().unwrap_or(std::path::Path::new("."));
-        let status = std::process::Command::new("bash")
-            .arg(script)
-            .arg(dir)
-            .status()
-            .context("cannot run models/fetch-embedder")?;
+        crate::models::fetch_embedder(dir)?;
         let fetched = dir.join(knowledge::embed::MODEL_FILE);
-        if !status.success() {
-            anyhow::bail!("models/fetch-embedder failed ({status}); see its messages above");
-        }
         if fetched != path {
             std::fs::rename(&fetched, path).with_context(|| {
                 format!("cannot move {} to {}", fetched.display(), path.display())
             })?;
         }
     }
-    Ok(knowledge::embed::Embedder::load(path, 0)?)
+    Ok(knowledge::embed::Embedder::load(path, threads)?)
 }
 
 /// Fits the recommender on the stored catalog and events, importing the demo

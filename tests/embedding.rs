@@ -189,8 +189,8 @@ fn the_embedding_benchmark_times_each_passage_and_question() {
         "question,fact\nhow long to return,30 days\n退货要多久,30 天\n",
     )
     .unwrap();
-    let figures = concierge::bench::embed(embedder(), 2, docs.path(), &questions)
-        .expect("the benchmark runs");
+    let figures =
+        concierge::bench::embed(embedder(), docs.path(), &questions).expect("the benchmark runs");
     assert_eq!(figures.passages, 2);
     assert_eq!(figures.questions, 2);
     assert!(figures.passage_p50_ms > 0.0 && figures.question_p50_ms > 0.0);

@@ -397,7 +397,6 @@ pub struct EmbedFigures {
 /// the knowledge base and the answer path embed them.
 pub fn embed(
     embedder: &crate::knowledge::embed::Embedder,
-    threads: usize,
     kb_dir: &std::path::Path,
     questions_csv: &std::path::Path,
 ) -> anyhow::Result<EmbedFigures> {
@@ -431,7 +430,7 @@ pub fn embed(
     let (passage_p50_ms, passage_p99_ms) = percentiles(time(&passages, &|t| embedder.passage(t)));
     let (question_p50_ms, question_p99_ms) = percentiles(time(&questions, &|t| embedder.query(t)));
     Ok(EmbedFigures {
-        threads,
+        threads: embedder.threads(),
         passages: passages.len(),
         passage_p50_ms,
         passage_p99_ms,

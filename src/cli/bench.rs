@@ -73,17 +73,9 @@ pub(super) fn search(passages: usize, queries: usize) -> anyhow::Result<()> {
 
 /// `concierge bench embed`.
 pub(super) fn embed(config: &Config, threads: usize, questions: &Path) -> anyhow::Result<()> {
-    let path = &config.knowledge.embedder_path;
-    concierge::app::load_embedder(path)?;
-    let embedder = concierge::knowledge::embed::Embedder::load(path, threads)?;
-    let threads = if threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        threads
-    };
+    let embedder = concierge::app::load_embedder(&config.knowledge.embedder_path, threads)?;
     print(&bench::embed(
         &embedder,
-        threads,
         &config.knowledge.demo_dir,
         questions,
     )?)

@@ -151,8 +151,20 @@ pub struct QuestionOutcome<'a> {
     pub found: bool,
     /// Coverage of the question by the best passage.
     pub coverage: f32,
-    /// The question's units: passages holding each, and which top passages do.
-    pub units: &'a [crate::knowledge::UnitStat],
+    /// The question's topic units: passages holding each, and which top
+    /// passages do.
+    pub units: Vec<UnitDetail<'a>>,
+}
+
+/// One topic unit of a question, for `--details`.
+#[derive(Debug, Serialize)]
+pub struct UnitDetail<'a> {
+    /// The unit's word or phrase.
+    pub term: &'a str,
+    /// Passages holding it or one of its synonyms.
+    pub passages: u64,
+    /// Whether each of the top passages holds it.
+    pub in_top: &'a [bool],
 }
 
 /// Runs every question through retrieval and the "not found" decision;
@@ -187,7 +199,16 @@ pub fn retrieval(
             top_docs: docs.iter().take(3).cloned().collect(),
             found,
             coverage: retrieval.coverage,
-            units: &retrieval.units,
+            units: retrieval
+                .units
+                .iter()
+                .zip(kb.topic_unit_passages(&labelled.question))
+                .map(|(unit, passages)| UnitDetail {
+                    term: &unit.term,
+                    passages,
+                    in_top: &unit.in_top,
+                })
+                .collect(),
         });
         let locale = crate::language::detect(&labelled.question).unwrap_or(Locale::En);
         let by_language = if locale == Locale::Zh {

@@ -275,7 +275,8 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
     };
     // The facts are chosen before the model writes: it phrases an answer
     // around these sentences, and each of its sentences must rest on one.
-    let weight = |unit: &crate::knowledge::text::QueryUnit| knowledge.unit_weight(unit);
+    let weights = knowledge.unit_weights(text);
+    let weight = |unit: &crate::knowledge::text::QueryUnit| weights.of(unit);
     let mut selected = answer::select_weighted(text, &used, SELECTED_SENTENCES, weight);
     // The passage is about the topic, but no sentence of it answers.
     if !answer::answers_weighted(text, &selected, weight) {
@@ -284,16 +285,13 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
             sources: Vec::new(),
         });
     }
-    let fallback = answer::quote(&selected);
-    let answering: Vec<String> = answer::quoted(&selected)
+    let quoted = answer::quoted(&selected);
+    let answering: Vec<String> = quoted
         .iter()
         .map(|sentence| sentence.text.clone())
         .collect();
     // Every passage a quoted sentence comes from, in the order quoted.
-    let mut quoted_hits: Vec<usize> = answer::quoted(&selected)
-        .iter()
-        .map(|sentence| sentence.hit)
-        .collect();
+    let mut quoted_hits: Vec<usize> = quoted.iter().map(|sentence| sentence.hit).collect();
     quoted_hits.dedup();
     let quoted_titles = quoted_hits
         .iter()
@@ -340,7 +338,6 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
         evidence: Evidence::new(evidence_texts.iter().map(String::as_str))
             .asked(text)
             .answering(answering.iter().map(String::as_str)),
-        fallback,
         answering,
         sources,
     })))
@@ -358,7 +355,8 @@ pub(crate) fn documents_answer(knowledge: &KnowledgeBase, text: &str, top_k: usi
     if retrieval.faq_answer().is_some() {
         return true;
     }
-    let weight = |unit: &crate::knowledge::text::QueryUnit| knowledge.unit_weight(unit);
+    let weights = knowledge.unit_weights(text);
+    let weight = |unit: &crate::knowledge::text::QueryUnit| weights.of(unit);
     retrieval.found_by_words()
         && answer::answers_weighted(
             text,
@@ -630,8 +628,6 @@ impl VerifiedReply {
         shown.extend(self.ready.iter().map(String::as_str));
         let untold = if answered {
             String::new()
-        } else if self.answered.is_empty() {
-            self.grounding.fallback.clone()
         } else {
             answer::join_sentences(
                 self.grounding
@@ -821,9 +817,8 @@ struct Grounding {
     source_line: String,
     /// The selected sentences with their passages' titles.
     evidence: Evidence,
-    /// The shop's own sentences, when the model strays.
-    fallback: String,
-    /// Those sentences one by one, in the order quoted.
+    /// The shop's own sentences that answer, in the order quoted when the
+    /// model strays.
     answering: Vec<String>,
     /// The passages the sentences come from.
     sources: Vec<SourceRef>,

@@ -43,6 +43,7 @@ struct Shape {
     feed_forward: usize,
     vocabulary: usize,
     positions: usize,
+    token_types: usize,
     epsilon: f32,
 }
 
@@ -181,10 +182,8 @@ impl Embedder {
             feed_forward: cursor.count()?,
             vocabulary: cursor.count()?,
             positions: cursor.count()?,
-            epsilon: {
-                cursor.count()?; // token types
-                cursor.f32()?
-            },
+            token_types: cursor.count()?,
+            epsilon: cursor.f32()?,
         };
         let block = cursor.count()?;
         if block != BLOCK
@@ -194,6 +193,7 @@ impl Embedder {
             || !shape.hidden.is_multiple_of(BLOCK)
             || !shape.feed_forward.is_multiple_of(BLOCK)
             || shape.positions < 3
+            || shape.token_types == 0
         {
             return Err(format!("unsupported shape {shape:?} (block {block})"));
         }
@@ -254,13 +254,9 @@ impl Embedder {
         }
         let words = tensor("emb.word", DTYPE_Q4_0, shape.vocabulary * h)?;
         let positions = floats("emb.pos", shape.positions * h)?;
-        let token_type = floats("emb.type", h).or_else(|_| {
-            // Two token types: only the first is used.
-            floats("emb.type", 2 * h).map(|mut both| {
-                both.truncate(h);
-                both
-            })
-        })?;
+        // Every text is one segment: only the first token type is used.
+        let mut token_type = floats("emb.type", shape.token_types * h)?;
+        token_type.truncate(h);
         let embedding_norm = norm("emb.ln")?;
         Ok(Self {
             file,
@@ -281,6 +277,11 @@ impl Embedder {
         self.shape.hidden
     }
 
+    /// Compute threads, the caller's included.
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
     /// The vector of a search query.
     pub fn query(&self, text: &str) -> Vec<f32> {
         self.embed(&format!("query: {text}"))
@@ -291,15 +292,10 @@ impl Embedder {
         self.embed(&format!("passage: {text}"))
     }
 
-    /// The token ids of `text` (without the sentence markers).
-    fn tokens(&self, text: &str) -> Vec<u32> {
-        self.vocabulary.tokenize(text)
-    }
-
     /// Mean of the encoder's last hidden states over windows of at most
     /// the model's length (weighted by their tokens), L2-normalised.
     fn embed(&self, text: &str) -> Vec<f32> {
-        let tokens = self.tokens(text);
+        let tokens = self.vocabulary.tokenize(text);
         let window = self.shape.positions - 2;
         let mut sum = vec![0.0f32; self.shape.hidden];
         let chunks: Vec<&[u32]> = if tokens.is_empty() {

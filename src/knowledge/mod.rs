@@ -340,20 +340,30 @@ pub struct Retrieval {
     /// With semantic search: the question's closeness in meaning (cosine)
     /// to the closest passage.
     pub similarity: Option<f32>,
-    /// Each unit of the question: how many passages hold it, and whether
-    /// each of the top passages does.
+    /// Each topic unit of the question and whether each of the top
+    /// passages holds it.
     pub units: Vec<UnitStat>,
 }
 
-/// How one unit of a question occurs in the knowledge base.
+/// Whether the top passages hold one topic unit of a question.
 #[derive(Clone, Debug, Serialize)]
 pub struct UnitStat {
     /// The unit's word or phrase.
     pub term: String,
-    /// Passages holding it or one of its synonyms (the most of them).
-    pub passages: u64,
     /// Whether each of the top passages (best first) holds it.
     pub in_top: Vec<bool>,
+}
+
+/// How much each unit of one question tells passages apart
+/// (`KnowledgeBase::unit_weights`).
+pub struct UnitWeights(HashMap<String, f32>);
+
+impl UnitWeights {
+    /// The weight of a unit of the question the weights were made for; 1
+    /// for any other.
+    pub fn of(&self, unit: &QueryUnit) -> f32 {
+        self.0.get(&unit.term).copied().unwrap_or(1.0)
+    }
 }
 
 impl Retrieval {
@@ -742,7 +752,6 @@ impl KnowledgeBase {
             .enumerate()
             .map(|(at, unit)| UnitStat {
                 term: unit.term.clone(),
-                passages: self.passages_holding(&searcher, unit),
                 in_top: in_top.iter().map(|covered| covered[at]).collect(),
             })
             .collect::<Vec<_>>();
@@ -756,13 +765,31 @@ impl KnowledgeBase {
         })
     }
 
-    /// How much a question unit tells passages apart: its inverse
+    /// How much each unit of `question` tells passages apart: its inverse
     /// document frequency over the passages (a word no passage holds
-    /// counts as one held once).
-    pub fn unit_weight(&self, unit: &QueryUnit) -> f32 {
+    /// counts as one held once). Computed once per question, for sentence
+    /// selection and the "does a sentence answer" test alike.
+    pub fn unit_weights(&self, question: &str) -> UnitWeights {
         let searcher = self.reader.searcher();
-        let holding = self.passages_holding(&searcher, unit).max(1) as f32;
-        (1.0 + self.passages as f32 / holding).ln()
+        UnitWeights(
+            text::query_units(question)
+                .into_iter()
+                .map(|unit| {
+                    let holding = self.passages_holding(&searcher, &unit).max(1) as f32;
+                    (unit.term, (1.0 + self.passages as f32 / holding).ln())
+                })
+                .collect(),
+        )
+    }
+
+    /// Passages holding each topic unit of `question`, in the order of
+    /// `Retrieval::units` (for `eval retrieval --details`).
+    pub fn topic_unit_passages(&self, question: &str) -> Vec<u64> {
+        let searcher = self.reader.searcher();
+        topic_units(question)
+            .iter()
+            .map(|unit| self.passages_holding(&searcher, unit))
+            .collect()
     }
 
     /// Passages holding a unit's word or one of its synonyms, for the form

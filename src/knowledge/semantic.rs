@@ -39,20 +39,18 @@ impl Semantic {
     pub fn build(embedder: Arc<Embedder>, texts: &[String], cache_path: &Path) -> Self {
         let dimensions = embedder.dimensions();
         let mut cached = read_cache(cache_path, dimensions);
-        let missing = texts
-            .iter()
-            .filter(|text| !cached.contains_key(&key_of(text)))
-            .count();
+        let keys: Vec<[u8; 16]> = texts.iter().map(|text| key_of(text)).collect();
+        let missing = keys.iter().filter(|key| !cached.contains_key(*key)).count();
         if missing > 0 {
             tracing::info!(
                 passages = missing,
-                "embedding passages for semantic search (once; cached in the index directory)"
+                cache = %cache_path.display(),
+                "embedding passages for semantic search (once; their vectors are cached)"
             );
         }
         let started = std::time::Instant::now();
         let mut vectors = Vec::with_capacity(texts.len() * dimensions);
-        for text in texts {
-            let key = key_of(text);
+        for (text, key) in texts.iter().zip(keys) {
             let vector = cached.entry(key).or_insert_with(|| embedder.passage(text));
             vectors.extend_from_slice(vector);
         }

@@ -17,26 +17,47 @@ use crate::engine::{convert, gguf};
 /// The fetch script, relative to the working directory.
 pub const FETCH_SCRIPT: &str = "models/fetch";
 
+/// The embedding model's fetch script, relative to the working directory.
+pub const FETCH_EMBEDDER_SCRIPT: &str = "models/fetch-embedder";
+
 /// Runs `models/fetch` so the default model lands in `dest_dir`.
 pub fn fetch(dest_dir: &Path) -> anyhow::Result<()> {
-    let script = Path::new(FETCH_SCRIPT);
-    if !script.exists() {
+    run_fetch_script(
+        FETCH_SCRIPT,
+        "the default model",
+        "engine.model_path",
+        dest_dir,
+    )
+}
+
+/// Runs `models/fetch-embedder` so the embedding model for search by
+/// meaning lands in `dest_dir`.
+pub fn fetch_embedder(dest_dir: &Path) -> anyhow::Result<()> {
+    run_fetch_script(
+        FETCH_EMBEDDER_SCRIPT,
+        "the embedding model",
+        "knowledge.embedder_path",
+        dest_dir,
+    )
+}
+
+/// Runs the fetch `script` for `what` into `dest_dir`; `key` is the setting
+/// that names the file, for the error when the script is not there.
+fn run_fetch_script(script: &str, what: &str, key: &str, dest_dir: &Path) -> anyhow::Result<()> {
+    if !Path::new(script).exists() {
         bail!(
-            "{FETCH_SCRIPT} not found in {}: run Concierge from the repository root, or fetch the model yourself and set engine.model_path",
+            "{script} not found in {}: run Concierge from the repository root, or fetch the model yourself and set {key}",
             std::env::current_dir().map(|dir| dir.display().to_string()).unwrap_or_default()
         );
     }
-    eprintln!(
-        "concierge: fetching the default model into {} ...",
-        dest_dir.display()
-    );
+    eprintln!("concierge: fetching {what} into {} ...", dest_dir.display());
     let status = Command::new("bash")
         .arg(script)
         .arg(dest_dir)
         .status()
-        .with_context(|| format!("cannot run {FETCH_SCRIPT}"))?;
+        .with_context(|| format!("cannot run {script}"))?;
     if !status.success() {
-        bail!("{FETCH_SCRIPT} failed ({status}); see its messages above");
+        bail!("{script} failed ({status}); see its messages above");
     }
     Ok(())
 }
