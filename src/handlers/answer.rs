@@ -223,7 +223,7 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
         return Ok(plain);
     };
     // The documents are searched for the request alone.
-    let text = super::small_talk::without_social_clauses(text);
+    let text = &knowledge.repair_spelling(super::small_talk::without_social_clauses(text));
     let retrieval = knowledge.retrieve(text, a.settings.top_k)?;
     let source_of = |hit: &Hit| SourceRef {
         doc: hit.doc.clone(),

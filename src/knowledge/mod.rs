@@ -10,6 +10,7 @@ pub mod answer;
 pub mod embed;
 pub mod parse;
 pub mod semantic;
+pub mod spelling;
 pub mod support;
 pub mod text;
 
@@ -440,6 +441,7 @@ pub struct KnowledgeBase {
     passages: usize,
     /// Semantic search, when on: vectors in the order of `addresses`.
     semantic: Option<(semantic::Semantic, Vec<DocAddress>)>,
+    spelling: spelling::Spelling,
 }
 
 impl KnowledgeBase {
@@ -479,13 +481,21 @@ impl KnowledgeBase {
         let (_, fields) = schema();
         let reader = index.reader().map_err(|err| index_error(index_dir, err))?;
         let passages = reader.searcher().num_docs() as usize;
-        Ok(Self {
+        let mut kb = Self {
             index,
             reader,
             fields,
             passages,
             semantic: None,
-        })
+            spelling: spelling::Spelling::default(),
+        };
+        let stored = kb.stored_passages()?;
+        kb.spelling = spelling::Spelling::learn(
+            stored
+                .iter()
+                .flat_map(|(_, hit)| [hit.title.as_str(), hit.passage.as_str()]),
+        );
+        Ok(kb)
     }
 
     /// Builds a fresh index of `docs` in `index_dir` (replacing what is there).
@@ -528,12 +538,19 @@ impl KnowledgeBase {
             .map_err(|err| index_error(index_dir, err))?;
         let reader = index.reader().map_err(|err| index_error(index_dir, err))?;
         reader.reload().map_err(|err| index_error(index_dir, err))?;
+        let spelling = spelling::Spelling::learn(docs.iter().flat_map(|kb_doc| {
+            kb_doc
+                .passages
+                .iter()
+                .flat_map(|passage| [passage.title.as_str(), passage.text.as_str()])
+        }));
         Ok(Self {
             index,
             reader,
             fields,
             passages,
             semantic: None,
+            spelling,
         })
     }
 
@@ -549,24 +566,40 @@ impl KnowledgeBase {
         embedder: std::sync::Arc<embed::Embedder>,
         cache: &Path,
     ) -> Result<Self, KbError> {
+        let (addresses, texts): (Vec<DocAddress>, Vec<String>) = self
+            .stored_passages()?
+            .into_iter()
+            .map(|(address, hit)| (address, format!("{}\n{}", hit.title, hit.passage)))
+            .unzip();
+        let semantic = semantic::Semantic::build(embedder, &texts, cache);
+        self.semantic = Some((semantic, addresses));
+        Ok(self)
+    }
+
+    /// Every passage in the index, with its address.
+    fn stored_passages(&self) -> Result<Vec<(DocAddress, Hit)>, KbError> {
         let searcher = self.reader.searcher();
         let path = PathBuf::from("(index)");
-        let mut addresses = Vec::with_capacity(self.passages);
-        let mut texts = Vec::with_capacity(self.passages);
+        let mut passages = Vec::with_capacity(self.passages);
         for (segment, reader) in searcher.segment_readers().iter().enumerate() {
             for doc_id in 0..reader.max_doc() {
                 if reader.is_deleted(doc_id) {
                     continue;
                 }
                 let address = DocAddress::new(segment as u32, doc_id);
-                let hit = self.hit_at(&searcher, address, 0.0, &path)?;
-                texts.push(format!("{}\n{}", hit.title, hit.passage));
-                addresses.push(address);
+                passages.push((address, self.hit_at(&searcher, address, 0.0, &path)?));
             }
         }
-        let semantic = semantic::Semantic::build(embedder, &texts, cache);
-        self.semantic = Some((semantic, addresses));
-        Ok(self)
+        Ok(passages)
+    }
+
+    /// `question` with typos repaired against the shop's own words.
+    pub fn repair_spelling(&self, question: &str) -> String {
+        let repaired = self.spelling.repair(question);
+        if repaired != question {
+            tracing::debug!(%repaired, "spelling repaired");
+        }
+        repaired
     }
 
     fn hit_at(
@@ -726,6 +759,7 @@ impl KnowledgeBase {
 
     /// Searches and judges whether the best hit answers the question.
     pub fn retrieve(&self, question: &str, k: usize) -> Result<Retrieval, KbError> {
+        let question = &self.repair_spelling(question);
         let searcher = self.reader.searcher();
         let path = PathBuf::from("(index)");
         // At least the passages the "not found" decision looks at.

@@ -24,7 +24,7 @@ const ENGLISH_STOP_WORDS: &[&str] = &[
     "then", "there", "these", "they", "this", "to", "us", "was", "we", "were", "what", "when",
     "where", "which", "who", "why", "will", "with", "would", "you", "your", "yours", "want",
     "need", "know", "tell", "thanks", "thank", "there's", "what's", "there", "should", "im", "ok",
-    "okay",
+    "okay", "whats", "wheres", "hows", "whos", "thats", "theres",
 ];
 
 const CHINESE_STOP_WORDS: &[&str] = &[
@@ -237,6 +237,15 @@ fn asking_words() -> &'static HashSet<String> {
 fn jieba() -> &'static jieba_rs::Jieba {
     static JIEBA: OnceLock<jieba_rs::Jieba> = OnceLock::new();
     JIEBA.get_or_init(jieba_rs::Jieba::new)
+}
+
+/// The words of a Han run, as jieba's dictionary cuts them.
+pub fn han_words(piece: &str) -> Vec<String> {
+    jieba()
+        .cut(piece, false)
+        .into_iter()
+        .map(|word| word.word.to_string())
+        .collect()
 }
 
 /// Whether `ch` is a Han ideograph.
