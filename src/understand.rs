@@ -146,7 +146,15 @@ fn asks_for_recommendation(text: &str) -> bool {
         "要买",
     ]
     .iter()
-    .any(|marker| lowered.contains(marker))
+    .any(|marker| {
+        lowered.match_indices(marker).any(|(at, _)| {
+            // "最低要买多少钱" asks about an amount, not for products.
+            let after = lowered[at + marker.len()..].trim_start();
+            !["多少", "几", "满", "够"]
+                .iter()
+                .any(|amount| after.starts_with(amount))
+        })
+    })
 }
 
 #[cfg(test)]
@@ -187,9 +195,9 @@ mod tests {
         ] {
             assert!(understand(buying.into(), false, None).asks_for_recommendation);
         }
-        assert!(
-            !understand("I want to return my backpack".into(), false, None).asks_for_recommendation
-        );
+        for not_buying in ["I want to return my backpack", "首单优惠券最低要买多少钱才能用"] {
+            assert!(!understand(not_buying.into(), false, None).asks_for_recommendation);
+        }
         // Look-alike characters are no code.
         assert_eq!(as_link_code("LINK-ABC0I1"), None);
     }
