@@ -425,6 +425,13 @@ fn ngrams(piece: &str, han: bool) -> Vec<String> {
 
 /// The word analyzer: mixed words, lowercased, stop words out, English stems.
 pub fn word_analyzer() -> TextAnalyzer {
+    // Built once: every question needs one, and building it sets up the
+    // stop word table and the stemmer again.
+    static ANALYZER: OnceLock<TextAnalyzer> = OnceLock::new();
+    ANALYZER.get_or_init(build_word_analyzer).clone()
+}
+
+fn build_word_analyzer() -> TextAnalyzer {
     let stop_words: Vec<String> = ENGLISH_STOP_WORDS
         .iter()
         .chain(CHINESE_STOP_WORDS)
