@@ -233,15 +233,7 @@ pub fn load_knowledge(config: &Config, store: &Store) -> anyhow::Result<Knowledg
     }
     match load_embedder(&config.knowledge.embedder_path, 0) {
         Ok(embedder) => {
-            let path = &config.knowledge.embedder_path;
-            let cache = path
-                .parent()
-                .unwrap_or(std::path::Path::new("."))
-                .join(".cache")
-                .join(format!(
-                    "{}.vectors",
-                    path.file_name().unwrap_or_default().to_string_lossy()
-                ));
+            let cache = embedding_cache(&config.knowledge.embedder_path);
             Ok(knowledge.with_semantic(Arc::new(embedder), &cache)?)
         }
         Err(err) => {
@@ -250,6 +242,33 @@ pub fn load_knowledge(config: &Config, store: &Store) -> anyhow::Result<Knowledg
             Ok(knowledge)
         }
     }
+}
+
+/// The cache of vectors made with the embedding model at `path`, beside it.
+pub fn embedding_cache(path: &std::path::Path) -> std::path::PathBuf {
+    path.parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join(".cache")
+        .join(format!(
+            "{}.vectors",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        ))
+}
+
+/// The embedding model and the escalation model trained on its vectors of
+/// `examples` (`escalation.meaning_tiebreak`).
+pub fn load_meaning_model(
+    config: &Config,
+    examples: &[crate::intent::Example],
+) -> anyhow::Result<(
+    knowledge::embed::Embedder,
+    crate::intent::meaning::MeaningModel,
+)> {
+    let embedder = load_embedder(&config.knowledge.embedder_path, 0)?;
+    let cache = embedding_cache(&config.knowledge.embedder_path);
+    let model = crate::intent::meaning::MeaningModel::train(&embedder, examples, &cache)
+        .context("the training files need messages that escalate and messages that do not")?;
+    Ok((embedder, model))
 }
 
 /// The embedding model of `knowledge.embedder_path`, fetched by
@@ -362,7 +381,32 @@ pub async fn load_classifier(config: &Config) -> anyhow::Result<Arc<crate::inten
             .await
             .context("classifier task failed")?
             .context("loading the intent classifier")?;
-    Ok(Arc::new(classifier))
+    if !config.escalation.meaning_tiebreak {
+        return Ok(Arc::new(classifier));
+    }
+    let config = config.clone();
+    let judged = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let files = crate::intent::default_training_files(&config.escalation.intents_dir)?;
+        let examples = crate::intent::read_all_examples(&files, None, None)?;
+        let (embedder, model) = load_meaning_model(&config, &examples)?;
+        let band = crate::escalation::tiebreak::Band {
+            from: config.escalation.tiebreak_from as f32,
+            to: config.escalation.auto_min_confidence as f32,
+        };
+        Ok(crate::intent::meaning::MeaningJudge::new(
+            embedder, model, band,
+        ))
+    })
+    .await
+    .context("meaning model task failed")?;
+    match judged {
+        Ok(judge) => Ok(Arc::new(classifier.with_meaning(judge))),
+        Err(err) => {
+            // The words alone still decide; say why meaning is off.
+            tracing::warn!("escalation.meaning_tiebreak is off: {err:#}");
+            Ok(Arc::new(classifier))
+        }
+    }
 }
 
 /// The SLA policy from `[escalation]`.

@@ -648,13 +648,26 @@ impl Pipeline {
         }
     }
 
-    /// Asks the model about a classification in the uncertain band, when
-    /// `escalation.model_tiebreak` is on; otherwise leaves it as it is.
+    /// Settles a classification in the uncertain band by the message's
+    /// meaning (`escalation.meaning_tiebreak`), else by asking the model
+    /// (`escalation.model_tiebreak`); otherwise leaves it as it is.
     async fn break_tie(&self, understood: &mut crate::understand::Understood) {
-        let Some(band) = self.settings.tiebreak else {
+        let Some(result) = understood.classification.as_mut() else {
             return;
         };
-        let Some(result) = understood.classification.as_mut() else {
+        let judge = self.classifier.as_ref().and_then(|c| c.meaning()).cloned();
+        if let Some(judge) = judge.filter(|judge| judge.band().holds(result)) {
+            let text = result.text.clone();
+            match tokio::task::spawn_blocking(move || judge.probability(&text)).await {
+                Ok(probability) => {
+                    tracing::debug!(probability, "judged by meaning in the uncertain band");
+                    crate::intent::meaning::settle(result, probability);
+                    return;
+                }
+                Err(err) => tracing::warn!("the meaning judge failed: {err}"),
+            }
+        }
+        let Some(band) = self.settings.tiebreak else {
             return;
         };
         if !band.holds(result) {

@@ -195,7 +195,10 @@ mod tests {
         ] {
             assert!(understand(buying.into(), false, None).asks_for_recommendation);
         }
-        for not_buying in ["I want to return my backpack", "首单优惠券最低要买多少钱才能用"] {
+        for not_buying in [
+            "I want to return my backpack",
+            "首单优惠券最低要买多少钱才能用",
+        ] {
             assert!(!understand(not_buying.into(), false, None).asks_for_recommendation);
         }
         // Look-alike characters are no code.

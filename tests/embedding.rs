@@ -196,3 +196,94 @@ fn the_embedding_benchmark_times_each_passage_and_question() {
     assert!(figures.passage_p50_ms > 0.0 && figures.question_p50_ms > 0.0);
     assert!(figures.passage_p99_ms >= figures.passage_p50_ms);
 }
+
+#[test]
+fn the_meaning_model_tells_complaints_from_praise_in_words_it_never_saw() {
+    use concierge::intent::meaning::MeaningModel;
+    let embedder = embedder();
+    let complaints = [
+        "This is the third time my order is late, I am furious.",
+        "Worst service I have ever had, I want my money back.",
+        "The package arrived broken and nobody answers my emails.",
+        "I've been waiting two weeks, this is unacceptable.",
+        "Your courier threw my parcel over the fence and it got soaked.",
+        "又迟到了，我真的很生气",
+        "东西坏了，客服也不理人，太差了",
+        "等了两个小时饭都凉了，退钱",
+        "第三次送错了，我要投诉",
+        "包装破了，里面的东西全洒了",
+    ];
+    let calm = [
+        "Thanks, the jacket fits perfectly and arrived early.",
+        "Great shop, friendly staff, will order again.",
+        "How long does delivery to Austria take?",
+        "Do you have this backpack in blue?",
+        "Lovely quality, just wish the box were smaller.",
+        "送货很快，东西很好，谢谢",
+        "味道不错，下次还会再来",
+        "请问可以寄到上海吗",
+        "质量很好，就是颜色稍微深了一点",
+        "客服态度很好，点赞",
+    ];
+    let mut vectors = Vec::new();
+    let mut escalates = Vec::new();
+    for (texts, label) in [(&complaints, true), (&calm, false)] {
+        for text in texts.iter() {
+            vectors.push(embedder.query(text));
+            escalates.push(label);
+        }
+    }
+    let model = MeaningModel::fit(&vectors, &escalates).expect("both classes");
+    // Phrasings with none of the training messages' words.
+    for (text, needs_person) in [
+        (
+            "Frankly I expected much better, nothing you promised happened.",
+            true,
+        ),
+        ("骑手态度恶劣，还把汤弄洒了", true),
+        ("Superb experience from start to finish.", false),
+        ("送餐小哥很贴心，超级赞", false),
+    ] {
+        let probability = model.probability(&embedder.query(text));
+        assert_eq!(probability >= 0.5, needs_person, "{text}: {probability}");
+    }
+}
+
+#[test]
+fn with_meaning_tiebreak_on_the_classifier_carries_a_trained_judge() {
+    let _ = embedder(); // fetched when missing
+    let dir = tempfile::tempdir().unwrap();
+    let intents = dir.path().join("intents");
+    std::fs::create_dir_all(&intents).unwrap();
+    let mut csv = String::from("text,intent\n");
+    for (text, label) in [
+        ("My order is late again, I am furious", "complaint"),
+        ("Worst service ever, refund me now", "complaint"),
+        ("The parcel arrived broken and nobody answers", "complaint"),
+        ("东西坏了，客服也不理人，太差了", "complaint"),
+        ("等了两个小时饭都凉了，退钱", "complaint"),
+        ("Thanks, everything arrived early", "other"),
+        ("Great quality, will order again", "other"),
+        ("送货很快，东西很好，谢谢", "other"),
+        ("How long does delivery to Austria take?", "question"),
+        ("请问可以寄到上海吗", "question"),
+    ] {
+        csv.push_str(&format!("\"{text}\",{label}\n"));
+    }
+    std::fs::write(intents.join("small.csv"), csv).unwrap();
+    let toml = format!(
+        "[store]\ndata_dir = {:?}\n[escalation]\nintents_dir = {:?}\nmeaning_tiebreak = true\n\
+         [knowledge]\nembedder_path = {:?}\n",
+        dir.path().join("data"),
+        intents,
+        repo().join("models").join(MODEL_FILE),
+    );
+    let config = concierge::config::parse(&toml, &[]).expect("the configuration is valid");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let classifier = runtime
+        .block_on(concierge::app::load_classifier(&config))
+        .expect("the classifier loads");
+    let judge = classifier.meaning().expect("the meaning judge is on");
+    assert!(judge.probability("Nothing works and your support ignores me, I'm fed up") >= 0.5);
+    assert!(judge.probability("Lovely jacket, fits perfectly") < 0.5);
+}

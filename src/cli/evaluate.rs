@@ -47,15 +47,19 @@ pub(super) fn retrieval(config: &Config, data: &Path, details: bool) -> anyhow::
     Ok(())
 }
 
-/// `concierge eval intents --data FILE [--folds N] [--details] [--tiebreak]`.
+/// `concierge eval intents --data FILE [--folds N] [--details] [--tiebreak | --meaning]`.
 pub(super) fn intents(
     config: &Config,
     data: &Path,
     (text_column, label_column): (Option<String>, Option<String>),
     folds: usize,
     details: bool,
-    tiebreak: bool,
+    (tiebreak, meaning): (bool, bool),
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !meaning || folds == 0,
+        "--meaning judges the model trained on the shipped files: use it with --folds 0"
+    );
     let examples = intent::read_examples(data, text_column.as_deref(), label_column.as_deref())?;
     let shipped = config.escalation.intents_dir.as_path();
     let base = intent::read_all_examples(&intent::default_training_files(shipped)?, None, None)?;
@@ -73,14 +77,27 @@ pub(super) fn intents(
             }
             judged.push(one.clone());
         });
-    if !tiebreak {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(());
-    }
     let band = tiebreak::Band {
         from: config.escalation.tiebreak_from as f32,
         to: auto as f32,
     };
+    if meaning {
+        let (embedder, model) = app::load_meaning_model(config, &base)?;
+        let cache = app::embedding_cache(&config.knowledge.embedder_path);
+        let measured = intent::meaning::measure(&embedder, &model, &mut judged, band, &cache);
+        let with_meaning = intent::evaluate::summarise(&judged, folds, auto);
+        let combined = serde_json::json!({
+            "classifier": report,
+            "meaning": measured,
+            "with_meaning": with_meaning,
+        });
+        println!("{}", serde_json::to_string_pretty(&combined)?);
+        return Ok(());
+    }
+    if !tiebreak {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
     let measured = super::block_on(async {
         let llm = app::build_engine(config).await?;
         let prompts = concierge::prompts::Prompts::load(&config.chat.prompts_dir)?;

@@ -360,6 +360,11 @@ enum EvalAction {
         /// report the figures with its verdicts beside those without
         #[arg(long)]
         tiebreak: bool,
+        /// Also judge the uncertain band by the messages' meaning (the
+        /// embedding model trained on the shipped files; with --folds 0) and
+        /// report the figures with it beside those without
+        #[arg(long, conflicts_with = "tiebreak")]
+        meaning: bool,
     },
 }
 
@@ -645,13 +650,14 @@ fn run(command: Command, config: &Config) -> anyhow::Result<()> {
                 folds,
                 details,
                 tiebreak,
+                meaning,
             } => evaluate::intents(
                 config,
                 &data,
                 (text_column, label_column),
                 folds,
                 details,
-                tiebreak,
+                (tiebreak, meaning),
             ),
         },
         Command::Recommend(RecommendArgs {

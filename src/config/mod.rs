@@ -86,6 +86,9 @@ pub struct EscalationConfig {
     /// Ask the generative model about messages whose escalation probability
     /// lies between `tiebreak_from` and `auto_min_confidence`.
     pub model_tiebreak: bool,
+    /// Judge messages in that band by their meaning too (the embedding
+    /// model of `knowledge.embedder_path`, trained on `intents_dir`).
+    pub meaning_tiebreak: bool,
     /// Lower edge of that uncertain band.
     pub tiebreak_from: f64,
     /// Minutes for an agent's first answer to an urgent ticket.

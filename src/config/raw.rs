@@ -384,6 +384,7 @@ raw_section!(RawEscalation, "escalation" {
     intents_dir: String,
     auto_min_confidence: Number,
     model_tiebreak: bool,
+    meaning_tiebreak: bool,
     tiebreak_from: Number,
     sla_urgent_minutes: Number,
     sla_high_minutes: Number,

@@ -93,6 +93,7 @@ impl Reader<'_> {
             intents_dir: self.path(&raw.escalation.intents_dir, crate::intent::DEFAULT_DATA_DIR),
             auto_min_confidence: self.float(&raw.escalation.auto_min_confidence, 0.9, 0.5..=1.0),
             model_tiebreak: self.boolean(&raw.escalation.model_tiebreak, false),
+            meaning_tiebreak: self.boolean(&raw.escalation.meaning_tiebreak, false),
             tiebreak_from: self.float(&raw.escalation.tiebreak_from, 0.3, 0.0..=1.0),
             sla_urgent_minutes: self.integer(&raw.escalation.sla_urgent_minutes, 15, 1..=10_080)
                 as u64,

@@ -17,6 +17,7 @@ pub mod calibration;
 pub mod evaluate;
 mod features;
 mod lexicon;
+pub mod meaning;
 mod model;
 mod sentiment;
 
@@ -155,6 +156,8 @@ pub fn escalation_threshold(lang: Locale) -> f32 {
 #[derive(Clone, Debug)]
 pub struct Classifier {
     model: IntentModel,
+    /// The judge of the uncertain band by meaning, when on.
+    meaning: Option<std::sync::Arc<meaning::MeaningJudge>>,
 }
 
 /// A labelled message.
@@ -171,7 +174,21 @@ pub struct Example {
 impl Classifier {
     /// A classifier around trained weights.
     pub fn new(model: IntentModel) -> Self {
-        Self { model }
+        Self {
+            model,
+            meaning: None,
+        }
+    }
+
+    /// The classifier with `judge` for its uncertain band.
+    pub fn with_meaning(mut self, judge: meaning::MeaningJudge) -> Self {
+        self.meaning = Some(std::sync::Arc::new(judge));
+        self
+    }
+
+    /// The judge of the uncertain band by meaning, when on.
+    pub fn meaning(&self) -> Option<&std::sync::Arc<meaning::MeaningJudge>> {
+        self.meaning.as_ref()
     }
 
     /// Trains on `examples`.

@@ -33,40 +33,79 @@ fn key_of(text: &str) -> [u8; 16] {
     key
 }
 
+/// Which side of the embedding model a text is embedded as.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Embedding {
+    /// A passage searched for.
+    Passage,
+    /// A question, or a message judged by its meaning.
+    Query,
+}
+
+/// The vectors of `texts`, reusing those cached in `cache_path` for texts
+/// seen before and adding the new ones to it.
+pub fn embed_cached(
+    embedder: &Embedder,
+    texts: &[String],
+    cache_path: &Path,
+    kind: Embedding,
+) -> Vec<Vec<f32>> {
+    let dimensions = embedder.dimensions();
+    let mut cached = read_cache(cache_path, dimensions);
+    // A query's vector differs from the same text's as a passage.
+    let keys: Vec<[u8; 16]> = texts
+        .iter()
+        .map(|text| match kind {
+            Embedding::Passage => key_of(text),
+            Embedding::Query => key_of(&format!("query: {text}")),
+        })
+        .collect();
+    let missing = keys.iter().filter(|key| !cached.contains_key(*key)).count();
+    if missing > 0 {
+        tracing::info!(
+            texts = missing,
+            cache = %cache_path.display(),
+            "embedding texts (once; their vectors are cached)"
+        );
+    }
+    let started = std::time::Instant::now();
+    let vectors = texts
+        .iter()
+        .zip(keys)
+        .map(|(text, key)| {
+            cached
+                .entry(key)
+                .or_insert_with(|| match kind {
+                    Embedding::Passage => embedder.passage(text),
+                    Embedding::Query => embedder.query(text),
+                })
+                .clone()
+        })
+        .collect();
+    if missing > 0 {
+        tracing::info!(
+            texts = missing,
+            seconds = started.elapsed().as_secs_f32(),
+            "texts embedded"
+        );
+        // Re-read: another process may have added vectors meanwhile.
+        let mut merged = read_cache(cache_path, dimensions);
+        merged.extend(cached);
+        if let Err(err) = write_cache(cache_path, dimensions, &merged) {
+            tracing::warn!(path = %cache_path.display(), "cannot save the vectors: {err}");
+        }
+    }
+    vectors
+}
+
 impl Semantic {
     /// Embeds `texts` (one per passage), reusing the vectors cached in
     /// `cache_path` for texts seen before, and adds the new ones to it.
     pub fn build(embedder: Arc<Embedder>, texts: &[String], cache_path: &Path) -> Self {
-        let dimensions = embedder.dimensions();
-        let mut cached = read_cache(cache_path, dimensions);
-        let keys: Vec<[u8; 16]> = texts.iter().map(|text| key_of(text)).collect();
-        let missing = keys.iter().filter(|key| !cached.contains_key(*key)).count();
-        if missing > 0 {
-            tracing::info!(
-                passages = missing,
-                cache = %cache_path.display(),
-                "embedding passages for semantic search (once; their vectors are cached)"
-            );
-        }
-        let started = std::time::Instant::now();
-        let mut vectors = Vec::with_capacity(texts.len() * dimensions);
-        for (text, key) in texts.iter().zip(keys) {
-            let vector = cached.entry(key).or_insert_with(|| embedder.passage(text));
-            vectors.extend_from_slice(vector);
-        }
-        if missing > 0 {
-            tracing::info!(
-                passages = missing,
-                seconds = started.elapsed().as_secs_f32(),
-                "passages embedded"
-            );
-            // Re-read: another process may have added vectors meanwhile.
-            let mut merged = read_cache(cache_path, dimensions);
-            merged.extend(cached);
-            if let Err(err) = write_cache(cache_path, dimensions, &merged) {
-                tracing::warn!(path = %cache_path.display(), "cannot save the passage vectors: {err}");
-            }
-        }
+        let vectors = embed_cached(&embedder, texts, cache_path, Embedding::Passage)
+            .into_iter()
+            .flatten()
+            .collect();
         Self { embedder, vectors }
     }
 
