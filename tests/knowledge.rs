@@ -573,3 +573,39 @@ async fn greetings_and_thanks_of_any_wording_get_the_templates_and_no_passage() 
     );
     assert!(harness.engine.requests().is_empty(), "no model call");
 }
+
+#[tokio::test]
+async fn asking_whether_the_shop_has_a_thing_it_never_writes_about_is_not_answered_with_its_neighbours(
+) {
+    let data = tempfile::tempdir().unwrap();
+    let kb_dir = tempfile::tempdir().unwrap();
+    write(
+        kb_dir.path(),
+        "en/payment.md",
+        "# Payment\n\n## Cards\nWe accept Visa, Mastercard and American Express credit cards. The card is charged when the order ships.\n",
+    );
+    write(
+        kb_dir.path(),
+        "zh/payment.md",
+        "# 支付\n\n## 信用卡\n我们接受 Visa、Mastercard 和美国运通信用卡。订单发货时扣款。\n",
+    );
+    let harness = grounded_harness(
+        data.path(),
+        kb_dir.path(),
+        "default_reply = \"We accept Visa, Mastercard and American Express credit cards.\"\n",
+    );
+    run_messages(
+        &harness,
+        vec![
+            message("lee", "Is there a store credit card with cashback?"),
+            message("lee", "Do you take credit cards?"),
+            message("mei", "有没有返现的联名信用卡？"),
+        ],
+    )
+    .await;
+    let english = harness.channel.texts("lee");
+    assert!(english[0].contains("don't know"), "{}", english[0]);
+    assert!(english[1].contains("American Express"), "{}", english[1]);
+    let chinese = harness.channel.texts("mei");
+    assert!(chinese[0].contains("不知道"), "{}", chinese[0]);
+}

@@ -241,7 +241,11 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
             sources: vec![source_of(faq)],
         });
     }
-    if !retrieval.found() {
+    // "Do you sell X?" where the shop never writes X: a passage about its
+    // neighbours (other products, other cards) does not answer it.
+    let unknown_thing = crate::knowledge::text::asks_existence(text)
+        && !knowledge.unknown_topic_units(text).is_empty();
+    if !retrieval.found() || unknown_thing {
         return Ok(AnswerPlan::Fixed {
             text: a.ctx.prompts.text(locale, Template::NotFound).to_string(),
             sources: Vec::new(),

@@ -816,6 +816,17 @@ impl KnowledgeBase {
         )
     }
 
+    /// Topic units of `question` that no passage holds, under any of their
+    /// synonyms: words the shop never wrote.
+    pub fn unknown_topic_units(&self, question: &str) -> Vec<String> {
+        let searcher = self.reader.searcher();
+        topic_units(question)
+            .into_iter()
+            .filter(|unit| self.passages_holding(&searcher, unit) == 0)
+            .map(|unit| unit.term)
+            .collect()
+    }
+
     /// Passages holding each topic unit of `question`, in the order of
     /// `Retrieval::units` (for `eval retrieval --details`).
     pub fn topic_unit_passages(&self, question: &str) -> Vec<u64> {

@@ -257,6 +257,44 @@ fn jieba() -> &'static jieba_rs::Jieba {
     JIEBA.get_or_init(jieba_rs::Jieba::new)
 }
 
+/// Whether `question` asks whether the shop has or offers something ("do
+/// you sell gift wrapping", "is there an app", "有没有联名信用卡"): then the
+/// thing must be one the shop writes about, not merely a word of it.
+pub fn asks_existence(question: &str) -> bool {
+    let lowered = question.to_lowercase();
+    // "Is there a way to pay later?" asks how, not whether a thing exists.
+    if ["is there a way", "is there any way", "are there ways"]
+        .iter()
+        .any(|cue| lowered.contains(cue))
+    {
+        return false;
+    }
+    let english = [
+        "do you have",
+        "do you sell",
+        "do you offer",
+        "do you provide",
+        "do you stock",
+        "do you carry",
+        "do you do ",
+        "have you got",
+        "is there",
+        "are there",
+    ];
+    if english.iter().any(|cue| lowered.contains(cue)) {
+        return true;
+    }
+    let trimmed = lowered.trim_end_matches(['?', '？', '。', '！', '!', ' ']);
+    let asks = trimmed.ends_with('吗') || trimmed.ends_with('么');
+    ["有没有", "有无", "是否有", "是否提供"]
+        .iter()
+        .any(|cue| lowered.contains(cue))
+        || (asks
+            && ["你们有", "贵店有", "店里有", "你们卖", "你们提供", "有卖"]
+                .iter()
+                .any(|cue| lowered.contains(cue)))
+}
+
 /// The words of a Han run, as jieba's dictionary cuts them.
 pub fn han_words(piece: &str) -> Vec<String> {
     jieba()
@@ -690,6 +728,26 @@ fn term_covered(term: &str, passage_tokens: &HashSet<String>, passage_text: &str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn questions_of_whether_the_shop_has_a_thing_are_told_from_how_questions() {
+        for asks in [
+            "Do you sell camping stoves?",
+            "is there a Northwind credit card",
+            "有没有联名信用卡",
+            "你们有实体店吗？",
+        ] {
+            assert!(asks_existence(asks), "{asks}");
+        }
+        for other in [
+            "is there a way to pay later?",
+            "how long does delivery take",
+            "你们多久发货",
+            "我有优惠码，怎么用？",
+        ] {
+            assert!(!asks_existence(other), "{other}");
+        }
+    }
 
     #[test]
     fn words_are_stemmed_and_chinese_is_segmented() {
