@@ -136,14 +136,18 @@ pub(super) fn recommendations(
 
 /// `concierge classify`: one JSON verdict per line of stdin.
 pub(super) fn classify(config: &Config) -> anyhow::Result<()> {
-    let classifier = intent::load_or_train(&config.store.data_dir, &config.escalation.intents_dir)?;
+    // As the daemon decides: with the meaning judge when it is on.
+    let classifier = super::block_on(app::load_classifier(config))?;
     let mut out = std::io::stdout().lock();
     for line in std::io::stdin().lock().lines() {
         let line = line.context("reading stdin")?;
         if line.trim().is_empty() {
             continue;
         }
-        let result = classifier.classify(line.trim());
+        let mut result = classifier.classify(line.trim());
+        if let Some(judge) = classifier.meaning() {
+            judge.decide(&mut result);
+        }
         writeln!(out, "{}", serde_json::to_string(&result)?)?;
     }
     Ok(())

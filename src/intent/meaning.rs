@@ -177,6 +177,14 @@ impl MeaningJudge {
     pub fn probability(&self, text: &str) -> f32 {
         self.model.probability(&self.embedder.query(text))
     }
+
+    /// Settles `result` by meaning too when it lies in the band.
+    pub fn decide(&self, result: &mut Classification) {
+        if self.band.holds(result) {
+            let probability = self.probability(&result.text);
+            settle(result, probability);
+        }
+    }
 }
 
 /// `result` with the word classifier's escalation probability averaged with
