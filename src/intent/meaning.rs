@@ -368,7 +368,7 @@ mod tests {
         let model = MeaningModel::fit(&vectors, &labels).unwrap();
         assert!(model.probability(&[0.3, 0.5, 0.0]) > 0.8);
         assert!(model.probability(&[-0.3, 0.5, 0.0]) < 0.2);
-        assert!(MeaningModel::fit(&vectors, &vec![true; 40]).is_none());
+        assert!(MeaningModel::fit(&vectors, &[true; 40]).is_none());
     }
 
     #[test]
