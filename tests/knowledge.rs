@@ -494,10 +494,10 @@ fn on_the_demo_evaluation_no_lie_of_the_adversarial_engine_reaches_a_customer() 
         }
     }
     let share = |key: &str| report[key].as_f64().unwrap();
-    // Measured 0.722 correct, 0.10 invented on these rows (README); the
+    // Measured 0.734 correct, 0.05 invented on these rows (README); the
     // floor leaves room for the timing of the first-text deadline.
-    assert!(share("correct") >= 0.65, "{report}");
-    assert!(share("invented") <= 0.25, "{report}");
+    assert!(share("correct") >= 0.68, "{report}");
+    assert!(share("invented") <= 0.15, "{report}");
 }
 
 #[tokio::test]

@@ -104,6 +104,17 @@ pub struct Measured {
     pub median_ms: f64,
 }
 
+impl Measured {
+    /// Counts one decision that was right or wrong before and after.
+    pub fn count(&mut self, (was_right, now_right): (bool, bool)) {
+        match (was_right, now_right) {
+            (false, true) => self.fixed += 1,
+            (true, false) => self.broken += 1,
+            _ => {}
+        }
+    }
+}
+
 /// Asks `llm` about every judged message in `band` and settles it by the
 /// verdict, as the pipeline would.
 pub async fn measure(
@@ -123,19 +134,7 @@ pub async fn measure(
     let mut measured = Measured::default();
     let mut times = Vec::new();
     for one in judged.iter_mut() {
-        let mut result = Classification {
-            text: one.text.clone(),
-            lang: one.lang,
-            intent: one.intent,
-            escalate: one.escalate,
-            confidence: if one.escalate {
-                one.probability
-            } else {
-                1.0 - one.probability
-            },
-            evident: one.evident,
-            praise: false,
-        };
+        let mut result = one.classification();
         if !band.holds(&result) {
             continue;
         }
@@ -148,18 +147,7 @@ pub async fn measure(
         };
         measured.answered += 1;
         settle(&mut result, needs_person, band);
-        let should = Intent::from_label(&one.label).is_some_and(Intent::escalates);
-        let right = result.escalate == should;
-        match (one.right, right) {
-            (false, true) => measured.fixed += 1,
-            (true, false) => measured.broken += 1,
-            _ => {}
-        }
-        one.intent = result.intent;
-        one.escalate = result.escalate;
-        one.probability = result.escalation_probability();
-        one.right = right;
-        one.evident = result.evident;
+        measured.count(one.take(&result));
     }
     times.sort_by(f64::total_cmp);
     measured.median_ms = times.get(times.len() / 2).copied().unwrap_or(0.0);

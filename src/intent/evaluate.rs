@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use serde::Serialize;
 
 use super::calibration::{self, Reliability};
-use super::{escalation_threshold, Classifier, Example, Intent, TrainOptions};
+use super::{escalation_threshold, Classification, Classifier, Example, Intent, TrainOptions};
 use crate::language;
 use crate::prompts::Locale;
 
@@ -124,6 +124,38 @@ pub struct Judged {
     pub right: bool,
     /// Whether the text shows the evidence an automatic hand-off needs.
     pub evident: bool,
+}
+
+impl Judged {
+    /// The classification this verdict stands for.
+    pub fn classification(&self) -> Classification {
+        Classification {
+            text: self.text.clone(),
+            lang: self.lang,
+            intent: self.intent,
+            escalate: self.escalate,
+            confidence: if self.escalate {
+                self.probability
+            } else {
+                1.0 - self.probability
+            },
+            evident: self.evident,
+            praise: false,
+        }
+    }
+
+    /// Takes `result` as the verdict (a tie-break's); returns whether the
+    /// verdict was right before and whether it is now.
+    pub fn take(&mut self, result: &Classification) -> (bool, bool) {
+        let was_right = self.right;
+        let should = Intent::from_label(&self.label).is_some_and(Intent::escalates);
+        self.right = result.escalate == should;
+        self.intent = result.intent;
+        self.escalate = result.escalate;
+        self.probability = result.escalation_probability();
+        self.evident = result.evident;
+        (was_right, self.right)
+    }
 }
 
 fn normalised(text: &str) -> String {

@@ -241,31 +241,9 @@ pub fn measure(
     };
     for (&at, vector) in in_band.iter().zip(&vectors) {
         let one = &mut judged[at];
-        let mut result = Classification {
-            text: String::new(),
-            lang: one.lang,
-            intent: one.intent,
-            escalate: one.escalate,
-            confidence: if one.escalate {
-                one.probability
-            } else {
-                1.0 - one.probability
-            },
-            evident: one.evident,
-            praise: false,
-        };
+        let mut result = one.classification();
         settle(&mut result, model.probability(vector));
-        let should = Intent::from_label(&one.label).is_some_and(Intent::escalates);
-        let right = result.escalate == should;
-        match (one.right, right) {
-            (false, true) => measured.fixed += 1,
-            (true, false) => measured.broken += 1,
-            _ => {}
-        }
-        one.intent = result.intent;
-        one.escalate = result.escalate;
-        one.probability = result.escalation_probability();
-        one.right = right;
+        measured.count(one.take(&result));
     }
     measured
 }
