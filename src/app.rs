@@ -197,9 +197,41 @@ pub fn kb_index_dir(config: &Config) -> std::path::PathBuf {
 }
 
 /// Imports the configured knowledge (or the demo shop into an empty store)
-/// and opens the search index. Import problems are logged, not fatal: the
-/// documents that could be read are served.
+/// and opens the search index, with search by meaning when it is on (every
+/// passage embedded before it returns). Import problems are logged, not
+/// fatal: the documents that could be read are served.
 pub fn load_knowledge(config: &Config, store: &Store) -> anyhow::Result<KnowledgeBase> {
+    let knowledge = load_knowledge_by_words(config, store)?;
+    if let Some((embedder, cache)) = semantic_parts(config, &knowledge) {
+        knowledge.embed_passages(embedder, &cache)?;
+    }
+    Ok(knowledge)
+}
+
+/// The embedding model and the vector cache when search by meaning is on
+/// and there are passages; `None` (logged) when the model cannot be had.
+fn semantic_parts(
+    config: &Config,
+    knowledge: &KnowledgeBase,
+) -> Option<(Arc<knowledge::embed::Embedder>, std::path::PathBuf)> {
+    if !config.knowledge.semantic || knowledge.passages() == 0 {
+        return None;
+    }
+    match load_embedder(&config.knowledge.embedder_path, 0) {
+        Ok(embedder) => Some((
+            Arc::new(embedder),
+            embedding_cache(&config.knowledge.embedder_path),
+        )),
+        Err(err) => {
+            // Searching by words alone still answers; say why meaning is off.
+            tracing::warn!("semantic search is off: {err:#}");
+            None
+        }
+    }
+}
+
+/// `load_knowledge` without search by meaning.
+fn load_knowledge_by_words(config: &Config, store: &Store) -> anyhow::Result<KnowledgeBase> {
     let sources = if !config.knowledge.paths.is_empty() {
         config.knowledge.paths.clone()
     } else if config.knowledge.demo && store.kb_docs()?.is_empty() {
@@ -227,21 +259,7 @@ pub fn load_knowledge(config: &Config, store: &Store) -> anyhow::Result<Knowledg
         );
     }
     let index_dir = kb_index_dir(config);
-    let knowledge = KnowledgeBase::open(store, &index_dir)?;
-    if !config.knowledge.semantic || knowledge.passages() == 0 {
-        return Ok(knowledge);
-    }
-    match load_embedder(&config.knowledge.embedder_path, 0) {
-        Ok(embedder) => {
-            let cache = embedding_cache(&config.knowledge.embedder_path);
-            Ok(knowledge.with_semantic(Arc::new(embedder), &cache)?)
-        }
-        Err(err) => {
-            // Searching by words alone still answers; say why meaning is off.
-            tracing::warn!("semantic search is off: {err:#}");
-            Ok(knowledge)
-        }
-    }
+    Ok(KnowledgeBase::open(store, &index_dir)?)
 }
 
 /// The cache of vectors made with the embedding model at `path`, beside it.
@@ -341,15 +359,46 @@ async fn refit_periodically(
     }
 }
 
+/// Passages a start embeds before it answers; with more to embed, the
+/// daemon answers by words at once and turns meaning on when they are done.
+const EMBED_BEFORE_START: usize = 100;
+
+/// `load_knowledge` off the async workers. Unless `wait`, a large first
+/// embedding (more than `EMBED_BEFORE_START` passages not yet cached) runs
+/// in the background while the base answers by words.
 async fn load_knowledge_async(
     config: &Config,
     store: &Store,
+    wait: bool,
 ) -> anyhow::Result<Arc<KnowledgeBase>> {
     let (config, store) = (config.clone(), store.clone());
-    let knowledge = tokio::task::spawn_blocking(move || load_knowledge(&config, &store))
-        .await
-        .context("knowledge task failed")??;
-    Ok(Arc::new(knowledge))
+    let knowledge = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let knowledge = Arc::new(load_knowledge_by_words(&config, &store)?);
+        let Some((embedder, cache)) = semantic_parts(&config, &knowledge) else {
+            return Ok(knowledge);
+        };
+        let to_embed = knowledge.passages_to_embed(embedder.dimensions(), &cache)?;
+        if wait || to_embed <= EMBED_BEFORE_START {
+            knowledge.embed_passages(embedder, &cache)?;
+            return Ok(knowledge);
+        }
+        tracing::info!(
+            passages = to_embed,
+            "search by meaning starts once these passages are embedded; until then, by words"
+        );
+        let background = Arc::clone(&knowledge);
+        std::thread::Builder::new()
+            .name("embed-passages".into())
+            .spawn(move || match background.embed_passages(embedder, &cache) {
+                Ok(()) => tracing::info!("search by meaning is on"),
+                Err(err) => tracing::warn!("search by meaning stays off: {err}"),
+            })
+            .context("cannot start the embedding thread")?;
+        Ok(knowledge)
+    })
+    .await
+    .context("knowledge task failed")??;
+    Ok(knowledge)
 }
 
 /// The parts a conversation pipeline is built from.
@@ -485,7 +534,8 @@ pub async fn eval_answers(
     let classifier = load_classifier(&config).await?;
     let store = open_store(&config).await?;
     let prompts = Prompts::load(&config.chat.prompts_dir)?;
-    let knowledge = load_knowledge_async(&config, &store).await?;
+    // Measured with every passage embedded.
+    let knowledge = load_knowledge_async(&config, &store, true).await?;
     let recommender = load_ranker_async(&config, &store).await?;
     let llm = build_engine(&config).await?;
     let channel = Arc::new(crate::eval::answers::RecordingChannel::default());
@@ -522,7 +572,7 @@ pub async fn chat(
     let health = Health::default();
     health.set_store(ComponentState::Ready);
     let prompts = Prompts::load(&config.chat.prompts_dir)?;
-    let knowledge = load_knowledge_async(config, &store).await?;
+    let knowledge = load_knowledge_async(config, &store, false).await?;
     let recommender = load_ranker_async(config, &store).await?;
     let classifier = load_classifier(config).await?;
     let llm = build_engine(config).await?;
@@ -693,7 +743,7 @@ pub async fn serve(config: &Config, shutdown: impl Future<Output = ()>) -> anyho
     if adapters.is_empty() {
         tracing::warn!("no channel is enabled; only the operator API runs");
     }
-    let knowledge = load_knowledge_async(config, &store).await?;
+    let knowledge = load_knowledge_async(config, &store, false).await?;
     let recommender = load_ranker_async(config, &store).await?;
     let classifier = load_classifier(config).await?;
 

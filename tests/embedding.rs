@@ -149,10 +149,30 @@ fn semantic_search_finds_a_paraphrase_that_shares_no_word() {
     );
 
     let embedder = Arc::new(Embedder::load(&repo().join("models").join(MODEL_FILE), 2).unwrap());
-    let with_meaning = KnowledgeBase::open(&store, &index)
-        .unwrap()
-        .with_semantic(embedder, &data.path().join("vectors"))
+    let vectors = data.path().join("vectors");
+    // Embedded in the background, as a daemon with many new passages does:
+    // the base answers by words meanwhile.
+    let with_meaning = Arc::new(KnowledgeBase::open(&store, &index).unwrap());
+    assert_eq!(
+        with_meaning.passages_to_embed(384, &vectors).unwrap(),
+        with_meaning.passages()
+    );
+    assert!(!with_meaning.semantic_ready());
+    let background = Arc::clone(&with_meaning);
+    let embedding = std::thread::spawn(move || background.embed_passages(embedder, &vectors));
+    let meanwhile = with_meaning
+        .retrieve("how long does delivery take", 3)
         .unwrap();
+    assert_eq!(meanwhile.hits[0].doc, "delivery.md");
+    embedding.join().unwrap().unwrap();
+    assert!(with_meaning.semantic_ready());
+    assert_eq!(
+        with_meaning
+            .passages_to_embed(384, &data.path().join("vectors"))
+            .unwrap(),
+        0,
+        "every vector is cached"
+    );
     let found = with_meaning.retrieve(question, 3).unwrap();
     assert_eq!(found.hits[0].doc, "boots.md", "{:?}", found.hits);
     // Closeness in meaning alone does not make an answer: with no word of

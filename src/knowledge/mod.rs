@@ -16,6 +16,7 @@ pub mod text;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 use tantivy::collector::TopDocs;
@@ -439,8 +440,9 @@ pub struct KnowledgeBase {
     reader: IndexReader,
     fields: Fields,
     passages: usize,
-    /// Semantic search, when on: vectors in the order of `addresses`.
-    semantic: Option<(semantic::Semantic, Vec<DocAddress>)>,
+    /// Semantic search, when on: vectors in the order of `addresses`. Set
+    /// later when the passages are embedded in the background.
+    semantic: std::sync::RwLock<Option<Arc<(semantic::Semantic, Vec<DocAddress>)>>>,
     spelling: spelling::Spelling,
 }
 
@@ -486,7 +488,7 @@ impl KnowledgeBase {
             reader,
             fields,
             passages,
-            semantic: None,
+            semantic: Default::default(),
             spelling: spelling::Spelling::default(),
         };
         let stored = kb.stored_passages()?;
@@ -549,7 +551,7 @@ impl KnowledgeBase {
             reader,
             fields,
             passages,
-            semantic: None,
+            semantic: Default::default(),
             spelling,
         })
     }
@@ -559,21 +561,45 @@ impl KnowledgeBase {
         self.passages
     }
 
-    /// Turns on semantic search with `embedder`: every passage is embedded
-    /// (or its vector read from the cache file `cache`).
-    pub fn with_semantic(
-        mut self,
-        embedder: std::sync::Arc<embed::Embedder>,
+    /// Passages whose vectors are not in `cache` yet: what turning semantic
+    /// search on would embed.
+    pub fn passages_to_embed(&self, dimensions: usize, cache: &Path) -> Result<usize, KbError> {
+        let texts: Vec<String> = self.semantic_texts()?.1;
+        Ok(semantic::missing(&texts, dimensions, cache))
+    }
+
+    /// Embeds every passage (or reads its vector from `cache`) and turns
+    /// semantic search on; until then, search is by words. Safe to call
+    /// from another thread while the base answers.
+    pub fn embed_passages(
+        &self,
+        embedder: Arc<embed::Embedder>,
         cache: &Path,
-    ) -> Result<Self, KbError> {
-        let (addresses, texts): (Vec<DocAddress>, Vec<String>) = self
+    ) -> Result<(), KbError> {
+        let (addresses, texts) = self.semantic_texts()?;
+        let semantic = semantic::Semantic::build(embedder, &texts, cache);
+        *self
+            .semantic
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(Arc::new((semantic, addresses)));
+        Ok(())
+    }
+
+    /// Whether search by meaning is on (its passages embedded).
+    pub fn semantic_ready(&self) -> bool {
+        self.semantic
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+
+    fn semantic_texts(&self) -> Result<(Vec<DocAddress>, Vec<String>), KbError> {
+        Ok(self
             .stored_passages()?
             .into_iter()
             .map(|(address, hit)| (address, format!("{}\n{}", hit.title, hit.passage)))
-            .unzip();
-        let semantic = semantic::Semantic::build(embedder, &texts, cache);
-        self.semantic = Some((semantic, addresses));
-        Ok(self)
+            .unzip())
     }
 
     /// Every passage in the index, with its address.
@@ -642,7 +668,12 @@ impl KnowledgeBase {
     ) -> Result<Ranked, KbError> {
         let path = PathBuf::from("(index)");
         let query = self.query(question);
-        let Some((semantic, addresses)) = &self.semantic else {
+        let semantic_index = self
+            .semantic
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some((semantic, addresses)) = semantic_index.as_deref() else {
             let top = searcher
                 .search(&*query, &TopDocs::with_limit(limit).order_by_score())
                 .map_err(|err| index_error(&path, err))?;

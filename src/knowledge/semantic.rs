@@ -119,6 +119,15 @@ impl Semantic {
     }
 }
 
+/// How many of `texts` (passages) have no vector in `cache_path` yet.
+pub fn missing(texts: &[String], dimensions: usize, cache_path: &Path) -> usize {
+    let cached = read_cache(cache_path, dimensions);
+    texts
+        .iter()
+        .filter(|text| !cached.contains_key(&key_of(text)))
+        .count()
+}
+
 fn read_cache(path: &Path, dimensions: usize) -> HashMap<[u8; 16], Vec<f32>> {
     let mut cache = HashMap::new();
     let Ok(bytes) = std::fs::read(path) else {
