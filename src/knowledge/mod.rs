@@ -434,6 +434,9 @@ fn schema() -> (Schema, Fields) {
     (builder.build(), fields)
 }
 
+/// Passage vectors with the passages they belong to, in the same order.
+type SemanticIndex = (semantic::Semantic, Vec<DocAddress>);
+
 /// The searchable knowledge base.
 pub struct KnowledgeBase {
     index: Index,
@@ -442,7 +445,7 @@ pub struct KnowledgeBase {
     passages: usize,
     /// Semantic search, when on: vectors in the order of `addresses`. Set
     /// later when the passages are embedded in the background.
-    semantic: std::sync::RwLock<Option<Arc<(semantic::Semantic, Vec<DocAddress>)>>>,
+    semantic: std::sync::RwLock<Option<Arc<SemanticIndex>>>,
     spelling: spelling::Spelling,
 }
 
