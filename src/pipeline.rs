@@ -657,11 +657,19 @@ impl Pipeline {
         };
         let judge = self.classifier.as_ref().and_then(|c| c.meaning()).cloned();
         if let Some(judge) = judge.filter(|judge| judge.band().holds(result)) {
-            let text = result.text.clone();
-            match tokio::task::spawn_blocking(move || judge.probability(&text)).await {
-                Ok(probability) => {
-                    tracing::debug!(probability, "judged by meaning in the uncertain band");
-                    crate::intent::meaning::settle(result, probability);
+            let mut judged = result.clone();
+            match tokio::task::spawn_blocking(move || {
+                judge.decide(&mut judged);
+                judged
+            })
+            .await
+            {
+                Ok(judged) => {
+                    tracing::debug!(
+                        escalate = judged.escalate,
+                        "judged by meaning in the uncertain band"
+                    );
+                    *result = judged;
                     return;
                 }
                 Err(err) => tracing::warn!("the meaning judge failed: {err}"),

@@ -222,9 +222,13 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
     let Some(knowledge) = a.knowledge.filter(|kb| kb.passages() > 0) else {
         return Ok(plain);
     };
-    // The documents are searched for the request alone.
-    let text = &knowledge.repair_spelling(super::small_talk::without_social_clauses(text));
-    let retrieval = knowledge.retrieve(text, a.settings.top_k)?;
+    // The documents are searched for the request alone, typos repaired; the
+    // steps below work on that same question.
+    let retrieval = knowledge.retrieve(
+        super::small_talk::without_social_clauses(text),
+        a.settings.top_k,
+    )?;
+    let text = &retrieval.question.clone();
     let source_of = |hit: &Hit| SourceRef {
         doc: hit.doc.clone(),
         title: hit.title.clone(),
@@ -356,6 +360,7 @@ pub(crate) fn documents_answer(knowledge: &KnowledgeBase, text: &str, top_k: usi
     let Ok(retrieval) = knowledge.retrieve(text, top_k) else {
         return false;
     };
+    let text = retrieval.question.as_str();
     if retrieval.faq_answer().is_some() {
         return true;
     }

@@ -331,6 +331,8 @@ type Ranked = (Vec<(f32, DocAddress)>, Option<f32>);
 /// What retrieval concluded for a question.
 #[derive(Clone, Debug)]
 pub struct Retrieval {
+    /// The question searched for: the one asked, typos repaired.
+    pub question: String,
     /// Hits, best first.
     pub hits: Vec<Hit>,
     /// Share of the question's words found in the best-covering top passage.
@@ -623,7 +625,7 @@ impl KnowledgeBase {
     }
 
     /// `question` with typos repaired against the shop's own words.
-    pub fn repair_spelling(&self, question: &str) -> String {
+    fn repair_spelling(&self, question: &str) -> String {
         let repaired = self.spelling.repair(question);
         if repaired != question {
             tracing::debug!(%repaired, "spelling repaired");
@@ -793,16 +795,16 @@ impl KnowledgeBase {
 
     /// Searches and judges whether the best hit answers the question.
     pub fn retrieve(&self, question: &str, k: usize) -> Result<Retrieval, KbError> {
-        let question = &self.repair_spelling(question);
+        let question = self.repair_spelling(question);
         let searcher = self.reader.searcher();
         let path = PathBuf::from("(index)");
         // At least the passages the "not found" decision looks at.
-        let (top, similarity) = self.ranked(&searcher, question, k.max(COVERAGE_HITS))?;
+        let (top, similarity) = self.ranked(&searcher, &question, k.max(COVERAGE_HITS))?;
         let mut hits = Vec::with_capacity(top.len());
         for (score, address) in top {
             hits.push(self.hit_at(&searcher, address, score, &path)?);
         }
-        let units = topic_units(question);
+        let units = topic_units(&question);
         // The best of the top passages: a question may be answered by the
         // second passage of a document as well as by the first.
         let mut words = text::word_analyzer();
@@ -824,6 +826,7 @@ impl KnowledgeBase {
             })
             .collect::<Vec<_>>();
         Ok(Retrieval {
+            question,
             hits,
             coverage: coverages.iter().copied().fold(0.0, f32::max),
             first_coverage: coverages.first().copied().unwrap_or(0.0),
