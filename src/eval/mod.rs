@@ -202,7 +202,7 @@ pub fn retrieval(
             units: retrieval
                 .units
                 .iter()
-                .zip(kb.topic_unit_passages(&labelled.question))
+                .zip(kb.topic_unit_passages(&retrieval.question))
                 .map(|(unit, passages)| UnitDetail {
                     term: &unit.term,
                     passages,
