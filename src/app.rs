@@ -178,11 +178,17 @@ fn pipeline_settings(config: &Config) -> PipelineSettings {
         tiebreak: config
             .escalation
             .model_tiebreak
-            .then_some(crate::escalation::tiebreak::Band {
-                from: config.escalation.tiebreak_from as f32,
-                to: config.escalation.auto_min_confidence as f32,
-            }),
+            .then_some(tiebreak_band(config)),
         privacy: config.privacy.clone(),
+    }
+}
+
+/// The classifier's uncertain band, from `escalation.tiebreak_from` up to
+/// `auto_min_confidence`: what the model or the meaning judge settles.
+pub fn tiebreak_band(config: &Config) -> crate::escalation::tiebreak::Band {
+    crate::escalation::tiebreak::Band {
+        from: config.escalation.tiebreak_from as f32,
+        to: config.escalation.auto_min_confidence as f32,
     }
 }
 
@@ -438,10 +444,7 @@ pub async fn load_classifier(config: &Config) -> anyhow::Result<Arc<crate::inten
         let files = crate::intent::default_training_files(&config.escalation.intents_dir)?;
         let examples = crate::intent::read_all_examples(&files, None, None)?;
         let (embedder, model) = load_meaning_model(&config, &examples)?;
-        let band = crate::escalation::tiebreak::Band {
-            from: config.escalation.tiebreak_from as f32,
-            to: config.escalation.auto_min_confidence as f32,
-        };
+        let band = tiebreak_band(&config);
         Ok(crate::intent::meaning::MeaningJudge::new(
             embedder, model, band,
         ))

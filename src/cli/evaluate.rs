@@ -77,10 +77,7 @@ pub(super) fn intents(
             }
             judged.push(one.clone());
         });
-    let band = tiebreak::Band {
-        from: config.escalation.tiebreak_from as f32,
-        to: auto as f32,
-    };
+    let band = app::tiebreak_band(config);
     if meaning {
         let (embedder, model) = app::load_meaning_model(config, &base)?;
         let cache = app::embedding_cache(&config.knowledge.embedder_path);

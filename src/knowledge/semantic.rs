@@ -25,7 +25,15 @@ pub struct Semantic {
     vectors: Vec<f32>,
 }
 
-/// The key of a passage's text in the cache.
+/// The key of a text's vector in the cache: a query's vector differs from
+/// the same text's as a passage.
+fn cache_key(text: &str, kind: Embedding) -> [u8; 16] {
+    match kind {
+        Embedding::Passage => key_of(text),
+        Embedding::Query => key_of(&format!("query: {text}")),
+    }
+}
+
 fn key_of(text: &str) -> [u8; 16] {
     let digest = Sha256::digest(text.as_bytes());
     let mut key = [0u8; 16];
@@ -52,14 +60,7 @@ pub fn embed_cached(
 ) -> Vec<Vec<f32>> {
     let dimensions = embedder.dimensions();
     let mut cached = read_cache(cache_path, dimensions);
-    // A query's vector differs from the same text's as a passage.
-    let keys: Vec<[u8; 16]> = texts
-        .iter()
-        .map(|text| match kind {
-            Embedding::Passage => key_of(text),
-            Embedding::Query => key_of(&format!("query: {text}")),
-        })
-        .collect();
+    let keys: Vec<[u8; 16]> = texts.iter().map(|text| cache_key(text, kind)).collect();
     let missing = keys.iter().filter(|key| !cached.contains_key(*key)).count();
     if missing > 0 {
         tracing::info!(
@@ -124,7 +125,7 @@ pub fn missing(texts: &[String], dimensions: usize, cache_path: &Path) -> usize 
     let cached = read_cache(cache_path, dimensions);
     texts
         .iter()
-        .filter(|text| !cached.contains_key(&key_of(text)))
+        .filter(|text| !cached.contains_key(&cache_key(text, Embedding::Passage)))
         .count()
 }
 
