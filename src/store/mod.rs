@@ -172,6 +172,36 @@ pub struct Store {
     /// Durable flushes made through this store (all clones), for tests and
     /// diagnostics.
     flushes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The async callers' flushes, made one after another by one task.
+    flush_queue: std::sync::Arc<FlushQueue>,
+}
+
+/// Async flush requests, numbered, and how far the flushes have got. One
+/// blocking task at a time flushes for every request made before it began,
+/// so a busy daemon makes one flush per disk round trip, and a request costs
+/// no thread of its own.
+#[derive(Default)]
+struct FlushQueue {
+    requested: std::sync::atomic::AtomicU64,
+    /// Whether a task is flushing (or about to).
+    running: std::sync::atomic::AtomicBool,
+    /// Database flushes made for them.
+    made: std::sync::atomic::AtomicU64,
+    progress: tokio::sync::watch::Sender<FlushProgress>,
+}
+
+/// The requests settled so far: made durable, or failed.
+#[derive(Clone, Debug, Default)]
+struct FlushProgress {
+    durable_through: u64,
+    failed_through: u64,
+    error: Option<std::sync::Arc<str>>,
+}
+
+impl FlushProgress {
+    fn settled_through(&self) -> u64 {
+        self.durable_through.max(self.failed_through)
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -227,6 +257,7 @@ impl Store {
             flush_requests: Default::default(),
             flushed_through: Default::default(),
             flushes: Default::default(),
+            flush_queue: Default::default(),
             meta: db.open_tree(TREE_META).map_err(map)?,
             path,
             db,
@@ -374,12 +405,29 @@ impl Store {
     /// Starts a flush that the caller waits for later (before the reply it
     /// must precede), so the disk works while other work goes on.
     pub fn flush_soon(&self) -> PendingFlush {
-        self.flushes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let store = self.clone();
+        use std::sync::atomic::Ordering;
+        self.flushes.fetch_add(1, Ordering::Relaxed);
+        let queue = &self.flush_queue;
+        let ticket = queue.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let progress = queue.progress.subscribe();
+        if queue
+            .running
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            let flusher = Flusher {
+                store: self.clone(),
+                finished: false,
+            };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(move || flusher.run())),
+                Err(_) => flusher.run(),
+            }
+        }
         PendingFlush {
             path: self.path.clone(),
-            task: Some(tokio::task::spawn_blocking(move || store.flush_coalesced())),
+            ticket: Some(ticket),
+            progress,
         }
     }
 
@@ -429,24 +477,102 @@ impl Store {
     }
 }
 
+/// The task that flushes for the queued requests until none is left.
+struct Flusher {
+    store: Store,
+    finished: bool,
+}
+
+impl Flusher {
+    fn run(mut self) {
+        use std::sync::atomic::Ordering;
+        let queue = std::sync::Arc::clone(&self.store.flush_queue);
+        loop {
+            let covers = queue.requested.load(Ordering::SeqCst);
+            let settled = queue.progress.borrow().settled_through();
+            if covers <= settled {
+                queue.running.store(false, Ordering::SeqCst);
+                // A request made after the load above found `running` set
+                // and left its flush to this task.
+                let again = queue.requested.load(Ordering::SeqCst) > settled
+                    && queue
+                        .running
+                        .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                        .is_ok();
+                if again {
+                    continue;
+                }
+                self.finished = true;
+                return;
+            }
+            let flushed = {
+                let _one = self.store.one_transaction();
+                queue.made.fetch_add(1, Ordering::Relaxed);
+                self.store.db.flush()
+            };
+            queue.progress.send_modify(|progress| match flushed {
+                Ok(_) => progress.durable_through = covers,
+                Err(err) => {
+                    progress.failed_through = covers;
+                    progress.error = Some(err.to_string().into());
+                }
+            });
+        }
+    }
+}
+
+impl Drop for Flusher {
+    /// Dropped unrun (the runtime is shutting down): its waiters are told,
+    /// and a later request starts another.
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        if self.finished {
+            return;
+        }
+        let queue = &self.store.flush_queue;
+        let requested = queue.requested.load(Ordering::SeqCst);
+        queue.progress.send_modify(|progress| {
+            progress.failed_through = progress.failed_through.max(requested);
+            progress.error = Some("the flush was not run: the daemon is stopping".into());
+        });
+        queue.running.store(false, Ordering::SeqCst);
+    }
+}
+
 /// A flush under way (`Store::flush_soon`). Dropped unwaited, it still
 /// completes.
 #[must_use = "wait for the flush before what it must precede"]
 pub struct PendingFlush {
     path: PathBuf,
-    task: Option<tokio::task::JoinHandle<Result<(), StoreError>>>,
+    /// `None` once waited for.
+    ticket: Option<u64>,
+    progress: tokio::sync::watch::Receiver<FlushProgress>,
 }
 
 impl PendingFlush {
     /// Waits until the flush is done; at once when it was waited for before.
     pub async fn wait(&mut self) -> Result<(), StoreError> {
-        let Some(task) = self.task.take() else {
+        let Some(ticket) = self.ticket.take() else {
             return Ok(());
         };
-        task.await.map_err(|err| StoreError::Io {
+        let failed = |detail: String| StoreError::Io {
             path: self.path.clone(),
-            detail: format!("flush task failed: {err}"),
-        })?
+            detail,
+        };
+        let progress = self
+            .progress
+            .wait_for(|progress| progress.settled_through() >= ticket)
+            .await
+            .map_err(|_| failed("the store closed before the flush".into()))?
+            .clone();
+        if progress.durable_through >= ticket {
+            Ok(())
+        } else {
+            Err(failed(format!(
+                "flush failed: {}",
+                progress.error.as_deref().unwrap_or("unknown error")
+            )))
+        }
     }
 }
 

@@ -16,6 +16,75 @@ pub(crate) fn reopen(dir: &Path) -> Result<Store, StoreError> {
     Store::open(dir)
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_flush_requests_share_one_database_flush_and_all_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let customer = store
+        .customer_for_identity("console", "alice", None)
+        .unwrap();
+    let conversation = store
+        .current_conversation(customer.id, "console", "alice")
+        .unwrap();
+    let made_before = store
+        .flush_queue
+        .made
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // With a transaction held, the flusher waits, so every request made
+    // meanwhile is settled by at most two flushes.
+    let mut pending = Vec::new();
+    {
+        let _held = store.one_transaction();
+        for index in 0..64 {
+            store
+                .append_message(conversation.id, Role::User, &format!("message {index}"))
+                .unwrap();
+            pending.push(store.flush_soon());
+        }
+    }
+    for flush in &mut pending {
+        flush.wait().await.unwrap();
+        flush.wait().await.unwrap();
+    }
+    let made = store
+        .flush_queue
+        .made
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - made_before;
+    assert!((1..=2).contains(&made), "{made} flushes for 64 requests");
+    // A request after the queue went idle starts a new flush.
+    store.flush().await.unwrap();
+    drop(pending);
+    drop(store);
+    let reopened = reopen(dir.path()).unwrap();
+    assert_eq!(
+        reopened
+            .conversation_messages(conversation.id)
+            .unwrap()
+            .len(),
+        64
+    );
+}
+
+#[test]
+fn a_flush_requested_outside_a_runtime_is_made_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut flush = store.flush_soon();
+    assert!(
+        !store
+            .flush_queue
+            .running
+            .load(std::sync::atomic::Ordering::SeqCst),
+        "made before flush_soon returned"
+    );
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(flush.wait())
+        .unwrap();
+}
+
 #[test]
 fn customers_conversations_and_messages_round_trip() {
     let dir = tempfile::tempdir().unwrap();
