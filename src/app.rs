@@ -223,11 +223,8 @@ fn semantic_parts(
     if !config.knowledge.semantic || knowledge.passages() == 0 {
         return None;
     }
-    match load_embedder(&config.knowledge.embedder_path, 0) {
-        Ok(embedder) => Some((
-            Arc::new(embedder),
-            embedding_cache(&config.knowledge.embedder_path),
-        )),
+    match shared_embedder(&config.knowledge.embedder_path, 0) {
+        Ok(embedder) => Some((embedder, embedding_cache(&config.knowledge.embedder_path))),
         Err(err) => {
             // Searching by words alone still answers; say why meaning is off.
             tracing::warn!("semantic search is off: {err:#}");
@@ -285,14 +282,38 @@ pub fn load_meaning_model(
     config: &Config,
     examples: &[crate::intent::Example],
 ) -> anyhow::Result<(
-    knowledge::embed::Embedder,
+    Arc<knowledge::embed::Embedder>,
     crate::intent::meaning::MeaningModel,
 )> {
-    let embedder = load_embedder(&config.knowledge.embedder_path, 0)?;
+    let embedder = shared_embedder(&config.knowledge.embedder_path, 0)?;
     let cache = embedding_cache(&config.knowledge.embedder_path);
     let model = crate::intent::meaning::MeaningModel::train(&embedder, examples, &cache)
         .context("the training files need messages that escalate and messages that do not")?;
     Ok((embedder, model))
+}
+
+/// The embedding model at `path` with `threads` compute threads, loaded
+/// once while anything holds it: search by meaning and the meaning judge
+/// share one copy (72 MB and a thread pool).
+pub fn shared_embedder(
+    path: &std::path::Path,
+    threads: usize,
+) -> anyhow::Result<Arc<knowledge::embed::Embedder>> {
+    type Loaded = HashMap<(std::path::PathBuf, usize), std::sync::Weak<knowledge::embed::Embedder>>;
+    static LOADED: std::sync::OnceLock<std::sync::Mutex<Loaded>> = std::sync::OnceLock::new();
+    let key = (path.to_path_buf(), threads);
+    // Held while loading, so two callers at once load one copy.
+    let mut loaded = LOADED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(embedder) = loaded.get(&key).and_then(std::sync::Weak::upgrade) {
+        return Ok(embedder);
+    }
+    let embedder = Arc::new(load_embedder(path, threads)?);
+    loaded.retain(|_, held| held.strong_count() > 0);
+    loaded.insert(key, Arc::downgrade(&embedder));
+    Ok(embedder)
 }
 
 /// The embedding model of `knowledge.embedder_path`, fetched by

@@ -306,4 +306,7 @@ fn with_meaning_tiebreak_on_the_classifier_carries_a_trained_judge() {
     let judge = classifier.meaning().expect("the meaning judge is on");
     assert!(judge.probability("Nothing works and your support ignores me, I'm fed up") >= 0.5);
     assert!(judge.probability("Lovely jacket, fits perfectly") < 0.5);
+    // Search by meaning, loaded now, gets the judge's copy of the model.
+    let shared = concierge::app::shared_embedder(&config.knowledge.embedder_path, 0).unwrap();
+    assert!(std::sync::Arc::ptr_eq(judge.embedder(), &shared));
 }

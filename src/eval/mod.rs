@@ -151,6 +151,9 @@ pub struct QuestionOutcome<'a> {
     pub found: bool,
     /// Coverage of the question by the best passage.
     pub coverage: f32,
+    /// Closeness in meaning (cosine) to the closest passage, with search by
+    /// meaning on.
+    pub similarity: Option<f32>,
     /// The question's topic units: passages holding each, and which top
     /// passages do.
     pub units: Vec<UnitDetail<'a>>,
@@ -199,6 +202,7 @@ pub fn retrieval(
             top_docs: docs.iter().take(3).cloned().collect(),
             found,
             coverage: retrieval.coverage,
+            similarity: retrieval.similarity,
             units: retrieval
                 .units
                 .iter()

@@ -144,7 +144,7 @@ impl MeaningModel {
 /// The meaning model with the embedding model it reads, for the uncertain
 /// band of the word classifier.
 pub struct MeaningJudge {
-    embedder: Embedder,
+    embedder: std::sync::Arc<Embedder>,
     model: MeaningModel,
     band: Band,
 }
@@ -159,7 +159,7 @@ impl std::fmt::Debug for MeaningJudge {
 
 impl MeaningJudge {
     /// A judge of `band` with `model` over `embedder`'s vectors.
-    pub fn new(embedder: Embedder, model: MeaningModel, band: Band) -> Self {
+    pub fn new(embedder: std::sync::Arc<Embedder>, model: MeaningModel, band: Band) -> Self {
         Self {
             embedder,
             model,
@@ -170,6 +170,11 @@ impl MeaningJudge {
     /// The band it judges.
     pub fn band(&self) -> Band {
         self.band
+    }
+
+    /// The embedding model it reads messages with.
+    pub fn embedder(&self) -> &std::sync::Arc<Embedder> {
+        &self.embedder
     }
 
     /// Probability that `text` needs a person, by its meaning (one

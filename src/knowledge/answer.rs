@@ -102,6 +102,11 @@ pub fn select_weighted(
             analyze(&mut analyzer, &hit.title).into_iter().collect();
         let title_lowered = hit.title.to_lowercase();
         for (position, sentence) in sentences(&hit.passage).into_iter().enumerate() {
+            // "Yes." answers the question its FAQ entry asked, not
+            // necessarily this one.
+            if super::support::bare_verdict(sentence).is_some() {
+                continue;
+            }
             let tokens: HashSet<String> = analyze(&mut analyzer, sentence).into_iter().collect();
             let lowered = sentence.to_lowercase();
             let mut score = 0.0;
@@ -229,6 +234,24 @@ mod tests {
 
     fn extract(question: &str, best: &Hit) -> String {
         quote(&select(question, std::slice::from_ref(best), 4))
+    }
+
+    #[test]
+    fn a_bare_yes_is_never_selected_for_another_question() {
+        let faq = hit("可以。替换锂电池在“配件”分类中单独出售。");
+        let selected = select(
+            "带锂电池的头灯可以寄到英国吗",
+            std::slice::from_ref(&faq),
+            4,
+        );
+        assert!(selected.iter().all(|sentence| sentence.text != "可以。"));
+        let english = hit("Yes. Replacement batteries are sold separately.");
+        let selected = select(
+            "yes can you ship batteries",
+            std::slice::from_ref(&english),
+            4,
+        );
+        assert!(selected.iter().all(|sentence| sentence.text != "Yes."));
     }
 
     #[test]

@@ -226,7 +226,27 @@ impl Evidence {
                 .into_iter()
                 .filter(|unit| !POINTING.contains(&unit.term.as_str()))
                 .collect();
-            let support = self.support_of(clause, &claimed)?;
+            // A figure is bound to what it is said of: every word of the
+            // clause must be in the sentence that gives the figure ("€120"
+            // to Canada, where the shop's €120 is the EU threshold).
+            // The figures themselves are checked below, with their units.
+            let support = if clause_figures.is_empty() {
+                self.support_of(clause, &claimed, false)?
+            } else {
+                let words: Vec<QueryUnit> = claimed
+                    .iter()
+                    .filter(|unit| {
+                        let unit_of_figure = unit_name(&unit.term).is_some_and(|name| {
+                            clause_figures
+                                .iter()
+                                .any(|figure| figure.unit.as_deref() == Some(name.as_str()))
+                        });
+                        !unit_of_figure && !unit.term.chars().any(|ch| ch.is_ascii_digit())
+                    })
+                    .cloned()
+                    .collect();
+                self.support_of(clause, &words, true)?
+            };
             // A condition the shop states must not be dropped: "Once the
             // parcel has been shipped, we can no longer change the address"
             // does not support "You cannot change your address".
@@ -257,14 +277,20 @@ impl Evidence {
     }
 
     /// The evidence sentence that covers `clause` best and says it the
-    /// same way round. A sentence's polarity is that of its clauses that
-    /// cover the most of the claim.
+    /// same way round: all of its words when `whole`, else most. A
+    /// sentence's polarity is that of its clauses that cover the most of
+    /// the claim.
     fn support_of(
         &self,
         clause: &str,
         units: &[QueryUnit],
+        whole: bool,
     ) -> Result<&EvidenceSentence, Unsupported> {
-        let needed = ((units.len() as f32 * MIN_COVERAGE).ceil() as usize).max(1);
+        let needed = if whole {
+            units.len().max(1)
+        } else {
+            ((units.len() as f32 * MIN_COVERAGE).ceil() as usize).max(1)
+        };
         let said_not = negated(clause);
         let mut candidates: Vec<(usize, &EvidenceSentence)> = self
             .sentences
@@ -390,7 +416,7 @@ fn negated(clause: &str) -> bool {
 }
 
 /// A clause that is only a yes (`false`) or a no (`true`).
-fn bare_verdict(clause: &str) -> Option<bool> {
+pub(super) fn bare_verdict(clause: &str) -> Option<bool> {
     let word = clause
         .trim_matches(|ch: char| !ch.is_alphanumeric())
         .to_lowercase();
@@ -794,6 +820,36 @@ mod tests {
             .check_answer("Loyalty points expire after 45 months.")
             .is_err());
         assert!(shop.check_answer("收货后30天内可以退货。").is_err());
+    }
+
+    #[test]
+    fn a_figure_said_of_something_its_sentence_does_not_name_is_refused() {
+        let shop = Evidence::new([
+            "Standard delivery within the EU costs €8.95, and it is free for orders of €120 or more.",
+            "We ship to Switzerland, Canada and Japan. International delivery costs a flat €19.95 per order.",
+            "Men's sizes by chest circumference: M 96-104 cm, L 104-112 cm.",
+            "欧盟境内标准配送运费 €8.95，满 €120 免运费。",
+        ])
+        .asked("shipping cost to canada? what chest size is a men's large jacket?");
+        for borrowed in [
+            "Shipping to Canada costs €120.",
+            "The shipping cost to Canada is €19.95.",
+            "The chest size for a men's large jacket is M 96-104 cm.",
+            "寄到加拿大的运费是 €120。",
+        ] {
+            assert!(
+                matches!(shop.check_answer(borrowed), Err(Unsupported::NoSupport(_))),
+                "{borrowed}"
+            );
+        }
+        for bound in [
+            "International delivery costs a flat €19.95 per order.",
+            "Standard delivery within the EU is free for orders of €120 or more.",
+            "Size L is 104-112 cm chest circumference.",
+            "满 €120 免运费。",
+        ] {
+            assert_eq!(shop.check_answer(bound), Ok(()), "{bound}");
+        }
     }
 
     #[test]
