@@ -734,16 +734,38 @@ fn start_operator_api(
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
     tracing::info!(listen = %config.operator.listen, "operator API listening");
+    let token = config.operator.token.clone().or_else(|| {
+        let data_dir = &config.store.data_dir;
+        match crate::operator_token::issue(data_dir) {
+            Ok(token) => {
+                tracing::info!(
+                    file = %crate::operator_token::path(data_dir).display(),
+                    "no operator.token set: a token for this run was written for the command-line clients on this machine"
+                );
+                Some(token)
+            }
+            Err(err) => {
+                tracing::warn!("the operator API's protected routes are off: {err:#}");
+                None
+            }
+        }
+    });
     let state = operator::OperatorState {
         health: health.clone(),
         store: store.clone(),
-        token: config.operator.token.clone(),
+        token,
         desk: Arc::clone(desk),
         privacy: config.privacy.clone(),
     };
-    tokio::spawn(operator::serve(listener, state, async move {
-        stop.cancelled().await
-    }))
+    let issued = config.operator.token.is_none() && state.token.is_some();
+    let data_dir = config.store.data_dir.clone();
+    tokio::spawn(async move {
+        let served = operator::serve(listener, state, async move { stop.cancelled().await }).await;
+        if issued {
+            crate::operator_token::withdraw(&data_dir);
+        }
+        served
+    })
 }
 
 /// `concierge serve`: the daemon, until `shutdown` completes.

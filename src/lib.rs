@@ -23,6 +23,7 @@ pub mod link_guard;
 pub mod models;
 pub mod moderation;
 pub mod operator;
+pub mod operator_token;
 pub mod pipeline;
 pub mod privacy;
 pub mod prompts;

@@ -431,7 +431,8 @@ fn shutdown_cancels_a_reply_past_the_deadline_and_names_it() {
 
 /// The console is the full product: a complaint opens a ticket, the
 /// customer is told its number, an agent answers with `concierge tickets`
-/// from another terminal while the chat runs, and `/human` opens one too.
+/// from another terminal while the chat runs (with no token configured: the
+/// chat writes one for this machine's clients), and `/human` opens one too.
 #[test]
 #[cfg(feature = "console")]
 fn at_the_console_a_complaint_opens_a_ticket_an_agent_answers_with_concierge_tickets() {
@@ -439,8 +440,9 @@ fn at_the_console_a_complaint_opens_a_ticket_an_agent_answers_with_concierge_tic
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = scripted_config(dir.path(), ECHO, port);
+    let token_file = dir.path().join("data").join("operator.token");
     let mut chat = concierge(&config)
-        .env("CONCIERGE_OPERATOR_TOKEN", TOKEN)
+        .env_remove("CONCIERGE_OPERATOR_TOKEN")
         .args(["chat", "--user", "ann"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -452,7 +454,7 @@ fn at_the_console_a_complaint_opens_a_ticket_an_agent_answers_with_concierge_tic
     wait_ready(port);
     let tickets = |args: &[&str]| {
         concierge(&config)
-            .env("CONCIERGE_OPERATOR_TOKEN", TOKEN)
+            .env_remove("CONCIERGE_OPERATOR_TOKEN")
             .arg("tickets")
             .args(args)
             .output()
@@ -477,9 +479,21 @@ fn at_the_console_a_complaint_opens_a_ticket_an_agent_answers_with_concierge_tic
         "{}",
         String::from_utf8_lossy(&answered.stderr)
     );
+    let written = std::fs::read_to_string(&token_file).expect("the chat wrote a token");
+    let wrong = concierge(&config)
+        .env("CONCIERGE_OPERATOR_TOKEN", "not-the-token")
+        .args(["tickets", "list"])
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success(), "another token is refused");
     drop(stdin);
     let output = chat.wait_with_output().unwrap();
     assert!(output.status.success());
+    assert_eq!(written.trim().len(), 64);
+    assert!(
+        !token_file.exists(),
+        "the token is withdrawn when the chat stops"
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("T-000001"), "the ticket notice: {stdout}");
     assert!(

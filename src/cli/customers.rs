@@ -37,7 +37,7 @@ fn access(config: &Config) -> anyhow::Result<Access> {
     match Store::open(&config.store.data_dir) {
         Ok(store) => Ok(Access::Store(store)),
         Err(StoreError::Locked { path }) => {
-            let token = config.operator.token.as_ref().with_context(|| {
+            let token = concierge::operator_token::for_client(config).with_context(|| {
                 format!(
                     "the store at {} is held by a running daemon; set CONCIERGE_OPERATOR_TOKEN (or operator.token_file) to go through its operator API",
                     path.display()

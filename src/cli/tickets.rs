@@ -8,9 +8,12 @@ use super::TicketsAction;
 
 /// `concierge tickets …`: calls the daemon's operator API.
 pub(super) fn run(config: &Config, action: TicketsAction) -> anyhow::Result<()> {
-    let token = config.operator.token.as_ref().context(
-        "operator.token is not set: set CONCIERGE_OPERATOR_TOKEN or operator.token_file (the same as the daemon's)",
-    )?;
+    let token = concierge::operator_token::for_client(config).with_context(|| {
+        format!(
+            "no operator token: start the daemon (`concierge serve` or `concierge chat`) with this data directory, which writes one to {}, or set CONCIERGE_OPERATOR_TOKEN or operator.token_file (the same as the daemon's)",
+            concierge::operator_token::path(&config.store.data_dir).display()
+        )
+    })?;
     let api = super::operator_client::OperatorClient::new(config, token.expose())?;
     let post = |segments: &[&str], body: serde_json::Value| {
         api.request(reqwest::Method::POST, segments)
