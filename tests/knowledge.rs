@@ -609,3 +609,34 @@ async fn asking_whether_the_shop_has_a_thing_it_never_writes_about_is_not_answer
     let chinese = harness.channel.texts("mei");
     assert!(chinese[0].contains("不知道"), "{}", chinese[0]);
 }
+
+#[tokio::test]
+async fn asking_where_an_order_is_gets_how_to_track_it_in_either_language() {
+    let data = tempfile::tempdir().unwrap();
+    let kb_dir = tempfile::tempdir().unwrap();
+    write(
+        kb_dir.path(),
+        "en/tracking.md",
+        "# Your order\n\n## Tracking\nOnce your order ships, we email you a tracking link for the carrier's site.\n\n\
+         ## Orders in several parcels\nLarge orders sometimes come in two parcels, each with its own box. You never pay extra for a split order.\n",
+    );
+    write(
+        kb_dir.path(),
+        "zh/tracking.md",
+        "# 您的订单\n\n## 追踪\n订单发货后，我们会发邮件给您，附上承运商的追踪链接。\n\n\
+         ## 分开寄送\n大订单有时分成两个包裹寄出，不另收运费。\n",
+    );
+    let harness = grounded_harness(data.path(), kb_dir.path(), "default_reply = \"-\"\n");
+    run_messages(
+        &harness,
+        vec![
+            message("lee", "where is my order?"),
+            message("mei", "我的包裹到哪了？"),
+        ],
+    )
+    .await;
+    let english = harness.channel.texts("lee");
+    assert!(english[0].contains("tracking link"), "{}", english[0]);
+    let chinese = harness.channel.texts("mei");
+    assert!(chinese[0].contains("追踪链接"), "{}", chinese[0]);
+}

@@ -206,7 +206,7 @@ pub fn retrieval(
             units: retrieval
                 .units
                 .iter()
-                .zip(kb.topic_unit_passages(&retrieval.question))
+                .zip(kb.topic_unit_passages(&retrieval.searched))
                 .map(|(unit, passages)| UnitDetail {
                     term: &unit.term,
                     passages,

@@ -229,6 +229,7 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
         a.settings.top_k,
     )?;
     let text = &retrieval.question.clone();
+    let searched = retrieval.searched.as_str();
     let source_of = |hit: &Hit| SourceRef {
         doc: hit.doc.clone(),
         title: hit.title.clone(),
@@ -283,11 +284,11 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
     };
     // The facts are chosen before the model writes: it phrases an answer
     // around these sentences, and each of its sentences must rest on one.
-    let weights = knowledge.unit_weights(text);
+    let weights = knowledge.unit_weights(searched);
     let weight = |unit: &crate::knowledge::text::QueryUnit| weights.of(unit);
-    let mut selected = answer::select_weighted(text, &used, SELECTED_SENTENCES, weight);
+    let mut selected = answer::select_weighted(searched, &used, SELECTED_SENTENCES, weight);
     // The passage is about the topic, but no sentence of it answers.
-    if !answer::answers_weighted(text, &selected, weight) {
+    if !answer::answers_weighted(searched, &selected, weight) {
         return Ok(AnswerPlan::Fixed {
             text: a.ctx.prompts.text(locale, Template::NotFound).to_string(),
             sources: Vec::new(),
@@ -360,7 +361,7 @@ pub(crate) fn documents_answer(knowledge: &KnowledgeBase, text: &str, top_k: usi
     let Ok(retrieval) = knowledge.retrieve(text, top_k) else {
         return false;
     };
-    let text = retrieval.question.as_str();
+    let text = retrieval.searched.as_str();
     if retrieval.faq_answer().is_some() {
         return true;
     }

@@ -333,6 +333,10 @@ type Ranked = (Vec<(f32, DocAddress)>, Option<f32>);
 pub struct Retrieval {
     /// The question searched for: the one asked, typos repaired.
     pub question: String,
+    /// What was searched: `question`, with the topic it implies ("where is
+    /// my parcel" asks about tracking). Sentences are weighed and selected
+    /// by it; the model and the echo check see `question`.
+    pub searched: String,
     /// Hits, best first.
     pub hits: Vec<Hit>,
     /// Share of the question's words found in the best-covering top passage.
@@ -796,15 +800,16 @@ impl KnowledgeBase {
     /// Searches and judges whether the best hit answers the question.
     pub fn retrieve(&self, question: &str, k: usize) -> Result<Retrieval, KbError> {
         let question = self.repair_spelling(question);
+        let searched = text::with_implied_topic(&question);
         let searcher = self.reader.searcher();
         let path = PathBuf::from("(index)");
         // At least the passages the "not found" decision looks at.
-        let (top, similarity) = self.ranked(&searcher, &question, k.max(COVERAGE_HITS))?;
+        let (top, similarity) = self.ranked(&searcher, &searched, k.max(COVERAGE_HITS))?;
         let mut hits = Vec::with_capacity(top.len());
         for (score, address) in top {
             hits.push(self.hit_at(&searcher, address, score, &path)?);
         }
-        let units = topic_units(&question);
+        let units = topic_units(&searched);
         // The best of the top passages: a question may be answered by the
         // second passage of a document as well as by the first.
         let mut words = text::word_analyzer();
@@ -827,6 +832,7 @@ impl KnowledgeBase {
             .collect::<Vec<_>>();
         Ok(Retrieval {
             question,
+            searched,
             hits,
             coverage: coverages.iter().copied().fold(0.0, f32::max),
             first_coverage: coverages.first().copied().unwrap_or(0.0),

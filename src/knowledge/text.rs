@@ -295,6 +295,61 @@ pub fn asks_existence(question: &str) -> bool {
                 .any(|cue| lowered.contains(cue)))
 }
 
+/// Things a customer asks the whereabouts of when they ask about tracking.
+const TRACKED_THINGS_EN: &[&str] = &[
+    "order", "orders", "parcel", "parcels", "package", "packages", "delivery", "shipment", "stuff",
+    "item", "items", "purchase", "goods",
+];
+const TRACKED_THINGS_ZH: &[&str] = &["包裹", "快递", "订单", "快件", "东西"];
+
+/// Whether `question` asks where the customer's order or parcel is ("where
+/// is my package??", "我的快递到哪了"): a tracking question, however few of
+/// its words a tracking passage holds.
+pub fn asks_whereabouts(question: &str) -> bool {
+    let lowered = question.to_lowercase().replace(['’', '\''], " ");
+    let words: Vec<&str> = lowered
+        .split(|ch: char| !ch.is_alphanumeric())
+        .filter(|word| !word.is_empty())
+        .collect();
+    const BETWEEN: &[&str] = &["is", "are", "s", "my", "our", "the", "now", "has", "did"];
+    let english = words.iter().enumerate().any(|(at, &word)| {
+        (word == "where" || word == "wheres")
+            && words[at + 1..]
+                .iter()
+                .find(|next| !BETWEEN.contains(next))
+                .is_some_and(|thing| TRACKED_THINGS_EN.contains(thing))
+            && words[at + 1..]
+                .iter()
+                .take_while(|next| BETWEEN.contains(next))
+                .count()
+                <= 3
+    });
+    // The thing just before the cue: "包裹现在到哪了", not "东西退货，钱退到哪里".
+    let chinese = ["到哪", "在哪"].iter().any(|cue| {
+        lowered.find(cue).is_some_and(|at| {
+            let before: String = lowered[..at].chars().rev().take(4).collect();
+            let before: String = before.chars().rev().collect();
+            TRACKED_THINGS_ZH.iter().any(|thing| before.contains(thing))
+        })
+    });
+    english || chinese
+}
+
+/// `question` with the topic it implies but may not name: a question
+/// about where an order is gets the word for tracking in its own language
+/// (the synonyms reach the other).
+pub fn with_implied_topic(question: &str) -> String {
+    if !asks_whereabouts(question) {
+        return question.to_string();
+    }
+    let track = if question.chars().any(is_han) {
+        "追踪"
+    } else {
+        "track"
+    };
+    format!("{question} {track}")
+}
+
 /// The words of a Han run, as jieba's dictionary cuts them.
 pub fn han_words(piece: &str) -> Vec<String> {
     jieba()
@@ -771,6 +826,31 @@ mod tests {
         let mut analyzer = ngram_analyzer();
         assert_eq!(analyze(&mut analyzer, "Ship"), ["_sh", "shi", "hip", "ip_"]);
         assert_eq!(analyze(&mut analyzer, "退货政策"), ["退货", "货政", "政策"]);
+    }
+
+    #[test]
+    fn asking_where_an_order_is_asks_about_tracking() {
+        for asked in [
+            "where is my parcel?",
+            "Where's my order",
+            "where is my package?? no update for a week",
+            "wheres my stuff",
+            "我的快递到哪了",
+            "包裹现在在哪里",
+        ] {
+            assert!(asks_whereabouts(asked), "{asked}");
+        }
+        for other in [
+            "where do I send my return parcel",
+            "where can I find my order number",
+            "where is your warehouse",
+            "退货的面单在哪里打印",
+            "没有账号的话在哪个网址查订单",
+            "用礼品卡买的东西退货，钱退到哪里",
+            "how long does delivery take",
+        ] {
+            assert!(!asks_whereabouts(other), "{other}");
+        }
     }
 
     #[test]
