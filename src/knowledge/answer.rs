@@ -162,6 +162,7 @@ pub fn quoted(selected: &[Selected]) -> Vec<&Selected> {
     let Some(best) = selected.first() else {
         return Vec::new();
     };
+    let mut seen = HashSet::new();
     let mut chosen: Vec<&Selected> = selected
         .iter()
         .take(QUOTED_SENTENCES)
@@ -169,6 +170,8 @@ pub fn quoted(selected: &[Selected]) -> Vec<&Selected> {
             std::ptr::eq(*sentence, best)
                 || (sentence.score > 0.0 && sentence.score >= best.score * 0.5)
         })
+        // An FAQ answer and a page often say the same sentence.
+        .filter(|sentence| seen.insert(sentence.text.as_str()))
         .collect();
     chosen.sort_by_key(|selected| (selected.hit, selected.position));
     chosen
@@ -234,6 +237,25 @@ mod tests {
 
     fn extract(question: &str, best: &Hit) -> String {
         quote(&select(question, std::slice::from_ref(best), 4))
+    }
+
+    #[test]
+    fn a_sentence_two_passages_share_is_quoted_once() {
+        let faq = hit("Call +49 30 1234 5678, Monday to Friday.");
+        let page = hit("Call +49 30 1234 5678, Monday to Friday. Calls cost the usual rate.");
+        let selected = select("what number do I call", &[faq, page], 4);
+        let quoted: Vec<&str> = quoted(&selected)
+            .iter()
+            .map(|sentence| sentence.text.as_str())
+            .collect();
+        assert_eq!(
+            quoted
+                .iter()
+                .filter(|text| text.starts_with("Call +49"))
+                .count(),
+            1,
+            "{quoted:?}"
+        );
     }
 
     #[test]
