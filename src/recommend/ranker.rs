@@ -286,6 +286,22 @@ fn normalise(vector: &mut HashMap<String, f32>) {
     }
 }
 
+/// How well an item matches a request: the cosine, times the share of the
+/// request's words the item holds. The cosine alone favours a short item
+/// that holds one word many times ("Kids Rain Jacket" for "warm jacket for
+/// hiking") over one that holds more of them.
+fn coordinated(request: &HashMap<String, f32>, item: &HashMap<String, f32>) -> f32 {
+    if request.is_empty() {
+        return 0.0;
+    }
+    let held = request
+        .keys()
+        .filter(|term| item.contains_key(*term))
+        .count();
+    // `+ 0.0` turns the -0.0 of an empty sum into 0.
+    dot(request, item).max(0.0) * held as f32 / request.len() as f32 + 0.0
+}
+
 fn dot(a: &HashMap<String, f32>, b: &HashMap<String, f32>) -> f32 {
     let (small, large) = if a.len() <= b.len() { (a, b) } else { (b, a) };
     small
@@ -507,7 +523,7 @@ impl Ranker {
                     // `+ 0.0` turns the -0.0 of an empty sum into 0.
                     content: dot(&profile, &self.content.vectors[candidate as usize]).max(0.0)
                         + 0.0,
-                    query: dot(&query, &self.content.vectors[candidate as usize]).max(0.0) + 0.0,
+                    query: coordinated(&query, &self.content.vectors[candidate as usize]),
                     popularity: self.popularity[candidate as usize],
                 };
                 if !query.is_empty() && signals.query <= 0.0 {
@@ -711,6 +727,19 @@ mod tests {
         let ids: Vec<&str> = picks.iter().map(|pick| pick.item.id.as_str()).collect();
         assert_eq!(ids.len(), 2, "{ids:?}");
         assert!(ids.contains(&"S1") && ids.contains(&"S2"), "{ids:?}");
+    }
+
+    #[test]
+    fn an_item_holding_more_of_the_requested_words_comes_first() {
+        let mut items = catalog();
+        let mut shell = item("J3", "Stormline shell", "jackets", 249.0, true);
+        shell.description =
+            "Three-layer waterproof shell with pit zips and a helmet-compatible hood.".into();
+        shell.tags = vec!["waterproof".into(), "hiking".into()];
+        items.push(shell);
+        let ranker = Ranker::build(items, &[]).unwrap();
+        let picks = ranker.recommend(&[], 3, Some("a jacket for hiking"));
+        assert_eq!(picks[0].item.id, "J3", "{picks:?}");
     }
 
     #[test]
