@@ -301,7 +301,15 @@ pub fn shared_embedder(
 ) -> anyhow::Result<Arc<knowledge::embed::Embedder>> {
     type Loaded = HashMap<(std::path::PathBuf, usize), std::sync::Weak<knowledge::embed::Embedder>>;
     static LOADED: std::sync::OnceLock<std::sync::Mutex<Loaded>> = std::sync::OnceLock::new();
-    let key = (path.to_path_buf(), threads);
+    // "./models/x" and "/srv/concierge/models/x" are one file (once it
+    // exists: the first load may fetch it).
+    let key_of = |path: &std::path::Path| {
+        (
+            std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()),
+            threads,
+        )
+    };
+    let key = key_of(path);
     // Held while loading, so two callers at once load one copy.
     let mut loaded = LOADED
         .get_or_init(Default::default)
@@ -312,7 +320,7 @@ pub fn shared_embedder(
     }
     let embedder = Arc::new(load_embedder(path, threads)?);
     loaded.retain(|_, held| held.strong_count() > 0);
-    loaded.insert(key, Arc::downgrade(&embedder));
+    loaded.insert(key_of(path), Arc::downgrade(&embedder));
     Ok(embedder)
 }
 
@@ -757,14 +765,16 @@ fn start_operator_api(
         desk: Arc::clone(desk),
         privacy: config.privacy.clone(),
     };
-    let issued = config.operator.token.is_none() && state.token.is_some();
-    let data_dir = config.store.data_dir.clone();
+    // Dropped with the task, however it ends (the runtime dropping it on
+    // an early return included).
+    let issued = state
+        .token
+        .clone()
+        .filter(|_| config.operator.token.is_none())
+        .map(|token| crate::operator_token::Issued::new(&config.store.data_dir, token));
     tokio::spawn(async move {
-        let served = operator::serve(listener, state, async move { stop.cancelled().await }).await;
-        if issued {
-            crate::operator_token::withdraw(&data_dir);
-        }
-        served
+        let _issued = issued;
+        operator::serve(listener, state, async move { stop.cancelled().await }).await
     })
 }
 

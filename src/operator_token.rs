@@ -3,7 +3,8 @@
 //! `<data_dir>/operator.token`, readable by its user alone; the command-line
 //! clients (`concierge tickets`, `concierge customers`) read it from there.
 //! So agents can answer from a second shell at once, and nothing is open
-//! without a token.
+//! without a token. (Owner-only on Unix; elsewhere the data directory's
+//! own permissions apply.)
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -46,9 +47,36 @@ pub fn issue(data_dir: &Path) -> anyhow::Result<Secret> {
     Ok(Secret::new(token))
 }
 
-/// Removes the token a daemon wrote, when it stops.
-pub fn withdraw(data_dir: &Path) {
-    let _ = std::fs::remove_file(path(data_dir));
+/// Removes the token a daemon wrote, if the file still holds it (a newer
+/// run's token is left alone).
+pub fn withdraw(data_dir: &Path, token: &Secret) {
+    let target = path(data_dir);
+    if std::fs::read_to_string(&target).is_ok_and(|written| written.trim() == token.expose()) {
+        let _ = std::fs::remove_file(target);
+    }
+}
+
+/// A token written by `issue`, withdrawn when this is dropped: on every
+/// way the operator API's task ends, the runtime dropping it included.
+pub struct Issued {
+    data_dir: PathBuf,
+    token: Secret,
+}
+
+impl Issued {
+    /// Takes charge of withdrawing `token`, written to `data_dir`.
+    pub fn new(data_dir: &Path, token: Secret) -> Self {
+        Self {
+            data_dir: data_dir.to_path_buf(),
+            token,
+        }
+    }
+}
+
+impl Drop for Issued {
+    fn drop(&mut self) {
+        withdraw(&self.data_dir, &self.token);
+    }
 }
 
 /// The token a client uses: `operator.token`, else the one the daemon on
@@ -88,7 +116,9 @@ mod tests {
         assert_ne!(again, issued, "each start makes a new one");
         config.operator.token = Some(Secret::new("configured"));
         assert_eq!(for_client(&config), Some(Secret::new("configured")));
-        withdraw(dir.path());
+        withdraw(dir.path(), &issued);
+        assert!(path(dir.path()).exists(), "a newer run's token stays");
+        drop(Issued::new(dir.path(), again));
         config.operator.token = None;
         assert!(for_client(&config).is_none());
     }

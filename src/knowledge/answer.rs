@@ -165,13 +165,13 @@ pub fn quoted(selected: &[Selected]) -> Vec<&Selected> {
     let mut seen = HashSet::new();
     let mut chosen: Vec<&Selected> = selected
         .iter()
+        // An FAQ answer and a page often say the same sentence.
+        .filter(|sentence| seen.insert(sentence.text.as_str()))
         .take(QUOTED_SENTENCES)
         .filter(|sentence| {
             std::ptr::eq(*sentence, best)
                 || (sentence.score > 0.0 && sentence.score >= best.score * 0.5)
         })
-        // An FAQ answer and a page often say the same sentence.
-        .filter(|sentence| seen.insert(sentence.text.as_str()))
         .collect();
     chosen.sort_by_key(|selected| (selected.hit, selected.position));
     chosen

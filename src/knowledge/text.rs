@@ -297,14 +297,33 @@ pub fn asks_existence(question: &str) -> bool {
 
 /// Things a customer asks the whereabouts of when they ask about tracking.
 const TRACKED_THINGS_EN: &[&str] = &[
-    "order", "orders", "parcel", "parcels", "package", "packages", "delivery", "shipment", "stuff",
-    "item", "items", "purchase", "goods",
+    "order", "orders", "parcel", "parcels", "package", "packages", "shipment", "stuff", "item",
+    "items", "purchase", "goods",
+];
+/// Words after such a thing that make it another thing ("order number").
+const NOT_THE_THING_EN: &[&str] = &[
+    "number",
+    "numbers",
+    "confirmation",
+    "address",
+    "id",
+    "code",
+    "history",
+    "page",
+    "form",
+    "details",
+    "receipt",
+    "invoice",
+    "total",
 ];
 const TRACKED_THINGS_ZH: &[&str] = &["包裹", "快递", "订单", "快件", "东西"];
+/// Words between the thing and 在哪/到哪 ("包裹现在到底到哪了").
+const FILLERS_ZH: &[&str] = &["现在", "目前", "到底", "究竟", "已经", "都", "还"];
 
 /// Whether `question` asks where the customer's order or parcel is ("where
 /// is my package??", "我的快递到哪了"): a tracking question, however few of
-/// its words a tracking passage holds.
+/// its words a tracking passage holds. Not where to send something
+/// ("退货包裹寄到哪里") or where a number is ("where is my order number").
 pub fn asks_whereabouts(question: &str) -> bool {
     let lowered = question.to_lowercase().replace(['’', '\''], " ");
     let words: Vec<&str> = lowered
@@ -313,23 +332,35 @@ pub fn asks_whereabouts(question: &str) -> bool {
         .collect();
     const BETWEEN: &[&str] = &["is", "are", "s", "my", "our", "the", "now", "has", "did"];
     let english = words.iter().enumerate().any(|(at, &word)| {
-        (word == "where" || word == "wheres")
-            && words[at + 1..]
-                .iter()
-                .find(|next| !BETWEEN.contains(next))
+        if word != "where" && word != "wheres" {
+            return false;
+        }
+        let rest = &words[at + 1..];
+        let skipped = rest
+            .iter()
+            .take_while(|next| BETWEEN.contains(next))
+            .count();
+        skipped <= 3
+            && rest
+                .get(skipped)
                 .is_some_and(|thing| TRACKED_THINGS_EN.contains(thing))
-            && words[at + 1..]
-                .iter()
-                .take_while(|next| BETWEEN.contains(next))
-                .count()
-                <= 3
+            && rest
+                .get(skipped + 1)
+                .is_none_or(|next| !NOT_THE_THING_EN.contains(next))
     });
-    // The thing just before the cue: "包裹现在到哪了", not "东西退货，钱退到哪里".
     let chinese = ["到哪", "在哪"].iter().any(|cue| {
-        lowered.find(cue).is_some_and(|at| {
-            let before: String = lowered[..at].chars().rev().take(4).collect();
-            let before: String = before.chars().rev().collect();
-            TRACKED_THINGS_ZH.iter().any(|thing| before.contains(thing))
+        lowered.match_indices(cue).any(|(at, _)| {
+            let mut before = &lowered[..at];
+            // "寄到哪里" asks where to send it.
+            if before.ends_with(['寄', '退', '邮', '发']) {
+                return false;
+            }
+            while let Some(filler) = FILLERS_ZH.iter().find(|filler| before.ends_with(*filler)) {
+                before = &before[..before.len() - filler.len()];
+            }
+            TRACKED_THINGS_ZH
+                .iter()
+                .any(|thing| before.ends_with(thing))
         })
     });
     english || chinese
@@ -837,6 +868,7 @@ mod tests {
             "wheres my stuff",
             "我的快递到哪了",
             "包裹现在在哪里",
+            "我的快递现在到底到哪了",
         ] {
             assert!(asks_whereabouts(asked), "{asked}");
         }
@@ -847,6 +879,11 @@ mod tests {
             "退货的面单在哪里打印",
             "没有账号的话在哪个网址查订单",
             "用礼品卡买的东西退货，钱退到哪里",
+            "退货包裹寄到哪里",
+            "退货的东西寄到哪里",
+            "订单号在哪里",
+            "where is my order number",
+            "where is delivery free",
             "how long does delivery take",
         ] {
             assert!(!asks_whereabouts(other), "{other}");

@@ -488,9 +488,9 @@ impl Flusher {
         use std::sync::atomic::Ordering;
         let queue = std::sync::Arc::clone(&self.store.flush_queue);
         loop {
-            let covers = queue.requested.load(Ordering::SeqCst);
+            let pending = queue.requested.load(Ordering::SeqCst);
             let settled = queue.progress.borrow().settled_through();
-            if covers <= settled {
+            if pending <= settled {
                 queue.running.store(false, Ordering::SeqCst);
                 // A request made after the load above found `running` set
                 // and left its flush to this task.
@@ -505,10 +505,13 @@ impl Flusher {
                 self.finished = true;
                 return;
             }
-            let flushed = {
+            let (covers, flushed) = {
                 let _one = self.store.one_transaction();
+                // Read with the lock held: requests made while a
+                // transaction held it are covered too.
+                let covers = queue.requested.load(Ordering::SeqCst);
                 queue.made.fetch_add(1, Ordering::Relaxed);
-                self.store.db.flush()
+                (covers, self.store.db.flush())
             };
             queue.progress.send_modify(|progress| match flushed {
                 Ok(_) => progress.durable_through = covers,
@@ -522,20 +525,35 @@ impl Flusher {
 }
 
 impl Drop for Flusher {
-    /// Dropped unrun (the runtime is shutting down): its waiters are told,
-    /// and a later request starts another.
+    /// Dropped before it settled every request (never run because the
+    /// runtime is stopping, or a flush panicked): those requests fail, and
+    /// a later request starts another flusher.
     fn drop(&mut self) {
         use std::sync::atomic::Ordering;
         if self.finished {
             return;
         }
         let queue = &self.store.flush_queue;
-        let requested = queue.requested.load(Ordering::SeqCst);
-        queue.progress.send_modify(|progress| {
-            progress.failed_through = progress.failed_through.max(requested);
-            progress.error = Some("the flush was not run: the daemon is stopping".into());
-        });
-        queue.running.store(false, Ordering::SeqCst);
+        loop {
+            let requested = queue.requested.load(Ordering::SeqCst);
+            queue.progress.send_modify(|progress| {
+                progress.failed_through = progress.failed_through.max(requested);
+                progress.error =
+                    Some("the flush did not run (the daemon is stopping, or it failed)".into());
+            });
+            queue.running.store(false, Ordering::SeqCst);
+            // A request made since the load found `running` set and left
+            // its flush to this flusher: fail it too, unless a new flusher
+            // took over.
+            let again = queue.requested.load(Ordering::SeqCst) > requested
+                && queue
+                    .running
+                    .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok();
+            if !again {
+                return;
+            }
+        }
     }
 }
 
