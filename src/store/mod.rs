@@ -204,6 +204,26 @@ impl FlushProgress {
     }
 }
 
+impl FlushQueue {
+    /// Takes the flusher's role; false when a flusher has it.
+    fn claim(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.running
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// Gives the role up once every request through `handled` is dealt
+    /// with; true when the caller must go on: a request made since found
+    /// the role taken and left itself to the caller, and no new flusher
+    /// has claimed it.
+    fn release(&self, handled: u64) -> bool {
+        use std::sync::atomic::Ordering;
+        self.running.store(false, Ordering::SeqCst);
+        self.requested.load(Ordering::SeqCst) > handled && self.claim()
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -410,11 +430,7 @@ impl Store {
         let queue = &self.flush_queue;
         let ticket = queue.requested.fetch_add(1, Ordering::SeqCst) + 1;
         let progress = queue.progress.subscribe();
-        if queue
-            .running
-            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-        {
+        if queue.claim() {
             let flusher = Flusher {
                 store: self.clone(),
                 finished: false,
@@ -491,15 +507,7 @@ impl Flusher {
             let pending = queue.requested.load(Ordering::SeqCst);
             let settled = queue.progress.borrow().settled_through();
             if pending <= settled {
-                queue.running.store(false, Ordering::SeqCst);
-                // A request made after the load above found `running` set
-                // and left its flush to this task.
-                let again = queue.requested.load(Ordering::SeqCst) > settled
-                    && queue
-                        .running
-                        .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-                        .is_ok();
-                if again {
+                if queue.release(settled) {
                     continue;
                 }
                 self.finished = true;
@@ -541,16 +549,9 @@ impl Drop for Flusher {
                 progress.error =
                     Some("the flush did not run (the daemon is stopping, or it failed)".into());
             });
-            queue.running.store(false, Ordering::SeqCst);
-            // A request made since the load found `running` set and left
-            // its flush to this flusher: fail it too, unless a new flusher
-            // took over.
-            let again = queue.requested.load(Ordering::SeqCst) > requested
-                && queue
-                    .running
-                    .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok();
-            if !again {
+            // A request made since the load is failed too, unless a new
+            // flusher took it.
+            if !queue.release(requested) {
                 return;
             }
         }
