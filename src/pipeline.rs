@@ -5,8 +5,9 @@
 //!
 //! Architecture invariant: the customer's message is in the store before the
 //! engine is asked, and flushed before any reply reaches the channel (the
-//! flush runs while the engine starts); the reply is stored once delivered
-//! and flushed right after the channel is told the reply is over.
+//! flush runs while the engine starts); the reply is stored once delivered,
+//! and its flush requested right after the channel is told the reply is
+//! over (waited for by `drained`, not by the conversation's next message).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -265,11 +266,16 @@ impl Pipeline {
             }
         }
         adapter.reply_finished(&inbound.conversation).await;
-        // After the channel was told, so the customer does not wait for it.
+        // After the channel was told, and not waited for: the customer's
+        // next message waits for no disk, and its own flush covers this
+        // one's writes too (the log is written in order).
         if reply_to_flush.load(std::sync::atomic::Ordering::Relaxed) {
-            if let Err(err) = self.store.flush().await {
-                tracing::error!(%platform, "the reply could not be made durable: {err}");
-            }
+            let mut flush = self.store.flush_soon();
+            tokio::spawn(async move {
+                if let Err(err) = flush.wait().await {
+                    tracing::error!(%platform, "the reply could not be made durable: {err}");
+                }
+            });
         }
         true
     }

@@ -44,6 +44,10 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Tells a sender over the flood limit to slow down.
     async fn tell_rate_limited(&self, message: &Inbound);
+
+    /// Called once every message was handled, before the router returns:
+    /// what the handling left to finish in the background is finished.
+    async fn drained(&self) {}
 }
 
 #[async_trait::async_trait]
@@ -58,6 +62,13 @@ impl Handler for crate::pipeline::Pipeline {
 
     async fn tell_rate_limited(&self, message: &Inbound) {
         crate::pipeline::Pipeline::tell_rate_limited(self, message).await
+    }
+
+    /// The replies' flushes were not waited for one by one.
+    async fn drained(&self) {
+        if let Err(err) = self.store.requested_flushes_settled().await {
+            tracing::error!("the replies could not be made durable: {err}");
+        }
     }
 }
 
@@ -174,6 +185,7 @@ pub async fn run(
     drop(workers);
     tracker.close();
     tracker.wait().await;
+    handler.drained().await;
 }
 
 impl Work {

@@ -74,6 +74,9 @@ pub struct LevelFigures {
     pub daemon_cpu_ms_per_reply: f64,
     /// Connections the stand-in server accepted at this level.
     pub server_connections: usize,
+    /// Database flushes (a disk write and sync each) per reply: requests
+    /// made together share one.
+    pub disk_flushes_per_reply: f64,
 }
 
 /// What the bench prints.
@@ -439,6 +442,7 @@ pub async fn run(
     config.knowledge.demo = false;
     config.knowledge.paths.clear();
     let store = crate::app::open_store(&config).await?;
+    let flushes = store.clone();
     let llm = crate::app::build_engine(&config).await?;
     let channel = Arc::new(BenchChannel::default());
     let pipeline = crate::app::pipeline_for(
@@ -474,6 +478,7 @@ pub async fn run(
         let spread = pace.reply_time() / count.max(1) as u32;
         let started = Instant::now();
         let cpu_before = process_cpu();
+        let flushes_before = flushes.database_flushes();
         let server_cpu_before = server_thread_cpu();
         let connections_before = server_log
             .connections
@@ -499,6 +504,7 @@ pub async fn run(
             .context("the router did not stop")?
             .context("the router failed")?;
         let wall = started.elapsed();
+        let flushes_made = flushes.database_flushes() - flushes_before;
         let cpu = process_cpu().saturating_sub(cpu_before);
         let server_cpu = server_thread_cpu().saturating_sub(server_cpu_before);
         let connections = server_log
@@ -546,6 +552,7 @@ pub async fn run(
             daemon_cpu_ms_per_reply: cpu.saturating_sub(server_cpu).as_secs_f64() * 1000.0
                 / (count * messages).max(1) as f64,
             server_connections: connections,
+            disk_flushes_per_reply: flushes_made as f64 / (count * messages).max(1) as f64,
         });
     }
     let sustained_concurrent = levels

@@ -185,10 +185,17 @@ struct FlushQueue {
     requested: std::sync::atomic::AtomicU64,
     /// Whether a task is flushing (or about to).
     running: std::sync::atomic::AtomicBool,
-    /// Database flushes made for them.
+    /// Database flushes made, for them and for the blocking callers.
     made: std::sync::atomic::AtomicU64,
     progress: tokio::sync::watch::Sender<FlushProgress>,
+    /// When the last database flush began; only the flusher touches it.
+    last_started: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// Least time between the starts of two database flushes. Under load the
+/// requests of this window share one flush (group commit) instead of each
+/// few paying a write and a disk sync; an idle store flushes at once.
+const FLUSH_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// The requests settled so far: made durable, or failed.
 #[derive(Clone, Debug, Default)]
@@ -211,6 +218,21 @@ impl FlushQueue {
         self.running
             .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
+    }
+
+    /// Sleeps until `FLUSH_WINDOW` has passed since the last flush began,
+    /// then marks the next one as begun.
+    fn wait_for_window(&self) {
+        let mut last = self
+            .last_started
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(remaining) =
+            last.and_then(|started| FLUSH_WINDOW.checked_sub(started.elapsed()))
+        {
+            std::thread::sleep(remaining);
+        }
+        *last = Some(std::time::Instant::now());
     }
 
     /// Gives the role up once every request through `handled` is dealt
@@ -447,9 +469,33 @@ impl Store {
         }
     }
 
+    /// Waits until every flush requested so far is settled, requesting
+    /// none: for flushes that were requested and not waited for.
+    pub async fn requested_flushes_settled(&self) -> Result<(), StoreError> {
+        let ticket = self
+            .flush_queue
+            .requested
+            .load(std::sync::atomic::Ordering::SeqCst);
+        PendingFlush {
+            path: self.path.clone(),
+            ticket: Some(ticket),
+            progress: self.flush_queue.progress.subscribe(),
+        }
+        .wait()
+        .await
+    }
+
     /// Durable flushes made so far through this store and its clones.
     pub fn flush_count(&self) -> u64 {
         self.flushes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Database flushes made so far (disk writes and syncs): fewer than
+    /// the requests under load, where requests share flushes.
+    pub fn database_flushes(&self) -> u64 {
+        self.flush_queue
+            .made
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Blocking flush, for shutdown paths outside async code.
@@ -470,6 +516,7 @@ impl Store {
             return Ok(());
         }
         let covers = self.flush_requests.load(Ordering::SeqCst);
+        self.flush_queue.made.fetch_add(1, Ordering::Relaxed);
         self.db.flush().map_err(|err| self.err(err))?;
         self.flushed_through.store(covers, Ordering::SeqCst);
         Ok(())
@@ -513,6 +560,7 @@ impl Flusher {
                 self.finished = true;
                 return;
             }
+            queue.wait_for_window();
             let (covers, flushed) = {
                 let _one = self.store.one_transaction();
                 // Read with the lock held: requests made while a

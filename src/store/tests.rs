@@ -66,6 +66,45 @@ async fn waiting_flush_requests_share_one_database_flush_and_all_complete() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_flushes_begin_a_window_apart_so_that_requests_share_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let made_before = store.database_flushes();
+    let first_began = std::time::Instant::now();
+    store.flush().await.unwrap();
+    store.flush().await.unwrap();
+    // The second could not begin sooner: the window is a floor, not a speed.
+    assert!(first_began.elapsed() >= super::FLUSH_WINDOW);
+    assert_eq!(store.database_flushes() - made_before, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flushes_nobody_waited_for_are_settled_without_a_new_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // Nothing requested: settled at once.
+    store.requested_flushes_settled().await.unwrap();
+    let customer = store
+        .customer_for_identity("console", "alice", None)
+        .unwrap();
+    let conversation = store
+        .current_conversation(customer.id, "console", "alice")
+        .unwrap();
+    store
+        .append_message(conversation.id, Role::Assistant, "the reply")
+        .unwrap();
+    drop(store.flush_soon());
+    let requests = store.flush_count();
+    store.requested_flushes_settled().await.unwrap();
+    assert_eq!(store.flush_count(), requests, "no flush of its own");
+    let ticket = store
+        .flush_queue
+        .requested
+        .load(std::sync::atomic::Ordering::SeqCst);
+    assert!(store.flush_queue.progress.borrow().durable_through >= ticket);
+}
+
 #[test]
 fn a_flush_requested_outside_a_runtime_is_made_at_once() {
     let dir = tempfile::tempdir().unwrap();
