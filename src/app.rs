@@ -522,6 +522,7 @@ pub fn pipeline_for(
     outboxes: Vec<Arc<dyn Outbox>>,
     cancel: CancellationToken,
 ) -> Arc<Pipeline> {
+    crate::knowledge::text::warm_up();
     let adapters: HashMap<String, Arc<dyn Outbox>> = outboxes
         .into_iter()
         .map(|outbox| (outbox.platform().to_string(), outbox))

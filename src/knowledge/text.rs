@@ -252,6 +252,15 @@ fn asking_words() -> &'static HashSet<String> {
     })
 }
 
+/// Builds the word tables every message needs (jieba's dictionary, the
+/// synonym lexicon, the analyzer), which otherwise the first message after
+/// a start would wait for, holding a runtime thread.
+pub fn warm_up() {
+    let _ = jieba();
+    let _ = Synonyms::built_in();
+    let _ = asking_words();
+}
+
 fn jieba() -> &'static jieba_rs::Jieba {
     static JIEBA: OnceLock<jieba_rs::Jieba> = OnceLock::new();
     JIEBA.get_or_init(jieba_rs::Jieba::new)
