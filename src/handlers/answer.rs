@@ -513,7 +513,7 @@ impl VerifiedReply {
                     self.verify_rest();
                 }
                 Some(Err(err)) => {
-                    tracing::error!("engine error: {err}");
+                    // Logged once, with the reply's outcome (`note_outcome`).
                     if let Ok(mut outcome) = self.outcome.lock() {
                         outcome.error = Some(err);
                     }
