@@ -143,6 +143,19 @@ fn search_works_in_both_languages_with_typos_and_synonyms() {
 }
 
 #[test]
+fn an_abbreviation_the_shop_never_writes_finds_the_phrase_it_stands_for() {
+    // The demo shop writes "American Express" only, and "take" in a dozen
+    // passages about taking things back.
+    let data = tempfile::tempdir().unwrap();
+    let store = Store::open(data.path()).unwrap();
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo/kb");
+    knowledge::import(&store, &[demo]).unwrap();
+    let kb = KnowledgeBase::open(&store, &data.path().join("index")).unwrap();
+    let hits = kb.search("Do you take Amex?", 3).unwrap();
+    assert_eq!(hits[0].doc, "en/payment-methods.md", "{hits:?}");
+}
+
+#[test]
 fn the_index_is_rebuilt_when_it_is_lost() {
     let data = tempfile::tempdir().unwrap();
     let kb_dir = tempfile::tempdir().unwrap();

@@ -753,13 +753,29 @@ impl KnowledgeBase {
             };
             clauses.push((Occur::Should, Box::new(BoostQuery::new(query, boost))));
         };
+        let searcher = self.reader.searcher();
+        let written = |term: &str| {
+            [self.fields.title, self.fields.body].iter().any(|&field| {
+                searcher
+                    .doc_freq(&Term::from_field_text(field, term))
+                    .is_ok_and(|count| count > 0)
+            })
+        };
         let mut unique = HashSet::new();
         for term in terms.iter().filter(|term| unique.insert(term.as_str())) {
             add(self.fields.title, term, 1.5);
             add(self.fields.body, term, 1.0);
+            // A word the shop never writes, whose phrase it does ("Amex",
+            // "American Express"): the phrase is what the customer meant.
+            let unwritten = !term.chars().any(text::is_han) && !written(term);
             for synonym in synonyms.of(term) {
-                add(self.fields.title, synonym, 0.6);
-                add(self.fields.body, synonym, 0.4);
+                if unwritten && synonym.contains(' ') {
+                    add(self.fields.title, synonym, 1.5);
+                    add(self.fields.body, synonym, 1.0);
+                } else {
+                    add(self.fields.title, synonym, 0.6);
+                    add(self.fields.body, synonym, 0.4);
+                }
             }
         }
         for (_, group) in synonyms.phrases_in(&terms) {
