@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use concierge_adapter::{Adapter, Outbox};
@@ -152,12 +152,25 @@ fn engine_ready(health: &Health, llm: &Arc<dyn Llm>) {
 
 /// Opens the store in a blocking task.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let data_dir = config.store.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
-        .await
-        .context("store task failed")??;
-    Ok(store)
+    // A run that just stopped (a restart) may hold the store a moment
+    // longer, while its last blocking tasks end.
+    let deadline = Instant::now() + STORE_RELEASE_WAIT;
+    loop {
+        let data_dir = config.store.data_dir.clone();
+        let opened = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+            .await
+            .context("store task failed")?;
+        match opened {
+            Err(crate::store::StoreError::Locked { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            opened => return Ok(opened?),
+        }
+    }
 }
+
+/// How long a start waits for a store another run still holds.
+const STORE_RELEASE_WAIT: Duration = Duration::from_secs(3);
 
 fn pipeline_settings(config: &Config) -> PipelineSettings {
     PipelineSettings {
@@ -1058,5 +1071,28 @@ async fn supervise_channel(
             _ = tokio::time::sleep(backoff) => {}
         }
         backoff = (backoff * 2).min(Duration::from_secs(60));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_start_waits_for_a_store_the_last_run_is_still_letting_go_of() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::defaults();
+        config.store.data_dir = dir.path().to_path_buf();
+        let held = Store::open(dir.path()).unwrap();
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(crate::store::StoreError::Locked { .. })
+        ));
+        let letting_go = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        open_store(&config).await.expect("opened once released");
+        letting_go.join().unwrap();
     }
 }
