@@ -130,7 +130,7 @@ pub(crate) async fn run(
     }
 
     let plan = plan(a, text, locale)?;
-    let (reply, sources) = match plan {
+    let (reply, sources, whole) = match plan {
         AnswerPlan::Fixed {
             text: reply,
             sources,
@@ -139,10 +139,10 @@ pub(crate) async fn run(
             adapter
                 .send(Outbound::text(chat.clone(), reply.clone()))
                 .await?;
-            (reply, sources)
+            (reply, sources, true)
         }
         AnswerPlan::Generate { prompt } => {
-            let reply = generate(
+            let (reply, whole) = generate(
                 a,
                 adapter,
                 chat,
@@ -152,11 +152,11 @@ pub(crate) async fn run(
                 started,
             )
             .await?;
-            (reply, Vec::new())
+            (reply, Vec::new(), whole)
         }
         AnswerPlan::Grounded(grounding) => {
             let sources = grounding.sources.clone();
-            let reply = grounded(
+            let (reply, whole) = grounded(
                 a,
                 adapter,
                 chat,
@@ -166,12 +166,14 @@ pub(crate) async fn run(
                 started,
             )
             .await?;
-            (reply, sources)
+            (reply, sources, whole)
         }
     };
-    if a.model.cancel.is_cancelled() {
+    if a.model.cancel.is_cancelled() && !whole {
         // Cut short by the stop: the message stays in the inbox and is
-        // answered after the restart.
+        // answered after the restart. A reply that came to its end before
+        // the stop (its last edit still going out) is kept, or the restart
+        // would answer it twice.
         return Ok(());
     }
     let reply = reply.trim();
@@ -389,7 +391,7 @@ async fn grounded(
     grounding: Grounding,
     locale: Locale,
     started: Instant,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, bool)> {
     let cancel = a.model.cancel.child_token();
     let outcome = Arc::new(Mutex::new(Outcome::default()));
     let asked = a.fluency.worth_asking(locale);
@@ -412,6 +414,8 @@ async fn grounded(
     };
     // The engine starts while the customer's message is flushed.
     flush.wait().await?;
+    // Without the model, the shop's sentences are quoted whole.
+    let quoted_at_once = events.is_none();
     let verified = VerifiedReply {
         events,
         pending: String::new(),
@@ -439,7 +443,7 @@ async fn grounded(
         a.fluency.record(locale, model_accepted);
     }
     note_outcome(&outcome);
-    Ok(delivered)
+    Ok((delivered, quoted_at_once || is_whole(&outcome)))
 }
 
 /// A grounded reply being generated and verified: what the model wrote
@@ -509,6 +513,7 @@ impl VerifiedReply {
                 Some(Ok(StreamEvent::Done(usage))) => {
                     if let Ok(mut outcome) = self.outcome.lock() {
                         outcome.usage = Some(usage);
+                        outcome.whole = true;
                     }
                     self.verify_rest();
                 }
@@ -516,6 +521,7 @@ impl VerifiedReply {
                     // Logged once, with the reply's outcome (`note_outcome`).
                     if let Ok(mut outcome) = self.outcome.lock() {
                         outcome.error = Some(err);
+                        outcome.whole = true;
                     }
                     self.finish();
                 }
@@ -602,6 +608,9 @@ impl VerifiedReply {
                     ?why,
                     "generated sentence strays from its sources; quoting the source instead"
                 );
+                if let Ok(mut outcome) = self.outcome.lock() {
+                    outcome.whole = true;
+                }
                 self.finish();
                 false
             }
@@ -674,7 +683,7 @@ async fn generate(
     prompt: &str,
     locale: Locale,
     started: Instant,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(String, bool)> {
     let request = request(a, history, prompt, locale);
     show_typing(adapter, chat).await;
     let cancel = a.model.cancel.child_token();
@@ -690,12 +699,18 @@ async fn generate(
         Err(err) => {
             if let Ok(mut outcome) = outcome.lock() {
                 outcome.error = Some(err);
+                outcome.whole = true;
             }
             String::new()
         }
     };
     note_outcome(&outcome);
-    Ok(delivered)
+    Ok((delivered, is_whole(&outcome)))
+}
+
+/// Whether the reply came to its own end (`Outcome::whole`).
+fn is_whole(outcome: &Mutex<Outcome>) -> bool {
+    outcome.lock().is_ok_and(|outcome| outcome.whole)
 }
 
 /// Streams `deltas` to the customer within `chat.reply_timeout`; past it,
@@ -804,6 +819,10 @@ struct Outcome {
     shown: Option<Duration>,
     /// The model's sentences that stated a verified fact.
     model_sentences_accepted: usize,
+    /// The reply came to its own end (the engine finished, failed, or was
+    /// stopped by the check and the shop's sentences quoted), rather than
+    /// being cut by the daemon's stop.
+    whole: bool,
 }
 
 /// How a question will be answered.
@@ -855,6 +874,7 @@ fn delta_stream(
                 }
                 Some(Ok(StreamEvent::Done(usage))) => {
                     outcome.usage = Some(usage);
+                    outcome.whole = true;
                     None
                 }
                 Some(Err(err)) => {
