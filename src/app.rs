@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use concierge_adapter::{Adapter, Outbox};
@@ -154,19 +154,13 @@ fn engine_ready(health: &Health, llm: &Arc<dyn Llm>) {
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     // A run that just stopped (a restart) may hold the store a moment
     // longer, while its last blocking tasks end.
-    let deadline = Instant::now() + STORE_RELEASE_WAIT;
-    loop {
-        let data_dir = config.store.data_dir.clone();
-        let opened = tokio::task::spawn_blocking(move || Store::open(&data_dir))
-            .await
-            .context("store task failed")?;
-        match opened {
-            Err(crate::store::StoreError::Locked { .. }) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            opened => return Ok(opened?),
-        }
-    }
+    let data_dir = config.store.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || {
+        Store::open_when_released(&data_dir, STORE_RELEASE_WAIT)
+    })
+    .await
+    .context("store task failed")??;
+    Ok(store)
 }
 
 /// How long a start waits for a store another run still holds.

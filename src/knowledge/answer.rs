@@ -136,13 +136,7 @@ pub fn select_weighted(
         }
     }
     join_the_best_sentence(&mut scored, &holds, mean_weight);
-    // Best first; ties keep the retrieval and document order.
-    scored.sort_by(|a, b| {
-        b.score
-            .total_cmp(&a.score)
-            .then(a.hit.cmp(&b.hit))
-            .then(a.position.cmp(&b.position))
-    });
+    scored.sort_by(best_first);
     let best = scored.first().map_or(0.0, |first| first.score);
     scored
         .into_iter()
@@ -151,6 +145,15 @@ pub fn select_weighted(
         .filter(|(at, selected)| *at == 0 || (selected.score > 0.0 && selected.score >= best * 0.5))
         .map(|(_, selected)| selected)
         .collect()
+}
+
+/// The order of selection: best score first; ties keep the retrieval and
+/// document order.
+fn best_first(a: &Selected, b: &Selected) -> std::cmp::Ordering {
+    b.score
+        .total_cmp(&a.score)
+        .then(a.hit.cmp(&b.hit))
+        .then(a.position.cmp(&b.position))
 }
 
 /// Openings of a sentence that goes on from the one before it ("In that
@@ -178,13 +181,7 @@ const CONTINUATIONS: &[&str] = &[
 /// a neighbour of the best that holds a question word the best lacks
 /// wins a tie with sentences elsewhere.
 fn join_the_best_sentence(scored: &mut [Selected], holds: &[Vec<bool>], mean_weight: f32) {
-    let Some(best) = (0..scored.len()).max_by(|&a, &b| {
-        scored[a]
-            .score
-            .total_cmp(&scored[b].score)
-            .then(scored[b].hit.cmp(&scored[a].hit))
-            .then(scored[b].position.cmp(&scored[a].position))
-    }) else {
+    let Some(best) = (0..scored.len()).min_by(|&a, &b| best_first(&scored[a], &scored[b])) else {
         return;
     };
     let (hit, position, top) = (scored[best].hit, scored[best].position, scored[best].score);

@@ -676,7 +676,7 @@ impl KnowledgeBase {
         limit: usize,
     ) -> Result<Ranked, KbError> {
         let path = PathBuf::from("(index)");
-        let query = self.query(question);
+        let query = self.query(searcher, question);
         let semantic_index = self
             .semantic
             .read()
@@ -728,7 +728,7 @@ impl KnowledgeBase {
         Ok((ranked, best_similarity))
     }
 
-    fn query(&self, question: &str) -> Box<dyn Query> {
+    fn query(&self, searcher: &tantivy::Searcher, question: &str) -> Box<dyn Query> {
         let mut words = self
             .index
             .tokenizer_for_field(self.fields.body)
@@ -753,7 +753,6 @@ impl KnowledgeBase {
             };
             clauses.push((Occur::Should, Box::new(BoostQuery::new(query, boost))));
         };
-        let searcher = self.reader.searcher();
         let written = |term: &str| {
             [self.fields.title, self.fields.body].iter().any(|&field| {
                 searcher
@@ -769,13 +768,13 @@ impl KnowledgeBase {
             // "American Express"): the phrase is what the customer meant.
             let unwritten = !term.chars().any(text::is_han) && !written(term);
             for synonym in synonyms.of(term) {
-                if unwritten && synonym.contains(' ') {
-                    add(self.fields.title, synonym, 1.5);
-                    add(self.fields.body, synonym, 1.0);
+                let (title_boost, body_boost) = if unwritten && synonym.contains(' ') {
+                    (1.5, 1.0)
                 } else {
-                    add(self.fields.title, synonym, 0.6);
-                    add(self.fields.body, synonym, 0.4);
-                }
+                    (0.6, 0.4)
+                };
+                add(self.fields.title, synonym, title_boost);
+                add(self.fields.body, synonym, body_boost);
             }
         }
         for (_, group) in synonyms.phrases_in(&terms) {

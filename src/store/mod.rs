@@ -254,6 +254,24 @@ pub fn now_ms() -> u64 {
 }
 
 impl Store {
+    /// `open`, waiting up to `within` while the store is locked: a handle
+    /// dropped a moment ago in this process (a restart) may still hold the
+    /// lock, as sled's and our blocking threads end after it.
+    pub fn open_when_released(
+        data_dir: &Path,
+        within: std::time::Duration,
+    ) -> Result<Self, StoreError> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            match Self::open(data_dir) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
     /// Opens (creating if needed) the store in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
         let path = data_dir.join("store");

@@ -5,27 +5,24 @@ use super::*;
 /// Opens the store again in the same process: sled's flusher thread can
 /// hold the file lock for a moment after the last handle is dropped.
 pub(crate) fn reopen(dir: &Path) -> Result<Store, StoreError> {
-    for _ in 0..50 {
-        match Store::open(dir) {
-            Err(StoreError::Locked { .. }) => {
-                std::thread::sleep(std::time::Duration::from_millis(100))
-            }
-            other => return other,
-        }
-    }
-    Store::open(dir)
+    Store::open_when_released(dir, std::time::Duration::from_secs(5))
+}
+
+/// The console customer alice's current conversation, created if new.
+fn alice_conversation(store: &Store) -> Conversation {
+    let customer = store
+        .customer_for_identity("console", "alice", None)
+        .unwrap();
+    store
+        .current_conversation(customer.id, "console", "alice")
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_flush_requests_share_one_database_flush_and_all_complete() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let customer = store
-        .customer_for_identity("console", "alice", None)
-        .unwrap();
-    let conversation = store
-        .current_conversation(customer.id, "console", "alice")
-        .unwrap();
+    let conversation = alice_conversation(&store);
     let made_before = store
         .flush_queue
         .made
@@ -85,12 +82,7 @@ async fn flushes_nobody_waited_for_are_settled_without_a_new_request() {
     let store = Store::open(dir.path()).unwrap();
     // Nothing requested: settled at once.
     store.requested_flushes_settled().await.unwrap();
-    let customer = store
-        .customer_for_identity("console", "alice", None)
-        .unwrap();
-    let conversation = store
-        .current_conversation(customer.id, "console", "alice")
-        .unwrap();
+    let conversation = alice_conversation(&store);
     store
         .append_message(conversation.id, Role::Assistant, "the reply")
         .unwrap();
