@@ -74,6 +74,9 @@ pub enum Template {
     FaqAnswer,
     /// The documents do not answer; offers a person.
     NotFound,
+    /// Sentences of a page written only in the other language, quoted as
+    /// written; `{answer}`, `{title}`.
+    OtherLanguageAnswer,
     /// A reply to a greeting or other small talk: who the bot is and what
     /// it can do.
     Greeting,
@@ -185,7 +188,7 @@ pub enum Template {
 
 impl Template {
     /// Every template.
-    pub const ALL: [Template; 64] = [
+    pub const ALL: [Template; 65] = [
         Template::System,
         Template::Start,
         Template::Help,
@@ -197,6 +200,7 @@ impl Template {
         Template::SourceLine,
         Template::FaqAnswer,
         Template::NotFound,
+        Template::OtherLanguageAnswer,
         Template::Greeting,
         Template::Thanks,
         Template::Praise,
@@ -266,6 +270,7 @@ impl Template {
             Self::SourceLine => "source_line.txt",
             Self::FaqAnswer => "faq_answer.txt",
             Self::NotFound => "not_found.txt",
+            Self::OtherLanguageAnswer => "other_language_answer.txt",
             Self::Greeting => "greeting.txt",
             Self::Thanks => "thanks.txt",
             Self::Praise => "praise.txt",
@@ -343,6 +348,7 @@ impl Template {
             Self::SourceLine => both!("source_line.txt"),
             Self::FaqAnswer => both!("faq_answer.txt"),
             Self::NotFound => both!("not_found.txt"),
+            Self::OtherLanguageAnswer => both!("other_language_answer.txt"),
             Self::Greeting => both!("greeting.txt"),
             Self::Thanks => both!("thanks.txt"),
             Self::Praise => both!("praise.txt"),

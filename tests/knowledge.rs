@@ -439,6 +439,50 @@ fn the_cli_imports_searches_and_evaluates() {
     assert_eq!(report["not_found_accuracy"], 1.0);
 }
 
+/// A page the shop wrote in one language only still answers a customer
+/// writing in the other: its sentences quoted as written, introduced in the
+/// customer's language, with no model text around them.
+#[tokio::test]
+async fn a_page_written_only_in_english_answers_a_chinese_question_in_a_chinese_frame() {
+    let data = tempfile::tempdir().unwrap();
+    let kb_dir = tempfile::tempdir().unwrap();
+    write(
+        kb_dir.path(),
+        "en/sizes.md",
+        "# Size guide\n\n## Tops\nWomen's sizes by chest: S fits 82-88 cm, M fits 88-94 cm. Men's sizes run one size larger.\n",
+    );
+    let harness = grounded_harness(
+        data.path(),
+        kb_dir.path(),
+        "default_reply = \"女款 S 码胸围 90-96 厘米。\"\n",
+    );
+    run_messages(
+        &harness,
+        vec![
+            message("li", "女款S码的胸围是多少？"),
+            message("li", "运费是多少？"),
+        ],
+    )
+    .await;
+    let texts = harness.channel.texts("li");
+    assert!(
+        texts[0].starts_with("这个问题我们只有英文版") && texts[0].contains("S fits 82-88 cm"),
+        "{}",
+        texts[0]
+    );
+    assert!(texts[0].contains("来源：Size guide > Tops"), "{}", texts[0]);
+    assert!(!texts[0].contains("90-96"), "{}", texts[0]);
+    // Where the shop wrote in Chinese, the Chinese page answers as before.
+    assert!(texts[1].contains("来源：配送 > 运费"), "{}", texts[1]);
+    assert_eq!(
+        harness.engine.requests().len(),
+        1,
+        "the quote needs no model; the Chinese page's answer does"
+    );
+    let history = concierge::history::history(&harness.store, "test", "li").unwrap();
+    assert_eq!(history[1].sources[0].doc, "en/sizes.md");
+}
+
 /// The CI floor for the adversarial engine on the held-out half of the demo
 /// evaluation: whatever it writes (negated facts, changed figures, foreign
 /// links, the question echoed), every sentence a customer sees is the shop's
@@ -492,6 +536,17 @@ fn on_the_demo_evaluation_no_lie_of_the_adversarial_engine_reaches_a_customer() 
         if is_template {
             continue;
         }
+        // A page only the other language has is quoted after an
+        // introduction in the customer's language: the quote is checked.
+        let said = concierge::prompts::Locale::ALL
+            .iter()
+            .find_map(|&locale| {
+                let template =
+                    prompts.text(locale, concierge::prompts::Template::OtherLanguageAnswer);
+                let introduction = template.split("{answer}").next().unwrap_or("").trim();
+                said.trim().strip_prefix(introduction)
+            })
+            .unwrap_or(said);
         // The customer's language where the shop wrote in it: never the
         // same fact again in the other language beside it.
         let han = |text: &str| {
@@ -512,7 +567,7 @@ fn on_the_demo_evaluation_no_lie_of_the_adversarial_engine_reaches_a_customer() 
         }
     }
     let share = |key: &str| report[key].as_f64().unwrap();
-    // Measured 0.734 correct, 0.05 invented on these rows (README); the
+    // Measured 0.759 correct, 0.05 invented on these rows (README); the
     // floor leaves room for the timing of the first-text deadline.
     assert!(share("correct") >= 0.68, "{report}");
     assert!(share("invented") <= 0.15, "{report}");

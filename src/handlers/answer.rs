@@ -29,6 +29,11 @@ const GROUNDED_QUESTION_CHARS: usize = 1000;
 const FIRST_TEXT_DEADLINE: Duration = Duration::from_millis(800);
 /// Most sentences of the passages given to the model to answer from.
 const SELECTED_SENTENCES: usize = 4;
+/// Passages searched beyond `top_k`, for a page only the other language has.
+const OTHER_LANGUAGE_HITS: usize = 3;
+/// How much better, in question words of average weight, the other
+/// language's best sentence must answer to be quoted instead.
+const OTHER_LANGUAGE_MARGIN: f32 = 1.0;
 
 /// What the answer handler may use.
 #[derive(Clone, Copy)]
@@ -228,7 +233,7 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
     // steps below work on that same question.
     let retrieval = knowledge.retrieve(
         super::small_talk::without_social_clauses(text),
-        a.settings.top_k,
+        a.settings.top_k + OTHER_LANGUAGE_HITS,
     )?;
     let text = &retrieval.question.clone();
     let searched = retrieval.searched.as_str();
@@ -279,7 +284,8 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
             .count();
         (han >= 2) == (locale == Locale::Zh)
     };
-    let used: Vec<Hit> = if used.iter().any(in_language) {
+    let in_customer_language = used.iter().any(in_language);
+    let used: Vec<Hit> = if in_customer_language {
         used.into_iter().filter(in_language).collect()
     } else {
         used
@@ -289,8 +295,52 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
     let weights = knowledge.unit_weights(searched);
     let weight = |unit: &crate::knowledge::text::QueryUnit| weights.of(unit);
     let mut selected = answer::select_weighted(searched, &used, SELECTED_SENTENCES, weight);
+    let answered = answer::answers_weighted(searched, &selected, weight);
+    // A page the shop wrote only in the other language may answer what its
+    // pages in the customer's language only touch on, or do not hold: its
+    // sentences are quoted as written, introduced in the customer's
+    // language (a model asked to translate them could not be checked).
+    let other_language = if in_customer_language {
+        let others: Vec<Hit> = retrieval
+            .hits
+            .iter()
+            .filter(|hit| !in_language(hit))
+            .cloned()
+            .collect();
+        let other_selected = answer::select_weighted(searched, &others, SELECTED_SENTENCES, weight);
+        let ours = selected.first().map_or(0.0, |best| best.score);
+        let theirs = other_selected.first().map_or(0.0, |best| best.score);
+        let better = answer::answers_weighted(searched, &other_selected, weight)
+            && (!answered || theirs >= ours + OTHER_LANGUAGE_MARGIN * weights.mean());
+        better.then_some((other_selected, others))
+    } else {
+        answered.then(|| (selected.clone(), used.clone()))
+    };
+    if let Some((other_selected, others)) = other_language {
+        let quoted = answer::quoted(&other_selected);
+        let mut titles: Vec<&str> = quoted
+            .iter()
+            .map(|sentence| others[sentence.hit].title.as_str())
+            .collect();
+        titles.dedup();
+        let mut sources: Vec<SourceRef> = quoted
+            .iter()
+            .map(|sentence| source_of(&others[sentence.hit]))
+            .collect();
+        sources.dedup_by(|a, b| a.doc == b.doc && a.passage == b.passage);
+        let separator = if locale == Locale::Zh { "；" } else { "; " };
+        let text = a.ctx.prompts.render(
+            locale,
+            Template::OtherLanguageAnswer,
+            &[
+                ("answer", &answer::quote(&other_selected)),
+                ("title", &titles.join(separator)),
+            ],
+        );
+        return Ok(AnswerPlan::Fixed { text, sources });
+    }
     // The passage is about the topic, but no sentence of it answers.
-    if !answer::answers_weighted(searched, &selected, weight) {
+    if !answered {
         return Ok(AnswerPlan::Fixed {
             text: a.ctx.prompts.text(locale, Template::NotFound).to_string(),
             sources: Vec::new(),

@@ -372,6 +372,15 @@ impl UnitWeights {
     pub fn of(&self, unit: &QueryUnit) -> f32 {
         self.0.get(&unit.term).copied().unwrap_or(1.0)
     }
+
+    /// The mean weight of the question's units; 1 for a question without any.
+    pub fn mean(&self) -> f32 {
+        if self.0.is_empty() {
+            1.0
+        } else {
+            self.0.values().sum::<f32>() / self.0.len() as f32
+        }
+    }
 }
 
 impl Retrieval {
