@@ -174,6 +174,18 @@ fn the_index_is_rebuilt_when_it_is_lost() {
     std::fs::write(index.join("generation"), "1").unwrap();
     let kb = KnowledgeBase::open(&store, &index).unwrap();
     assert_eq!(kb.passages(), passages);
+    drop(kb);
+    // An index recorded under the same documents but another lexicon (the
+    // marker of an older version) is rebuilt and recorded anew.
+    let current = std::fs::read_to_string(index.join("generation")).unwrap();
+    let (documents, _lexicon) = current.split_once(' ').unwrap();
+    std::fs::write(index.join("generation"), documents).unwrap();
+    let kb = KnowledgeBase::open(&store, &index).unwrap();
+    assert_eq!(kb.passages(), passages);
+    assert_eq!(
+        std::fs::read_to_string(index.join("generation")).unwrap(),
+        current
+    );
 }
 
 fn grounded_harness(data: &Path, kb_dir: &Path, script: &str) -> support::Harness {

@@ -4,7 +4,8 @@
 //! the documents answer a question at all.
 //!
 //! Architecture invariant: the index can always be rebuilt from the store;
-//! it is rebuilt whenever its recorded generation differs from the store's.
+//! it is rebuilt whenever its recorded generation differs from the store's,
+//! or the analyzer (its lexicon) differs from the one that built it.
 
 pub mod answer;
 pub mod embed;
@@ -468,12 +469,15 @@ impl KnowledgeBase {
     /// Opens the index in `index_dir`, rebuilding it from the store when it is
     /// missing, damaged or older than the store's documents.
     pub fn open(store: &Store, index_dir: &Path) -> Result<Self, KbError> {
-        let generation = store.kb_generation()?;
+        // The store's documents and the analyzer that cut them into words.
+        let generation = format!(
+            "{} {:016x}",
+            store.kb_generation()?,
+            text::analyzer_fingerprint()
+        );
         let marker = index_dir.join(GENERATION_FILE);
-        let recorded = std::fs::read_to_string(&marker)
-            .ok()
-            .and_then(|text| text.trim().parse::<u64>().ok());
-        if recorded == Some(generation) {
+        let recorded = std::fs::read_to_string(&marker).ok();
+        if recorded.as_deref().map(str::trim) == Some(generation.as_str()) {
             if let Ok(kb) = Self::load(index_dir) {
                 return Ok(kb);
             }
@@ -481,8 +485,7 @@ impl KnowledgeBase {
         }
         let docs = store.kb_docs()?;
         let kb = Self::build(index_dir, &docs)?;
-        std::fs::write(&marker, generation.to_string())
-            .map_err(|err| index_error(index_dir, err))?;
+        std::fs::write(&marker, &generation).map_err(|err| index_error(index_dir, err))?;
         Ok(kb)
     }
 

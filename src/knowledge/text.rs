@@ -261,9 +261,41 @@ pub fn warm_up() {
     let _ = asking_words();
 }
 
+/// jieba with the lexicon's Chinese words it does not know ("包邮",
+/// "自提柜"), so that a question keeps them whole and finds their synonyms.
 fn jieba() -> &'static jieba_rs::Jieba {
     static JIEBA: OnceLock<jieba_rs::Jieba> = OnceLock::new();
-    JIEBA.get_or_init(jieba_rs::Jieba::new)
+    JIEBA.get_or_init(|| {
+        let mut jieba = jieba_rs::Jieba::new();
+        for word in lexicon_chinese_words() {
+            if !jieba.has_word(word) {
+                jieba.add_word(word, None, None);
+            }
+        }
+        jieba
+    })
+}
+
+/// The lexicon's entries written in Han characters alone.
+fn lexicon_chinese_words() -> impl Iterator<Item = &'static str> {
+    SYNONYMS
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .flat_map(|line| line.split([',', '=', '>']))
+        .map(str::trim)
+        .filter(|entry| entry.chars().count() >= 2 && entry.chars().all(is_han))
+}
+
+/// Changes whenever the words the index is built from would: a search
+/// index made under another lexicon is rebuilt.
+pub fn analyzer_fingerprint() -> u64 {
+    // Raised when the analyzer's code changes how it cuts words.
+    const ANALYZER_VERSION: u64 = 2;
+    SYNONYMS.bytes().fold(
+        0xcbf2_9ce4_8422_2325_u64 ^ ANALYZER_VERSION,
+        |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3),
+    )
 }
 
 /// Whether `question` asks whether the shop has or offers something ("do
@@ -633,18 +665,27 @@ impl Synonyms {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let mut terms: Vec<String> = Vec::new();
-            let mut line_phrases = Vec::new();
-            for entry in line.split(',') {
-                let tokens = analyze(&mut analyzer, entry.trim());
-                match tokens.len() {
-                    0 => {}
-                    1 => terms.extend(tokens),
-                    _ => line_phrases.push(tokens),
+            // "france, 法国 => eu, 欧盟": each word on the left also stands
+            // for the words on the right, not the other way round.
+            if let Some((narrow, broad)) = line.split_once("=>") {
+                let (narrow_terms, narrow_phrases) = entries(&mut analyzer, narrow);
+                let (broad_terms, broad_phrases) = entries(&mut analyzer, broad);
+                let mut broader: Vec<String> = broad_terms;
+                broader.extend(broad_phrases.iter().map(|phrase| phrase.join(" ")));
+                for term in narrow_terms {
+                    groups
+                        .entry(term)
+                        .or_default()
+                        .extend(broader.iter().cloned());
                 }
+                for phrase in narrow_phrases {
+                    let mut group = vec![phrase.join(" ")];
+                    group.extend(broader.iter().cloned());
+                    phrases.push((phrase, group));
+                }
+                continue;
             }
-            terms.sort();
-            terms.dedup();
+            let (terms, line_phrases) = entries(&mut analyzer, line);
             // A phrase stands in the group as its words joined by spaces:
             // a passage holds it when it holds each of them.
             let joined: Vec<String> = line_phrases.iter().map(|phrase| phrase.join(" ")).collect();
@@ -687,6 +728,31 @@ impl Synonyms {
         }
         found
     }
+}
+
+/// The comma-separated entries of a lexicon line, analyzed: its single
+/// words (sorted, once each) and its phrases.
+fn entries(analyzer: &mut TextAnalyzer, line: &str) -> (Vec<String>, Vec<Vec<String>>) {
+    let mut terms = Vec::new();
+    let mut phrases = Vec::new();
+    for entry in line.split(',') {
+        let entry = entry.trim();
+        // A Chinese entry is one word: jieba knows it (see `jieba`), and a
+        // question cut in precise mode holds it whole.
+        if entry.chars().count() >= 2 && entry.chars().all(is_han) {
+            terms.push(entry.to_string());
+            continue;
+        }
+        let tokens = analyze(analyzer, entry);
+        match tokens.len() {
+            0 => {}
+            1 => terms.extend(tokens),
+            _ => phrases.push(tokens),
+        }
+    }
+    terms.sort();
+    terms.dedup();
+    (terms, phrases)
 }
 
 /// One thing a question asks about: a word with the words that may stand
@@ -823,6 +889,24 @@ fn term_covered(term: &str, passage_tokens: &HashSet<String>, passage_text: &str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lexicon_words_stay_whole_and_a_country_stands_for_its_region() {
+        let units = query_units("发到意大利买多少包邮");
+        let free = units.iter().find(|unit| unit.term == "包邮");
+        assert!(
+            free.is_some_and(|unit| unit.alternatives.iter().any(|word| word == "免费")),
+            "{units:?}"
+        );
+        let italy = units.iter().find(|unit| unit.term == "意大利").unwrap();
+        assert!(
+            italy.alternatives.iter().any(|word| word == "欧盟"),
+            "{units:?}"
+        );
+        // One way only: the region does not stand for each of its countries.
+        let region = query_units("欧盟");
+        assert!(!region[0].alternatives.iter().any(|word| word == "意大利"));
+    }
 
     #[test]
     fn questions_of_whether_the_shop_has_a_thing_are_told_from_how_questions() {
