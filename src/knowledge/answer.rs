@@ -176,6 +176,15 @@ const CONTINUATIONS: &[&str] = &[
     "然后",
 ];
 
+/// "We then hold the order": a "then" among a sentence's first words takes
+/// up what the sentence before said.
+fn says_then(lowered: &str) -> bool {
+    lowered
+        .split_whitespace()
+        .take(3)
+        .any(|word| word.trim_matches(|ch: char| !ch.is_alphanumeric()) == "then")
+}
+
 /// Answers run on over neighbouring sentences. The sentence right after
 /// the best one in its passage ranks next to it when it goes on from it;
 /// a neighbour of the best that holds a question word the best lacks
@@ -195,7 +204,7 @@ fn join_the_best_sentence(scored: &mut [Selected], holds: &[Vec<bool>], mean_wei
         }
         let lowered = sentence.text.to_lowercase();
         let goes_on = sentence.position == position + 1
-            && CONTINUATIONS.iter().any(|cue| lowered.starts_with(cue));
+            && (CONTINUATIONS.iter().any(|cue| lowered.starts_with(cue)) || says_then(&lowered));
         let adds_a_word = holds[index]
             .iter()
             .zip(&holds[best])
@@ -327,6 +336,12 @@ mod tests {
         assert!(answer.contains("refuse the delivery"), "{answer}");
         let chinese = hit("订单发货后无法取消。此时您可以拒收包裹。礼品卡通过邮件发送。");
         assert!(extract("订单发货后还能取消吗", &chinese).contains("拒收"));
+        let held = hit("Gift cards are sent by email. Sometimes a payment is rejected after the order was placed. We then hold the order for 48 hours. Orders ship from Berlin.");
+        let answer = extract(
+            "the payment was rejected after I placed the order, what now",
+            &held,
+        );
+        assert!(answer.contains("48 hours"), "{answer}");
     }
 
     #[test]
