@@ -495,6 +495,42 @@ async fn a_page_written_only_in_english_answers_a_chinese_question_in_a_chinese_
     assert_eq!(history[1].sources[0].doc, "en/sizes.md");
 }
 
+/// A Chinese page that names the topic in passing (the club's points, on a
+/// page about closing an account) does not stand in for the English page
+/// that answers: the page holding more of the question wins.
+#[tokio::test]
+async fn a_page_in_the_customers_language_that_only_names_the_topic_gives_way() {
+    let data = tempfile::tempdir().unwrap();
+    let kb_dir = tempfile::tempdir().unwrap();
+    write(
+        kb_dir.path(),
+        "en/club.md",
+        "# Trail Club\n\n## Points\nYou earn 1 point per euro. Points expire 24 months after your last purchase.\n",
+    );
+    write(
+        kb_dir.path(),
+        "zh/account.md",
+        "# 账户\n\n## 注销账户\n注销账户后，数据会在 30 天内删除，未使用的 Trail Club 积分也会作废。\n",
+    );
+    let harness = grounded_harness(
+        data.path(),
+        kb_dir.path(),
+        "default_reply = \"积分永不过期。\"\n",
+    );
+    run_messages(
+        &harness,
+        vec![message("li", "Trail Club 的积分多久会过期？")],
+    )
+    .await;
+    let texts = harness.channel.texts("li");
+    assert!(
+        texts[0].starts_with("这个问题我们只有英文版") && texts[0].contains("24 months"),
+        "{}",
+        texts[0]
+    );
+    assert!(!texts[0].contains("永不过期"), "{}", texts[0]);
+}
+
 /// The CI floor for the adversarial engine on the held-out half of the demo
 /// evaluation: whatever it writes (negated facts, changed figures, foreign
 /// links, the question echoed), every sentence a customer sees is the shop's

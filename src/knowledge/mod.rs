@@ -930,6 +930,13 @@ impl KnowledgeBase {
     }
 }
 
+/// Share of `question`'s topic units that `hit`'s title and text hold,
+/// synonyms and typos allowed.
+pub fn topic_coverage(question: &str, hit: &Hit) -> f32 {
+    let mut words = text::word_analyzer();
+    share_covered(&covered_units(&topic_units(question), hit, &mut words))
+}
+
 /// Which of the question's units the hit's title and text hold.
 fn covered_units(units: &[QueryUnit], hit: &Hit, words: &mut TextAnalyzer) -> Vec<bool> {
     let text = format!("{}\n{}", hit.title, hit.passage);
