@@ -347,6 +347,16 @@ impl Evidence {
     ) -> Result<&EvidenceSentence, Unsupported> {
         let needed = ((units.len() as f32 * MIN_COVERAGE).ceil() as usize).max(1);
         let said_not = negated(clause);
+        // The shop's own clause with a "not" taken out or put in: another
+        // sentence that shares some words cannot stand in for it.
+        let claim = without_negation(clause);
+        if self.sentences.iter().any(|sentence| {
+            sentence.clauses.iter().any(|(words, negated)| {
+                *negated != said_not && without_negation(&words.lowered) == claim
+            })
+        }) {
+            return Err(Unsupported::Polarity(clause.to_string()));
+        }
         let mut candidates: Vec<(usize, &EvidenceSentence)> = self
             .sentences
             .iter()
@@ -468,6 +478,33 @@ fn negated(clause: &str) -> bool {
         .filter(|ch| CHINESE_NEGATIONS.contains(ch))
         .count();
     count % 2 == 1
+}
+
+/// A clause's words without its negations, run together: "is not what
+/// you ordered" and "is what you ordered" come out the same, as do
+/// "doesn't expire" and "does expire", "不能兑换" and "能兑换".
+fn without_negation(clause: &str) -> String {
+    let lowered = clause.to_lowercase().replace('’', "'");
+    let mut kept = String::new();
+    for word in lowered.split(|ch: char| !(ch.is_alphanumeric() || ch == '\'')) {
+        if ENGLISH_NEGATIONS.contains(&word) {
+            continue;
+        }
+        let word = match word {
+            "can't" => "can",
+            "won't" => "will",
+            _ => word.strip_suffix("n't").unwrap_or(word),
+        };
+        kept.push_str(word);
+    }
+    let mut han = kept;
+    for word in NOT_NEGATIONS {
+        han = han.replace(word, &word.replace(CHINESE_NEGATIONS, "\u{0}"));
+    }
+    han.chars()
+        .filter(|ch| !CHINESE_NEGATIONS.contains(ch))
+        .map(|ch| if ch == '\u{0}' { '·' } else { ch })
+        .collect()
 }
 
 /// A clause that is only a yes (`false`) or a no (`true`).
@@ -811,6 +848,30 @@ mod tests {
         ] {
             assert_eq!(shop.check_answer(answer), Ok(()), "{answer}");
         }
+    }
+
+    /// The sentence that says most nearly the same thing decides the
+    /// polarity: a weaker match elsewhere that happens to agree does not
+    /// let a dropped "not" through.
+    #[test]
+    fn a_dropped_not_is_refused_even_where_another_sentence_shares_the_words() {
+        let shop = Evidence::new([
+            "If an item arrives damaged, faulty or is not what you ordered, tell us within 14 days of delivery.",
+            "If the box is clearly crushed or torn, ask the driver to note the damage, or refuse the parcel.",
+        ]);
+        let flipped = "If an item arrives damaged, faulty or is what you ordered, tell us within 14 days of delivery.";
+        assert!(
+            matches!(shop.check_answer(flipped), Err(Unsupported::Polarity(_))),
+            "{:?}",
+            shop.check_answer(flipped)
+        );
+        let faithful = "If an item arrives damaged, faulty or is not what you ordered, tell us within 14 days of delivery.";
+        assert_eq!(shop.check_answer(faithful), Ok(()));
+        let chinese = Evidence::new(["积分不能兑换现金，也不能转让。", "积分可以兑换代金券。"]);
+        assert!(matches!(
+            chinese.check_answer("积分能兑换现金。"),
+            Err(Unsupported::Polarity(_))
+        ));
     }
 
     #[test]
