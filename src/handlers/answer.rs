@@ -327,27 +327,7 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
         answered.then(|| (selected.clone(), used.clone()))
     };
     if let Some((other_selected, others)) = other_language {
-        let quoted = answer::quoted(&other_selected);
-        let mut titles: Vec<&str> = quoted
-            .iter()
-            .map(|sentence| others[sentence.hit].title.as_str())
-            .collect();
-        titles.dedup();
-        let mut sources: Vec<SourceRef> = quoted
-            .iter()
-            .map(|sentence| source_of(&others[sentence.hit]))
-            .collect();
-        sources.dedup_by(|a, b| a.doc == b.doc && a.passage == b.passage);
-        let separator = if locale == Locale::Zh { "；" } else { "; " };
-        let text = a.ctx.prompts.render(
-            locale,
-            Template::OtherLanguageAnswer,
-            &[
-                ("answer", &answer::quote(&other_selected)),
-                ("title", &titles.join(separator)),
-            ],
-        );
-        return Ok(AnswerPlan::Fixed { text, sources });
+        return Ok(other_language_quote(a, locale, &other_selected, &others));
     }
     // The passage is about the topic, but no sentence of it answers.
     if !answered {
@@ -412,6 +392,45 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
         answering,
         sources,
     })))
+}
+
+/// The sentences of pages written in the other language, quoted as
+/// written after an introduction in the customer's language, with every
+/// passage they come from as a source.
+fn other_language_quote(
+    a: &Answering<'_>,
+    locale: Locale,
+    selected: &[answer::Selected],
+    hits: &[Hit],
+) -> AnswerPlan {
+    let quoted = answer::quoted(selected);
+    let mut titles: Vec<&str> = quoted
+        .iter()
+        .map(|sentence| hits[sentence.hit].title.as_str())
+        .collect();
+    titles.dedup();
+    let mut sources: Vec<SourceRef> = quoted
+        .iter()
+        .map(|sentence| {
+            let hit = &hits[sentence.hit];
+            SourceRef {
+                doc: hit.doc.clone(),
+                title: hit.title.clone(),
+                passage: hit.passage_index,
+            }
+        })
+        .collect();
+    sources.dedup_by(|a, b| a.doc == b.doc && a.passage == b.passage);
+    let separator = if locale == Locale::Zh { "；" } else { "; " };
+    let text = a.ctx.prompts.render(
+        locale,
+        Template::OtherLanguageAnswer,
+        &[
+            ("answer", &answer::quote(selected)),
+            ("title", &titles.join(separator)),
+        ],
+    );
+    AnswerPlan::Fixed { text, sources }
 }
 
 /// Whether the documents answer `text` by its words: retrieval finds
