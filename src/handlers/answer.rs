@@ -313,11 +313,11 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
         // Or its page holds more of what the question is about than any of
         // the customer's language ("Trail Club 积分 过期" against a page on
         // deleting an account, which names the club and its points).
-        let coverage = |hit: &Hit| crate::knowledge::topic_coverage(searched, hit);
-        let our_coverage = used.iter().map(coverage).fold(0.0, f32::max);
-        let their_coverage = other_selected
-            .first()
-            .map_or(0.0, |best| coverage(&others[best.hit]));
+        let our_coverage = crate::knowledge::topic_coverage(searched, &used);
+        let their_coverage = crate::knowledge::topic_coverage(
+            searched,
+            other_selected.first().map(|best| &others[best.hit]),
+        );
         let better = answer::answers_weighted(searched, &other_selected, weight)
             && (!answered
                 || theirs >= ours + OTHER_LANGUAGE_MARGIN * weights.mean()

@@ -930,11 +930,14 @@ impl KnowledgeBase {
     }
 }
 
-/// Share of `question`'s topic units that `hit`'s title and text hold,
-/// synonyms and typos allowed.
-pub fn topic_coverage(question: &str, hit: &Hit) -> f32 {
+/// Share of `question`'s topic units that the best of `hits` (title and
+/// text) holds, synonyms and typos allowed; 0 without hits.
+pub fn topic_coverage<'a>(question: &str, hits: impl IntoIterator<Item = &'a Hit>) -> f32 {
+    let units = topic_units(question);
     let mut words = text::word_analyzer();
-    share_covered(&covered_units(&topic_units(question), hit, &mut words))
+    hits.into_iter()
+        .map(|hit| share_covered(&covered_units(&units, hit, &mut words)))
+        .fold(0.0, f32::max)
 }
 
 /// Which of the question's units the hit's title and text hold.

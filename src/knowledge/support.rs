@@ -497,13 +497,13 @@ fn without_negation(clause: &str) -> String {
         };
         kept.push_str(word);
     }
-    let mut han = kept;
+    // As in `negated`: words such as 非常 hold a negating character and
+    // negate nothing.
     for word in NOT_NEGATIONS {
-        han = han.replace(word, &word.replace(CHINESE_NEGATIONS, "\u{0}"));
+        kept = kept.replace(word, "");
     }
-    han.chars()
+    kept.chars()
         .filter(|ch| !CHINESE_NEGATIONS.contains(ch))
-        .map(|ch| if ch == '\u{0}' { '·' } else { ch })
         .collect()
 }
 

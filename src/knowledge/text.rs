@@ -284,7 +284,13 @@ fn lexicon_chinese_words() -> impl Iterator<Item = &'static str> {
         .filter(|line| !line.starts_with('#'))
         .flat_map(|line| line.split([',', '=', '>']))
         .map(str::trim)
-        .filter(|entry| entry.chars().count() >= 2 && entry.chars().all(is_han))
+        .filter(|entry| is_chinese_word(entry))
+}
+
+/// A lexicon entry of two or more Han characters and nothing else: one
+/// word to jieba and to the lexicon alike.
+fn is_chinese_word(entry: &str) -> bool {
+    entry.chars().count() >= 2 && entry.chars().all(is_han)
 }
 
 /// Changes whenever the words the index is built from would: a search
@@ -739,7 +745,7 @@ fn entries(analyzer: &mut TextAnalyzer, line: &str) -> (Vec<String>, Vec<Vec<Str
         let entry = entry.trim();
         // A Chinese entry is one word: jieba knows it (see `jieba`), and a
         // question cut in precise mode holds it whole.
-        if entry.chars().count() >= 2 && entry.chars().all(is_han) {
+        if is_chinese_word(entry) {
             terms.push(entry.to_string());
             continue;
         }
