@@ -168,7 +168,7 @@ pub fn harness(data_dir: &Path, script: &str, settings: PipelineSettings) -> Har
     let script: Script = toml::from_str(script).expect("test script parses");
     let engine = Arc::new(ScriptedEngine::new(script));
     let channel = Arc::new(RecordingChannel::default());
-    let store = Store::open(data_dir).expect("store opens");
+    let store = reopen_store(data_dir);
     let channel_dyn: Arc<dyn Outbox> = channel.clone();
     let pipeline = Arc::new(Pipeline {
         store: store.clone(),
@@ -257,19 +257,11 @@ pub fn scripted_config(dir: &Path, script: &str, operator_port: u16) -> PathBuf 
     path
 }
 
-/// Opens the store a daemon of this process used, once that daemon has
-/// stopped: sled's flusher thread can hold the file lock for a moment after
+/// Opens the store a daemon or harness of this process used, once it has
+/// stopped: its flusher threads can hold the file lock for a moment after
 /// the last handle is dropped.
 pub fn reopen_store(data_dir: &Path) -> Store {
-    let until = Instant::now() + Duration::from_secs(10);
-    loop {
-        match Store::open(data_dir) {
-            Err(concierge::store::StoreError::Locked { .. }) if Instant::now() < until => {
-                std::thread::sleep(Duration::from_millis(50))
-            }
-            other => return other.expect("the store opens"),
-        }
-    }
+    Store::open_when_released(data_dir, Duration::from_secs(10)).expect("the store opens")
 }
 
 /// A free TCP port on 127.0.0.1.
