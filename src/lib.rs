@@ -12,6 +12,7 @@ pub mod config;
 pub mod engine;
 pub mod escalation;
 pub mod eval;
+pub mod fingerprint;
 mod handlers;
 pub mod health;
 pub mod history;

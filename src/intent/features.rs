@@ -15,16 +15,14 @@ const MAX_CUES: usize = 3;
 /// Number of hash buckets (a power of two).
 pub const DIMENSIONS: usize = 1 << 18;
 
-/// FNV-1a's starting value.
-pub(super) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub(super) use crate::fingerprint::{fnv, FNV_OFFSET};
 
-/// FNV-1a over `bytes`, continuing from `hash`.
-pub(super) fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
-    for &byte in bytes {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash
+/// Raised when the code below changes which features a text gets.
+const FEATURES_VERSION: u64 = 3;
+
+/// What a saved model's weights depend on: this code and the lexicon.
+pub fn fingerprint() -> u64 {
+    crate::fingerprint::of(FEATURES_VERSION, &sentiment::LEXICON_FILES)
 }
 
 fn bucket(hash: u64) -> usize {
@@ -125,6 +123,7 @@ fn push_cues(features: &mut Vec<usize>, cues: sentiment::Cues) {
     push("negative", cues.negative);
     push("positive", cues.positive);
     push("negated positive", cues.negated_positive);
+    push("negated negative", cues.negated_negative);
     push("wish", cues.wish);
     push("intensifier", cues.intensifier);
     let (negative, positive) = (cues.negative > 0, cues.positive > 0);

@@ -279,7 +279,8 @@ pub enum IntentError {
         /// What went wrong.
         detail: String,
     },
-    /// A model saved by an earlier version, without calibration.
+    /// A model saved by an earlier version, or trained on features this
+    /// version computes differently (another sentiment lexicon).
     #[error(
         "{path}: an intent model of an earlier version; retrain it with `concierge train intents`"
     )]
@@ -440,7 +441,7 @@ pub fn load_or_train(data_dir: &Path, shipped_dir: &Path) -> Result<Classifier, 
     if path.exists() {
         match IntentModel::load(&path) {
             Err(IntentError::Outdated { .. }) => tracing::warn!(
-                "{}: an intent model of an earlier version, without calibration; \
+                "{}: an intent model of an earlier version (other features); \
                  retraining it from {} (run `concierge train intents` again for your own data)",
                 path.display(),
                 shipped_dir.display()
@@ -587,6 +588,24 @@ mod tests {
             IntentModel::load(&path).is_ok(),
             "the retrained model was saved"
         );
+    }
+
+    #[test]
+    fn a_model_trained_on_other_features_is_retrained_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MODEL_FILE);
+        shipped().model().save(&path).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        // The fingerprint of the features follows the 8-byte magic: as if
+        // the sentiment lexicon had changed since this model was trained.
+        bytes[8] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            IntentModel::load(&path),
+            Err(IntentError::Outdated { .. })
+        ));
+        load_or_train(dir.path(), Path::new(DEFAULT_DATA_DIR)).unwrap();
+        assert!(IntentModel::load(&path).is_ok(), "retrained and saved");
     }
 
     #[test]

@@ -19,9 +19,11 @@ use crate::language;
 use crate::prompts::Locale;
 
 const LABELS: usize = Intent::ALL.len();
-const MAGIC: &[u8; 8] = b"CNCINT02";
-/// Files of the first format: weights without calibration.
-const MAGIC_UNCALIBRATED: &[u8; 8] = b"CNCINT01";
+/// Files of this format: the features' fingerprint follows the magic.
+const MAGIC: &[u8; 8] = b"CNCINT03";
+/// Files of earlier formats: weights without calibration (01), or with
+/// calibration but no record of the features they were trained on (02).
+const MAGICS_OUTDATED: [&[u8; 8]; 2] = [b"CNCINT01", b"CNCINT02"];
 /// How far class weights go towards balancing (0: none, 1: fully).
 const CLASS_WEIGHT_POWER: f32 = 0.65;
 /// One example in this many (by a hash of its text) fits the calibration
@@ -273,6 +275,7 @@ impl IntentModel {
         }
         let mut bytes = Vec::new();
         bytes.extend_from_slice(MAGIC);
+        bytes.extend_from_slice(&features::fingerprint().to_le_bytes());
         bytes.extend_from_slice(&(DIMENSIONS as u32).to_le_bytes());
         bytes.extend_from_slice(&(LABELS as u32).to_le_bytes());
         for bias in self.bias {
@@ -322,12 +325,19 @@ impl IntentModel {
         };
         match reader.take(8) {
             Some(magic) if magic == MAGIC.as_slice() => {}
-            Some(magic) if magic == MAGIC_UNCALIBRATED.as_slice() => {
+            Some(magic) if MAGICS_OUTDATED.iter().any(|old| magic == old.as_slice()) => {
                 return Err(IntentError::Outdated {
                     path: path.to_path_buf(),
                 })
             }
             _ => return Err(invalid("not an intent model")),
+        }
+        // Weights trained on other features (another lexicon, another
+        // version's feature code) would score the wrong buckets.
+        if reader.u64() != Some(features::fingerprint()) {
+            return Err(IntentError::Outdated {
+                path: path.to_path_buf(),
+            });
         }
         if reader.u32() != Some(DIMENSIONS as u32) || reader.u32() != Some(LABELS as u32) {
             return Err(invalid("an intent model of another shape"));
@@ -380,6 +390,11 @@ impl<'a> ByteReader<'a> {
         self.take(4)
             .and_then(|bytes| bytes.try_into().ok())
             .map(u32::from_le_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)
+            .and_then(|bytes| bytes.try_into().ok())
+            .map(u64::from_le_bytes)
     }
     fn f32(&mut self) -> Option<f32> {
         self.take(4)

@@ -45,6 +45,10 @@ pub struct Cues {
     pub positive: usize,
     /// Praise under a negator ("not great", "不太好吃").
     pub negated_positive: usize,
+    /// Displeasure under a negator ("never late", "一点都不油腻"): often
+    /// praise, yet also "no refund" or "不是骗人吗", so it is a cue of its
+    /// own rather than displeasure or praise.
+    pub negated_negative: usize,
     /// Markers of a small wish ("a bit", "就是有点").
     pub wish: usize,
     /// Intensifiers ("so", "太").
@@ -53,6 +57,9 @@ pub struct Cues {
 
 /// English words within this many words before praise negate it.
 const NEGATION_REACH_WORDS: usize = 3;
+/// English words within this many words before displeasure negate it
+/// ("never been late"); shorter, so "can't believe how bad" stays displeasure.
+const NEGATION_REACH_WORDS_DISPLEASURE: usize = 2;
 /// Chinese characters between a negator and the praise it negates.
 const NEGATION_REACH_CHARS: usize = 1;
 
@@ -108,6 +115,12 @@ fn english_words(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The lexicon files as compiled in (English, Chinese).
+pub const LEXICON_FILES: [&str; 2] = [
+    include_str!("sentiment-en.txt"),
+    include_str!("sentiment-zh.txt"),
+];
+
 fn build() -> Lexicon {
     let mut english = English {
         phrases: HashMap::new(),
@@ -116,7 +129,7 @@ fn build() -> Lexicon {
         phrase_starts: std::collections::HashSet::new(),
         longest_phrase: 1,
     };
-    for (entry, kind) in entries(include_str!("sentiment-en.txt")) {
+    for (entry, kind) in entries(LEXICON_FILES[0]) {
         if let Some(stem) = entry.strip_suffix('*') {
             english.stems.push((stem.to_string(), kind));
             continue;
@@ -135,9 +148,7 @@ fn build() -> Lexicon {
     english
         .stems
         .sort_by_key(|(stem, _)| std::cmp::Reverse(stem.len()));
-    let (patterns, kinds): (Vec<String>, Vec<Kind>) = entries(include_str!("sentiment-zh.txt"))
-        .into_iter()
-        .unzip();
+    let (patterns, kinds): (Vec<String>, Vec<Kind>) = entries(LEXICON_FILES[1]).into_iter().unzip();
     let matcher = AhoCorasick::builder()
         .match_kind(MatchKind::LeftmostLongest)
         .build(&patterns)
@@ -158,6 +169,7 @@ impl Cues {
                 self.negative += 1;
             }
             Kind::Positive => self.positive += 1,
+            Kind::Negative if negated => self.negated_negative += 1,
             Kind::Negative => self.negative += 1,
             Kind::Wish => self.wish += 1,
             Kind::Intensifier => self.intensifier += 1,
@@ -197,7 +209,12 @@ impl English {
                 None => (self.kind_of_word(&words[at]), 1),
             };
             if let Some(kind) = kind {
-                let negated = last_negator.is_some_and(|n| at - n <= NEGATION_REACH_WORDS);
+                let reach = if kind == Kind::Negative {
+                    NEGATION_REACH_WORDS_DISPLEASURE
+                } else {
+                    NEGATION_REACH_WORDS
+                };
+                let negated = last_negator.is_some_and(|n| at - n <= reach);
                 if kind == Kind::Negator {
                     last_negator = Some(at);
                 }
@@ -286,6 +303,21 @@ mod tests {
         assert!(praise.positive >= 2 && praise.wish >= 1, "{praise:?}");
         assert!(cues("so disappointed").negative >= 1);
         assert_eq!(cues("where is my order?"), Cues::default());
+    }
+
+    #[test]
+    fn denied_displeasure_is_a_cue_of_its_own() {
+        let greasy = cues("一点都不油腻，很健康");
+        assert_eq!(
+            (greasy.negated_negative, greasy.negative),
+            (1, 0),
+            "{greasy:?}"
+        );
+        let late = cues("the parcel was not late at all");
+        assert_eq!((late.negated_negative, late.negative), (1, 0), "{late:?}");
+        // Three words on, the negator no longer reaches the displeasure.
+        let bad = cues("I can't believe how bad it was");
+        assert_eq!((bad.negated_negative, bad.negative), (0, 1), "{bad:?}");
     }
 
     #[test]

@@ -297,11 +297,8 @@ fn is_chinese_word(entry: &str) -> bool {
 /// index made under another lexicon is rebuilt.
 pub fn analyzer_fingerprint() -> u64 {
     // Raised when the analyzer's code changes how it cuts words.
-    const ANALYZER_VERSION: u64 = 2;
-    SYNONYMS.bytes().fold(
-        0xcbf2_9ce4_8422_2325_u64 ^ ANALYZER_VERSION,
-        |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3),
-    )
+    const ANALYZER_VERSION: u64 = 3;
+    crate::fingerprint::of(ANALYZER_VERSION, &[SYNONYMS])
 }
 
 /// Whether `question` asks whether the shop has or offers something ("do
