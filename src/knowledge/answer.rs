@@ -264,11 +264,35 @@ pub fn answers_weighted(
     selected: &[Selected],
     weight: impl Fn(&QueryUnit) -> f32,
 ) -> bool {
-    let total: f32 = query_units(question).iter().map(weight).sum();
-    selected
-        .first()
-        .is_some_and(|best| best.score / total.max(f32::EPSILON) >= MIN_SENTENCE_SHARE)
+    let Some(best) = selected.first() else {
+        return false;
+    };
+    let total: f32 = query_units(question).iter().map(&weight).sum();
+    if best.score / total.max(f32::EPSILON) >= MIN_SENTENCE_SHARE {
+        return true;
+    }
+    // A story before the question ("took them out for one run and they rub
+    // my heel. can I still send them back?") dilutes the share with words
+    // no page needs to hold; the asking sentence alone must then be
+    // answered by the best sentence, most of it.
+    super::text::asking_sentence(question).is_some_and(|asking| {
+        let units = super::text::topic_units(asking);
+        let mut analyzer = word_analyzer();
+        let tokens: HashSet<String> = analyze(&mut analyzer, &best.text).into_iter().collect();
+        let lowered = best.text.to_lowercase();
+        let asked: f32 = units.iter().map(&weight).sum();
+        let held: f32 = units
+            .iter()
+            .filter(|unit| unit_covered(unit, &tokens, &lowered))
+            .map(&weight)
+            .sum();
+        held / asked.max(f32::EPSILON) >= MIN_ASKING_SHARE
+    })
 }
+
+/// Share of the asking sentence's words (`answers_weighted`) the best
+/// sentence must hold when the whole message's share falls short.
+pub const MIN_ASKING_SHARE: f32 = 0.5;
 
 /// Most sentences quoted when the model's answer is not used.
 const QUOTED_SENTENCES: usize = 3;
@@ -400,6 +424,20 @@ mod tests {
         let weighted = select_weighted(question, std::slice::from_ref(&returns), 4, weight);
         assert!(weighted[0].text.starts_with("Hand it"), "{weighted:?}");
         assert!(answers_weighted(question, &weighted, weight));
+    }
+
+    #[test]
+    fn a_story_before_the_question_does_not_hide_the_answer() {
+        let returns = hit("Shoes can be returned if they have only been tried on indoors.");
+        let story = "bought trail runners last week, took them out for one run and they \
+                     rub my heel and pinch my toes. can i still send them back?";
+        let selected = select(story, std::slice::from_ref(&returns), 4);
+        assert!(answers(story, &selected), "{selected:?}");
+        // The same words, with the question first: judged whole.
+        let asked_first = "can i still send them back? bought trail runners last week, \
+                           took them out for one run and they rub my heel and pinch my toes.";
+        let selected = select(asked_first, std::slice::from_ref(&returns), 4);
+        assert!(!answers(asked_first, &selected), "{selected:?}");
     }
 
     #[test]

@@ -849,6 +849,18 @@ impl KnowledgeBase {
             .iter()
             .map(|covered| share_covered(covered))
             .collect();
+        // A message that tells its story before it asks ("bought boots last
+        // week, wore them once… can I still send them back?") is judged by
+        // its question too: the story's words need not be on the page.
+        let asking_coverage = text::asking_sentence(&question)
+            .map(|asking| {
+                let asking_units = topic_units(&text::with_implied_topic(asking));
+                hits.iter()
+                    .take(COVERAGE_HITS)
+                    .map(|hit| share_covered(&covered_units(&asking_units, hit, &mut words)))
+                    .fold(0.0, f32::max)
+            })
+            .unwrap_or(0.0);
         let units = units
             .iter()
             .enumerate()
@@ -861,7 +873,7 @@ impl KnowledgeBase {
             question,
             searched,
             hits,
-            coverage: coverages.iter().copied().fold(0.0, f32::max),
+            coverage: coverages.iter().copied().fold(asking_coverage, f32::max),
             first_coverage: coverages.first().copied().unwrap_or(0.0),
             query_terms: units.len(),
             units,

@@ -301,6 +301,30 @@ pub fn analyzer_fingerprint() -> u64 {
     crate::fingerprint::of(ANALYZER_VERSION, &[SYNONYMS])
 }
 
+/// The question a message ends with after telling its story ("bought
+/// trail runners last week… can I still send them back?"): its last
+/// sentence, when there are several and the last asks (a question mark,
+/// or 吗/呢 at its end) and holds a topic unit, and none before it asks.
+/// `None` otherwise: a message that asks first and explains after ("Do you
+/// rent tents? I need one for a weekend"), or asks twice, is judged whole.
+pub fn asking_sentence(message: &str) -> Option<&str> {
+    let sentences: Vec<&str> = message
+        .split_inclusive(['.', '!', '?', '\n', '。', '！', '？', '；', ';'])
+        .map(str::trim)
+        .filter(|sentence| sentence.chars().any(char::is_alphanumeric))
+        .collect();
+    let [story @ .., last] = sentences.as_slice() else {
+        return None;
+    };
+    let asks = |sentence: &str| {
+        sentence
+            .trim_end_matches(|ch: char| !ch.is_alphanumeric() && ch != '?' && ch != '？')
+            .ends_with(['?', '？', '吗', '呢'])
+    };
+    let told_a_story = !story.is_empty() && !story.iter().any(|sentence| asks(sentence));
+    (told_a_story && asks(last) && !topic_units(last).is_empty()).then_some(*last)
+}
+
 /// Whether `question` asks whether the shop has or offers something ("do
 /// you sell gift wrapping", "is there an app", "有没有联名信用卡"): then the
 /// thing must be one the shop writes about, not merely a word of it.
@@ -892,6 +916,30 @@ fn term_covered(term: &str, passage_tokens: &HashSet<String>, passage_text: &str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_asking_sentence_is_the_question_after_a_story() {
+        assert_eq!(
+            asking_sentence("Bought boots last week, wore them once. Can I still send them back?"),
+            Some("Can I still send them back?")
+        );
+        assert_eq!(
+            asking_sentence("收到的帐篷杆断了一根。现在还能退吗"),
+            Some("现在还能退吗")
+        );
+        assert_eq!(asking_sentence("Can I still send them back?"), None);
+        assert_eq!(
+            asking_sentence("Do you rent tents? I only need one for a weekend."),
+            None,
+            "asks first, explains after"
+        );
+        assert_eq!(asking_sentence("My parcel is late. What now?"), None);
+        assert_eq!(
+            asking_sentence("你们的冲锋衣是在哪里生产的？made in China 吗"),
+            None,
+            "asks twice"
+        );
+    }
 
     #[test]
     fn lexicon_words_stay_whole_and_a_country_stands_for_its_region() {
