@@ -237,11 +237,6 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
     )?;
     let text = &retrieval.question.clone();
     let searched = retrieval.searched.as_str();
-    let source_of = |hit: &Hit| SourceRef {
-        doc: hit.doc.clone(),
-        title: hit.title.clone(),
-        passage: hit.passage_index,
-    };
     if let Some(faq) = retrieval.faq_answer() {
         let reply = a.ctx.prompts.render(
             locale,
@@ -394,6 +389,15 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
     })))
 }
 
+/// Where a passage comes from, for the reply's source line.
+fn source_of(hit: &Hit) -> SourceRef {
+    SourceRef {
+        doc: hit.doc.clone(),
+        title: hit.title.clone(),
+        passage: hit.passage_index,
+    }
+}
+
 /// The sentences of pages written in the other language, quoted as
 /// written after an introduction in the customer's language, with every
 /// passage they come from as a source.
@@ -411,14 +415,7 @@ fn other_language_quote(
     titles.dedup();
     let mut sources: Vec<SourceRef> = quoted
         .iter()
-        .map(|sentence| {
-            let hit = &hits[sentence.hit];
-            SourceRef {
-                doc: hit.doc.clone(),
-                title: hit.title.clone(),
-                passage: hit.passage_index,
-            }
-        })
+        .map(|sentence| source_of(&hits[sentence.hit]))
         .collect();
     sources.dedup_by(|a, b| a.doc == b.doc && a.passage == b.passage);
     let separator = if locale == Locale::Zh { "；" } else { "; " };

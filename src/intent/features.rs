@@ -15,7 +15,7 @@ const MAX_CUES: usize = 3;
 /// Number of hash buckets (a power of two).
 pub const DIMENSIONS: usize = 1 << 18;
 
-pub(super) use crate::fingerprint::{fnv, FNV_OFFSET};
+use crate::fingerprint::{fnv, FNV_OFFSET};
 
 /// Raised when the code below changes which features a text gets.
 const FEATURES_VERSION: u64 = 3;

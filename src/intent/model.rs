@@ -82,8 +82,11 @@ fn locale_index(lang: Locale) -> usize {
 
 /// Whether `text` fits the calibration rather than the weights.
 fn for_calibration(text: &str) -> bool {
-    features::fnv(features::FNV_OFFSET, text.trim().to_lowercase().as_bytes())
-        .is_multiple_of(CALIBRATION_SHARE)
+    crate::fingerprint::fnv(
+        crate::fingerprint::FNV_OFFSET,
+        text.trim().to_lowercase().as_bytes(),
+    )
+    .is_multiple_of(CALIBRATION_SHARE)
 }
 
 fn language_of(example: &Example) -> Locale {

@@ -271,20 +271,25 @@ pub fn answers_weighted(
     if best.score / total.max(f32::EPSILON) >= MIN_SENTENCE_SHARE {
         return true;
     }
+    // The weight and number of `units` the best sentence holds.
+    let mut analyzer = word_analyzer();
+    let tokens: HashSet<String> = analyze(&mut analyzer, &best.text).into_iter().collect();
+    let lowered = best.text.to_lowercase();
+    let held = |units: &[QueryUnit]| {
+        units
+            .iter()
+            .filter(|unit| unit_covered(unit, &tokens, &lowered))
+            .fold((0.0, 0), |(weight_held, count), unit| {
+                (weight_held + weight(unit), count + 1)
+            })
+    };
     // Words of how the message asks ("now", "already", 时候, 怎么办) help
     // pick the sentence but need not be in it; measured without them, the
     // best sentence must also hold two of the topic's words, not one that
     // only names the subject ("国家" in "where are your shoes made").
     let topic = super::text::topic_units(question);
-    let mut analyzer = word_analyzer();
-    let tokens: HashSet<String> = analyze(&mut analyzer, &best.text).into_iter().collect();
-    let lowered = best.text.to_lowercase();
     let topic_total: f32 = topic.iter().map(&weight).sum();
-    let held_topic = topic
-        .iter()
-        .filter(|unit| unit_covered(unit, &tokens, &lowered))
-        .count();
-    if held_topic >= 2 && best.score / topic_total.max(f32::EPSILON) >= MIN_TOPIC_SHARE {
+    if held(&topic).1 >= 2 && best.score / topic_total.max(f32::EPSILON) >= MIN_TOPIC_SHARE {
         return true;
     }
     // A story before the question ("took them out for one run and they rub
@@ -293,16 +298,8 @@ pub fn answers_weighted(
     // answered by the best sentence, most of it.
     super::text::asking_sentence(question).is_some_and(|asking| {
         let units = super::text::topic_units(asking);
-        let mut analyzer = word_analyzer();
-        let tokens: HashSet<String> = analyze(&mut analyzer, &best.text).into_iter().collect();
-        let lowered = best.text.to_lowercase();
         let asked: f32 = units.iter().map(&weight).sum();
-        let held: f32 = units
-            .iter()
-            .filter(|unit| unit_covered(unit, &tokens, &lowered))
-            .map(&weight)
-            .sum();
-        held / asked.max(f32::EPSILON) >= MIN_ASKING_SHARE
+        held(&units).0 / asked.max(f32::EPSILON) >= MIN_ASKING_SHARE
     })
 }
 

@@ -852,15 +852,12 @@ impl KnowledgeBase {
         // A message that tells its story before it asks ("bought boots last
         // week, wore them once… can I still send them back?") is judged by
         // its question too: the story's words need not be on the page.
-        let asking_coverage = text::asking_sentence(&question)
-            .map(|asking| {
-                let asking_units = topic_units(&text::with_implied_topic(asking));
-                hits.iter()
-                    .take(COVERAGE_HITS)
-                    .map(|hit| share_covered(&covered_units(&asking_units, hit, &mut words)))
-                    .fold(0.0, f32::max)
-            })
-            .unwrap_or(0.0);
+        let asking_coverage = text::asking_sentence(&question).map_or(0.0, |asking| {
+            topic_coverage(
+                &text::with_implied_topic(asking),
+                hits.iter().take(COVERAGE_HITS),
+            )
+        });
         let units = units
             .iter()
             .enumerate()

@@ -64,8 +64,7 @@ impl Words {
 /// One sentence of the shop's text.
 struct EvidenceSentence {
     words: Words,
-    /// Its clauses, each with whether it says "not".
-    clauses: Vec<(Words, bool)>,
+    clauses: Vec<EvidenceClause>,
     /// Whether it states a condition (`conditional`).
     conditional: bool,
     /// Its figures, with the units beside them.
@@ -76,6 +75,16 @@ struct EvidenceSentence {
     /// `Evidence::sentences`): "We ship to Canada. Delivery costs €19.95."
     previous: Option<usize>,
     text: String,
+}
+
+/// One clause of a shop's sentence.
+struct EvidenceClause {
+    words: Words,
+    /// Whether it says "not".
+    negated: bool,
+    /// `without_negation` of it, made once: every clause of an answer is
+    /// compared with it.
+    without_negation: String,
 }
 
 /// What a checked sentence says.
@@ -111,7 +120,11 @@ impl Evidence {
                 let previous = (position > 0).then(|| evidence.sentences.len() - 1);
                 let clauses = clauses(sentence)
                     .into_iter()
-                    .map(|clause| (Words::of(&mut analyzer, clause), negated(clause)))
+                    .map(|clause| EvidenceClause {
+                        words: Words::of(&mut analyzer, clause),
+                        negated: negated(clause),
+                        without_negation: without_negation(clause),
+                    })
                     .collect();
                 evidence.sentences.push(EvidenceSentence {
                     words: Words::of(&mut analyzer, sentence),
@@ -320,12 +333,12 @@ impl Evidence {
             let agrees = sentence
                 .clauses
                 .iter()
-                .filter(|(words, _)| {
+                .filter(|clause| {
                     claimed
                         .iter()
-                        .any(|figure| words.lowered.contains(figure.value.as_str()))
+                        .any(|figure| clause.words.lowered.contains(figure.value.as_str()))
                 })
-                .all(|(_, negated)| *negated == said_not);
+                .all(|clause| clause.negated == said_not);
             if agrees {
                 return Ok(sentence);
             }
@@ -351,9 +364,10 @@ impl Evidence {
         // sentence that shares some words cannot stand in for it.
         let claim = without_negation(clause);
         if self.sentences.iter().any(|sentence| {
-            sentence.clauses.iter().any(|(words, negated)| {
-                *negated != said_not && without_negation(&words.lowered) == claim
-            })
+            sentence
+                .clauses
+                .iter()
+                .any(|shop| shop.negated != said_not && shop.without_negation == claim)
         }) {
             return Err(Unsupported::Polarity(clause.to_string()));
         }
@@ -371,7 +385,7 @@ impl Evidence {
             let coverage: Vec<usize> = sentence
                 .clauses
                 .iter()
-                .map(|(words, _)| words.covered(units))
+                .map(|clause| clause.words.covered(units))
                 .collect();
             let most = coverage.iter().copied().max().unwrap_or(0);
             let agrees = sentence
@@ -379,7 +393,7 @@ impl Evidence {
                 .iter()
                 .zip(&coverage)
                 .filter(|(_, covered)| **covered == most)
-                .all(|((_, negated), _)| *negated == said_not);
+                .all(|(clause, _)| clause.negated == said_not);
             if agrees {
                 return Ok(sentence);
             }
