@@ -237,12 +237,135 @@ const ASKING_WORDS: &[&str] = &[
     "其实",
 ];
 
+/// Words of chat that say nothing of the topic ("lol", "guys", "actually",
+/// 哈哈, 听说): like the words of asking, a passage need not hold them.
+/// Shop pages never write them, so as topic words they weighed most and
+/// made a passage that answers look as if it covered little.
+const CHAT_FILLER_WORDS: &[&str] = &[
+    "lol",
+    "lmao",
+    "omg",
+    "btw",
+    "tbh",
+    "idk",
+    "imo",
+    "pls",
+    "plz",
+    "thx",
+    "ty",
+    "u",
+    "ur",
+    "ya",
+    "yeah",
+    "yep",
+    "nope",
+    "oh",
+    "ah",
+    "oops",
+    "hmm",
+    "um",
+    "uh",
+    "wow",
+    "ugh",
+    "guys",
+    "folks",
+    "mate",
+    "dude",
+    "bro",
+    "actually",
+    "basically",
+    "literally",
+    "honestly",
+    "seriously",
+    "totally",
+    "definitely",
+    "probably",
+    "maybe",
+    "perhaps",
+    "kinda",
+    "sorta",
+    "gonna",
+    "wanna",
+    "gotta",
+    "pretty",
+    "sure",
+    "stuff",
+    "thing",
+    "things",
+    "anyway",
+    "anyways",
+    "like",
+    "right",
+    "here",
+    "now",
+    "today",
+    "currently",
+    "quick",
+    "quickly",
+    "question",
+    "wondering",
+    "wonder",
+    "hoping",
+    "curious",
+    "hear",
+    "heard",
+    "think",
+    "guess",
+    "mean",
+    "said",
+    "say",
+    "ask",
+    "asking",
+    "wanted",
+    "哈哈",
+    "哈哈哈",
+    "嗯",
+    "额",
+    "呃",
+    "哦",
+    "噢",
+    "啦",
+    "哇",
+    "诶",
+    "唉",
+    "话说",
+    "听说",
+    "感觉",
+    "好像",
+    "反正",
+    "然后",
+    "就是",
+    "其实",
+    "一点",
+    "有点",
+    "比较",
+    "东西",
+    "应该",
+    "看看",
+    "看一下",
+    "问一下",
+    "想问",
+    "想知道",
+    "麻烦",
+    "那种",
+    "这种",
+    "现在",
+    "刚刚",
+    "刚",
+    "已经",
+    "一直",
+    "真是",
+    "真的",
+    "到时候",
+];
+
 fn asking_words() -> &'static HashSet<String> {
     static WORDS: OnceLock<HashSet<String>> = OnceLock::new();
     WORDS.get_or_init(|| {
         let mut analyzer = word_analyzer();
         ASKING_WORDS
             .iter()
+            .chain(CHAT_FILLER_WORDS)
             .flat_map(|word| {
                 let mut forms = analyze(&mut analyzer, word);
                 forms.push(word.to_string());
@@ -846,8 +969,15 @@ pub fn query_units(question: &str) -> Vec<QueryUnit> {
 pub fn topic_units(question: &str) -> Vec<QueryUnit> {
     let asking = asking_words();
     let mut units = query_units(question);
-    units.retain(|unit| !asking.contains(&unit.term));
+    units.retain(|unit| !asking.contains(&unit.term) && !is_detail(&unit.term));
     units
+}
+
+/// A figure the customer gives ("about 150 points", "2 x €89", "20 min
+/// ago"): a detail of their case, which the page that answers need not
+/// repeat.
+fn is_detail(term: &str) -> bool {
+    term.chars().all(|ch| ch.is_ascii_digit())
 }
 
 /// Edit distance, bounded: returns `None` when above `limit`.
@@ -1074,6 +1204,30 @@ mod tests {
         assert!(guessed.iter().any(|term| term == "快"), "{guessed:?}");
         // "sign up" is a phrase of the lexicon although "up" alone asks.
         assert_eq!(terms(topic_units("how do I sign up")), ["regist"]);
+    }
+
+    #[test]
+    fn chat_filler_and_the_customers_own_figures_are_not_topic_units() {
+        let terms = |question: &str| -> Vec<String> {
+            topic_units(question)
+                .into_iter()
+                .map(|unit| unit.term)
+                .collect()
+        };
+        assert_eq!(
+            terms("lol are u guys actually open on saturdays"),
+            ["open", "saturday"]
+        );
+        assert_eq!(
+            terms("charged 89 twice for one order"),
+            ["charg", "twice", "order"]
+        );
+        let chinese = terms("听说你们的会员其实有等级");
+        assert!(
+            !chinese.iter().any(|term| term == "听说" || term == "其实"),
+            "{chinese:?}"
+        );
+        assert!(chinese.iter().any(|term| term == "会员"), "{chinese:?}");
     }
 
     #[test]
