@@ -559,7 +559,8 @@ pub fn asks_whereabouts(question: &str) -> bool {
 
 /// `question` with the topic it implies but may not name: a question
 /// about where an order is gets the word for tracking in its own language
-/// (the synonyms reach the other).
+/// (the synonyms reach the other), inside its last sentence, so that the
+/// asking sentence after a story (`asking_sentence`) still asks.
 pub fn with_implied_topic(question: &str) -> String {
     if !asks_whereabouts(question) {
         return question.to_string();
@@ -569,7 +570,9 @@ pub fn with_implied_topic(question: &str) -> String {
     } else {
         "track"
     };
-    format!("{question} {track}")
+    let body = question.trim_end_matches(|ch: char| !ch.is_alphanumeric());
+    let ending = &question[body.len()..];
+    format!("{body} {track}{ending}")
 }
 
 /// The words of a Han run, as jieba's dictionary cuts them.
@@ -1058,6 +1061,20 @@ mod tests {
             Some("现在还能退吗")
         );
         assert_eq!(asking_sentence("Can I still send them back?"), None);
+        // The implied topic joins the asking sentence rather than ending it.
+        let searched = with_implied_topic("Ordered boots a week ago. Where is my parcel??");
+        assert_eq!(
+            searched,
+            "Ordered boots a week ago. Where is my parcel track??"
+        );
+        assert_eq!(
+            asking_sentence(&searched),
+            Some("Where is my parcel track?")
+        );
+        assert_eq!(
+            with_implied_topic("我的快递到哪了？"),
+            "我的快递到哪了 追踪？"
+        );
         assert_eq!(
             asking_sentence("Do you rent tents? I only need one for a weekend."),
             None,
