@@ -150,16 +150,49 @@ fn asks_for_recommendation(text: &str) -> bool {
         lowered.match_indices(marker).any(|(at, _)| {
             // "最低要买多少钱" asks about an amount, not for products.
             let after = lowered[at + marker.len()..].trim_start();
-            !["多少", "几", "满", "够"]
+            let asks_amount = ["多少", "几", "满", "够"]
                 .iter()
-                .any(|amount| after.starts_with(amount))
+                .any(|amount| after.starts_with(amount));
+            !asks_amount && !negated(&lowered[..at])
         })
+    })
+}
+
+/// Whether the words just before a marker deny it ("can I rent one? 不想买",
+/// "I don't want to buy", "please don't recommend").
+fn negated(before: &str) -> bool {
+    if before.ends_with(['不', '没', '别']) || before.ends_with("不是") {
+        return true;
+    }
+    let words: Vec<&str> = before
+        .split(|ch: char| !ch.is_alphanumeric() && ch != '\'' && ch != '’')
+        .filter(|word| !word.is_empty())
+        .collect();
+    // The word right before: "not sure, recommend one" still asks.
+    words.last().is_some_and(|word| {
+        matches!(
+            word.replace('’', "'").as_str(),
+            "not" | "don't" | "dont" | "never" | "no" | "wouldn't" | "won't" | "didn't" | "doesn't"
+        )
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_denied_wish_to_buy_asks_for_no_products() {
+        assert!(asks_for_recommendation("我想买一个适合徒步的背包"));
+        assert!(asks_for_recommendation("I want to buy a tent"));
+        assert!(!asks_for_recommendation("帐篷可以租吗？不想买"));
+        assert!(!asks_for_recommendation(
+            "I don't want to buy one, can I rent a tent?"
+        ));
+        assert!(!asks_for_recommendation("please do not recommend anything"));
+        assert!(!asks_for_recommendation("别推荐了，我只想问运费"));
+        assert!(asks_for_recommendation("not sure which, recommend one"));
+    }
 
     #[test]
     fn commands_parse_with_bot_suffix_and_case() {
