@@ -237,7 +237,10 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
     )?;
     let text = &retrieval.question.clone();
     let searched = retrieval.searched.as_str();
-    if let Some(faq) = retrieval.faq_answer() {
+    let faq_answer = retrieval
+        .faq_answer()
+        .filter(|faq| answer::states_asked_figure(text, &faq.passage));
+    if let Some(faq) = faq_answer {
         let reply = a.ctx.prompts.render(
             locale,
             Template::FaqAnswer,

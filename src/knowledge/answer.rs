@@ -123,6 +123,15 @@ fn asked_figure(lowered_question: &str) -> Option<AskedFigure> {
     }
 }
 
+/// Whether `text` could answer `question` by the kind of figure it asks
+/// for: true when the question asks for no duration or amount of money, or
+/// the text states one. "寄到瑞士要几天" is not answered by an FAQ entry
+/// that names Switzerland but no number of days.
+pub fn states_asked_figure(question: &str, text: &str) -> bool {
+    asked_figure(&question.to_lowercase())
+        .is_none_or(|asked| states_figure(&text.to_lowercase(), asked))
+}
+
 /// Units of time that follow a figure ("3-5 working days", "24 小时").
 const TIME_UNITS: &[&str] = &[
     "minute",
