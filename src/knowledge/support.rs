@@ -277,7 +277,14 @@ impl Evidence {
                     return Err(Unsupported::Figure(figure.shown()));
                 }
             }
-            if support.answering {
+            // A clause that drops the shop's figure ("Northwind bags carry an
+            // extended warranty" for "an extended 5-year warranty") does not
+            // restate it: the shop's sentence is still quoted.
+            let keeps_the_figures = support
+                .figures
+                .iter()
+                .all(|known| clause_figures.iter().any(|figure| known.matches(figure)));
+            if support.answering && keeps_the_figures {
                 answering.push(support.text.clone());
             }
             supports.push(negated(clause));
@@ -845,6 +852,21 @@ mod tests {
             "We accept Visa, Mastercard and American Express. Write to help@example-shop.com or see https://example-shop.com/pay.",
             "退货：收货后45天内可以退货。积分24个月后过期，不能兑换现金。",
         ])
+    }
+
+    #[test]
+    fn a_statement_that_drops_the_figure_does_not_restate_the_answer() {
+        let answer = "Our own sleeping bags carry an extended 5-year warranty.";
+        let shop = Evidence::new([answer, "All down is certified."]).answering([answer]);
+        let vague = shop
+            .check_statement_answering("Our own sleeping bags carry an extended warranty.")
+            .unwrap();
+        assert!(vague.states);
+        assert!(vague.answering.is_empty(), "{:?}", vague.answering);
+        let restated = shop
+            .check_statement_answering("Our sleeping bags have an extended 5-year warranty.")
+            .unwrap();
+        assert_eq!(restated.answering, [answer]);
     }
 
     #[test]
