@@ -132,61 +132,20 @@ pub fn states_asked_figure(question: &str, text: &str) -> bool {
         .is_none_or(|asked| states_figure(&text.to_lowercase(), asked))
 }
 
-/// Units of time that follow a figure ("3-5 working days", "24 小时").
-const TIME_UNITS: &[&str] = &[
-    "minute",
-    "hour",
-    "day",
-    "week",
-    "month",
-    "year",
-    "分钟",
-    "小时",
-    "天",
-    "工作日",
-    "周",
-    "星期",
-    "个月",
-    "年",
-];
+/// Units of a duration and of money, by their names in `support`.
+const TIME_UNITS: &[&str] = &["minute", "hour", "day", "week", "month", "year"];
+const MONEY_UNITS: &[&str] = &["eur", "usd", "gbp", "cny"];
 
-/// Signs of an amount of money beside a figure.
-const MONEY_SIGNS: &[&str] = &["€", "eur", "$", "usd", "£", "欧元", "元"];
-
-/// Whether `lowered` (a sentence) states the kind of figure asked for: a
-/// figure followed, within a word or two, by a unit of time, or with a
-/// currency next to it.
-fn states_figure(lowered: &str, asked: AskedFigure) -> bool {
-    let chars: Vec<char> = lowered.chars().collect();
-    let mut at = 0;
-    while at < chars.len() {
-        if !chars[at].is_ascii_digit() {
-            at += 1;
-            continue;
-        }
-        let start = at;
-        while at < chars.len() && (chars[at].is_ascii_digit() || ",.-–".contains(chars[at])) {
-            at += 1;
-        }
-        let before: String = chars[start.saturating_sub(4)..start].iter().collect();
-        let after: String = chars[at..(at + 16).min(chars.len())].iter().collect();
-        let found = match asked {
-            AskedFigure::Duration => {
-                let after = after.trim_start();
-                let after = after.strip_prefix("working ").unwrap_or(after);
-                let after = after.strip_prefix("business ").unwrap_or(after);
-                let after = after.strip_prefix("个").unwrap_or(after);
-                TIME_UNITS.iter().any(|unit| after.starts_with(unit))
-            }
-            AskedFigure::Money => MONEY_SIGNS
-                .iter()
-                .any(|sign| before.contains(sign) || after.trim_start().starts_with(sign)),
-        };
-        if found {
-            return true;
-        }
-    }
-    false
+/// Whether `text` (a sentence) states the kind of figure asked for: a
+/// figure with a unit of time, or with a currency.
+fn states_figure(text: &str, asked: AskedFigure) -> bool {
+    let units = match asked {
+        AskedFigure::Duration => TIME_UNITS,
+        AskedFigure::Money => MONEY_UNITS,
+    };
+    super::support::figure_units(text)
+        .iter()
+        .any(|unit| units.contains(&unit.as_str()))
 }
 
 /// The sentences of `hits` that answer `question` best, best first: at most

@@ -662,9 +662,9 @@ impl Figure {
 /// check knows.
 fn known_unit(word: &str) -> Option<&'static str> {
     Some(match word.to_lowercase().as_str() {
-        "€" | "eur" | "euro" | "euros" => "eur",
-        "$" | "usd" | "dollar" | "dollars" => "usd",
-        "£" | "gbp" | "pound" | "pounds" => "gbp",
+        "€" | "eur" | "euro" | "euros" | "欧元" => "eur",
+        "$" | "usd" | "dollar" | "dollars" | "美元" => "usd",
+        "£" | "gbp" | "pound" | "pounds" | "英镑" => "gbp",
         "¥" | "￥" | "元" | "rmb" | "cny" | "yuan" | "块" => "cny",
         "%" | "％" | "percent" => "percent",
         "天" | "日" | "工作日" | "个工作日" | "day" | "days" => "day",
@@ -684,6 +684,15 @@ fn unit_name(word: &str) -> Option<String> {
         return None;
     }
     Some(known_unit(word).map_or_else(|| word.to_lowercase(), str::to_string))
+}
+
+/// The units of the figures `text` states, by their one name ("day",
+/// "eur"); figures without a unit are left out.
+pub(super) fn figure_units(text: &str) -> Vec<String> {
+    figures(text)
+        .into_iter()
+        .filter_map(|figure| figure.unit)
+        .collect()
 }
 
 /// The figures of `text`: digit runs (with "4.95" and "1,000" kept whole)
