@@ -159,22 +159,38 @@ fn asks_for_recommendation(text: &str) -> bool {
 }
 
 /// Whether the words just before a marker deny it ("can I rent one? 不想买",
-/// "I don't want to buy", "please don't recommend").
+/// "I don't want to buy", "please don't recommend"), within its clause.
 fn negated(before: &str) -> bool {
-    if before.ends_with(['不', '没', '别']) || before.ends_with("不是") {
+    let clause = before
+        .rsplit([
+            '.', '?', '!', ',', ';', ':', '。', '？', '！', '，', '；', '：',
+        ])
+        .next()
+        .unwrap_or(before);
+    // 不想买, 不要买, 不用推荐, 没想买; not 有没 (有没推荐 asks) or 特别,
+    // 分别 (别 that is no "don't").
+    let chinese = clause.ends_with('不')
+        || clause.ends_with("不用")
+        || (clause.ends_with('没') && !clause.ends_with("有没"))
+        || (clause.ends_with('别')
+            && ![
+                "特别", "分别", "区别", "类别", "级别", "性别", "个别", "告别",
+            ]
+            .iter()
+            .any(|word| clause.ends_with(word)));
+    if chinese {
         return true;
     }
-    let words: Vec<&str> = before
+    // The word right before: "not sure which, recommend one" still asks.
+    clause
         .split(|ch: char| !ch.is_alphanumeric() && ch != '\'' && ch != '’')
-        .filter(|word| !word.is_empty())
-        .collect();
-    // The word right before: "not sure, recommend one" still asks.
-    words.last().is_some_and(|word| {
-        matches!(
-            word.replace('’', "'").as_str(),
-            "not" | "don't" | "dont" | "never" | "no" | "wouldn't" | "won't" | "didn't" | "doesn't"
-        )
-    })
+        .rfind(|word| !word.is_empty())
+        .is_some_and(|word| {
+            matches!(
+                word.replace('’', "'").as_str(),
+                "not" | "don't" | "dont" | "never" | "wouldn't" | "won't" | "didn't" | "doesn't"
+            )
+        })
 }
 
 #[cfg(test)]
@@ -192,6 +208,13 @@ mod tests {
         assert!(!asks_for_recommendation("please do not recommend anything"));
         assert!(!asks_for_recommendation("别推荐了，我只想问运费"));
         assert!(asks_for_recommendation("not sure which, recommend one"));
+        assert!(asks_for_recommendation("我特别想买一个帐篷"));
+        assert!(asks_for_recommendation("分别推荐一款帐篷和睡袋"));
+        assert!(asks_for_recommendation("有没推荐的防水鞋"));
+        assert!(asks_for_recommendation("No, recommend a cheaper one"));
+        assert!(asks_for_recommendation(
+            "Is it waterproof? If not, suggest something similar"
+        ));
     }
 
     #[test]

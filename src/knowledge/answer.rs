@@ -97,53 +97,98 @@ const ASKS_FOR_DURATION: &[&str] = &[
     "多少个工作日",
 ];
 
-/// Cues of a question asking for an amount of money.
-const ASKS_FOR_MONEY: &[&str] = &[
-    "how much",
+/// Cues of a question asking for an amount of money: asked outright.
+const ASKS_HOW_MUCH: &[&str] = &["how much", "多少钱", "多少欧", "几欧", "几块钱"];
+
+/// Words of money that a question may be about without asking an amount
+/// ("do you price match?", "is there a restocking fee?").
+const MONEY_WORDS: &[&str] = &[
     "price",
+    "prices",
     "cost",
+    "costs",
     "fee",
+    "fees",
     "charge",
-    "多少钱",
+    "charges",
     "价格",
     "费用",
     "运费",
     "收费",
     "手续费",
-    "多少欧",
 ];
 
-fn asked_figure(lowered_question: &str) -> Option<AskedFigure> {
-    let asks = |cues: &[&str]| cues.iter().any(|cue| lowered_question.contains(cue));
+/// Whether `lowered` holds `cue`: a whole word or phrase for Latin cues
+/// ("fee" is not in "coffee"), anywhere for Han ones.
+fn holds_cue(lowered: &str, cue: &str) -> bool {
+    if cue.chars().any(super::text::is_han) {
+        return lowered.contains(cue);
+    }
+    lowered.match_indices(cue).any(|(at, _)| {
+        let before = lowered[..at].chars().next_back();
+        let after = lowered[at + cue.len()..].chars().next();
+        !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+    })
+}
+
+/// Whether a duration cue asks ("要几天") rather than tells ("前几天下的单").
+fn asks_duration(lowered: &str) -> bool {
+    ASKS_FOR_DURATION.iter().any(|cue| {
+        if !cue.chars().any(super::text::is_han) {
+            return holds_cue(lowered, cue);
+        }
+        lowered
+            .match_indices(cue)
+            .any(|(at, _)| !lowered[..at].ends_with(['前', '这', '过', '好', '那']))
+    })
+}
+
+/// The kind of figure a question asks for. With `outright`, only a
+/// question that asks an amount in so many words ("how much", 多少钱)
+/// counts as asking for money; otherwise words of money do too.
+fn asked_figure_by(lowered_question: &str, outright: bool) -> Option<AskedFigure> {
+    let asks_money = ASKS_HOW_MUCH
+        .iter()
+        .chain(if outright { &[][..] } else { MONEY_WORDS })
+        .any(|cue| holds_cue(lowered_question, cue));
     // "How much does it cost and how long does it take": neither alone.
-    match (asks(ASKS_FOR_DURATION), asks(ASKS_FOR_MONEY)) {
+    match (asks_duration(lowered_question), asks_money) {
         (true, false) => Some(AskedFigure::Duration),
         (false, true) => Some(AskedFigure::Money),
         _ => None,
     }
 }
 
+fn asked_figure(lowered_question: &str) -> Option<AskedFigure> {
+    asked_figure_by(lowered_question, false)
+}
+
 /// Whether `text` could answer `question` by the kind of figure it asks
-/// for: true when the question asks for no duration or amount of money, or
-/// the text states one. "寄到瑞士要几天" is not answered by an FAQ entry
-/// that names Switzerland but no number of days.
+/// for outright: true when the question asks no "how long" or "how much",
+/// or the text states such a figure. "寄到瑞士要几天" is not answered by an
+/// FAQ entry that names Switzerland but no number of days.
 pub fn states_asked_figure(question: &str, text: &str) -> bool {
-    asked_figure(&question.to_lowercase())
+    asked_figure_by(&question.to_lowercase(), true)
         .is_none_or(|asked| states_figure(&text.to_lowercase(), asked))
 }
 
-/// Units of a duration and of money, by their names in `support`.
+/// Units of a duration and of an amount, by their names in `support`:
+/// "how much" may ask a price, a discount or a weight.
 const TIME_UNITS: &[&str] = &["minute", "hour", "day", "week", "month", "year"];
-const MONEY_UNITS: &[&str] = &["eur", "usd", "gbp", "cny"];
+const AMOUNT_UNITS: &[&str] = &["eur", "usd", "gbp", "cny", "percent", "kg"];
+
+/// Words that answer a question of money without a figure.
+const FREE_WORDS: &[&str] = &["free", "no fee", "no charge", "免费", "包邮", "不收费"];
 
 /// Whether `text` (a sentence) states the kind of figure asked for: a
-/// figure with a unit of time, or with a currency.
+/// figure with a unit of time, or an amount (or that it is free).
 fn states_figure(text: &str, asked: AskedFigure) -> bool {
     let units = match asked {
         AskedFigure::Duration => TIME_UNITS,
-        AskedFigure::Money => MONEY_UNITS,
+        AskedFigure::Money => AMOUNT_UNITS,
     };
-    super::support::figure_units(text)
+    let free = asked == AskedFigure::Money && FREE_WORDS.iter().any(|word| holds_cue(text, word));
+    free || super::support::figure_units(text)
         .iter()
         .any(|unit| units.contains(&unit.as_str()))
 }

@@ -277,18 +277,27 @@ impl Evidence {
                     return Err(Unsupported::Figure(figure.shown()));
                 }
             }
-            // A clause that drops the shop's figure ("Northwind bags carry an
-            // extended warranty" for "an extended 5-year warranty") does not
-            // restate it: the shop's sentence is still quoted.
-            let keeps_the_figures = support
-                .figures
-                .iter()
-                .all(|known| clause_figures.iter().any(|figure| known.matches(figure)));
-            if support.answering && keeps_the_figures {
-                answering.push(support.text.clone());
+            if support.answering {
+                answering.push(support);
             }
             supports.push(negated(clause));
         }
+        // A sentence that drops the shop's figure ("Northwind bags carry an
+        // extended warranty" for "an extended 5-year warranty") does not
+        // restate it: the shop's sentence is still quoted.
+        let said_figures = figures(&without_links(sentence));
+        let mut seen = HashSet::new();
+        let answering = answering
+            .into_iter()
+            .filter(|support| seen.insert(support.text.as_str()))
+            .filter(|support| {
+                support
+                    .figures
+                    .iter()
+                    .all(|known| said_figures.iter().any(|figure| known.matches(figure)))
+            })
+            .map(|support| support.text.clone())
+            .collect();
         let statement = Statement {
             states: !supports.is_empty(),
             answering,
@@ -876,6 +885,15 @@ mod tests {
             .check_statement_answering("Our sleeping bags have an extended 5-year warranty.")
             .unwrap();
         assert_eq!(restated.answering, [answer]);
+        // Figures spread over the clauses of one sentence are all said.
+        let refund = "PayPal refunds arrive within 24 hours, card refunds take 3-5 working days.";
+        let shop = Evidence::new([refund]).answering([refund]);
+        let whole = shop
+            .check_statement_answering(
+                "PayPal refunds arrive within 24 hours, card refunds take 3-5 working days.",
+            )
+            .unwrap();
+        assert_eq!(whole.answering, [refund]);
     }
 
     #[test]

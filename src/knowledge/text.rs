@@ -273,8 +273,6 @@ const CHAT_FILLER_WORDS: &[&str] = &[
     "dude",
     "bro",
     "actually",
-    "basically",
-    "literally",
     "honestly",
     "seriously",
     "totally",
@@ -299,9 +297,6 @@ const CHAT_FILLER_WORDS: &[&str] = &[
     "here",
     "now",
     "today",
-    "currently",
-    "quick",
-    "quickly",
     "question",
     "wondering",
     "wonder",
@@ -360,7 +355,6 @@ const CHAT_FILLER_WORDS: &[&str] = &[
     "但",
     "但是",
     "根本",
-    "一起",
     "谁",
     "昨天",
     "今天",
@@ -622,6 +616,8 @@ pub fn with_implied_topic(question: &str) -> String {
         "track"
     };
     let body = question.trim_end_matches(|ch: char| !ch.is_alphanumeric());
+    // "包裹到哪了呢": the word goes before the particle that asks.
+    let body = body.trim_end_matches(['吗', '呢', '吧']);
     let ending = &question[body.len()..];
     format!("{body} {track}{ending}")
 }
