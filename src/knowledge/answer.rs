@@ -404,21 +404,15 @@ pub fn answers_weighted(
     let mut analyzer = word_analyzer();
     let tokens: HashSet<String> = analyze(&mut analyzer, &best.text).into_iter().collect();
     let lowered = best.text.to_lowercase();
-    let held = |units: &[QueryUnit]| {
-        units
-            .iter()
-            .filter(|unit| unit_covered(unit, &tokens, &lowered))
-            .fold((0.0, 0), |(weight_held, count), unit| {
-                (weight_held + weight(unit), count + 1)
-            })
-    };
+    let held = |units: &[QueryUnit]| weight_held(units, &tokens, &lowered, &weight);
     // Words of how the message asks ("now", "already", 时候, 怎么办) help
     // pick the sentence but need not be in it; measured without them, the
     // best sentence must also hold two of the topic's words, not one that
     // only names the subject ("国家" in "where are your shoes made").
     let topic = super::text::topic_units(question);
     let topic_total: f32 = topic.iter().map(&weight).sum();
-    if held(&topic).1 >= 2 && best.score / topic_total.max(f32::EPSILON) >= MIN_TOPIC_SHARE {
+    let (_, topic_held) = held(&topic);
+    if topic_held >= 2 && best.score / topic_total.max(f32::EPSILON) >= MIN_TOPIC_SHARE {
         return true;
     }
     // A long message asks more than one sentence holds ("hasn't moved in
@@ -426,14 +420,9 @@ pub fn answers_weighted(
     // quoted together may answer it, if the best holds a topic word.
     let together = quote(selected);
     let quoted_tokens: HashSet<String> = analyze(&mut analyzer, &together).into_iter().collect();
-    let quoted_lowered = together.to_lowercase();
-    let (quoted_weight, quoted_count) = topic
-        .iter()
-        .filter(|unit| unit_covered(unit, &quoted_tokens, &quoted_lowered))
-        .fold((0.0, 0), |(weight_held, count), unit| {
-            (weight_held + weight(unit), count + 1)
-        });
-    if held(&topic).1 >= 1
+    let (quoted_weight, quoted_count) =
+        weight_held(&topic, &quoted_tokens, &together.to_lowercase(), &weight);
+    if topic_held >= 1
         && quoted_count >= 2
         && quoted_weight / topic_total.max(f32::EPSILON) >= MIN_QUOTED_TOPIC_SHARE
     {
@@ -448,6 +437,22 @@ pub fn answers_weighted(
         let asked: f32 = units.iter().map(&weight).sum();
         held(&units).0 / asked.max(f32::EPSILON) >= MIN_ASKING_SHARE
     })
+}
+
+/// The summed weight and the number of `units` a text holds (its analysed
+/// `tokens` and its `lowered` form).
+fn weight_held(
+    units: &[QueryUnit],
+    tokens: &HashSet<String>,
+    lowered: &str,
+    weight: impl Fn(&QueryUnit) -> f32,
+) -> (f32, usize) {
+    units
+        .iter()
+        .filter(|unit| unit_covered(unit, tokens, lowered))
+        .fold((0.0, 0), |(weight_held, count), unit| {
+            (weight_held + weight(unit), count + 1)
+        })
 }
 
 /// Share of the question's topic words (asking words left out) the best
