@@ -65,8 +65,8 @@ pub struct Selected {
 
 /// Words that ask for an amount, a duration or a count.
 const ASKS_FOR_FIGURE: &[&str] = &[
-    "how much", "how many", "how long", "how soon", "how fast", "how late", "price", "cost",
-    "多少", "几", "多久", "多长", "多快", "价格", "费用",
+    "how much", "how many", "how long", "how soon", "how fast", "how late", "price", "prices",
+    "priced", "cost", "costs", "多少", "几", "多久", "多长", "多快", "价格", "费用",
 ];
 
 /// What kind of figure a question asks for, when the words say it.
@@ -218,7 +218,7 @@ pub fn select_weighted(
     let lowered_question = question.to_lowercase();
     let wants_figure = ASKS_FOR_FIGURE
         .iter()
-        .any(|cue| lowered_question.contains(cue));
+        .any(|cue| holds_cue(&lowered_question, cue));
     let asked_figure = asked_figure(&lowered_question);
     let mut analyzer = word_analyzer();
     let mut scored = Vec::new();
