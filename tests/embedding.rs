@@ -310,3 +310,54 @@ fn with_meaning_tiebreak_on_the_classifier_carries_a_trained_judge() {
     let shared = concierge::app::shared_embedder(&config.knowledge.embedder_path, 0).unwrap();
     assert!(std::sync::Arc::ptr_eq(judge.embedder(), &shared));
 }
+
+/// A shop that wrote its pages in English only: a Chinese question that
+/// shares no word with them is answered by the sentence closest in
+/// meaning, and one about something the pages never mention is not.
+#[test]
+fn a_question_in_chinese_is_answered_by_meaning_from_english_only_pages() {
+    use concierge::knowledge::{self, KnowledgeBase};
+    use concierge::store::Store;
+    use std::sync::Arc;
+
+    embedder_ready();
+    let data = tempfile::tempdir().unwrap();
+    let docs = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(docs.path().join(name), text).unwrap();
+    write(
+        "gift-cards.md",
+        "# Gift cards\n\n## Validity\nOur gift cards are sold in amounts from €10 to €250. \
+         A gift card is valid for 3 years from the date of purchase. \
+         You can combine up to 3 gift cards in one order.\n",
+    );
+    write(
+        "delivery.md",
+        "# Delivery\n\n## Delivery times\nWe ship from our warehouse in Rotterdam. \
+         Orders to Germany arrive in 1 to 2 working days. \
+         Evening delivery costs an extra €2.50.\n",
+    );
+    write(
+        "returns.md",
+        "# Returns\n\n## Return window\nYou can return most products within 14 days of delivery. \
+         A return label costs €4.95 and is deducted from your refund.\n",
+    );
+    let store = Store::open(&data.path().join("store")).unwrap();
+    knowledge::import(&store, &[docs.path().to_path_buf()]).unwrap();
+    let kb = KnowledgeBase::open(&store, &data.path().join("index")).unwrap();
+    let embedder = Arc::new(Embedder::load(&repo().join("models").join(MODEL_FILE), 2).unwrap());
+    kb.embed_passages(embedder, &data.path().join("vectors"))
+        .unwrap();
+    let answering = |question: &str| {
+        let hits = kb.retrieve(question, 3).unwrap().hits;
+        kb.answering_by_meaning(question, &hits)
+    };
+    let gift_card = answering("礼品卡有效期多久？");
+    assert!(
+        gift_card
+            .first()
+            .is_some_and(|best| best.text.contains("valid for 3 years")),
+        "{gift_card:?}"
+    );
+    let unrelated = answering("你们赞助马拉松比赛吗？");
+    assert!(unrelated.is_empty(), "{unrelated:?}");
+}

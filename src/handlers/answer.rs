@@ -34,6 +34,8 @@ const OTHER_LANGUAGE_HITS: usize = 3;
 /// How much better, in question words of average weight, the other
 /// language's best sentence must answer to be quoted instead.
 const OTHER_LANGUAGE_MARGIN: f32 = 1.0;
+/// Other-language passages whose sentences are compared by meaning.
+const MEANING_HITS: usize = 3;
 
 /// What the answer handler may use.
 #[derive(Clone, Copy)]
@@ -255,11 +257,18 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
     // neighbours (other products, other cards) does not answer it.
     let unknown_thing = crate::knowledge::text::asks_existence(text)
         && !knowledge.unknown_topic_units(text).is_empty();
-    if !retrieval.found() || unknown_thing {
-        return Ok(AnswerPlan::Fixed {
-            text: a.ctx.prompts.text(locale, Template::NotFound).to_string(),
-            sources: Vec::new(),
-        });
+    let not_found = || AnswerPlan::Fixed {
+        text: a.ctx.prompts.text(locale, Template::NotFound).to_string(),
+        sources: Vec::new(),
+    };
+    if unknown_thing {
+        return Ok(not_found());
+    }
+    if !retrieval.found() {
+        return Ok(
+            other_language_by_meaning(a, knowledge, text, locale, &retrieval.hits)
+                .unwrap_or_else(not_found),
+        );
     }
     // Passages close to the best one; weak tail hits only add noise.
     let best = retrieval.hits[0].score;
@@ -274,14 +283,7 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
     // other-language passage says the same, in words they may not read.
     // Counted by Han characters: a Chinese passage may hold more Latin
     // letters (brand names) than Han ones.
-    let in_language = |hit: &Hit| {
-        let han = hit
-            .passage
-            .chars()
-            .filter(|&ch| crate::knowledge::text::is_han(ch))
-            .count();
-        (han >= 2) == (locale == Locale::Zh)
-    };
+    let in_language = |hit: &Hit| in_language(hit, locale);
     let in_customer_language = used.iter().any(in_language);
     let used: Vec<Hit> = if in_customer_language {
         used.into_iter().filter(in_language).collect()
@@ -329,10 +331,10 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
     }
     // The passage is about the topic, but no sentence of it answers.
     if !answered {
-        return Ok(AnswerPlan::Fixed {
-            text: a.ctx.prompts.text(locale, Template::NotFound).to_string(),
-            sources: Vec::new(),
-        });
+        return Ok(
+            other_language_by_meaning(a, knowledge, text, locale, &retrieval.hits)
+                .unwrap_or_else(not_found),
+        );
     }
     let quoted = answer::quoted(&selected);
     let answering: Vec<String> = quoted
@@ -390,6 +392,42 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
         answering,
         sources,
     })))
+}
+
+/// Whether a passage is written in the customer's language. Counted by
+/// Han characters: a Chinese passage may hold more Latin letters (brand
+/// names) than Han ones.
+fn in_language(hit: &Hit, locale: Locale) -> bool {
+    let han = hit
+        .passage
+        .chars()
+        .filter(|&ch| crate::knowledge::text::is_han(ch))
+        .count();
+    (han >= 2) == (locale == Locale::Zh)
+}
+
+/// Where words cannot tell, a page in the other language may still answer
+/// by meaning ("礼品卡有效期多久" and a gift-card page the shop wrote only
+/// in English): its sentences closest to the question are quoted as
+/// written, when the closest is close enough.
+fn other_language_by_meaning(
+    a: &Answering<'_>,
+    knowledge: &KnowledgeBase,
+    question: &str,
+    locale: Locale,
+    hits: &[Hit],
+) -> Option<AnswerPlan> {
+    let others: Vec<Hit> = hits
+        .iter()
+        .filter(|hit| !in_language(hit, locale))
+        .take(MEANING_HITS)
+        .cloned()
+        .collect();
+    let selected = knowledge.answering_by_meaning(question, &others);
+    if selected.is_empty() {
+        return None;
+    }
+    Some(other_language_quote(a, locale, &selected, &others))
 }
 
 /// Where a passage comes from, for the reply's source line.

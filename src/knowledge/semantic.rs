@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use sha2::{Digest, Sha256};
 
@@ -23,6 +23,10 @@ pub struct Semantic {
     embedder: Arc<Embedder>,
     /// `passages × dimensions` values.
     vectors: Vec<f32>,
+    /// Sentences' vectors, embedded when first compared and kept for the
+    /// process (a few per question; the passages' file cache would be
+    /// rewritten on each).
+    sentences: Mutex<HashMap<[u8; 16], Vec<f32>>>,
 }
 
 /// The key of a text's vector in the cache: a query's vector differs from
@@ -107,7 +111,39 @@ impl Semantic {
             .into_iter()
             .flatten()
             .collect();
-        Self { embedder, vectors }
+        Self {
+            embedder,
+            vectors,
+            sentences: Mutex::default(),
+        }
+    }
+
+    /// The question's similarity to each of `sentences`, each embedded as
+    /// a passage.
+    pub fn sentence_similarities(&self, question: &str, sentences: &[&str]) -> Vec<f32> {
+        let query = self.embedder.query(question);
+        sentences
+            .iter()
+            .map(|sentence| {
+                let key = key_of(sentence);
+                let known = self
+                    .sentences
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&key)
+                    .cloned();
+                // Embedded outside the lock: it takes milliseconds.
+                let vector = known.unwrap_or_else(|| {
+                    let vector = self.embedder.passage(sentence);
+                    self.sentences
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(key, vector.clone());
+                    vector
+                });
+                vector.iter().zip(&query).map(|(a, b)| a * b).sum()
+            })
+            .collect()
     }
 
     /// The question's similarity to every passage, in passage order.
