@@ -386,6 +386,16 @@ const CHAT_FILLER_WORDS: &[&str] = &[
     "刚",
     "真是",
     "到时候",
+    "还要",
+    "另外",
+    "另",
+    "一下",
+    "不太",
+    "太",
+    "不",
+    "不能",
+    "能不能",
+    "喜欢",
 ];
 
 fn asking_words() -> &'static HashSet<String> {
@@ -1276,6 +1286,15 @@ mod tests {
             "{chinese:?}"
         );
         assert!(chinese.iter().any(|term| term == "会员"), "{chinese:?}");
+        // "能不能" asks; "不太喜欢" tells why: neither is what a page must hold.
+        let chinese = terms("耳机拆开试戴了一下不太喜欢，能不能退？");
+        assert!(
+            !chinese
+                .iter()
+                .any(|term| ["不能", "不", "太", "喜欢", "一下"].contains(&term.as_str())),
+            "{chinese:?}"
+        );
+        assert!(chinese.iter().any(|term| term == "耳机"), "{chinese:?}");
     }
 
     #[test]
