@@ -626,11 +626,7 @@ impl KnowledgeBase {
     /// off. For a question in one language and pages in the other, where
     /// words cannot pick the sentence.
     pub fn closest_sentences(&self, question: &str, hits: &[Hit]) -> Vec<answer::Selected> {
-        let semantic_index = self
-            .semantic
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let semantic_index = self.semantic_index();
         let Some((semantic, _)) = semantic_index.as_deref() else {
             return Vec::new();
         };
@@ -684,10 +680,15 @@ impl KnowledgeBase {
 
     /// Whether search by meaning is on (its passages embedded).
     pub fn semantic_ready(&self) -> bool {
+        self.semantic_index().is_some()
+    }
+
+    /// The passages' vectors, once embedded.
+    fn semantic_index(&self) -> Option<Arc<SemanticIndex>> {
         self.semantic
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some()
+            .clone()
     }
 
     fn semantic_texts(&self) -> Result<(Vec<DocAddress>, Vec<String>), KbError> {
@@ -764,11 +765,7 @@ impl KnowledgeBase {
     ) -> Result<Ranked, KbError> {
         let path = PathBuf::from("(index)");
         let query = self.query(searcher, question);
-        let semantic_index = self
-            .semantic
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let semantic_index = self.semantic_index();
         let Some((semantic, addresses)) = semantic_index.as_deref() else {
             let top = searcher
                 .search(&*query, &TopDocs::with_limit(limit).order_by_score())
