@@ -423,11 +423,25 @@ fn other_language_by_meaning(
         .take(MEANING_HITS)
         .cloned()
         .collect();
-    let selected = knowledge.answering_by_meaning(question, &others);
+    // Embedding a dozen sentences the first time takes a few hundred
+    // milliseconds: the runtime's other tasks move to another worker.
+    let selected = off_the_runtime(|| knowledge.answering_by_meaning(question, &others));
     if selected.is_empty() {
         return None;
     }
     Some(other_language_quote(a, locale, &selected, &others))
+}
+
+/// Runs blocking `work` so that, on a multi-thread runtime, the worker's
+/// other tasks go on meanwhile; elsewhere (a current-thread runtime, no
+/// runtime) it just runs.
+fn off_the_runtime<T>(work: impl FnOnce() -> T) -> T {
+    let flavor = tokio::runtime::Handle::try_current().map(|handle| handle.runtime_flavor());
+    if matches!(flavor, Ok(tokio::runtime::RuntimeFlavor::MultiThread)) {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
 }
 
 /// Where a passage comes from, for the reply's source line.
