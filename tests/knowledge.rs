@@ -621,6 +621,34 @@ fn on_the_demo_evaluation_no_lie_of_the_adversarial_engine_reaches_a_customer() 
     assert!(share("invented") <= 0.15, "{report}");
 }
 
+/// The CI floor on a shop the tuning never saw whose help centre is in
+/// English only (tests/data/shops/harbor-bank, held out): its Chinese
+/// questions are answered by meaning, quoting the English pages.
+#[test]
+fn chinese_questions_to_an_english_only_shop_are_answered_by_meaning() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new("bash")
+        .current_dir(repo)
+        .args(["tests/data/shops/eval", "harbor-bank", "english-only"])
+        .env("CONCIERGE_BIN", support::binary())
+        .env("CONCIERGE_ENGINE_BACKEND", "scripted")
+        .env(
+            "CONCIERGE_ENGINE_SCRIPT_FILE",
+            "config/demo/eval/adversary.toml",
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "eval failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let chinese = |key: &str| report["zh"][key].as_f64().unwrap();
+    // Measured 0.333 correct, 0.104 wrong and no invented answer (README);
+    // without answering by meaning, 0.083 correct.
+    assert!(chinese("correct") >= 0.25, "{report}");
+    assert!(chinese("wrong") <= 0.15, "{report}");
+    assert!(chinese("invented") <= 0.1, "{report}");
+}
+
 #[tokio::test]
 async fn praise_is_thanked_for_in_both_languages_and_questions_still_get_not_found() {
     let data = tempfile::tempdir().unwrap();
