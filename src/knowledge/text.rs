@@ -1017,6 +1017,48 @@ pub fn topic_units(question: &str) -> Vec<QueryUnit> {
     units
 }
 
+/// The lexicon's words in the other language for the shop words of
+/// `question` (退货 → "return", "refund" → 退货): the first entry of that
+/// language on each synonym line the question touches. Lets a question be
+/// compared by meaning with a sentence it shares no script with.
+pub fn other_language_glosses(question: &str) -> Vec<&'static str> {
+    let lowered = question.to_lowercase();
+    let chinese_question = question.chars().any(is_han);
+    let mut glosses = Vec::new();
+    for line in SYNONYMS.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let entries: Vec<&str> = line
+            .split(&[',', '='][..])
+            .map(|entry| entry.trim().trim_start_matches('>').trim())
+            .filter(|entry| !entry.is_empty())
+            .collect();
+        let (own, other): (Vec<&str>, Vec<&str>) = entries
+            .iter()
+            .partition(|entry| entry.chars().any(is_han) == chinese_question);
+        let touched = own.iter().any(|entry| {
+            if chinese_question {
+                entry.chars().count() >= 2 && lowered.contains(entry)
+            } else {
+                lowered.match_indices(entry).any(|(at, _)| {
+                    let before = lowered[..at].chars().next_back();
+                    let after = lowered[at + entry.len()..].chars().next();
+                    !before.is_some_and(char::is_alphanumeric)
+                        && !after.is_some_and(char::is_alphanumeric)
+                })
+            }
+        });
+        if let Some(gloss) = other.first().filter(|_| touched) {
+            if !glosses.contains(gloss) {
+                glosses.push(*gloss);
+            }
+        }
+    }
+    glosses
+}
+
 /// A figure the customer gives ("about 150 points", "2 x €89", "20 min
 /// ago"): a detail of their case, which the page that answers need not
 /// repeat.
@@ -1262,6 +1304,19 @@ mod tests {
         assert!(guessed.iter().any(|term| term == "快"), "{guessed:?}");
         // "sign up" is a phrase of the lexicon although "up" alone asks.
         assert_eq!(terms(topic_units("how do I sign up")), ["regist"]);
+    }
+
+    #[test]
+    fn a_question_gets_the_lexicon_words_of_the_other_language() {
+        let chinese = other_language_glosses("在网上登记完退货以后，几天内要把包裹寄出去？");
+        assert!(chinese.contains(&"return"), "{chinese:?}");
+        assert!(chinese.contains(&"parcel"), "{chinese:?}");
+        assert!(chinese.iter().all(|gloss| !gloss.chars().any(is_han)));
+        let english = other_language_glosses("Can I get a refund on my invoice?");
+        assert!(english.contains(&"退货"), "{english:?}");
+        assert!(english.contains(&"发票"), "{english:?}");
+        // Whole words only: "bill" is not in "billion".
+        assert!(!other_language_glosses("a billion").contains(&"发票"));
     }
 
     #[test]
