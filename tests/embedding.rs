@@ -115,28 +115,24 @@ fn a_question_finds_the_passage_that_means_the_same_in_either_language() {
 /// question stays "not found".
 #[test]
 fn semantic_search_finds_a_paraphrase_that_shares_no_word() {
-    use concierge::knowledge::{self, KnowledgeBase};
-    use concierge::store::Store;
+    use concierge::knowledge::KnowledgeBase;
     use std::sync::Arc;
 
     embedder_ready();
-    let data = tempfile::tempdir().unwrap();
-    let docs = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: &str| std::fs::write(docs.path().join(name), text).unwrap();
-    write(
-        "boots.md",
-        "# Boots\n\n## Waterproofing\nOur hiking boots are waterproof up to a depth of 10 cm.\n",
-    );
-    write(
-        "delivery.md",
-        "# Delivery\n\n## Times\nStandard delivery takes 2 to 4 working days.\n",
-    );
-    write(
-        "wrapping.md",
-        "# Gift wrapping\n\n## Price\nGift wrapping costs 3 euros per order.\n",
-    );
-    let store = Store::open(&data.path().join("store")).unwrap();
-    knowledge::import(&store, &[docs.path().to_path_buf()]).unwrap();
+    let (data, store) = shop(&[
+        (
+            "boots.md",
+            "# Boots\n\n## Waterproofing\nOur hiking boots are waterproof up to a depth of 10 cm.\n",
+        ),
+        (
+            "delivery.md",
+            "# Delivery\n\n## Times\nStandard delivery takes 2 to 4 working days.\n",
+        ),
+        (
+            "wrapping.md",
+            "# Gift wrapping\n\n## Price\nGift wrapping costs 3 euros per order.\n",
+        ),
+    ]);
     let index = data.path().join("index");
     let question = "will my feet stay dry when I walk through a stream";
 
@@ -186,6 +182,19 @@ fn semantic_search_finds_a_paraphrase_that_shares_no_word() {
         data.path().join("vectors").exists(),
         "the vectors are cached"
     );
+}
+
+/// A store in a new data directory holding `pages` (file name, Markdown)
+/// as the shop's knowledge base.
+fn shop(pages: &[(&str, &str)]) -> (tempfile::TempDir, concierge::store::Store) {
+    let data = tempfile::tempdir().unwrap();
+    let docs = tempfile::tempdir().unwrap();
+    for (name, text) in pages {
+        std::fs::write(docs.path().join(name), text).unwrap();
+    }
+    let store = concierge::store::Store::open(&data.path().join("store")).unwrap();
+    concierge::knowledge::import(&store, &[docs.path().to_path_buf()]).unwrap();
+    (data, store)
 }
 
 /// Fetches the model once for the tests that load it themselves.
@@ -316,33 +325,29 @@ fn with_meaning_tiebreak_on_the_classifier_carries_a_trained_judge() {
 /// meaning, and one about something the pages never mention is not.
 #[test]
 fn a_question_in_chinese_is_answered_by_meaning_from_english_only_pages() {
-    use concierge::knowledge::{self, KnowledgeBase};
-    use concierge::store::Store;
+    use concierge::knowledge::KnowledgeBase;
     use std::sync::Arc;
 
     embedder_ready();
-    let data = tempfile::tempdir().unwrap();
-    let docs = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: &str| std::fs::write(docs.path().join(name), text).unwrap();
-    write(
-        "gift-cards.md",
-        "# Gift cards\n\n## Validity\nOur gift cards are sold in amounts from €10 to €250. \
-         A gift card is valid for 3 years from the date of purchase. \
-         You can combine up to 3 gift cards in one order.\n",
-    );
-    write(
-        "delivery.md",
-        "# Delivery\n\n## Delivery times\nWe ship from our warehouse in Rotterdam. \
-         Orders to Germany arrive in 1 to 2 working days. \
-         Evening delivery costs an extra €2.50.\n",
-    );
-    write(
-        "returns.md",
-        "# Returns\n\n## Return window\nYou can return most products within 14 days of delivery. \
-         A return label costs €4.95 and is deducted from your refund.\n",
-    );
-    let store = Store::open(&data.path().join("store")).unwrap();
-    knowledge::import(&store, &[docs.path().to_path_buf()]).unwrap();
+    let (data, store) = shop(&[
+        (
+            "gift-cards.md",
+            "# Gift cards\n\n## Validity\nOur gift cards are sold in amounts from €10 to €250. \
+             A gift card is valid for 3 years from the date of purchase. \
+             You can combine up to 3 gift cards in one order.\n",
+        ),
+        (
+            "delivery.md",
+            "# Delivery\n\n## Delivery times\nWe ship from our warehouse in Rotterdam. \
+             Orders to Germany arrive in 1 to 2 working days. \
+             Evening delivery costs an extra €2.50.\n",
+        ),
+        (
+            "returns.md",
+            "# Returns\n\n## Return window\nYou can return most products within 14 days of delivery. \
+             A return label costs €4.95 and is deducted from your refund.\n",
+        ),
+    ]);
     let kb = KnowledgeBase::open(&store, &data.path().join("index")).unwrap();
     let embedder = Arc::new(Embedder::load(&repo().join("models").join(MODEL_FILE), 2).unwrap());
     kb.embed_passages(embedder, &data.path().join("vectors"))

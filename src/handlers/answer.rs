@@ -281,8 +281,6 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
         .collect();
     // The customer's language where the shop wrote in it: a bilingual shop's
     // other-language passage says the same, in words they may not read.
-    // Counted by Han characters: a Chinese passage may hold more Latin
-    // letters (brand names) than Han ones.
     let in_language = |hit: &Hit| in_language(hit, locale);
     let in_customer_language = used.iter().any(in_language);
     let used: Vec<Hit> = if in_customer_language {

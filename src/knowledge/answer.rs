@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 
-use super::text::{analyze, query_units, unit_covered, word_analyzer, QueryUnit};
+use super::text::{analyze, holds_cue, query_units, unit_covered, word_analyzer, QueryUnit};
 use super::Hit;
 
 /// Splits text into sentences at Latin and CJK sentence ends and line breaks.
@@ -117,19 +117,6 @@ const MONEY_WORDS: &[&str] = &[
     "收费",
     "手续费",
 ];
-
-/// Whether `lowered` holds `cue`: a whole word or phrase for Latin cues
-/// ("fee" is not in "coffee"), anywhere for Han ones.
-fn holds_cue(lowered: &str, cue: &str) -> bool {
-    if cue.chars().any(super::text::is_han) {
-        return lowered.contains(cue);
-    }
-    lowered.match_indices(cue).any(|(at, _)| {
-        let before = lowered[..at].chars().next_back();
-        let after = lowered[at + cue.len()..].chars().next();
-        !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
-    })
-}
 
 /// Whether a duration cue asks ("要几天") rather than tells ("前几天下的单").
 fn asks_duration(lowered: &str) -> bool {

@@ -635,7 +635,7 @@ impl KnowledgeBase {
     /// first, scored by their similarity; empty while search by meaning is
     /// off. For a question in one language and pages in the other, where
     /// words cannot pick the sentence.
-    pub fn closest_sentences(&self, question: &str, hits: &[Hit]) -> Vec<answer::Selected> {
+    fn closest_sentences(&self, question: &str, hits: &[Hit]) -> Vec<answer::Selected> {
         let semantic_index = self.semantic_index();
         let Some((semantic, _)) = semantic_index.as_deref() else {
             return Vec::new();

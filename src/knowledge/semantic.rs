@@ -141,7 +141,7 @@ impl Semantic {
                         .insert(key, vector.clone());
                     vector
                 });
-                vector.iter().zip(&query).map(|(a, b)| a * b).sum()
+                dot(&vector, &query)
             })
             .collect()
     }
@@ -151,9 +151,14 @@ impl Semantic {
         let query = self.embedder.query(question);
         self.vectors
             .chunks_exact(query.len())
-            .map(|vector| vector.iter().zip(&query).map(|(a, b)| a * b).sum())
+            .map(|vector| dot(vector, &query))
             .collect()
     }
+}
+
+/// The similarity of two unit vectors.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
 /// How many of `texts` (passages) have no vector in `cache_path` yet.

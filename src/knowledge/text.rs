@@ -1017,6 +1017,38 @@ pub fn topic_units(question: &str) -> Vec<QueryUnit> {
     units
 }
 
+/// Whether `lowered` holds `cue`: a whole word or phrase for Latin cues
+/// ("fee" is not in "coffee"), anywhere for Han ones.
+pub fn holds_cue(lowered: &str, cue: &str) -> bool {
+    if cue.chars().any(is_han) {
+        return lowered.contains(cue);
+    }
+    lowered.match_indices(cue).any(|(at, _)| {
+        let before = lowered[..at].chars().next_back();
+        let after = lowered[at + cue.len()..].chars().next();
+        !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+    })
+}
+
+/// The lexicon's lines as written, each split into its entries (both sides
+/// of a one-way line).
+fn lexicon_lines() -> &'static [Vec<&'static str>] {
+    static LINES: OnceLock<Vec<Vec<&'static str>>> = OnceLock::new();
+    LINES.get_or_init(|| {
+        SYNONYMS
+            .lines()
+            .map(str::trim)
+            .filter(|line| !line.is_empty() && !line.starts_with('#'))
+            .map(|line| {
+                line.split(&[',', '='][..])
+                    .map(|entry| entry.trim().trim_start_matches('>').trim())
+                    .filter(|entry| !entry.is_empty())
+                    .collect()
+            })
+            .collect()
+    })
+}
+
 /// The lexicon's words in the other language for the shop words of
 /// `question` (退货 → "return", "refund" → 退货): the first entry of that
 /// language on each synonym line the question touches. Lets a question be
@@ -1025,30 +1057,13 @@ pub fn other_language_glosses(question: &str) -> Vec<&'static str> {
     let lowered = question.to_lowercase();
     let chinese_question = question.chars().any(is_han);
     let mut glosses = Vec::new();
-    for line in SYNONYMS.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let entries: Vec<&str> = line
-            .split(&[',', '='][..])
-            .map(|entry| entry.trim().trim_start_matches('>').trim())
-            .filter(|entry| !entry.is_empty())
-            .collect();
+    for entries in lexicon_lines() {
         let (own, other): (Vec<&str>, Vec<&str>) = entries
             .iter()
             .partition(|entry| entry.chars().any(is_han) == chinese_question);
+        // A single Han character (换, 税) says too little alone.
         let touched = own.iter().any(|entry| {
-            if chinese_question {
-                entry.chars().count() >= 2 && lowered.contains(entry)
-            } else {
-                lowered.match_indices(entry).any(|(at, _)| {
-                    let before = lowered[..at].chars().next_back();
-                    let after = lowered[at + entry.len()..].chars().next();
-                    !before.is_some_and(char::is_alphanumeric)
-                        && !after.is_some_and(char::is_alphanumeric)
-                })
-            }
+            (!chinese_question || entry.chars().count() >= 2) && holds_cue(&lowered, entry)
         });
         if let Some(gloss) = other.first().filter(|_| touched) {
             if !glosses.contains(gloss) {
