@@ -531,6 +531,38 @@ async fn a_page_in_the_customers_language_that_only_names_the_topic_gives_way() 
     assert!(!texts[0].contains("永不过期"), "{}", texts[0]);
 }
 
+/// A Chinese sentence that shares one word with the question (how long a
+/// student status is valid) does not answer how long a gift card is valid,
+/// when an English sentence holds both.
+#[tokio::test]
+async fn a_sentence_sharing_one_word_gives_way_to_one_holding_the_whole_question() {
+    let data = tempfile::tempdir().unwrap();
+    let kb_dir = tempfile::tempdir().unwrap();
+    write(
+        kb_dir.path(),
+        "en/gift-cards.md",
+        "# Gift cards\n\n## Validity\nA gift card is valid for 3 years from the date of purchase.\n",
+    );
+    write(
+        kb_dir.path(),
+        "zh/students.md",
+        "# 学生优惠\n\n## 使用条件\n学生身份认证有效期为12个月，到期后可以重新认证。学生优惠不能用于购买礼品卡。\n",
+    );
+    let harness = grounded_harness(
+        data.path(),
+        kb_dir.path(),
+        "default_reply = \"有效期为12个月。\"\n",
+    );
+    run_messages(&harness, vec![message("li", "礼品卡有效期多久")]).await;
+    let texts = harness.channel.texts("li");
+    assert!(
+        texts[0].starts_with("这个问题我们只有英文版") && texts[0].contains("3 years"),
+        "{}",
+        texts[0]
+    );
+    assert!(!texts[0].contains("12个月"), "{}", texts[0]);
+}
+
 /// The CI floor for the adversarial engine on the held-out half of the demo
 /// evaluation: whatever it writes (negated facts, changed figures, foreign
 /// links, the question echoed), every sentence a customer sees is the shop's

@@ -316,10 +316,26 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
             searched,
             other_selected.first().map(|best| &others[best.hit]),
         );
+        // Or our best sentence shares one topic word with the question and
+        // theirs holds it and more ("礼品卡 有效期" against a sentence on how
+        // long a student status is valid, on a page that names gift cards
+        // elsewhere).
+        let holds_more = {
+            let our_held = answer::topic_units_in_best(searched, &selected);
+            let their_held = answer::topic_units_in_best(searched, &other_selected);
+            let count = |held: &[bool]| held.iter().filter(|&&held| held).count();
+            count(&our_held) <= 1
+                && count(&their_held) > count(&our_held)
+                && our_held
+                    .iter()
+                    .zip(&their_held)
+                    .all(|(ours, theirs)| !ours || *theirs)
+        };
         let better = answer::answers_weighted(searched, &other_selected, weight)
             && (!answered
                 || theirs >= ours + OTHER_LANGUAGE_MARGIN * weights.mean()
-                || their_coverage > our_coverage + f32::EPSILON);
+                || their_coverage > our_coverage + f32::EPSILON
+                || holds_more);
         better.then_some((other_selected, others))
     } else {
         answered.then(|| (selected.clone(), used.clone()))

@@ -426,6 +426,22 @@ pub fn answers_weighted(
     })
 }
 
+/// Which of the question's topic words (asking words left out) the best of
+/// `selected` holds itself.
+pub fn topic_units_in_best(question: &str, selected: &[Selected]) -> Vec<bool> {
+    let topic = super::text::topic_units(question);
+    let Some(best) = selected.first() else {
+        return vec![false; topic.len()];
+    };
+    let mut analyzer = word_analyzer();
+    let tokens: HashSet<String> = analyze(&mut analyzer, &best.text).into_iter().collect();
+    let lowered = best.text.to_lowercase();
+    topic
+        .iter()
+        .map(|unit| unit_covered(unit, &tokens, &lowered))
+        .collect()
+}
+
 /// The summed weight and the number of `units` a text holds (its analysed
 /// `tokens` and its `lowered` form).
 fn weight_held(
