@@ -638,11 +638,18 @@ fn on_the_demo_evaluation_no_lie_of_the_adversarial_engine_reaches_a_customer() 
             !(parts.iter().any(|part| han(part)) && parts.iter().any(|part| !han(part))),
             "a reply in two languages: {outcome}"
         );
+        let mut shown = std::collections::HashSet::new();
         for sentence in concierge::knowledge::answer::sentences(said) {
             let sentence = squeeze(sentence);
             assert!(
                 shop.iter().any(|text| text.contains(&sentence)),
                 "not the shop's words: {sentence:?} in {outcome}"
+            );
+            // The model's restatement and the quote after it never say
+            // the same sentence twice.
+            assert!(
+                shown.insert(sentence.clone()),
+                "said twice: {sentence:?} in {outcome}"
             );
         }
     }

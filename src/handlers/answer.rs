@@ -798,6 +798,8 @@ impl VerifiedReply {
                     .answering
                     .iter()
                     .filter(|sentence| !self.answered.contains(sentence.trim()))
+                    // Shown word for word already, whatever it rested on.
+                    .filter(|sentence| !shown.contains(sentence.trim()))
                     .map(String::as_str),
             )
         };

@@ -253,6 +253,9 @@ pub fn select_weighted(
     }
     join_the_best_sentence(&mut scored, &holds, mean_weight);
     scored.sort_by(best_first);
+    // A sentence two pages share word for word is quoted once.
+    let mut seen = HashSet::new();
+    scored.retain(|selected| seen.insert(selected.text.trim().to_string()));
     let best = scored.first().map_or(0.0, |first| first.score);
     scored
         .into_iter()
@@ -513,6 +516,19 @@ mod tests {
             passage_index: 0,
             is_faq: false,
         }
+    }
+
+    #[test]
+    fn a_sentence_two_pages_share_is_selected_once() {
+        let shared = "Customs duties are paid by the recipient on delivery.";
+        let hits = [
+            hit(&format!("We ship to Japan in 7-14 working days. {shared}")),
+            hit(&format!("Prices include EU VAT. {shared}")),
+        ];
+        // The places a duplicate would take go to other sentences.
+        let selected = select("who pays customs duties on delivery to Japan", &hits, 4);
+        let copies = selected.iter().filter(|s| s.text == shared).count();
+        assert_eq!(copies, 1, "{selected:?}");
     }
 
     fn extract(question: &str, best: &Hit) -> String {
