@@ -20,19 +20,21 @@ pub fn sentences(text: &str) -> Vec<&str> {
         };
         if end {
             let mut stop = at + ch.len_utf8();
+            let mut quoted = false;
             // A closing quote or bracket belongs to the sentence it ends.
             while let Some(&(next_at, next)) = chars.peek() {
                 if !matches!(next, '"' | '\'' | '”' | '’' | '」' | '』' | ')' | '）') {
                     break;
                 }
+                quoted |= !matches!(next, ')' | '）');
                 stop = next_at + next.len_utf8();
                 chars.next();
             }
-            // "点击“忘记密码？”，然后": a quoted question inside a sentence.
-            if chars
-                .peek()
-                .is_some_and(|&(_, next)| matches!(next, '，' | ',' | '、'))
-            {
+            // "点击“忘记密码？”，然后" or "点击"忘记密码？"并输入": a quoted
+            // question inside a sentence that goes on.
+            if chars.peek().is_some_and(|&(_, next)| {
+                matches!(next, '，' | ',' | '、') || (quoted && next.is_alphanumeric())
+            }) {
                 continue;
             }
             let sentence = text[start..stop].trim();
@@ -605,6 +607,18 @@ mod tests {
         let quoted = hit("在登录页面点击“忘记密码？”，然后输入邮箱。链接 1 小时内有效。");
         assert!(extract("忘记密码怎么办", &quoted)
             .starts_with("在登录页面点击“忘记密码？”，然后输入邮箱。"));
+        assert_eq!(
+            sentences("在登录页面点击\"忘记密码？\"并输入邮箱地址。链接有效期 60 分钟。"),
+            [
+                "在登录页面点击\"忘记密码？\"并输入邮箱地址。",
+                "链接有效期 60 分钟。"
+            ]
+        );
+        // A quoted sentence that ends where the next begins still splits.
+        assert_eq!(
+            sentences("他说：“好的。” 然后走了。"),
+            ["他说：“好的。”", "然后走了。"]
+        );
     }
 
     #[test]
