@@ -563,6 +563,28 @@ async fn a_sentence_sharing_one_word_gives_way_to_one_holding_the_whole_question
     assert!(!texts[0].contains("12个月"), "{}", texts[0]);
 }
 
+/// A name Chinese writes in its own words (微信 for WeChat) finds the
+/// English page that names it.
+#[tokio::test]
+async fn a_brand_named_in_chinese_finds_the_english_page_naming_it() {
+    let data = tempfile::tempdir().unwrap();
+    let kb_dir = tempfile::tempdir().unwrap();
+    write(
+        kb_dir.path(),
+        "en/payment.md",
+        "# Payment\n\n## Wallets\nWe accept PayPal and Alipay at checkout. WeChat Pay is not available yet.\n",
+    );
+    let harness = grounded_harness(data.path(), kb_dir.path(), "default_reply = \"可以。\"\n");
+    run_messages(&harness, vec![message("li", "支持微信吗？")]).await;
+    let texts = harness.channel.texts("li");
+    assert!(
+        texts[0].starts_with("这个问题我们只有英文版")
+            && texts[0].contains("WeChat Pay is not available"),
+        "{}",
+        texts[0]
+    );
+}
+
 /// The CI floor for the adversarial engine on the held-out half of the demo
 /// evaluation: whatever it writes (negated facts, changed figures, foreign
 /// links, the question echoed), every sentence a customer sees is the shop's
