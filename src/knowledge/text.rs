@@ -523,6 +523,29 @@ pub fn asks_existence(question: &str) -> bool {
             && ["你们有", "贵店有", "店里有", "你们卖", "你们提供", "有卖"]
                 .iter()
                 .any(|cue| lowered.contains(cue)))
+        || (asks && ends_asking_whether_there_is(trimmed))
+}
+
+/// "…老人有优惠吗": the last clause asks whether there is a thing, named
+/// in up to four characters between 有 and 吗 (not 有效, 有用, 有问题…).
+fn ends_asking_whether_there_is(trimmed: &str) -> bool {
+    let clause = trimmed
+        .rsplit(['，', ',', '。', '？', '?', ' '])
+        .next()
+        .unwrap_or(trimmed);
+    let Some(at) = clause.rfind('有') else {
+        return false;
+    };
+    let thing: Vec<char> = clause[at + '有'.len_utf8()..]
+        .trim_end_matches(['吗', '么'])
+        .chars()
+        .collect();
+    (1..=4).contains(&thing.len())
+        && thing.iter().all(|&ch| is_han(ch))
+        && !matches!(
+            thing[0],
+            '效' | '用' | '关' | '点' | '些' | '空' | '没' | '问'
+        )
 }
 
 /// Things a customer asks the whereabouts of when they ask about tracking.
@@ -1211,6 +1234,8 @@ mod tests {
             "is there a Northwind credit card",
             "有没有联名信用卡",
             "你们有实体店吗？",
+            "60岁以上的老人买东西有优惠吗？",
+            "逾期没还会怎么样，有罚款吗",
         ] {
             assert!(asks_existence(asks), "{asks}");
         }
@@ -1219,6 +1244,9 @@ mod tests {
             "how long does delivery take",
             "你们多久发货",
             "我有优惠码，怎么用？",
+            "这个链接还有效吗？",
+            "商品有问题要附照片吗",
+            "东西有点小，能换吗",
         ] {
             assert!(!asks_existence(other), "{other}");
         }
