@@ -506,6 +506,10 @@ pub fn asks_existence(question: &str) -> bool {
         "do you provide",
         "do you stock",
         "do you carry",
+        "do you accept",
+        "do you take ",
+        "do you support",
+        "do you give",
         "do you do ",
         "have you got",
         "is there",
@@ -1235,6 +1239,8 @@ mod tests {
             "有没有联名信用卡",
             "你们有实体店吗？",
             "60岁以上的老人买东西有优惠吗？",
+            "Do you accept Diners Club?",
+            "do you take back worn-out shoes for recycling?",
             "逾期没还会怎么样，有罚款吗",
         ] {
             assert!(asks_existence(asks), "{asks}");
