@@ -153,7 +153,26 @@ fn asks_for_recommendation(text: &str) -> bool {
             let asks_amount = ["多少", "几", "满", "够"]
                 .iter()
                 .any(|amount| after.starts_with(amount));
-            !asks_amount && !negated(&lowered[..at])
+            // "推荐朋友开户有奖励吗", "recommend a friend": a referral.
+            let refers_a_person = [
+                "朋友",
+                "好友",
+                "亲友",
+                "家人",
+                "同事",
+                "别人",
+                "他人",
+                "新用户",
+                "新客户",
+                "a friend",
+                "friends",
+                "my friend",
+                "someone",
+                "people",
+            ]
+            .iter()
+            .any(|person| after.starts_with(person));
+            !asks_amount && !refers_a_person && !negated(&lowered[..at])
         })
     })
 }
@@ -211,6 +230,11 @@ mod tests {
         assert!(asks_for_recommendation("我特别想买一个帐篷"));
         assert!(asks_for_recommendation("分别推荐一款帐篷和睡袋"));
         assert!(asks_for_recommendation("有没推荐的防水鞋"));
+        assert!(!asks_for_recommendation("推荐朋友开户有奖励吗？"));
+        assert!(!asks_for_recommendation(
+            "Do I get anything if I recommend a friend?"
+        ));
+        assert!(asks_for_recommendation("推荐一款适合朋友的礼物"));
         assert!(asks_for_recommendation("No, recommend a cheaper one"));
         assert!(asks_for_recommendation(
             "Is it waterproof? If not, suggest something similar"
