@@ -174,18 +174,27 @@ async fn reason(
         liked.as_str(),
     ])
     .allow_links([item.url.clone()]);
-    if let Some(written) = model.complete(locale, &prompt, REASON_TOKENS).await {
-        let sentence = written.lines().next().unwrap_or_default().trim();
-        let in_language =
-            locale != Locale::Zh || sentence.chars().any(crate::knowledge::text::is_han);
-        if in_language && evidence.check_answer(sentence).is_ok() {
-            return sentence.to_string();
-        }
-    }
     let signals = &pick.signals;
     let matched = request
         .map(|request| matched_attributes(item, request, locale))
         .unwrap_or_default();
+    if let Some(written) = model.complete(locale, &prompt, REASON_TOKENS).await {
+        let sentence = written.lines().next().unwrap_or_default().trim();
+        let in_language =
+            locale != Locale::Zh || sentence.chars().any(crate::knowledge::text::is_han);
+        // Cut off by the token limit, it is no sentence ("… Weighs: 3").
+        let finished = sentence.ends_with(['.', '!', '。', '！']);
+        // Where the request named attributes, the reason names one of them:
+        // a copy of the description is no reason.
+        let lowered = sentence.to_lowercase();
+        let names_the_match = matched.is_empty()
+            || matched
+                .iter()
+                .any(|attribute| lowered.contains(&attribute.to_lowercase()));
+        if in_language && finished && names_the_match && evidence.check_answer(sentence).is_ok() {
+            return sentence.to_string();
+        }
+    }
     if signals.query > 0.0 && !matched.is_empty() {
         let separator = if locale == Locale::Zh { "、" } else { ", " };
         let matched = matched.join(separator);
