@@ -153,28 +153,50 @@ fn asks_for_recommendation(text: &str) -> bool {
             let asks_amount = ["多少", "几", "满", "够"]
                 .iter()
                 .any(|amount| after.starts_with(amount));
-            // "推荐朋友开户有奖励吗", "recommend a friend": a referral.
-            let refers_a_person = [
-                "朋友",
-                "好友",
-                "亲友",
-                "家人",
-                "同事",
-                "别人",
-                "他人",
-                "新用户",
-                "新客户",
-                "a friend",
-                "friends",
-                "my friend",
-                "someone",
-                "people",
-            ]
-            .iter()
-            .any(|person| after.starts_with(person));
-            !asks_amount && !refers_a_person && !negated(&lowered[..at])
+            !asks_amount && !refers_for_reward(marker, after, &lowered) && !negated(&lowered[..at])
         })
     })
+}
+
+/// "推荐朋友开户有奖励吗", "do I get anything if I recommend a friend": a
+/// person after 推荐 or "recommend", in a message about a reward, is a
+/// referral, not a request for products ("推荐家人露营用的帐篷" asks).
+fn refers_for_reward(marker: &str, after: &str, lowered: &str) -> bool {
+    let refers = match marker {
+        "推荐" => [
+            "朋友",
+            "好友",
+            "亲友",
+            "家人",
+            "同事",
+            "别人",
+            "他人",
+            "新用户",
+            "新客户",
+        ]
+        .iter()
+        .any(|person| after.starts_with(person) && !after.starts_with("朋友圈")),
+        "recommend" => ["a friend", "friends", "my friend", "someone"]
+            .iter()
+            .any(|person| after.starts_with(person)),
+        _ => false,
+    };
+    refers
+        && [
+            "奖励",
+            "返现",
+            "好处",
+            "积分",
+            "邀请",
+            "reward",
+            "bonus",
+            "referral",
+            "get anything",
+            "earn",
+            "points",
+        ]
+        .iter()
+        .any(|reward| lowered.contains(reward))
 }
 
 /// Whether the words just before a marker deny it ("can I rent one? 不想买",
@@ -235,6 +257,9 @@ mod tests {
             "Do I get anything if I recommend a friend?"
         ));
         assert!(asks_for_recommendation("推荐一款适合朋友的礼物"));
+        assert!(asks_for_recommendation("推荐家人露营用的帐篷"));
+        assert!(asks_for_recommendation("推荐朋友圈很火的那款"));
+        assert!(asks_for_recommendation("要买家人用的睡袋"));
         assert!(asks_for_recommendation("No, recommend a cheaper one"));
         assert!(asks_for_recommendation(
             "Is it waterproof? If not, suggest something similar"

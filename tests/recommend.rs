@@ -290,43 +290,48 @@ async fn chat_recommendations_show_catalog_facts_and_a_dislike_sticks() {
 }
 
 /// A model's reason that copies the item's description, cut off by the
-/// token limit, is not shown: the reason names what matched instead.
+/// token limit, or that names none of the attributes asked for, is not
+/// shown: the reason names what matched instead.
 #[tokio::test]
-async fn a_copied_description_cut_short_is_no_reason() {
+async fn a_copied_or_cut_short_description_is_no_reason() {
     use std::sync::Arc;
 
     use concierge::recommend::ranker::{Ranker, SharedRanker};
     use support::{harness, message, run_messages, settings};
 
-    let data = tempfile::tempdir().unwrap();
-    let mut harness = harness(
-        data.path(),
-        "default_reply = \"Northwind Stormline 3L Jacket Men. Three-layer waterproof shell with 20,000 mm hydrostatic head, pit zips and a helmet-compatible hood. Weighs 395\"\n",
-        settings(2048, 256),
-    );
-    let catalog = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo/catalog.csv");
-    concierge::recommend::import::catalog(&harness.store, &catalog).unwrap();
-    let ranker = Ranker::build(harness.store.catalog_items().unwrap(), &[]).unwrap();
-    Arc::get_mut(&mut harness.pipeline).unwrap().recommender =
-        Some(Arc::new(SharedRanker::new(ranker)));
-    run_messages(
-        &harness,
-        vec![message(
-            "ada",
-            "recommend me a waterproof shell jacket for hiking",
-        )],
-    )
-    .await;
-    let delivered = harness.channel.delivered.lock().unwrap().clone();
-    let stormline = delivered
-        .iter()
-        .find(|shown| shown.text.contains("Stormline 3L Jacket Men"))
-        .unwrap_or_else(|| panic!("the Stormline jacket is picked: {delivered:?}"));
-    let reason = stormline.text.lines().last().unwrap();
-    assert!(
-        reason.starts_with("Matches what you asked for: "),
-        "{reason}"
-    );
+    for written in [
+        // Cut off by the token limit.
+        "Northwind Stormline 3L Jacket Men. Three-layer waterproof shell with 20,000 mm hydrostatic head, pit zips and a helmet-compatible hood. Weighs 395",
+        // A finished sentence of the item's data that names nothing asked for.
+        "The Northwind Stormline 3L Jacket Men weighs 395 g.",
+    ] {
+        let data = tempfile::tempdir().unwrap();
+        let mut harness = harness(
+            data.path(),
+            &format!("default_reply = \"{written}\"\n"),
+            settings(2048, 256),
+        );
+        let catalog = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo/catalog.csv");
+        concierge::recommend::import::catalog(&harness.store, &catalog).unwrap();
+        let ranker = Ranker::build(harness.store.catalog_items().unwrap(), &[]).unwrap();
+        Arc::get_mut(&mut harness.pipeline).unwrap().recommender =
+            Some(Arc::new(SharedRanker::new(ranker)));
+        run_messages(
+            &harness,
+            vec![message("ada", "recommend me a waterproof shell jacket for hiking")],
+        )
+        .await;
+        let delivered = harness.channel.delivered.lock().unwrap().clone();
+        let stormline = delivered
+            .iter()
+            .find(|shown| shown.text.contains("Stormline 3L Jacket Men"))
+            .unwrap_or_else(|| panic!("the Stormline jacket is picked: {delivered:?}"));
+        let reason = stormline.text.lines().last().unwrap();
+        assert!(
+            reason.starts_with("Matches what you asked for: "),
+            "{written}: {reason}"
+        );
+    }
 }
 
 /// Reasons name the item's own attributes in whole words and in the

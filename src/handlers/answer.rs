@@ -255,8 +255,8 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
     }
     // "Do you sell X?" where the shop never writes X: a passage about its
     // neighbours (other products, other cards) does not answer it.
-    let unknown_thing = crate::knowledge::text::asks_existence(text)
-        && !knowledge.unknown_topic_units(text).is_empty();
+    let unknown_thing = crate::knowledge::text::existence_asked(text)
+        .is_some_and(|asked| !knowledge.unknown_topic_units(&asked).is_empty());
     let not_found = || AnswerPlan::Fixed {
         text: a.ctx.prompts.text(locale, Template::NotFound).to_string(),
         sources: Vec::new(),
@@ -798,7 +798,8 @@ impl VerifiedReply {
                     .answering
                     .iter()
                     .filter(|sentence| !self.answered.contains(sentence.trim()))
-                    // Shown word for word already, whatever it rested on.
+                    // The model may repeat a sentence word for word while
+                    // its check credits another one, leaving it unanswered.
                     .filter(|sentence| !shown.contains(sentence.trim()))
                     .map(String::as_str),
             )

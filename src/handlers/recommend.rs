@@ -183,14 +183,17 @@ async fn reason(
         let in_language =
             locale != Locale::Zh || sentence.chars().any(crate::knowledge::text::is_han);
         // Cut off by the token limit, it is no sentence ("… Weighs: 3").
-        let finished = sentence.ends_with(['.', '!', '。', '！']);
-        // Where the request named attributes, the reason names one of them:
-        // a copy of the description is no reason.
+        let finished = sentence
+            .trim_end_matches(['"', '\'', '”', '’', ')', '）', '」'])
+            .ends_with(['.', '!', '?', '。', '！', '？', '…']);
+        // Where the request named attributes, the reason names one of them,
+        // as a whole word ("men" is not in "women"): a copy of the
+        // description is no reason.
         let lowered = sentence.to_lowercase();
         let names_the_match = matched.is_empty()
-            || matched
-                .iter()
-                .any(|attribute| lowered.contains(&attribute.to_lowercase()));
+            || matched.iter().any(|attribute| {
+                crate::knowledge::text::holds_cue(&lowered, &attribute.to_lowercase())
+            });
         if in_language && finished && names_the_match && evidence.check_answer(sentence).is_ok() {
             return sentence.to_string();
         }

@@ -26,7 +26,13 @@ pub fn sentences(text: &str) -> Vec<&str> {
                 if !matches!(next, '"' | '\'' | '”' | '’' | '」' | '』' | ')' | '）') {
                     break;
                 }
-                quoted |= !matches!(next, ')' | '）');
+                // A straight quote closes one this sentence opened, or
+                // opens the next sentence.
+                let opens_next = next == '"' && text[start..at].matches('"').count() % 2 == 0;
+                if opens_next {
+                    break;
+                }
+                quoted |= ch != '\n' && matches!(next, '"' | '”' | '」' | '』');
                 stop = next_at + next.len_utf8();
                 chars.next();
             }
@@ -255,7 +261,8 @@ pub fn select_weighted(
     }
     join_the_best_sentence(&mut scored, &holds, mean_weight);
     scored.sort_by(best_first);
-    // A sentence two pages share word for word is quoted once.
+    // A sentence two pages share word for word (an FAQ answer and a page
+    // often do) is selected and quoted once.
     let mut seen = HashSet::new();
     scored.retain(|selected| seen.insert(selected.text.trim().to_string()));
     let best = scored.first().map_or(0.0, |first| first.score);
@@ -357,7 +364,8 @@ pub fn quoted(selected: &[Selected]) -> Vec<&Selected> {
     let mut seen = HashSet::new();
     let mut chosen: Vec<&Selected> = selected
         .iter()
-        // An FAQ answer and a page often say the same sentence.
+        // Selections by meaning may hold a sentence an FAQ answer and a
+        // page share.
         .filter(|sentence| seen.insert(sentence.text.as_str()))
         .take(QUOTED_SENTENCES)
         .filter(|sentence| {
@@ -527,7 +535,6 @@ mod tests {
             hit(&format!("We ship to Japan in 7-14 working days. {shared}")),
             hit(&format!("Prices include EU VAT. {shared}")),
         ];
-        // The places a duplicate would take go to other sentences.
         let selected = select("who pays customs duties on delivery to Japan", &hits, 4);
         let copies = selected.iter().filter(|s| s.text == shared).count();
         assert_eq!(copies, 1, "{selected:?}");
@@ -614,10 +621,14 @@ mod tests {
                 "链接有效期 60 分钟。"
             ]
         );
-        // A quoted sentence that ends where the next begins still splits.
+        // A quote that opens the next sentence does not join the two.
         assert_eq!(
-            sentences("他说：“好的。” 然后走了。"),
-            ["他说：“好的。”", "然后走了。"]
+            sentences("请在订单页点击申请。\"退货申请\"按钮在订单详情页。"),
+            ["请在订单页点击申请。", "\"退货申请\"按钮在订单详情页。"]
+        );
+        assert_eq!(
+            sentences("open the app\n\"Orders\" lists every order."),
+            ["open the app", "\"Orders\" lists every order."]
         );
     }
 

@@ -491,13 +491,20 @@ pub fn asking_sentence(message: &str) -> Option<&str> {
 /// you sell gift wrapping", "is there an app", "有没有联名信用卡"): then the
 /// thing must be one the shop writes about, not merely a word of it.
 pub fn asks_existence(question: &str) -> bool {
+    existence_asked(question).is_some()
+}
+
+/// The part of `question` that names the thing whose existence it asks
+/// about (`asks_existence`): the whole message, or for "…，有罚款吗" its
+/// last clause, since the clauses before tell a story.
+pub fn existence_asked(question: &str) -> Option<String> {
     let lowered = question.to_lowercase();
     // "Is there a way to pay later?" asks how, not whether a thing exists.
     if ["is there a way", "is there any way", "are there ways"]
         .iter()
         .any(|cue| lowered.contains(cue))
     {
-        return false;
+        return None;
     }
     let english = [
         "do you have",
@@ -506,37 +513,65 @@ pub fn asks_existence(question: &str) -> bool {
         "do you provide",
         "do you stock",
         "do you carry",
-        "do you accept",
-        "do you take ",
-        "do you support",
-        "do you give",
         "do you do ",
         "have you got",
         "is there",
         "are there",
     ];
     if english.iter().any(|cue| lowered.contains(cue)) {
-        return true;
+        return Some(lowered);
+    }
+    // "Do you accept Diners Club?", but not "what cards do you accept" or
+    // "how long do you take to ship".
+    let accepting = [
+        "do you accept",
+        "do you take ",
+        "do you support",
+        "do you give",
+    ];
+    let asks_which = |before: &str| {
+        ["how", "what", "which", "when", "where", "why"]
+            .iter()
+            .any(|word| holds_cue(before, word))
+    };
+    if accepting.iter().any(|cue| {
+        lowered
+            .match_indices(cue)
+            .any(|(at, _)| !asks_which(&lowered[..at]))
+    }) {
+        return Some(lowered);
     }
     let trimmed = lowered.trim_end_matches(['?', '？', '。', '！', '!', ' ']);
     let asks = trimmed.ends_with('吗') || trimmed.ends_with('么');
-    ["有没有", "有无", "是否有", "是否提供"]
+    let has_or_sells = ["有没有", "有无", "是否有", "是否提供"]
         .iter()
         .any(|cue| lowered.contains(cue))
         || (asks
             && ["你们有", "贵店有", "店里有", "你们卖", "你们提供", "有卖"]
                 .iter()
-                .any(|cue| lowered.contains(cue)))
-        || (asks && ends_asking_whether_there_is(trimmed))
+                .any(|cue| lowered.contains(cue)));
+    if has_or_sells {
+        return Some(lowered);
+    }
+    if !asks {
+        return None;
+    }
+    let clause = last_clause(trimmed);
+    ends_asking_whether_there_is(clause).then(|| clause.to_string())
 }
 
-/// "…老人有优惠吗": the last clause asks whether there is a thing, named
-/// in up to four characters between 有 and 吗 (not 有效, 有用, 有问题…).
-fn ends_asking_whether_there_is(trimmed: &str) -> bool {
-    let clause = trimmed
-        .rsplit(['，', ',', '。', '？', '?', ' '])
+/// The last clause of a message, after its last comma or sentence end.
+fn last_clause(text: &str) -> &str {
+    text.rsplit(['，', ',', '。', '？', '?', '！', '!', ' '])
         .next()
-        .unwrap_or(trimmed);
+        .unwrap_or(text)
+}
+
+/// "老人有优惠吗", "有罚款吗": a clause asking whether there is a thing,
+/// named in up to four Han characters between 有 and 吗. Not 有效, 有用,
+/// 有点, 有问题, 有办法, 有区别, 有什么, 有人, 还有货, nor 有 before a verb
+/// (有发货吗, 有到账吗), which ask about a state, not a thing.
+fn ends_asking_whether_there_is(clause: &str) -> bool {
     let Some(at) = clause.rfind('有') else {
         return false;
     };
@@ -548,7 +583,28 @@ fn ends_asking_whether_there_is(trimmed: &str) -> bool {
         && thing.iter().all(|&ch| is_han(ch))
         && !matches!(
             thing[0],
-            '效' | '用' | '关' | '点' | '些' | '空' | '没' | '问'
+            '效' | '用'
+                | '关'
+                | '点'
+                | '些'
+                | '空'
+                | '没'
+                | '问'
+                | '办'
+                | '区'
+                | '可'
+                | '必'
+                | '影'
+                | '货'
+                | '人'
+                | '什'
+                | '发'
+                | '到'
+                | '收'
+                | '寄'
+                | '退'
+                | '更'
+                | '处'
         )
 }
 
@@ -1240,6 +1296,7 @@ mod tests {
             "你们有实体店吗？",
             "60岁以上的老人买东西有优惠吗？",
             "Do you accept Diners Club?",
+            "Spreadly 分期如果逾期没还会怎么样，有罚款吗？",
             "do you take back worn-out shoes for recycling?",
             "逾期没还会怎么样，有罚款吗",
         ] {
@@ -1253,9 +1310,22 @@ mod tests {
             "这个链接还有效吗？",
             "商品有问题要附照片吗",
             "东西有点小，能换吗",
+            "我上周五下的单，有发货吗",
+            "退款有到账吗",
+            "忘记密码了，有办法找回吗",
+            "这两款有区别吗",
+            "还有货吗",
+            "在吗，有人吗",
+            "what cards do you accept?",
+            "how long do you take to ship?",
         ] {
             assert!(!asks_existence(other), "{other}");
         }
+        // The story before the asking clause need not be the shop's words.
+        assert_eq!(
+            existence_asked("我上个月逾期没还，有罚款吗？").as_deref(),
+            Some("有罚款吗")
+        );
     }
 
     #[test]
