@@ -190,23 +190,14 @@ fn recommend_prints_catalog_items_and_follows_new_events_at_once() {
 
 #[tokio::test]
 async fn chat_recommendations_show_catalog_facts_and_a_dislike_sticks() {
-    use std::sync::Arc;
-
-    use concierge::recommend::ranker::{Ranker, SharedRanker};
-    use support::{choice, harness, message, run_messages, settings};
+    use support::{choice, message, run_messages};
 
     let data = tempfile::tempdir().unwrap();
     // The scripted model invents a price in every reason: it must not show.
-    let mut harness = harness(
+    let harness = with_demo_catalog(
         data.path(),
         "default_reply = \"A bargain at only 1.99 EUR from cheapshoes.example!\"\n",
-        settings(2048, 256),
     );
-    let catalog = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo/catalog.csv");
-    concierge::recommend::import::catalog(&harness.store, &catalog).unwrap();
-    let ranker = Ranker::build(harness.store.catalog_items().unwrap(), &[]).unwrap();
-    Arc::get_mut(&mut harness.pipeline).unwrap().recommender =
-        Some(Arc::new(SharedRanker::new(ranker)));
 
     run_messages(
         &harness,
@@ -289,15 +280,28 @@ async fn chat_recommendations_show_catalog_facts_and_a_dislike_sticks() {
     );
 }
 
+/// A pipeline with the scripted engine of `script` and the demo catalog
+/// behind its recommender.
+fn with_demo_catalog(data: &Path, script: &str) -> support::Harness {
+    use std::sync::Arc;
+
+    use concierge::recommend::ranker::{Ranker, SharedRanker};
+
+    let mut harness = support::harness(data, script, support::settings(2048, 256));
+    let catalog = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo/catalog.csv");
+    concierge::recommend::import::catalog(&harness.store, &catalog).unwrap();
+    let ranker = Ranker::build(harness.store.catalog_items().unwrap(), &[]).unwrap();
+    Arc::get_mut(&mut harness.pipeline).unwrap().recommender =
+        Some(Arc::new(SharedRanker::new(ranker)));
+    harness
+}
+
 /// A model's reason that copies the item's description, cut off by the
 /// token limit, or that names none of the attributes asked for, is not
 /// shown: the reason names what matched instead.
 #[tokio::test]
 async fn a_copied_or_cut_short_description_is_no_reason() {
-    use std::sync::Arc;
-
-    use concierge::recommend::ranker::{Ranker, SharedRanker};
-    use support::{harness, message, run_messages, settings};
+    use support::{message, run_messages};
 
     for written in [
         // Cut off by the token limit.
@@ -306,16 +310,7 @@ async fn a_copied_or_cut_short_description_is_no_reason() {
         "The Northwind Stormline 3L Jacket Men weighs 395 g.",
     ] {
         let data = tempfile::tempdir().unwrap();
-        let mut harness = harness(
-            data.path(),
-            &format!("default_reply = \"{written}\"\n"),
-            settings(2048, 256),
-        );
-        let catalog = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo/catalog.csv");
-        concierge::recommend::import::catalog(&harness.store, &catalog).unwrap();
-        let ranker = Ranker::build(harness.store.catalog_items().unwrap(), &[]).unwrap();
-        Arc::get_mut(&mut harness.pipeline).unwrap().recommender =
-            Some(Arc::new(SharedRanker::new(ranker)));
+        let harness = with_demo_catalog(data.path(), &format!("default_reply = \"{written}\"\n"));
         run_messages(
             &harness,
             vec![message("ada", "recommend me a waterproof shell jacket for hiking")],
