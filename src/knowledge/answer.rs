@@ -28,7 +28,8 @@ pub fn sentences(text: &str) -> Vec<&str> {
                 }
                 // A straight quote closes one this sentence opened, or
                 // opens the next sentence.
-                let opens_next = next == '"' && text[start..at].matches('"').count() % 2 == 0;
+                let opens_next =
+                    next == '"' && text[start..at].matches('"').count().is_multiple_of(2);
                 if opens_next {
                     break;
                 }
