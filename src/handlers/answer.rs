@@ -320,7 +320,7 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
         // theirs holds it and more ("礼品卡 有效期" against a sentence on how
         // long a student status is valid, on a page that names gift cards
         // elsewhere).
-        let holds_more = {
+        let holds_more = || {
             let our_held = answer::topic_units_in_best(searched, &selected);
             let their_held = answer::topic_units_in_best(searched, &other_selected);
             let count = |held: &[bool]| held.iter().filter(|&&held| held).count();
@@ -335,7 +335,7 @@ fn plan(a: &Answering<'_>, text: &str, locale: Locale) -> anyhow::Result<AnswerP
             && (!answered
                 || theirs >= ours + OTHER_LANGUAGE_MARGIN * weights.mean()
                 || their_coverage > our_coverage + f32::EPSILON
-                || holds_more);
+                || holds_more());
         better.then_some((other_selected, others))
     } else {
         answered.then(|| (selected.clone(), used.clone()))

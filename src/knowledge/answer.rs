@@ -447,13 +447,7 @@ pub fn topic_units_in_best(question: &str, selected: &[Selected]) -> Vec<bool> {
     let Some(best) = selected.first() else {
         return vec![false; topic.len()];
     };
-    let mut analyzer = word_analyzer();
-    let tokens: HashSet<String> = analyze(&mut analyzer, &best.text).into_iter().collect();
-    let lowered = best.text.to_lowercase();
-    topic
-        .iter()
-        .map(|unit| unit_covered(unit, &tokens, &lowered))
-        .collect()
+    super::text::units_held(&topic, &best.text, &mut word_analyzer())
 }
 
 /// The summed weight and the number of `units` a text holds (its analysed

@@ -32,7 +32,7 @@ use tantivy::{doc, DocAddress, Index, IndexReader, TantivyDocument, Term};
 
 use crate::store::{KbDoc, KbKind, Store, StoreError};
 use parse::SourceError;
-use text::{analyze, topic_units, unit_covered, QueryUnit, Synonyms};
+use text::{analyze, topic_units, QueryUnit, Synonyms};
 
 /// Share of a question's words a passage must contain to count as an answer.
 /// Chosen on one half of config/demo/eval/retrieval.csv (odd rows); the other
@@ -1045,13 +1045,7 @@ pub fn topic_coverage<'a>(question: &str, hits: impl IntoIterator<Item = &'a Hit
 
 /// Which of the question's units the hit's title and text hold.
 fn covered_units(units: &[QueryUnit], hit: &Hit, words: &mut TextAnalyzer) -> Vec<bool> {
-    let text = format!("{}\n{}", hit.title, hit.passage);
-    let passage_tokens: HashSet<String> = analyze(words, &text).into_iter().collect();
-    let lowered = text.to_lowercase();
-    units
-        .iter()
-        .map(|unit| unit_covered(unit, &passage_tokens, &lowered))
-        .collect()
+    text::units_held(units, &format!("{}\n{}", hit.title, hit.passage), words)
 }
 
 /// Share of the question's units held.

@@ -440,12 +440,10 @@ fn jieba() -> &'static jieba_rs::Jieba {
 
 /// The lexicon's entries written in Han characters alone.
 fn lexicon_chinese_words() -> impl Iterator<Item = &'static str> {
-    SYNONYMS
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.starts_with('#'))
-        .flat_map(|line| line.split([',', '=', '>']))
-        .map(str::trim)
+    lexicon_lines()
+        .iter()
+        .flatten()
+        .copied()
         .filter(|entry| is_chinese_word(entry))
 }
 
@@ -487,16 +485,11 @@ pub fn asking_sentence(message: &str) -> Option<&str> {
     (told_a_story && asks(last) && !topic_units(last).is_empty()).then_some(*last)
 }
 
-/// Whether `question` asks whether the shop has or offers something ("do
-/// you sell gift wrapping", "is there an app", "有没有联名信用卡"): then the
-/// thing must be one the shop writes about, not merely a word of it.
-pub fn asks_existence(question: &str) -> bool {
-    existence_asked(question).is_some()
-}
-
-/// The part of `question` that names the thing whose existence it asks
-/// about (`asks_existence`): the whole message, or for "…，有罚款吗" its
-/// last clause, since the clauses before tell a story.
+/// When `question` asks whether the shop has or offers something ("do you
+/// sell gift wrapping", "is there an app", "有没有联名信用卡"), the part of it
+/// that names the thing, which must be one the shop writes about, not merely
+/// a word of it: the whole message, or for "…，有罚款吗" its last clause,
+/// since the clauses before tell a story.
 pub fn existence_asked(question: &str) -> Option<String> {
     let lowered = question.to_lowercase();
     // "Is there a way to pay later?" asks how, not whether a thing exists.
@@ -1100,6 +1093,16 @@ pub fn topic_units(question: &str) -> Vec<QueryUnit> {
     units
 }
 
+/// Which of `units` `text` holds, its words analysed by `words`.
+pub fn units_held(units: &[QueryUnit], text: &str, words: &mut TextAnalyzer) -> Vec<bool> {
+    let tokens: HashSet<String> = analyze(words, text).into_iter().collect();
+    let lowered = text.to_lowercase();
+    units
+        .iter()
+        .map(|unit| unit_covered(unit, &tokens, &lowered))
+        .collect()
+}
+
 /// Whether `lowered` holds `cue`: a whole word or phrase for Latin cues
 /// ("fee" is not in "coffee"), anywhere for Han ones.
 pub fn holds_cue(lowered: &str, cue: &str) -> bool {
@@ -1300,7 +1303,7 @@ mod tests {
             "do you take back worn-out shoes for recycling?",
             "逾期没还会怎么样，有罚款吗",
         ] {
-            assert!(asks_existence(asks), "{asks}");
+            assert!(existence_asked(asks).is_some(), "{asks}");
         }
         for other in [
             "is there a way to pay later?",
@@ -1319,7 +1322,7 @@ mod tests {
             "what cards do you accept?",
             "how long do you take to ship?",
         ] {
-            assert!(!asks_existence(other), "{other}");
+            assert!(existence_asked(other).is_none(), "{other}");
         }
         // The story before the asking clause need not be the shop's words.
         assert_eq!(
