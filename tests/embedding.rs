@@ -322,7 +322,8 @@ fn with_meaning_tiebreak_on_the_classifier_carries_a_trained_judge() {
 
 /// A shop that wrote its pages in English only: a Chinese question that
 /// shares no word with them is answered by the sentence closest in
-/// meaning, and one about something the pages never mention is not.
+/// meaning (once, though two pages hold it), and one about something the
+/// pages never mention is not.
 #[test]
 fn a_question_in_chinese_is_answered_by_meaning_from_english_only_pages() {
     use concierge::knowledge::KnowledgeBase;
@@ -335,6 +336,11 @@ fn a_question_in_chinese_is_answered_by_meaning_from_english_only_pages() {
             "# Gift cards\n\n## Validity\nOur gift cards are sold in amounts from €10 to €250. \
              A gift card is valid for 3 years from the date of purchase. \
              You can combine up to 3 gift cards in one order.\n",
+        ),
+        (
+            "gift-card-questions.md",
+            "# Gift card questions\n\n## How long is a gift card valid?\n\
+             A gift card is valid for 3 years from the date of purchase.\n",
         ),
         (
             "delivery.md",
@@ -362,6 +368,17 @@ fn a_question_in_chinese_is_answered_by_meaning_from_english_only_pages() {
             .first()
             .is_some_and(|best| best.text.contains("valid for 3 years")),
         "{gift_card:?}"
+    );
+    let mut texts: Vec<&str> = gift_card
+        .iter()
+        .map(|sentence| sentence.text.as_str())
+        .collect();
+    texts.sort_unstable();
+    texts.dedup();
+    assert_eq!(
+        texts.len(),
+        gift_card.len(),
+        "a sentence two pages share is offered once: {gift_card:?}"
     );
     let unrelated = answering("你们赞助马拉松比赛吗？");
     assert!(unrelated.is_empty(), "{unrelated:?}");

@@ -495,40 +495,48 @@ async fn a_page_written_only_in_english_answers_a_chinese_question_in_a_chinese_
     assert_eq!(history[1].sources[0].doc, "en/sizes.md");
 }
 
+/// The reply to one Chinese `question`, with the sample pages and `pages`
+/// (path, text) in the knowledge base and an engine that always writes
+/// `model_reply`; it must be the frame of a page written only in English.
+async fn english_only_answer(pages: &[(&str, &str)], model_reply: &str, question: &str) -> String {
+    let data = tempfile::tempdir().unwrap();
+    let kb_dir = tempfile::tempdir().unwrap();
+    for (name, text) in pages {
+        write(kb_dir.path(), name, text);
+    }
+    let harness = grounded_harness(
+        data.path(),
+        kb_dir.path(),
+        &format!("default_reply = {model_reply:?}\n"),
+    );
+    run_messages(&harness, vec![message("li", question)]).await;
+    let reply = harness.channel.texts("li").remove(0);
+    assert!(reply.starts_with("这个问题我们只有英文版"), "{reply}");
+    reply
+}
+
 /// A Chinese page that names the topic in passing (the club's points, on a
 /// page about closing an account) does not stand in for the English page
 /// that answers: the page holding more of the question wins.
 #[tokio::test]
 async fn a_page_in_the_customers_language_that_only_names_the_topic_gives_way() {
-    let data = tempfile::tempdir().unwrap();
-    let kb_dir = tempfile::tempdir().unwrap();
-    write(
-        kb_dir.path(),
-        "en/club.md",
-        "# Trail Club\n\n## Points\nYou earn 1 point per euro. Points expire 24 months after your last purchase.\n",
-    );
-    write(
-        kb_dir.path(),
-        "zh/account.md",
-        "# 账户\n\n## 注销账户\n注销账户后，数据会在 30 天内删除，未使用的 Trail Club 积分也会作废。\n",
-    );
-    let harness = grounded_harness(
-        data.path(),
-        kb_dir.path(),
-        "default_reply = \"积分永不过期。\"\n",
-    );
-    run_messages(
-        &harness,
-        vec![message("li", "Trail Club 的积分多久会过期？")],
+    let reply = english_only_answer(
+        &[
+            (
+                "en/club.md",
+                "# Trail Club\n\n## Points\nYou earn 1 point per euro. Points expire 24 months after your last purchase.\n",
+            ),
+            (
+                "zh/account.md",
+                "# 账户\n\n## 注销账户\n注销账户后，数据会在 30 天内删除，未使用的 Trail Club 积分也会作废。\n",
+            ),
+        ],
+        "积分永不过期。",
+        "Trail Club 的积分多久会过期？",
     )
     .await;
-    let texts = harness.channel.texts("li");
-    assert!(
-        texts[0].starts_with("这个问题我们只有英文版") && texts[0].contains("24 months"),
-        "{}",
-        texts[0]
-    );
-    assert!(!texts[0].contains("永不过期"), "{}", texts[0]);
+    assert!(reply.contains("24 months"), "{reply}");
+    assert!(!reply.contains("永不过期"), "{reply}");
 }
 
 /// A Chinese sentence that shares one word with the question (how long a
@@ -536,53 +544,39 @@ async fn a_page_in_the_customers_language_that_only_names_the_topic_gives_way() 
 /// when an English sentence holds both.
 #[tokio::test]
 async fn a_sentence_sharing_one_word_gives_way_to_one_holding_the_whole_question() {
-    let data = tempfile::tempdir().unwrap();
-    let kb_dir = tempfile::tempdir().unwrap();
-    write(
-        kb_dir.path(),
-        "en/gift-cards.md",
-        "# Gift cards\n\n## Validity\nA gift card is valid for 3 years from the date of purchase.\n",
-    );
-    write(
-        kb_dir.path(),
-        "zh/students.md",
-        "# 学生优惠\n\n## 使用条件\n学生身份认证有效期为12个月，到期后可以重新认证。学生优惠不能用于购买礼品卡。\n",
-    );
-    let harness = grounded_harness(
-        data.path(),
-        kb_dir.path(),
-        "default_reply = \"有效期为12个月。\"\n",
-    );
-    run_messages(&harness, vec![message("li", "礼品卡有效期多久")]).await;
-    let texts = harness.channel.texts("li");
-    assert!(
-        texts[0].starts_with("这个问题我们只有英文版") && texts[0].contains("3 years"),
-        "{}",
-        texts[0]
-    );
-    assert!(!texts[0].contains("12个月"), "{}", texts[0]);
+    let reply = english_only_answer(
+        &[
+            (
+                "en/gift-cards.md",
+                "# Gift cards\n\n## Validity\nA gift card is valid for 3 years from the date of purchase.\n",
+            ),
+            (
+                "zh/students.md",
+                "# 学生优惠\n\n## 使用条件\n学生身份认证有效期为12个月，到期后可以重新认证。学生优惠不能用于购买礼品卡。\n",
+            ),
+        ],
+        "有效期为12个月。",
+        "礼品卡有效期多久",
+    )
+    .await;
+    assert!(reply.contains("3 years"), "{reply}");
+    assert!(!reply.contains("12个月"), "{reply}");
 }
 
 /// A name Chinese writes in its own words (微信 for WeChat) finds the
 /// English page that names it.
 #[tokio::test]
 async fn a_brand_named_in_chinese_finds_the_english_page_naming_it() {
-    let data = tempfile::tempdir().unwrap();
-    let kb_dir = tempfile::tempdir().unwrap();
-    write(
-        kb_dir.path(),
-        "en/payment.md",
-        "# Payment\n\n## Wallets\nWe accept PayPal and Alipay at checkout. WeChat Pay is not available yet.\n",
-    );
-    let harness = grounded_harness(data.path(), kb_dir.path(), "default_reply = \"可以。\"\n");
-    run_messages(&harness, vec![message("li", "支持微信吗？")]).await;
-    let texts = harness.channel.texts("li");
-    assert!(
-        texts[0].starts_with("这个问题我们只有英文版")
-            && texts[0].contains("WeChat Pay is not available"),
-        "{}",
-        texts[0]
-    );
+    let reply = english_only_answer(
+        &[(
+            "en/payment.md",
+            "# Payment\n\n## Wallets\nWe accept PayPal and Alipay at checkout. WeChat Pay is not available yet.\n",
+        )],
+        "可以。",
+        "支持微信吗？",
+    )
+    .await;
+    assert!(reply.contains("WeChat Pay is not available"), "{reply}");
 }
 
 /// The CI floor for the adversarial engine on the held-out half of the demo

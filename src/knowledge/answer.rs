@@ -362,12 +362,8 @@ pub fn quoted(selected: &[Selected]) -> Vec<&Selected> {
     let Some(best) = selected.first() else {
         return Vec::new();
     };
-    let mut seen = HashSet::new();
     let mut chosen: Vec<&Selected> = selected
         .iter()
-        // Selections by meaning may hold a sentence an FAQ answer and a
-        // page share.
-        .filter(|sentence| seen.insert(sentence.text.as_str()))
         .take(QUOTED_SENTENCES)
         .filter(|sentence| {
             std::ptr::eq(*sentence, best)

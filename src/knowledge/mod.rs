@@ -641,11 +641,14 @@ impl KnowledgeBase {
             return Vec::new();
         };
         let mut candidates = Vec::new();
+        // An FAQ answer and a page may share a sentence: it is compared once.
+        let mut seen = HashSet::new();
         for (at, hit) in hits.iter().enumerate() {
             for (position, sentence) in answer::sentences(&hit.passage).into_iter().enumerate() {
                 // "Yes." answers its own FAQ question; a fragment says little.
                 if support::bare_verdict(sentence).is_none()
                     && sentence_size(sentence) >= MIN_SENTENCE_SIZE
+                    && seen.insert(sentence)
                 {
                     candidates.push((at, position, sentence));
                 }
