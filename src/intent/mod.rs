@@ -147,7 +147,7 @@ impl Classification {
 /// false escalations (README).
 pub fn escalation_threshold(lang: Locale) -> f32 {
     match lang {
-        Locale::En => 0.45,
+        Locale::En => 0.55,
         Locale::Zh => 0.5,
     }
 }
