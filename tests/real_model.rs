@@ -134,6 +134,47 @@ fn a_demo_shop_question_is_answered_with_the_fact_from_its_document() {
     assert!(source.to_lowercase().contains("return"), "{answer}");
 }
 
+/// The model as the escalation tie-breaker: on the CPU engine its reply is
+/// held to yes or no, so every message in the uncertain band gets a verdict.
+#[test]
+fn the_tie_breaking_model_answers_every_message_in_the_band() {
+    prepared_model();
+    let data = tempfile::tempdir().unwrap();
+    let messages = data.path().join("messages.csv");
+    std::fs::write(
+        &messages,
+        "text,intent\n\
+         \"The parcel came a day late, not the end of the world\",other\n\
+         \"Honestly, not great\",complaint\n\
+         the box was dented but the shoes are fine,other\n\
+         why is my refund taking so long,complaint\n\
+         This is the second time my order is late,complaint\n\
+         \"Nice jacket, wish it came in green\",other\n\
+         你们的快递有点慢,complaint\n\
+         东西还行吧，就是有点贵,other\n\
+         客服能不能快点回复,complaint\n",
+    )
+    .unwrap();
+    let output = Command::new(support::binary())
+        .current_dir(repo())
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["eval", "intents", "--folds", "0", "--tiebreak", "--data"])
+        .arg(&messages)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let tiebreak = &report["tiebreak"];
+    let asked = tiebreak["asked"].as_u64().unwrap();
+    assert!(asked > 0, "{tiebreak}");
+    assert_eq!(tiebreak["answered"].as_u64(), Some(asked), "{tiebreak}");
+}
+
 #[tokio::test]
 async fn our_tokenizer_counts_like_the_engine() {
     let path = prepared_model();

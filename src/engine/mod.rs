@@ -187,6 +187,18 @@ pub trait Llm: Send + Sync + 'static {
         None
     }
 
+    /// The log-probability of each of `labels` as the whole reply to
+    /// `messages`, for a choice held to those labels. `None` where the
+    /// engine cannot score a reply it did not write (the default); callers
+    /// then generate and read the reply.
+    async fn label_log_probs(
+        &self,
+        _messages: &[ChatMessage],
+        _labels: &[&str],
+    ) -> Result<Option<Vec<f32>>, EngineError> {
+        Ok(None)
+    }
+
     /// Starts generating a reply. Events arrive on the returned stream until
     /// `Done` or an error; `cancel` (or dropping the stream) stops generation.
     async fn stream_chat(

@@ -1,8 +1,10 @@
 //! Asking the generative model about the messages the classifier is unsure
 //! of: an escalation probability from `escalation.tiebreak_from` up to the
-//! automatic hand-off threshold. Off by default (`escalation.model_tiebreak`):
-//! `concierge eval intents --tiebreak` measures whether the loaded model
-//! helps, and with the default model it does not.
+//! automatic hand-off threshold. An engine that can score given replies
+//! (the CPU engine) is held to yes or no; others write a reply that is read.
+//! Off by default (`escalation.model_tiebreak`): `concierge eval intents
+//! --tiebreak` measures whether the loaded model helps, and with the default
+//! model it does not.
 
 use std::time::Instant;
 
@@ -53,12 +55,24 @@ pub fn verdict(reply: &str) -> Option<bool> {
     }
 }
 
-/// Asks the model about `text` (greedily); `None` when it fails or says
-/// neither yes nor no.
+/// The two replies the prompt allows, "needs a person" first.
+fn labels(locale: Locale) -> [&'static str; 2] {
+    match locale {
+        Locale::En => ["yes", "no"],
+        Locale::Zh => ["是", "否"],
+    }
+}
+
+/// Asks the model about `text`: held to yes or no where the engine can
+/// score the two replies, else greedily written and read; `None` when it
+/// fails or says neither.
 pub(crate) async fn ask(model: Model<'_>, locale: Locale, text: &str) -> Option<bool> {
     let prompt = model
         .prompts
         .render(locale, Template::EscalationCheck, &[("message", text)]);
+    if let Some(chosen) = model.choose(locale, &prompt, &labels(locale)).await {
+        return Some(chosen == 0);
+    }
     let greedy = Model {
         sampling: crate::engine::Sampling {
             temperature: 0.0,

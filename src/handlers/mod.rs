@@ -178,6 +178,47 @@ pub(crate) struct Model<'a> {
 }
 
 impl Model<'_> {
+    /// The shop's system prompt and one user `prompt` (no history).
+    fn one_turn(self, locale: Locale, prompt: &str) -> Vec<crate::engine::ChatMessage> {
+        vec![
+            crate::engine::ChatMessage::new(
+                crate::engine::ChatRole::System,
+                self.prompts.text(locale, Template::System),
+            ),
+            crate::engine::ChatMessage::new(
+                crate::engine::ChatRole::User,
+                crate::sanitize::neutralise_control_tokens(prompt, self.llm.special_tokens()),
+            ),
+        ]
+    }
+
+    /// Which of `labels` the model finds likeliest as its whole reply to
+    /// `prompt`, where the engine can score them; `None` otherwise.
+    pub(crate) async fn choose(
+        self,
+        locale: Locale,
+        prompt: &str,
+        labels: &[&str],
+    ) -> Option<usize> {
+        let scores = match self
+            .llm
+            .label_log_probs(&self.one_turn(locale, prompt), labels)
+            .await
+        {
+            Ok(scores) => scores?,
+            Err(err) => {
+                tracing::debug!("scoring the labels failed: {err}");
+                return None;
+            }
+        };
+        scores
+            .iter()
+            .enumerate()
+            .filter(|(_, score)| score.is_finite())
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(index, _)| index)
+    }
+
     /// Runs the model on one prompt (no history) to the end, or `None`.
     pub(crate) async fn complete(
         self,
@@ -186,16 +227,7 @@ impl Model<'_> {
         max_tokens: usize,
     ) -> Option<String> {
         let request = ChatRequest {
-            messages: vec![
-                crate::engine::ChatMessage::new(
-                    crate::engine::ChatRole::System,
-                    self.prompts.text(locale, Template::System),
-                ),
-                crate::engine::ChatMessage::new(
-                    crate::engine::ChatRole::User,
-                    crate::sanitize::neutralise_control_tokens(prompt, self.llm.special_tokens()),
-                ),
-            ],
+            messages: self.one_turn(locale, prompt),
             sampling: Sampling {
                 max_tokens,
                 ..self.sampling

@@ -219,15 +219,40 @@ impl CpuEngine {
     /// Next-token logits at every position of `tokens` (teacher forcing),
     /// computed in a fresh cache.
     pub fn logits(&self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.submit_logits(tokens)?
+            .recv()
+            .map_err(|_| EngineError::Generation("the engine thread has stopped".into()))?
+    }
+
+    fn submit_logits(&self, tokens: &[u32]) -> Result<LogitsAnswer, EngineError> {
         let (reply, answer) = std_mpsc::channel();
         self.submit(Job::Logits {
             tokens: tokens.to_vec(),
             reply,
         })?;
-        answer
-            .recv()
-            .map_err(|_| EngineError::Generation("the engine thread has stopped".into()))?
+        Ok(answer)
     }
+
+    /// `logits` without holding a runtime thread while the engine works.
+    async fn logits_off_runtime(&self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let answer = self.submit_logits(tokens)?;
+        tokio::task::spawn_blocking(move || answer.recv())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| EngineError::Generation("the engine thread has stopped".into()))?
+    }
+}
+
+type LogitsAnswer = std_mpsc::Receiver<Result<Vec<Vec<f32>>, EngineError>>;
+
+/// `ln softmax(logits)[token]`.
+fn log_probability(logits: &[f32], token: u32) -> f32 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f32 = logits.iter().map(|logit| (logit - max).exp()).sum();
+    logits
+        .get(token as usize)
+        .map_or(f32::NEG_INFINITY, |logit| logit - max - sum.ln())
 }
 
 impl Drop for CpuEngine {
@@ -262,6 +287,60 @@ impl Llm for CpuEngine {
         self.tokenizer
             .encode(text, false)
             .map_or_else(|_| super::estimate_tokens(text), |encoding| encoding.len())
+    }
+
+    /// Each label's tokens after the prompt, scored by teacher forcing: one
+    /// pass over the prompt when every label is one token, else one pass
+    /// per label.
+    async fn label_log_probs(
+        &self,
+        messages: &[super::ChatMessage],
+        labels: &[&str],
+    ) -> Result<Option<Vec<f32>>, EngineError> {
+        let prompt = self.prompt_tokens(messages)?;
+        let labels = labels
+            .iter()
+            .map(|label| self.encode(label))
+            .collect::<Result<Vec<_>, _>>()?;
+        if prompt.is_empty() || labels.iter().any(Vec::is_empty) {
+            return Ok(None);
+        }
+        let longest = prompt.len() + labels.iter().map(Vec::len).max().unwrap_or(0);
+        if longest > self.context_length {
+            return Err(EngineError::Generation(format!(
+                "the prompt and label have {longest} tokens; the model's context holds {}",
+                self.context_length
+            )));
+        }
+        if labels.iter().all(|label| label.len() == 1) {
+            let rows = self.logits_off_runtime(&prompt).await?;
+            let Some(next) = rows.last() else {
+                return Ok(None);
+            };
+            return Ok(Some(
+                labels
+                    .iter()
+                    .map(|label| log_probability(next, label[0]))
+                    .collect(),
+            ));
+        }
+        let mut scores = Vec::with_capacity(labels.len());
+        for label_tokens in labels {
+            let mut tokens = prompt.clone();
+            tokens.extend(&label_tokens);
+            let rows = self.logits_off_runtime(&tokens).await?;
+            // Row `i` predicts token `i + 1`.
+            let score = label_tokens
+                .iter()
+                .enumerate()
+                .map(|(offset, &token)| {
+                    rows.get(prompt.len() - 1 + offset)
+                        .map_or(f32::NEG_INFINITY, |row| log_probability(row, token))
+                })
+                .sum();
+            scores.push(score);
+        }
+        Ok(Some(scores))
     }
 
     async fn stream_chat(
