@@ -2,8 +2,9 @@
 //! OpenAI-compatible server in tests/support/fake_openai.rs: streamed
 //! replies at the console and over the fake Telegram, a pool that loses an
 //! endpoint mid-run, the errors a person can act on (401, 404, context
-//! length), cancellation reaching the server, the key kept out of logs, and
-//! each endpoint in `/healthz` and `/metrics` of `serve`.
+//! length), cancellation reaching the server, the key kept out of logs,
+//! labels scored by the server's log-probabilities, and each endpoint in
+//! `/healthz` and `/metrics` of `serve`.
 
 // The console and Telegram tests need their channels; builds without them skip them.
 #![cfg_attr(
@@ -246,6 +247,63 @@ async fn wrong_keys_unknown_models_and_long_prompts_get_errors_a_person_can_act_
         .await
         .unwrap_err();
     assert!(error.contains("context"), "{error}");
+}
+
+/// Labels scored by the server: one token asked for with its likeliest
+/// alternatives, added up per label; a server that sends none leaves the
+/// caller to generate, and a refusal is an error naming the server's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn labels_are_scored_by_the_servers_first_token_log_probabilities() {
+    let fake = FakeOpenAi::start(MODEL).await;
+    fake.set_reply("Yes it does");
+    fake.set_first_token_alternatives(&[
+        ("Yes", -0.4),
+        ("No", -1.3),
+        (" yes", -2.0),
+        ("Maybe", -4.0),
+    ]);
+    let engine = RemoteEngine::new(settings(&[&fake.url])).unwrap();
+    let messages = request(&[
+        (ChatRole::System, "rules"),
+        (ChatRole::User, "needs a person?"),
+    ])
+    .messages;
+    let scores = engine
+        .label_log_probs(&messages, &["yes", "no"])
+        .await
+        .unwrap()
+        .expect("the server sent log-probabilities");
+    let yes = (-0.4f32).exp() + (-2.0f32).exp();
+    assert!((scores[0] - yes.ln()).abs() < 1e-4, "{scores:?}");
+    assert!((scores[1] + 1.3).abs() < 1e-4, "{scores:?}");
+    let sent = fake.requests().pop().unwrap();
+    assert_eq!(sent["stream"], false);
+    assert_eq!(sent["max_tokens"], 1);
+    assert_eq!(sent["logprobs"], true);
+    assert_eq!(sent["top_logprobs"], 20);
+    assert_eq!(sent["model"], MODEL);
+    assert_eq!(sent["messages"][1]["content"], "needs a person?");
+
+    let plain = FakeOpenAi::start(MODEL).await;
+    let engine = RemoteEngine::new(settings(&[&plain.url])).unwrap();
+    assert_eq!(
+        engine
+            .label_log_probs(&messages, &["yes", "no"])
+            .await
+            .unwrap(),
+        None
+    );
+
+    plain.require_key("right");
+    let error = engine
+        .label_log_probs(&messages, &["yes", "no"])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("401") && error.contains("Incorrect API key"),
+        "{error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -747,6 +747,155 @@ impl Remote {
     }
 }
 
+/// How many of the likeliest first tokens a server is asked for when
+/// labels are scored (OpenAI's API allows up to 20).
+const TOP_LOGPROBS: u8 = 20;
+
+/// A one-token completion with the likeliest first tokens, for scoring
+/// labels.
+#[derive(Serialize)]
+struct ScoreBody<'a> {
+    model: &'a str,
+    messages: Vec<WireMessage<'a>>,
+    stream: bool,
+    max_tokens: usize,
+    temperature: f64,
+    logprobs: bool,
+    top_logprobs: u8,
+}
+
+/// The first token's alternatives in a completion, where the server gave
+/// them (`choices[0].logprobs.content[0].top_logprobs`).
+fn first_token_alternatives(body: &serde_json::Value) -> Option<Vec<(String, f32)>> {
+    let alternatives = body["choices"][0]["logprobs"]["content"][0]["top_logprobs"].as_array()?;
+    Some(
+        alternatives
+            .iter()
+            .filter_map(|alternative| {
+                Some((
+                    alternative["token"].as_str()?.to_string(),
+                    alternative["logprob"].as_f64()? as f32,
+                ))
+            })
+            .collect(),
+    )
+}
+
+/// Each label's log-probability as the first token's alternatives add up
+/// for it: a token counts for a label it begins, in any case and spacing
+/// ("Yes", " yes" and "yes" for "yes"). A label none begins scores minus
+/// infinity.
+fn label_scores(alternatives: &[(String, f32)], labels: &[&str]) -> Vec<f32> {
+    labels
+        .iter()
+        .map(|label| {
+            let label = label.trim().to_lowercase();
+            let probability: f32 = alternatives
+                .iter()
+                .filter(|(token, _)| {
+                    let token = token.trim().to_lowercase();
+                    !token.is_empty() && label.starts_with(&token)
+                })
+                .map(|(_, log_probability)| log_probability.exp())
+                .sum();
+            probability.ln()
+        })
+        .collect()
+}
+
+impl Remote {
+    /// Asks one endpoint for the first token's alternatives after
+    /// `messages` and scores `labels` by them; `None` when the server
+    /// sends no alternatives.
+    async fn score_labels(
+        &self,
+        messages: &[ChatMessage],
+        labels: &[&str],
+    ) -> Result<Option<Vec<f32>>, EngineError> {
+        let Some(endpoint) = self.pool.pick(None) else {
+            return Err(EngineError::Generation(
+                "no inference endpoint is configured".into(),
+            ));
+        };
+        let _in_flight = InFlight::new(Arc::clone(&endpoint));
+        let mut url = endpoint.url.clone();
+        url.path_segments_mut()
+            .map_err(|_| {
+                EngineError::Load(format!(
+                    "engine.base_url {} cannot take a path",
+                    endpoint.label
+                ))
+            })?
+            .pop_if_empty()
+            .extend(["chat", "completions"]);
+        let body = ScoreBody {
+            model: &self.settings.model,
+            messages: messages
+                .iter()
+                .map(|message| WireMessage {
+                    role: wire_role(message.role),
+                    content: &message.content,
+                })
+                .collect(),
+            stream: false,
+            max_tokens: 1,
+            temperature: 0.0,
+            logprobs: true,
+            top_logprobs: TOP_LOGPROBS,
+        };
+        let mut call = self.client.post(url).json(&body);
+        if let Some(key) = &self.settings.api_key {
+            call = call.bearer_auth(key.expose());
+        }
+        let answer = tokio::time::timeout(self.settings.request_timeout, async {
+            let response = call.send().await?;
+            let status = response.status();
+            Ok::<_, reqwest::Error>((status, response.text().await?))
+        })
+        .await;
+        let (status, text) = match answer {
+            Err(_) => {
+                endpoint.failed("no answer in time to a label question");
+                return Err(EngineError::Generation(format!(
+                    "{} did not answer within {} s (engine.request_timeout_secs)",
+                    endpoint.label,
+                    self.settings.request_timeout.as_secs()
+                )));
+            }
+            Ok(Err(err)) => {
+                let why = without_url(&err);
+                if err.is_connect() {
+                    endpoint.failed(&why);
+                }
+                return Err(EngineError::Generation(format!(
+                    "{}: {why}",
+                    endpoint.label
+                )));
+            }
+            Ok(Ok(answer)) => answer,
+        };
+        if status.is_server_error() {
+            endpoint.failed(&format!("HTTP {status}"));
+        }
+        if !status.is_success() {
+            return Err(EngineError::Generation(format!(
+                "{} answered {status}: {}",
+                endpoint.label,
+                error_message(&text)
+            )));
+        }
+        endpoint.succeeded();
+        let body: serde_json::Value = serde_json::from_str(&text).map_err(|_| {
+            EngineError::Generation(format!(
+                "{} answered with something that is not JSON: {}",
+                endpoint.label,
+                error_message(&text)
+            ))
+        })?;
+        Ok(first_token_alternatives(&body).map(|alternatives| label_scores(&alternatives, labels)))
+    }
+}
+
 /// An HTTP error's text without its URL, which may carry credentials.
 fn without_url(err: &reqwest::Error) -> String {
     let kind = if err.is_connect() {
@@ -795,11 +944,49 @@ impl Llm for RemoteEngine {
     fn remote_endpoints(&self) -> Option<Vec<EndpointHealth>> {
         Some(self.endpoints())
     }
+
+    /// Scored by the server's log-probabilities of the first token, where
+    /// it sends them (llama.cpp's server, vLLM and OpenAI do).
+    async fn label_log_probs(
+        &self,
+        messages: &[ChatMessage],
+        labels: &[&str],
+    ) -> Result<Option<Vec<f32>>, EngineError> {
+        self.0.score_labels(messages, labels).await
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_add_up_the_first_tokens_they_begin_with() {
+        let alternatives = [
+            ("Yes".to_string(), (0.5f32).ln()),
+            (" yes".to_string(), (0.2f32).ln()),
+            ("No".to_string(), (0.25f32).ln()),
+            ("Maybe".to_string(), (0.05f32).ln()),
+            (" ".to_string(), (0.01f32).ln()),
+        ];
+        let scores = label_scores(&alternatives, &["yes", "no", "perhaps"]);
+        assert!((scores[0] - (0.7f32).ln()).abs() < 1e-5, "{scores:?}");
+        assert!((scores[1] - (0.25f32).ln()).abs() < 1e-5, "{scores:?}");
+        assert_eq!(scores[2], f32::NEG_INFINITY);
+        // A label of several tokens counts the token it begins with.
+        let chinese = [("是".to_string(), -0.1f32), ("否".to_string(), -2.5f32)];
+        let scores = label_scores(&chinese, &["是的", "否"]);
+        assert!((scores[0] + 0.1).abs() < 1e-5 && (scores[1] + 2.5).abs() < 1e-5);
+        let body = serde_json::json!({"choices": [{"message": {"content": "Yes"},
+            "logprobs": {"content": [{"token": "Yes", "logprob": -0.1,
+                "top_logprobs": [{"token": "Yes", "logprob": -0.1}, {"token": "No", "logprob": -2.4}]}]}}]});
+        assert_eq!(
+            first_token_alternatives(&body),
+            Some(vec![("Yes".to_string(), -0.1), ("No".to_string(), -2.4)])
+        );
+        let without = serde_json::json!({"choices": [{"message": {"content": "Yes"}}]});
+        assert_eq!(first_token_alternatives(&without), None);
+    }
 
     #[test]
     fn server_sent_events_are_split_across_chunks() {

@@ -1,7 +1,8 @@
 //! Asking the generative model about the messages the classifier is unsure
 //! of: an escalation probability from `escalation.tiebreak_from` up to the
 //! automatic hand-off threshold. An engine that can score given replies
-//! (the CPU engine) is held to yes or no; others write a reply that is read.
+//! (the CPU engine, a server that sends log-probabilities) is held to yes
+//! or no; otherwise the model writes a reply that is read.
 //! Off by default (`escalation.model_tiebreak`): `concierge eval intents
 //! --tiebreak` measures whether the loaded model helps, and with the default
 //! model it does not.

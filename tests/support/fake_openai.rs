@@ -1,7 +1,9 @@
 //! A fake OpenAI-compatible chat server on 127.0.0.1, speaking the wire
 //! protocol of llama.cpp's server, vLLM and the OpenAI API:
 //! `POST /v1/chat/completions` with `"stream": true` answers server-sent
-//! events (`data: {chunk}\n\n`, a usage chunk, `data: [DONE]\n\n`); errors
+//! events (`data: {chunk}\n\n`, a usage chunk, `data: [DONE]\n\n`), and
+//! without it one JSON completion, with the first token's `logprobs` when
+//! asked for and set; errors
 //! are `{"error": {"message", "type", "code"}}` with their HTTP status.
 //! Latency, failures, a context limit and a sudden death can be injected; it
 //! counts the streams a client dropped before their end.
@@ -31,6 +33,10 @@ struct Inner {
     failures: VecDeque<u16>,
     /// Whether streams carry a usage chunk.
     usage: bool,
+    /// The first token's likeliest alternatives (token, log-probability),
+    /// sent with a completion that asks for `logprobs`; none when unset, as
+    /// servers without log-probabilities answer.
+    alternatives: Option<Vec<(String, f32)>>,
     requests: Vec<Value>,
     authorizations: Vec<String>,
     completed: usize,
@@ -80,6 +86,7 @@ impl FakeOpenAi {
                 context_chars: None,
                 failures: VecDeque::new(),
                 usage: true,
+                alternatives: None,
                 requests: Vec::new(),
                 authorizations: Vec::new(),
                 completed: 0,
@@ -125,6 +132,16 @@ impl FakeOpenAi {
     pub fn fail_next(&self, status: u16, count: usize) {
         let mut inner = self.inner.lock().unwrap();
         inner.failures.extend(std::iter::repeat_n(status, count));
+    }
+
+    /// The first token's alternatives a completion with `logprobs` gets.
+    pub fn set_first_token_alternatives(&self, alternatives: &[(&str, f32)]) {
+        self.inner.lock().unwrap().alternatives = Some(
+            alternatives
+                .iter()
+                .map(|(token, log_probability)| (token.to_string(), *log_probability))
+                .collect(),
+        );
     }
 
     /// Leaves the usage chunk out, as some servers do.
@@ -179,6 +196,46 @@ fn contents(request: &Value) -> impl Iterator<Item = &str> {
         .map(|message| message["content"].as_str().unwrap_or_default())
 }
 
+/// A whole (not streamed) completion of at most `max_tokens` words, with
+/// the first token's alternatives when asked for and known.
+fn completion(
+    request: &Value,
+    model: &str,
+    words: &[String],
+    prompt_tokens: usize,
+    alternatives: Option<Vec<(String, f32)>>,
+) -> Response {
+    let limit = request["max_tokens"]
+        .as_u64()
+        .map_or(words.len(), |max| max as usize);
+    let content: String = words.iter().take(limit).map(String::as_str).collect();
+    let mut choice = json!({
+        "index": 0,
+        "message": {"role": "assistant", "content": content},
+        "finish_reason": if limit < words.len() { "length" } else { "stop" },
+    });
+    if let (Some(alternatives), true) = (alternatives, request["logprobs"] == json!(true)) {
+        let top = request["top_logprobs"].as_u64().unwrap_or(0) as usize;
+        let listed: Vec<Value> = alternatives
+            .iter()
+            .take(top)
+            .map(|(token, log_probability)| json!({"token": token, "logprob": log_probability}))
+            .collect();
+        let (first, first_log_probability) = alternatives[0].clone();
+        choice["logprobs"] = json!({"content": [{
+            "token": first, "logprob": first_log_probability, "top_logprobs": listed,
+        }]});
+    }
+    let completion_tokens = limit.min(words.len());
+    axum::Json(json!({
+        "id": "chatcmpl-fake", "object": "chat.completion", "created": 1_796_000_000,
+        "model": model, "choices": [choice],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }))
+    .into_response()
+}
+
 fn chunk(model: &str, delta: Value, finish: Option<&str>) -> Bytes {
     let event = json!({
         "id": "chatcmpl-fake",
@@ -204,7 +261,7 @@ async fn chat(State(fake): State<FakeOpenAi>, headers: HeaderMap, body: Bytes) -
             "invalid_json",
         );
     };
-    let (model, reply, first_delay, token_delay, usage, status) = {
+    let (model, reply, first_delay, token_delay, usage, status, alternatives) = {
         let mut inner = fake.inner.lock().unwrap();
         inner.requests.push(request.clone());
         inner.authorizations.push(authorization.clone());
@@ -251,6 +308,7 @@ async fn chat(State(fake): State<FakeOpenAi>, headers: HeaderMap, body: Bytes) -
             inner.token_delay,
             inner.usage,
             status,
+            inner.alternatives.clone(),
         )
     };
     if let Some(status) = status {
@@ -265,6 +323,9 @@ async fn chat(State(fake): State<FakeOpenAi>, headers: HeaderMap, body: Bytes) -
         .map(|content| content.split_whitespace().count())
         .sum();
     let words: Vec<String> = reply.split_inclusive(' ').map(str::to_string).collect();
+    if request["stream"] != json!(true) {
+        return completion(&request, &model, &words, prompt_tokens, alternatives);
+    }
     let guard = StreamGuard {
         inner: Arc::clone(&fake.inner),
         finished: false,
