@@ -6,6 +6,7 @@
 //! endpoint that fails is taken out with back-off and probed back in; a
 //! request that failed before its first token is retried once elsewhere.
 //! Dropping a reply stream drops its HTTP request, so the server stops.
+//! Given labels are scored by the server's first-token log-probabilities.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
