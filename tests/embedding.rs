@@ -362,6 +362,13 @@ fn a_question_in_chinese_is_answered_by_meaning_from_english_only_pages() {
         let hits = kb.retrieve(question, 3).unwrap().hits;
         kb.answering_by_meaning(question, &hits)
     };
+    let hits = kb.retrieve("礼品卡有效期多久？", 3).unwrap().hits;
+    assert!(
+        ["gift-cards.md", "gift-card-questions.md"]
+            .iter()
+            .all(|doc| hits.iter().any(|hit| hit.doc == *doc)),
+        "both pages holding the sentence are searched"
+    );
     let gift_card = answering("礼品卡有效期多久？");
     assert!(
         gift_card

@@ -161,6 +161,8 @@ fn the_tie_breaking_model_answers_every_message_in_the_band() {
         .arg(data.path())
         .args(["eval", "intents", "--folds", "0", "--tiebreak", "--data"])
         .arg(&messages)
+        // The engine that scores labels (a GPU build's default is mistral.rs).
+        .env("CONCIERGE_ENGINE_BACKEND", "cpu")
         .output()
         .unwrap();
     assert!(

@@ -187,10 +187,11 @@ pub trait Llm: Send + Sync + 'static {
         None
     }
 
-    /// The log-probability of each of `labels` as the whole reply to
-    /// `messages`, for a choice held to those labels. `None` where the
-    /// engine cannot score a reply it did not write (the default); callers
-    /// then generate and read the reply.
+    /// For a choice held to `labels`: the log-probability that the reply
+    /// to `messages` begins with each label, from its first token (every
+    /// token that begins the label counts, in any case and spacing). `None`
+    /// where the engine cannot score (the default); callers then generate
+    /// and read the reply.
     async fn label_log_probs(
         &self,
         _messages: &[ChatMessage],
@@ -206,6 +207,14 @@ pub trait Llm: Send + Sync + 'static {
         request: ChatRequest,
         cancel: CancellationToken,
     ) -> Result<ReplyStream, EngineError>;
+}
+
+/// Whether a token whose text is `token` may begin a reply `label` (given
+/// lowercased, without surrounding spaces): how both engines that score
+/// labels count "Yes" and " yes" for "yes".
+pub fn begins_label(token: &str, label: &str) -> bool {
+    let token = token.trim().to_lowercase();
+    !token.is_empty() && label.starts_with(&token)
 }
 
 /// A token estimate for models whose tokenizer is not available: one token

@@ -793,10 +793,7 @@ fn label_scores(alternatives: &[(String, f32)], labels: &[&str]) -> Vec<f32> {
             let label = label.trim().to_lowercase();
             let probability: f32 = alternatives
                 .iter()
-                .filter(|(token, _)| {
-                    let token = token.trim().to_lowercase();
-                    !token.is_empty() && label.starts_with(&token)
-                })
+                .filter(|(token, _)| super::begins_label(token, &label))
                 .map(|(_, log_probability)| log_probability.exp())
                 .sum();
             probability.ln()
@@ -819,6 +816,7 @@ impl Remote {
             ));
         };
         let _in_flight = InFlight::new(Arc::clone(&endpoint));
+        crate::telemetry::remote_request(&endpoint.label);
         let mut url = endpoint.url.clone();
         url.path_segments_mut()
             .map_err(|_| {
@@ -854,45 +852,43 @@ impl Remote {
             Ok::<_, reqwest::Error>((status, response.text().await?))
         })
         .await;
+        let failed = |why: String| {
+            crate::telemetry::remote_error(&endpoint.label);
+            endpoint.failed(&why);
+            EngineError::Generation(format!(
+                "the inference server {} failed: {why}",
+                endpoint.label
+            ))
+        };
         let (status, text) = match answer {
             Err(_) => {
-                endpoint.failed("no answer in time to a label question");
-                return Err(EngineError::Generation(format!(
-                    "{} did not answer within {} s (engine.request_timeout_secs)",
-                    endpoint.label,
+                return Err(failed(format!(
+                    "no answer within {} s (engine.request_timeout_secs)",
                     self.settings.request_timeout.as_secs()
-                )));
+                )))
             }
-            Ok(Err(err)) => {
-                let why = without_url(&err);
-                if err.is_connect() {
-                    endpoint.failed(&why);
-                }
-                return Err(EngineError::Generation(format!(
-                    "{}: {why}",
-                    endpoint.label
-                )));
-            }
+            Ok(Err(err)) => return Err(failed(format!("unreachable: {}", without_url(&err)))),
             Ok(Ok(answer)) => answer,
         };
         if status.is_server_error() {
-            endpoint.failed(&format!("HTTP {status}"));
+            return Err(failed(format!("HTTP {status}: {}", error_message(&text))));
         }
         if !status.is_success() {
+            crate::telemetry::remote_error(&endpoint.label);
+            let hint = match status.as_u16() {
+                401 | 403 => ": check engine.api_key",
+                404 => ": check engine.model and engine.base_url (it should end in /v1)",
+                _ => "",
+            };
             return Err(EngineError::Generation(format!(
-                "{} answered {status}: {}",
+                "{} answered {status}: {}{hint}",
                 endpoint.label,
                 error_message(&text)
             )));
         }
+        let body: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|_| failed(format!("the answer is not JSON: {}", error_message(&text))))?;
         endpoint.succeeded();
-        let body: serde_json::Value = serde_json::from_str(&text).map_err(|_| {
-            EngineError::Generation(format!(
-                "{} answered with something that is not JSON: {}",
-                endpoint.label,
-                error_message(&text)
-            ))
-        })?;
         Ok(first_token_alternatives(&body).map(|alternatives| label_scores(&alternatives, labels)))
     }
 }

@@ -192,19 +192,21 @@ impl Model<'_> {
         ]
     }
 
-    /// Which of `labels` the model finds likeliest as its whole reply to
-    /// `prompt`, where the engine can score them; `None` otherwise.
+    /// Which of `labels` the model's reply to `prompt` likeliest begins
+    /// with, where the engine can score them (a tie goes to the later
+    /// label); `None` otherwise, or when the daemon stops first.
     pub(crate) async fn choose(
         self,
         locale: Locale,
         prompt: &str,
         labels: &[&str],
     ) -> Option<usize> {
-        let scores = match self
-            .llm
-            .label_log_probs(&self.one_turn(locale, prompt), labels)
-            .await
-        {
+        let messages = self.one_turn(locale, prompt);
+        let scored = tokio::select! {
+            _ = self.cancel.cancelled() => return None,
+            scored = self.llm.label_log_probs(&messages, labels) => scored,
+        };
+        let scores = match scored {
             Ok(scores) => scores?,
             Err(err) => {
                 tracing::debug!("scoring the labels failed: {err}");

@@ -221,10 +221,11 @@ fn completion(
             .take(top)
             .map(|(token, log_probability)| json!({"token": token, "logprob": log_probability}))
             .collect();
-        let (first, first_log_probability) = alternatives[0].clone();
-        choice["logprobs"] = json!({"content": [{
-            "token": first, "logprob": first_log_probability, "top_logprobs": listed,
-        }]});
+        if let Some((first, first_log_probability)) = alternatives.first() {
+            choice["logprobs"] = json!({"content": [{
+                "token": first, "logprob": first_log_probability, "top_logprobs": listed,
+            }]});
+        }
     }
     let completion_tokens = limit.min(words.len());
     axum::Json(json!({

@@ -79,6 +79,8 @@ pub struct CpuEngine {
     threads: usize,
     jobs: Mutex<Option<std_mpsc::Sender<Job>>>,
     scheduler: Mutex<Option<JoinHandle<()>>>,
+    /// The vocabulary's tokens that begin each label scored so far.
+    label_tokens: Mutex<std::collections::HashMap<String, Arc<Vec<u32>>>>,
 }
 
 impl CpuEngine {
@@ -169,6 +171,7 @@ impl CpuEngine {
             threads,
             jobs: Mutex::new(Some(jobs)),
             scheduler: Mutex::new(Some(handle)),
+            label_tokens: Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -233,6 +236,35 @@ impl CpuEngine {
         Ok(answer)
     }
 
+    /// The tokens whose text begins `label`, and the first token of the
+    /// label's own encoding (a piece of a character, for some scripts);
+    /// found once per label by decoding the vocabulary.
+    fn tokens_beginning(&self, label: &str) -> Result<Arc<Vec<u32>>, EngineError> {
+        let mut cache = self
+            .label_tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(tokens) = cache.get(label) {
+            return Ok(Arc::clone(tokens));
+        }
+        let lowered = label.trim().to_lowercase();
+        let mut tokens: Vec<u32> = (0..self.tokenizer.get_vocab_size(true) as u32)
+            .filter(|&id| {
+                self.tokenizer
+                    .decode(&[id], false)
+                    .is_ok_and(|text| super::begins_label(&text, &lowered))
+            })
+            .collect();
+        if let Some(&first) = self.encode(label)?.first() {
+            if !tokens.contains(&first) {
+                tokens.push(first);
+            }
+        }
+        let tokens = Arc::new(tokens);
+        cache.insert(label.to_string(), Arc::clone(&tokens));
+        Ok(tokens)
+    }
+
     /// `logits` without holding a runtime thread while the engine works.
     async fn logits_off_runtime(&self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
         let answer = self.submit_logits(tokens)?;
@@ -246,13 +278,16 @@ impl CpuEngine {
 
 type LogitsAnswer = std_mpsc::Receiver<Result<Vec<Vec<f32>>, EngineError>>;
 
-/// `ln softmax(logits)[token]`.
-fn log_probability(logits: &[f32], token: u32) -> f32 {
+/// `ln` of the softmax probability of `logits` summed over `tokens`.
+fn log_probability_of_any(logits: &[f32], tokens: &[u32]) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = logits.iter().map(|logit| (logit - max).exp()).sum();
-    logits
-        .get(token as usize)
-        .map_or(f32::NEG_INFINITY, |logit| logit - max - sum.ln())
+    let total: f32 = logits.iter().map(|logit| (logit - max).exp()).sum();
+    let chosen: f32 = tokens
+        .iter()
+        .filter_map(|&token| logits.get(token as usize))
+        .map(|logit| (logit - max).exp())
+        .sum();
+    (chosen / total).ln()
 }
 
 impl Drop for CpuEngine {
@@ -289,58 +324,39 @@ impl Llm for CpuEngine {
             .map_or_else(|_| super::estimate_tokens(text), |encoding| encoding.len())
     }
 
-    /// Each label's tokens after the prompt, scored by teacher forcing: one
-    /// pass over the prompt when every label is one token, else one pass
-    /// per label.
+    /// Each label scored as the remote engine scores it: the probability
+    /// of the reply's first token, added up over the tokens that begin the
+    /// label in any case and spacing ("Yes", " yes", "yes" for "yes").
     async fn label_log_probs(
         &self,
         messages: &[super::ChatMessage],
         labels: &[&str],
     ) -> Result<Option<Vec<f32>>, EngineError> {
         let prompt = self.prompt_tokens(messages)?;
-        let labels = labels
-            .iter()
-            .map(|label| self.encode(label))
-            .collect::<Result<Vec<_>, _>>()?;
-        if prompt.is_empty() || labels.iter().any(Vec::is_empty) {
+        if prompt.is_empty() || labels.is_empty() {
             return Ok(None);
         }
-        let longest = prompt.len() + labels.iter().map(Vec::len).max().unwrap_or(0);
-        if longest > self.context_length {
+        if prompt.len() >= self.context_length {
             return Err(EngineError::Generation(format!(
-                "the prompt and label have {longest} tokens; the model's context holds {}",
+                "the prompt has {} tokens; the model's context holds {}",
+                prompt.len(),
                 self.context_length
             )));
         }
-        if labels.iter().all(|label| label.len() == 1) {
-            let rows = self.logits_off_runtime(&prompt).await?;
-            let Some(next) = rows.last() else {
-                return Ok(None);
-            };
-            return Ok(Some(
-                labels
-                    .iter()
-                    .map(|label| log_probability(next, label[0]))
-                    .collect(),
-            ));
-        }
-        let mut scores = Vec::with_capacity(labels.len());
-        for label_tokens in labels {
-            let mut tokens = prompt.clone();
-            tokens.extend(&label_tokens);
-            let rows = self.logits_off_runtime(&tokens).await?;
-            // Row `i` predicts token `i + 1`.
-            let score = label_tokens
+        let beginnings = labels
+            .iter()
+            .map(|label| self.tokens_beginning(label))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows = self.logits_off_runtime(&prompt).await?;
+        let Some(next) = rows.last() else {
+            return Ok(None);
+        };
+        Ok(Some(
+            beginnings
                 .iter()
-                .enumerate()
-                .map(|(offset, &token)| {
-                    rows.get(prompt.len() - 1 + offset)
-                        .map_or(f32::NEG_INFINITY, |row| log_probability(row, token))
-                })
-                .sum();
-            scores.push(score);
-        }
-        Ok(Some(scores))
+                .map(|tokens| log_probability_of_any(next, tokens))
+                .collect(),
+        ))
     }
 
     async fn stream_chat(
