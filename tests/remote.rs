@@ -250,8 +250,9 @@ async fn wrong_keys_unknown_models_and_long_prompts_get_errors_a_person_can_act_
 }
 
 /// Labels scored by the server: one token asked for with its likeliest
-/// alternatives, added up per label; a server that sends none leaves the
-/// caller to generate, and a refusal is an error naming the server's answer.
+/// alternatives, added up per label; a server that sends none is asked once
+/// and then leaves the caller to write; a refusal is an error naming the
+/// server's answer and the setting to check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn labels_are_scored_by_the_servers_first_token_log_probabilities() {
     let fake = FakeOpenAi::start(MODEL).await;
@@ -294,14 +295,28 @@ async fn labels_are_scored_by_the_servers_first_token_log_probabilities() {
         None
     );
 
-    plain.require_key("right");
+    // Asked once: its verdicts are written from then on.
+    assert_eq!(
+        engine
+            .label_log_probs(&messages, &["yes", "no"])
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(plain.requests().len(), 1);
+
+    let locked = FakeOpenAi::start(MODEL).await;
+    locked.require_key("right");
+    let engine = RemoteEngine::new(settings(&[&locked.url])).unwrap();
     let error = engine
         .label_log_probs(&messages, &["yes", "no"])
         .await
         .unwrap_err()
         .to_string();
     assert!(
-        error.contains("401") && error.contains("Incorrect API key"),
+        error.contains("401")
+            && error.contains("Incorrect API key")
+            && error.contains("engine.api_key"),
         "{error}"
     );
 }

@@ -64,6 +64,9 @@ struct Endpoint {
     label: String,
     in_flight: AtomicUsize,
     state: Mutex<EndpointState>,
+    /// Whether it answered a label question without log-probabilities:
+    /// it is then not asked again, and the caller writes at once.
+    lacks_logprobs: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -204,6 +207,7 @@ impl RemoteEngine {
                     label: label.to_string(),
                     in_flight: AtomicUsize::new(0),
                     state: Mutex::new(EndpointState::default()),
+                    lacks_logprobs: std::sync::atomic::AtomicBool::new(false),
                 })
             })
             .collect();
@@ -815,6 +819,9 @@ impl Remote {
                 "no inference endpoint is configured".into(),
             ));
         };
+        if endpoint.lacks_logprobs.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
         let _in_flight = InFlight::new(Arc::clone(&endpoint));
         crate::telemetry::remote_request(&endpoint.label);
         let mut url = endpoint.url.clone();
@@ -889,7 +896,12 @@ impl Remote {
         let body: serde_json::Value = serde_json::from_str(&text)
             .map_err(|_| failed(format!("the answer is not JSON: {}", error_message(&text))))?;
         endpoint.succeeded();
-        Ok(first_token_alternatives(&body).map(|alternatives| label_scores(&alternatives, labels)))
+        let alternatives = first_token_alternatives(&body);
+        if alternatives.is_none() {
+            tracing::info!(endpoint = %endpoint.label, "the server sends no log-probabilities: the model's verdicts are written instead of scored");
+            endpoint.lacks_logprobs.store(true, Ordering::Relaxed);
+        }
+        Ok(alternatives.map(|alternatives| label_scores(&alternatives, labels)))
     }
 }
 
@@ -1066,6 +1078,7 @@ mod tests {
                 label: url.into(),
                 in_flight: AtomicUsize::new(0),
                 state: Mutex::new(EndpointState::default()),
+                lacks_logprobs: std::sync::atomic::AtomicBool::new(false),
             })
         };
         let pool = Pool {

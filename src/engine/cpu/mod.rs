@@ -222,15 +222,16 @@ impl CpuEngine {
     /// Next-token logits at every position of `tokens` (teacher forcing),
     /// computed in a fresh cache.
     pub fn logits(&self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
-        self.submit_logits(tokens)?
+        self.submit_logits(tokens, false)?
             .recv()
             .map_err(|_| EngineError::Generation("the engine thread has stopped".into()))?
     }
 
-    fn submit_logits(&self, tokens: &[u32]) -> Result<LogitsAnswer, EngineError> {
+    fn submit_logits(&self, tokens: &[u32], last_only: bool) -> Result<LogitsAnswer, EngineError> {
         let (reply, answer) = std_mpsc::channel();
         self.submit(Job::Logits {
             tokens: tokens.to_vec(),
+            last_only,
             reply,
         })?;
         Ok(answer)
@@ -265,14 +266,16 @@ impl CpuEngine {
         Ok(tokens)
     }
 
-    /// `logits` without holding a runtime thread while the engine works.
-    async fn logits_off_runtime(&self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
-        let answer = self.submit_logits(tokens)?;
-        tokio::task::spawn_blocking(move || answer.recv())
+    /// The logits after the last of `tokens`, without holding a runtime
+    /// thread while the engine works.
+    async fn next_token_logits(&self, tokens: &[u32]) -> Result<Option<Vec<f32>>, EngineError> {
+        let answer = self.submit_logits(tokens, true)?;
+        let rows = tokio::task::spawn_blocking(move || answer.recv())
             .await
             .ok()
             .and_then(Result::ok)
-            .ok_or_else(|| EngineError::Generation("the engine thread has stopped".into()))?
+            .ok_or_else(|| EngineError::Generation("the engine thread has stopped".into()))??;
+        Ok(rows.into_iter().last())
     }
 }
 
@@ -347,14 +350,13 @@ impl Llm for CpuEngine {
             .iter()
             .map(|label| self.tokens_beginning(label))
             .collect::<Result<Vec<_>, _>>()?;
-        let rows = self.logits_off_runtime(&prompt).await?;
-        let Some(next) = rows.last() else {
+        let Some(next) = self.next_token_logits(&prompt).await? else {
             return Ok(None);
         };
         Ok(Some(
             beginnings
                 .iter()
-                .map(|tokens| log_probability_of_any(next, tokens))
+                .map(|tokens| log_probability_of_any(&next, tokens))
                 .collect(),
         ))
     }

@@ -33,6 +33,9 @@ pub enum Job {
     Logits {
         /// The tokens.
         tokens: Vec<u32>,
+        /// Only the row after the last token (the output layer, over the
+        /// whole vocabulary, is most of the work for a short prompt).
+        last_only: bool,
         /// Where the logits go.
         reply: std_mpsc::Sender<Result<Vec<Vec<f32>>, EngineError>>,
     },
@@ -208,8 +211,12 @@ pub fn run(
         for job in incoming {
             match job {
                 Job::Generate(request) => scheduler.waiting.push_back(request),
-                Job::Logits { tokens, reply } => {
-                    let result = scheduler.teacher_forced(&tokens);
+                Job::Logits {
+                    tokens,
+                    last_only,
+                    reply,
+                } => {
+                    let result = scheduler.teacher_forced(&tokens, last_only);
                     let _ = reply.send(result);
                 }
             }
@@ -558,7 +565,11 @@ impl Scheduler {
     }
 
     /// Logits at every position of `tokens`, in a private cache.
-    fn teacher_forced(&mut self, tokens: &[u32]) -> Result<Vec<Vec<f32>>, EngineError> {
+    fn teacher_forced(
+        &mut self,
+        tokens: &[u32],
+        last_only: bool,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         if tokens.is_empty() || tokens.len() > self.model.config.context_length {
             return Err(EngineError::Generation(format!(
                 "teacher forcing needs 1 to {} tokens",
@@ -568,11 +579,18 @@ impl Scheduler {
         let vocab = self.model.config.vocab;
         let mut caches = vec![self.model.new_cache()];
         let mut rows = Vec::with_capacity(tokens.len());
+        let chunks = tokens.len().div_ceil(PROMPT_CHUNK);
         for (chunk_index, chunk) in tokens.chunks(PROMPT_CHUNK).enumerate() {
             let start = chunk_index * PROMPT_CHUNK;
             let positions: Vec<usize> = (start..start + chunk.len()).collect();
             let slots = vec![0; chunk.len()];
-            let outputs: Vec<usize> = (0..chunk.len()).collect();
+            let outputs: Vec<usize> = if !last_only {
+                (0..chunk.len()).collect()
+            } else if chunk_index + 1 == chunks {
+                vec![chunk.len() - 1]
+            } else {
+                Vec::new()
+            };
             let batch = Batch {
                 tokens: chunk,
                 positions: &positions,
