@@ -844,3 +844,15 @@ async fn asking_where_an_order_is_gets_how_to_track_it_in_either_language() {
     let chinese = harness.channel.texts("mei");
     assert!(chinese[0].contains("追踪链接"), "{}", chinese[0]);
 }
+
+/// A question about a shop in the street finds the answer saying the shop
+/// sells online (the sample's English FAQ), rather than "not found".
+#[tokio::test]
+async fn asking_for_a_physical_store_finds_that_the_shop_sells_online() {
+    let data = tempfile::tempdir().unwrap();
+    let kb_dir = tempfile::tempdir().unwrap();
+    let harness = grounded_harness(data.path(), kb_dir.path(), "default_reply = \"有的。\"\n");
+    run_messages(&harness, vec![message("li", "你们有门店吗？")]).await;
+    let reply = harness.channel.texts("li").remove(0);
+    assert!(reply.contains("online only"), "{reply}");
+}
