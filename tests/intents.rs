@@ -126,19 +126,13 @@ fn a_bad_data_file_is_a_clear_error() {
 /// `concierge eval intents ARGS` in a fresh data directory: its JSON report.
 fn eval_intents(args: &[&str]) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(binary())
-        .args(["--data-dir"])
-        .arg(dir.path())
-        .args(["eval", "intents"])
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
+    support::json_report(
+        Command::new(binary())
+            .args(["--data-dir"])
+            .arg(dir.path())
+            .args(["eval", "intents"])
+            .args(args),
+    )
 }
 
 /// Judges the model trained on the shipped data only on `file`.

@@ -155,22 +155,16 @@ fn the_tie_breaking_model_answers_every_message_in_the_band() {
          客服能不能快点回复,complaint\n",
     )
     .unwrap();
-    let output = Command::new(support::binary())
-        .current_dir(repo())
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(["eval", "intents", "--folds", "0", "--tiebreak", "--data"])
-        .arg(&messages)
-        // The engine that scores labels (a GPU build's default is mistral.rs).
-        .env("CONCIERGE_ENGINE_BACKEND", "cpu")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let report = support::json_report(
+        Command::new(support::binary())
+            .current_dir(repo())
+            .arg("--data-dir")
+            .arg(data.path())
+            .args(["eval", "intents", "--folds", "0", "--tiebreak", "--data"])
+            .arg(&messages)
+            // The engine that scores labels (a GPU build's default is mistral.rs).
+            .env("CONCIERGE_ENGINE_BACKEND", "cpu"),
     );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let tiebreak = &report["tiebreak"];
     let asked = tiebreak["asked"].as_u64().unwrap();
     assert!(asked > 0, "{tiebreak}");

@@ -21,16 +21,11 @@ fn concierge(data: &Path) -> Command {
 #[test]
 fn the_demo_catalog_imports_and_bad_rows_are_reported_by_line() {
     let data = tempfile::tempdir().unwrap();
-    let output = concierge(data.path())
-        .args(["import", "catalog", "config/demo/catalog.csv"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let report = support::json_report(concierge(data.path()).args([
+        "import",
+        "catalog",
+        "config/demo/catalog.csv",
+    ]));
     assert_eq!(report["added"], 150);
     // Importing again updates, never duplicates.
     let output = concierge(data.path())
@@ -459,18 +454,12 @@ fn the_eval_command_beats_popularity_on_synthetic_tastes() {
     let file = dir.path().join("interactions.csv");
     std::fs::write(&file, rows).unwrap();
     for protocol in ["full", "loo-100"] {
-        let output = Command::new(binary())
-            .args(["recommend", "eval", "--interactions"])
-            .arg(&file)
-            .args(["--protocol", protocol, "--seed", "1"])
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
+        let report = support::json_report(
+            Command::new(binary())
+                .args(["recommend", "eval", "--interactions"])
+                .arg(&file)
+                .args(["--protocol", protocol, "--seed", "1"]),
         );
-        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         for metric in ["ndcg@10", "recall@10", "hr@10", "mrr@10"] {
             let ours = report["ours"][metric].as_f64().unwrap();
             let popularity = report["popularity"][metric].as_f64().unwrap();

@@ -239,6 +239,18 @@ pub fn concierge_with(config: &Path) -> std::process::Command {
     command
 }
 
+/// Runs `command`, which must succeed (its stderr is shown when not), and
+/// returns the JSON report it printed.
+pub fn json_report(command: &mut std::process::Command) -> serde_json::Value {
+    let output = command.output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 /// Writes a configuration that uses the scripted engine with `script`, the
 /// data directory `dir/data`, and the operator API on `operator_port`.
 pub fn scripted_config(dir: &Path, script: &str, operator_port: u16) -> PathBuf {
