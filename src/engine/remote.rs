@@ -289,6 +289,17 @@ struct WireMessage<'a> {
     content: &'a str,
 }
 
+/// The chat as the API spells it.
+fn wire_messages(messages: &[ChatMessage]) -> Vec<WireMessage<'_>> {
+    messages
+        .iter()
+        .map(|message| WireMessage {
+            role: wire_role(message.role),
+            content: &message.content,
+        })
+        .collect()
+}
+
 fn wire_role(role: ChatRole) -> &'static str {
     match role {
         ChatRole::System => "system",
@@ -477,14 +488,7 @@ impl Remote {
     fn body<'a>(&'a self, request: &'a ChatRequest) -> Body<'a> {
         Body {
             model: &self.settings.model,
-            messages: request
-                .messages
-                .iter()
-                .map(|message| WireMessage {
-                    role: wire_role(message.role),
-                    content: &message.content,
-                })
-                .collect(),
+            messages: wire_messages(&request.messages),
             stream: true,
             stream_options: StreamOptions {
                 include_usage: true,
@@ -494,6 +498,29 @@ impl Remote {
             top_p: request.sampling.top_p,
             seed: request.sampling.seed,
         }
+    }
+
+    /// A POST of `body` to `endpoint`'s chat completions, with the key.
+    fn completions_call(
+        &self,
+        endpoint: &Endpoint,
+        body: &impl Serialize,
+    ) -> Result<reqwest::RequestBuilder, EngineError> {
+        let mut url = endpoint.url.clone();
+        url.path_segments_mut()
+            .map_err(|_| {
+                EngineError::Load(format!(
+                    "engine.base_url {} cannot take a path",
+                    endpoint.label
+                ))
+            })?
+            .pop_if_empty()
+            .extend(["chat", "completions"]);
+        let call = self.client.post(url).json(body);
+        Ok(match &self.settings.api_key {
+            Some(key) => call.bearer_auth(key.expose()),
+            None => call,
+        })
     }
 
     /// One attempt on `endpoint`, streaming into `events`. Returns whether
@@ -508,20 +535,9 @@ impl Remote {
         let _in_flight = InFlight::new(Arc::clone(endpoint));
         let started = Instant::now();
         crate::telemetry::remote_request(&endpoint.label);
-        let mut url = endpoint.url.clone();
-        url.path_segments_mut()
-            .map_err(|_| {
-                Failure::Fatal(EngineError::Load(format!(
-                    "engine.base_url {} cannot take a path",
-                    endpoint.label
-                )))
-            })?
-            .pop_if_empty()
-            .extend(["chat", "completions"]);
-        let mut call = self.client.post(url).json(&self.body(request));
-        if let Some(key) = &self.settings.api_key {
-            call = call.bearer_auth(key.expose());
-        }
+        let call = self
+            .completions_call(endpoint, &self.body(request))
+            .map_err(Failure::Fatal)?;
         let timeout = self.settings.request_timeout;
         let response = tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
@@ -824,35 +840,16 @@ impl Remote {
         }
         let _in_flight = InFlight::new(Arc::clone(&endpoint));
         crate::telemetry::remote_request(&endpoint.label);
-        let mut url = endpoint.url.clone();
-        url.path_segments_mut()
-            .map_err(|_| {
-                EngineError::Load(format!(
-                    "engine.base_url {} cannot take a path",
-                    endpoint.label
-                ))
-            })?
-            .pop_if_empty()
-            .extend(["chat", "completions"]);
         let body = ScoreBody {
             model: &self.settings.model,
-            messages: messages
-                .iter()
-                .map(|message| WireMessage {
-                    role: wire_role(message.role),
-                    content: &message.content,
-                })
-                .collect(),
+            messages: wire_messages(messages),
             stream: false,
             max_tokens: 1,
             temperature: 0.0,
             logprobs: true,
             top_logprobs: TOP_LOGPROBS,
         };
-        let mut call = self.client.post(url).json(&body);
-        if let Some(key) = &self.settings.api_key {
-            call = call.bearer_auth(key.expose());
-        }
+        let call = self.completions_call(&endpoint, &body)?;
         let answer = tokio::time::timeout(self.settings.request_timeout, async {
             let response = call.send().await?;
             let status = response.status();

@@ -209,6 +209,19 @@ impl CpuEngine {
         Ok(tokens)
     }
 
+    /// `prompt_tokens`, refused when they leave no room in the context.
+    fn prompt_in_context(&self, messages: &[super::ChatMessage]) -> Result<Vec<u32>, EngineError> {
+        let prompt = self.prompt_tokens(messages)?;
+        if prompt.len() >= self.context_length {
+            return Err(EngineError::Generation(format!(
+                "the prompt has {} tokens; the model's context holds {}",
+                prompt.len(),
+                self.context_length
+            )));
+        }
+        Ok(prompt)
+    }
+
     fn submit(&self, job: Job) -> Result<(), EngineError> {
         let jobs = self
             .jobs
@@ -335,16 +348,9 @@ impl Llm for CpuEngine {
         messages: &[super::ChatMessage],
         labels: &[&str],
     ) -> Result<Option<Vec<f32>>, EngineError> {
-        let prompt = self.prompt_tokens(messages)?;
+        let prompt = self.prompt_in_context(messages)?;
         if prompt.is_empty() || labels.is_empty() {
             return Ok(None);
-        }
-        if prompt.len() >= self.context_length {
-            return Err(EngineError::Generation(format!(
-                "the prompt has {} tokens; the model's context holds {}",
-                prompt.len(),
-                self.context_length
-            )));
         }
         let beginnings = labels
             .iter()
@@ -366,14 +372,7 @@ impl Llm for CpuEngine {
         request: ChatRequest,
         cancel: CancellationToken,
     ) -> Result<ReplyStream, EngineError> {
-        let prompt = self.prompt_tokens(&request.messages)?;
-        if prompt.len() >= self.context_length {
-            return Err(EngineError::Generation(format!(
-                "the prompt has {} tokens; the model's context holds {}",
-                prompt.len(),
-                self.context_length
-            )));
-        }
+        let prompt = self.prompt_in_context(&request.messages)?;
         let sampling = request.sampling;
         let (events, reply) = mpsc::channel(64);
         self.submit(Job::Generate(Request {

@@ -564,7 +564,8 @@ impl Scheduler {
         });
     }
 
-    /// Logits at every position of `tokens`, in a private cache.
+    /// Logits at every position of `tokens` (or the last only), in a
+    /// private cache.
     fn teacher_forced(
         &mut self,
         tokens: &[u32],
