@@ -72,10 +72,36 @@ pub struct Selected {
     pub score: f32,
 }
 
-/// Words that ask for an amount, a duration or a count.
+/// Words that ask for an amount, a duration, a count, a limit or a time.
 const ASKS_FOR_FIGURE: &[&str] = &[
-    "how much", "how many", "how long", "how soon", "how fast", "how late", "price", "prices",
-    "priced", "cost", "costs", "多少", "几", "多久", "多长", "多快", "价格", "费用",
+    "how much",
+    "how many",
+    "how long",
+    "how soon",
+    "how fast",
+    "how late",
+    "what time",
+    "price",
+    "prices",
+    "priced",
+    "cost",
+    "costs",
+    "minimum",
+    "maximum",
+    "at least",
+    "at most",
+    "多少",
+    "几",
+    "多久",
+    "多长",
+    "多快",
+    "价格",
+    "费用",
+    "最低",
+    "最少",
+    "至少",
+    "最多",
+    "上限",
 ];
 
 /// What kind of figure a question asks for, when the words say it.
@@ -686,6 +712,18 @@ mod tests {
             "商品需未使用。收货后可以退货。"
         );
         assert_eq!(join_sentences(["One.", "Two."]), "One. Two.");
+    }
+
+    #[test]
+    fn a_question_asking_a_limit_is_answered_by_the_sentence_with_the_figure() {
+        let plan = hit("PayLater spreads the cost of an order over several months. It is offered for orders between €199 and €4,000.");
+        for question in ["minimum order for paylater?", "paylater 最低 order?"] {
+            let selected = select(question, std::slice::from_ref(&plan), 4);
+            assert!(
+                selected[0].text.contains("€199"),
+                "{question}: {selected:?}"
+            );
+        }
     }
 
     #[test]
