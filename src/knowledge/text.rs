@@ -128,6 +128,9 @@ const ASKING_WORDS: &[&str] = &[
     "really",
     "very",
     "too",
+    "pair",
+    "pairs",
+    "couple",
     "more",
     "most",
     "now",
@@ -1161,11 +1164,30 @@ pub fn other_language_glosses(question: &str) -> Vec<&'static str> {
 }
 
 /// A figure the customer gives ("about 150 points", "2 x €89", "20 min
-/// ago"): a detail of their case, which the page that answers need not
-/// repeat.
+/// ago") or a count of things ("一根", "两张", "几双"): a detail of their
+/// case, which the page that answers need not repeat.
 fn is_detail(term: &str) -> bool {
-    term.chars().all(|ch| ch.is_ascii_digit())
+    if term.chars().all(|ch| ch.is_ascii_digit()) {
+        return true;
+    }
+    let mut chars = term.chars();
+    let counted = chars
+        .next_back()
+        .is_some_and(|last| COUNTING_WORDS.contains(last));
+    let number = chars.as_str();
+    counted
+        && !number.is_empty()
+        && number
+            .chars()
+            .all(|ch| ch.is_ascii_digit() || CHINESE_NUMERALS.contains(ch))
 }
+
+/// Chinese numerals, and 几 ("how many") in their place.
+const CHINESE_NUMERALS: &str = "零一二两三四五六七八九十百千几";
+
+/// Chinese measure words that count things (not time: "十天" may be what
+/// the question is about).
+const COUNTING_WORDS: &str = "个件双张根条只块台套份瓶盒包支把";
 
 /// Edit distance, bounded: returns `None` when above `limit`.
 fn within_edits(a: &str, b: &str, limit: usize) -> bool {
@@ -1401,6 +1423,29 @@ mod tests {
         assert!(!covered("laptop"));
         assert!(within_edits("shiping", "ship", 3));
         assert!(!within_edits("delivery", "warranty", 2));
+    }
+
+    #[test]
+    fn counts_of_things_are_details_not_topic_units() {
+        let terms = |question: &str| -> Vec<String> {
+            topic_units(question)
+                .into_iter()
+                .map(|unit| unit.term)
+                .collect()
+        };
+        let chinese = terms("朋友送了我两张礼品卡，三张能一起用吗");
+        assert!(chinese.iter().any(|term| term == "礼品卡"), "{chinese:?}");
+        assert!(
+            !chinese.iter().any(|term| term == "两张" || term == "三张"),
+            "{chinese:?}"
+        );
+        assert_eq!(
+            terms("can I swap sneakers for a bigger pair"),
+            terms("can I swap sneakers for bigger")
+        );
+        assert!(!is_detail("十天"), "a span of time may be the topic");
+        assert!(!is_detail("张"));
+        assert!(is_detail("2双"));
     }
 
     #[test]
