@@ -1059,6 +1059,12 @@ pub fn query_units(question: &str) -> Vec<QueryUnit> {
             Run::Word(piece, _) => tokens.extend(analyze(&mut words, piece)),
         }
     }
+    // "20 min ago" counts minutes; "min balance" asks a minimum.
+    for at in 1..tokens.len() {
+        if tokens[at] == "min" && is_detail(&tokens[at - 1]) {
+            tokens[at] = analyze(&mut words, "minutes").remove(0);
+        }
+    }
 
     let synonyms = Synonyms::built_in();
     let phrases = synonyms.phrases_in(&tokens);
@@ -1446,6 +1452,14 @@ mod tests {
         assert!(!is_detail("十天"), "a span of time may be the topic");
         assert!(!is_detail("张"));
         assert!(is_detail("2双"));
+        let minutes = terms("I ordered 20 min ago");
+        assert!(minutes.iter().any(|term| term == "minut"), "{minutes:?}");
+        let minimum = query_units("min balance");
+        assert!(
+            minimum[0].alternatives.iter().any(|term| term == "minimum"),
+            "{:?}",
+            minimum[0]
+        );
     }
 
     #[test]
