@@ -670,7 +670,7 @@ fn on_the_demo_evaluation_no_lie_of_the_adversarial_engine_reaches_a_customer() 
         }
     }
     let share = |key: &str| report[key].as_f64().unwrap();
-    // Measured 0.924 correct, 0.05 invented on these rows (README); the
+    // Measured 0.911 correct, 0.05 invented on these rows (README); the
     // floor leaves room for the timing of the first-text deadline.
     assert!(share("correct") >= 0.89, "{report}");
     assert!(share("invented") <= 0.15, "{report}");

@@ -947,6 +947,7 @@ mod tests {
             "No, you cannot change your shipping address.",
             "You can change the delivery address.",
             "不能修改地址。",
+            "不能修改收货地址。",
         ] {
             assert!(
                 matches!(shop.check_answer(dropped), Err(Unsupported::Condition(_))),

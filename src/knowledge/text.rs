@@ -128,8 +128,6 @@ const ASKING_WORDS: &[&str] = &[
     "really",
     "very",
     "too",
-    "pair",
-    "pairs",
     "couple",
     "more",
     "most",
@@ -445,7 +443,7 @@ fn jieba() -> &'static jieba_rs::Jieba {
 fn lexicon_chinese_words() -> impl Iterator<Item = &'static str> {
     lexicon_lines()
         .iter()
-        .flatten()
+        .flat_map(|line| line.narrow.iter().chain(&line.broad))
         .copied()
         .filter(|entry| is_chinese_word(entry))
 }
@@ -1059,10 +1057,19 @@ pub fn query_units(question: &str) -> Vec<QueryUnit> {
             Run::Word(piece, _) => tokens.extend(analyze(&mut words, piece)),
         }
     }
-    // "20 min ago" counts minutes; "min balance" asks a minimum.
-    for at in 1..tokens.len() {
-        if tokens[at] == "min" && is_detail(&tokens[at - 1]) {
-            tokens[at] = analyze(&mut words, "minutes").remove(0);
+    // "20 min ago" counts minutes; "min balance" asks a minimum. "买了2双"
+    // is one count, a detail like "两双".
+    for at in (1..tokens.len()).rev() {
+        if !tokens[at - 1].chars().all(|ch| ch.is_ascii_digit()) {
+            continue;
+        }
+        if tokens[at] == "min" {
+            tokens[at] = MINUTES_STEM.to_string();
+        } else if tokens[at].chars().count() == 1
+            && tokens[at].chars().all(|ch| COUNTING_WORDS.contains(ch))
+        {
+            let counted = tokens.remove(at);
+            tokens[at - 1].push_str(&counted);
         }
     }
 
@@ -1125,20 +1132,36 @@ pub fn holds_cue(lowered: &str, cue: &str) -> bool {
     })
 }
 
-/// The lexicon's lines as written, each split into its entries (both sides
-/// of a one-way line).
-fn lexicon_lines() -> &'static [Vec<&'static str>] {
-    static LINES: OnceLock<Vec<Vec<&'static str>>> = OnceLock::new();
+/// One line of the lexicon as written: the entries a question may hold
+/// and the entries they stand for (the same on a two-way line; the right
+/// side of a one-way line "lyon, 里昂 => france, 法国").
+struct LexiconLine {
+    narrow: Vec<&'static str>,
+    broad: Vec<&'static str>,
+}
+
+fn lexicon_lines() -> &'static [LexiconLine] {
+    static LINES: OnceLock<Vec<LexiconLine>> = OnceLock::new();
     LINES.get_or_init(|| {
+        let entries = |side: &'static str| -> Vec<&'static str> {
+            side.split(',')
+                .map(str::trim)
+                .filter(|entry| !entry.is_empty())
+                .collect()
+        };
         SYNONYMS
             .lines()
             .map(str::trim)
             .filter(|line| !line.is_empty() && !line.starts_with('#'))
-            .map(|line| {
-                line.split(&[',', '='][..])
-                    .map(|entry| entry.trim().trim_start_matches('>').trim())
-                    .filter(|entry| !entry.is_empty())
-                    .collect()
+            .map(|line| match line.split_once("=>") {
+                Some((narrow, broad)) => LexiconLine {
+                    narrow: entries(narrow),
+                    broad: entries(broad),
+                },
+                None => LexiconLine {
+                    narrow: entries(line),
+                    broad: entries(line),
+                },
             })
             .collect()
     })
@@ -1146,21 +1169,23 @@ fn lexicon_lines() -> &'static [Vec<&'static str>] {
 
 /// The lexicon's words in the other language for the shop words of
 /// `question` (退货 → "return", "refund" → 退货): the first entry of that
-/// language on each synonym line the question touches. Lets a question be
-/// compared by meaning with a sentence it shares no script with.
+/// language on each synonym line the question touches ("lyon" → 法国 on a
+/// one-way line; "EU" touches no city). Lets a question be compared by
+/// meaning with a sentence it shares no script with.
 pub fn other_language_glosses(question: &str) -> Vec<&'static str> {
     let lowered = question.to_lowercase();
     let chinese_question = question.chars().any(is_han);
+    let in_question_language = |entry: &str| entry.chars().any(is_han) == chinese_question;
     let mut glosses = Vec::new();
-    for entries in lexicon_lines() {
-        let (own, other): (Vec<&str>, Vec<&str>) = entries
-            .iter()
-            .partition(|entry| entry.chars().any(is_han) == chinese_question);
+    for line in lexicon_lines() {
         // A single Han character (换, 税) says too little alone.
-        let touched = own.iter().any(|entry| {
-            (!chinese_question || entry.chars().count() >= 2) && holds_cue(&lowered, entry)
+        let touched = line.narrow.iter().any(|entry| {
+            in_question_language(entry)
+                && (!chinese_question || entry.chars().count() >= 2)
+                && holds_cue(&lowered, entry)
         });
-        if let Some(gloss) = other.first().filter(|_| touched) {
+        let other = line.broad.iter().find(|entry| !in_question_language(entry));
+        if let Some(gloss) = other.filter(|_| touched) {
             if !glosses.contains(gloss) {
                 glosses.push(*gloss);
             }
@@ -1169,9 +1194,12 @@ pub fn other_language_glosses(question: &str) -> Vec<&'static str> {
     glosses
 }
 
-/// A figure the customer gives ("about 150 points", "2 x €89", "20 min
-/// ago") or a count of things ("一根", "两张", "几双"): a detail of their
-/// case, which the page that answers need not repeat.
+/// The stem of "minutes", which "min" after a number stands for.
+const MINUTES_STEM: &str = "minut";
+
+/// A figure the customer gives ("about 150 points", "2 x €89", the 20 of
+/// "20 min ago") or a count of things ("一根", "两张", "几双", "2双"): a
+/// detail of their case, which the page that answers need not repeat.
 fn is_detail(term: &str) -> bool {
     if term.chars().all(|ch| ch.is_ascii_digit()) {
         return true;
@@ -1189,11 +1217,12 @@ fn is_detail(term: &str) -> bool {
 }
 
 /// Chinese numerals, and 几 ("how many") in their place.
-const CHINESE_NUMERALS: &str = "零一二两三四五六七八九十百千几";
+/// Not 零: 零件 (spare parts) is a topic.
+const CHINESE_NUMERALS: &str = "一二两三四五六七八九十百千几";
 
 /// Chinese measure words that count things (not time: "十天" may be what
-/// the question is about).
-const COUNTING_WORDS: &str = "个件双张根条只块台套份瓶盒包支把";
+/// the question is about; not 包: 三包 is the warranty law).
+const COUNTING_WORDS: &str = "个件双张根条只块台套份瓶盒支把";
 
 /// Edit distance, bounded: returns `None` when above `limit`.
 fn within_edits(a: &str, b: &str, limit: usize) -> bool {
@@ -1433,33 +1462,59 @@ mod tests {
 
     #[test]
     fn counts_of_things_are_details_not_topic_units() {
-        let terms = |question: &str| -> Vec<String> {
-            topic_units(question)
-                .into_iter()
-                .map(|unit| unit.term)
-                .collect()
-        };
-        let chinese = terms("朋友送了我两张礼品卡，三张能一起用吗");
+        let chinese = topic_terms("朋友送了我两张礼品卡，三张能一起用吗");
         assert!(chinese.iter().any(|term| term == "礼品卡"), "{chinese:?}");
         assert!(
             !chinese.iter().any(|term| term == "两张" || term == "三张"),
             "{chinese:?}"
         );
-        assert_eq!(
-            terms("can I swap sneakers for a bigger pair"),
-            terms("can I swap sneakers for bigger")
-        );
+        assert_eq!(topic_terms("买了2双鞋"), topic_terms("买了鞋"));
         assert!(!is_detail("十天"), "a span of time may be the topic");
         assert!(!is_detail("张"));
-        assert!(is_detail("2双"));
-        let minutes = terms("I ordered 20 min ago");
-        assert!(minutes.iter().any(|term| term == "minut"), "{minutes:?}");
-        let minimum = query_units("min balance");
+        for topic in ["你们卖零件吗", "还在三包期内吗"] {
+            let terms = topic_terms(topic);
+            assert!(
+                terms.iter().any(|term| term == "零件" || term == "三包"),
+                "{topic}: {terms:?}"
+            );
+        }
+        let pairing = topic_terms("How do I pair my earbuds?");
+        assert!(pairing.iter().any(|term| term == "pair"), "{pairing:?}");
+    }
+
+    #[test]
+    fn min_after_a_number_means_minutes_and_otherwise_a_minimum() {
+        let minutes = topic_terms("I ordered 20 min ago");
         assert!(
-            minimum[0].alternatives.iter().any(|term| term == "minimum"),
-            "{:?}",
-            minimum[0]
+            minutes.iter().any(|term| term == MINUTES_STEM),
+            "{minutes:?}"
         );
+        assert_eq!(analyze(&mut word_analyzer(), "minutes"), [MINUTES_STEM]);
+        let balance = query_units("min balance");
+        let min = balance.iter().find(|unit| unit.term == "min").unwrap();
+        assert!(
+            min.alternatives.iter().any(|term| term == "minimum"),
+            "{min:?}"
+        );
+    }
+
+    #[test]
+    fn glosses_of_a_one_way_line_come_from_its_right_side() {
+        let city = other_language_glosses("Ordering from Lyon, how many days?");
+        assert!(city.contains(&"法国"), "{city:?}");
+        let region = other_language_glosses("Do you ship within the EU?");
+        assert!(region.contains(&"欧盟"), "{region:?}");
+        assert!(
+            !region.contains(&"柏林") && !region.contains(&"巴黎"),
+            "{region:?}"
+        );
+    }
+
+    fn topic_terms(question: &str) -> Vec<String> {
+        topic_units(question)
+            .into_iter()
+            .map(|unit| unit.term)
+            .collect()
     }
 
     #[test]
