@@ -924,23 +924,19 @@ impl Synonyms {
     /// The built-in lexicon.
     pub fn built_in() -> &'static Synonyms {
         static LEXICON: OnceLock<Synonyms> = OnceLock::new();
-        LEXICON.get_or_init(|| Synonyms::parse(SYNONYMS))
+        LEXICON.get_or_init(Synonyms::from_lexicon)
     }
 
-    fn parse(text: &str) -> Synonyms {
+    fn from_lexicon() -> Synonyms {
         let mut analyzer = word_analyzer();
         let mut groups: HashMap<String, Vec<String>> = HashMap::new();
         let mut phrases = Vec::new();
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
+        for line in lexicon_lines() {
             // "france, 法国 => eu, 欧盟": each word on the left also stands
             // for the words on the right, not the other way round.
-            if let Some((narrow, broad)) = line.split_once("=>") {
-                let (narrow_terms, narrow_phrases) = entries(&mut analyzer, narrow);
-                let (broad_terms, broad_phrases) = entries(&mut analyzer, broad);
+            if line.one_way {
+                let (narrow_terms, narrow_phrases) = entries(&mut analyzer, &line.narrow);
+                let (broad_terms, broad_phrases) = entries(&mut analyzer, &line.broad);
                 let mut broader: Vec<String> = broad_terms;
                 broader.extend(broad_phrases.iter().map(|phrase| phrase.join(" ")));
                 for term in narrow_terms {
@@ -956,7 +952,7 @@ impl Synonyms {
                 }
                 continue;
             }
-            let (terms, line_phrases) = entries(&mut analyzer, line);
+            let (terms, line_phrases) = entries(&mut analyzer, &line.narrow);
             // A phrase stands in the group as its words joined by spaces:
             // a passage holds it when it holds each of them.
             let joined: Vec<String> = line_phrases.iter().map(|phrase| phrase.join(" ")).collect();
@@ -1001,13 +997,12 @@ impl Synonyms {
     }
 }
 
-/// The comma-separated entries of a lexicon line, analyzed: its single
-/// words (sorted, once each) and its phrases.
-fn entries(analyzer: &mut TextAnalyzer, line: &str) -> (Vec<String>, Vec<Vec<String>>) {
+/// Entries of a lexicon line, analyzed: its single words (sorted, once
+/// each) and its phrases.
+fn entries(analyzer: &mut TextAnalyzer, line: &[&str]) -> (Vec<String>, Vec<Vec<String>>) {
     let mut terms = Vec::new();
     let mut phrases = Vec::new();
-    for entry in line.split(',') {
-        let entry = entry.trim();
+    for &entry in line {
         // A Chinese entry is one word: jieba knows it (see `jieba`), and a
         // question cut in precise mode holds it whole.
         if is_chinese_word(entry) {
@@ -1138,12 +1133,15 @@ pub fn holds_cue(lowered: &str, cue: &str) -> bool {
 struct LexiconLine {
     narrow: Vec<&'static str>,
     broad: Vec<&'static str>,
+    one_way: bool,
 }
 
+/// The lexicon's lines, parsed once: the synonym groups, jieba's extra
+/// words and the glosses all read them.
 fn lexicon_lines() -> &'static [LexiconLine] {
     static LINES: OnceLock<Vec<LexiconLine>> = OnceLock::new();
     LINES.get_or_init(|| {
-        let entries = |side: &'static str| -> Vec<&'static str> {
+        let split_entries = |side: &'static str| -> Vec<&'static str> {
             side.split(',')
                 .map(str::trim)
                 .filter(|entry| !entry.is_empty())
@@ -1155,12 +1153,14 @@ fn lexicon_lines() -> &'static [LexiconLine] {
             .filter(|line| !line.is_empty() && !line.starts_with('#'))
             .map(|line| match line.split_once("=>") {
                 Some((narrow, broad)) => LexiconLine {
-                    narrow: entries(narrow),
-                    broad: entries(broad),
+                    narrow: split_entries(narrow),
+                    broad: split_entries(broad),
+                    one_way: true,
                 },
                 None => LexiconLine {
-                    narrow: entries(line),
-                    broad: entries(line),
+                    narrow: split_entries(line),
+                    broad: split_entries(line),
+                    one_way: false,
                 },
             })
             .collect()
